@@ -1,0 +1,33 @@
+//! `marina`: the operator CLI.
+
+mod coord;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "marina", version, about = "Marina: a highly available container cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and change the coord quorum.
+    Coord(coord::CoordArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Coord(args) => coord::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}`: the whole cause chain on one line, no backtrace: this is for operators.
+            eprintln!("marina: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! What the Raft log carries, and what applying it yields. These types are persisted (log
+//! and snapshots, encoded with postcard): add variants at the end, never reorder.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One replicated command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Compares, then all-or-nothing operations. Single creates, sets and deletes are
+    /// one-operation transactions.
+    Txn(Txn),
+    CreateSession {
+        ttl_ms: u64,
+        disconnect_grace_ms: u64,
+    },
+    /// Ends a session and deletes its ephemeral nodes in one revision.
+    EndSession {
+        session_id: u64,
+        reason: EndReason,
+    },
+    /// Several independent commands proposed together (the proposer batches concurrent
+    /// requests into one log entry); each gets its own result and revision.
+    Batch(Vec<Command>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The client closed it.
+    Closed,
+    /// The leader saw no keep-alive within the TTL (or the disconnect grace).
+    Expired,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compare {
+    pub path: String,
+    /// `true`: the target must equal; `false`: it must differ. Ignored for `Exists`.
+    pub equal: bool,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Exists(bool),
+    Version(u64),
+    CreateRevision(u64),
+    ModRevision(u64),
+    Value(Bytes),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Create { path: String, data: Bytes, session_id: u64, sequential: bool },
+    Set { path: String, data: Bytes, expected_version: Option<u64>, upsert: bool },
+    Delete { path: String, expected_version: Option<u64>, recursive: bool },
+    Get { path: String },
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub data: Bytes,
+    pub version: u64,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    /// Owning session, 0 for persistent nodes.
+    pub ephemeral_owner: u64,
+}
+
+/// A node with its path, as returned to clients and carried by events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub path: String,
+    pub record: NodeRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Txn(Result<TxnOutcome, ApplyError>),
+    Session(Result<SessionCreated, ApplyError>),
+    SessionEnded(Result<u64, ApplyError>),
+    Batch(Vec<CommandResult>),
+    /// Blank and membership entries.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub session_id: u64,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnOutcome {
+    pub succeeded: bool,
+    /// The store's revision after this command (unchanged if nothing was written).
+    pub revision: u64,
+    pub results: Vec<OpOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    Created(NodeView),
+    Set(NodeView),
+    Deleted(u64),
+    Got(Option<NodeView>),
+}
+
+/// Deterministic failures of applying a command: every replica reaches the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("node {path} already exists")]
+    NodeExists { path: String },
+    #[error("node {path} does not exist")]
+    NoNode { path: String },
+    #[error("node {path} is at version {actual}, not the expected {expected}")]
+    BadVersion { path: String, expected: u64, actual: u64 },
+    #[error("node {path} has children; delete them first or delete recursively")]
+    NotEmpty { path: String },
+    #[error("session {session_id} does not exist (expired or closed)")]
+    NoSession { session_id: u64 },
+}
+
+impl Command {
+    pub fn single(op: Op) -> Self {
+        Command::Txn(Txn { compares: Vec::new(), success: vec![op], failure: Vec::new() })
+    }
+}

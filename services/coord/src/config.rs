@@ -1,0 +1,238 @@
+//! `marina-coord` configuration: defaults < TOML (`--config`) < `MARINA_COORD_*` < flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use marina_daemon::config::ConfigError;
+use marina_daemon::telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::store::HistoryLimits;
+use crate::types::NodeId;
+
+pub const DEFAULT_PORT: u16 = 2181;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id: unique in the cluster, never reused, > 0.
+    pub id: NodeId,
+    /// Where to serve gRPC and HTTP.
+    pub listen: String,
+    /// The address other nodes and clients reach this node at. Default: this node's entry in
+    /// `peers`, else `listen`.
+    pub advertise: Option<String>,
+    /// The initial voters, `id=host:port` separated by commas. A fresh cluster bootstraps
+    /// itself once every listed peer answers; a node with data never bootstraps again.
+    /// Empty: a single-node cluster.
+    pub peers: String,
+    /// Raft log, vote and snapshots.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing from the leader for a random time in
+    /// [min, max] starts an election. The defaults detect a lost leader and elect a new one
+    /// in well under a second on a LAN.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot (and let the log be compacted) after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Also take one when the un-snapshotted log holds this many bytes in memory.
+    pub snapshot_every_bytes: u64,
+    /// Entries kept in the log after a snapshot, so slightly lagging followers catch up
+    /// from the log rather than by a full snapshot transfer.
+    pub keep_entries_after_snapshot: u64,
+    /// A write not committed within this time fails with "no quorum".
+    pub proposal_timeout_ms: u64,
+    /// At most this many concurrent requests share one log entry.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest node data accepted.
+    pub max_value_bytes: usize,
+    /// Longest path accepted.
+    pub max_path_bytes: usize,
+    pub session_ttl_min_ms: u64,
+    pub session_ttl_max_ms: u64,
+    /// Concurrent watch streams this node serves.
+    pub max_watches: usize,
+    /// Change history kept for watches to resume from: at most this many revisions...
+    pub history_revisions: usize,
+    /// ...and at most this many bytes.
+    pub history_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            advertise: None,
+            peers: String::new(),
+            data_dir: PathBuf::from("/var/lib/marina/coord"),
+            log: LogConfig::default(),
+            raft: RaftConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every_entries: 10_000,
+            snapshot_every_bytes: 256 << 20,
+            keep_entries_after_snapshot: 1_000,
+            proposal_timeout_ms: 3_000,
+            max_batch: 1024,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let history = HistoryLimits::default();
+        Self {
+            max_value_bytes: 1 << 20,
+            max_path_bytes: 1024,
+            session_ttl_min_ms: 200,
+            session_ttl_max_ms: 300_000,
+            max_watches: 10_000,
+            history_revisions: history.max_revisions,
+            history_bytes: history.max_bytes,
+        }
+    }
+}
+
+impl Limits {
+    pub fn history(&self) -> HistoryLimits {
+        HistoryLimits { max_revisions: self.history_revisions, max_bytes: self.history_bytes }
+    }
+}
+
+impl Config {
+    /// The parsed `peers` map, checked against `id`.
+    pub fn peer_map(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+        let peers = parse_peers(&self.peers)?;
+        if !peers.is_empty() && !peers.contains_key(&self.id) {
+            return Err(ConfigError::value("peers", format!("does not list this node's id {}", self.id)));
+        }
+        Ok(peers)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::value("id", "must be greater than 0"));
+        }
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
+        if let Some(advertise) = &self.advertise {
+            validate_address("advertise", advertise)?;
+        }
+        self.peer_map()?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::value("data_dir", "must be set"));
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_ms * 2 {
+            return Err(ConfigError::value(
+                "raft.election_timeout_min_ms",
+                "must be more than twice raft.heartbeat_ms (and heartbeat_ms > 0)",
+            ));
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return Err(ConfigError::value("raft.election_timeout_max_ms", "must exceed election_timeout_min_ms"));
+        }
+        if raft.snapshot_every_entries == 0 {
+            return Err(ConfigError::value("raft.snapshot_every_entries", "must be greater than 0"));
+        }
+        if raft.max_batch == 0 {
+            return Err(ConfigError::value("raft.max_batch", "must be greater than 0"));
+        }
+        let limits = &self.limits;
+        if limits.session_ttl_min_ms == 0 || limits.session_ttl_min_ms > limits.session_ttl_max_ms {
+            return Err(ConfigError::value("limits.session_ttl_min_ms", "must be > 0 and <= session_ttl_max_ms"));
+        }
+        if limits.max_path_bytes < 2 {
+            return Err(ConfigError::value("limits.max_path_bytes", "must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(peers: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut map = BTreeMap::new();
+    for entry in peers.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let (id, address) = entry
+            .split_once('=')
+            .ok_or_else(|| ConfigError::value("peers", format!("entry {entry:?} is not id=host:port")))?;
+        let id: NodeId =
+            id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+                ConfigError::value("peers", format!("entry {entry:?}: id must be a positive integer"))
+            })?;
+        validate_address("peers", address.trim())?;
+        if map.insert(id, address.trim().to_owned()).is_some() {
+            return Err(ConfigError::value("peers", format!("id {id} is listed twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// `host:port` with a numeric port (the host may be a name).
+fn validate_address(key: &'static str, address: &str) -> Result<(), ConfigError> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+    if valid { Ok(()) } else { Err(ConfigError::value(key, format!("{address:?} is not host:port"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_errors_say_what_is_wrong() {
+        let peers = parse_peers("1=127.0.0.1:2181, 2=localhost:2182,3=[::1]:2183").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&2], "localhost:2182");
+        for (bad, expected) in [
+            ("1=a:1,1=b:2", "listed twice"),
+            ("x=a:1", "positive integer"),
+            ("0=a:1", "positive integer"),
+            ("1=a", "not host:port"),
+            ("1a:1", "not id=host:port"),
+        ] {
+            let message = parse_peers(bad).unwrap_err().to_string();
+            assert!(message.contains("peers") && message.contains(expected), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut config = Config { peers: "2=a:1".into(), ..Config::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("this node's id 1"));
+        config.peers.clear();
+        config.raft.election_timeout_min_ms = 60;
+        assert!(config.validate().unwrap_err().to_string().contains("raft.election_timeout_min_ms"));
+        let config = Config { listen: "nowhere".into(), ..Config::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("`listen`"));
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! Errors of the coord service, and the one place they become gRPC statuses.
+
+use marina_daemon::leader;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::command::ApplyError;
+use crate::store::Compacted;
+
+/// Metadata key naming the error kind, so clients can map statuses back to typed errors.
+pub const ERROR_KIND_METADATA: &str = "x-marina-error";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoordError {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("not the leader{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
+    NotLeader { leader: Option<String> },
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// No leader is known (an election is running, or no majority is reachable): nothing
+    /// was proposed, so the client may retry, here or elsewhere.
+    #[error(
+        "no leader: node {node} knows of no elected leader (an election is in progress or a majority of the cluster is unreachable)"
+    )]
+    NoLeader { node: u64 },
+    #[error(transparent)]
+    Compacted(#[from] Compacted),
+    #[error("too many watches on this node (limit {limit})")]
+    TooManyWatches { limit: usize },
+    #[error("session {session_id} has expired or was closed")]
+    SessionExpired { session_id: u64 },
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl CoordError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, reason: reason.into() }
+    }
+
+    /// The short machine-readable kind carried in [`ERROR_KIND_METADATA`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Apply(ApplyError::NodeExists { .. }) => "node_exists",
+            Self::Apply(ApplyError::NoNode { .. }) => "no_node",
+            Self::Apply(ApplyError::BadVersion { .. }) => "bad_version",
+            Self::Apply(ApplyError::NotEmpty { .. }) => "not_empty",
+            Self::Apply(ApplyError::NoSession { .. }) | Self::SessionExpired { .. } => "session_expired",
+            Self::NotLeader { .. } => "not_leader",
+            Self::NoQuorum(_) => "no_quorum",
+            Self::NoLeader { .. } => "no_leader",
+            Self::Compacted(_) => "compacted",
+            Self::TooManyWatches { .. } => "too_many_watches",
+            Self::Membership(_) => "membership",
+            Self::ShuttingDown => "shutting_down",
+            Self::Raft(_) => "raft",
+        }
+    }
+}
+
+impl From<CoordError> for Status {
+    fn from(error: CoordError) -> Self {
+        let message = error.to_string();
+        let mut status = match &error {
+            CoordError::NotLeader { leader: hint } => leader::not_leader(message, hint.as_deref()),
+            // Nothing was proposed: safe to retry on another node.
+            CoordError::ShuttingDown | CoordError::NoLeader { .. } => leader::not_leader(message, None),
+            CoordError::InvalidArgument { .. } => Status::invalid_argument(message),
+            CoordError::Apply(ApplyError::NodeExists { .. }) => Status::already_exists(message),
+            CoordError::Apply(ApplyError::NoNode { .. }) => Status::not_found(message),
+            CoordError::Apply(ApplyError::BadVersion { .. } | ApplyError::NotEmpty { .. }) => {
+                Status::failed_precondition(message)
+            }
+            CoordError::Apply(ApplyError::NoSession { .. }) | CoordError::SessionExpired { .. } => {
+                Status::failed_precondition(message)
+            }
+            CoordError::NoQuorum(_) => Status::unavailable(message),
+            CoordError::Compacted(_) => Status::out_of_range(message),
+            CoordError::TooManyWatches { .. } => Status::resource_exhausted(message),
+            CoordError::Membership(_) => Status::failed_precondition(message),
+            CoordError::Raft(_) => Status::new(Code::Internal, message),
+        };
+        status.metadata_mut().insert(ERROR_KIND_METADATA, MetadataValue::from_static(error.kind()));
+        status
+    }
+}

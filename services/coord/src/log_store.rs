@@ -1,0 +1,485 @@
+//! The durable Raft log: append-only segment files of CRC-framed records, fsync'd before
+//! openraft is told an entry is persisted, plus atomically replaced files for the vote and
+//! the purge point.
+//!
+//! All disk writes happen on one writer thread, in the order openraft issued them. The
+//! thread takes every request queued while it was busy and covers all their appends with a
+//! single fsync (group commit): under load, many client writes share one disk flush.
+//! Entries not yet purged are also kept in memory, so replication reads never touch disk;
+//! snapshots bound how many that is.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
+use prometheus::Histogram;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// A segment is closed and a new one started past this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Record framing: u32 length, u32 CRC-32 of the payload, both little-endian.
+const HEADER_BYTES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path}: corrupt log record at byte {offset} ({reason}); this is not a torn final write, \
+         so refusing to start rather than lose acknowledged entries"
+    )]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("{path}: cannot decode: {reason}")]
+    Decode { path: PathBuf, reason: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogStoreError + '_ {
+    move |source| LogStoreError::Io { path: path.to_owned(), source }
+}
+
+/// The log as seen by openraft; cheap to clone (the log reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    memory: Mutex<MemoryLog>,
+    writer: mpsc::Sender<WriteRequest>,
+}
+
+#[derive(Default)]
+struct MemoryLog {
+    /// Entries after the purge point, with their encoded size.
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+enum WriteRequest {
+    Append { records: Vec<(u64, Vec<u8>)>, done: LogFlushed<TypeConfig> },
+    Truncate { from_index: u64, done: tokio::sync::oneshot::Sender<io::Result<()>> },
+    Purge { upto: LogId, done: tokio::sync::oneshot::Sender<io::Result<()>> },
+    Vote { vote: Vote, done: tokio::sync::oneshot::Sender<io::Result<()>> },
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`, recovering what a previous run persisted.
+    pub fn open(dir: &Path, fsync_seconds: Option<Histogram>) -> Result<Self, LogStoreError> {
+        let segments_dir = dir.join("log");
+        fs::create_dir_all(&segments_dir).map_err(io_error(&segments_dir))?;
+        let vote: Option<Vote> = read_small_file(&dir.join("vote"))?;
+        let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
+        let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
+        let bytes = entries.values().map(|(_, size)| size).sum();
+        tracing::info!(
+            dir = %dir.display(),
+            entries = entries.len(),
+            segments = segments.len(),
+            ?vote,
+            ?last_purged,
+            "raft log recovered"
+        );
+        let memory = MemoryLog { entries, bytes, last_purged, vote };
+        let (writer, requests) = mpsc::channel();
+        let disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds };
+        std::thread::Builder::new()
+            .name("coord-log-writer".into())
+            .spawn(move || disk.run(requests))
+            .map_err(io_error(dir))?;
+        Ok(Self { shared: Arc::new(Shared { memory: Mutex::new(memory), writer }) })
+    }
+
+    /// Approximate bytes of log entries held in memory (drives extra snapshots).
+    pub fn memory_bytes(&self) -> usize {
+        self.shared.memory.lock().expect("log memory lock").bytes
+    }
+
+    fn send(&self, request: WriteRequest) -> Result<(), StorageError> {
+        self.shared.writer.send(request).map_err(|_| {
+            StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Write, io::Error::other("log writer stopped"))
+        })
+    }
+}
+
+fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(io::Error) -> StorageError {
+    move |error| StorageError::from_io_error(subject, verb, error)
+}
+
+async fn wait(
+    done: tokio::sync::oneshot::Receiver<io::Result<()>>,
+    subject: ErrorSubject<u64>,
+) -> Result<(), StorageError> {
+    done.await
+        .unwrap_or_else(|_| Err(io::Error::other("log writer stopped")))
+        .map_err(storage_error(subject, ErrorVerb::Write))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let memory = self.shared.memory.lock().expect("log memory lock");
+        Ok(memory.entries.range(range).map(|(_, (entry, _))| entry.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let memory = self.shared.memory.lock().expect("log memory lock");
+        let last = memory.entries.last_key_value().map(|(_, (entry, _))| *entry.get_log_id());
+        Ok(LogState { last_purged_log_id: memory.last_purged, last_log_id: last.or(memory.last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.send(WriteRequest::Vote { vote: *vote, done })?;
+        wait(result, ErrorSubject::Vote).await?;
+        self.shared.memory.lock().expect("log memory lock").vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.shared.memory.lock().expect("log memory lock").vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut memory = self.shared.memory.lock().expect("log memory lock");
+            for entry in entries {
+                let index = entry.get_log_id().index;
+                let payload = postcard::to_stdvec(&entry)
+                    .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write)(io::Error::other(e)))?;
+                memory.bytes += payload.len();
+                memory.entries.insert(index, (entry, payload.len()));
+                records.push((index, payload));
+            }
+        }
+        self.send(WriteRequest::Append { records, done: callback })
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut memory = self.shared.memory.lock().expect("log memory lock");
+            let removed = memory.entries.split_off(&log_id.index);
+            memory.bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.send(WriteRequest::Truncate { from_index: log_id.index, done })?;
+        wait(result, ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut memory = self.shared.memory.lock().expect("log memory lock");
+            let kept = memory.entries.split_off(&(log_id.index + 1));
+            let purged = std::mem::replace(&mut memory.entries, kept);
+            memory.bytes -= purged.values().map(|(_, size)| size).sum::<usize>();
+            memory.last_purged = Some(log_id);
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.send(WriteRequest::Purge { upto: log_id, done })?;
+        wait(result, ErrorSubject::Logs).await
+    }
+}
+
+/// One segment file: records for consecutive indexes starting at `first_index`.
+struct Segment {
+    first_index: u64,
+    path: PathBuf,
+    /// Byte offset of each record, in index order.
+    offsets: Vec<u64>,
+    len: u64,
+}
+
+impl Segment {
+    fn last_index(&self) -> Option<u64> {
+        (!self.offsets.is_empty()).then(|| self.first_index + self.offsets.len() as u64 - 1)
+    }
+}
+
+/// The writer thread's side: the segment files.
+struct DiskLog {
+    dir: PathBuf,
+    segments_dir: PathBuf,
+    segments: Vec<Segment>,
+    /// The open file of the last segment, opened on first append.
+    active: Option<File>,
+    fsync_seconds: Option<Histogram>,
+}
+
+impl DiskLog {
+    fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
+        while let Ok(first) = requests.recv() {
+            // Take everything queued meanwhile: one fsync covers all of its appends.
+            let mut flushed = Vec::new();
+            let mut pending = Some(first);
+            while let Some(request) = pending.take().or_else(|| requests.try_recv().ok()) {
+                match request {
+                    WriteRequest::Append { records, done } => match self.write_records(&records) {
+                        Ok(()) => flushed.push(done),
+                        Err(error) => done.log_io_completed(Err(error)),
+                    },
+                    other => {
+                        // Everything before a vote, truncate or purge is durable before it runs.
+                        self.complete(&mut flushed);
+                        self.run_ordered(other);
+                    }
+                }
+            }
+            self.complete(&mut flushed);
+        }
+        tracing::debug!("log writer stopped");
+    }
+
+    /// fsyncs the active segment and reports the appends it covers.
+    fn complete(&mut self, flushed: &mut Vec<LogFlushed<TypeConfig>>) {
+        if flushed.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = match &self.active {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        };
+        if let Some(histogram) = &self.fsync_seconds {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+        for done in flushed.drain(..) {
+            done.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+        }
+    }
+
+    fn run_ordered(&mut self, request: WriteRequest) {
+        match request {
+            WriteRequest::Append { .. } => unreachable!("appends are grouped by run()"),
+            WriteRequest::Truncate { from_index, done } => {
+                let _ = done.send(self.truncate(from_index));
+            }
+            WriteRequest::Purge { upto, done } => {
+                let _ = done.send(self.purge(upto));
+            }
+            WriteRequest::Vote { vote, done } => {
+                let _ = done.send(write_small_file(&self.dir.join("vote"), &vote));
+            }
+        }
+    }
+
+    fn write_records(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        for (index, payload) in records {
+            let rotate = match self.segments.last() {
+                None => true,
+                Some(segment) => segment.len >= SEGMENT_BYTES && !segment.offsets.is_empty(),
+            };
+            if rotate {
+                self.start_segment(*index)?;
+            }
+            let segment = self.segments.last_mut().expect("a segment was just ensured");
+            let expected = segment.first_index + segment.offsets.len() as u64;
+            if *index != expected {
+                return Err(io::Error::other(format!(
+                    "log hole: appending index {index} but the next index is {expected}"
+                )));
+            }
+            if self.active.is_none() {
+                self.active = Some(OpenOptions::new().append(true).open(&segment.path)?);
+            }
+            let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            frame.extend_from_slice(payload);
+            self.active.as_mut().expect("opened above").write_all(&frame)?;
+            segment.offsets.push(segment.len);
+            segment.len += frame.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_index: u64) -> io::Result<()> {
+        if let Some(file) = self.active.take() {
+            file.sync_data()?;
+        }
+        let path = self.segments_dir.join(format!("{first_index:020}.seg"));
+        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        sync_dir(&self.segments_dir)?;
+        self.active = Some(file);
+        self.segments.push(Segment { first_index, path, offsets: Vec::new(), len: 0 });
+        Ok(())
+    }
+
+    fn truncate(&mut self, from_index: u64) -> io::Result<()> {
+        self.active = None;
+        while let Some(segment) = self.segments.last_mut() {
+            if segment.first_index >= from_index {
+                fs::remove_file(&segment.path)?;
+                self.segments.pop();
+                continue;
+            }
+            let keep = (from_index - segment.first_index) as usize;
+            if keep < segment.offsets.len() {
+                let cut = segment.offsets[keep];
+                let file = OpenOptions::new().write(true).open(&segment.path)?;
+                file.set_len(cut)?;
+                file.sync_data()?;
+                segment.offsets.truncate(keep);
+                segment.len = cut;
+            }
+            break;
+        }
+        sync_dir(&self.segments_dir)
+    }
+
+    fn purge(&mut self, upto: LogId) -> io::Result<()> {
+        write_small_file(&self.dir.join("purged"), &upto)?;
+        // Whole segments at or below the purge point go; the last segment always stays.
+        while self.segments.len() > 1 && self.segments[0].last_index().is_none_or(|last| last <= upto.index) {
+            let segment = self.segments.remove(0);
+            fs::remove_file(&segment.path)?;
+        }
+        sync_dir(&self.segments_dir)
+    }
+}
+
+/// Reads every segment in index order. A damaged record at the very end of the last segment
+/// is a write that never completed (and was never acknowledged): it is cut off. Damage
+/// anywhere else is an error.
+fn recover_segments(
+    segments_dir: &Path,
+    last_purged: Option<LogId>,
+) -> Result<(Vec<Segment>, BTreeMap<u64, (Entry, usize)>), LogStoreError> {
+    let mut paths: Vec<(u64, PathBuf)> = Vec::new();
+    for dirent in fs::read_dir(segments_dir).map_err(io_error(segments_dir))? {
+        let path = dirent.map_err(io_error(segments_dir))?.path();
+        let Some(first_index) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".seg"))
+            .and_then(|stem| stem.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        paths.push((first_index, path));
+    }
+    paths.sort();
+    let mut segments = Vec::with_capacity(paths.len());
+    let mut entries = BTreeMap::new();
+    let count = paths.len();
+    for (position, (first_index, path)) in paths.into_iter().enumerate() {
+        let is_last = position + 1 == count;
+        let bytes = fs::read(&path).map_err(io_error(&path))?;
+        let mut segment = Segment { first_index, path: path.clone(), offsets: Vec::new(), len: 0 };
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let damage = match parse_record(&bytes[offset..]) {
+                Ok((payload, frame_len)) => match postcard::from_bytes::<Entry>(payload) {
+                    Ok(entry) => {
+                        let index = entry.get_log_id().index;
+                        let expected = first_index + segment.offsets.len() as u64;
+                        if index != expected {
+                            return Err(LogStoreError::Corrupt {
+                                path,
+                                offset: offset as u64,
+                                reason: format!("index {index} where {expected} was expected"),
+                            });
+                        }
+                        if last_purged.is_none_or(|purged| index > purged.index) {
+                            entries.insert(index, (entry, payload.len()));
+                        }
+                        segment.offsets.push(offset as u64);
+                        offset += frame_len;
+                        continue;
+                    }
+                    Err(error) => format!("undecodable entry: {error}"),
+                },
+                Err(reason) => reason,
+            };
+            if !is_last {
+                return Err(LogStoreError::Corrupt { path, offset: offset as u64, reason: damage });
+            }
+            tracing::warn!(path = %path.display(), offset, reason = %damage, "cutting off an incomplete final log record");
+            let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
+            file.set_len(offset as u64).map_err(io_error(&path))?;
+            file.sync_data().map_err(io_error(&path))?;
+            break;
+        }
+        segment.len = offset.min(bytes.len()) as u64;
+        segments.push(segment);
+    }
+    Ok((segments, entries))
+}
+
+/// One framed record at the start of `bytes`: its payload and its whole length.
+fn parse_record(bytes: &[u8]) -> Result<(&[u8], usize), String> {
+    if bytes.len() < HEADER_BYTES {
+        return Err("truncated header".into());
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len).ok_or("truncated payload")?;
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok((payload, HEADER_BYTES + len))
+}
+
+/// Small state files (vote, purge point): CRC-framed, replaced atomically via rename.
+pub(crate) fn write_small_file<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let payload = postcard::to_stdvec(value).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    write_atomically(path, &frame)
+}
+
+pub(crate) fn read_small_file<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LogStoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(LogStoreError::Io { path: path.to_owned(), source: error }),
+    };
+    let (payload, _) =
+        parse_record(&bytes).map_err(|reason| LogStoreError::Corrupt { path: path.to_owned(), offset: 0, reason })?;
+    postcard::from_bytes(payload)
+        .map(Some)
+        .map_err(|error| LogStoreError::Decode { path: path.to_owned(), reason: error.to_string() })
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

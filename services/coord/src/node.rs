@@ -1,0 +1,439 @@
+//! A coord node: Raft, storage, batching, sessions and the gRPC/HTTP endpoint wired
+//! together, started from a [`Config`] on an already bound listener.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marina_daemon::config::ConfigError;
+use marina_daemon::{Endpoint, Health, Metrics, Shutdown};
+use marina_proto::coord::v1::cluster_client::ClusterClient;
+use marina_proto::coord::v1::cluster_server::ClusterServer;
+use marina_proto::coord::v1::coord_server::CoordServer;
+use marina_proto::coord::v1::raft_server::RaftServer;
+use marina_proto::coord::v1::{Member, StatusRequest, StatusResponse};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use prometheus::{Histogram, HistogramOpts, IntGauge};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::api::{ClusterApi, CoordApi};
+use crate::config::{Config, Limits};
+use crate::error::CoordError;
+use crate::log_store::{LogStore, LogStoreError};
+use crate::network::{self, MAX_DECODING_BYTES, Network, RaftService};
+use crate::proposer::{Proposer, ProposerMetrics, ReadBarrier};
+use crate::sessions::SessionTracker;
+use crate::state_machine::{Feed, SharedReplica, StateMachine};
+use crate::types::{NodeId, Raft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] LogStoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where a request that needs the leader goes.
+pub enum Route {
+    Local,
+    Forward(Channel),
+}
+
+/// Shared state of a running node, used by the API handlers and background tasks.
+pub struct CoordNode {
+    pub id: NodeId,
+    /// The address peers and clients reach this node at.
+    pub address: String,
+    pub raft: Raft,
+    pub replica: SharedReplica,
+    pub feed: broadcast::Sender<Feed>,
+    pub proposer: Proposer,
+    pub reads: ReadBarrier,
+    pub sessions: SessionTracker,
+    pub limits: Limits,
+    /// Open watch streams on this node.
+    pub watches: Arc<AtomicUsize>,
+    pub shutdown: Shutdown,
+    /// Connections to other nodes, for forwarding.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl CoordNode {
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader's address, if one is known.
+    pub fn leader_address(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone())
+    }
+
+    /// Requests that need the leader run here if this node leads, are forwarded once
+    /// otherwise (a forwarded request that lands on a non-leader is refused with a hint).
+    pub fn route(&self, already_forwarded: bool) -> Result<Route, CoordError> {
+        let (state, leader) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.current_leader)
+        };
+        if state == ServerState::Leader {
+            return Ok(Route::Local);
+        }
+        match (leader, self.leader_address()) {
+            (Some(leader), Some(address)) if leader != self.id && !already_forwarded => {
+                Ok(Route::Forward(self.channel(&address)))
+            }
+            (None, _) => Err(CoordError::NoLeader { node: self.id }),
+            (_, hint) => Err(CoordError::NotLeader { leader: hint }),
+        }
+    }
+
+    pub fn channel(&self, address: &str) -> Channel {
+        self.channels
+            .lock()
+            .expect("channel cache lock")
+            .entry(address.to_owned())
+            .or_insert_with(|| network::channel(address))
+            .clone()
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> StatusResponse {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                address: node.addr.clone(),
+                kind: if voters.contains(id) { "voter" } else { "learner" }.into(),
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let (revision, sessions) = {
+            let replica = self.replica.read().expect("replica lock");
+            (replica.store.revision(), replica.store.sessions().len() as u64)
+        };
+        StatusResponse {
+            id: self.id,
+            address: self.address.clone(),
+            role: role.into(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_address: self.leader_address().unwrap_or_default(),
+            initialized: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
+            members,
+            revision,
+            sessions,
+            watches: self.watches.load(Ordering::Relaxed) as u64,
+            version: marina_daemon::VERSION.into(),
+        }
+    }
+
+    pub async fn add_learner(&self, id: NodeId, address: String) -> Result<(), CoordError> {
+        self.raft
+            .add_learner(id, BasicNode::new(address), true)
+            .await
+            .map(|_| ())
+            .map_err(|error| CoordError::Membership(error.to_string()))
+    }
+
+    pub async fn promote(&self, id: NodeId) -> Result<(), CoordError> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(|error| CoordError::Membership(error.to_string()))
+    }
+
+    pub async fn remove(&self, id: NodeId) -> Result<(), CoordError> {
+        let is_voter = self.metrics().membership_config.membership().voter_ids().any(|voter| voter == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|error| CoordError::Membership(error.to_string()))
+    }
+}
+
+/// A running node.
+pub struct CoordHandle {
+    pub local_address: SocketAddr,
+    pub node: Arc<CoordNode>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl CoordHandle {
+    /// Waits for the node to stop (after its shutdown was triggered).
+    pub async fn wait(self) -> Result<(), StartError> {
+        self.task.await.map_err(|error| StartError::Raft(format!("node task failed: {error}")))?
+    }
+}
+
+/// Starts a node serving on `listener` until `shutdown` fires.
+pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<CoordHandle, StartError> {
+    config.validate()?;
+    let peers = config.peer_map()?;
+    let local_address = listener.local_addr()?;
+    let address = config
+        .advertise
+        .clone()
+        .or_else(|| peers.get(&config.id).cloned())
+        .unwrap_or_else(|| local_address.to_string());
+
+    let metrics = Metrics::new("coord");
+    let fsync_seconds = Histogram::with_opts(
+        HistogramOpts::new("marina_coord_fsync_duration_seconds", "Time to fsync a group of log appends.")
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("static buckets")),
+    )
+    .expect("static metric");
+    metrics.register(fsync_seconds.clone());
+
+    let raft_dir = config.data_dir.join("raft");
+    let mut log_store = LogStore::open(&raft_dir, Some(fsync_seconds))?;
+    let startup_last_index = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
+        .await
+        .map_err(|error| StartError::Raft(error.to_string()))?
+        .last_log_id
+        .map_or(0, |id| id.index);
+    let state_machine = StateMachine::open(&raft_dir, config.limits.history())?;
+    let replica = state_machine.replica();
+    let feed = state_machine.feed().clone();
+
+    let raft_config = openraft::Config {
+        cluster_name: "marina-coord".into(),
+        heartbeat_interval: config.raft.heartbeat_ms,
+        election_timeout_min: config.raft.election_timeout_min_ms,
+        election_timeout_max: config.raft.election_timeout_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|error| StartError::Raft(error.to_string()))?;
+    let raft = Raft::new(config.id, Arc::new(raft_config), Network::default(), log_store.clone(), state_machine)
+        .await
+        .map_err(|error| StartError::Raft(error.to_string()))?;
+
+    let proposal_timeout = Duration::from_millis(config.raft.proposal_timeout_ms);
+    let proposer =
+        Proposer::spawn(raft.clone(), config.raft.max_batch, proposal_timeout, ProposerMetrics::new(&metrics));
+    let reads = ReadBarrier::spawn(raft.clone(), proposal_timeout, startup_last_index);
+    let sessions = SessionTracker::new(replica.clone(), &metrics);
+    let node = Arc::new(CoordNode {
+        id: config.id,
+        address: address.clone(),
+        raft: raft.clone(),
+        replica,
+        feed,
+        proposer: proposer.clone(),
+        reads: reads.clone(),
+        sessions: sessions.clone(),
+        limits: config.limits.clone(),
+        watches: Arc::new(AtomicUsize::new(0)),
+        shutdown: shutdown.clone(),
+        channels: Mutex::default(),
+    });
+
+    let (router, health) = Endpoint::new("coord", metrics.clone())
+        .grpc(
+            CoordServer::new(CoordApi::new(node.clone()))
+                .max_decoding_message_size(config.limits.max_value_bytes + (64 << 10)),
+        )
+        .grpc(ClusterServer::new(ClusterApi::new(node.clone())))
+        .grpc(
+            RaftServer::new(RaftService::new(raft.clone()))
+                .max_decoding_message_size(MAX_DECODING_BYTES)
+                .max_encoding_message_size(MAX_DECODING_BYTES),
+        )
+        .build()
+        .await;
+
+    tokio::spawn(sessions.run(raft.clone(), proposer, reads, shutdown.clone()));
+    tokio::spawn(bootstrap(node.clone(), peers, address.clone()));
+    tokio::spawn(watch_health(node.clone(), health, Gauges::new(&metrics), log_store, config.raft.clone()));
+
+    tracing::info!(id = config.id, %address, listen = %local_address, data_dir = %config.data_dir.display(), "coord node started");
+    let task_node = node.clone();
+    let task = tokio::spawn(async move {
+        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        if let Err(error) = task_node.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        tracing::info!(id = task_node.id, "coord node stopped");
+        served.map_err(StartError::from)
+    });
+    Ok(CoordHandle { local_address, node, task })
+}
+
+/// A fresh cluster initializes itself exactly once: the lowest-id peer does it after every
+/// listed peer answers and none of them holds data. A node with a vote or log never does.
+async fn bootstrap(node: Arc<CoordNode>, peers: BTreeMap<NodeId, String>, address: String) {
+    match node.raft.is_initialized().await {
+        Ok(false) => {}
+        Ok(true) | Err(_) => return,
+    }
+    if peers.is_empty() {
+        let members = BTreeMap::from([(node.id, BasicNode::new(address))]);
+        if let Err(error) = node.raft.initialize(members).await {
+            tracing::error!(%error, "bootstrapping a single-node cluster failed");
+        }
+        return;
+    }
+    if peers.keys().next() != Some(&node.id) {
+        tracing::info!("waiting to be contacted by the cluster (the lowest-id peer bootstraps it)");
+        return;
+    }
+    let mut attempt = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = attempt.tick() => {}
+            () = node.shutdown.cancelled() => return,
+        }
+        if node.raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        let mut waiting_for = Vec::new();
+        for (id, peer) in peers.iter().filter(|(id, _)| **id != node.id) {
+            let mut client = ClusterClient::new(node.channel(peer));
+            let mut request = tonic::Request::new(StatusRequest {});
+            request.set_timeout(Duration::from_secs(1));
+            match client.status(request).await {
+                Ok(status) if status.get_ref().initialized => {
+                    tracing::info!(peer = id, "a peer already holds cluster data: joining instead of bootstrapping");
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => waiting_for.push(*id),
+            }
+        }
+        if !waiting_for.is_empty() {
+            tracing::info!(?waiting_for, "bootstrap: waiting for every peer to answer");
+            continue;
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            peers.iter().map(|(id, address)| (*id, BasicNode::new(address.clone()))).collect();
+        match node.raft.initialize(members).await {
+            Ok(()) => tracing::info!(voters = ?peers.keys().collect::<Vec<_>>(), "cluster bootstrapped"),
+            Err(error) => tracing::warn!(%error, "bootstrap refused"),
+        }
+        return;
+    }
+}
+
+struct Gauges {
+    term: IntGauge,
+    is_leader: IntGauge,
+    leader_id: IntGauge,
+    last_log_index: IntGauge,
+    applied_index: IntGauge,
+    revision: IntGauge,
+    nodes: IntGauge,
+    sessions: IntGauge,
+    watches: IntGauge,
+    log_memory_bytes: IntGauge,
+}
+
+impl Gauges {
+    fn new(metrics: &Metrics) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("static metric");
+            metrics.register(gauge.clone());
+            gauge
+        };
+        Self {
+            term: gauge("marina_coord_term", "Current Raft term."),
+            is_leader: gauge("marina_coord_is_leader", "1 if this node is the Raft leader."),
+            leader_id: gauge("marina_coord_leader_id", "Id of the known leader, 0 if none."),
+            last_log_index: gauge("marina_coord_last_log_index", "Index of the last log entry."),
+            applied_index: gauge("marina_coord_applied_index", "Index of the last applied entry."),
+            revision: gauge("marina_coord_revision", "The store's current revision."),
+            nodes: gauge("marina_coord_nodes", "Nodes in the tree."),
+            sessions: gauge("marina_coord_sessions", "Live sessions."),
+            watches: gauge("marina_coord_watches", "Open watch streams on this node."),
+            log_memory_bytes: gauge("marina_coord_log_memory_bytes", "Bytes of un-snapshotted log held in memory."),
+        }
+    }
+}
+
+/// Health (serving only as part of a quorum with a known leader), metrics, and the
+/// memory-bound snapshot trigger.
+async fn watch_health(
+    node: Arc<CoordNode>,
+    health: Health,
+    gauges: Gauges,
+    log_store: LogStore,
+    raft_config: crate::config::RaftConfig,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_snapshot_trigger = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = node.shutdown.cancelled() => {
+                health.set_serving(false).await;
+                return;
+            }
+        }
+        let metrics = node.metrics();
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        let quorum_fresh =
+            metrics.millis_since_quorum_ack.is_some_and(|millis| millis < 2 * raft_config.election_timeout_max_ms);
+        let serving = match metrics.state {
+            ServerState::Leader => voters <= 1 || quorum_fresh,
+            ServerState::Follower | ServerState::Learner => metrics.current_leader.is_some(),
+            ServerState::Candidate | ServerState::Shutdown => false,
+        };
+        health.set_serving(serving).await;
+
+        gauges.term.set(metrics.current_term as i64);
+        gauges.is_leader.set(i64::from(metrics.state == ServerState::Leader));
+        gauges.leader_id.set(metrics.current_leader.unwrap_or(0) as i64);
+        gauges.last_log_index.set(metrics.last_log_index.unwrap_or(0) as i64);
+        gauges.applied_index.set(metrics.last_applied.map_or(0, |id| id.index) as i64);
+        {
+            let replica = node.replica.read().expect("replica lock");
+            gauges.revision.set(replica.store.revision() as i64);
+            gauges.nodes.set(replica.store.node_count() as i64);
+            gauges.sessions.set(replica.store.sessions().len() as i64);
+        }
+        gauges.watches.set(node.watches.load(Ordering::Relaxed) as i64);
+        let log_bytes = log_store.memory_bytes();
+        gauges.log_memory_bytes.set(log_bytes as i64);
+        if log_bytes as u64 > raft_config.snapshot_every_bytes
+            && last_snapshot_trigger.elapsed() > Duration::from_secs(5)
+        {
+            last_snapshot_trigger = tokio::time::Instant::now();
+            tracing::info!(log_bytes, "log memory above snapshot_every_bytes: taking a snapshot");
+            let _ = node.raft.trigger().snapshot().await;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The write and read paths' batching.
+//!
+//! [`Proposer`]: concurrent writes are gathered into one log entry (a `Command::Batch`) while
+//! the previous ones are in flight, then pipelined: the proposer hands each entry to Raft and
+//! goes on gathering without waiting for the commit. With the log's group commit this turns
+//! many concurrent writes into few entries and fewer fsyncs.
+//!
+//! [`ReadBarrier`]: linearizable reads need the leader to confirm its leadership with a
+//! quorum (read-index). Reads arriving while a confirmation is in flight share the next one.
+
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use prometheus::{Histogram, HistogramOpts, IntCounter};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{Command, CommandResult};
+use crate::error::CoordError;
+use crate::types::{NodeId, Raft};
+
+type Reply<T> = oneshot::Sender<Result<T, CoordError>>;
+
+#[derive(Clone)]
+pub struct ProposerMetrics {
+    pub entries: IntCounter,
+    pub batch_size: Histogram,
+}
+
+impl ProposerMetrics {
+    pub fn new(metrics: &marina_daemon::Metrics) -> Self {
+        let entries = IntCounter::new("marina_coord_proposals_total", "Log entries proposed by this node as leader.")
+            .expect("static metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("marina_coord_proposal_batch_size", "Client commands per proposed log entry.")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+        )
+        .expect("static metric");
+        metrics.register(entries.clone());
+        metrics.register(batch_size.clone());
+        Self { entries, batch_size }
+    }
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<(Command, Reply<CommandResult>)>,
+}
+
+impl Proposer {
+    pub fn spawn(raft: Raft, max_batch: usize, timeout: Duration, metrics: ProposerMetrics) -> Self {
+        let (queue, proposals) = mpsc::channel(max_batch * 4);
+        tokio::spawn(run_proposer(raft, proposals, max_batch, timeout, metrics));
+        Self { queue }
+    }
+
+    /// Replicates `command` and returns the result of applying it.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, CoordError> {
+        let (reply, result) = oneshot::channel();
+        self.queue.send((command, reply)).await.map_err(|_| CoordError::ShuttingDown)?;
+        result.await.map_err(|_| CoordError::ShuttingDown)?
+    }
+}
+
+async fn run_proposer(
+    raft: Raft,
+    mut proposals: mpsc::Receiver<(Command, Reply<CommandResult>)>,
+    max_batch: usize,
+    timeout: Duration,
+    metrics: ProposerMetrics,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while proposals.recv_many(&mut batch, max_batch).await > 0 {
+        let (commands, replies): (Vec<Command>, Vec<Reply<CommandResult>>) = batch.drain(..).unzip();
+        metrics.batch_size.observe(commands.len() as f64);
+        let command = if commands.len() == 1 {
+            commands.into_iter().next().expect("one command")
+        } else {
+            Command::Batch(commands)
+        };
+        // Handing the entry to Raft preserves proposal order; the commit is awaited
+        // elsewhere so the next batch can be gathered and proposed meanwhile.
+        let receiver = match raft.client_write_ff(command).await {
+            Ok(receiver) => receiver,
+            Err(fatal) => {
+                for reply in replies {
+                    let _ = reply.send(Err(CoordError::Raft(fatal.to_string())));
+                }
+                continue;
+            }
+        };
+        metrics.entries.inc();
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, receiver).await {
+                Err(_elapsed) => Err(CoordError::NoQuorum(format!(
+                    "the write was not committed within {timeout:?}: the leader cannot reach a majority \
+                     (it may still be applied if the majority returns)"
+                ))),
+                Ok(Err(_dropped)) => Err(CoordError::ShuttingDown),
+                Ok(Ok(Err(error))) => Err(write_error(error)),
+                Ok(Ok(Ok(response))) => Ok(response.data),
+            };
+            distribute(outcome, replies);
+        });
+    }
+}
+
+/// Sends each client its own result out of a (possibly batched) outcome.
+fn distribute(outcome: Result<CommandResult, CoordError>, replies: Vec<Reply<CommandResult>>) {
+    match outcome {
+        Ok(CommandResult::Batch(results)) if replies.len() > 1 => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(result) => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn write_error(error: ClientWriteError<NodeId, openraft::BasicNode>) -> CoordError {
+    match error {
+        ClientWriteError::ForwardToLeader(forward) => {
+            CoordError::NotLeader { leader: forward.leader_node.map(|node| node.addr) }
+        }
+        ClientWriteError::ChangeMembershipError(error) => CoordError::Membership(error.to_string()),
+    }
+}
+
+/// Maps openraft's leadership-check failure.
+pub fn leadership_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> CoordError {
+    match error {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+            CoordError::NotLeader { leader: forward.leader_node.map(|node| node.addr) }
+        }
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)) => CoordError::NoQuorum(error.to_string()),
+        RaftError::Fatal(fatal) => CoordError::Raft(fatal.to_string()),
+    }
+}
+
+#[derive(Clone)]
+pub struct ReadBarrier {
+    waiters: mpsc::Sender<Reply<()>>,
+}
+
+impl ReadBarrier {
+    /// `startup_last_index` is the last log index this node held when it started. A node
+    /// that restarts as leader of the same term (openraft keeps leadership across restarts)
+    /// does not know how far the commit index had advanced, and its store is rebuilt by
+    /// replaying the log; reads wait until that replay has passed everything it held,
+    /// which includes everything it ever acknowledged.
+    pub fn spawn(raft: Raft, timeout: Duration, startup_last_index: u64) -> Self {
+        let (waiters, queue) = mpsc::channel(4096);
+        tokio::spawn(run_read_barrier(raft, queue, timeout, startup_last_index));
+        Self { waiters }
+    }
+
+    /// Returns once this node is confirmed leader and has applied everything committed
+    /// before the call: a read of the local store after this is linearizable.
+    pub async fn wait(&self) -> Result<(), CoordError> {
+        let (reply, result) = oneshot::channel();
+        self.waiters.send(reply).await.map_err(|_| CoordError::ShuttingDown)?;
+        result.await.map_err(|_| CoordError::ShuttingDown)?
+    }
+}
+
+async fn run_read_barrier(raft: Raft, mut queue: mpsc::Receiver<Reply<()>>, timeout: Duration, floor: u64) {
+    let mut waiting = Vec::new();
+    let mut replayed = floor == 0;
+    while queue.recv_many(&mut waiting, 4096).await > 0 {
+        let confirm = async {
+            raft.ensure_linearizable().await.map_err(leadership_error)?;
+            if !replayed {
+                raft.wait(Some(timeout))
+                    .applied_index_at_least(Some(floor), "replay after restart")
+                    .await
+                    .map_err(|error| CoordError::NoQuorum(format!("replaying the log after a restart: {error}")))?;
+                replayed = true;
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(timeout, confirm).await {
+            Err(_elapsed) => Err(CoordError::NoQuorum(format!(
+                "leadership could not be confirmed within {timeout:?}: the leader cannot reach a majority"
+            ))),
+            Ok(result) => result,
+        };
+        for reply in waiting.drain(..) {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! What every Marina service does alike, in one place so the services stay small:
+//!
+//! - [`config`]: defaults < TOML file (`--config`) < `MARINA_<SERVICE>_*` environment < flags,
+//!   merged with figment, validated by the service, printable with `--print-config`;
+//! - [`telemetry`]: `tracing` logs as text or JSON;
+//! - [`endpoint`]: one port serving gRPC (the service's API, `grpc.health.v1`, server
+//!   reflection) and HTTP (`/metrics`, `/health`, the service's JSON endpoints);
+//! - [`metrics`]: a Prometheus registry per service instance with RED metrics per request;
+//! - [`shutdown`]: SIGTERM/SIGINT handling and a bounded drain;
+//! - [`leader`]: how a non-leader tells a client where the leader is.
+
+pub mod config;
+pub mod endpoint;
+pub mod leader;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use endpoint::{Endpoint, Health};
+pub use metrics::Metrics;
+pub use shutdown::Shutdown;
+
+/// The Marina release every binary reports (in status, metrics and `--version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

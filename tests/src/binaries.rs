@@ -1,0 +1,37 @@
+//! The workspace's binaries, for tests that run them as processes. They are built once per
+//! test process (a no-op when up to date), so a test never runs a stale binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of binary `name` (e.g. `marina-coord`), built from the current sources.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "--workspace", "--bins"]);
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        let status = command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .map_err(|error| format!("running cargo build: {error}"))?;
+        if status.success() { Ok(()) } else { Err(format!("cargo build --bins failed: {status}")) }
+    });
+    if let Err(error) = built {
+        panic!("{error}");
+    }
+    let path = target_dir().join(name);
+    assert!(path.is_file(), "binary {} was not built", path.display());
+    path
+}
+
+/// `target/<profile>`: the test executable lives in its `deps/` directory.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test executable directory");
+    deps.parent().expect("profile directory").to_owned()
+}

@@ -1,0 +1,28 @@
+//! Marina's test harness: clusters of real nodes on loopback with their own temp dirs, in
+//! one process (fast, every node the production `spawn`) or as real processes (for
+//! SIGKILL, SIGSTOP and restarts from disk). Conditions are awaited with deadlines, never
+//! with fixed sleeps; everything started is stopped and removed on drop.
+
+pub mod binaries;
+pub mod coord;
+pub mod process;
+pub mod wait;
+
+pub use coord::{CoordCluster, CoordProcesses};
+pub use process::TestProcess;
+pub use wait::eventually;
+
+/// Installs a test log subscriber once (`MARINA_TEST_LOG=debug` for more).
+pub fn init_logging() {
+    let level = std::env::var("MARINA_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let config = marina_daemon::telemetry::LogConfig { level, ..Default::default() };
+    let _ = marina_daemon::telemetry::init(&config);
+}
+
+/// A free TCP port on 127.0.0.1 (for processes that must be told their port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("binding an ephemeral port")
+}

@@ -1,0 +1,170 @@
+//! The coord quorum as real processes: SIGKILL, restart from disk, loss of quorum, and the
+//! election recipe across processes (SIGKILL and SIGSTOP of the leader).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use marina_coord_client::{ClientOptions, CoordClient, Error};
+use marina_tests::{CoordProcesses, TestProcess, eventually};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_the_leader_then_two_nodes() {
+    let mut cluster = CoordProcesses::start(3).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        client.put(&format!("/acked/{i}"), i.to_string()).await.unwrap();
+    }
+
+    // SIGKILL the leader: writes go through the other two within the election timeout.
+    let leader = cluster.leader().await;
+    cluster.kill(leader).await;
+    let killed_at = Instant::now();
+    client.put("/after-kill", "x").await.unwrap();
+    let recovered = killed_at.elapsed();
+    assert!(recovered < Duration::from_secs(3), "writes resumed {recovered:?} after the leader died");
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Restarted from its data dir, it rejoins and catches up; nothing acknowledged is lost.
+    cluster.restart(leader);
+    let target = cluster.status(new_leader).await.unwrap().applied_index;
+    eventually(WAIT, "the restarted node to catch up", || async {
+        let status = cluster.status(leader).await?;
+        (status.applied_index >= target && status.leader_id == new_leader).then_some(())
+    })
+    .await;
+    let restarted_only = CoordClient::new(&marina_coord_client::CoordUrl {
+        endpoints: vec![cluster.address(leader).to_owned()],
+        root: "/test".into(),
+    });
+    for i in 0..20 {
+        let node = restarted_only.get_stale(&format!("/acked/{i}")).await.unwrap();
+        assert_eq!(node.map(|n| n.data), Some(i.to_string().into()), "acked write {i} survived SIGKILL");
+    }
+
+    // SIGKILL two of three: writes fail with a clear no-quorum error; stale reads still answer.
+    let survivor = leader;
+    for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
+        cluster.kill(id).await;
+    }
+    let impatient = cluster.client_with(ClientOptions { retry_for: Duration::from_secs(2), ..Default::default() });
+    match impatient.put("/no-quorum", "x").await {
+        Err(Error::NoQuorum(message)) => assert!(message.contains("majority"), "{message}"),
+        other => panic!("expected NoQuorum, got {other:?}"),
+    }
+    let stale = restarted_only.get_stale("/after-kill").await.unwrap();
+    assert_eq!(stale.map(|n| n.data), Some("x".into()));
+}
+
+/// A candidate process and the lines it prints.
+struct Candidate {
+    process: TestProcess,
+    lines: Lines<BufReader<ChildStdout>>,
+    name: String,
+}
+
+impl Candidate {
+    fn start(cluster: &CoordProcesses, name: &str, log_dir: PathBuf) -> Self {
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-candidate"));
+        let args =
+            vec![cluster.url().to_string(), "/election/members".into(), name.into(), "1500".into(), "300".into()];
+        let log = log_dir.join(format!("{name}.log"));
+        let (process, stdout) = TestProcess::spawn_piped(name, &binary, &args, &log);
+        Self { process, lines: BufReader::new(stdout).lines(), name: name.into() }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    async fn expect(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{} did not print {prefix:?}", self.name))
+                .expect("reading candidate output")
+                .unwrap_or_else(|| panic!("{} exited before printing {prefix:?}", self.name));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
+
+/// Every fenced write, by revision: (mod_revision, epoch, candidate).
+async fn fenced_writes(client: &CoordClient) -> Vec<(u64, u64, String)> {
+    let listing = client.list("/election/writes").await.unwrap();
+    let mut writes = Vec::new();
+    for name in listing.children {
+        let node = client.get(&format!("/election/writes/{name}")).await.unwrap().unwrap();
+        let epoch: u64 = String::from_utf8_lossy(&node.data).parse().unwrap();
+        writes.push((node.mod_revision, epoch, name.rsplit_once('-').unwrap().0.to_owned()));
+    }
+    writes.sort();
+    writes
+}
+
+/// Leaderships never overlap in the store: ordered by revision, epochs never go back, and
+/// each epoch belongs to one candidate.
+fn assert_one_leader_at_a_time(writes: &[(u64, u64, String)]) {
+    let mut owners: HashMap<u64, &str> = HashMap::new();
+    for window in writes.windows(2) {
+        assert!(window[0].1 <= window[1].1, "an older leader wrote after a newer one: {window:?}");
+    }
+    for (_, epoch, name) in writes {
+        let owner = owners.entry(*epoch).or_insert(name);
+        assert_eq!(owner, name, "epoch {epoch} used by two candidates");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_survives_sigkill_and_fences_a_frozen_leader() {
+    let cluster = CoordProcesses::start(3).await;
+    let client = cluster.client();
+    // Exactly one of three leads (the first to join); the others stand by.
+    let mut first = Candidate::start(&cluster, "a", cluster.dir().to_owned());
+    first.expect("leading").await;
+    let mut candidates = Vec::new();
+    for name in ["b", "c"] {
+        let mut candidate = Candidate::start(&cluster, name, cluster.dir().to_owned());
+        candidate.expect("standby").await;
+        candidates.push(candidate);
+    }
+
+    // SIGKILL the leader: the next candidate leads within the disconnect grace plus an
+    // election round, far below the session TTL.
+    let killed_at = Instant::now();
+    first.process.kill().await;
+    candidates[0].expect("leading").await;
+    let takeover = killed_at.elapsed();
+    assert!(takeover < Duration::from_millis(1500), "takeover after SIGKILL took {takeover:?}");
+
+    // SIGSTOP the new leader past its TTL: the last candidate takes over.
+    let frozen_epoch = eventually(WAIT, "b to write as leader", || async {
+        fenced_writes(&client).await.iter().filter(|w| w.2 == "b").map(|w| w.1).max()
+    })
+    .await;
+    candidates[0].process.freeze();
+    candidates[1].expect("leading").await;
+    let takeover_revision = eventually(WAIT, "the new leader's first write", || async {
+        fenced_writes(&client).await.iter().find(|w| w.2 == "c").map(|w| w.0)
+    })
+    .await;
+
+    // Thawed, the old leader cannot write: it learns it is deposed or that its session is
+    // lost, and nothing it attempted after the takeover landed.
+    candidates[0].process.thaw();
+    candidates[0].expect("lost").await;
+    let writes = fenced_writes(&client).await;
+    assert!(
+        writes
+            .iter()
+            .all(|(revision, epoch, name)| name != "b" || *revision < takeover_revision && *epoch == frozen_epoch),
+        "the frozen leader wrote after it was replaced: {writes:?}"
+    );
+    assert_one_leader_at_a_time(&writes);
+}
