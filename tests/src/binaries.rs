@@ -29,9 +29,10 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// `target/<profile>`: the test executable lives in its `deps/` directory.
+/// `target/<profile>`: test executables live in its `deps/` directory, binaries (such as
+/// `marina-bench`) in it directly.
 fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("test executable directory");
-    deps.parent().expect("profile directory").to_owned()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    if dir.ends_with("deps") { dir.parent().expect("profile directory").to_owned() } else { dir.to_owned() }
 }

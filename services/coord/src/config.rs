@@ -55,6 +55,9 @@ pub struct RaftConfig {
     pub proposal_timeout_ms: u64,
     /// At most this many concurrent requests share one log entry.
     pub max_batch: usize,
+    /// At most this many proposed entries await their commit at once; requests arriving
+    /// while the pipeline is full are batched into the next entry.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,10 +99,11 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             snapshot_every_entries: 10_000,
-            snapshot_every_bytes: 256 << 20,
+            snapshot_every_bytes: 64 << 20,
             keep_entries_after_snapshot: 1_000,
             proposal_timeout_ms: 3_000,
             max_batch: 1024,
+            max_in_flight: 4,
         }
     }
 }
@@ -164,6 +168,9 @@ impl Config {
         }
         if raft.max_batch == 0 {
             return Err(ConfigError::value("raft.max_batch", "must be greater than 0"));
+        }
+        if raft.max_in_flight == 0 {
+            return Err(ConfigError::value("raft.max_in_flight", "must be greater than 0"));
         }
         let limits = &self.limits;
         if limits.session_ttl_min_ms == 0 || limits.session_ttl_min_ms > limits.session_ttl_max_ms {

@@ -244,8 +244,13 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         .map_err(|error| StartError::Raft(error.to_string()))?;
 
     let proposal_timeout = Duration::from_millis(config.raft.proposal_timeout_ms);
-    let proposer =
-        Proposer::spawn(raft.clone(), config.raft.max_batch, proposal_timeout, ProposerMetrics::new(&metrics));
+    let proposer = Proposer::spawn(
+        raft.clone(),
+        config.raft.max_batch,
+        config.raft.max_in_flight,
+        proposal_timeout,
+        ProposerMetrics::new(&metrics),
+    );
     let reads = ReadBarrier::spawn(raft.clone(), proposal_timeout, startup_last_index);
     let sessions = SessionTracker::new(replica.clone(), &metrics);
     let node = Arc::new(CoordNode {

@@ -1,9 +1,10 @@
 //! The write and read paths' batching.
 //!
 //! [`Proposer`]: concurrent writes are gathered into one log entry (a `Command::Batch`) while
-//! the previous ones are in flight, then pipelined: the proposer hands each entry to Raft and
-//! goes on gathering without waiting for the commit. With the log's group commit this turns
-//! many concurrent writes into few entries and fewer fsyncs.
+//! earlier entries are in flight. At most `max_in_flight` entries are uncommitted at once:
+//! under light load a write is proposed the moment it arrives; under heavy load writes queue
+//! while the pipeline is full and the next entry carries all of them, so the per-entry cost
+//! of Raft (an fsync on every node, a replication round) is shared.
 //!
 //! [`ReadBarrier`]: linearizable reads need the leader to confirm its leadership with a
 //! quorum (read-index). Reads arriving while a confirmation is in flight share the next one.
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use prometheus::{Histogram, HistogramOpts, IntCounter};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::command::{Command, CommandResult};
 use crate::error::CoordError;
@@ -47,9 +50,16 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn spawn(raft: Raft, max_batch: usize, timeout: Duration, metrics: ProposerMetrics) -> Self {
+    pub fn spawn(
+        raft: Raft,
+        max_batch: usize,
+        max_in_flight: usize,
+        timeout: Duration,
+        metrics: ProposerMetrics,
+    ) -> Self {
         let (queue, proposals) = mpsc::channel(max_batch * 4);
-        tokio::spawn(run_proposer(raft, proposals, max_batch, timeout, metrics));
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        tokio::spawn(run_proposer(raft, proposals, max_batch, in_flight, timeout, metrics));
         Self { queue }
     }
 
@@ -65,11 +75,17 @@ async fn run_proposer(
     raft: Raft,
     mut proposals: mpsc::Receiver<(Command, Reply<CommandResult>)>,
     max_batch: usize,
+    in_flight: Arc<Semaphore>,
     timeout: Duration,
     metrics: ProposerMetrics,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    while proposals.recv_many(&mut batch, max_batch).await > 0 {
+    loop {
+        // Wait for room in the pipeline first: whatever queues meanwhile joins this entry.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        if proposals.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
         let (commands, replies): (Vec<Command>, Vec<Reply<CommandResult>>) = batch.drain(..).unzip();
         metrics.batch_size.observe(commands.len() as f64);
         let command = if commands.len() == 1 {
@@ -90,6 +106,7 @@ async fn run_proposer(
         };
         metrics.entries.inc();
         tokio::spawn(async move {
+            let _permit = permit;
             let outcome = match tokio::time::timeout(timeout, receiver).await {
                 Err(_elapsed) => Err(CoordError::NoQuorum(format!(
                     "the write was not committed within {timeout:?}: the leader cannot reach a majority \

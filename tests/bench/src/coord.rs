@@ -58,8 +58,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("coord: 3 marina-coord processes on loopback, {} keys, {}s per row", args.keys, args.seconds);
     print_table(&rows);
-    let best_write = rows.iter().filter(|r| r.workload == Workload::Write.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
-    let best_read = rows.iter().filter(|r| r.workload == Workload::Read.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
+    let best_write =
+        rows.iter().filter(|r| r.workload == Workload::Write.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
+    let best_read =
+        rows.iter().filter(|r| r.workload == Workload::Read.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
     println!("summary: coord peak {best_write:.0} writes/s, {best_read:.0} linearizable reads/s");
     Ok(())
 }
