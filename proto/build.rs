@@ -3,7 +3,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["marina/coord/v1/coord.proto", "marina/coord/v1/raft.proto"];
+const PROTOS: &[&str] = &[
+    "marina/coord/v1/coord.proto",
+    "marina/coord/v1/raft.proto",
+    "marina/agent/v1/agent.proto",
+    "marina/agent/v1/checkpoint.proto",
+    "marina/master/v1/master.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

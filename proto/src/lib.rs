@@ -9,3 +9,15 @@ pub mod coord {
         tonic::include_proto!("marina.coord.v1");
     }
 }
+
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("marina.agent.v1");
+    }
+}
+
+pub mod master {
+    pub mod v1 {
+        tonic::include_proto!("marina.master.v1");
+    }
+}

@@ -4,12 +4,19 @@
 //! with fixed sleeps; everything started is stopped and removed on drop.
 
 pub mod binaries;
+pub mod cluster;
 pub mod coord;
 pub mod process;
+pub mod scheduler;
+pub mod services;
+pub mod testdir;
 pub mod wait;
 
+pub use cluster::MarinaCluster;
 pub use coord::{CoordCluster, CoordProcesses};
 pub use process::TestProcess;
+pub use scheduler::TestScheduler;
+pub use testdir::TestDir;
 pub use wait::eventually;
 
 /// Installs a test log subscriber once (`MARINA_TEST_LOG=debug` for more).

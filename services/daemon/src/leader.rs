@@ -30,3 +30,24 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 pub fn is_retryable(status: &Status) -> bool {
     status.metadata().get(RETRYABLE_METADATA).is_some()
 }
+
+/// What a leader-elected service (master, gateway) publishes about itself in its election
+/// member node, so that others can find and address it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    /// The instance's id (stable across its restarts).
+    pub id: String,
+    /// Where its gRPC + HTTP port is reached, `host:port`.
+    pub address: String,
+    pub version: String,
+}
+
+impl MemberInfo {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("member info serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}

@@ -9,11 +9,14 @@
 //! - [`shutdown`]: SIGTERM/SIGINT handling and a bounded drain;
 //! - [`leader`]: how a non-leader tells a client where the leader is.
 
+pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod ids;
 pub mod leader;
 pub mod metrics;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 
 pub use endpoint::{Endpoint, Health};

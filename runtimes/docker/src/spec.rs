@@ -1,0 +1,287 @@
+//! Turning a [`TaskSpec`] into the engine's container-create request.
+//!
+//! Pure (no engine call), so every refusal happens before anything exists on the engine and
+//! the translation is unit tested without Docker. Refusals are `InvalidSpec` (or
+//! `Unsupported`) naming what is wrong: a task silently started without the limit or port it
+//! asked for is worse than one that fails to start.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use marina_runtime::{Command, LABEL_TASK_ID, NetworkMode, Protocol, RuntimeError, RuntimeKind, TaskSpec};
+
+use crate::parameters;
+
+/// Every Marina container's name starts with this, so operators can tell them apart.
+pub const NAME_PREFIX: &str = "marina-";
+
+/// The container name of a task: `marina-<task_id>`.
+///
+/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; other characters become `_`, and then a
+/// hash of the original id is appended so that two ids differing only in those characters
+/// (`a/b`, `a:b`) cannot collide on one name.
+pub fn container_name(task_id: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let sanitized: String = task_id.chars().map(|c| if allowed(c) { c } else { '_' }).collect();
+    if sanitized == task_id && !task_id.is_empty() {
+        format!("{NAME_PREFIX}{task_id}")
+    } else {
+        format!("{NAME_PREFIX}{sanitized}-{:016x}", fnv1a(task_id.as_bytes()))
+    }
+}
+
+/// FNV-1a: tiny and, unlike std's `DefaultHasher`, guaranteed stable across Rust releases —
+/// the name must be the same after the agent is upgraded.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Splits an image reference into what the engine's pull API wants: the repository and a tag
+/// or digest. A missing tag means `latest` — an empty tag would make the engine pull *every*
+/// tag of the repository.
+pub(crate) fn split_reference(image: &str) -> (String, String) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo.to_owned(), digest.to_owned());
+    }
+    // A colon before the last slash belongs to a registry's port (`host:5000/app`).
+    let name_start = image.rfind('/').map_or(0, |slash| slash + 1);
+    match image[name_start..].rfind(':') {
+        Some(colon) => (image[..name_start + colon].to_owned(), image[name_start + colon + 1..].to_owned()),
+        None => (image.to_owned(), "latest".to_owned()),
+    }
+}
+
+/// The container-create body for `spec`.
+pub(crate) fn container_body(spec: &TaskSpec) -> Result<ContainerCreateBody, RuntimeError> {
+    let image = spec.image.clone().ok_or_else(|| RuntimeError::Unsupported {
+        runtime: RuntimeKind::Docker,
+        reason: format!("task {} has no image; the docker runtime only runs images", spec.task_id),
+    })?;
+    let (entrypoint, cmd) = command(spec.command.as_ref())?;
+
+    let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    match labels.get(LABEL_TASK_ID) {
+        // `list` finds a task's identity in this label, so it must be the task's own.
+        Some(labelled) if *labelled != spec.task_id => {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "label {LABEL_TASK_ID}={labelled} does not match task id {}",
+                spec.task_id
+            )));
+        }
+        Some(_) => {}
+        None => {
+            labels.insert(LABEL_TASK_ID.to_owned(), spec.task_id.clone());
+        }
+    }
+
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') {
+            return Err(RuntimeError::InvalidSpec(format!("invalid environment variable name {key:?}")));
+        }
+        env.push(format!("{key}={value}"));
+    }
+
+    let mut host = HostConfig {
+        network_mode: Some(network_mode(spec.network).to_owned()),
+        privileged: Some(spec.privileged),
+        // No restart policy on purpose: the agent decides whether a task is relaunched.
+        restart_policy: None,
+        ..Default::default()
+    };
+    resources(spec, &mut host)?;
+
+    let mut body = ContainerCreateBody {
+        image: Some(image),
+        entrypoint,
+        cmd,
+        env: Some(env),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    ports(spec, &mut body, &mut host)?;
+    parameters::apply(&spec.parameters, &mut body, &mut host)?;
+    body.host_config = Some(host);
+    Ok(body)
+}
+
+/// A container's `Entrypoint` and `Cmd`; `None` keeps the image's.
+type EntrypointAndCmd = (Option<Vec<String>>, Option<Vec<String>>);
+
+/// Marathon's semantics: `cmd` runs through `/bin/sh -c` (replacing the image's entrypoint);
+/// `args` replace the image's command but keep its entrypoint; neither runs the image as built.
+fn command(command: Option<&Command>) -> Result<EntrypointAndCmd, RuntimeError> {
+    match command {
+        None => Ok((None, None)),
+        Some(Command::Shell(line)) => Ok((Some(vec!["/bin/sh".into(), "-c".into()]), Some(vec![line.clone()]))),
+        Some(Command::Argv(argv)) if argv.is_empty() => {
+            Err(RuntimeError::InvalidSpec("an argument vector needs at least one element".into()))
+        }
+        Some(Command::Argv(argv)) => Ok((None, Some(argv.clone()))),
+    }
+}
+
+fn network_mode(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::Bridge => "bridge",
+        NetworkMode::Host => "host",
+        NetworkMode::None => "none",
+    }
+}
+
+fn resources(spec: &TaskSpec, host: &mut HostConfig) -> Result<(), RuntimeError> {
+    let resources = &spec.resources;
+    for (name, value) in [("cpus", resources.cpus), ("mem_mb", resources.mem_mb)] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(RuntimeError::InvalidSpec(format!("{name} must be a non-negative number, got {value}")));
+        }
+    }
+    if resources.mem_mb > 0.0 {
+        host.memory = Some((resources.mem_mb * 1024.0 * 1024.0).round() as i64);
+    }
+    if resources.cpus > 0.0 {
+        host.nano_cpus = Some((resources.cpus * 1e9).round() as i64);
+    }
+    Ok(())
+}
+
+/// Bridge networking publishes each port on the host's `0.0.0.0:<host_port>`. The port must
+/// be listed in `ExposedPorts` too, or the engine silently ignores its binding. With host
+/// networking the task binds its host ports itself; with no network there is nothing to map.
+fn ports(spec: &TaskSpec, body: &mut ContainerCreateBody, host: &mut HostConfig) -> Result<(), RuntimeError> {
+    if spec.ports.is_empty() {
+        return Ok(());
+    }
+    match spec.network {
+        NetworkMode::Host => return Ok(()),
+        NetworkMode::None => {
+            return Err(RuntimeError::InvalidSpec("ports cannot be mapped for a task with network mode none".into()));
+        }
+        NetworkMode::Bridge => {}
+    }
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for port in &spec.ports {
+        if port.container_port == 0 {
+            return Err(RuntimeError::InvalidSpec(format!("port {:?} has no container port", port.name)));
+        }
+        let protocol = match port.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let key = format!("{}/{protocol}", port.container_port);
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        // Host port 0 lets the engine choose one.
+        let host_port = if port.host_port == 0 { String::new() } else { port.host_port.to_string() };
+        let binding = PortBinding { host_ip: Some("0.0.0.0".into()), host_port: Some(host_port) };
+        bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(binding);
+    }
+    body.exposed_ports = Some(exposed);
+    host.port_bindings = Some(bindings);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use marina_runtime::{PortMapping, Resources, marina_labels};
+
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: "app.1".into(),
+            sandbox: PathBuf::from("/tmp/app.1"),
+            command: Some(Command::Shell("echo hi".into())),
+            image: Some("marina-test/busybox:latest".into()),
+            force_pull: false,
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            resources: Resources { cpus: 0.5, mem_mb: 64.0, disk_mb: 0.0 },
+            ports: vec![PortMapping {
+                host_port: 31000,
+                container_port: 8080,
+                protocol: Protocol::Tcp,
+                name: Some("http".into()),
+            }],
+            network: NetworkMode::Bridge,
+            privileged: false,
+            labels: marina_labels("app.1", "agent", "fw"),
+            parameters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn names_are_docker_safe_and_distinct() {
+        assert_eq!(container_name("app.1-x_y"), "marina-app.1-x_y");
+        let (slash, colon) = (container_name("a/b"), container_name("a:b"));
+        assert!(slash.starts_with("marina-a_b-"), "{slash}");
+        assert_ne!(slash, colon);
+        assert_eq!(slash, container_name("a/b"), "stable");
+        assert!(container_name("").starts_with("marina-"));
+    }
+
+    #[test]
+    fn references_always_carry_a_tag() {
+        assert_eq!(split_reference("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(split_reference("repo/app:1.2"), ("repo/app".into(), "1.2".into()));
+        assert_eq!(split_reference("host:5000/app"), ("host:5000/app".into(), "latest".into()));
+        assert_eq!(split_reference("host:5000/app:2"), ("host:5000/app".into(), "2".into()));
+        assert_eq!(split_reference("app@sha256:abc"), ("app".into(), "sha256:abc".into()));
+    }
+
+    #[test]
+    fn translates_resources_ports_and_command() {
+        let body = container_body(&spec()).expect("valid");
+        let host = body.host_config.as_ref().expect("host config");
+        assert_eq!(host.memory, Some(64 * 1024 * 1024));
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(body.exposed_ports, Some(vec!["8080/tcp".to_owned()]));
+        let binding = &host.port_bindings.as_ref().expect("bindings")["8080/tcp"].as_ref().expect("some")[0];
+        assert_eq!(binding.host_port.as_deref(), Some("31000"));
+        assert_eq!(body.entrypoint, Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]));
+        assert_eq!(body.cmd, Some(vec!["echo hi".to_owned()]));
+        assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
+        assert!(host.restart_policy.is_none());
+    }
+
+    #[test]
+    fn argv_keeps_the_entrypoint() {
+        let mut spec = spec();
+        spec.command = Some(Command::Argv(vec!["echo".into(), "$HOME".into()]));
+        let body = container_body(&spec).expect("valid");
+        assert_eq!(body.entrypoint, None);
+        assert_eq!(body.cmd, Some(vec!["echo".to_owned(), "$HOME".to_owned()]));
+        spec.command = Some(Command::Argv(Vec::new()));
+        assert!(matches!(container_body(&spec), Err(RuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        let mut no_network = spec();
+        no_network.network = NetworkMode::None;
+        assert!(matches!(container_body(&no_network), Err(RuntimeError::InvalidSpec(_))));
+        let mut no_image = spec();
+        no_image.image = None;
+        assert!(matches!(container_body(&no_image), Err(RuntimeError::Unsupported { .. })));
+        let mut wrong_label = spec();
+        wrong_label.labels.insert(LABEL_TASK_ID.into(), "other".into());
+        assert!(matches!(container_body(&wrong_label), Err(RuntimeError::InvalidSpec(_))));
+        let mut nan = spec();
+        nan.resources.cpus = f64::NAN;
+        assert!(matches!(container_body(&nan), Err(RuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn host_networking_maps_nothing() {
+        let mut spec = spec();
+        spec.network = NetworkMode::Host;
+        let body = container_body(&spec).expect("valid");
+        assert_eq!(body.exposed_ports, None);
+        assert_eq!(body.host_config.expect("host").port_bindings, None);
+    }
+}

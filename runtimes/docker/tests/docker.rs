@@ -1,0 +1,250 @@
+//! What only the Docker backend does: port mapping, limits the engine enforces, Marathon's
+//! `docker.parameters`, command semantics, container naming, and the engine connection.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerInspectResponse;
+use common::{cleanup, env, wait_for_logs};
+use marina_runtime::{
+    Command, LABEL_AGENT_ID, LogStream, NetworkMode, PortMapping, Protocol, Runtime, RuntimeError, TaskHandle,
+    TaskSpec, TaskState,
+};
+use marina_runtime_docker::{DockerConfig, DockerRuntime, container_name};
+
+async fn start(runtime: &dyn Runtime, spec: &TaskSpec) -> TaskHandle {
+    runtime.ensure_image(spec.image.as_deref().expect("an image"), false).await.expect("ensure_image");
+    runtime.start(spec).await.unwrap_or_else(|e| panic!("start {}: {e}", spec.task_id))
+}
+
+async fn wait(runtime: &dyn Runtime, handle: &TaskHandle) -> marina_runtime::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(60), runtime.wait(handle)).await.expect("exits within 60 s").expect("wait")
+}
+
+/// The engine's own view of a container, bypassing the runtime.
+async fn docker_inspect(handle: &TaskHandle) -> ContainerInspectResponse {
+    let docker =
+        bollard::Docker::connect_with_unix_defaults().expect("docker").negotiate_version().await.expect("version");
+    docker.inspect_container(&handle.id, None).await.expect("inspect")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_port_reaches_the_task() {
+    let env = env("port_mapping").await;
+    let host_port = free_port();
+    let mut spec = env.fixture.spec("httpd", "exec httpd -f -p 8080 -h /var/www");
+    spec.ports =
+        vec![PortMapping { host_port, container_port: 8080, protocol: Protocol::Tcp, name: Some("http".into()) }];
+    let handle = start(&*env.runtime, &spec).await;
+
+    let url = format!("http://127.0.0.1:{host_port}/");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match reqwest::get(&url).await {
+            Ok(response) if response.status().is_success() => break response.text().await.expect("body"),
+            other => {
+                assert!(Instant::now() < deadline, "{url} never answered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(body.contains("marina test image"), "{body:?}");
+    let inspected = docker_inspect(&handle).await;
+    let bindings = inspected.host_config.and_then(|h| h.port_bindings).expect("port bindings");
+    let binding = &bindings["8080/tcp"].as_ref().expect("bound")[0];
+    assert_eq!(binding.host_ip.as_deref(), Some("0.0.0.0"));
+    cleanup(&*env.runtime, &handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_cpu_limits_reach_the_engine() {
+    let env = env("limits").await;
+    let mut spec = env.fixture.spec("limited", "exec sleep 300");
+    spec.resources.mem_mb = 48.0;
+    spec.resources.cpus = 0.25;
+    let handle = start(&*env.runtime, &spec).await;
+    let host = docker_inspect(&handle).await.host_config.expect("host config");
+    assert_eq!(host.memory, Some(48 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(250_000_000));
+    let restart = host.restart_policy.and_then(|policy| policy.name).map(|name| name.to_string());
+    assert!(matches!(restart.as_deref(), None | Some("" | "no")), "no restart policy: {restart:?}");
+    cleanup(&*env.runtime, &handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_reported() {
+    let env = env("oom").await;
+    // Command substitution holds 200 MB in the shell's memory: far past a 16 MB limit.
+    let mut spec = env.fixture.spec("hog", "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived");
+    spec.resources.mem_mb = 16.0;
+    let handle = start(&*env.runtime, &spec).await;
+    let status = wait(&*env.runtime, &handle).await;
+    assert!(status.oom_killed, "{status:?}");
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    match env.runtime.inspect(&handle).await.expect("inspect") {
+        TaskState::Exited { status, finished_at } => {
+            assert!(status.oom_killed, "{status:?}");
+            assert!(finished_at.is_some());
+        }
+        other => panic!("expected Exited, got {other:?}"),
+    }
+    cleanup(&*env.runtime, &handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_after_the_grace_period_is_reported_as_a_signal() {
+    let env = env("sigkill").await;
+    let handle =
+        start(&*env.runtime, &env.fixture.spec("stubborn", "trap '' TERM; echo ready; while true; do sleep 0.1; done"))
+            .await;
+    wait_for_logs(&*env.runtime, &handle, LogStream::Stdout, "ready").await;
+    env.runtime.stop(&handle, Duration::from_millis(300)).await.expect("stop");
+    let status = wait(&*env.runtime, &handle).await;
+    assert_eq!((status.code, status.signal, status.oom_killed), (None, Some(9), false), "{status:?}");
+    cleanup(&*env.runtime, &handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_parameters_are_applied_or_refused_by_name() {
+    let env = env("parameters").await;
+    let mut spec = env.fixture.spec("params", "echo from=$FROM_PARAM; exec sleep 300");
+    spec.parameters = vec![("label".into(), "team=core".into()), ("env".into(), "FROM_PARAM=yes".into())];
+    let handle = start(&*env.runtime, &spec).await;
+    wait_for_logs(&*env.runtime, &handle, LogStream::Stdout, "from=yes").await;
+    let by_agent = BTreeMap::from([(LABEL_AGENT_ID.to_owned(), env.fixture.agent_id.clone())]);
+    let listed = env.runtime.list(&by_agent).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].labels.get("team").map(String::as_str), Some("core"));
+    cleanup(&*env.runtime, &handle).await;
+
+    let mut unknown = env.fixture.spec("unknown", "exec sleep 300");
+    unknown.parameters = vec![("no-such-option".into(), "1".into())];
+    match env.runtime.start(&unknown).await {
+        Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("no-such-option"), "{message}"),
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    assert!(env.runtime.list(&by_agent).await.expect("list").is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_commands_use_a_shell_and_argv_does_not() {
+    let env = env("commands").await;
+    let shell = start(&*env.runtime, &env.fixture.spec("shell", "echo sum=$((40+2))")).await;
+    let mut argv_spec = env.fixture.spec("argv", "");
+    argv_spec.command = Some(Command::Argv(vec!["echo".into(), "literal=$HOME".into()]));
+    let argv = start(&*env.runtime, &argv_spec).await;
+    // No command: the image's own (`/bin/sh` with no input exits at once, successfully).
+    let mut default_spec = env.fixture.spec("default", "");
+    default_spec.command = None;
+    let default = start(&*env.runtime, &default_spec).await;
+
+    for handle in [&shell, &argv, &default] {
+        assert!(wait(&*env.runtime, handle).await.success(), "{} failed", handle.task_id);
+    }
+    let logs = |handle: &TaskHandle| {
+        let (runtime, handle) = (env.runtime.clone(), handle.clone());
+        async move {
+            String::from_utf8_lossy(&runtime.logs(&handle, LogStream::Stdout, None).await.expect("logs")).into_owned()
+        }
+    };
+    assert_eq!(logs(&shell).await, "sum=42\n");
+    assert_eq!(logs(&argv).await, "literal=$HOME\n");
+    let config = docker_inspect(&default).await.config.expect("config");
+    assert_eq!(config.cmd, Some(vec!["/bin/sh".to_owned()]), "the image's command ran");
+    for handle in [&shell, &argv, &default] {
+        cleanup(&*env.runtime, handle).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_tail_in_bytes_per_stream_after_exit() {
+    let env = env("logs_tail").await;
+    let script = "printf 'line one\\nline two\\nabcdefghij'; printf 'to stderr' >&2";
+    let handle = start(&*env.runtime, &env.fixture.spec("tail", script)).await;
+    wait(&*env.runtime, &handle).await;
+    let tail = |stream, bytes| env.runtime.logs(&handle, stream, bytes);
+    assert_eq!(&tail(LogStream::Stdout, Some(4)).await.expect("tail")[..], b"ghij");
+    assert_eq!(&tail(LogStream::Stdout, Some(0)).await.expect("tail")[..], b"");
+    assert_eq!(&tail(LogStream::Stdout, Some(1000)).await.expect("tail")[..], b"line one\nline two\nabcdefghij");
+    assert_eq!(&tail(LogStream::Stderr, Some(6)).await.expect("tail")[..], b"stderr");
+    cleanup(&*env.runtime, &handle).await;
+    assert!(matches!(tail(LogStream::Stdout, None).await, Err(RuntimeError::NotFound { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_past_its_timeout_fails_as_a_timeout() {
+    let env = env("exec_timeout").await;
+    let handle = start(&*env.runtime, &env.fixture.spec("exec", "exec sleep 300")).await;
+    let argv = vec!["sleep".to_owned(), "30".to_owned()];
+    match env.runtime.exec(&handle, &argv, Duration::from_millis(500)).await {
+        Err(RuntimeError::Timeout { operation: "exec", .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    cleanup(&*env.runtime, &handle).await;
+    let gone = env.runtime.exec(&handle, &argv, Duration::from_secs(10)).await;
+    assert!(matches!(gone, Err(RuntimeError::NotFound { .. })), "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_container_is_replaced_but_a_running_one_is_not() {
+    let env = env("leftover").await;
+    let spec = env.fixture.spec("again", "echo attempt; exec sleep 300");
+    let first = start(&*env.runtime, &spec).await;
+    assert!(
+        docker_inspect(&first).await.name.is_some_and(|name| name == format!("/{}", container_name(&spec.task_id)))
+    );
+    match env.runtime.start(&spec).await {
+        Err(RuntimeError::Backend { message, .. }) => assert!(message.contains("already runs"), "{message}"),
+        other => panic!("a running task must not be started twice, got {other:?}"),
+    }
+    env.runtime.stop(&first, Duration::from_millis(100)).await.expect("stop");
+    let second = env.runtime.start(&spec).await.expect("a stopped leftover is replaced");
+    assert_ne!(first.id, second.id);
+    assert_eq!(env.runtime.inspect(&first).await.expect("inspect"), TaskState::NotFound);
+    cleanup(&*env.runtime, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_none_has_only_loopback() {
+    let env = env("network_none").await;
+    let mut spec = env.fixture.spec("isolated", "ls /sys/class/net");
+    spec.network = NetworkMode::None;
+    let handle = start(&*env.runtime, &spec).await;
+    wait(&*env.runtime, &handle).await;
+    let interfaces = env.runtime.logs(&handle, LogStream::Stdout, None).await.expect("logs");
+    assert_eq!(String::from_utf8_lossy(&interfaces).split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    cleanup(&*env.runtime, &handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_reports_the_socket_when_no_engine_answers() {
+    let missing = DockerConfig { socket: PathBuf::from("/nonexistent/docker.sock"), ..DockerConfig::default() };
+    match DockerRuntime::connect(&missing).await {
+        Err(RuntimeError::Backend { message, .. }) => {
+            assert!(message.contains("/nonexistent/docker.sock"), "{message}")
+        }
+        other => panic!("expected a Backend error, got {other:?}"),
+    }
+    // A socket nobody listens on.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).expect("bind"));
+    let dead_config = DockerConfig { socket: dead.clone(), ..DockerConfig::default() };
+    match DockerRuntime::connect(&dead_config).await {
+        Err(RuntimeError::Backend { message, .. }) => assert!(message.contains(&*dead.to_string_lossy()), "{message}"),
+        other => panic!("expected a Backend error, got {other:?}"),
+    }
+
+    let live = DockerRuntime::connect(&DockerConfig::default()).await.expect("the engine answers");
+    live.ping().await.expect("ping");
+    assert_eq!(live.kind(), marina_runtime::RuntimeKind::Docker);
+    assert!(live.capabilities().port_mapping && live.capabilities().network_isolation);
+}

@@ -1,0 +1,156 @@
+//! What the process runtime does beyond the conformance suite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, eventually, is_running, supervisor_of};
+use marina_runtime::{Command, ExitStatus, LogStream, Runtime, RuntimeError, TaskHandle, TaskState};
+use marina_runtime_process::{ProcessConfig, ProcessRuntime};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+async fn wait(runtime: &ProcessRuntime, handle: &TaskHandle) -> ExitStatus {
+    tokio::time::timeout(Duration::from_secs(30), runtime.wait(handle)).await.expect("exits within 30 s").expect("wait")
+}
+
+async fn stdout(runtime: &ProcessRuntime, handle: &TaskHandle) -> String {
+    String::from_utf8_lossy(&runtime.logs(handle, LogStream::Stdout, None).await.expect("logs")).into_owned()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_fails_clearly_without_the_supervisor() {
+    let env = TestEnv::new("no-supervisor");
+    let config = ProcessConfig { supervisor: env.state_dir.join("marina-supervise"), ..env.config() };
+    match ProcessRuntime::new(config) {
+        Err(RuntimeError::Backend { message, .. }) => assert!(message.contains("marina-supervise"), "{message}"),
+        other => panic!("expected a Backend error naming the supervisor, got {other:?}"),
+    }
+}
+
+/// Test executables live in target/<profile>/deps, the supervisor in target/<profile>.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_supervisor_is_found_near_the_executable() {
+    let found = marina_runtime_process::default_supervisor().expect("found");
+    let built = std::path::Path::new(common::SUPERVISOR);
+    assert_eq!(found.canonicalize().expect("found path"), built.canonicalize().expect("built path"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_in_their_sandbox_with_its_environment() {
+    let env = TestEnv::new("environment");
+    let runtime = env.runtime();
+    let mut spec =
+        env.fixture(runtime.clone()).spec("env", "echo \"$PWD|$HOME|$MESOS_SANDBOX|$MARINA_SANDBOX|$PORT0\"");
+    spec.env.insert("PORT0".into(), "31000".into());
+    let handle = runtime.start(&spec).await.expect("start");
+    assert!(wait(&runtime, &handle).await.success());
+    let sandbox = spec.sandbox.to_str().expect("utf-8");
+    assert_eq!(stdout(&runtime, &handle).await.trim(), format!("{sandbox}|{sandbox}|{sandbox}|{sandbox}|31000"));
+    runtime.remove(&handle).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argv_tasks_run_without_a_shell_and_a_missing_program_is_a_clear_error() {
+    let env = TestEnv::new("argv");
+    let runtime = env.runtime();
+    let fixture = env.fixture(runtime.clone());
+    let mut spec = fixture.spec("argv", "unused");
+    spec.command = Some(Command::Argv(vec!["echo".into(), "$HOME is not expanded".into()]));
+    let handle = runtime.start(&spec).await.expect("start");
+    assert!(wait(&runtime, &handle).await.success());
+    assert_eq!(stdout(&runtime, &handle).await, "$HOME is not expanded\n");
+    runtime.remove(&handle).await.expect("remove");
+
+    let mut missing = fixture.spec("missing", "unused");
+    missing.command = Some(Command::Argv(vec!["/no/such/program".into()]));
+    match runtime.start(&missing).await {
+        Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("/no/such/program"), "{message}"),
+        other => panic!("expected InvalidSpec naming the program, got {other:?}"),
+    }
+    assert!(runtime.list(&Default::default()).await.expect("list").is_empty(), "nothing is left recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_runs_once_at_a_time() {
+    let env = TestEnv::new("once");
+    let runtime = env.runtime();
+    let spec = env.fixture(runtime.clone()).spec("once", "read line < /dev/null; exec sleep 300");
+    let first = runtime.start(&spec).await.expect("start");
+    match runtime.start(&spec).await {
+        Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("already running"), "{message}"),
+        other => panic!("a second start of a running task must be refused, got {other:?}"),
+    }
+    runtime.stop(&first, Duration::from_secs(1)).await.expect("stop");
+    let second = runtime.start(&spec).await.expect("an ended task id may start again");
+    assert_ne!(second.id, first.id);
+    assert_eq!(runtime.inspect(&first).await.expect("inspect"), TaskState::NotFound, "the old incarnation is gone");
+    runtime.stop(&first, Duration::from_secs(1)).await.expect("stopping the old incarnation is a no-op");
+    assert!(matches!(runtime.inspect(&second).await.expect("inspect"), TaskState::Running { .. }));
+    runtime.remove(&first).await.expect("removing the old incarnation is a no-op");
+    assert!(matches!(runtime.inspect(&second).await.expect("inspect"), TaskState::Running { .. }));
+    runtime.stop(&second, Duration::from_secs(1)).await.expect("stop");
+    runtime.remove(&second).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_kills_a_running_task_rather_than_forget_it() {
+    let env = TestEnv::new("remove-running");
+    let runtime = env.runtime();
+    let handle = runtime.start(&env.fixture(runtime.clone()).spec("forget", "exec sleep 300")).await.expect("start");
+    let TaskState::Running { pid: Some(pid), .. } = runtime.inspect(&handle).await.expect("inspect") else {
+        panic!("expected Running");
+    };
+    runtime.remove(&handle).await.expect("remove");
+    assert_eq!(runtime.inspect(&handle).await.expect("inspect"), TaskState::NotFound);
+    eventually("the removed task's process is gone", || !pid_alive(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_times_out_and_kills_what_it_started() {
+    let env = TestEnv::new("exec-timeout");
+    let runtime = env.runtime();
+    let fixture = env.fixture(runtime.clone());
+    let handle = runtime.start(&fixture.spec("exec", "exec sleep 300")).await.expect("start");
+    let argv = ["/bin/sh".to_owned(), "-c".to_owned(), "echo $$ > exec.pid; sleep 300".to_owned()];
+    match runtime.exec(&handle, &argv, Duration::from_millis(300)).await {
+        Err(RuntimeError::Timeout { operation: "exec", .. }) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let sandbox = std::path::PathBuf::from(&handle.data);
+    let pid: u32 = std::fs::read_to_string(sandbox.join("exec.pid")).expect("exec.pid").trim().parse().expect("pid");
+    eventually("the timed-out command is killed", || !pid_alive(pid)).await;
+
+    let missing = runtime.exec(&handle, &["/no/such/check".to_owned()], Duration::from_secs(5)).await.expect("exec");
+    assert_eq!(missing.status.code, Some(127), "{missing:?}");
+    runtime.stop(&handle, Duration::from_secs(1)).await.expect("stop");
+    runtime.remove(&handle).await.expect("remove");
+}
+
+/// If the supervisor itself dies, the task runs on: it is still seen, and still stoppable; how
+/// it ended is unknown, since nobody was there to see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_supervisor_was_killed_can_still_be_stopped() {
+    let env = TestEnv::new("supervisor-killed");
+    let runtime = env.runtime();
+    let handle = runtime.start(&env.fixture(runtime.clone()).spec("orphan", "exec sleep 300")).await.expect("start");
+    let TaskState::Running { pid: Some(task_pid), .. } = runtime.inspect(&handle).await.expect("inspect") else {
+        panic!("expected Running");
+    };
+    let (supervisor, start_time) = supervisor_of(&handle);
+    kill(Pid::from_raw(supervisor as i32), Signal::SIGKILL).expect("kill the supervisor");
+    eventually("the supervisor is dead", || !is_running(supervisor, start_time)).await;
+
+    match runtime.inspect(&handle).await.expect("inspect") {
+        TaskState::Running { pid, .. } => assert_eq!(pid, Some(task_pid), "the orphaned task is still seen"),
+        other => panic!("expected Running, got {other:?}"),
+    }
+    runtime.stop(&handle, Duration::from_secs(1)).await.expect("stop");
+    assert_eq!(wait(&runtime, &handle).await, ExitStatus { code: None, signal: None, oom_killed: false });
+    assert!(!pid_alive(task_pid));
+    runtime.remove(&handle).await.expect("remove");
+}

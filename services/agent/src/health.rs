@@ -1,0 +1,111 @@
+//! Health checks, run by the agent next to the task (HTTP, TCP, or a command inside the
+//! task's container), with Marathon's semantics: failures during the grace period do not
+//! count; after it, a failure marks the task unhealthy and `max_consecutive_failures` of
+//! them in a row kill it. Results travel as RUNNING status updates with `healthy` set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use marina_proto::agent::v1::HealthCheck;
+use marina_proto::agent::v1::health_check::Protocol;
+use marina_runtime::TaskHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::tasks::{Entry, Tasks, reason};
+
+/// Starts the task's checks; cancel the token to stop them.
+pub fn spawn(tasks: Arc<Tasks>, entry: Arc<Entry>, handle: TaskHandle) -> CancellationToken {
+    let stop = CancellationToken::new();
+    for check in entry.info.health_checks.clone() {
+        let (tasks, entry, handle, stop) = (tasks.clone(), entry.clone(), handle.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = run(&tasks, &entry, &handle, &check) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+    stop
+}
+
+async fn run(tasks: &Arc<Tasks>, entry: &Arc<Entry>, handle: &TaskHandle, check: &HealthCheck) {
+    let grace_ends = Instant::now() + Duration::from_secs(u64::from(check.grace_period_seconds));
+    let interval = Duration::from_secs(u64::from(check.interval_seconds.max(1)));
+    let timeout = Duration::from_secs(u64::from(check.timeout_seconds.max(1)));
+    let mut failures = 0u32;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let outcome = match tokio::time::timeout(timeout, probe(tasks, entry, handle, check, timeout)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        match outcome {
+            Ok(()) => {
+                failures = 0;
+                tasks.set_health(entry, true, "");
+            }
+            Err(_) if Instant::now() < grace_ends => {}
+            Err(error) => {
+                failures += 1;
+                tracing::info!(task = %entry.info.task_id, failures, %error, "health check failed");
+                tasks.set_health(entry, false, &format!("health check failed: {error}"));
+                if check.max_consecutive_failures > 0 && failures >= check.max_consecutive_failures {
+                    tracing::warn!(task = %entry.info.task_id, failures, "killing an unhealthy task");
+                    tasks.kill(&entry.info.task_id, &entry.info.framework_id, 0, Some(reason::HEALTH_KILLED));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn probe(
+    tasks: &Arc<Tasks>,
+    entry: &Entry,
+    handle: &TaskHandle,
+    check: &HealthCheck,
+    timeout: Duration,
+) -> Result<(), String> {
+    match check.protocol() {
+        Protocol::Http => {
+            let port = Tasks::check_port(entry, check.port_index, check.port).ok_or("the task has no such port")?;
+            http_get(port, if check.path.is_empty() { "/" } else { &check.path }).await
+        }
+        Protocol::Tcp => {
+            let port = Tasks::check_port(entry, check.port_index, check.port).ok_or("the task has no such port")?;
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("connect to port {port}: {e}"))
+        }
+        Protocol::Command => {
+            let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), check.command.clone()];
+            let output = tasks.runtime().exec(handle, &argv, timeout).await.map_err(|e| e.to_string())?;
+            if output.status.success() { Ok(()) } else { Err(format!("command {}", output.status.describe())) }
+        }
+        Protocol::Unspecified => Err("the health check has no protocol".into()),
+    }
+}
+
+/// A minimal HTTP/1.1 GET: healthy on 2xx and 3xx (Marathon's rule).
+async fn http_get(port: u16, path: &str) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect to port {port}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: marina-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut head = vec![0u8; 64];
+    let read = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..read]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+    if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP {code}")) }
+}

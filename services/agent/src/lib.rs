@@ -1,0 +1,192 @@
+//! `marina-agent`: runs the tasks the master sends it, through a [`marina_runtime::Runtime`]
+//! (Docker, containerd, host processes, or `sim`), and survives its own restart and any
+//! master failover without touching them.
+//!
+//! - [`checkpoint`]: the work dir (agent id, tasks, unacknowledged updates);
+//! - [`tasks`]: launching, watching, killing and re-adopting tasks;
+//! - [`health`]: HTTP, TCP and command health checks;
+//! - [`updates`]: at-least-once status updates;
+//! - [`master_link`]: following the leading master;
+//! - [`runtime`]: choosing and connecting the runtime;
+//! - [`api`]: the agent's own gRPC API (state, task output).
+
+pub mod api;
+pub mod checkpoint;
+pub mod config;
+pub mod health;
+pub mod master_link;
+pub mod resources;
+pub mod runtime;
+pub mod tasks;
+pub mod updates;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marina_coord_client::CoordClient;
+use marina_daemon::{Endpoint, Metrics, Shutdown};
+use marina_proto::agent::v1::AgentInfo;
+use marina_proto::agent::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::{AgentMeta, Checkpoint, CheckpointError};
+pub use crate::config::{Config, RuntimeChoice};
+use crate::master_link::AttachedMaster;
+use crate::tasks::{Identity, Tasks};
+use crate::updates::StatusUpdates;
+
+/// Where masters publish their candidacy (the election directory under the coord root).
+pub const MASTER_ELECTION_DIR: &str = "/master/members";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] marina_daemon::config::ConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] marina_runtime::RuntimeError),
+    #[error("no runtime available: {0}")]
+    NoRuntime(String),
+    #[error("coord: {0}")]
+    Coord(#[from] marina_coord_client::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    pub tasks: Arc<Tasks>,
+    pub updates: Arc<StatusUpdates>,
+    checkpoint: Checkpoint,
+    meta: Mutex<AgentMeta>,
+    /// This agent as announced to masters (its id filled in once assigned).
+    info: AgentInfo,
+    pub update_retry: Duration,
+    attached: watch::Receiver<AttachedMaster>,
+}
+
+impl Agent {
+    pub fn info(&self) -> AgentInfo {
+        let mut info = self.info.clone();
+        info.agent_id = self.meta.lock().expect("meta lock").agent_id.clone().unwrap_or_default();
+        info
+    }
+
+    pub fn highest_epoch(&self) -> u64 {
+        self.meta.lock().expect("meta lock").highest_epoch
+    }
+
+    pub fn attached_master(&self) -> AttachedMaster {
+        self.attached.borrow().clone()
+    }
+
+    /// Whether a command from a master at `epoch` may be obeyed; remembers (durably) a new
+    /// highest epoch.
+    pub fn accept_epoch(&self, epoch: u64) -> bool {
+        let mut meta = self.meta.lock().expect("meta lock");
+        if epoch < meta.highest_epoch {
+            return false;
+        }
+        if epoch > meta.highest_epoch {
+            meta.highest_epoch = epoch;
+            if let Err(error) = self.checkpoint.save_meta(&meta) {
+                tracing::error!(%error, "cannot checkpoint the master epoch");
+            }
+        }
+        true
+    }
+
+    /// The master registered us under `agent_id`.
+    pub fn registered(&self, agent_id: &str) {
+        let mut meta = self.meta.lock().expect("meta lock");
+        if meta.agent_id.as_deref() != Some(agent_id) {
+            meta.agent_id = Some(agent_id.to_owned());
+            if let Err(error) = self.checkpoint.save_meta(&meta) {
+                tracing::error!(%error, "cannot checkpoint the agent id");
+            }
+            self.tasks.set_agent_id(agent_id);
+        }
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub local_address: SocketAddr,
+    pub agent: Arc<Agent>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl AgentHandle {
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Starts an agent on `listener` until `shutdown`. Tasks keep running when it stops.
+pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<AgentHandle, AgentError> {
+    config.validate()?;
+    let local_address = listener.local_addr()?;
+    let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
+    let hostname = config.hostname.clone().unwrap_or_else(resources::hostname);
+
+    let (checkpoint, recovered) = Checkpoint::open(&config.work_dir)?;
+    let runtime = runtime::select(&config).await?;
+    let resources = resources::detect(&config)?;
+    let info = AgentInfo {
+        agent_id: String::new(),
+        hostname: hostname.clone(),
+        address: address.clone(),
+        resources: Some(resources),
+        attributes: config::parse_attributes(&config.attributes)?,
+        runtime: runtime.kind().to_string(),
+        version: marina_daemon::VERSION.into(),
+    };
+    let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), recovered.updates));
+    let identity = Identity { agent_id: recovered.meta.agent_id.clone().unwrap_or_default(), hostname };
+    let tasks = Arc::new(Tasks::new(
+        runtime.clone(),
+        checkpoint.clone(),
+        updates.clone(),
+        identity,
+        Duration::from_secs(config.kill_grace_seconds),
+    ));
+    tasks.recover(recovered.tasks).await?;
+    let (attached_tx, attached) = watch::channel(AttachedMaster::default());
+    let agent = Arc::new(Agent {
+        tasks,
+        updates,
+        checkpoint,
+        meta: Mutex::new(recovered.meta),
+        info,
+        update_retry: Duration::from_millis(config.update_retry_ms.max(10)),
+        attached,
+    });
+
+    let coord = CoordClient::new(&config.coord);
+    let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
+    tokio::spawn(master_link::run(agent.clone(), observer, attached_tx, shutdown.clone()));
+
+    let metrics = Metrics::new("agent");
+    let (router, health) = Endpoint::new("agent", metrics.clone())
+        .grpc(AgentServer::new(api::AgentApi::new(agent.clone())))
+        .http(api::http_routes(agent.clone()))
+        .build()
+        .await;
+    health.set_serving(true).await;
+    api::register_metrics(&metrics, agent.clone());
+    tracing::info!(%address, runtime = %runtime.kind(), work_dir = %config.work_dir.display(), "agent started");
+
+    let task_agent = agent.clone();
+    let task = tokio::spawn(async move {
+        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        // Tasks keep running: a restarted agent re-adopts them.
+        task_agent.tasks.detach_all();
+        tracing::info!("agent stopped; its tasks keep running");
+        served
+    });
+    Ok(AgentHandle { local_address, agent, task })
+}

@@ -1,0 +1,232 @@
+//! The agent's link to the leading master: find it through coord (the election members),
+//! attach, (re-)register with every task, heartbeat, deliver status updates until
+//! acknowledged, obey commands — and only from a master whose epoch is at least the highest
+//! this agent has obeyed. When leadership moves, the agent follows it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use marina_coord_client::{Leader, LeaderObserver};
+use marina_daemon::Shutdown;
+use marina_daemon::leader::MemberInfo;
+use marina_proto::master::v1::agent_link_client::AgentLinkClient;
+use marina_proto::master::v1::master_message::Kind;
+use marina_proto::master::v1::{AgentMessage, Heartbeat, MasterMessage, Register, agent_message};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::Agent;
+
+/// The master this agent is attached to, as shown in its state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachedMaster {
+    pub address: String,
+    pub epoch: u64,
+    pub registered: bool,
+}
+
+pub async fn run(
+    agent: Arc<Agent>,
+    observer: LeaderObserver,
+    attached: watch::Sender<AttachedMaster>,
+    shutdown: Shutdown,
+) {
+    let mut leaders = observer.receiver();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let leader = tokio::select! {
+            leader = leaders.wait_for(|leader| leader.is_some()) => match leader {
+                Ok(leader) => leader.clone().expect("waited for Some"),
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let highest = agent.highest_epoch();
+        if leader.epoch < highest {
+            tracing::warn!(
+                epoch = leader.epoch,
+                highest,
+                "ignoring a master with a lower epoch than one already obeyed"
+            );
+            tokio::select! {
+                _ = leaders.changed() => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        let Some(member) = MemberInfo::from_bytes(&leader.data) else {
+            tracing::warn!(member = %leader.member, "the leading master's member node is not readable");
+            tokio::select! {
+                _ = leaders.changed() => continue,
+                () = shutdown.cancelled() => return,
+            }
+        };
+        let started = Instant::now();
+        let outcome = attach(&agent, &leader, &member, &mut leaders, &attached, &shutdown).await;
+        attached.send_replace(AttachedMaster::default());
+        match outcome {
+            Ok(Outcome::Shutdown) => return,
+            Ok(Outcome::LeaderChanged) => backoff = Duration::from_millis(50),
+            Err(error) => {
+                tracing::info!(master = %member.address, %error, "link to the master lost; reconnecting");
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff = Duration::from_millis(50);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = leaders.changed() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+enum Outcome {
+    LeaderChanged,
+    Shutdown,
+}
+
+async fn attach(
+    agent: &Arc<Agent>,
+    leader: &Leader,
+    member: &MemberInfo,
+    leaders: &mut watch::Receiver<Option<Leader>>,
+    attached: &watch::Sender<AttachedMaster>,
+    shutdown: &Shutdown,
+) -> Result<Outcome, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", member.address))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("connect to {}: {e}", member.address))?;
+    let (outbound, outbound_stream) = mpsc::channel::<AgentMessage>(256);
+    let register =
+        Register { info: Some(agent.info()), tasks: agent.tasks.reports(), highest_epoch: agent.highest_epoch() };
+    outbound.send(message(agent_message::Kind::Register(register))).await.map_err(|e| e.to_string())?;
+    let mut inbound = AgentLinkClient::new(channel)
+        .attach(ReceiverStream::new(outbound_stream))
+        .await
+        .map_err(|status| format!("attach refused: {}", status.message()))?
+        .into_inner();
+    tracing::info!(master = %member.address, epoch = leader.epoch, "attached to the leading master");
+
+    let mut registered = false;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut retry = tokio::time::interval(Duration::from_millis(100));
+    let mut sent: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let first_retry = agent.update_retry;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(Outcome::Shutdown),
+            changed = leaders.changed() => {
+                if changed.is_err() {
+                    return Ok(Outcome::Shutdown);
+                }
+                let current = leaders.borrow().clone();
+                if current.as_ref().map(|l| (&l.member, l.epoch)) != Some((&leader.member, leader.epoch)) {
+                    tracing::info!("master leadership moved; re-attaching");
+                    return Ok(Outcome::LeaderChanged);
+                }
+            }
+            message = inbound.next() => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(status)) => return Err(format!("stream failed: {}", status.message())),
+                    None => return Err("the master closed the stream".into()),
+                };
+                if !agent.accept_epoch(message.epoch) {
+                    return Err(format!(
+                        "refused a command from a deposed master (epoch {} < {})",
+                        message.epoch,
+                        agent.highest_epoch()
+                    ));
+                }
+                if let Some(interval) = handle(agent, message, &mut registered).await {
+                    heartbeat = tokio::time::interval(interval);
+                    sent.clear();
+                    attached.send_replace(AttachedMaster { address: member.address.clone(), epoch: leader.epoch, registered: true });
+                }
+            }
+            _ = heartbeat.tick(), if registered => {
+                outbound.send(message(agent_message::Kind::Heartbeat(Heartbeat {}))).await.map_err(|e| e.to_string())?;
+            }
+            _ = retry.tick(), if registered => deliver(agent, &outbound, &mut sent, first_retry).await?,
+            () = agent.updates.changed(), if registered => deliver(agent, &outbound, &mut sent, first_retry).await?,
+        }
+    }
+}
+
+fn message(kind: agent_message::Kind) -> AgentMessage {
+    AgentMessage { kind: Some(kind) }
+}
+
+/// Sends what is deliverable and was not sent recently (exponential backoff per update).
+async fn deliver(
+    agent: &Agent,
+    outbound: &mpsc::Sender<AgentMessage>,
+    sent: &mut HashMap<String, (Instant, Duration)>,
+    first_retry: Duration,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let deliverable = agent.updates.deliverable();
+    sent.retain(|uuid, _| deliverable.iter().any(|status| &status.uuid == uuid));
+    for status in deliverable {
+        let due = match sent.get(&status.uuid) {
+            None => Some(first_retry),
+            Some((at, backoff)) if now.duration_since(*at) >= *backoff => {
+                Some((*backoff * 2).min(Duration::from_secs(10)))
+            }
+            Some(_) => None,
+        };
+        if let Some(next_backoff) = due {
+            sent.insert(status.uuid.clone(), (now, next_backoff));
+            outbound.send(message(agent_message::Kind::Update(status))).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Obeys one command; returns the heartbeat interval when the master registered us.
+async fn handle(agent: &Arc<Agent>, message: MasterMessage, registered: &mut bool) -> Option<Duration> {
+    match message.kind? {
+        Kind::Registered(done) => {
+            agent.registered(&done.agent_id);
+            *registered = true;
+            tracing::info!(agent_id = %done.agent_id, "registered with the master");
+            Some(Duration::from_millis(done.heartbeat_interval_ms.clamp(100, 60_000)))
+        }
+        Kind::Launch(launch) => {
+            agent.tasks.launch(&launch.framework_id, launch.tasks);
+            None
+        }
+        Kind::Kill(kill) => {
+            agent.tasks.kill(&kill.task_id, &kill.framework_id, kill.grace_period_seconds, None);
+            None
+        }
+        Kind::Acknowledge(ack) => {
+            match agent.updates.acknowledge(&ack.task_id, &ack.uuid) {
+                Ok(Some(status)) => agent.tasks.acknowledged(&status).await,
+                Ok(None) => {}
+                Err(error) => tracing::error!(%error, "cannot record an acknowledgement"),
+            }
+            None
+        }
+        Kind::Shutdown(shutdown) => {
+            tracing::warn!(message = %shutdown.message, "the master asked this agent to shut down its tasks");
+            for report in agent.tasks.reports() {
+                if let Some(task) = report.task {
+                    agent.tasks.kill(&task.task_id, &task.framework_id, 0, None);
+                }
+            }
+            None
+        }
+    }
+}

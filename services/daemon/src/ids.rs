@@ -1,0 +1,29 @@
+//! Random identifiers (status update uuids, agent and framework ids).
+
+/// A random RFC 4122 version-4 UUID in its usual text form.
+pub fn uuid() -> String {
+    let mut bits = fastrand::u128(..);
+    // Version 4, variant 1.
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// A prefixed random id, e.g. `agent-1f3a…`: readable in logs, unique in practice.
+pub fn prefixed(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuids_are_version_4_and_distinct() {
+        let a = super::uuid();
+        let b = super::uuid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+}

@@ -1,0 +1,104 @@
+//! `marina-master` configuration: defaults < TOML (`--config`) < `MARINA_MASTER_*` < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use marina_coord_client::CoordUrl;
+use marina_daemon::config::ConfigError;
+use marina_daemon::telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PORT: u16 = 5050;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where gRPC and HTTP are served.
+    pub listen: String,
+    /// The address agents, schedulers and redirects use. Default: `listen`.
+    pub advertise: Option<String>,
+    /// The quorum.
+    pub coord: CoordUrl,
+    /// Local state: this master's stable id.
+    pub work_dir: PathBuf,
+    /// The coord session backing the candidacy: a leader frozen or cut off for this long
+    /// loses leadership.
+    pub session_ttl_ms: u64,
+    /// A killed leader's session ends this long after its connection closes.
+    pub session_disconnect_grace_ms: u64,
+    /// After a failover, how long registered agents have to re-register before they are
+    /// marked unreachable (and their tasks reported `TASK_UNREACHABLE`).
+    pub agent_reregister_timeout_ms: u64,
+    /// How often agents heartbeat.
+    pub agent_ping_interval_ms: u64,
+    /// Missed heartbeats before an agent is unreachable.
+    pub max_agent_ping_timeouts: u32,
+    /// Period of the allocation round.
+    pub allocation_interval_ms: u64,
+    /// An offer not accepted or declined within this time is rescinded.
+    pub offer_timeout_ms: u64,
+    /// Refuse filter applied to resources left over by an accept or decline without one.
+    pub default_refuse_seconds: f64,
+    /// How often schedulers receive a heartbeat event.
+    pub scheduler_heartbeat_ms: u64,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            advertise: None,
+            coord: "coord://127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183/marina".parse().expect("valid default URL"),
+            work_dir: PathBuf::from("/var/lib/marina/master"),
+            session_ttl_ms: 5_000,
+            session_disconnect_grace_ms: 300,
+            agent_reregister_timeout_ms: 60_000,
+            agent_ping_interval_ms: 1_000,
+            max_agent_ping_timeouts: 5,
+            allocation_interval_ms: 100,
+            offer_timeout_ms: 30_000,
+            default_refuse_seconds: 5.0,
+            scheduler_heartbeat_ms: 5_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
+        if self.work_dir.as_os_str().is_empty() {
+            return Err(ConfigError::value("work_dir", "must be set"));
+        }
+        for (key, value) in [
+            ("session_ttl_ms", self.session_ttl_ms),
+            ("agent_reregister_timeout_ms", self.agent_reregister_timeout_ms),
+            ("agent_ping_interval_ms", self.agent_ping_interval_ms),
+            ("allocation_interval_ms", self.allocation_interval_ms),
+            ("offer_timeout_ms", self.offer_timeout_ms),
+            ("scheduler_heartbeat_ms", self.scheduler_heartbeat_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::value(key, "must be greater than 0"));
+            }
+        }
+        if self.session_disconnect_grace_ms > self.session_ttl_ms {
+            return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
+        }
+        if self.max_agent_ping_timeouts == 0 {
+            return Err(ConfigError::value("max_agent_ping_timeouts", "must be greater than 0"));
+        }
+        if !self.default_refuse_seconds.is_finite() || self.default_refuse_seconds < 0.0 {
+            return Err(ConfigError::value("default_refuse_seconds", "must be a non-negative number"));
+        }
+        Ok(())
+    }
+
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}

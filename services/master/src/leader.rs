@@ -1,0 +1,1062 @@
+//! Everything a master does while it leads, for one leadership term (one epoch): the agent
+//! registry, frameworks, tasks as the agents report them, offers and their allocation,
+//! status routing and reconciliation.
+//!
+//! The state lives behind one mutex that is never held across an `await`; coord writes
+//! (fenced by the epoch) happen outside it. When leadership is lost, [`LeaderState`] is
+//! dropped with every agent link and scheduler stream it holds: their clients reconnect to
+//! the next leader.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marina_coord_client::{CoordClient, Error as CoordError, Fence};
+use marina_proto::agent::v1::{AgentInfo, Resources, TaskInfo, TaskReport, TaskState, TaskStatus};
+use marina_proto::master::v1::{self as pb, master_message, scheduler_event};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::allocator::{self, Candidate, FreeAgent};
+use crate::config::Config;
+use crate::metrics::MasterMetrics;
+use crate::registry::Registry;
+use crate::resources::{add, contains_port, covers_scalars, subtract};
+
+pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
+pub type SchedulerSender = mpsc::Sender<Result<pb::SchedulerEvent, Status>>;
+
+/// Scheduler streams buffer this many events; a scheduler that stops reading loses offers
+/// (rescinded) and updates (the agent resends them), never the master's memory.
+pub const SCHEDULER_BUFFER: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStatus {
+    /// Known from the registry; waiting for it to come back after a failover.
+    Reregistering,
+    Active,
+    Unreachable,
+    Draining,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Reregistering => "reregistering",
+            AgentStatus::Active => "active",
+            AgentStatus::Unreachable => "unreachable",
+            AgentStatus::Draining => "draining",
+        }
+    }
+}
+
+struct TaskRecord {
+    info: TaskInfo,
+    status: TaskStatus,
+}
+
+struct AgentRecord {
+    info: AgentInfo,
+    status: AgentStatus,
+    link: Option<(u64, AgentSender)>,
+    last_heartbeat: Instant,
+    tasks: HashMap<String, TaskRecord>,
+}
+
+struct FrameworkRecord {
+    info: pb::FrameworkInfo,
+    stream: Option<(u64, SchedulerSender)>,
+    suppressed: bool,
+    /// Agents this framework refused, until when.
+    refused: HashMap<String, Instant>,
+}
+
+struct OfferRecord {
+    framework_id: String,
+    agent_id: String,
+    resources: Resources,
+    created: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: HashMap<String, AgentRecord>,
+    frameworks: HashMap<String, FrameworkRecord>,
+    offers: HashMap<String, OfferRecord>,
+    /// Explicit reconciliations of tasks on agents not yet re-registered:
+    /// agent id → (framework id, task id).
+    pending_reconcile: HashMap<String, Vec<(String, String)>>,
+}
+
+pub struct LeaderState {
+    pub epoch: u64,
+    pub master_id: String,
+    pub address: String,
+    config: Config,
+    registry: Registry,
+    inner: Mutex<Inner>,
+    /// Cancelled when this leadership ends.
+    pub ended: CancellationToken,
+    /// Signalled (by the election) when a fenced write finds the leadership gone.
+    deposed: CancellationToken,
+    metrics: MasterMetrics,
+    next_stream: AtomicU64,
+    reregister_deadline: Instant,
+}
+
+fn is_terminal(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::TaskFinished
+            | TaskState::TaskFailed
+            | TaskState::TaskKilled
+            | TaskState::TaskError
+            | TaskState::TaskLost
+            | TaskState::TaskGone
+            | TaskState::TaskDropped
+    )
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A status the master itself generates (reconciliation, unreachable agents): no uuid, so
+/// it is not acknowledged.
+fn master_status(task_id: &str, framework_id: &str, agent_id: &str, state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        task_id: task_id.to_owned(),
+        framework_id: framework_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        state: state as i32,
+        message: message.to_owned(),
+        timestamp: now_seconds(),
+        ..Default::default()
+    }
+}
+
+impl LeaderState {
+    /// Takes over: loads the registry from coord and starts the leader's loops.
+    pub async fn start(
+        epoch: u64,
+        master_id: String,
+        address: String,
+        fence: Fence,
+        coord: CoordClient,
+        config: Config,
+        metrics: MasterMetrics,
+        deposed: CancellationToken,
+    ) -> Result<Arc<Self>, CoordError> {
+        let registry = Registry::new(coord, fence);
+        let agents = registry.agents().await?;
+        let frameworks = registry.frameworks().await?;
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        for info in agents {
+            let record = AgentRecord {
+                info,
+                status: AgentStatus::Reregistering,
+                link: None,
+                last_heartbeat: now,
+                tasks: HashMap::new(),
+            };
+            inner.agents.insert(record.info.agent_id.clone(), record);
+        }
+        for info in frameworks {
+            let record = FrameworkRecord { info, stream: None, suppressed: false, refused: HashMap::new() };
+            inner.frameworks.insert(record.info.framework_id.clone(), record);
+        }
+        tracing::info!(
+            epoch,
+            agents = inner.agents.len(),
+            frameworks = inner.frameworks.len(),
+            "leading: registry loaded"
+        );
+        let state = Arc::new(Self {
+            epoch,
+            master_id,
+            address,
+            reregister_deadline: now + Config::ms(config.agent_reregister_timeout_ms),
+            config,
+            registry,
+            inner: Mutex::new(inner),
+            ended: CancellationToken::new(),
+            deposed,
+            metrics,
+            next_stream: AtomicU64::new(1),
+        });
+        tokio::spawn(state.clone().allocation_loop());
+        tokio::spawn(state.clone().liveness_loop());
+        tokio::spawn(state.clone().scheduler_heartbeat_loop());
+        Ok(state)
+    }
+
+    /// Ends this leadership: every link and stream closes (their clients reconnect to the
+    /// next leader).
+    pub fn end(&self) {
+        self.ended.cancel();
+        let mut inner = self.inner.lock().expect("leader lock");
+        inner.agents.clear();
+        inner.frameworks.clear();
+        inner.offers.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("leader lock")
+    }
+
+    fn agent_message(&self, kind: master_message::Kind) -> Result<pb::MasterMessage, Status> {
+        Ok(pb::MasterMessage { epoch: self.epoch, kind: Some(kind) })
+    }
+
+    fn scheduler_event(&self, kind: scheduler_event::Kind) -> Result<pb::SchedulerEvent, Status> {
+        Ok(pb::SchedulerEvent { epoch: self.epoch, kind: Some(kind) })
+    }
+
+    /// A fenced write failed: this master no longer leads.
+    fn check_deposed(&self, error: &CoordError) {
+        if matches!(error, CoordError::Deposed { .. }) {
+            tracing::error!(epoch = self.epoch, "a fenced write found the leadership gone: stepping down");
+            self.deposed.cancel();
+        }
+    }
+
+    pub fn next_stream_id(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ----- agents --------------------------------------------------------------------------
+
+    /// An agent attached and registered (new) or re-registered (known, with its tasks).
+    /// Returns its id; the `Registered` message has been queued on `link`.
+    pub async fn register_agent(
+        &self,
+        register: pb::Register,
+        link: AgentSender,
+        link_id: u64,
+    ) -> Result<String, Status> {
+        let mut info = register.info.ok_or_else(|| Status::invalid_argument("register without agent info"))?;
+        if register.highest_epoch > self.epoch {
+            return Err(Status::failed_precondition(format!(
+                "the agent obeyed epoch {} already; this master's epoch {} is older",
+                register.highest_epoch, self.epoch
+            )));
+        }
+        let new = info.agent_id.is_empty();
+        if new {
+            info.agent_id = marina_daemon::ids::prefixed("agent");
+        }
+        let changed = {
+            let inner = self.lock();
+            inner.agents.get(&info.agent_id).is_none_or(|known| known.info != info)
+        };
+        if changed && let Err(error) = self.registry.put_agent(&info).await {
+            self.check_deposed(&error);
+            return Err(Status::unavailable(format!("cannot record the agent: {error}")));
+        }
+        let agent_id = info.agent_id.clone();
+        let registered = pb::Registered {
+            agent_id: agent_id.clone(),
+            heartbeat_interval_ms: self.config.agent_ping_interval_ms,
+            master_id: self.master_id.clone(),
+        };
+        let _ = link.send(self.agent_message(master_message::Kind::Registered(registered)));
+        let mut inner = self.lock();
+        let previous = inner.agents.remove(&agent_id);
+        let was_unreachable = previous.as_ref().is_some_and(|p| p.status == AgentStatus::Unreachable);
+        let draining = previous.as_ref().is_some_and(|p| p.status == AgentStatus::Draining);
+        let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
+        for TaskReport { task, status } in register.tasks {
+            let (Some(task), Some(status)) = (task, status) else { continue };
+            tasks.insert(task.task_id.clone(), TaskRecord { info: task, status });
+        }
+        // Tasks this master launched that the agent does not report were never started
+        // there (the launch was lost with the connection): they are gone.
+        let mut lost = Vec::new();
+        if let Some(previous) = &previous {
+            for (task_id, record) in &previous.tasks {
+                if !tasks.contains_key(task_id) && !is_terminal(record.status.state()) {
+                    lost.push(master_status(
+                        task_id,
+                        &record.info.framework_id,
+                        &agent_id,
+                        TaskState::TaskGone,
+                        "the agent re-registered without this task",
+                    ));
+                }
+            }
+        }
+        let status = if draining { AgentStatus::Draining } else { AgentStatus::Active };
+        tracing::info!(agent = %agent_id, new, tasks = tasks.len(), address = %info.address, "agent registered");
+        let forward: Vec<TaskStatus> =
+            if was_unreachable { tasks.values().map(|t| reconciled(&t.status)).collect() } else { Vec::new() };
+        inner.agents.insert(
+            agent_id.clone(),
+            AgentRecord { info, status, link: Some((link_id, link)), last_heartbeat: Instant::now(), tasks },
+        );
+        // Explicit reconciliations that waited for this agent.
+        let pending = inner.pending_reconcile.remove(&agent_id).unwrap_or_default();
+        let mut answers = Vec::new();
+        for (framework_id, task_id) in pending {
+            answers.push(self.reconcile_one(&inner, &framework_id, &task_id, &agent_id));
+        }
+        for status in forward.into_iter().chain(lost).chain(answers) {
+            self.forward_update(&mut inner, status);
+        }
+        Ok(agent_id)
+    }
+
+    pub fn heartbeat(&self, agent_id: &str, link_id: u64) {
+        let mut inner = self.lock();
+        if let Some(agent) = inner.agents.get_mut(agent_id)
+            && agent.link.as_ref().is_some_and(|(id, _)| *id == link_id)
+        {
+            agent.last_heartbeat = Instant::now();
+        }
+    }
+
+    pub fn agent_disconnected(&self, agent_id: &str, link_id: u64) {
+        let mut inner = self.lock();
+        if let Some(agent) = inner.agents.get_mut(agent_id)
+            && agent.link.as_ref().is_some_and(|(id, _)| *id == link_id)
+        {
+            tracing::info!(agent = agent_id, "agent link closed; waiting for it to reconnect");
+            agent.link = None;
+        }
+        // Offers on an agent that cannot be reached cannot be used.
+        let offers: Vec<String> =
+            inner.offers.iter().filter(|(_, o)| o.agent_id == agent_id).map(|(id, _)| id.clone()).collect();
+        for offer_id in offers {
+            self.rescind(&mut inner, &offer_id);
+        }
+    }
+
+    /// A status update from an agent: recorded, then routed to its framework.
+    pub fn status_update(&self, agent_id: &str, status: TaskStatus) {
+        self.metrics.status_updates.inc();
+        let mut inner = self.lock();
+        let Some(agent) = inner.agents.get_mut(agent_id) else { return };
+        match agent.tasks.get_mut(&status.task_id) {
+            Some(task) => task.status = status.clone(),
+            None => {
+                let info = TaskInfo {
+                    task_id: status.task_id.clone(),
+                    framework_id: status.framework_id.clone(),
+                    ..Default::default()
+                };
+                agent.tasks.insert(status.task_id.clone(), TaskRecord { info, status: status.clone() });
+            }
+        }
+        self.forward_update(&mut inner, status);
+    }
+
+    /// Sends a status to its framework's stream, if it is connected (an unacknowledged
+    /// update is resent by the agent later).
+    fn forward_update(&self, inner: &mut Inner, status: TaskStatus) {
+        let Some(framework) = inner.frameworks.get_mut(&status.framework_id) else { return };
+        if let Some((_, stream)) = &framework.stream {
+            let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Update(status)));
+        }
+    }
+
+    // ----- frameworks ----------------------------------------------------------------------
+
+    /// Subscribes (or re-subscribes) a framework; its stream replaces any previous one.
+    pub async fn subscribe(
+        &self,
+        mut info: pb::FrameworkInfo,
+        stream: SchedulerSender,
+        stream_id: u64,
+    ) -> Result<String, Status> {
+        if info.name.trim().is_empty() {
+            return Err(Status::invalid_argument("framework name must not be empty"));
+        }
+        if info.framework_id.is_empty() {
+            info.framework_id = marina_daemon::ids::prefixed("framework");
+        }
+        let changed = self.lock().frameworks.get(&info.framework_id).is_none_or(|known| known.info != info);
+        if changed && let Err(error) = self.registry.put_framework(&info).await {
+            self.check_deposed(&error);
+            return Err(Status::unavailable(format!("cannot record the framework: {error}")));
+        }
+        let framework_id = info.framework_id.clone();
+        let subscribed = pb::Subscribed {
+            framework_id: framework_id.clone(),
+            heartbeat_interval_ms: self.config.scheduler_heartbeat_ms,
+            master_id: self.master_id.clone(),
+        };
+        let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Subscribed(subscribed)));
+        let mut inner = self.lock();
+        let previous = inner.frameworks.remove(&framework_id);
+        if let Some((_, old)) = previous.as_ref().and_then(|p| p.stream.as_ref()) {
+            let error = pb::Error { message: "superseded by a new subscription of the same framework".into() };
+            let _ = old.try_send(self.scheduler_event(scheduler_event::Kind::Error(error)));
+        }
+        let offers: Vec<String> =
+            inner.offers.iter().filter(|(_, o)| o.framework_id == framework_id).map(|(id, _)| id.clone()).collect();
+        for offer_id in offers {
+            inner.offers.remove(&offer_id);
+        }
+        tracing::info!(framework = %framework_id, name = %info.name, "framework subscribed");
+        inner.frameworks.insert(
+            framework_id.clone(),
+            FrameworkRecord { info, stream: Some((stream_id, stream)), suppressed: false, refused: HashMap::new() },
+        );
+        Ok(framework_id)
+    }
+
+    pub fn scheduler_disconnected(&self, framework_id: &str, stream_id: u64) {
+        let mut inner = self.lock();
+        let Some(framework) = inner.frameworks.get_mut(framework_id) else { return };
+        if framework.stream.as_ref().is_none_or(|(id, _)| *id != stream_id) {
+            return;
+        }
+        framework.stream = None;
+        tracing::info!(framework = framework_id, "framework disconnected");
+        let offers: Vec<String> =
+            inner.offers.iter().filter(|(_, o)| o.framework_id == framework_id).map(|(id, _)| id.clone()).collect();
+        for offer_id in offers {
+            inner.offers.remove(&offer_id);
+        }
+    }
+
+    fn subscribed(&self, inner: &Inner, framework_id: &str) -> Result<(), Status> {
+        match inner.frameworks.get(framework_id) {
+            Some(framework) if framework.stream.is_some() => Ok(()),
+            Some(_) => Err(Status::failed_precondition(format!("framework {framework_id} is not subscribed"))),
+            None => Err(Status::not_found(format!("framework {framework_id} is not known"))),
+        }
+    }
+
+    /// Launches tasks on accepted offers, after checking them against the offers.
+    pub fn accept(&self, request: pb::AcceptRequest) -> Result<(), Status> {
+        let started = Instant::now();
+        let mut inner = self.lock();
+        self.subscribed(&inner, &request.framework_id)?;
+        if request.offer_ids.is_empty() {
+            return Err(Status::invalid_argument("accept names no offers"));
+        }
+        let mut agent_id: Option<String> = None;
+        let mut offered = Resources::default();
+        for offer_id in &request.offer_ids {
+            let offer = inner.offers.get(offer_id).ok_or_else(|| {
+                Status::not_found(format!("offer {offer_id} is not outstanding (rescinded or already used)"))
+            })?;
+            if offer.framework_id != request.framework_id {
+                return Err(Status::permission_denied(format!("offer {offer_id} was made to another framework")));
+            }
+            if agent_id.as_ref().is_some_and(|id| *id != offer.agent_id) {
+                return Err(Status::invalid_argument("accepted offers must all be from the same agent"));
+            }
+            agent_id = Some(offer.agent_id.clone());
+            offered = add(&offered, &offer.resources);
+        }
+        let agent_id = agent_id.expect("at least one offer");
+        // The offers are used up whatever happens next: resources not launched on return to
+        // the pool (subject to the refuse filter).
+        for offer_id in &request.offer_ids {
+            inner.offers.remove(offer_id);
+        }
+        let refuse = request.filters.as_ref().map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
+        if refuse > 0.0
+            && let Some(framework) = inner.frameworks.get_mut(&request.framework_id)
+        {
+            framework.refused.insert(agent_id.clone(), Instant::now() + Duration::from_secs_f64(refuse));
+        }
+        if let Err(message) = validate_launch(&inner, &agent_id, &offered, &request.launch) {
+            return Err(Status::invalid_argument(format!("launch refused: {message}")));
+        }
+        let Some(agent) = inner.agents.get_mut(&agent_id) else {
+            return Err(Status::unavailable(format!("agent {agent_id} is gone")));
+        };
+        let Some((_, link)) = agent.link.clone() else {
+            return Err(Status::unavailable(format!("agent {agent_id} is not connected")));
+        };
+        let mut tasks = Vec::with_capacity(request.launch.len());
+        for mut task in request.launch {
+            task.framework_id = request.framework_id.clone();
+            let mut status = master_status(&task.task_id, &task.framework_id, &agent_id, TaskState::TaskStaging, "");
+            status.host = agent.info.hostname.clone();
+            status.ports = task.container.as_ref().map(|c| c.port_mappings.clone()).unwrap_or_default();
+            agent.tasks.insert(task.task_id.clone(), TaskRecord { info: task.clone(), status });
+            tasks.push(task);
+        }
+        self.metrics.tasks_launched.inc_by(tasks.len() as u64);
+        let launch = pb::LaunchTasks { framework_id: request.framework_id.clone(), tasks };
+        let _ = link.send(self.agent_message(master_message::Kind::Launch(launch)));
+        self.metrics.accept_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    pub fn decline(&self, request: pb::DeclineRequest) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, &request.framework_id)?;
+        let refuse = request.filters.as_ref().map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
+        for offer_id in &request.offer_ids {
+            let Some(offer) = inner.offers.get(offer_id) else { continue };
+            if offer.framework_id != request.framework_id {
+                continue;
+            }
+            let agent_id = offer.agent_id.clone();
+            inner.offers.remove(offer_id);
+            if refuse > 0.0
+                && let Some(framework) = inner.frameworks.get_mut(&request.framework_id)
+            {
+                framework.refused.insert(agent_id, Instant::now() + Duration::from_secs_f64(refuse));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kill(&self, request: pb::KillRequest) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, &request.framework_id)?;
+        let found = inner
+            .agents
+            .iter()
+            .find(|(id, agent)| {
+                (request.agent_id.is_empty() || **id == request.agent_id) && agent.tasks.contains_key(&request.task_id)
+            })
+            .map(|(id, agent)| (id.clone(), agent.status, agent.link.clone()));
+        let answer = match found {
+            Some((_, _, Some((_, link)))) => {
+                let kill = pb::KillTask {
+                    task_id: request.task_id.clone(),
+                    framework_id: request.framework_id.clone(),
+                    grace_period_seconds: request.grace_period_seconds,
+                };
+                let _ = link.send(self.agent_message(master_message::Kind::Kill(kill)));
+                None
+            }
+            Some((agent_id, AgentStatus::Unreachable, None)) => Some(master_status(
+                &request.task_id,
+                &request.framework_id,
+                &agent_id,
+                TaskState::TaskUnreachable,
+                "the task's agent is unreachable; it will be killed if the agent returns",
+            )),
+            // Connected again shortly: the scheduler retries kills it does not see complete.
+            Some((_, _, None)) => None,
+            None => Some(master_status(
+                &request.task_id,
+                &request.framework_id,
+                &request.agent_id,
+                TaskState::TaskUnknown,
+                "the master does not know this task",
+            )),
+        };
+        if let Some(status) = answer {
+            self.forward_update(&mut inner, status);
+        }
+        Ok(())
+    }
+
+    pub fn acknowledge(&self, request: pb::AcknowledgeRequest) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, &request.framework_id)?;
+        let Some(agent) = inner.agents.get_mut(&request.agent_id) else {
+            return Err(Status::not_found(format!("agent {} is not known", request.agent_id)));
+        };
+        if let Some((_, link)) = &agent.link {
+            let ack = pb::AcknowledgeUpdate { task_id: request.task_id.clone(), uuid: request.uuid.clone() };
+            let _ = link.send(self.agent_message(master_message::Kind::Acknowledge(ack)));
+        }
+        // A terminal task whose last update is acknowledged is done with.
+        if agent
+            .tasks
+            .get(&request.task_id)
+            .is_some_and(|task| task.status.uuid == request.uuid && is_terminal(task.status.state()))
+        {
+            agent.tasks.remove(&request.task_id);
+        }
+        Ok(())
+    }
+
+    pub fn reconcile(&self, request: pb::ReconcileRequest) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, &request.framework_id)?;
+        let framework_id = request.framework_id.clone();
+        let answers: Vec<TaskStatus> = if request.tasks.is_empty() {
+            // Implicit: everything the master knows of this framework.
+            inner
+                .agents
+                .values()
+                .flat_map(|agent| agent.tasks.values())
+                .filter(|task| task.info.framework_id == framework_id || task.status.framework_id == framework_id)
+                .map(|task| reconciled(&task.status))
+                .collect()
+        } else {
+            let mut answers = Vec::new();
+            for task in request.tasks {
+                let waiting = !task.agent_id.is_empty()
+                    && inner.agents.get(&task.agent_id).is_some_and(|a| a.status == AgentStatus::Reregistering)
+                    && !inner.agents[&task.agent_id].tasks.contains_key(&task.task_id);
+                if waiting {
+                    inner
+                        .pending_reconcile
+                        .entry(task.agent_id.clone())
+                        .or_default()
+                        .push((framework_id.clone(), task.task_id));
+                } else {
+                    answers.push(self.reconcile_one(&inner, &framework_id, &task.task_id, &task.agent_id));
+                }
+            }
+            answers
+        };
+        for status in answers {
+            self.forward_update(&mut inner, status);
+        }
+        Ok(())
+    }
+
+    /// The latest state of one task, as reconciliation reports it.
+    fn reconcile_one(&self, inner: &Inner, framework_id: &str, task_id: &str, agent_hint: &str) -> TaskStatus {
+        for (agent_id, agent) in &inner.agents {
+            if !agent_hint.is_empty() && agent_id != agent_hint {
+                continue;
+            }
+            if let Some(task) = agent.tasks.get(task_id) {
+                if agent.status == AgentStatus::Unreachable {
+                    return master_status(
+                        task_id,
+                        framework_id,
+                        agent_id,
+                        TaskState::TaskUnreachable,
+                        "agent unreachable",
+                    );
+                }
+                return reconciled(&task.status);
+            }
+        }
+        match inner.agents.get(agent_hint).map(|agent| agent.status) {
+            Some(AgentStatus::Unreachable | AgentStatus::Reregistering) => master_status(
+                task_id,
+                framework_id,
+                agent_hint,
+                TaskState::TaskUnreachable,
+                "the task's agent is unreachable",
+            ),
+            Some(_) => master_status(
+                task_id,
+                framework_id,
+                agent_hint,
+                TaskState::TaskGone,
+                "the agent does not run this task",
+            ),
+            None => master_status(
+                task_id,
+                framework_id,
+                agent_hint,
+                TaskState::TaskUnknown,
+                "the master does not know this task",
+            ),
+        }
+    }
+
+    pub fn revive(&self, framework_id: &str) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, framework_id)?;
+        let framework = inner.frameworks.get_mut(framework_id).expect("checked above");
+        framework.suppressed = false;
+        framework.refused.clear();
+        Ok(())
+    }
+
+    pub fn suppress(&self, framework_id: &str) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.subscribed(&inner, framework_id)?;
+        inner.frameworks.get_mut(framework_id).expect("checked above").suppressed = true;
+        let offers: Vec<String> =
+            inner.offers.iter().filter(|(_, o)| o.framework_id == framework_id).map(|(id, _)| id.clone()).collect();
+        for offer_id in offers {
+            self.rescind(&mut inner, &offer_id);
+        }
+        Ok(())
+    }
+
+    /// Removes a framework: its tasks are killed and its record deleted.
+    pub async fn teardown(&self, framework_id: &str) -> Result<(), Status> {
+        {
+            let inner = self.lock();
+            if !inner.frameworks.contains_key(framework_id) {
+                return Err(Status::not_found(format!("framework {framework_id} is not known")));
+            }
+        }
+        if let Err(error) = self.registry.remove_framework(framework_id).await {
+            self.check_deposed(&error);
+            return Err(Status::unavailable(format!("cannot remove the framework: {error}")));
+        }
+        let mut inner = self.lock();
+        for agent in inner.agents.values() {
+            let Some((_, link)) = &agent.link else { continue };
+            for task in agent.tasks.values().filter(|t| t.info.framework_id == framework_id) {
+                let kill = pb::KillTask {
+                    task_id: task.info.task_id.clone(),
+                    framework_id: framework_id.to_owned(),
+                    grace_period_seconds: 0,
+                };
+                let _ = link.send(self.agent_message(master_message::Kind::Kill(kill)));
+            }
+        }
+        if let Some(framework) = inner.frameworks.remove(framework_id)
+            && let Some((_, stream)) = framework.stream
+        {
+            let error = pb::Error { message: "the framework was torn down".into() };
+            let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Error(error)));
+        }
+        inner.offers.retain(|_, offer| offer.framework_id != framework_id);
+        Ok(())
+    }
+
+    // ----- operators -----------------------------------------------------------------------
+
+    /// Stops offering an agent and kills its tasks so their schedulers move them.
+    pub fn drain(&self, agent_id: &str) -> Result<(), Status> {
+        let mut inner = self.lock();
+        let Some(agent) = inner.agents.get_mut(agent_id) else {
+            return Err(Status::not_found(format!("agent {agent_id} is not known")));
+        };
+        agent.status = AgentStatus::Draining;
+        if let Some((_, link)) = &agent.link {
+            for task in agent.tasks.values().filter(|t| !is_terminal(t.status.state())) {
+                let kill = pb::KillTask {
+                    task_id: task.info.task_id.clone(),
+                    framework_id: task.info.framework_id.clone(),
+                    grace_period_seconds: 0,
+                };
+                let _ = link.send(self.agent_message(master_message::Kind::Kill(kill)));
+            }
+        }
+        let offers: Vec<String> =
+            inner.offers.iter().filter(|(_, o)| o.agent_id == agent_id).map(|(id, _)| id.clone()).collect();
+        for offer_id in offers {
+            self.rescind(&mut inner, &offer_id);
+        }
+        tracing::info!(agent = agent_id, "agent draining");
+        Ok(())
+    }
+
+    pub fn state(&self) -> pb::MasterState {
+        let inner = self.lock();
+        let agents = inner
+            .agents
+            .values()
+            .map(|agent| pb::AgentSummary {
+                info: Some(agent.info.clone()),
+                status: agent.status.as_str().into(),
+                used: Some(used(agent)),
+                last_heartbeat: now_seconds() - agent.last_heartbeat.elapsed().as_secs_f64(),
+            })
+            .collect();
+        let frameworks = inner
+            .frameworks
+            .values()
+            .map(|framework| pb::FrameworkSummary {
+                info: Some(framework.info.clone()),
+                connected: framework.stream.is_some(),
+                tasks: inner
+                    .agents
+                    .values()
+                    .flat_map(|a| a.tasks.values())
+                    .filter(|t| t.info.framework_id == framework.info.framework_id && !is_terminal(t.status.state()))
+                    .count() as u64,
+            })
+            .collect();
+        let tasks = inner.agents.values().flat_map(|a| a.tasks.values()).map(|t| t.status.clone()).collect();
+        pb::MasterState {
+            master_id: self.master_id.clone(),
+            leader_address: self.address.clone(),
+            epoch: self.epoch,
+            elected: true,
+            agents,
+            frameworks,
+            tasks,
+        }
+    }
+
+    // ----- loops ---------------------------------------------------------------------------
+
+    async fn allocation_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Config::ms(self.config.allocation_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.ended.cancelled() => return,
+            }
+            let started = Instant::now();
+            self.allocate();
+            self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// One allocation round (see [`crate::allocator`]), plus expiry of old offers.
+    fn allocate(&self) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let timeout = Config::ms(self.config.offer_timeout_ms);
+        let expired: Vec<String> = inner
+            .offers
+            .iter()
+            .filter(|(_, o)| now.duration_since(o.created) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for offer_id in expired {
+            self.rescind(&mut inner, &offer_id);
+        }
+        for framework in inner.frameworks.values_mut() {
+            framework.refused.retain(|_, until| *until > now);
+        }
+        let mut offered_per_agent: HashMap<&str, Resources> = HashMap::new();
+        let mut offered_per_framework: HashMap<&str, Resources> = HashMap::new();
+        for offer in inner.offers.values() {
+            let agent = offered_per_agent.entry(&offer.agent_id).or_default();
+            *agent = add(agent, &offer.resources);
+            let framework = offered_per_framework.entry(&offer.framework_id).or_default();
+            *framework = add(framework, &offer.resources);
+        }
+        let mut total = Resources::default();
+        let mut free_agents = Vec::new();
+        let mut running_per_framework: HashMap<String, Resources> = HashMap::new();
+        for (agent_id, agent) in &inner.agents {
+            for task in agent.tasks.values().filter(|t| !is_terminal(t.status.state())) {
+                let entry = running_per_framework.entry(task.info.framework_id.clone()).or_default();
+                *entry = add(entry, &task.info.resources.clone().unwrap_or_default());
+            }
+            if agent.status != AgentStatus::Active || agent.link.is_none() {
+                continue;
+            }
+            let agent_total = agent.info.resources.clone().unwrap_or_default();
+            total = add(&total, &agent_total);
+            let mut free = subtract(&agent_total, &used(agent));
+            if let Some(offered) = offered_per_agent.get(agent_id.as_str()) {
+                free = subtract(&free, offered);
+            }
+            free_agents.push(FreeAgent { agent_id: agent_id.clone(), free });
+        }
+        let mut candidates: Vec<Candidate> = inner
+            .frameworks
+            .values()
+            .filter(|f| f.stream.is_some() && !f.suppressed)
+            .map(|f| {
+                let id = f.info.framework_id.as_str();
+                let running = running_per_framework.get(id).cloned().unwrap_or_default();
+                let offered = offered_per_framework.get(id).cloned().unwrap_or_default();
+                Candidate {
+                    framework_id: id.to_owned(),
+                    allocated: add(&running, &offered),
+                    refused: f.refused.keys().cloned().collect::<HashSet<_>>(),
+                }
+            })
+            .collect();
+        if candidates.is_empty() || free_agents.is_empty() {
+            return;
+        }
+        // Spread offers: start the round at a different agent each time.
+        let shift = fastrand::usize(..free_agents.len());
+        free_agents.rotate_left(shift);
+        let decisions = allocator::allocate(&free_agents, &mut candidates, &total);
+        let free: HashMap<String, Resources> = free_agents.into_iter().map(|a| (a.agent_id, a.free)).collect();
+        let mut batches: HashMap<String, Vec<pb::Offer>> = HashMap::new();
+        for (agent_id, framework_id) in decisions {
+            let agent = &inner.agents[&agent_id];
+            let offer = pb::Offer {
+                offer_id: marina_daemon::ids::prefixed("offer"),
+                framework_id: framework_id.clone(),
+                agent_id: agent_id.clone(),
+                hostname: agent.info.hostname.clone(),
+                resources: Some(free[&agent_id].clone()),
+                attributes: agent.info.attributes.clone(),
+            };
+            batches.entry(framework_id).or_default().push(offer);
+        }
+        for (framework_id, offers) in batches {
+            let Some((_, stream)) = inner.frameworks.get(&framework_id).and_then(|f| f.stream.clone()) else {
+                continue;
+            };
+            let records: Vec<(String, OfferRecord)> = offers
+                .iter()
+                .map(|offer| {
+                    let record = OfferRecord {
+                        framework_id: framework_id.clone(),
+                        agent_id: offer.agent_id.clone(),
+                        resources: offer.resources.clone().unwrap_or_default(),
+                        created: now,
+                    };
+                    (offer.offer_id.clone(), record)
+                })
+                .collect();
+            let count = offers.len();
+            if stream.try_send(self.scheduler_event(scheduler_event::Kind::Offers(pb::Offers { offers }))).is_ok() {
+                self.metrics.offers_made.inc_by(count as u64);
+                inner.offers.extend(records);
+            }
+        }
+    }
+
+    fn rescind(&self, inner: &mut Inner, offer_id: &str) {
+        let Some(offer) = inner.offers.remove(offer_id) else { return };
+        self.metrics.offers_rescinded.inc();
+        if let Some((_, stream)) = inner.frameworks.get(&offer.framework_id).and_then(|f| f.stream.as_ref()) {
+            let rescind = pb::Rescind { offer_id: offer_id.to_owned() };
+            let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Rescind(rescind)));
+        }
+    }
+
+    /// Agents that stopped heartbeating, and agents that did not come back after the
+    /// failover, become unreachable; their tasks are reported `TASK_UNREACHABLE`.
+    async fn liveness_loop(self: Arc<Self>) {
+        let interval = Config::ms(self.config.agent_ping_interval_ms);
+        let timeout = interval * self.config.max_agent_ping_timeouts;
+        let mut tick = tokio::time::interval(interval.min(Duration::from_millis(500)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.ended.cancelled() => return,
+            }
+            let now = Instant::now();
+            let mut inner = self.lock();
+            let mut newly_unreachable = Vec::new();
+            for (agent_id, agent) in inner.agents.iter_mut() {
+                let silent = matches!(agent.status, AgentStatus::Active | AgentStatus::Draining)
+                    && now.duration_since(agent.last_heartbeat) > timeout;
+                let never_back = agent.status == AgentStatus::Reregistering && now > self.reregister_deadline;
+                if silent || never_back {
+                    tracing::warn!(agent = %agent_id, silent, never_back, "agent unreachable");
+                    agent.status = AgentStatus::Unreachable;
+                    agent.link = None;
+                    newly_unreachable.push(agent_id.clone());
+                }
+            }
+            for agent_id in newly_unreachable {
+                let statuses: Vec<TaskStatus> = inner.agents[&agent_id]
+                    .tasks
+                    .values()
+                    .filter(|task| !is_terminal(task.status.state()))
+                    .map(|task| {
+                        master_status(
+                            &task.info.task_id,
+                            &task.info.framework_id,
+                            &agent_id,
+                            TaskState::TaskUnreachable,
+                            "agent unreachable",
+                        )
+                    })
+                    .collect();
+                let pending = inner.pending_reconcile.remove(&agent_id).unwrap_or_default();
+                let answers = pending.into_iter().map(|(framework_id, task_id)| {
+                    master_status(
+                        &task_id,
+                        &framework_id,
+                        &agent_id,
+                        TaskState::TaskUnreachable,
+                        "agent did not re-register",
+                    )
+                });
+                let offers: Vec<String> =
+                    inner.offers.iter().filter(|(_, o)| o.agent_id == agent_id).map(|(id, _)| id.clone()).collect();
+                for offer_id in offers {
+                    self.rescind(&mut inner, &offer_id);
+                }
+                for status in statuses.into_iter().chain(answers) {
+                    self.forward_update(&mut inner, status);
+                }
+            }
+            self.metrics.observe_agents(inner.agents.values().map(|agent| agent.status));
+            self.metrics.observe_tasks(inner.agents.values().flat_map(|a| a.tasks.values()).map(|t| t.status.state()));
+            self.metrics.frameworks.set(inner.frameworks.values().filter(|f| f.stream.is_some()).count() as i64);
+            self.metrics.offers_outstanding.set(inner.offers.len() as i64);
+        }
+    }
+
+    async fn scheduler_heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Config::ms(self.config.scheduler_heartbeat_ms));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.ended.cancelled() => return,
+            }
+            let inner = self.lock();
+            for framework in inner.frameworks.values() {
+                if let Some((_, stream)) = &framework.stream {
+                    let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Heartbeat(pb::Heartbeat {})));
+                }
+            }
+        }
+    }
+}
+
+/// A reconciliation answer: the task's latest status, without a uuid (not acknowledged).
+fn reconciled(status: &TaskStatus) -> TaskStatus {
+    let mut status = status.clone();
+    status.uuid.clear();
+    status
+}
+
+/// What an agent's live tasks use, ports included.
+fn used(agent: &AgentRecord) -> Resources {
+    let mut used = Resources::default();
+    for task in agent.tasks.values().filter(|t| !is_terminal(t.status.state())) {
+        let mut resources = task.info.resources.clone().unwrap_or_default();
+        resources.ports = task
+            .info
+            .container
+            .as_ref()
+            .map(|c| {
+                c.port_mappings
+                    .iter()
+                    .map(|m| marina_proto::agent::v1::Range {
+                        begin: u64::from(m.host_port),
+                        end: u64::from(m.host_port),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        used = add(&used, &resources);
+    }
+    used
+}
+
+/// Checks tasks against the resources of the accepted offers.
+fn validate_launch(inner: &Inner, agent_id: &str, offered: &Resources, tasks: &[TaskInfo]) -> Result<(), String> {
+    let mut asked = Resources::default();
+    let mut ports = HashSet::new();
+    let mut ids = HashSet::new();
+    for task in tasks {
+        if task.task_id.trim().is_empty() {
+            return Err("a task has an empty task_id".into());
+        }
+        if !ids.insert(task.task_id.as_str()) {
+            return Err(format!("task id {} appears twice", task.task_id));
+        }
+        if inner
+            .agents
+            .values()
+            .any(|agent| agent.tasks.get(&task.task_id).is_some_and(|t| !is_terminal(t.status.state())))
+        {
+            return Err(format!("task {} is already running", task.task_id));
+        }
+        let resources = task.resources.clone().unwrap_or_default();
+        for (name, value) in [("cpus", resources.cpus), ("mem", resources.mem_mb), ("disk", resources.disk_mb)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!("task {}: {name} must be a non-negative number", task.task_id));
+            }
+        }
+        asked = add(&asked, &Resources { ports: Vec::new(), ..resources });
+        for mapping in task.container.as_ref().map(|c| c.port_mappings.as_slice()).unwrap_or_default() {
+            let port = u64::from(mapping.host_port);
+            if !contains_port(&offered.ports, port) {
+                return Err(format!("task {}: host port {port} is not in the offer", task.task_id));
+            }
+            if !ports.insert(port) {
+                return Err(format!("task {}: host port {port} is used twice", task.task_id));
+            }
+        }
+    }
+    covers_scalars(offered, &asked)
+        .map_err(|shortfall| format!("the tasks exceed the offers on agent {agent_id}: {shortfall}"))?;
+    Ok(())
+}

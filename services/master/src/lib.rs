@@ -1,0 +1,148 @@
+//! `marina-master`: Marina's Mesos master. Any number run; one leads, elected through coord
+//! with the shared recipe and fenced by its epoch. The leader keeps the agent registry,
+//! offers free resources to schedulers (DRF), validates and routes launches, routes status
+//! updates and answers reconciliation; standbys redirect to it.
+//!
+//! - [`election`]: candidacy and stepping down;
+//! - [`leader`]: the leader's state for one term; [`allocator`], [`resources`]: offers;
+//! - [`registry`]: what is kept in coord (agents, frameworks);
+//! - [`api`]: gRPC and HTTP; [`metrics`].
+
+pub mod allocator;
+pub mod api;
+pub mod config;
+pub mod election;
+pub mod leader;
+pub mod metrics;
+pub mod registry;
+pub mod resources;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use marina_coord_client::{CoordClient, LeaderObserver};
+use marina_daemon::leader::MemberInfo;
+use marina_daemon::{Endpoint, Metrics, Shutdown};
+use marina_proto::master::v1::agent_link_server::AgentLinkServer;
+use marina_proto::master::v1::operator_server::OperatorServer;
+use marina_proto::master::v1::scheduler_server::SchedulerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+pub use crate::config::Config;
+use crate::leader::LeaderState;
+use crate::metrics::MasterMetrics;
+
+/// The masters' election directory (under the coord root).
+pub const MASTER_ELECTION_DIR: &str = "/master/members";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Config(#[from] marina_daemon::config::ConfigError),
+    #[error("coord: {0}")]
+    Coord(#[from] marina_coord_client::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone)]
+pub enum Role {
+    Standby,
+    Leading(Arc<LeaderState>),
+}
+
+pub struct Master {
+    pub id: String,
+    pub member: MemberInfo,
+    pub config: Config,
+    pub coord: CoordClient,
+    pub role: watch::Sender<Role>,
+    pub metrics: MasterMetrics,
+    observer: LeaderObserver,
+}
+
+impl Master {
+    /// The leader state when this master leads; otherwise UNAVAILABLE with the leader's
+    /// address in `x-marina-leader`.
+    pub fn leader(&self) -> Result<Arc<LeaderState>, Status> {
+        match &*self.role.borrow() {
+            Role::Leading(leader) if !leader.ended.is_cancelled() => Ok(leader.clone()),
+            _ => {
+                let hint = self.leader_address().filter(|address| *address != self.member.address);
+                Err(marina_daemon::leader::not_leader("this master is a standby", hint.as_deref()))
+            }
+        }
+    }
+
+    /// The leading master's address, from the election.
+    pub fn leader_address(&self) -> Option<String> {
+        if let Role::Leading(_) = &*self.role.borrow() {
+            return Some(self.member.address.clone());
+        }
+        let leader = self.observer.current()?;
+        MemberInfo::from_bytes(&leader.data).map(|member| member.address)
+    }
+}
+
+pub struct MasterHandle {
+    pub local_address: SocketAddr,
+    pub master: Arc<Master>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl MasterHandle {
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// This master's id: kept in the work dir so it is stable across restarts.
+fn master_id(config: &Config) -> Result<String, MasterError> {
+    std::fs::create_dir_all(&config.work_dir)?;
+    let path = config.work_dir.join("master-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = marina_daemon::ids::prefixed("master");
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Starts a master on `listener` until `shutdown` (a leader resigns first, handing over).
+pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<MasterHandle, MasterError> {
+    config.validate()?;
+    let local_address = listener.local_addr()?;
+    let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
+    let id = master_id(&config)?;
+    let coord = CoordClient::new(&config.coord);
+    let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
+    let metrics = Metrics::new("master");
+    let master_metrics = MasterMetrics::new(&metrics);
+    let (role, _) = watch::channel(Role::Standby);
+    let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
+    let master = Arc::new(Master { id, member, config, coord, role, metrics: master_metrics, observer });
+
+    let (router, health) = Endpoint::new("master", metrics)
+        .grpc(AgentLinkServer::new(api::AgentLinkApi::new(master.clone())))
+        .grpc(SchedulerServer::new(api::SchedulerApi::new(master.clone())))
+        .grpc(OperatorServer::new(api::OperatorApi::new(master.clone())))
+        .http(api::http_routes(master.clone()))
+        .build()
+        .await;
+    // A standby serves (redirects); health says the process is up and following coord.
+    health.set_serving(true).await;
+    let election = tokio::spawn(election::run(master.clone(), shutdown.clone()));
+    tracing::info!(id = %master.id, %address, "master started");
+    let task = tokio::spawn(async move {
+        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let _ = election.await;
+        tracing::info!("master stopped");
+        served
+    });
+    Ok(MasterHandle { local_address, master, task })
+}

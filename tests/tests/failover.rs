@@ -1,0 +1,197 @@
+//! Master failover with real processes: SIGKILL and SIGTERM of the leading master, a frozen
+//! leader fenced off, agents and their tasks carried over to the new leader.
+
+use std::time::Duration;
+
+use marina_proto::agent::v1::TaskState;
+use marina_tests::scheduler::command_task;
+use marina_tests::services::Service;
+use marina_tests::{CoordCluster, TestScheduler, eventually};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Settings that keep the tests quick: a short re-registration window and session TTL.
+const MASTER_ENV: &[(&str, &str)] = &[
+    ("MARINA_MASTER_AGENT_REREGISTER_TIMEOUT_MS", "10000"),
+    ("MARINA_MASTER_SESSION_TTL_MS", "2000"),
+    ("MARINA_MASTER_ALLOCATION_INTERVAL_MS", "50"),
+];
+
+const AGENT_ENV: &[(&str, &str)] = &[
+    ("MARINA_AGENT_RESOURCES__CPUS", "4"),
+    ("MARINA_AGENT_RESOURCES__MEM_MB", "2048"),
+    ("MARINA_AGENT_RESOURCES__DISK_MB", "1024"),
+];
+
+struct Setup {
+    coord: CoordCluster,
+    masters: Vec<Service>,
+    agent: Service,
+    dir: marina_tests::TestDir,
+}
+
+async fn setup(masters: usize) -> Setup {
+    let coord = CoordCluster::start(3).await;
+    let dir = marina_tests::TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let masters: Vec<Service> =
+        (0..masters).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), MASTER_ENV)).collect();
+    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
+    for service in masters.iter().chain([&agent]) {
+        service.wait_healthy().await;
+    }
+    Setup { coord, masters, agent, dir }
+}
+
+/// The index of the master that says it leads, with its epoch.
+async fn leader(masters: &[Service]) -> (usize, u64) {
+    eventually(WAIT, "a master to lead", || async {
+        for (index, master) in masters.iter().enumerate().filter(|(_, m)| m.is_running()) {
+            let state = master.get_json("/master/state").await?;
+            if state["elected"] == true {
+                return Some((index, state["epoch"].as_u64()?));
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The agent's view: (master epoch it follows, its tasks' container ids by task id).
+async fn agent_view(agent: &Service) -> Option<(u64, std::collections::BTreeMap<String, String>)> {
+    let state = agent.get_json("/state").await?;
+    let tasks = state["tasks"]
+        .as_array()?
+        .iter()
+        .map(|t| {
+            (t["id"].as_str().unwrap_or_default().to_owned(), t["container_id"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    Some((state["master"]["epoch"].as_u64()?, tasks))
+}
+
+async fn launch_two_tasks(setup: &Setup) -> (TestScheduler, String) {
+    let addresses: Vec<String> = setup.masters.iter().map(|m| m.address.clone()).collect();
+    let mut scheduler = TestScheduler::subscribe(&addresses, "failover-test", None).await;
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    let tasks = vec![
+        command_task("sleeper-1", "exec sleep 600", 0.5, 32.0),
+        command_task("sleeper-2", "exec sleep 600", 0.5, 32.0),
+    ];
+    scheduler.accept(vec![offer.offer_id], tasks).await.unwrap();
+    scheduler
+        .pump_until(WAIT, "both tasks running", |s| {
+            ["sleeper-1", "sleeper-2"]
+                .iter()
+                .all(|id| s.latest(id).is_some_and(|t| t.state() == TaskState::TaskRunning))
+        })
+        .await;
+    (scheduler, offer.agent_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_hands_agents_and_tasks_to_a_standby() {
+    let mut setup = setup(2).await;
+    let (mut scheduler, agent_id) = launch_two_tasks(&setup).await;
+    let (old, old_epoch) = leader(&setup.masters).await;
+    let (_, containers_before) = agent_view(&setup.agent).await.unwrap();
+
+    let killed_at = Instant::now();
+    setup.masters[old].kill().await;
+    let (new, new_epoch) = leader(&setup.masters).await;
+    let elected_after = killed_at.elapsed();
+    assert_ne!(new, old);
+    assert!(new_epoch > old_epoch);
+    assert!(elected_after < Duration::from_secs(3), "standby took {elected_after:?} to lead");
+
+    // The agent re-registers with the new leader, with its tasks still running, untouched.
+    let (epoch, containers_after) = eventually(WAIT, "the agent to follow the new leader", || async {
+        agent_view(&setup.agent).await.filter(|(epoch, _)| *epoch == new_epoch)
+    })
+    .await;
+    assert_eq!(epoch, new_epoch);
+    assert_eq!(containers_after, containers_before, "the same processes run: nothing was restarted");
+    let state = eventually(WAIT, "the new leader to know the tasks", || async {
+        let state = setup.masters[new].get_json("/master/state").await?;
+        (state["tasks"].as_array()?.len() == 2).then_some(state)
+    })
+    .await;
+    assert!(state["tasks"].as_array().unwrap().iter().all(|t| t["state"] == "TASK_RUNNING"), "{state}");
+
+    // The scheduler re-subscribes as the same framework and reconciles: same tasks.
+    let framework_id = scheduler.framework_id.clone();
+    scheduler.resubscribe().await;
+    assert_eq!(scheduler.framework_id, framework_id);
+    let tasks = vec![("sleeper-1".to_owned(), agent_id.clone()), ("sleeper-2".to_owned(), agent_id.clone())];
+    scheduler.reconcile(&tasks).await;
+    scheduler
+        .pump_until(WAIT, "reconciliation shows both running", |s| {
+            ["sleeper-1", "sleeper-2"]
+                .iter()
+                .all(|id| s.latest(id).is_some_and(|t| t.state() == TaskState::TaskRunning && t.uuid.is_empty()))
+        })
+        .await;
+
+    // The killed master comes back as a standby.
+    setup.masters[old].restart();
+    setup.masters[old].wait_healthy().await;
+    let (leading, _) = leader(&setup.masters).await;
+    assert_eq!(leading, new);
+    let _ = &setup.coord;
+    let _ = &setup.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_leader_hands_over_at_once() {
+    let mut setup = setup(2).await;
+    let (old, _) = leader(&setup.masters).await;
+    let stopped_at = Instant::now();
+    let status = setup.masters[old].terminate().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let (new, _) = leader(&setup.masters).await;
+    let handover = stopped_at.elapsed();
+    assert_ne!(new, old);
+    // Resigning deletes the member node first: no session timeout is waited for.
+    assert!(handover < Duration::from_millis(1500), "handover took {handover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_fenced_and_returns_as_a_standby() {
+    let setup = setup(2).await;
+    let (_scheduler, _) = launch_two_tasks(&setup).await;
+    let (old, old_epoch) = leader(&setup.masters).await;
+    let other = 1 - old;
+
+    setup.masters[old].freeze();
+    // Its session (2 s TTL) expires; the other master takes over.
+    let new_epoch = eventually(WAIT, "the other master to lead", || async {
+        let state = setup.masters[other].get_json("/master/state").await?;
+        (state["elected"] == true).then(|| state["epoch"].as_u64()).flatten()
+    })
+    .await;
+    assert!(new_epoch > old_epoch);
+    eventually(WAIT, "the agent to follow the new leader", || async {
+        agent_view(&setup.agent).await.filter(|(epoch, _)| *epoch == new_epoch)
+    })
+    .await;
+
+    setup.masters[old].thaw();
+    // The thawed master learns it lost its session and becomes a standby; it never leads
+    // again under its old epoch, and the agent keeps obeying the new leader only.
+    eventually(WAIT, "the old leader to step down", || async {
+        let state = setup.masters[old].get_json("/master/state").await?;
+        (state["elected"] == false).then_some(())
+    })
+    .await;
+    let (epoch, tasks) = agent_view(&setup.agent).await.unwrap();
+    assert_eq!(epoch, new_epoch, "the agent still follows the new leader");
+    assert_eq!(tasks.len(), 2);
+    let (leading, epoch) = leader(&setup.masters).await;
+    assert_eq!((leading, epoch), (other, new_epoch));
+    assert!(
+        setup.masters[old].log().contains("no longer leading") || setup.masters[old].log().contains("stepping down"),
+        "the old leader logged its step-down"
+    );
+}

@@ -1,0 +1,102 @@
+//! The master with real agents (sim runtime) in one process: offers, fair shares, launch
+//! validation, status routing, kill, reconciliation, standby redirects.
+
+use std::time::Duration;
+
+use marina_proto::agent::v1::TaskState;
+use marina_tests::scheduler::command_task;
+use marina_tests::{MarinaCluster, TestScheduler};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_get_fair_shares_of_offers() {
+    let cluster = MarinaCluster::builder().masters(1).agents(4).start().await;
+    let masters = cluster.master_addresses();
+    let mut first = TestScheduler::subscribe(&masters, "first", None).await;
+    let mut second = TestScheduler::subscribe(&masters, "second", None).await;
+    first.pump_until(WAIT, "offers for the first", |s| !s.offers.is_empty()).await;
+    second.pump_until(WAIT, "offers for the second", |s| !s.offers.is_empty()).await;
+    // Four equal agents, two equal frameworks: two each (DRF).
+    first.pump_until(WAIT, "two offers", |s| s.offers.len() >= 2).await;
+    second.pump_until(WAIT, "two offers", |s| s.offers.len() >= 2).await;
+    assert_eq!(first.offers.len(), 2, "{:?}", first.offers);
+    assert_eq!(second.offers.len(), 2, "{:?}", second.offers);
+    let agents_of =
+        |s: &TestScheduler| s.offers.iter().map(|o| o.agent_id.clone()).collect::<std::collections::HashSet<_>>();
+    assert!(agents_of(&first).is_disjoint(&agents_of(&second)), "an agent's resources go to one framework at a time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_are_validated_against_the_offer_and_run() {
+    let cluster = MarinaCluster::builder().masters(1).agents(1).start().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "launcher", None).await;
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    let offered = offer.resources.clone().unwrap();
+    assert_eq!(offered.cpus, 4.0);
+
+    let too_big = command_task("too-big", "sleep 1000", offered.cpus + 1.0, 64.0);
+    let error = scheduler.accept(vec![offer.offer_id.clone()], vec![too_big]).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("exceed") && error.message().contains("cpus"), "{}", error.message());
+
+    // The refused offer's resources come back in a later offer.
+    scheduler.pump_until(WAIT, "a new offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    let tasks = vec![command_task("web-1", "sleep 1000", 1.0, 128.0), command_task("web-2", "sleep 1000", 1.0, 128.0)];
+    scheduler.accept(vec![offer.offer_id.clone()], tasks).await.unwrap();
+    scheduler
+        .pump_until(WAIT, "both tasks running", |s| {
+            ["web-1", "web-2"].iter().all(|id| s.latest(id).is_some_and(|t| t.state() == TaskState::TaskRunning))
+        })
+        .await;
+    let running = scheduler.latest("web-1").unwrap().clone();
+    assert_eq!(running.agent_id, offer.agent_id);
+    assert_eq!(running.host, "agent-0.test");
+
+    // Reused task ids are refused; kills are routed; reconciliation answers.
+    scheduler.pump_until(WAIT, "another offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    let remaining = offer.resources.clone().unwrap();
+    assert!((remaining.cpus - 2.0).abs() < 1e-9, "the offer excludes running tasks: {remaining:?}");
+    let duplicate =
+        scheduler.accept(vec![offer.offer_id], vec![command_task("web-1", "x", 0.1, 1.0)]).await.unwrap_err();
+    assert!(duplicate.message().contains("already running"), "{}", duplicate.message());
+
+    scheduler.kill("web-2", &running.agent_id).await;
+    scheduler
+        .pump_until(WAIT, "web-2 killed", |s| s.latest("web-2").is_some_and(|t| t.state() == TaskState::TaskKilled))
+        .await;
+
+    let count = scheduler.updates.len();
+    scheduler.reconcile(&[("web-1".into(), running.agent_id.clone()), ("nope".into(), running.agent_id.clone())]).await;
+    scheduler.pump_until(WAIT, "reconciliation answers", |s| s.updates.len() >= count + 2).await;
+    let answers = &scheduler.updates[count..];
+    let web1 = answers.iter().find(|s| s.task_id == "web-1").unwrap();
+    assert_eq!(web1.state(), TaskState::TaskRunning);
+    assert!(web1.uuid.is_empty(), "reconciliation answers are not acknowledged");
+    assert_eq!(answers.iter().find(|s| s.task_id == "nope").unwrap().state(), TaskState::TaskGone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_redirect_to_the_leader() {
+    let cluster = MarinaCluster::builder().masters(2).agents(0).start().await;
+    let leader = cluster.leading_master().await;
+    let standby = 1 - leader;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response =
+        http.get(format!("http://{}/master/redirect", cluster.masters[standby].address)).send().await.unwrap();
+    assert_eq!(response.status(), 307);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains(&cluster.masters[leader].address.to_string()), "{location}");
+
+    let mut client = marina_proto::master::v1::operator_client::OperatorClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.masters[standby].address))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let status = client.get_state(marina_proto::master::v1::GetStateRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(marina_daemon::leader::leader_hint(&status), Some(cluster.masters[leader].address.to_string()));
+}
