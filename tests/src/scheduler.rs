@@ -197,3 +197,9 @@ pub fn command_task(task_id: &str, command: &str, cpus: f64, mem_mb: f64) -> Tas
         ..Default::default()
     }
 }
+
+/// The first `count` host ports of an offer.
+pub fn offered_ports(offer: &pb::Offer, count: usize) -> Vec<u32> {
+    let ranges = offer.resources.as_ref().map(|r| r.ports.clone()).unwrap_or_default();
+    ranges.iter().flat_map(|range| range.begin..=range.end).take(count).map(|port| port as u32).collect()
+}

@@ -1,0 +1,221 @@
+//! The agent as a real process: SIGKILL and restart re-adopt its tasks (process runtime and
+//! Docker), status updates produced while no master is reachable arrive later, health
+//! checks report and kill, a corrupt checkpoint stops it with a clear error.
+
+use std::time::Duration;
+
+use marina_proto::agent::v1::{ContainerSpec, HealthCheck, PortMapping, TaskInfo, TaskState, health_check};
+use marina_tests::docker::{DockerCleanup, ensure_test_images};
+use marina_tests::scheduler::{command_task, offered_ports};
+use marina_tests::services::Service;
+use marina_tests::{MarinaCluster, TestScheduler, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+const AGENT_ENV: &[(&str, &str)] = &[
+    ("MARINA_AGENT_RESOURCES__CPUS", "4"),
+    ("MARINA_AGENT_RESOURCES__MEM_MB", "2048"),
+    ("MARINA_AGENT_RESOURCES__DISK_MB", "1024"),
+    ("MARINA_AGENT_RESOURCES__PORTS", "41000-41999"),
+];
+
+async fn agent_task(agent: &Service, task_id: &str) -> Option<serde_json::Value> {
+    let state = agent.get_json("/state").await?;
+    state["tasks"].as_array()?.iter().find(|t| t["id"] == task_id).cloned()
+}
+
+/// Launches `tasks` on the first offer and waits until they run.
+async fn launch(
+    scheduler: &mut TestScheduler,
+    mut build: impl FnMut(&marina_proto::master::v1::Offer) -> Vec<TaskInfo>,
+) -> String {
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    let tasks = build(&offer);
+    let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+    scheduler.accept(vec![offer.offer_id.clone()], tasks).await.expect("accepted");
+    scheduler
+        .pump_until(WAIT, "the tasks to run", |s| {
+            ids.iter().all(|id| s.latest(id).is_some_and(|t| t.state() == TaskState::TaskRunning))
+        })
+        .await;
+    offer.agent_id
+}
+
+fn starting_updates(scheduler: &TestScheduler, task_id: &str) -> usize {
+    scheduler.updates.iter().filter(|s| s.task_id == task_id && s.state() == TaskState::TaskStarting).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_readopts_its_processes() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), AGENT_ENV);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt", None).await;
+    launch(&mut scheduler, |_| vec![command_task("long", "exec sleep 600", 0.1, 16.0)]).await;
+    let before = agent_task(&agent, "long").await.unwrap();
+    let container = before["container_id"].as_str().unwrap().to_owned();
+    let pid: i32 = container.split(':').next().unwrap().parse().unwrap();
+
+    agent.kill().await;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the task outlives its agent");
+    agent.restart();
+    agent.wait_healthy().await;
+    let after =
+        eventually(WAIT, "the restarted agent to report the task", || async { agent_task(&agent, "long").await }).await;
+    assert_eq!(after["container_id"], container.as_str(), "the same process, re-adopted");
+    assert_eq!(after["state"], "TASK_RUNNING");
+    // Registered again with the master, which still knows the task as running.
+    eventually(WAIT, "the agent to re-register", || async {
+        let state = agent.get_json("/state").await?;
+        (state["master"]["registered"] == true).then_some(())
+    })
+    .await;
+    scheduler.reconcile(&[]).await;
+    let count = scheduler.updates.len();
+    scheduler.pump_until(WAIT, "reconciliation", |s| s.updates.len() > count).await;
+    assert_eq!(scheduler.latest("long").unwrap().state(), TaskState::TaskRunning);
+    assert_eq!(starting_updates(&scheduler, "long"), 1, "the task was never relaunched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_readopts_its_docker_containers() {
+    ensure_test_images();
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut agent = Service::agent("agent", &cluster.coord_url(), "docker", cluster.dir.path(), AGENT_ENV);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt-docker", None).await;
+    let _cleanup = DockerCleanup { label: "marina.framework_id".into(), value: scheduler.framework_id.clone() };
+    launch(&mut scheduler, |_| {
+        let mut task = command_task("web", "exec sleep 600", 0.1, 32.0);
+        task.container = Some(ContainerSpec { image: "docker:///marina-test/busybox".into(), ..Default::default() });
+        vec![task]
+    })
+    .await;
+    let container = agent_task(&agent, "web").await.unwrap()["container_id"].as_str().unwrap().to_owned();
+    let started = docker_started_at(&container);
+
+    agent.kill().await;
+    agent.restart();
+    agent.wait_healthy().await;
+    let after =
+        eventually(WAIT, "the restarted agent to report the container", || async { agent_task(&agent, "web").await })
+            .await;
+    assert_eq!(after["container_id"], container.as_str());
+    assert_eq!(after["state"], "TASK_RUNNING");
+    assert_eq!(docker_started_at(&container), started, "the container was not restarted");
+    assert_eq!(starting_updates(&scheduler, "web"), 1);
+}
+
+fn docker_started_at(container: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", container])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("true "), "container {container} is not running: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_made_while_no_master_answers_arrive_later() {
+    let coord = marina_tests::CoordCluster::start(1).await;
+    let dir = marina_tests::TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let mut master = Service::master("master", &url, dir.path(), &[]);
+    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
+    master.wait_healthy().await;
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(std::slice::from_ref(&master.address), "retry", None).await;
+    // The task finishes when the test creates `done` in its sandbox.
+    launch(&mut scheduler, |_| vec![command_task("waiter", "while [ ! -f done ]; do sleep 0.05; done", 0.1, 16.0)])
+        .await;
+
+    master.kill().await;
+    std::fs::write(agent.work_dir.join("sandboxes/waiter/done"), b"").unwrap();
+    eventually(WAIT, "the update to wait, unacknowledged, in the agent", || async {
+        let task = agent_task(&agent, "waiter").await?;
+        let state = agent.get_json("/state").await?;
+        (task["state"] == "TASK_FINISHED" && state["pending_updates"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+
+    master.restart();
+    master.wait_healthy().await;
+    scheduler.resubscribe().await;
+    scheduler
+        .pump_until(WAIT, "the FINISHED update", |s| {
+            s.latest("waiter").is_some_and(|t| t.state() == TaskState::TaskFinished && !t.uuid.is_empty())
+        })
+        .await;
+    // Acknowledged: the agent forgets it.
+    eventually(WAIT, "the agent to drop the acknowledged update", || async {
+        let state = agent.get_json("/state").await?;
+        (state["pending_updates"] == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_report_and_kill_unhealthy_tasks() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), AGENT_ENV);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "health", None).await;
+    launch(&mut scheduler, |offer| {
+        let port = offered_ports(offer, 1)[0];
+        let mut web = command_task("web", "echo ok > index.html; exec busybox httpd -f -p $PORT0 -h .", 0.1, 16.0);
+        web.container = Some(ContainerSpec {
+            port_mappings: vec![PortMapping { host_port: port, protocol: "tcp".into(), ..Default::default() }],
+            ..Default::default()
+        });
+        web.health_checks = vec![HealthCheck {
+            protocol: health_check::Protocol::Http as i32,
+            path: "/index.html".into(),
+            interval_seconds: 1,
+            timeout_seconds: 2,
+            grace_period_seconds: 10,
+            max_consecutive_failures: 3,
+            ..Default::default()
+        }];
+        let mut sick = command_task("sick", "exec sleep 600", 0.1, 16.0);
+        sick.health_checks = vec![HealthCheck {
+            protocol: health_check::Protocol::Command as i32,
+            command: "exit 1".into(),
+            interval_seconds: 1,
+            timeout_seconds: 2,
+            grace_period_seconds: 0,
+            max_consecutive_failures: 2,
+            ..Default::default()
+        }];
+        vec![web, sick]
+    })
+    .await;
+    scheduler.pump_until(WAIT, "web to be healthy", |s| s.latest("web").is_some_and(|t| t.healthy == Some(true))).await;
+    scheduler
+        .pump_until(WAIT, "sick to be killed by its health check", |s| {
+            s.latest("sick").is_some_and(|t| t.state() == TaskState::TaskKilled)
+        })
+        .await;
+    assert!(
+        scheduler.updates.iter().any(|s| s.task_id == "sick" && s.healthy == Some(false)),
+        "unhealthy was reported first"
+    );
+    assert_eq!(scheduler.latest("sick").unwrap().reason, "REASON_HEALTH_CHECK_FAILED");
+    assert_eq!(scheduler.latest("web").unwrap().state(), TaskState::TaskRunning);
+}
+
+#[test]
+fn a_corrupt_checkpoint_stops_the_agent_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("work/meta/tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("web.pb"), b"\xff\xff\xff\xff").unwrap();
+    let output = std::process::Command::new(marina_tests::binaries::binary("marina-agent"))
+        .args(["--listen", "127.0.0.1:0", "--runtime", "sim", "--coord", "coord://127.0.0.1:1/marina", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("web.pb") && stderr.contains("corrupt"), "{stderr}");
+}
