@@ -195,3 +195,36 @@ async fn a_frozen_leader_is_fenced_and_returns_as_a_standby() {
         "the old leader logged its step-down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
+    let coord = CoordCluster::start(1).await;
+    let dir = marina_tests::TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let env = [("MARINA_MASTER_AGENT_REREGISTER_TIMEOUT_MS", "1500")];
+    let mut masters = vec![Service::master("m0", &url, dir.path(), &env), Service::master("m1", &url, dir.path(), &env)];
+    let mut agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
+    for service in masters.iter().chain([&agent]) {
+        service.wait_healthy().await;
+    }
+    let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
+    let mut scheduler = TestScheduler::subscribe(&addresses, "unreachable", None).await;
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    scheduler.accept(vec![offer.offer_id.clone()], vec![command_task("orphan", "exec sleep 600", 0.1, 16.0)]).await.unwrap();
+    scheduler.pump_until(WAIT, "the task to run", |s| s.latest("orphan").is_some_and(|t| t.state() == TaskState::TaskRunning)).await;
+
+    // The agent dies, then the leading master: the new leader never hears from the agent.
+    agent.kill().await;
+    let (old, _) = leader(&masters).await;
+    masters[old].kill().await;
+    leader(&masters).await;
+    scheduler.resubscribe().await;
+    scheduler.reconcile(&[("orphan".to_owned(), offer.agent_id.clone())]).await;
+    scheduler
+        .pump_until(WAIT, "TASK_UNREACHABLE once the re-registration window closes", |s| {
+            s.latest("orphan").is_some_and(|t| t.state() == TaskState::TaskUnreachable)
+        })
+        .await;
+    drop((coord, dir));
+}

@@ -100,3 +100,31 @@ async fn standbys_redirect_to_the_leader() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(marina_daemon::leader::leader_hint(&status), Some(cluster.masters[leader].address.to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
+    let cluster = MarinaCluster::builder().masters(1).agents(2).start().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "drain", None).await;
+    scheduler.pump_until(WAIT, "offers from both agents", |s| s.offers.len() >= 2).await;
+    let offer = scheduler.offers[0].clone();
+    scheduler.accept(vec![offer.offer_id.clone()], vec![command_task("moving", "sleep 1000", 0.5, 64.0)]).await.unwrap();
+    scheduler.pump_until(WAIT, "the task to run", |s| s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskRunning)).await;
+
+    let leader = cluster.masters[cluster.leading_master().await].address;
+    let mut operator = marina_proto::master::v1::operator_client::OperatorClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{leader}")).unwrap().connect_lazy(),
+    );
+    operator
+        .drain_agent(marina_proto::master::v1::DrainAgentRequest { agent_id: offer.agent_id.clone() })
+        .await
+        .unwrap();
+    scheduler.pump_until(WAIT, "the task to be killed", |s| s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskKilled)).await;
+    scheduler.decline_all().await;
+    // Later offers only come from the other agent.
+    let seen = scheduler.updates.len();
+    scheduler.pump_until(WAIT, "new offers", |s| !s.offers.is_empty() && s.updates.len() >= seen).await;
+    assert!(scheduler.offers.iter().all(|o| o.agent_id != offer.agent_id), "{:?}", scheduler.offers);
+    let state = operator.get_state(marina_proto::master::v1::GetStateRequest {}).await.unwrap().into_inner();
+    let drained = state.agents.iter().find(|a| a.info.as_ref().unwrap().agent_id == offer.agent_id).unwrap();
+    assert_eq!(drained.status, "draining");
+}
