@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "marina/agent/v1/agent.proto",
     "marina/agent/v1/checkpoint.proto",
     "marina/master/v1/master.proto",
+    "marina/apps/v1/apps.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

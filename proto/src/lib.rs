@@ -21,3 +21,9 @@ pub mod master {
         tonic::include_proto!("marina.master.v1");
     }
 }
+
+pub mod apps {
+    pub mod v1 {
+        tonic::include_proto!("marina.apps.v1");
+    }
+}

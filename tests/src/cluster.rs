@@ -22,6 +22,7 @@ pub struct MarinaCluster {
     pub coord: CoordCluster,
     pub masters: Vec<Running<marina_master::MasterHandle>>,
     pub agents: Vec<Running<marina_agent::AgentHandle>>,
+    pub gateways: Vec<Running<marina_gateway::GatewayHandle>>,
     pub dir: crate::TestDir,
 }
 
@@ -29,6 +30,7 @@ pub struct Builder {
     coords: usize,
     masters: usize,
     agents: usize,
+    gateways: usize,
     runtime: marina_agent::RuntimeChoice,
     master_config: Box<dyn Fn(&mut marina_master::Config)>,
     agent_config: Box<dyn Fn(usize, &mut marina_agent::Config)>,
@@ -40,6 +42,7 @@ impl MarinaCluster {
             coords: 1,
             masters: 1,
             agents: 1,
+            gateways: 0,
             runtime: marina_agent::RuntimeChoice::Sim,
             master_config: Box::new(|_| {}),
             agent_config: Box::new(|_, _| {}),
@@ -58,9 +61,7 @@ impl MarinaCluster {
     /// The leading master's index.
     pub async fn leading_master(&self) -> usize {
         eventually(Duration::from_secs(20), "a leading master", || async {
-            self.masters.iter().position(|m| {
-                m.handle.as_ref().is_some_and(|h| matches!(&*h.master.role.borrow(), marina_master::Role::Leading(_)))
-            })
+            self.masters.iter().position(|m| m.handle.as_ref().is_some_and(|h| h.master.role.borrow().is_some()))
         })
         .await
     }
@@ -73,6 +74,21 @@ impl MarinaCluster {
             (state.agents.iter().filter(|a| a.status == "active").count() >= count).then_some(())
         })
         .await
+    }
+
+    /// The leading gateway's address, once it is subscribed to the master.
+    pub async fn leading_gateway(&self) -> SocketAddr {
+        eventually(Duration::from_secs(20), "a leading gateway subscribed to the master", || async {
+            self.gateways.iter().find_map(|g| {
+                let leader = g.handle.as_ref()?.gateway.leader()?;
+                leader.master.borrow().is_some().then_some(g.address)
+            })
+        })
+        .await
+    }
+
+    pub fn gateway_url(&self, index: usize) -> String {
+        format!("http://{}", self.gateways[index].address)
     }
 
     pub async fn stop_master(&mut self, index: usize) {
@@ -97,6 +113,11 @@ impl Builder {
 
     pub fn agents(mut self, count: usize) -> Self {
         self.agents = count;
+        self
+    }
+
+    pub fn gateways(mut self, count: usize) -> Self {
+        self.gateways = count;
         self
     }
 
@@ -154,10 +175,27 @@ impl Builder {
             let handle = marina_agent::spawn(config, listener, shutdown.clone()).await.expect("starting an agent");
             agents.push(Running { address, handle: Some(handle), shutdown });
         }
-        let cluster = MarinaCluster { coord, masters, agents, dir };
+        let mut gateways = Vec::new();
+        for index in 0..self.gateways {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("addr");
+            let config = marina_gateway::Config {
+                listen: address.to_string(),
+                coord: coord_url.clone(),
+                work_dir: dir.path().join(format!("gateway-{index}")),
+                ..Default::default()
+            };
+            let shutdown = Shutdown::new();
+            let handle = marina_gateway::spawn(config, listener, shutdown.clone()).await.expect("starting a gateway");
+            gateways.push(Running { address, handle: Some(handle), shutdown });
+        }
+        let cluster = MarinaCluster { coord, masters, agents, gateways, dir };
         if !cluster.masters.is_empty() {
             cluster.leading_master().await;
             cluster.wait_for_agents(cluster.agents.len()).await;
+        }
+        if !cluster.gateways.is_empty() {
+            cluster.leading_gateway().await;
         }
         cluster
     }
@@ -165,6 +203,9 @@ impl Builder {
 
 impl Drop for MarinaCluster {
     fn drop(&mut self) {
+        for gateway in &self.gateways {
+            gateway.shutdown.trigger();
+        }
         for agent in &self.agents {
             agent.shutdown.trigger();
         }

@@ -7,6 +7,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod coord;
 pub mod docker;
+pub mod events;
 pub mod process;
 pub mod scheduler;
 pub mod services;

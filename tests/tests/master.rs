@@ -107,8 +107,15 @@ async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
     let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "drain", None).await;
     scheduler.pump_until(WAIT, "offers from both agents", |s| s.offers.len() >= 2).await;
     let offer = scheduler.offers[0].clone();
-    scheduler.accept(vec![offer.offer_id.clone()], vec![command_task("moving", "sleep 1000", 0.5, 64.0)]).await.unwrap();
-    scheduler.pump_until(WAIT, "the task to run", |s| s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskRunning)).await;
+    scheduler
+        .accept(vec![offer.offer_id.clone()], vec![command_task("moving", "sleep 1000", 0.5, 64.0)])
+        .await
+        .unwrap();
+    scheduler
+        .pump_until(WAIT, "the task to run", |s| {
+            s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskRunning)
+        })
+        .await;
 
     let leader = cluster.masters[cluster.leading_master().await].address;
     let mut operator = marina_proto::master::v1::operator_client::OperatorClient::new(
@@ -118,7 +125,11 @@ async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
         .drain_agent(marina_proto::master::v1::DrainAgentRequest { agent_id: offer.agent_id.clone() })
         .await
         .unwrap();
-    scheduler.pump_until(WAIT, "the task to be killed", |s| s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskKilled)).await;
+    scheduler
+        .pump_until(WAIT, "the task to be killed", |s| {
+            s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskKilled)
+        })
+        .await;
     scheduler.decline_all().await;
     // Later offers only come from the other agent.
     let seen = scheduler.updates.len();

@@ -6,6 +6,7 @@
 //! - [`Watch`]: revision-ordered change streams that resume across node failures;
 //! - [`Election`], [`LeaderObserver`], [`Fence`]: the leader election and fencing recipe.
 
+mod candidacy;
 mod client;
 mod election;
 mod error;
@@ -13,6 +14,7 @@ mod session;
 mod url;
 mod watch;
 
+pub use candidacy::{Candidacy, Term, run as run_candidacy};
 pub use client::{ClientOptions, CoordClient, CreateOptions, Listing, Node, OpResult, Txn, TxnResult};
 pub use election::{Election, ElectionState, Fence, Leader, LeaderObserver};
 pub use error::Error;

@@ -17,8 +17,8 @@ use marina_proto::master::v1::{self as pb, agent_message};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use crate::Master;
 use crate::leader::SCHEDULER_BUFFER;
-use crate::{Master, Role};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 type GrpcResult<T> = Result<GrpcResponse<T>, Status>;
@@ -186,7 +186,7 @@ async fn redirect(State(master): State<Arc<Master>>) -> Response {
 
 async fn state_json(State(master): State<Arc<Master>>) -> axum::Json<serde_json::Value> {
     let role = master.role.borrow().clone();
-    let Role::Leading(leader) = role else {
+    let Some(leader) = role else {
         return axum::Json(serde_json::json!({
             "id": master.id,
             "elected": false,

@@ -107,6 +107,12 @@ pub struct LeaderState {
     reregister_deadline: Instant,
 }
 
+impl marina_coord_client::Term for LeaderState {
+    fn end(&self) {
+        LeaderState::end(self);
+    }
+}
+
 fn is_terminal(state: TaskState) -> bool {
     matches!(
         state,
@@ -198,6 +204,7 @@ impl LeaderState {
     /// next leader).
     pub fn end(&self) {
         self.ended.cancel();
+        self.metrics.elected.set(0);
         let mut inner = self.inner.lock().expect("leader lock");
         inner.agents.clear();
         inner.frameworks.clear();

@@ -3,7 +3,7 @@
 //! offers free resources to schedulers (DRF), validates and routes launches, routes status
 //! updates and answers reconciliation; standbys redirect to it.
 //!
-//! - [`election`]: candidacy and stepping down;
+//! - candidacy: the shared coord recipe ([`marina_coord_client::run_candidacy`]);
 //! - [`leader`]: the leader's state for one term; [`allocator`], [`resources`]: offers;
 //! - [`registry`]: what is kept in coord (agents, frameworks);
 //! - [`api`]: gRPC and HTTP; [`metrics`].
@@ -11,7 +11,6 @@
 pub mod allocator;
 pub mod api;
 pub mod config;
-pub mod election;
 pub mod leader;
 pub mod metrics;
 pub mod registry;
@@ -48,18 +47,13 @@ pub enum MasterError {
     Io(#[from] std::io::Error),
 }
 
-#[derive(Clone)]
-pub enum Role {
-    Standby,
-    Leading(Arc<LeaderState>),
-}
-
 pub struct Master {
     pub id: String,
     pub member: MemberInfo,
     pub config: Config,
     pub coord: CoordClient,
-    pub role: watch::Sender<Role>,
+    /// The leader state while this master leads.
+    pub role: watch::Sender<Option<Arc<LeaderState>>>,
     pub metrics: MasterMetrics,
     observer: LeaderObserver,
 }
@@ -69,7 +63,7 @@ impl Master {
     /// address in `x-marina-leader`.
     pub fn leader(&self) -> Result<Arc<LeaderState>, Status> {
         match &*self.role.borrow() {
-            Role::Leading(leader) if !leader.ended.is_cancelled() => Ok(leader.clone()),
+            Some(leader) if !leader.ended.is_cancelled() => Ok(leader.clone()),
             _ => {
                 let hint = self.leader_address().filter(|address| *address != self.member.address);
                 Err(marina_daemon::leader::not_leader("this master is a standby", hint.as_deref()))
@@ -79,7 +73,7 @@ impl Master {
 
     /// The leading master's address, from the election.
     pub fn leader_address(&self) -> Option<String> {
-        if let Role::Leading(_) = &*self.role.borrow() {
+        if self.role.borrow().is_some() {
             return Some(self.member.address.clone());
         }
         let leader = self.observer.current()?;
@@ -123,7 +117,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     let metrics = Metrics::new("master");
     let master_metrics = MasterMetrics::new(&metrics);
-    let (role, _) = watch::channel(Role::Standby);
+    let (role, _) = watch::channel(None);
     let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
     let master = Arc::new(Master { id, member, config, coord, role, metrics: master_metrics, observer });
 
@@ -136,7 +130,40 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         .await;
     // A standby serves (redirects); health says the process is up and following coord.
     health.set_serving(true).await;
-    let election = tokio::spawn(election::run(master.clone(), shutdown.clone()));
+    let candidacy = marina_coord_client::Candidacy {
+        dir: MASTER_ELECTION_DIR.into(),
+        data: master.member.to_bytes(),
+        session_ttl: Config::ms(master.config.session_ttl_ms),
+        disconnect_grace: Config::ms(master.config.session_disconnect_grace_ms),
+    };
+    let starter = master.clone();
+    let start = move |epoch, fence, deposed| {
+        let master = starter.clone();
+        async move {
+            let leader = LeaderState::start(
+                epoch,
+                master.id.clone(),
+                master.member.address.clone(),
+                fence,
+                master.coord.clone(),
+                master.config.clone(),
+                master.metrics.clone(),
+                deposed,
+            )
+            .await?;
+            master.metrics.elected.set(1);
+            master.metrics.elections_won.inc();
+            Ok(leader)
+        }
+    };
+    let election = tokio::spawn(marina_coord_client::run_candidacy(
+        master.coord.clone(),
+        candidacy,
+        start,
+        master.role.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        shutdown.token(),
+    ));
     tracing::info!(id = %master.id, %address, "master started");
     let task = tokio::spawn(async move {
         let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;

@@ -1,0 +1,87 @@
+//! `marina-gateway` configuration: defaults < TOML (`--config`) < `MARINA_GATEWAY_*` < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use marina_coord_client::CoordUrl;
+use marina_daemon::config::ConfigError;
+use marina_daemon::telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PORT: u16 = 8080;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// REST, gRPC and the web UI, on one port.
+    pub listen: String,
+    /// The address other gateways proxy to and `/v2/leader` reports. Default: `listen`.
+    pub advertise: Option<String>,
+    pub coord: CoordUrl,
+    /// Local state: this gateway's stable id.
+    pub work_dir: PathBuf,
+    /// The framework name the gateway registers with the master (Marathon's is "marathon").
+    pub framework_name: String,
+    /// Coord session backing the gateway's leadership.
+    pub session_ttl_ms: u64,
+    pub session_disconnect_grace_ms: u64,
+    /// How often the leader reconciles all its tasks with the master.
+    pub reconcile_interval_ms: u64,
+    /// How often each app's desired and actual state are compared.
+    pub converge_interval_ms: u64,
+    /// A task not RUNNING this long after launch is killed and replaced.
+    pub task_launch_timeout_ms: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            advertise: None,
+            coord: "coord://127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183/marina".parse().expect("valid default URL"),
+            work_dir: PathBuf::from("/var/lib/marina/gateway"),
+            framework_name: "marathon".into(),
+            session_ttl_ms: 5_000,
+            session_disconnect_grace_ms: 300,
+            reconcile_interval_ms: 60_000,
+            converge_interval_ms: 200,
+            task_launch_timeout_ms: 300_000,
+            max_body_bytes: 1 << 20,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
+        if self.work_dir.as_os_str().is_empty() {
+            return Err(ConfigError::value("work_dir", "must be set"));
+        }
+        if self.framework_name.trim().is_empty() {
+            return Err(ConfigError::value("framework_name", "must not be empty"));
+        }
+        for (key, value) in [
+            ("session_ttl_ms", self.session_ttl_ms),
+            ("reconcile_interval_ms", self.reconcile_interval_ms),
+            ("converge_interval_ms", self.converge_interval_ms),
+            ("task_launch_timeout_ms", self.task_launch_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::value(key, "must be greater than 0"));
+            }
+        }
+        if self.session_disconnect_grace_ms > self.session_ttl_ms {
+            return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::value("max_body_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1193 @@
+//! The leading gateway's state for one leadership term: apps, their instances, deployments,
+//! launch backoff, and the decisions that drive them — applied through the master.
+//!
+//! Everything is behind one mutex, never held across an `await`; coord writes are fenced
+//! by the gateway's epoch and happen outside it. Deployments are serialized by a separate
+//! async lock, so two concurrent API calls cannot both claim an app.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marina_coord_client::Error as CoordError;
+use marina_proto::agent::v1::{TaskInfo, TaskState, TaskStatus};
+use marina_proto::master::v1 as master;
+use marina_proto::master::v1::scheduler_client::SchedulerClient;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::app::{self, AppDefinition, PathId, Timestamp};
+use crate::config::Config;
+use crate::engine::{self, InstanceView, is_terminal};
+use crate::events::EventBus;
+use crate::model;
+use crate::placement::{self, Demand, OfferView, Placement, Reject};
+use crate::store::{self, Batch, Store};
+
+/// What is persisted of an instance: enough to find it again after a failover.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub task_id: String,
+    pub app_id: String,
+    pub version: String,
+    pub config_version: String,
+    pub agent_id: String,
+    pub host: String,
+    pub ports: Vec<u32>,
+    pub staged_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub record: InstanceRecord,
+    pub state: TaskState,
+    pub healthy: Option<bool>,
+    pub killing: bool,
+    kill_sent: Option<Instant>,
+    launched_at: Instant,
+    pub started_at: Option<String>,
+    unreachable_since: Option<Instant>,
+    pub message: String,
+}
+
+impl Instance {
+    fn view(&self) -> InstanceView {
+        InstanceView {
+            task_id: self.record.task_id.clone(),
+            config_version: self.record.config_version.clone(),
+            state: self.state,
+            healthy: self.healthy,
+            killing: self.killing,
+            launched_at: self.launched_at,
+            unreachable_since: self.unreachable_since,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Action {
+    pub action: String,
+    pub app: String,
+}
+
+/// A deployment in progress: ordered steps of actions, and the definitions before and after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub version: String,
+    pub affected_apps: Vec<String>,
+    pub steps: Vec<Vec<Action>>,
+    /// Index of the step being carried out.
+    pub current_step: usize,
+    /// App JSON after the deployment (`None`: the app is deleted).
+    pub targets: BTreeMap<String, Option<Value>>,
+    /// App JSON before (`None`: the app did not exist), for rollback.
+    pub originals: BTreeMap<String, Option<Value>>,
+}
+
+pub struct AppEntry {
+    /// The definition as stored and shown (the target of any deployment).
+    pub definition: AppDefinition,
+    /// What the engine converges to now; `None`: run nothing (deleted, or its deployment
+    /// step not reached yet).
+    pub active: Option<AppDefinition>,
+    /// Deleted: hidden from the API, kept until its instances are gone.
+    pub deleting: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+/// Why an app waits, for `/v2/queue`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub since: Option<Timestamp>,
+    pub processed: u64,
+    pub unused: u64,
+    pub rejected: BTreeMap<Reject, u64>,
+    pub last_unused_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct State {
+    apps: BTreeMap<String, AppEntry>,
+    instances: BTreeMap<String, Instance>,
+    deployments: BTreeMap<String, Deployment>,
+    backoff: HashMap<String, Backoff>,
+    /// Instances to launch per app, as last decided.
+    pending: HashMap<String, u32>,
+    queue: HashMap<String, QueueStats>,
+}
+
+/// The link to the master while subscribed.
+#[derive(Clone)]
+pub struct MasterSession {
+    pub client: SchedulerClient<Channel>,
+    pub framework_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("App '{0}' does not exist")]
+    NotFound(String),
+    #[error("An app with id [{0}] already exists.")]
+    Exists(String),
+    #[error(
+        "App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/<DEPLOYMENT_ID>'."
+    )]
+    Locked(Vec<String>),
+    #[error("DeploymentPlan {0} does not exist")]
+    NoDeployment(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("coord is unavailable: {0}")]
+    Store(String),
+}
+
+/// One app change of a deployment.
+pub struct Change {
+    pub id: String,
+    /// `None` deletes the app.
+    pub target: Option<AppDefinition>,
+    /// Replace every instance even if the configuration did not change (`/restart`).
+    pub restart: bool,
+}
+
+impl Change {
+    pub fn to(id: &str, target: Option<AppDefinition>) -> Self {
+        Self { id: id.to_owned(), target, restart: false }
+    }
+}
+
+/// The outcome of a change: the deployment carrying it out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployed {
+    #[serde(rename = "deploymentId")]
+    pub deployment_id: String,
+    pub version: String,
+}
+
+pub struct Leader {
+    pub epoch: u64,
+    pub address: String,
+    pub store: Store,
+    pub events: EventBus,
+    config: Config,
+    state: Mutex<State>,
+    deploy_lock: tokio::sync::Mutex<()>,
+    pub converge_now: Notify,
+    pub master: watch::Sender<Option<MasterSession>>,
+    pub ended: CancellationToken,
+    deposed: CancellationToken,
+}
+
+fn now_ts() -> String {
+    Timestamp::now().to_string()
+}
+
+impl Leader {
+    /// Takes over: loads apps, deployments and instances from coord.
+    pub async fn start(
+        epoch: u64,
+        address: String,
+        store: Store,
+        events: EventBus,
+        config: Config,
+        deposed: CancellationToken,
+    ) -> Result<Arc<Self>, CoordError> {
+        let mut state = State::default();
+        for (name, json) in store.load::<Value>(store::APPS).await? {
+            match parse_stored(&json) {
+                Some(definition) => {
+                    let id = definition.id.to_string();
+                    state.apps.insert(id, AppEntry { active: Some(definition.clone()), definition, deleting: false });
+                }
+                None => tracing::error!(app = %name, "stored app definition unreadable; skipped"),
+            }
+        }
+        for (_, deployment) in store.load::<Deployment>(store::DEPLOYMENTS).await? {
+            // Apps of steps not reached yet still run their original definitions; deleted
+            // apps are kept (hidden) until their instances are gone.
+            for (index, step) in deployment.steps.iter().enumerate() {
+                for action in step {
+                    let original =
+                        deployment.originals.get(&action.app).cloned().flatten().and_then(|v| parse_stored(&v));
+                    let target = deployment.targets.get(&action.app).cloned().flatten().and_then(|v| parse_stored(&v));
+                    let reached = index <= deployment.current_step;
+                    match (target, state.apps.get_mut(&action.app)) {
+                        (Some(_), Some(entry)) if !reached => entry.active = original,
+                        (None, _) => {
+                            let shown = original.clone().unwrap_or_else(|| AppDefinition::new(PathId::root()));
+                            let active = if reached { None } else { original };
+                            state
+                                .apps
+                                .insert(action.app.clone(), AppEntry { definition: shown, active, deleting: true });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            state.deployments.insert(deployment.id.clone(), deployment);
+        }
+        let now = Instant::now();
+        for (_, record) in store.load::<InstanceRecord>(store::INSTANCES).await? {
+            let instance = Instance {
+                // Until reconciliation says otherwise, a recorded instance holds its slot.
+                state: TaskState::TaskStaging,
+                healthy: None,
+                killing: false,
+                kill_sent: None,
+                launched_at: now,
+                started_at: None,
+                unreachable_since: None,
+                message: String::new(),
+                record,
+            };
+            state.instances.insert(instance.record.task_id.clone(), instance);
+        }
+        tracing::info!(
+            epoch,
+            apps = state.apps.len(),
+            deployments = state.deployments.len(),
+            instances = state.instances.len(),
+            "gateway leading: state loaded"
+        );
+        let leader = Arc::new(Self {
+            epoch,
+            address,
+            store,
+            events,
+            config,
+            state: Mutex::new(state),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            converge_now: Notify::new(),
+            master: watch::channel(None).0,
+            ended: CancellationToken::new(),
+            deposed,
+        });
+        tokio::spawn(leader.clone().converge_loop());
+        Ok(leader)
+    }
+
+    pub fn end(&self) {
+        self.ended.cancel();
+    }
+}
+
+impl marina_coord_client::Term for Leader {
+    fn end(&self) {
+        Leader::end(self);
+    }
+}
+
+impl Leader {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("gateway state lock")
+    }
+
+    fn check_deposed(&self, error: &CoordError) {
+        if matches!(error, CoordError::Deposed { .. }) {
+            tracing::error!(epoch = self.epoch, "a fenced write found the leadership gone: stepping down");
+            self.deposed.cancel();
+        }
+    }
+
+    async fn apply(&self, batch: Batch) -> Result<(), DeployError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(batch).await.map_err(|error| {
+            self.check_deposed(&error);
+            DeployError::Store(error.to_string())
+        })
+    }
+
+    // ----- reading --------------------------------------------------------------------------
+
+    /// Every (visible) app with its instances.
+    pub fn apps(&self) -> Vec<(AppDefinition, Vec<Instance>, Vec<String>)> {
+        let state = self.lock();
+        state
+            .apps
+            .iter()
+            .filter(|(_, entry)| !entry.deleting)
+            .map(|(id, entry)| (entry.definition.clone(), instances_of(&state, id), deployments_of(&state, id)))
+            .collect()
+    }
+
+    pub fn app(&self, id: &str) -> Option<(AppDefinition, Vec<Instance>, Vec<String>)> {
+        let state = self.lock();
+        let entry = state.apps.get(id).filter(|e| !e.deleting)?;
+        Some((entry.definition.clone(), instances_of(&state, id), deployments_of(&state, id)))
+    }
+
+    pub fn instances(&self) -> Vec<Instance> {
+        self.lock().instances.values().cloned().collect()
+    }
+
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.lock().deployments.values().cloned().collect()
+    }
+
+    /// Apps waiting for resources: (app, count waiting, delay left, stats).
+    pub fn queue(&self) -> Vec<(AppDefinition, u32, Duration, QueueStats)> {
+        let state = self.lock();
+        let now = Instant::now();
+        state
+            .pending
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .filter_map(|(id, count)| {
+                let entry = state.apps.get(id)?;
+                let delay = state
+                    .backoff
+                    .get(id)
+                    .and_then(|b| b.until)
+                    .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+                Some((entry.definition.clone(), *count, delay, state.queue.get(id).cloned().unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    pub fn reset_delay(&self, app_id: &str) -> bool {
+        let mut state = self.lock();
+        if !state.apps.contains_key(app_id) {
+            return false;
+        }
+        state.backoff.remove(app_id);
+        drop(state);
+        self.converge_now.notify_one();
+        true
+    }
+
+    // ----- changing ---------------------------------------------------------------------------
+
+    /// Carries out a set of app changes as one deployment. `target == None` deletes.
+    pub async fn deploy(&self, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
+        let _serialized = self.deploy_lock.lock().await;
+        let now = Timestamp::now();
+        let version = now.to_string();
+        let deployment_id = marina_daemon::ids::uuid();
+        let (deployment, batch, superseded) = {
+            let state = self.lock();
+            let affected: HashSet<&String> = changes.iter().map(|change| &change.id).collect();
+            let locking: Vec<String> = state
+                .deployments
+                .values()
+                .filter(|d| d.affected_apps.iter().any(|app| affected.contains(app)))
+                .map(|d| d.id.clone())
+                .collect();
+            if !locking.is_empty() && !force {
+                return Err(DeployError::Locked(locking));
+            }
+            let mut targets = BTreeMap::new();
+            let mut originals = BTreeMap::new();
+            let mut actions: Vec<(Action, Vec<String>)> = Vec::new();
+            let mut batch = Batch::default();
+            for Change { id, target, restart } in changes {
+                let previous = state.apps.get(&id).filter(|e| !e.deleting).map(|e| e.definition.clone());
+                let action = match (&previous, &target) {
+                    (None, None) => return Err(DeployError::NotFound(id)),
+                    (None, Some(_)) => "StartApplication",
+                    (Some(_), None) => "StopApplication",
+                    (Some(old), Some(new)) if !restart && app::is_scale_only(old, new) => "ScaleApplication",
+                    (Some(_), Some(_)) => "RestartApplication",
+                };
+                let node = store::node_name(&id);
+                let stamped = target.map(|mut definition| {
+                    app::stamp(&mut definition, now, previous.as_ref());
+                    if restart && let Some(info) = definition.version_info.as_mut() {
+                        info.last_config_change_at = now;
+                    }
+                    definition
+                });
+                match &stamped {
+                    Some(definition) => {
+                        let json = definition.to_json();
+                        batch.put(format!("{}/{node}", store::APPS), &json);
+                        batch.put(format!("{}/{node}/{}", store::VERSIONS, model::version(definition)), &json);
+                    }
+                    None => batch.delete(format!("{}/{node}", store::APPS)),
+                }
+                let dependencies = stamped
+                    .as_ref()
+                    .map(|d| d.dependencies.iter().map(|p| p.to_string()).collect())
+                    .unwrap_or_default();
+                targets.insert(id.clone(), stamped.map(|d| d.to_json()));
+                originals.insert(id.clone(), previous.map(|d| d.to_json()));
+                actions.push((Action { action: action.into(), app: id }, dependencies));
+            }
+            let steps = order_steps(actions);
+            let deployment = Deployment {
+                id: deployment_id.clone(),
+                version: version.clone(),
+                affected_apps: targets.keys().cloned().collect(),
+                steps,
+                current_step: 0,
+                targets,
+                originals,
+            };
+            batch.put(format!("{}/{}", store::DEPLOYMENTS, deployment.id), &deployment);
+            for superseded in &locking {
+                batch.delete(format!("{}/{superseded}", store::DEPLOYMENTS));
+            }
+            (deployment, batch, locking)
+        };
+        self.apply(batch).await?;
+        {
+            let mut state = self.lock();
+            for id in &superseded {
+                state.deployments.remove(id);
+            }
+            for (id, target) in &deployment.targets {
+                let target = target.as_ref().and_then(parse_stored);
+                match (target, state.apps.get_mut(id)) {
+                    (Some(definition), Some(entry)) => {
+                        entry.definition = definition;
+                        entry.deleting = false;
+                    }
+                    (Some(definition), None) => {
+                        state.apps.insert(id.clone(), AppEntry { definition, active: None, deleting: false });
+                    }
+                    (None, Some(entry)) => entry.deleting = true,
+                    (None, None) => {}
+                }
+                state.backoff.remove(id);
+            }
+            activate_step(&mut state, &deployment, 0);
+            state.deployments.insert(deployment.id.clone(), deployment.clone());
+        }
+        for id in &superseded {
+            self.events
+                .publish("deployment_failed", json!({ "id": id, "reason": "superseded by a forced deployment" }));
+        }
+        self.events.publish(
+            "deployment_info",
+            json!({ "plan": deployment_json(&deployment), "currentStep": step_json(&deployment, 0) }),
+        );
+        self.converge_now.notify_one();
+        Ok(Deployed { deployment_id: deployment.id, version })
+    }
+
+    /// Cancels a deployment: by default a rollback deployment restores the previous
+    /// definitions; with `force` the deployment just stops where it is.
+    pub async fn cancel_deployment(&self, id: &str, force: bool) -> Result<Option<Deployed>, DeployError> {
+        let deployment =
+            self.lock().deployments.get(id).cloned().ok_or_else(|| DeployError::NoDeployment(id.to_owned()))?;
+        if force {
+            let mut batch = Batch::default();
+            batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
+            self.apply(batch).await?;
+            self.lock().deployments.remove(id);
+            self.events.publish(
+                "deployment_failed",
+                json!({ "id": id, "plan": deployment_json(&deployment), "reason": "canceled" }),
+            );
+            return Ok(None);
+        }
+        // Previous definitions come back; apps this deployment created are deleted.
+        let changes = {
+            let state = self.lock();
+            deployment
+                .originals
+                .iter()
+                .map(|(app_id, original)| Change::to(app_id, original.as_ref().and_then(parse_stored)))
+                .filter(|change| change.target.is_some() || state.apps.get(&change.id).is_some_and(|e| !e.deleting))
+                .collect()
+        };
+        let rollback = self.deploy(changes, true).await?;
+        self.events.publish(
+            "deployment_failed",
+            json!({ "id": id, "plan": deployment_json(&deployment), "reason": "rolled back" }),
+        );
+        Ok(Some(rollback))
+    }
+
+    /// Kills tasks. With `scale`, the app's instance count drops so they are not replaced
+    /// (a deployment); otherwise they are replaced.
+    pub async fn kill_tasks(
+        &self,
+        app_id: Option<&str>,
+        task_ids: &[String],
+        host: Option<&str>,
+        scale: bool,
+        force: bool,
+    ) -> Result<(Vec<Instance>, Option<Deployed>), DeployError> {
+        let chosen: Vec<Instance> = {
+            let state = self.lock();
+            if let Some(app_id) = app_id
+                && !state.apps.get(app_id).is_some_and(|e| !e.deleting)
+            {
+                return Err(DeployError::NotFound(app_id.to_owned()));
+            }
+            state
+                .instances
+                .values()
+                .filter(|i| app_id.is_none_or(|app| i.record.app_id == app))
+                .filter(|i| task_ids.is_empty() || task_ids.contains(&i.record.task_id))
+                .filter(|i| host.is_none_or(|host| i.record.host == host))
+                .filter(|i| !is_terminal(i.state))
+                .cloned()
+                .collect()
+        };
+        let mut deployed = None;
+        if scale {
+            let mut per_app: BTreeMap<String, i64> = BTreeMap::new();
+            for instance in &chosen {
+                *per_app.entry(instance.record.app_id.clone()).or_default() += 1;
+            }
+            let mut changes = Vec::new();
+            {
+                let state = self.lock();
+                for (id, count) in per_app {
+                    if let Some(entry) = state.apps.get(&id) {
+                        let mut scaled = entry.definition.clone();
+                        scaled.instances = (scaled.instances - count).max(0);
+                        changes.push(Change::to(&id, Some(scaled)));
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                deployed = Some(self.deploy(changes, force).await?);
+            }
+        }
+        let ids: Vec<String> = chosen.iter().map(|i| i.record.task_id.clone()).collect();
+        {
+            let mut state = self.lock();
+            for id in &ids {
+                if let Some(instance) = state.instances.get_mut(id) {
+                    instance.killing = true;
+                    instance.kill_sent = Some(Instant::now());
+                }
+            }
+        }
+        self.send_kills(&ids).await;
+        self.converge_now.notify_one();
+        Ok((chosen, deployed))
+    }
+
+    async fn send_kills(&self, task_ids: &[String]) {
+        let session = self.master.borrow().clone();
+        let Some(session) = session else { return };
+        let agents: HashMap<String, String> = {
+            let state = self.lock();
+            task_ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), state.instances.get(id)?.record.agent_id.clone())))
+                .collect()
+        };
+        for task_id in task_ids {
+            let request = master::KillRequest {
+                framework_id: session.framework_id.clone(),
+                task_id: task_id.clone(),
+                agent_id: agents.get(task_id).cloned().unwrap_or_default(),
+                grace_period_seconds: 0,
+            };
+            if let Err(status) = session.client.clone().kill(request).await {
+                tracing::warn!(task = %task_id, %status, "kill not delivered; will retry");
+            }
+        }
+    }
+
+    // ----- convergence ------------------------------------------------------------------------
+
+    async fn converge_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.converge_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.converge_now.notified() => {}
+                () = self.ended.cancelled() => return,
+            }
+            self.converge().await;
+        }
+    }
+
+    /// One round: decide launches and kills for every app, advance deployments.
+    pub async fn converge(&self) {
+        let now = Instant::now();
+        let launch_timeout = Duration::from_millis(self.config.task_launch_timeout_ms);
+        let (kills, batch, events, removed_apps) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let mut kills = Vec::new();
+            let mut pending = HashMap::new();
+            let mut converged_apps = HashSet::new();
+            for (id, entry) in &state.apps {
+                let plan = entry.active.as_ref().map(model::plan);
+                let views: Vec<InstanceView> =
+                    state.instances.values().filter(|i| &i.record.app_id == id).map(Instance::view).collect();
+                let decision = engine::decide(plan.as_ref(), &views, now);
+                if decision.converged {
+                    converged_apps.insert(id.clone());
+                }
+                kills.extend(decision.kill);
+                if decision.launch > 0 {
+                    // Apps in backoff stay pending (and show in /v2/queue with their delay);
+                    // offers are only used for them once the delay expires.
+                    pending.insert(id.clone(), decision.launch);
+                    let stats = state.queue.entry(id.clone()).or_default();
+                    stats.since.get_or_insert_with(Timestamp::now);
+                } else {
+                    state.queue.remove(id);
+                }
+            }
+            state.pending = pending;
+            // Launches that never started, and kills that were not acknowledged.
+            for instance in state.instances.values() {
+                let stuck = matches!(instance.state, TaskState::TaskStaging | TaskState::TaskStarting)
+                    && now.duration_since(instance.launched_at) > launch_timeout;
+                let retry_kill = instance.killing
+                    && instance.kill_sent.is_some_and(|sent| now.duration_since(sent) > Duration::from_secs(10));
+                if (stuck && !instance.killing) || retry_kill {
+                    kills.push(instance.record.task_id.clone());
+                }
+            }
+            kills.sort();
+            kills.dedup();
+            for id in &kills {
+                if let Some(instance) = state.instances.get_mut(id) {
+                    instance.killing = true;
+                    instance.kill_sent = Some(now);
+                }
+            }
+            let (batch, events, removed_apps) = advance_deployments(state, &converged_apps);
+            (kills, batch, events, removed_apps)
+        };
+        if !kills.is_empty() {
+            tracing::info!(count = kills.len(), "killing tasks to converge");
+            self.send_kills(&kills).await;
+        }
+        if !batch.is_empty() {
+            if let Err(error) = self.apply(batch).await {
+                tracing::warn!(%error, "recording deployment progress failed; will retry");
+                return;
+            }
+            let mut state = self.lock();
+            for id in &removed_apps {
+                state.apps.remove(id);
+                state.backoff.remove(id);
+            }
+        }
+        for (event_type, json) in events {
+            self.events.publish(event_type, json);
+        }
+    }
+
+    /// Whether some app waits for resources (so offers are wanted).
+    pub fn wants_offers(&self) -> bool {
+        let state = self.lock();
+        let now = Instant::now();
+        state.pending.iter().any(|(id, count)| {
+            *count > 0 && !state.backoff.get(id).and_then(|b| b.until).is_some_and(|until| until > now)
+        })
+    }
+
+    // ----- offers and updates ------------------------------------------------------------------
+
+    /// Uses offers for waiting instances: records the instances, then accepts; declines the
+    /// rest.
+    pub async fn handle_offers(&self, offers: Vec<master::Offer>) {
+        let session = self.master.borrow().clone();
+        let Some(session) = session else { return };
+        let now = Instant::now();
+        let (launches, unused, records) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let mut views: Vec<OfferView> = offers
+                .iter()
+                .map(|offer| {
+                    let resources = offer.resources.clone().unwrap_or_default();
+                    OfferView {
+                        offer_id: offer.offer_id.clone(),
+                        agent_id: offer.agent_id.clone(),
+                        hostname: offer.hostname.clone(),
+                        attributes: offer.attributes.iter().map(|a| (a.name.clone(), a.value.clone())).collect(),
+                        cpus: resources.cpus,
+                        mem: resources.mem_mb,
+                        disk: resources.disk_mb,
+                        ports: resources.ports,
+                    }
+                })
+                .collect();
+            let agent_attributes: HashMap<String, Vec<(String, String)>> =
+                views.iter().map(|v| (v.agent_id.clone(), v.attributes.clone())).collect();
+            let mut demands: Vec<Demand<'_>> = Vec::new();
+            for (id, count) in &state.pending {
+                if *count == 0 || state.backoff.get(id).and_then(|b| b.until).is_some_and(|until| until > now) {
+                    continue;
+                }
+                let Some(app) = state.apps.get(id).and_then(|e| e.active.as_ref()) else { continue };
+                let placed: Vec<Placement> = state
+                    .instances
+                    .values()
+                    .filter(|i| &i.record.app_id == id && !is_terminal(i.state))
+                    .map(|i| Placement {
+                        hostname: i.record.host.clone(),
+                        attributes: agent_attributes.get(&i.record.agent_id).cloned().unwrap_or_default(),
+                    })
+                    .collect();
+                let constraints = app.constraints.clone();
+                let runtimes = model::runtimes(app);
+                demands.push(Demand {
+                    app_id: id.clone(),
+                    count: *count,
+                    cpus: app.cpus,
+                    mem: app.mem,
+                    disk: app.disk,
+                    port_count: model::port_needs(app).len(),
+                    fixed_ports: model::port_needs(app),
+                    constraints: Box::new(move |offer: &OfferView, placed: &[Placement]| {
+                        let runtime_ok = runtimes.is_none_or(|allowed| {
+                            offer
+                                .attributes
+                                .iter()
+                                .find(|(name, _)| name == "runtime")
+                                .is_none_or(|(_, value)| allowed.contains(&value.as_str()))
+                        });
+                        let candidate = app::AgentView { hostname: &offer.hostname, attributes: &offer.attributes };
+                        let placed: Vec<app::AgentView<'_>> = placed
+                            .iter()
+                            .map(|p| app::AgentView { hostname: &p.hostname, attributes: &p.attributes })
+                            .collect();
+                        runtime_ok && constraints.iter().all(|c| c.satisfied(&candidate, &placed))
+                    }),
+                    placed,
+                });
+            }
+            let (placed, stats) = placement::place(&mut demands, &mut views);
+            drop(demands);
+            for (app_id, round) in stats {
+                let entry = state.queue.entry(app_id).or_default();
+                entry.processed += round.processed;
+                entry.unused += round.processed - round.used;
+                if round.used > 0 {
+                    entry.last_used_at = Some(Timestamp::now());
+                }
+                if round.processed > round.used {
+                    entry.last_unused_at = Some(Timestamp::now());
+                }
+                for (reason, count) in round.rejected {
+                    *entry.rejected.entry(reason).or_default() += count;
+                }
+            }
+            let mut launches: BTreeMap<String, Vec<TaskInfo>> = BTreeMap::new();
+            let mut records = Vec::new();
+            for placed in placed {
+                let Some(app) = state.apps.get(&placed.app_id).and_then(|e| e.active.clone()) else { continue };
+                let task_id = app.id.task_id(&marina_daemon::ids::uuid());
+                let record = InstanceRecord {
+                    task_id: task_id.clone(),
+                    app_id: placed.app_id.clone(),
+                    version: model::version(&app),
+                    config_version: model::config_version(&app),
+                    agent_id: placed.agent_id.clone(),
+                    host: placed.hostname.clone(),
+                    ports: placed.host_ports.clone(),
+                    staged_at: now_ts(),
+                };
+                if let Some(count) = state.pending.get_mut(&placed.app_id) {
+                    *count = count.saturating_sub(1);
+                }
+                state.instances.insert(
+                    task_id.clone(),
+                    Instance {
+                        record: record.clone(),
+                        state: TaskState::TaskStaging,
+                        healthy: None,
+                        killing: false,
+                        kill_sent: None,
+                        launched_at: now,
+                        started_at: None,
+                        unreachable_since: None,
+                        message: String::new(),
+                    },
+                );
+                launches.entry(placed.offer_id.clone()).or_default().push(model::task_info(
+                    &app,
+                    &task_id,
+                    &placed.host_ports,
+                ));
+                records.push(record);
+            }
+            let unused: Vec<String> =
+                offers.iter().map(|o| o.offer_id.clone()).filter(|id| !launches.contains_key(id)).collect();
+            (launches, unused, records)
+        };
+        if !records.is_empty() {
+            let mut batch = Batch::default();
+            for record in &records {
+                batch.put(format!("{}/{}", store::INSTANCES, record.task_id), record);
+            }
+            if let Err(error) = self.apply(batch).await {
+                tracing::warn!(%error, "cannot record instances; not launching them");
+                {
+                    let mut state = self.lock();
+                    for record in &records {
+                        state.instances.remove(&record.task_id);
+                    }
+                }
+                let all: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
+                self.decline(&session, all, 1.0).await;
+                return;
+            }
+        }
+        let accepts = launches.into_iter().map(|(offer_id, tasks)| {
+            let mut client = session.client.clone();
+            let framework_id = session.framework_id.clone();
+            async move {
+                let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+                let request = master::AcceptRequest {
+                    framework_id,
+                    offer_ids: vec![offer_id],
+                    launch: tasks,
+                    filters: Some(master::Filters { refuse_seconds: 0.0 }),
+                };
+                client.accept(request).await.err().map(|status| (ids, status))
+            }
+        });
+        let failed: Vec<(Vec<String>, tonic::Status)> =
+            futures::future::join_all(accepts).await.into_iter().flatten().collect();
+        for (ids, status) in failed {
+            tracing::warn!(tasks = ids.len(), %status, "launch refused by the master; the instances will be replaced");
+            self.forget_instances(&ids).await;
+        }
+        if !unused.is_empty() {
+            let refuse = if self.wants_offers() { 1.0 } else { 5.0 };
+            self.decline(&session, unused, refuse).await;
+        }
+        self.converge_now.notify_one();
+    }
+
+    async fn decline(&self, session: &MasterSession, offer_ids: Vec<String>, refuse_seconds: f64) {
+        let request = master::DeclineRequest {
+            framework_id: session.framework_id.clone(),
+            offer_ids,
+            filters: Some(master::Filters { refuse_seconds }),
+        };
+        let _ = session.client.clone().decline(request).await;
+    }
+
+    async fn forget_instances(&self, ids: &[String]) {
+        let mut batch = Batch::default();
+        {
+            let mut state = self.lock();
+            for id in ids {
+                state.instances.remove(id);
+                batch.delete(format!("{}/{id}", store::INSTANCES));
+            }
+        }
+        if let Err(error) = self.apply(batch).await {
+            tracing::warn!(%error, "forgetting instances failed");
+        }
+    }
+
+    /// A status update from the master. Returns once it is applied (so it may be
+    /// acknowledged).
+    pub async fn handle_update(&self, status: TaskStatus) -> Result<(), DeployError> {
+        let state_of = status.state();
+        let now = Instant::now();
+        let mut batch = Batch::default();
+        let mut events: Vec<(&'static str, Value)> = Vec::new();
+        let mut kill_orphan = false;
+        {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            match state.instances.get_mut(&status.task_id) {
+                None => {
+                    if !is_terminal(state_of) {
+                        // A task we do not know: adopt it if its app exists, kill it otherwise.
+                        let app_id = PathId::app_id_of_task(&status.task_id).map(|p| p.to_string());
+                        match app_id.as_ref().and_then(|id| state.apps.get(id).map(|e| (id.clone(), e))) {
+                            Some((id, entry)) if !entry.deleting => {
+                                let definition = entry.active.clone().unwrap_or_else(|| entry.definition.clone());
+                                let record = InstanceRecord {
+                                    task_id: status.task_id.clone(),
+                                    app_id: id,
+                                    version: model::version(&definition),
+                                    config_version: model::config_version(&definition),
+                                    agent_id: status.agent_id.clone(),
+                                    host: status.host.clone(),
+                                    ports: status.ports.iter().map(|p| p.host_port).collect(),
+                                    staged_at: now_ts(),
+                                };
+                                batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
+                                tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
+                                state.instances.insert(
+                                    record.task_id.clone(),
+                                    Instance {
+                                        record,
+                                        state: state_of,
+                                        healthy: status.healthy,
+                                        killing: false,
+                                        kill_sent: None,
+                                        launched_at: now,
+                                        started_at: None,
+                                        unreachable_since: None,
+                                        message: status.message.clone(),
+                                    },
+                                );
+                            }
+                            _ => kill_orphan = true,
+                        }
+                    }
+                }
+                Some(instance) => {
+                    let previous_health = instance.healthy;
+                    instance.state = state_of;
+                    instance.message = status.message.clone();
+                    if status.healthy.is_some() {
+                        instance.healthy = status.healthy;
+                    }
+                    if !status.host.is_empty() {
+                        instance.record.host = status.host.clone();
+                    }
+                    if !status.agent_id.is_empty() {
+                        instance.record.agent_id = status.agent_id.clone();
+                    }
+                    instance.unreachable_since = match state_of {
+                        TaskState::TaskUnreachable => instance.unreachable_since.or(Some(now)),
+                        _ => None,
+                    };
+                    if state_of == TaskState::TaskRunning && instance.started_at.is_none() {
+                        instance.started_at = Some(now_ts());
+                    }
+                    let app_id = instance.record.app_id.clone();
+                    events.push((
+                        "status_update_event",
+                        json!({
+                            "slaveId": instance.record.agent_id,
+                            "taskId": status.task_id,
+                            "taskStatus": state_of.as_str_name(),
+                            "message": status.message,
+                            "appId": app_id,
+                            "host": instance.record.host,
+                            "ipAddresses": [],
+                            "ports": instance.record.ports,
+                            "version": instance.record.version,
+                        }),
+                    ));
+                    if instance.healthy != previous_health
+                        && let Some(alive) = instance.healthy
+                    {
+                        events.push((
+                            "health_status_changed_event",
+                            json!({
+                                "appId": app_id,
+                                "taskId": status.task_id,
+                                "instanceId": status.task_id,
+                                "version": instance.record.version,
+                                "alive": alive,
+                            }),
+                        ));
+                        if !alive {
+                            events.push((
+                                "failed_health_check_event",
+                                json!({
+                                    "appId": app_id, "taskId": status.task_id, "instanceId": status.task_id,
+                                }),
+                            ));
+                        }
+                    }
+                    if is_terminal(state_of) {
+                        let killed_by_us = instance.killing;
+                        let failed = matches!(
+                            state_of,
+                            TaskState::TaskFailed
+                                | TaskState::TaskError
+                                | TaskState::TaskLost
+                                | TaskState::TaskGone
+                                | TaskState::TaskDropped
+                                | TaskState::TaskUnknown
+                        );
+                        state.instances.remove(&status.task_id);
+                        batch.delete(format!("{}/{}", store::INSTANCES, status.task_id));
+                        if failed && !killed_by_us {
+                            let app = state.apps.get(&app_id).and_then(|e| e.active.as_ref());
+                            let backoff = state.backoff.entry(app_id.clone()).or_default();
+                            backoff.failures += 1;
+                            if let Some(app) = app {
+                                let delay = engine::backoff_delay(
+                                    app.backoff_seconds as f64,
+                                    app.backoff_factor,
+                                    app.max_launch_delay_seconds as f64,
+                                    backoff.failures,
+                                );
+                                backoff.until = Some(now + delay);
+                            }
+                        }
+                    } else if state_of == TaskState::TaskRunning && instance.healthy != Some(false) {
+                        state.backoff.remove(&app_id);
+                    }
+                }
+            }
+        }
+        if kill_orphan {
+            tracing::warn!(task = %status.task_id, "killing a task of no known app");
+            let session = self.master.borrow().clone();
+            if let Some(session) = session {
+                let request = master::KillRequest {
+                    framework_id: session.framework_id.clone(),
+                    task_id: status.task_id.clone(),
+                    agent_id: status.agent_id.clone(),
+                    grace_period_seconds: 0,
+                };
+                let _ = session.client.clone().kill(request).await;
+            }
+        }
+        self.apply(batch).await?;
+        for (event_type, json) in events {
+            self.events.publish(event_type, json);
+        }
+        self.converge_now.notify_one();
+        Ok(())
+    }
+
+    /// What to reconcile: every instance with the agent it was placed on.
+    pub fn reconcile_list(&self) -> Vec<(String, String)> {
+        self.lock().instances.values().map(|i| (i.record.task_id.clone(), i.record.agent_id.clone())).collect()
+    }
+}
+
+/// Reads a stored (validated and stamped when it was stored) app definition, without
+/// validating it again: a rule tightened later must not lose stored apps.
+fn parse_stored(json: &Value) -> Option<AppDefinition> {
+    serde_json::from_value(json.clone()).ok()
+}
+
+fn instances_of(state: &State, app_id: &str) -> Vec<Instance> {
+    state.instances.values().filter(|i| i.record.app_id == app_id).cloned().collect()
+}
+
+fn deployments_of(state: &State, app_id: &str) -> Vec<String> {
+    state.deployments.values().filter(|d| d.affected_apps.iter().any(|a| a == app_id)).map(|d| d.id.clone()).collect()
+}
+
+/// Orders actions into steps: an app comes after the apps it depends on (when they are
+/// part of the same deployment), as Marathon does.
+fn order_steps(actions: Vec<(Action, Vec<String>)>) -> Vec<Vec<Action>> {
+    let ids: HashSet<String> = actions.iter().map(|(a, _)| a.app.clone()).collect();
+    let mut depth: HashMap<String, usize> = HashMap::new();
+    fn depth_of(
+        app: &str,
+        deps: &HashMap<String, Vec<String>>,
+        ids: &HashSet<String>,
+        memo: &mut HashMap<String, usize>,
+        seen: &mut HashSet<String>,
+    ) -> usize {
+        if let Some(d) = memo.get(app) {
+            return *d;
+        }
+        if !seen.insert(app.to_owned()) {
+            return 0; // a cycle: validation rejects these; do not loop
+        }
+        let d = deps
+            .get(app)
+            .map(|list| {
+                list.iter()
+                    .filter(|dep| ids.contains(*dep))
+                    .map(|dep| depth_of(dep, deps, ids, memo, seen) + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        memo.insert(app.to_owned(), d);
+        d
+    }
+    let deps: HashMap<String, Vec<String>> = actions.iter().map(|(a, d)| (a.app.clone(), d.clone())).collect();
+    for (action, _) in &actions {
+        let mut seen = HashSet::new();
+        depth_of(&action.app, &deps, &ids, &mut depth, &mut seen);
+    }
+    let steps = depth.values().copied().max().unwrap_or(0) + 1;
+    let mut ordered: Vec<Vec<Action>> = vec![Vec::new(); steps];
+    for (action, _) in actions {
+        let d = depth[&action.app];
+        ordered[d].push(action);
+    }
+    ordered.retain(|step| !step.is_empty());
+    ordered
+}
+
+/// Makes the apps of step `index` converge to their targets.
+fn activate_step(state: &mut State, deployment: &Deployment, index: usize) {
+    let Some(step) = deployment.steps.get(index) else { return };
+    for action in step {
+        let target = deployment.targets.get(&action.app).cloned().flatten().and_then(|v| parse_stored(&v));
+        if let Some(entry) = state.apps.get_mut(&action.app) {
+            entry.active = target;
+        }
+    }
+}
+
+/// Advances deployments whose current step converged; returns the coord writes, events,
+/// and apps to forget once written.
+fn advance_deployments(
+    state: &mut State,
+    converged: &HashSet<String>,
+) -> (Batch, Vec<(&'static str, Value)>, Vec<String>) {
+    let mut batch = Batch::default();
+    let mut events = Vec::new();
+    let mut removed_apps = Vec::new();
+    let ids: Vec<String> = state.deployments.keys().cloned().collect();
+    for id in ids {
+        let mut deployment = state.deployments[&id].clone();
+        let mut advanced = false;
+        while let Some(step) = deployment.steps.get(deployment.current_step) {
+            if !step.iter().all(|action| converged.contains(&action.app) || !state.apps.contains_key(&action.app)) {
+                break;
+            }
+            for action in step {
+                if action.action == "StopApplication" && state.apps.get(&action.app).is_some_and(|e| e.deleting) {
+                    let node = store::node_name(&action.app);
+                    batch.delete(format!("{}/{node}", store::VERSIONS));
+                    removed_apps.push(action.app.clone());
+                    events.push(("app_terminated_event", json!({ "appId": action.app })));
+                }
+            }
+            events.push(("deployment_step_success", json!({ "plan": deployment_json(&deployment), "currentStep": step_json(&deployment, deployment.current_step) })));
+            deployment.current_step += 1;
+            advanced = true;
+            activate_step(state, &deployment, deployment.current_step);
+        }
+        if !advanced {
+            continue;
+        }
+        if deployment.current_step >= deployment.steps.len() {
+            batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
+            events.push(("deployment_success", json!({ "id": id, "plan": deployment_json(&deployment) })));
+            state.deployments.remove(&id);
+        } else {
+            batch.put(format!("{}/{id}", store::DEPLOYMENTS), &deployment);
+            state.deployments.insert(id, deployment);
+        }
+    }
+    (batch, events, removed_apps)
+}
+
+pub fn step_json(deployment: &Deployment, index: usize) -> Value {
+    let actions = deployment.steps.get(index).cloned().unwrap_or_default();
+    json!({ "actions": actions.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })
+}
+
+/// Marathon's JSON for a deployment plan.
+pub fn deployment_json(deployment: &Deployment) -> Value {
+    json!({
+        "id": deployment.id,
+        "version": deployment.version,
+        "affectedApps": deployment.affected_apps,
+        "steps": deployment.steps.iter().map(|step| json!({ "actions": step.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })).collect::<Vec<_>>(),
+        "currentActions": deployment.steps.get(deployment.current_step).map(|step| step.iter().map(|a| json!({ "action": a.action, "app": a.app, "readinessCheckResults": [] })).collect::<Vec<_>>()).unwrap_or_default(),
+        "currentStep": (deployment.current_step + 1).min(deployment.steps.len()),
+        "totalSteps": deployment.steps.len(),
+    })
+}

@@ -1,0 +1,213 @@
+//! `marina-gateway`: Marina's Marathon. Operators and their tools talk to it: Marathon's v2
+//! REST API, a gRPC apps API, server-sent events, a web UI. Gateways elect a leader through
+//! coord (the shared recipe); the leader is a framework on the leading master and keeps
+//! apps at their declared shape; standbys forward requests to it.
+//!
+//! - [`app`]: Marathon's app definition (reading, validating, updating, versions);
+//! - [`leader`]: apps, instances, deployments for one leadership term; [`engine`]
+//!   (convergence and rolling upgrades), [`placement`] (offers), [`model`] (tasks);
+//! - [`scheduler`]: the framework on the master; [`store`]: what is kept in coord;
+//! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod grpc;
+pub mod leader;
+pub mod model;
+pub mod placement;
+pub mod proxy;
+pub mod rest;
+pub mod scheduler;
+pub mod store;
+pub mod ui;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use marina_coord_client::{CoordClient, LeaderObserver};
+use marina_daemon::leader::MemberInfo;
+use marina_daemon::{Endpoint, Metrics, Shutdown};
+use marina_proto::apps::v1::apps_server::AppsServer;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use crate::config::Config;
+use crate::events::EventBus;
+use crate::leader::Leader;
+use crate::proxy::Proxy;
+use crate::store::Store;
+
+/// The gateways' election directory (under the coord root).
+pub const GATEWAY_ELECTION_DIR: &str = "/gateway/members";
+/// Where masters publish their candidacy.
+pub const MASTER_ELECTION_DIR: &str = "/master/members";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] marina_daemon::config::ConfigError),
+    #[error("coord: {0}")]
+    Coord(#[from] marina_coord_client::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Gateway {
+    pub id: String,
+    pub member: MemberInfo,
+    pub config: Config,
+    pub coord: CoordClient,
+    /// The leader state while this gateway leads.
+    pub role: watch::Sender<Option<Arc<Leader>>>,
+    pub events: EventBus,
+    /// Signalled by `DELETE /v2/leader`.
+    pub abdicate: Arc<Notify>,
+    pub shutdown: Shutdown,
+    observer: LeaderObserver,
+    proxy: Proxy,
+}
+
+impl Gateway {
+    /// The leading gateway's address.
+    pub fn leader_address(&self) -> Option<String> {
+        if self.role.borrow().is_some() {
+            return Some(self.member.address.clone());
+        }
+        MemberInfo::from_bytes(&self.observer.current()?.data).map(|member| member.address)
+    }
+
+    pub fn leader(&self) -> Option<Arc<Leader>> {
+        self.role.borrow().clone().filter(|leader| !leader.ended.is_cancelled())
+    }
+}
+
+pub struct GatewayHandle {
+    pub local_address: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl GatewayHandle {
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+fn gateway_id(config: &Config) -> Result<String, GatewayError> {
+    std::fs::create_dir_all(&config.work_dir)?;
+    let path = config.work_dir.join("gateway-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = marina_daemon::ids::prefixed("gateway");
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Requests only the leader serves go to the leader when this gateway stands by.
+async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let leader_only = (path.starts_with("/v2/") && path != "/v2/leader") || path.starts_with("/marina.apps.v1.");
+    if !leader_only || gateway.leader().is_some() {
+        return next.run(request).await;
+    }
+    let is_grpc = path.starts_with("/marina.apps.v1.");
+    match gateway.leader_address().filter(|address| *address != gateway.member.address) {
+        Some(address) => gateway.proxy.forward(&address, &gateway.member.address, request).await,
+        None if is_grpc => tonic::Status::unavailable("no leading gateway is known; retry").into_http(),
+        None => proxy::unavailable("no leading gateway is known; retry"),
+    }
+}
+
+/// Starts a gateway on `listener` until `shutdown` (a leader resigns first).
+pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<GatewayHandle, GatewayError> {
+    config.validate()?;
+    let local_address = listener.local_addr()?;
+    let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
+    let id = gateway_id(&config)?;
+    let coord = CoordClient::new(&config.coord);
+    let observer = coord.observe_leader(GATEWAY_ELECTION_DIR).await?;
+    let masters = coord.observe_leader(MASTER_ELECTION_DIR).await?;
+    let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
+    let gateway = Arc::new(Gateway {
+        id,
+        member,
+        config: config.clone(),
+        coord: coord.clone(),
+        role: watch::channel(None).0,
+        events: EventBus::default(),
+        abdicate: Arc::new(Notify::new()),
+        shutdown: shutdown.clone(),
+        observer,
+        proxy: Proxy::default(),
+    });
+
+    let metrics = Metrics::new("gateway");
+    let (router, health) = Endpoint::new("gateway", metrics)
+        .grpc(AppsServer::new(grpc::AppsApi::new(gateway.clone())))
+        .http(rest::routes(gateway.clone()))
+        .http(ui::routes())
+        .build()
+        .await;
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), route_to_leader))
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes));
+    health.set_serving(true).await;
+
+    let candidacy = marina_coord_client::Candidacy {
+        dir: GATEWAY_ELECTION_DIR.into(),
+        data: gateway.member.to_bytes(),
+        session_ttl: Duration::from_millis(config.session_ttl_ms),
+        disconnect_grace: Duration::from_millis(config.session_disconnect_grace_ms),
+    };
+    let starter = gateway.clone();
+    let masters = Arc::new(masters);
+    let start = move |epoch, fence, deposed| {
+        let gateway = starter.clone();
+        let masters = masters.clone();
+        async move {
+            let store = Store::new(gateway.coord.clone(), fence);
+            let leader = Leader::start(
+                epoch,
+                gateway.member.address.clone(),
+                store,
+                gateway.events.clone(),
+                gateway.config.clone(),
+                deposed,
+            )
+            .await?;
+            tokio::spawn(scheduler::run(
+                leader.clone(),
+                masters.receiver(),
+                gateway.config.framework_name.clone(),
+                Duration::from_millis(gateway.config.reconcile_interval_ms),
+            ));
+            Ok(leader)
+        }
+    };
+    let election = tokio::spawn(marina_coord_client::run_candidacy(
+        coord,
+        candidacy,
+        start,
+        gateway.role.clone(),
+        gateway.abdicate.clone(),
+        shutdown.token(),
+    ));
+    tracing::info!(id = %gateway.id, %address, "gateway started");
+    let task = tokio::spawn(async move {
+        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let _ = election.await;
+        tracing::info!("gateway stopped");
+        served
+    });
+    Ok(GatewayHandle { local_address, gateway, task })
+}

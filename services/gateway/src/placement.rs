@@ -1,0 +1,271 @@
+//! Placing instances on offers: resources, host ports and constraints, and — for
+//! `/v2/queue` — why offers were not used.
+
+use std::collections::BTreeMap;
+
+use marina_proto::agent::v1::Range;
+
+/// An offer's remaining resources, as placement consumes them.
+#[derive(Debug, Clone)]
+pub struct OfferView {
+    pub offer_id: String,
+    pub agent_id: String,
+    pub hostname: String,
+    pub attributes: Vec<(String, String)>,
+    pub cpus: f64,
+    pub mem: f64,
+    pub disk: f64,
+    pub ports: Vec<Range>,
+}
+
+/// Where an instance of an app already runs (or was just placed), for constraints.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub hostname: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// Instances of one app waiting for resources.
+pub struct Demand<'a> {
+    pub app_id: String,
+    pub count: u32,
+    pub cpus: f64,
+    pub mem: f64,
+    pub disk: f64,
+    /// How many host ports each instance needs...
+    pub port_count: usize,
+    /// ...and which of them must be exactly these numbers (0: any).
+    pub fixed_ports: Vec<u32>,
+    /// Whether an instance may go on this offer, given where the app's instances are.
+    pub constraints: Box<dyn Fn(&OfferView, &[Placement]) -> bool + 'a>,
+    /// Where the app's instances run now.
+    pub placed: Vec<Placement>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reject {
+    InsufficientCpus,
+    InsufficientMemory,
+    InsufficientDisk,
+    InsufficientPorts,
+    UnfulfilledConstraint,
+}
+
+impl Reject {
+    /// Marathon's names in `processedOffersSummary`.
+    pub fn marathon_name(self) -> &'static str {
+        match self {
+            Reject::InsufficientCpus => "InsufficientCpus",
+            Reject::InsufficientMemory => "InsufficientMemory",
+            Reject::InsufficientDisk => "InsufficientDisk",
+            Reject::InsufficientPorts => "InsufficientPorts",
+            Reject::UnfulfilledConstraint => "UnfulfilledConstraint",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub app_id: String,
+    pub offer_id: String,
+    pub agent_id: String,
+    pub hostname: String,
+    pub host_ports: Vec<u32>,
+}
+
+/// What happened to an app's demand this round.
+#[derive(Debug, Default, Clone)]
+pub struct RoundStats {
+    pub processed: u64,
+    pub used: u64,
+    pub rejected: BTreeMap<Reject, u64>,
+}
+
+const EPSILON: f64 = 1e-9;
+
+fn take_ports(ranges: &[Range], count: usize, fixed: &[u32]) -> Option<Vec<u32>> {
+    let contains = |port: u64| ranges.iter().any(|r| r.begin <= port && port <= r.end);
+    let mut chosen: Vec<u32> = Vec::with_capacity(count);
+    for index in 0..count {
+        let wanted = fixed.get(index).copied().unwrap_or(0);
+        if wanted != 0 {
+            if !contains(u64::from(wanted)) || chosen.contains(&wanted) {
+                return None;
+            }
+            chosen.push(wanted);
+        }
+    }
+    let dynamic = count - chosen.len();
+    let mut found = 0;
+    'ranges: for range in ranges {
+        for port in range.begin..=range.end {
+            if found == dynamic {
+                break 'ranges;
+            }
+            let port = port as u32;
+            if !chosen.contains(&port) && !fixed.contains(&port) {
+                chosen.push(port);
+                found += 1;
+            }
+        }
+    }
+    (found == dynamic).then_some(chosen)
+}
+
+fn remove_ports(ranges: &mut Vec<Range>, ports: &[u32]) {
+    for &port in ports {
+        let port = u64::from(port);
+        let mut next = Vec::with_capacity(ranges.len() + 1);
+        for range in ranges.drain(..) {
+            if port < range.begin || port > range.end {
+                next.push(range);
+                continue;
+            }
+            if port > range.begin {
+                next.push(Range { begin: range.begin, end: port - 1 });
+            }
+            if port < range.end {
+                next.push(Range { begin: port + 1, end: range.end });
+            }
+        }
+        *ranges = next;
+    }
+}
+
+/// Fits one instance of `demand` on `offer`, consuming its resources; why not otherwise.
+fn fit(demand: &Demand<'_>, offer: &mut OfferView) -> Result<Vec<u32>, Reject> {
+    if offer.cpus + EPSILON < demand.cpus {
+        return Err(Reject::InsufficientCpus);
+    }
+    if offer.mem + EPSILON < demand.mem {
+        return Err(Reject::InsufficientMemory);
+    }
+    if offer.disk + EPSILON < demand.disk {
+        return Err(Reject::InsufficientDisk);
+    }
+    let ports = take_ports(&offer.ports, demand.port_count, &demand.fixed_ports).ok_or(Reject::InsufficientPorts)?;
+    if !(demand.constraints)(offer, &demand.placed) {
+        return Err(Reject::UnfulfilledConstraint);
+    }
+    offer.cpus -= demand.cpus;
+    offer.mem -= demand.mem;
+    offer.disk -= demand.disk;
+    remove_ports(&mut offer.ports, &ports);
+    Ok(ports)
+}
+
+/// Places as many waiting instances as the offers hold, spreading across apps (one
+/// instance per app per pass). Returns the placements and per-app statistics.
+pub fn place(demands: &mut [Demand<'_>], offers: &mut [OfferView]) -> (Vec<Placed>, BTreeMap<String, RoundStats>) {
+    let mut placed = Vec::new();
+    let mut stats: BTreeMap<String, RoundStats> = BTreeMap::new();
+    for offer in offers.iter_mut() {
+        let mut used_for: Vec<String> = Vec::new();
+        let mut rejected_by: BTreeMap<String, Reject> = BTreeMap::new();
+        loop {
+            let mut progress = false;
+            for demand in demands.iter_mut().filter(|d| d.count > 0) {
+                match fit(demand, offer) {
+                    Ok(host_ports) => {
+                        demand.count -= 1;
+                        demand
+                            .placed
+                            .push(Placement { hostname: offer.hostname.clone(), attributes: offer.attributes.clone() });
+                        placed.push(Placed {
+                            app_id: demand.app_id.clone(),
+                            offer_id: offer.offer_id.clone(),
+                            agent_id: offer.agent_id.clone(),
+                            hostname: offer.hostname.clone(),
+                            host_ports,
+                        });
+                        used_for.push(demand.app_id.clone());
+                        progress = true;
+                    }
+                    Err(reason) => {
+                        rejected_by.entry(demand.app_id.clone()).or_insert(reason);
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        for demand in demands.iter() {
+            let entry = stats.entry(demand.app_id.clone()).or_default();
+            entry.processed += 1;
+            if used_for.contains(&demand.app_id) {
+                entry.used += 1;
+            } else if let Some(reason) = rejected_by.get(&demand.app_id) {
+                *entry.rejected.entry(*reason).or_default() += 1;
+            }
+        }
+    }
+    (placed, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(id: &str, host: &str, cpus: f64) -> OfferView {
+        OfferView {
+            offer_id: id.into(),
+            agent_id: format!("agent-{id}"),
+            hostname: host.into(),
+            attributes: vec![],
+            cpus,
+            mem: 1024.0,
+            disk: 0.0,
+            ports: vec![Range { begin: 31000, end: 31009 }],
+        }
+    }
+
+    fn demand(app: &str, count: u32, cpus: f64) -> Demand<'static> {
+        Demand {
+            app_id: app.into(),
+            count,
+            cpus,
+            mem: 64.0,
+            disk: 0.0,
+            port_count: 1,
+            fixed_ports: vec![],
+            constraints: Box::new(|_, _| true),
+            placed: vec![],
+        }
+    }
+
+    #[test]
+    fn instances_fill_offers_and_spread_across_apps() {
+        let mut offers = vec![offer("o1", "h1", 1.0), offer("o2", "h2", 1.0)];
+        let mut demands = vec![demand("/a", 3, 0.25), demand("/b", 3, 0.25)];
+        let (placed, stats) = place(&mut demands, &mut offers);
+        assert_eq!(placed.len(), 6);
+        assert_eq!(placed.iter().filter(|p| p.offer_id == "o1").count(), 4);
+        let ports: Vec<u32> = placed.iter().filter(|p| p.offer_id == "o1").map(|p| p.host_ports[0]).collect();
+        assert_eq!(ports, vec![31000, 31001, 31002, 31003]);
+        assert_eq!(stats["/a"].used, 2);
+    }
+
+    #[test]
+    fn rejections_say_why() {
+        let mut offers = vec![offer("o1", "h1", 0.1)];
+        let mut fixed = demand("/fixed", 1, 0.05);
+        fixed.fixed_ports = vec![8080];
+        let mut demands = vec![demand("/big", 1, 2.0), fixed];
+        let (placed, stats) = place(&mut demands, &mut offers);
+        assert!(placed.is_empty());
+        assert_eq!(stats["/big"].rejected[&Reject::InsufficientCpus], 1);
+        assert_eq!(stats["/fixed"].rejected[&Reject::InsufficientPorts], 1);
+    }
+
+    #[test]
+    fn constraints_see_earlier_placements() {
+        let mut offers = vec![offer("o1", "h1", 4.0), offer("o2", "h2", 4.0)];
+        let unique_host = |offer: &OfferView, placed: &[Placement]| placed.iter().all(|p| p.hostname != offer.hostname);
+        let mut demands = vec![Demand { constraints: Box::new(unique_host), ..demand("/u", 3, 0.1) }];
+        let (placed, stats) = place(&mut demands, &mut offers);
+        assert_eq!(placed.len(), 2, "one per host");
+        assert_eq!(stats["/u"].used, 2);
+        assert_eq!(demands[0].count, 1);
+    }
+}

@@ -1,0 +1,62 @@
+//! Transparent forwarding from a standby gateway to the leader, so clients may talk to any
+//! gateway: REST over HTTP/1.1 and gRPC over HTTP/2 (h2c), bodies streamed both ways
+//! (server-sent events and gRPC streams included).
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Marks proxied requests, so a request is never forwarded twice (a leader change in
+/// between would otherwise bounce it).
+pub const VIA_HEADER: &str = "x-marina-proxied-by";
+
+#[derive(Clone)]
+pub struct Proxy {
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            http2: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
+        }
+    }
+}
+
+impl Proxy {
+    /// Sends `request` to `leader` (`host:port`) and returns its response as is.
+    pub async fn forward(&self, leader: &str, me: &str, mut request: Request) -> Response {
+        if request.headers().contains_key(VIA_HEADER) {
+            return unavailable("the request was already forwarded once; leadership is changing, retry");
+        }
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let Ok(uri) = format!("http://{leader}{path}").parse::<Uri>() else {
+            return unavailable("the leader's address is not usable");
+        };
+        *request.uri_mut() = uri;
+        if let Ok(value) = HeaderValue::from_str(me) {
+            request.headers_mut().insert(VIA_HEADER, value);
+        }
+        let is_grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let client = if is_grpc { &self.http2 } else { &self.http1 };
+        match client.request(request).await {
+            Ok(response) => response.map(Body::new),
+            Err(error) => unavailable(&format!("the leading gateway at {leader} did not answer: {error}")),
+        }
+    }
+}
+
+pub fn unavailable(message: &str) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "message": message }))).into_response()
+}

@@ -1,0 +1,767 @@
+//! Marathon's v2 REST API: the shapes, field names, status codes and error bodies existing
+//! Marathon clients, CLIs and scripts expect.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::Gateway;
+use crate::app::{self, AppDefinition, AppError, PathId};
+use crate::engine::is_terminal;
+use crate::leader::{Change, DeployError, Deployed, Instance, Leader, deployment_json};
+
+/// Marathon's version this API follows.
+pub const MARATHON_VERSION: &str = "1.11.0";
+
+type Reply = Result<Response, Response>;
+
+fn message(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "message": text.into() }))).into_response()
+}
+
+fn app_error(error: AppError) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    (status, axum::Json(error.body())).into_response()
+}
+
+fn deploy_error(error: DeployError) -> Response {
+    match &error {
+        DeployError::NotFound(_) | DeployError::NoDeployment(_) => message(StatusCode::NOT_FOUND, error.to_string()),
+        DeployError::Exists(_) => message(StatusCode::CONFLICT, error.to_string()),
+        DeployError::Locked(ids) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({
+                "message": error.to_string(),
+                "deployments": ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        DeployError::Invalid(_) => message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()),
+        DeployError::Store(_) => message(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+    }
+}
+
+fn deployed(status: StatusCode, deployed: &Deployed) -> Response {
+    let mut response =
+        (status, axum::Json(json!({ "version": deployed.version, "deploymentId": deployed.deployment_id })))
+            .into_response();
+    if let Ok(value) = HeaderValue::from_str(&deployed.deployment_id) {
+        response.headers_mut().insert("Marathon-Deployment-Id", value);
+    }
+    response
+}
+
+fn leader(gateway: &Gateway) -> Result<Arc<Leader>, Response> {
+    match &*gateway.role.borrow() {
+        Some(leader) if !leader.ended.is_cancelled() => Ok(leader.clone()),
+        _ => Err(message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this gateway does not lead; retry (it forwards to the leader once one is known)",
+        )),
+    }
+}
+
+fn app_id(raw: &str) -> Result<PathId, Response> {
+    PathId::parse(raw).map_err(|error| message(StatusCode::BAD_REQUEST, format!("invalid app id {raw:?}: {error}")))
+}
+
+#[derive(Deserialize, Default)]
+struct Flags {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    scale: bool,
+    #[serde(default)]
+    wipe: bool,
+    host: Option<String>,
+    #[serde(rename = "partialUpdate")]
+    partial_update: Option<bool>,
+    embed: Option<String>,
+    id: Option<String>,
+    label: Option<String>,
+    cmd: Option<String>,
+    status: Option<String>,
+}
+
+pub fn routes(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/ping", get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "pong") }))
+        .route("/v2/info", get(info))
+        .route("/v2/leader", get(get_leader).delete(abdicate))
+        .route("/v2/apps", get(list_apps).post(create_app).put(bulk_update))
+        .route(
+            "/v2/apps/{*rest}",
+            get(get_app_path).put(put_app).patch(patch_app).delete(delete_app_path).post(post_app_path),
+        )
+        .route("/v2/tasks", get(list_tasks))
+        .route("/v2/tasks/delete", post(delete_tasks))
+        .route("/v2/deployments", get(list_deployments))
+        .route("/v2/deployments/{id}", delete(cancel_deployment))
+        .route("/v2/queue", get(queue))
+        .route("/v2/queue/{*rest}", delete(reset_delay))
+        .route("/v2/groups", get(get_root_group).post(create_group))
+        .route("/v2/groups/{*id}", get(get_group).put(update_group).delete(delete_group))
+        .route("/v2/events", get(events))
+        .with_state(gateway)
+}
+
+// ----- info and leadership ----------------------------------------------------------------------
+
+async fn info(State(gateway): State<Arc<Gateway>>) -> Response {
+    let leader = gateway.leader_address();
+    let framework_id = gateway
+        .role
+        .borrow()
+        .as_ref()
+        .and_then(|leader| leader.master.borrow().as_ref().map(|s| s.framework_id.clone()));
+    axum::Json(json!({
+        "name": "marathon",
+        "version": MARATHON_VERSION,
+        "buildref": format!("marina-{}", marina_daemon::VERSION),
+        "elected": gateway.role.borrow().is_some(),
+        "leader": leader,
+        "frameworkId": framework_id,
+        "marathon_config": {
+            "master": gateway.config.coord.to_string(),
+            "framework_name": gateway.config.framework_name,
+            "hostname": gateway.member.address,
+            "http_port": gateway.member.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()),
+            "task_launch_timeout": gateway.config.task_launch_timeout_ms,
+            "reconciliation_interval": gateway.config.reconcile_interval_ms,
+            "failover_timeout": 604800,
+            "leader_proxy_connection_timeout_ms": 5000,
+            "mesos_role": null,
+            "checkpoint": true,
+            "local_port_min": 10000,
+            "local_port_max": 20000,
+        },
+        "zookeeper_config": {
+            "zk": gateway.config.coord.to_string(),
+            "zk_timeout": gateway.config.session_ttl_ms,
+            "zk_session_timeout": gateway.config.session_ttl_ms,
+            "zk_max_versions": 50,
+        },
+        "http_config": { "http_port": gateway.member.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()), "https_port": null },
+        "event_subscriber": null,
+    }))
+    .into_response()
+}
+
+async fn get_leader(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.leader_address() {
+        Some(leader) => axum::Json(json!({ "leader": leader })).into_response(),
+        None => message(StatusCode::NOT_FOUND, "There is no leader"),
+    }
+}
+
+async fn abdicate(State(gateway): State<Arc<Gateway>>) -> Reply {
+    leader(&gateway)?;
+    gateway.abdicate.notify_one();
+    Ok(axum::Json(json!({ "message": "Leadership abdicated" })).into_response())
+}
+
+// ----- apps -------------------------------------------------------------------------------------
+
+fn task_json(instance: &Instance, app: Option<&AppDefinition>) -> Value {
+    let mut task = json!({
+        "id": instance.record.task_id,
+        "appId": instance.record.app_id,
+        "host": instance.record.host,
+        "ports": instance.record.ports,
+        "servicePorts": app.map(service_ports).unwrap_or_default(),
+        "slaveId": instance.record.agent_id,
+        "agentId": instance.record.agent_id,
+        "state": instance.state.as_str_name(),
+        "stagedAt": instance.record.staged_at,
+        "startedAt": instance.started_at,
+        "version": instance.record.version,
+        "ipAddresses": [],
+        "localVolumes": [],
+    });
+    if app.is_some_and(|a| !a.health_checks.is_empty())
+        && let Some(alive) = instance.healthy
+    {
+        task["healthCheckResults"] = json!([{
+            "alive": alive,
+            "consecutiveFailures": if alive { 0 } else { 1 },
+            "taskId": instance.record.task_id,
+            "instanceId": instance.record.task_id,
+        }]);
+    }
+    task
+}
+
+fn service_ports(app: &AppDefinition) -> Vec<u32> {
+    match app.port_mappings() {
+        Some(mappings) => mappings.iter().map(|m| u32::from(m.service_port)).collect(),
+        None => app.port_definitions.iter().map(|p| u32::from(p.port)).collect(),
+    }
+}
+
+/// An app as `/v2/apps` shows it: the definition plus counts, deployments, and (when
+/// embedded) tasks.
+fn app_json(app: &AppDefinition, instances: &[Instance], deployments: &[String], embed_tasks: bool) -> Value {
+    let mut json = app.to_json();
+    let live: Vec<&Instance> = instances.iter().filter(|i| !is_terminal(i.state)).collect();
+    let running = live.iter().filter(|i| i.state == marina_proto::agent::v1::TaskState::TaskRunning).count();
+    let staged = live
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.state,
+                marina_proto::agent::v1::TaskState::TaskStaging | marina_proto::agent::v1::TaskState::TaskStarting
+            )
+        })
+        .count();
+    let healthy = live.iter().filter(|i| i.healthy == Some(true)).count();
+    let unhealthy = live.iter().filter(|i| i.healthy == Some(false)).count();
+    json["tasksStaged"] = json!(staged);
+    json["tasksRunning"] = json!(running);
+    json["tasksHealthy"] = json!(healthy);
+    json["tasksUnhealthy"] = json!(unhealthy);
+    json["deployments"] = json!(deployments.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>());
+    if embed_tasks {
+        json["tasks"] = json!(live.iter().map(|i| task_json(i, Some(app))).collect::<Vec<_>>());
+    }
+    json
+}
+
+async fn list_apps(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>) -> Reply {
+    let leader = leader(&gateway)?;
+    let embed_tasks = flags.embed.as_deref().is_some_and(|e| e.contains("tasks"));
+    let apps: Vec<Value> = leader
+        .apps()
+        .iter()
+        .filter(|(app, _, _)| flags.id.as_deref().is_none_or(|id| app.id.to_string().contains(id)))
+        .filter(|(app, _, _)| {
+            flags.cmd.as_deref().is_none_or(|cmd| app.cmd.as_deref().is_some_and(|c| c.contains(cmd)))
+        })
+        .filter(|(app, _, _)| {
+            flags.label.as_deref().is_none_or(|label| match label.split_once("==") {
+                Some((key, value)) => app.labels.get(key.trim()).is_some_and(|v| v == value.trim()),
+                None => app.labels.contains_key(label.trim()),
+            })
+        })
+        .map(|(app, instances, deployments)| app_json(app, instances, deployments, embed_tasks))
+        .collect();
+    Ok(axum::Json(json!({ "apps": apps })).into_response())
+}
+
+async fn create_app(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
+    let leader = leader(&gateway)?;
+    let app = app::parse_app(&body, None).map_err(app_error)?;
+    let id = app.id.to_string();
+    if leader.app(&id).is_some() {
+        return Err(deploy_error(DeployError::Exists(id)));
+    }
+    let result = leader.deploy(vec![Change::to(&id, Some(app))], flags.force).await.map_err(deploy_error)?;
+    let (stored, instances, deployments) =
+        leader.app(&id).ok_or_else(|| message(StatusCode::INTERNAL_SERVER_ERROR, "app vanished"))?;
+    leader.events.publish(
+        "api_post_event",
+        json!({ "clientIp": null, "uri": format!("/v2/apps{id}"), "appDefinition": stored.to_json() }),
+    );
+    let mut response =
+        (StatusCode::CREATED, axum::Json(app_json(&stored, &instances, &deployments, true))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&result.deployment_id) {
+        response.headers_mut().insert("Marathon-Deployment-Id", value);
+    }
+    Ok(response)
+}
+
+/// `/v2/apps/{id}[/tasks[/{taskId}] | /versions[/{v}] | /restart]`: which one.
+enum AppPath {
+    App(String),
+    Tasks(String),
+    Task(String, String),
+    Versions(String),
+    Version(String, String),
+    Restart(String),
+}
+
+fn split_app_path(rest: &str) -> AppPath {
+    let rest = format!("/{}", rest.trim_matches('/'));
+    if let Some(id) = rest.strip_suffix("/restart") {
+        return AppPath::Restart(id.to_owned());
+    }
+    if let Some(id) = rest.strip_suffix("/tasks") {
+        return AppPath::Tasks(id.to_owned());
+    }
+    if let Some(id) = rest.strip_suffix("/versions") {
+        return AppPath::Versions(id.to_owned());
+    }
+    if let Some((id, task)) = rest.rsplit_once("/tasks/") {
+        return AppPath::Task(id.to_owned(), task.to_owned());
+    }
+    if let Some((id, version)) = rest.rsplit_once("/versions/") {
+        return AppPath::Version(id.to_owned(), version.to_owned());
+    }
+    AppPath::App(rest)
+}
+
+fn not_found_app(id: &str) -> Response {
+    message(StatusCode::NOT_FOUND, format!("App '{id}' does not exist"))
+}
+
+async fn get_app_path(
+    State(gateway): State<Arc<Gateway>>,
+    Path(rest): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    match split_app_path(&rest) {
+        AppPath::App(raw) => {
+            let id = app_id(&raw)?.to_string();
+            let (app, instances, deployments) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let _ = flags.embed;
+            Ok(axum::Json(json!({ "app": app_json(&app, &instances, &deployments, true) })).into_response())
+        }
+        AppPath::Tasks(raw) => {
+            let id = app_id(&raw)?.to_string();
+            let (app, instances, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let tasks: Vec<Value> =
+                instances.iter().filter(|i| !is_terminal(i.state)).map(|i| task_json(i, Some(&app))).collect();
+            Ok(axum::Json(json!({ "tasks": tasks })).into_response())
+        }
+        AppPath::Versions(raw) => {
+            let id = app_id(&raw)?.to_string();
+            leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let mut versions = leader
+                .store
+                .versions(&id)
+                .await
+                .map_err(|e| message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            versions.reverse();
+            Ok(axum::Json(json!({ "versions": versions })).into_response())
+        }
+        AppPath::Version(raw, version) => {
+            let id = app_id(&raw)?.to_string();
+            let stored: Option<Value> = leader
+                .store
+                .version(&id, &version)
+                .await
+                .map_err(|e| message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            stored.map(|json| axum::Json(json).into_response()).ok_or_else(|| {
+                message(StatusCode::NOT_FOUND, format!("App '{id}' does not exist in version {version}"))
+            })
+        }
+        AppPath::Task(..) | AppPath::Restart(_) => Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+}
+
+async fn post_app_path(
+    State(gateway): State<Arc<Gateway>>,
+    Path(rest): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    let AppPath::Restart(raw) = split_app_path(&rest) else {
+        return Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    };
+    let id = app_id(&raw)?.to_string();
+    let (app, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+    let change = Change { id, target: Some(app), restart: true };
+    let result = leader.deploy(vec![change], flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::OK, &result))
+}
+
+/// PUT: by default (Marathon's `partialUpdate=true`) the given fields update the app;
+/// `partialUpdate=false` replaces it. A missing app is created. `{"version": V}` rolls
+/// back to stored version V.
+async fn put_app(
+    State(gateway): State<Arc<Gateway>>,
+    Path(rest): Path<String>,
+    Query(flags): Query<Flags>,
+    body: Bytes,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    let AppPath::App(raw) = split_app_path(&rest) else {
+        return Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    };
+    let path = app_id(&raw)?;
+    let id = path.to_string();
+    let existing = leader.app(&id).map(|(app, _, _)| app);
+    if let Some(version) = app::rollback_version(&body).map_err(app_error)? {
+        let stored: Option<Value> = leader
+            .store
+            .version(&id, &version.to_string())
+            .await
+            .map_err(|e| message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let stored = stored
+            .ok_or_else(|| message(StatusCode::NOT_FOUND, format!("App '{id}' does not exist in version {version}")))?;
+        let target = app::parse_app(&serde_json::to_vec(&stored).unwrap_or_default(), None).map_err(app_error)?;
+        let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
+        return Ok(deployed(StatusCode::OK, &result));
+    }
+    let (target, created) = match existing {
+        Some(existing) if flags.partial_update.unwrap_or(true) => {
+            (app::apply_patch(&existing, &body).map_err(app_error)?, false)
+        }
+        existing => (app::parse_app_at(&body, &path).map_err(app_error)?, existing.is_none()),
+    };
+    let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(if created { StatusCode::CREATED } else { StatusCode::OK }, &result))
+}
+
+async fn patch_app(
+    State(gateway): State<Arc<Gateway>>,
+    Path(rest): Path<String>,
+    Query(flags): Query<Flags>,
+    body: Bytes,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    let AppPath::App(raw) = split_app_path(&rest) else {
+        return Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    };
+    let id = app_id(&raw)?.to_string();
+    let (existing, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+    let target = app::apply_patch(&existing, &body).map_err(app_error)?;
+    let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::OK, &result))
+}
+
+/// `PUT /v2/apps`: several apps updated (or created) in one deployment.
+async fn bulk_update(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
+    let leader = leader(&gateway)?;
+    let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
+            .into_response()
+    })?;
+    let mut changes = Vec::new();
+    for item in items {
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        let id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .map(PathId::parse)
+            .transpose()
+            .map_err(|e| message(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        let existing = id.as_ref().and_then(|id| leader.app(&id.to_string())).map(|(app, _, _)| app);
+        let target = match existing {
+            Some(existing) if flags.partial_update.unwrap_or(true) => {
+                app::apply_patch(&existing, &bytes).map_err(app_error)?
+            }
+            _ => app::parse_app(&bytes, None).map_err(app_error)?,
+        };
+        changes.push(Change::to(&target.id.to_string(), Some(target)));
+    }
+    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::OK, &result))
+}
+
+async fn delete_app_path(
+    State(gateway): State<Arc<Gateway>>,
+    Path(rest): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    match split_app_path(&rest) {
+        AppPath::App(raw) => {
+            let id = app_id(&raw)?.to_string();
+            leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let result = leader.deploy(vec![Change::to(&id, None)], flags.force).await.map_err(deploy_error)?;
+            Ok(deployed(StatusCode::OK, &result))
+        }
+        AppPath::Tasks(raw) => {
+            let id = app_id(&raw)?.to_string();
+            let (app, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let (killed, deployment) = leader
+                .kill_tasks(Some(&id), &[], flags.host.as_deref(), flags.scale, flags.force)
+                .await
+                .map_err(deploy_error)?;
+            let _ = flags.wipe;
+            Ok(match deployment {
+                Some(result) => deployed(StatusCode::OK, &result),
+                None => {
+                    axum::Json(json!({ "tasks": killed.iter().map(|i| task_json(i, Some(&app))).collect::<Vec<_>>() }))
+                        .into_response()
+                }
+            })
+        }
+        AppPath::Task(raw, task_id) => {
+            let id = app_id(&raw)?.to_string();
+            let (app, instances, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            if !instances.iter().any(|i| i.record.task_id == task_id) {
+                return Err(message(StatusCode::NOT_FOUND, format!("Task '{task_id}' does not exist")));
+            }
+            let (killed, deployment) = leader
+                .kill_tasks(Some(&id), std::slice::from_ref(&task_id), None, flags.scale, flags.force)
+                .await
+                .map_err(deploy_error)?;
+            Ok(match deployment {
+                Some(result) => deployed(StatusCode::OK, &result),
+                None => axum::Json(json!({ "task": killed.first().map(|i| task_json(i, Some(&app))) })).into_response(),
+            })
+        }
+        _ => Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+}
+
+// ----- tasks, deployments, queue -----------------------------------------------------------
+
+async fn list_tasks(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>) -> Reply {
+    let leader = leader(&gateway)?;
+    let apps: BTreeMap<String, AppDefinition> =
+        leader.apps().into_iter().map(|(app, _, _)| (app.id.to_string(), app)).collect();
+    let wanted = flags.status.as_deref().map(|s| format!("TASK_{}", s.to_ascii_uppercase()));
+    let tasks: Vec<Value> = leader
+        .instances()
+        .iter()
+        .filter(|i| !is_terminal(i.state))
+        .filter(|i| wanted.as_deref().is_none_or(|state| i.state.as_str_name() == state))
+        .map(|i| task_json(i, apps.get(&i.record.app_id)))
+        .collect();
+    Ok(axum::Json(json!({ "tasks": tasks })).into_response())
+}
+
+#[derive(Deserialize)]
+struct TaskIds {
+    ids: Vec<String>,
+}
+
+async fn delete_tasks(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
+    let leader = leader(&gateway)?;
+    let ids: TaskIds = serde_json::from_slice(&body).map_err(|e| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
+            .into_response()
+    })?;
+    let (_, deployment) =
+        leader.kill_tasks(None, &ids.ids, None, flags.scale, flags.force).await.map_err(deploy_error)?;
+    Ok(match deployment {
+        Some(result) => deployed(StatusCode::OK, &result),
+        None => axum::Json(json!({})).into_response(),
+    })
+}
+
+async fn list_deployments(State(gateway): State<Arc<Gateway>>) -> Reply {
+    let leader = leader(&gateway)?;
+    let deployments: Vec<Value> = leader.deployments().iter().map(deployment_json).collect();
+    Ok(axum::Json(deployments).into_response())
+}
+
+async fn cancel_deployment(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    match leader.cancel_deployment(&id, flags.force).await.map_err(deploy_error)? {
+        Some(rollback) => Ok(deployed(StatusCode::OK, &rollback)),
+        None => Ok((StatusCode::ACCEPTED, axum::Json(json!({}))).into_response()),
+    }
+}
+
+async fn queue(State(gateway): State<Arc<Gateway>>) -> Reply {
+    let leader = leader(&gateway)?;
+    let queue: Vec<Value> = leader
+        .queue()
+        .into_iter()
+        .map(|(app, count, delay, stats)| {
+            let reasons: Vec<Value> = stats
+                .rejected
+                .iter()
+                .map(|(reason, declined)| json!({ "reason": reason.marathon_name(), "declined": declined, "processed": stats.processed }))
+                .collect();
+            json!({
+                "app": app.to_json(),
+                "count": count,
+                "delay": { "timeLeftSeconds": delay.as_secs(), "overdue": delay.is_zero() },
+                "since": stats.since.map(|t| t.to_string()),
+                "processedOffersSummary": {
+                    "processedOffersCount": stats.processed,
+                    "unusedOffersCount": stats.unused,
+                    "lastUnusedOfferAt": stats.last_unused_at.map(|t| t.to_string()),
+                    "lastUsedOfferAt": stats.last_used_at.map(|t| t.to_string()),
+                    "rejectSummaryLastOffers": reasons,
+                    "rejectSummaryLaunchAttempt": reasons,
+                },
+                "lastUnusedOffers": [],
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "queue": queue })).into_response())
+}
+
+async fn reset_delay(State(gateway): State<Arc<Gateway>>, Path(rest): Path<String>) -> Reply {
+    let leader = leader(&gateway)?;
+    let Some(raw) = format!("/{}", rest.trim_matches('/')).strip_suffix("/delay").map(str::to_owned) else {
+        return Err(message(StatusCode::NOT_FOUND, "no such resource"));
+    };
+    let id = app_id(&raw)?.to_string();
+    if leader.reset_delay(&id) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(message(StatusCode::NOT_FOUND, format!("Application {id} not found in tasks queue.")))
+    }
+}
+
+// ----- groups ----------------------------------------------------------------------------------
+
+/// The group tree of `base`, built from the app ids (groups are implicit in Marina).
+fn group_json(base: &PathId, apps: &[(AppDefinition, Vec<Instance>, Vec<String>)]) -> Value {
+    let mut own = Vec::new();
+    let mut subgroups: BTreeMap<String, PathId> = BTreeMap::new();
+    for (app, instances, deployments) in apps {
+        if !base.contains(&app.id) || app.id == *base {
+            continue;
+        }
+        if app.id.parent() == *base {
+            own.push(app_json(app, instances, deployments, false));
+        } else {
+            let depth = base.segments().len() + 1;
+            let child =
+                PathId::parse(&format!("/{}", app.id.segments()[..depth].join("/"))).expect("a prefix of a valid id");
+            subgroups.insert(child.to_string(), child);
+        }
+    }
+    let groups: Vec<Value> = subgroups.values().map(|child| group_json(child, apps)).collect();
+    json!({ "id": base.to_string(), "apps": own, "groups": groups, "dependencies": [], "version": app::Timestamp::now().to_string() })
+}
+
+async fn get_root_group(State(gateway): State<Arc<Gateway>>) -> Reply {
+    let leader = leader(&gateway)?;
+    Ok(axum::Json(group_json(&PathId::root(), &leader.apps())).into_response())
+}
+
+async fn get_group(State(gateway): State<Arc<Gateway>>, Path(raw): Path<String>) -> Reply {
+    let leader = leader(&gateway)?;
+    let id = PathId::parse(&format!("/{}", raw.trim_matches('/')))
+        .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let apps = leader.apps();
+    if !apps.iter().any(|(app, _, _)| id.contains(&app.id) && app.id != id) {
+        return Err(message(StatusCode::NOT_FOUND, format!("Group '{id}' does not exist")));
+    }
+    Ok(axum::Json(group_json(&id, &apps)).into_response())
+}
+
+/// Every app of a group body (`{"id": "/g", "apps": [...], "groups": [...]}`), ids resolved
+/// against the group.
+fn group_apps(body: &Value, base: &PathId, out: &mut Vec<AppDefinition>) -> Result<(), Response> {
+    let id = match body.get("id").and_then(Value::as_str) {
+        Some(id) => PathId::resolve(id, base).map_err(|e| message(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?,
+        None => base.clone(),
+    };
+    for app in body.get("apps").and_then(Value::as_array).into_iter().flatten() {
+        let bytes = serde_json::to_vec(app).unwrap_or_default();
+        out.push(app::parse_app(&bytes, Some(&id)).map_err(app_error)?);
+    }
+    for group in body.get("groups").and_then(Value::as_array).into_iter().flatten() {
+        group_apps(group, &id, out)?;
+    }
+    Ok(())
+}
+
+async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
+    let leader = leader(&gateway)?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
+            .into_response()
+    })?;
+    let mut apps = Vec::new();
+    group_apps(&body, &PathId::root(), &mut apps)?;
+    if apps.is_empty() {
+        return Err(message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the group has no apps (groups are implicit in Marina: they exist through their apps)",
+        ));
+    }
+    if let Some(existing) = apps.iter().find(|app| leader.app(&app.id.to_string()).is_some()) {
+        return Err(message(StatusCode::CONFLICT, format!("An app with id [{}] already exists.", existing.id)));
+    }
+    let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
+    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::CREATED, &result))
+}
+
+async fn update_group(
+    State(gateway): State<Arc<Gateway>>,
+    Path(raw): Path<String>,
+    Query(flags): Query<Flags>,
+    body: Bytes,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    let base = PathId::parse(&format!("/{}", raw.trim_matches('/')))
+        .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let mut body: Value = serde_json::from_slice(&body).map_err(|e| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
+            .into_response()
+    })?;
+    body["id"] = json!(base.to_string());
+    let mut apps = Vec::new();
+    group_apps(&body, &PathId::root(), &mut apps)?;
+    let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
+    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::OK, &result))
+}
+
+async fn delete_group(
+    State(gateway): State<Arc<Gateway>>,
+    Path(raw): Path<String>,
+    Query(flags): Query<Flags>,
+) -> Reply {
+    let leader = leader(&gateway)?;
+    let id = PathId::parse(&format!("/{}", raw.trim_matches('/')))
+        .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let changes: Vec<Change> = leader
+        .apps()
+        .into_iter()
+        .filter(|(app, _, _)| id.contains(&app.id))
+        .map(|(app, _, _)| Change::to(&app.id.to_string(), None))
+        .collect();
+    if changes.is_empty() {
+        return Err(message(StatusCode::NOT_FOUND, format!("Group '{id}' does not exist")));
+    }
+    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+    Ok(deployed(StatusCode::OK, &result))
+}
+
+// ----- events ------------------------------------------------------------------------------------
+
+/// `GET /v2/events`: server-sent events; `?event_type=a&event_type=b` filters.
+async fn events(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let wanted: Vec<String> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == "event_type")
+        .map(|(_, value)| value.to_owned())
+        .collect();
+    let _ = headers;
+    let attached = json!({ "eventType": "event_stream_attached", "remoteAddress": null, "timestamp": app::Timestamp::now().to_string() });
+    let first = futures::stream::iter([Ok::<_, Infallible>(
+        SseEvent::default().event("event_stream_attached").data(attached.to_string()),
+    )]);
+    let shutdown = gateway.shutdown.clone();
+    let live = BroadcastStream::new(gateway.events.subscribe())
+        .filter_map(move |event| {
+            let wanted = wanted.clone();
+            async move {
+                let event = event.ok()?;
+                if !wanted.is_empty() && !wanted.iter().any(|w| w == event.event_type) {
+                    return None;
+                }
+                Some(Ok::<_, Infallible>(SseEvent::default().event(event.event_type).data(event.json.to_string())))
+            }
+        })
+        .take_until(async move { shutdown.cancelled().await });
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
+        Box::pin(first.chain(live));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}

@@ -1,0 +1,155 @@
+//! The gateway as a framework on the leading master: subscribe (as the framework id kept in
+//! coord, so failovers of either side keep the same framework), reconcile every known task
+//! before acting, turn offers into launches and status updates into state, acknowledge
+//! updates once applied, and follow the master's leadership.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use marina_daemon::leader::MemberInfo;
+use marina_proto::master::v1 as master;
+use marina_proto::master::v1::scheduler_client::SchedulerClient;
+use marina_proto::master::v1::scheduler_event::Kind;
+use tokio::time::Instant;
+
+use crate::leader::{Leader, MasterSession};
+
+pub async fn run(
+    leader: Arc<Leader>,
+    mut leaders: tokio::sync::watch::Receiver<Option<marina_coord_client::Leader>>,
+    framework_name: String,
+    reconcile_every: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if leader.ended.is_cancelled() {
+            return;
+        }
+        let current = leaders.borrow_and_update().clone();
+        let Some(member) = current.and_then(|l| MemberInfo::from_bytes(&l.data)) else {
+            tokio::select! {
+                _ = leaders.changed() => continue,
+                () = leader.ended.cancelled() => return,
+            }
+        };
+        match session(&leader, &member.address, &framework_name, reconcile_every, &mut leaders).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(error) => {
+                tracing::info!(master = %member.address, %error, "scheduler link lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = leaders.changed() => {}
+                    () = leader.ended.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        leader.master.send_replace(None);
+    }
+}
+
+async fn session(
+    leader: &Arc<Leader>,
+    address: &str,
+    framework_name: &str,
+    reconcile_every: Duration,
+    leaders: &mut tokio::sync::watch::Receiver<Option<marina_coord_client::Leader>>,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client = SchedulerClient::new(channel).max_decoding_message_size(64 << 20);
+    let framework_id = leader.store.framework_id().await.map_err(|e| e.to_string())?.unwrap_or_default();
+    let request = master::SubscribeRequest {
+        framework: Some(master::FrameworkInfo {
+            framework_id: framework_id.clone(),
+            name: framework_name.to_owned(),
+            role: "*".into(),
+            failover_timeout_seconds: 7.0 * 24.0 * 3600.0,
+            hostname: leader.address.clone(),
+        }),
+    };
+    let mut events =
+        client.subscribe(request).await.map_err(|status| format!("subscribe: {}", status.message()))?.into_inner();
+    let subscribed = match events.message().await.map_err(|e| e.to_string())? {
+        Some(master::SchedulerEvent { kind: Some(Kind::Subscribed(subscribed)), .. }) => subscribed,
+        other => return Err(format!("expected Subscribed, got {other:?}")),
+    };
+    if subscribed.framework_id != framework_id {
+        leader.store.set_framework_id(&subscribed.framework_id).await.map_err(|e| e.to_string())?;
+    }
+    tracing::info!(framework = %subscribed.framework_id, master = %address, "subscribed to the leading master");
+    let session = MasterSession { client: client.clone(), framework_id: subscribed.framework_id.clone() };
+    leader.master.send_replace(Some(session.clone()));
+    reconcile(&session, leader).await;
+    let mut last_reconcile = Instant::now();
+    let mut revive = tokio::time::interval(Duration::from_millis(500));
+    let mut reviving = false;
+    loop {
+        tokio::select! {
+            () = leader.ended.cancelled() => return Ok(()),
+            _ = leaders.changed() => return Ok(()),
+            _ = revive.tick() => {
+                // Offers are declined with a refuse filter while nothing waits; revive as
+                // soon as something does.
+                let wants = leader.wants_offers();
+                if wants && !reviving {
+                    let _ = client.revive(master::ReviveRequest { framework_id: session.framework_id.clone() }).await;
+                }
+                reviving = wants;
+                if last_reconcile.elapsed() >= reconcile_every {
+                    last_reconcile = Instant::now();
+                    reconcile(&session, leader).await;
+                }
+            }
+            event = events.message() => {
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    Ok(None) => return Err("the master closed the stream".into()),
+                    Err(status) => return Err(format!("stream failed: {}", status.message())),
+                };
+                match event.kind {
+                    Some(Kind::Offers(offers)) => leader.handle_offers(offers.offers).await,
+                    Some(Kind::Update(status)) => {
+                        let ack = (!status.uuid.is_empty()).then(|| master::AcknowledgeRequest {
+                            framework_id: session.framework_id.clone(),
+                            agent_id: status.agent_id.clone(),
+                            task_id: status.task_id.clone(),
+                            uuid: status.uuid.clone(),
+                        });
+                        // Acknowledged only once applied (and recorded): the agent resends
+                        // an update that was not.
+                        if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
+                            let _ = client.acknowledge(ack).await;
+                        }
+                    }
+                    Some(Kind::Error(error)) => return Err(format!("the master ended the subscription: {}", error.message)),
+                    Some(Kind::Rescind(_) | Kind::Heartbeat(_) | Kind::Subscribed(_)) | None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Explicit reconciliation of every recorded instance, then implicit.
+async fn reconcile(session: &MasterSession, leader: &Leader) {
+    let tasks: Vec<master::reconcile_request::Task> = leader
+        .reconcile_list()
+        .into_iter()
+        .map(|(task_id, agent_id)| master::reconcile_request::Task { task_id, agent_id })
+        .collect();
+    let mut client = session.client.clone();
+    for chunk in tasks.chunks(1000) {
+        let request = master::ReconcileRequest { framework_id: session.framework_id.clone(), tasks: chunk.to_vec() };
+        let _ = client.reconcile(request).await;
+    }
+    let _ = client
+        .reconcile(master::ReconcileRequest { framework_id: session.framework_id.clone(), tasks: Vec::new() })
+        .await;
+}

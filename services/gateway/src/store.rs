@@ -1,0 +1,128 @@
+//! What the gateway keeps in coord, every write fenced by its leadership epoch:
+//!
+//! ```text
+//! /gateway/framework                  the framework id the master gave us
+//! /gateway/apps/<app>                 each app's current definition (Marathon JSON)
+//! /gateway/versions/<app>/<version>   every stored version of each app
+//! /gateway/deployments/<id>           deployments in progress
+//! /gateway/instances/<task id>        every task launched and not yet gone
+//! ```
+//!
+//! An instance is recorded before its launch is sent, so a gateway that takes over knows
+//! every task its predecessor may have started: nothing is launched twice or forgotten.
+//! Task *state* is not stored; it comes from the master (reconciliation) and the agents.
+
+use marina_coord_client::{CoordClient, Error, Fence, Txn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub const FRAMEWORK: &str = "/gateway/framework";
+pub const APPS: &str = "/gateway/apps";
+pub const VERSIONS: &str = "/gateway/versions";
+pub const DEPLOYMENTS: &str = "/gateway/deployments";
+pub const INSTANCES: &str = "/gateway/instances";
+
+/// Most operations per coord transaction.
+const TXN_OPS: usize = 200;
+
+/// `/prod/web` → `prod_web`: Marathon ids never contain `_`, so this is reversible.
+pub fn node_name(app_id: &str) -> String {
+    app_id.trim_start_matches('/').replace('/', "_")
+}
+
+pub fn app_id_of_node(name: &str) -> String {
+    format!("/{}", name.replace('_', "/"))
+}
+
+/// A batch of writes applied together (in as few transactions as the size limit allows).
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+impl Batch {
+    pub fn put(&mut self, path: String, value: &impl Serialize) {
+        self.ops.push(Op::Put(path, serde_json::to_vec(value).expect("records serialize")));
+    }
+
+    pub fn delete(&mut self, path: String) {
+        self.ops.push(Op::Delete(path));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    coord: CoordClient,
+    fence: Fence,
+}
+
+impl Store {
+    pub fn new(coord: CoordClient, fence: Fence) -> Self {
+        Self { coord, fence }
+    }
+
+    pub fn coord(&self) -> &CoordClient {
+        &self.coord
+    }
+
+    /// Applies `batch` under the fence. Batches larger than one transaction are split;
+    /// each part is atomic.
+    pub async fn apply(&self, batch: Batch) -> Result<(), Error> {
+        let mut ops = batch.ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let mut txn = Txn::new();
+            for op in ops.by_ref().take(TXN_OPS) {
+                txn = match op {
+                    Op::Put(path, value) => txn.then_put(&path, value),
+                    Op::Delete(path) => txn.then_delete(&path, None, true),
+                };
+            }
+            self.coord.fenced(&self.fence, txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Every record under `dir`, decoded; unreadable ones are logged and skipped.
+    pub async fn load<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<(String, T)>, Error> {
+        let listing = self.coord.list(dir).await?;
+        let mut records = Vec::with_capacity(listing.children.len());
+        for name in listing.children {
+            let path = format!("{dir}/{name}");
+            let Some(node) = self.coord.get(&path).await? else { continue };
+            match serde_json::from_slice(&node.data) {
+                Ok(record) => records.push((name, record)),
+                Err(error) => tracing::error!(%path, %error, "unreadable record skipped"),
+            }
+        }
+        Ok(records)
+    }
+
+    pub async fn framework_id(&self) -> Result<Option<String>, Error> {
+        Ok(self.coord.get(FRAMEWORK).await?.map(|node| String::from_utf8_lossy(&node.data).into_owned()))
+    }
+
+    pub async fn set_framework_id(&self, id: &str) -> Result<(), Error> {
+        self.coord.fenced(&self.fence, Txn::new().then_put(FRAMEWORK, id.to_owned())).await.map(|_| ())
+    }
+
+    /// The stored versions of an app, oldest first.
+    pub async fn versions(&self, app_id: &str) -> Result<Vec<String>, Error> {
+        let mut versions = self.coord.list(&format!("{VERSIONS}/{}", node_name(app_id))).await?.children;
+        versions.sort();
+        Ok(versions)
+    }
+
+    pub async fn version<T: DeserializeOwned>(&self, app_id: &str, version: &str) -> Result<Option<T>, Error> {
+        let path = format!("{VERSIONS}/{}/{version}", node_name(app_id));
+        Ok(self.coord.get(&path).await?.and_then(|node| serde_json::from_slice(&node.data).ok()))
+    }
+}

@@ -1,0 +1,259 @@
+//! The gateway's Marathon API against a real cluster in one process (coord, master,
+//! sim agents, gateway).
+
+use std::time::Duration;
+
+use marina_tests::{MarinaCluster, eventually};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn running(http: &reqwest::Client, base: &str, app: &str, count: usize) -> Value {
+    eventually(WAIT, &format!("{app} to run {count} tasks"), || async {
+        let body: Value = http.get(format!("{base}/v2/apps{app}")).send().await.ok()?.json().await.ok()?;
+        let app = &body["app"];
+        (app["tasksRunning"] == count
+            && app["tasks"].as_array()?.len() == count
+            && app["deployments"].as_array()?.is_empty())
+        .then(|| app.clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_scale_kill_and_delete_an_app() {
+    let cluster = MarinaCluster::builder().masters(1).agents(2).gateways(1).start().await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+
+    let created = http
+        .post(format!("{base}/v2/apps"))
+        .json(&json!({ "id": "/web", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(created.headers().contains_key("Marathon-Deployment-Id"));
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["id"], "/web");
+    assert!(body["version"].is_string());
+    running(&http, &base, "/web", 1).await;
+
+    let conflict =
+        http.post(format!("{base}/v2/apps")).json(&json!({ "id": "/web", "cmd": "x" })).send().await.unwrap();
+    assert_eq!(conflict.status(), 409);
+
+    // Scale with a partial PUT, as Marathon clients do.
+    let scaled = http.put(format!("{base}/v2/apps/web")).json(&json!({ "instances": 3 })).send().await.unwrap();
+    assert_eq!(scaled.status(), 200);
+    let deployment: Value = scaled.json().await.unwrap();
+    assert!(deployment["deploymentId"].is_string());
+    let app = running(&http, &base, "/web", 3).await;
+
+    // Killing a task: it is replaced.
+    let victim = app["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let killed = http.delete(format!("{base}/v2/apps/web/tasks/{victim}")).send().await.unwrap();
+    assert_eq!(killed.status(), 200);
+    let app = eventually(WAIT, "the killed task to be replaced", || async {
+        let app = running(&http, &base, "/web", 3).await;
+        (!app["tasks"].as_array()?.iter().any(|t| t["id"] == victim.as_str())).then_some(app)
+    })
+    .await;
+    // ...unless scale=true, which lowers the instance count.
+    let victim = app["tasks"][0]["id"].as_str().unwrap();
+    let killed = http.delete(format!("{base}/v2/apps/web/tasks/{victim}?scale=true")).send().await.unwrap();
+    assert_eq!(killed.status(), 200);
+    let app = running(&http, &base, "/web", 2).await;
+    assert_eq!(app["instances"], 2);
+
+    let versions: Value = http.get(format!("{base}/v2/apps/web/versions")).send().await.unwrap().json().await.unwrap();
+    assert!(versions["versions"].as_array().unwrap().len() >= 3);
+
+    let deleted = http.delete(format!("{base}/v2/apps/web")).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    eventually(WAIT, "the app and its tasks to be gone", || async {
+        let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await.ok()?.json().await.ok()?;
+        let gone = http.get(format!("{base}/v2/apps/web")).send().await.ok()?.status() == 404;
+        (gone && tasks["tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_leader_ping_queue_and_groups() {
+    let cluster = MarinaCluster::builder().masters(1).agents(1).gateways(2).start().await;
+    let http = reqwest::Client::new();
+    let leader = cluster.leading_gateway().await;
+    let standby = cluster.gateways.iter().find(|g| g.address != leader).unwrap().address;
+
+    let ping = http.get(format!("http://{standby}/ping")).send().await.unwrap();
+    assert_eq!(ping.text().await.unwrap(), "pong");
+    let reported: Value = http.get(format!("http://{standby}/v2/leader")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reported["leader"], leader.to_string());
+    let info: Value = http.get(format!("http://{standby}/v2/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["name"], "marathon");
+    assert_eq!(info["elected"], true, "the standby forwarded /v2/info to the leader");
+
+    // An app no agent can hold waits in the queue, saying why.
+    let big = json!({ "id": "/big", "cmd": "sleep 1", "cpus": 64, "mem": 32 });
+    assert_eq!(http.post(format!("http://{standby}/v2/apps")).json(&big).send().await.unwrap().status(), 201);
+    let queue = eventually(WAIT, "the queue to explain the wait", || async {
+        let queue: Value = http.get(format!("http://{leader}/v2/queue")).send().await.ok()?.json().await.ok()?;
+        let entry = queue["queue"].as_array()?.first()?.clone();
+        entry["processedOffersSummary"]["rejectSummaryLastOffers"]
+            .as_array()?
+            .iter()
+            .any(|r| r["reason"] == "InsufficientCpus")
+            .then_some(entry)
+    })
+    .await;
+    assert_eq!(queue["app"]["id"], "/big");
+    assert_eq!(queue["count"], 1);
+
+    let group = json!({ "id": "/shop", "apps": [{ "id": "cart", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16 }] });
+    assert_eq!(http.post(format!("http://{leader}/v2/groups")).json(&group).send().await.unwrap().status(), 201);
+    let root: Value = http.get(format!("http://{leader}/v2/groups")).send().await.unwrap().json().await.unwrap();
+    assert!(root["groups"].as_array().unwrap().iter().any(|g| g["id"] == "/shop"), "{root}");
+    let shop: Value = http.get(format!("http://{leader}/v2/groups/shop")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shop["apps"][0]["id"], "/shop/cart");
+    // Its deployment may still run: deleting needs force then (Marathon's lock).
+    let first = http.delete(format!("http://{leader}/v2/groups/shop")).send().await.unwrap().status();
+    match first.as_u16() {
+        200 => {}
+        409 => assert_eq!(
+            http.delete(format!("http://{leader}/v2/groups/shop?force=true")).send().await.unwrap().status(),
+            200
+        ),
+        other => panic!("deleting the group: {other}"),
+    }
+}
+
+/// The seed's 2014 app JSON, verbatim, on a real Docker agent (image built locally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_ubuntu_app_runs_scales_and_goes() {
+    marina_tests::docker::ensure_test_images();
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .runtime(marina_agent::RuntimeChoice::Docker)
+        .gateways(1)
+        .start()
+        .await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let info: Value = http.get(format!("{base}/v2/info")).send().await.unwrap().json().await.unwrap();
+    let _cleanup = marina_tests::docker::DockerCleanup {
+        label: "marina.framework_id".into(),
+        value: info["frameworkId"].as_str().unwrap().to_owned(),
+    };
+    let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ubuntu.json")).unwrap();
+    let created = http
+        .post(format!("{base}/v2/apps"))
+        .header("Content-Type", "application/json")
+        .body(seed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let app = running(&http, &base, "/ubuntu", 1).await;
+    assert_eq!(app["container"]["docker"]["image"], "libmesos/ubuntu");
+    assert_eq!(app["cpus"], 0.3);
+
+    let scaled = http.put(format!("{base}/v2/apps/ubuntu")).json(&json!({ "instances": 3 })).send().await.unwrap();
+    assert_eq!(scaled.status(), 200);
+    let app = running(&http, &base, "/ubuntu", 3).await;
+    for task in app["tasks"].as_array().unwrap() {
+        let id = task["id"].as_str().unwrap();
+        let output = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("label=marina.task_id={id}")])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&output.stdout).trim().is_empty(), "task {id} has a running container");
+    }
+    let victim = app["tasks"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(http.delete(format!("{base}/v2/apps/ubuntu/tasks/{victim}")).send().await.unwrap().status(), 200);
+    eventually(WAIT, "the killed task to be replaced", || async {
+        let app = running(&http, &base, "/ubuntu", 3).await;
+        (!app["tasks"].as_array()?.iter().any(|t| t["id"] == victim.as_str())).then_some(())
+    })
+    .await;
+    assert_eq!(http.delete(format!("{base}/v2/apps/ubuntu")).send().await.unwrap().status(), 200);
+    eventually(WAIT, "every container of the app to be gone", || async {
+        let output = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", "label=MARATHON_APP_ID=/ubuntu"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().is_empty().then_some(())
+    })
+    .await;
+}
+
+/// A rolling upgrade of 4 instances with minimumHealthCapacity 0.5 never has fewer than 2
+/// healthy instances, as told by the event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_keeps_the_minimum_healthy() {
+    let cluster = MarinaCluster::builder().masters(1).agents(2).gateways(1).start().await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let app = |cmd: &str| {
+        json!({
+            "id": "/rolling", "cmd": cmd, "cpus": 0.1, "mem": 16, "instances": 4,
+            "healthChecks": [{ "protocol": "COMMAND", "command": { "value": "true" }, "gracePeriodSeconds": 0, "intervalSeconds": 1, "timeoutSeconds": 1 }],
+            "upgradeStrategy": { "minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0 },
+        })
+    };
+    assert_eq!(http.post(format!("{base}/v2/apps")).json(&app("sleep 1000")).send().await.unwrap().status(), 201);
+    eventually(WAIT, "4 healthy instances", || async {
+        let body: Value = http.get(format!("{base}/v2/apps/rolling")).send().await.ok()?.json().await.ok()?;
+        (body["app"]["tasksHealthy"] == 4 && body["app"]["deployments"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let initial: Value = http.get(format!("{base}/v2/apps/rolling")).send().await.unwrap().json().await.unwrap();
+
+    let mut events = marina_tests::events::subscribe(&format!("{base}/v2/events")).await;
+    let (first, _) = events.recv().await.unwrap();
+    assert_eq!(first, "event_stream_attached");
+    let mut healthy: std::collections::BTreeMap<String, bool> = initial["app"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_owned(), true))
+        .collect();
+
+    let upgrade = http.put(format!("{base}/v2/apps/rolling")).json(&app("sleep 2000")).send().await.unwrap();
+    assert_eq!(upgrade.status(), 200);
+    let deployment: Value = upgrade.json().await.unwrap();
+    let deployment_id = deployment["deploymentId"].as_str().unwrap().to_owned();
+    let mut lowest = usize::MAX;
+    loop {
+        let (kind, event) = tokio::time::timeout(WAIT, events.recv()).await.expect("events keep coming").unwrap();
+        match kind.as_str() {
+            "status_update_event" if event["appId"] == "/rolling" => {
+                let task = event["taskId"].as_str().unwrap().to_owned();
+                match event["taskStatus"].as_str().unwrap() {
+                    "TASK_RUNNING" => {
+                        healthy.entry(task).or_insert(false);
+                    }
+                    _ => {
+                        healthy.remove(&task);
+                    }
+                }
+            }
+            "health_status_changed_event" if event["appId"] == "/rolling" => {
+                let task = event["taskId"].as_str().unwrap().to_owned();
+                if let Some(alive) = healthy.get_mut(&task) {
+                    *alive = event["alive"] == true;
+                }
+            }
+            "deployment_success" if event["id"] == deployment_id.as_str() => break,
+            _ => continue,
+        }
+        let count = healthy.values().filter(|alive| **alive).count();
+        lowest = lowest.min(count);
+        assert!(count >= 2, "only {count} healthy instances during the upgrade: {healthy:?}");
+    }
+    assert!(lowest >= 2);
+    let done: Value = http.get(format!("{base}/v2/apps/rolling")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(done["app"]["tasksHealthy"], 4);
+    assert!(done["app"]["tasks"].as_array().unwrap().iter().all(|t| t["version"] == done["app"]["version"]));
+}
