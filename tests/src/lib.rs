@@ -9,6 +9,7 @@ pub mod coord;
 pub mod docker;
 pub mod events;
 pub mod process;
+pub mod python;
 pub mod scheduler;
 pub mod services;
 pub mod testdir;

@@ -47,6 +47,12 @@ impl Service {
         Self::start(name, "marina-master", args, envs, dir)
     }
 
+    /// A `marina-gateway` on `coord`; `envs` set configuration (`MARINA_GATEWAY_*`).
+    pub fn gateway(name: &str, coord: &CoordUrl, dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let args = vec!["--coord".to_owned(), coord.to_string()];
+        Self::start(name, "marina-gateway", args, envs, dir)
+    }
+
     /// A `marina-agent` on `coord` with `runtime`; `envs` set configuration (`MARINA_AGENT_*`).
     pub fn agent(name: &str, coord: &CoordUrl, runtime: &str, dir: &Path, envs: &[(&str, &str)]) -> Self {
         let args = vec!["--coord".to_owned(), coord.to_string(), "--runtime".to_owned(), runtime.to_owned()];

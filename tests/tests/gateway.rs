@@ -257,3 +257,69 @@ async fn a_rolling_upgrade_keeps_the_minimum_healthy() {
     assert_eq!(done["app"]["tasksHealthy"], 4);
     assert!(done["app"]["tasks"].as_array().unwrap().iter().all(|t| t["version"] == done["app"]["version"]));
 }
+
+/// Marathon's own Python client (PyPI `marathon`) against the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marathons_python_client_works_unchanged() {
+    let cluster = MarinaCluster::builder().masters(1).agents(2).gateways(1).start().await;
+    let python = marina_tests::python::interpreter();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
+    let output = tokio::process::Command::new(python).arg(script).arg(cluster.gateway_url(0)).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Marathon client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in ["info", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"] {
+        assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
+    }
+}
+
+/// Bad definitions get Marathon's status and error paths; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_definitions_are_refused_with_marathons_errors() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).gateways(1).start().await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let cases: Vec<(&str, u16, &str)> = vec![
+        (r#"{"id": "/x", "cmd": "true""#, 400, ""),
+        (r#"{"id": "/x", "cmd": "true", "cpus": -1}"#, 422, "/cpus"),
+        (r#"{"id": "/x", "cmd": "true", "instances": "many"}"#, 422, "/instances"),
+        (r#"{"id": "/Bad_Id", "cmd": "true"}"#, 422, "/id"),
+        (r#"{"id": "/x", "cmd": "true", "args": ["a"]}"#, 422, "/"),
+        (r#"{"id": "/x"}"#, 422, "/"),
+        (r#"{"id": "/x", "cmd": "true", "constraints": [["hostname", "SOMETIMES"]]}"#, 422, "/constraints"),
+        (r#"{"id": "/x", "cmd": "true", "upgradeStrategy": {"minimumHealthCapacity": 2}}"#, 422, "/upgradeStrategy"),
+        (r#"{"id": "/x", "cmd": "true", "portDefinitions": [{"port": 80}, {"port": 80}]}"#, 422, "/portDefinitions"),
+        (r#"{"id": "/x", "cmd": "true", "killSelection": "RANDOM"}"#, 422, "/killSelection"),
+        (
+            r#"{"id": "/x", "cmd": "true", "healthChecks": [{"protocol": "HTTP", "portIndex": 5}]}"#,
+            422,
+            "/healthChecks",
+        ),
+    ];
+    for (body, status, path) in cases {
+        let response = http
+            .post(format!("{base}/v2/apps"))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["message"].is_string(), "{body}: {error}");
+        if status == 422 {
+            let paths: Vec<&str> =
+                error["details"].as_array().unwrap().iter().filter_map(|d| d["path"].as_str()).collect();
+            assert!(paths.iter().any(|p| p.starts_with(path)), "{body}: expected a path under {path}, got {paths:?}");
+        }
+    }
+    let too_big = "x".repeat(2 << 20);
+    let response = http.post(format!("{base}/v2/apps")).body(too_big).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let apps: Value = http.get(format!("{base}/v2/apps")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(apps["apps"], json!([]), "nothing was stored");
+    assert_eq!(http.get(format!("{base}/v2/apps/nope")).send().await.unwrap().status(), 404);
+}

@@ -78,22 +78,66 @@ fn app_id(raw: &str) -> Result<PathId, Response> {
     PathId::parse(raw).map_err(|error| message(StatusCode::BAD_REQUEST, format!("invalid app id {raw:?}: {error}")))
 }
 
+/// Query flags read as Marathon (and its clients, e.g. Python's `force=False`) write them:
+/// `true`/`false` in any case, or `1`/`0`.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    match text.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(other) => Err(serde::de::Error::custom(format!("{other:?} is not a boolean"))),
+    }
+}
+
 #[derive(Deserialize, Default)]
-struct Flags {
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    scale: bool,
-    #[serde(default)]
-    wipe: bool,
+struct RawFlags {
+    #[serde(default, deserialize_with = "lenient_bool")]
+    force: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    scale: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    wipe: Option<bool>,
     host: Option<String>,
-    #[serde(rename = "partialUpdate")]
+    #[serde(rename = "partialUpdate", default, deserialize_with = "lenient_bool")]
     partial_update: Option<bool>,
     embed: Option<String>,
     id: Option<String>,
     label: Option<String>,
     cmd: Option<String>,
     status: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(from = "RawFlags")]
+struct Flags {
+    force: bool,
+    scale: bool,
+    wipe: bool,
+    host: Option<String>,
+    partial_update: Option<bool>,
+    embed: Option<String>,
+    id: Option<String>,
+    label: Option<String>,
+    cmd: Option<String>,
+    status: Option<String>,
+}
+
+impl From<RawFlags> for Flags {
+    fn from(raw: RawFlags) -> Self {
+        Flags {
+            force: raw.force.unwrap_or(false),
+            scale: raw.scale.unwrap_or(false),
+            wipe: raw.wipe.unwrap_or(false),
+            host: raw.host,
+            partial_update: raw.partial_update,
+            embed: raw.embed,
+            id: raw.id,
+            label: raw.label,
+            cmd: raw.cmd,
+            status: raw.status,
+        }
+    }
 }
 
 pub fn routes(gateway: Arc<Gateway>) -> Router {
@@ -138,7 +182,8 @@ async fn info(State(gateway): State<Arc<Gateway>>) -> Response {
             "master": gateway.config.coord.to_string(),
             "framework_name": gateway.config.framework_name,
             "hostname": gateway.member.address,
-            "http_port": gateway.member.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()),
+            "ha": true,
+            "executor": "//cmd",
             "task_launch_timeout": gateway.config.task_launch_timeout_ms,
             "reconciliation_interval": gateway.config.reconcile_interval_ms,
             "failover_timeout": 604800,
@@ -183,7 +228,6 @@ fn task_json(instance: &Instance, app: Option<&AppDefinition>) -> Value {
         "ports": instance.record.ports,
         "servicePorts": app.map(service_ports).unwrap_or_default(),
         "slaveId": instance.record.agent_id,
-        "agentId": instance.record.agent_id,
         "state": instance.state.as_str_name(),
         "stagedAt": instance.record.staged_at,
         "startedAt": instance.started_at,

@@ -1,0 +1,81 @@
+"""Drives a Marina gateway with Marathon's own Python client (PyPI `marathon`), as a user
+of Marathon would. Usage: python marathon_client.py http://gateway:port
+Prints one line per step; exits non-zero on the first failure."""
+
+import collections
+import collections.abc
+import sys
+import time
+
+# marathon 0.13 (its last release) predates Python 3.10, which moved these ABCs; restore
+# the old names so the unmodified client runs on this Python.
+collections.Iterable = collections.abc.Iterable
+collections.Mapping = collections.abc.Mapping
+
+from marathon import MarathonClient
+from marathon.models import MarathonApp, MarathonHealthCheck
+
+
+def wait_for(what, check, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def main(url):
+    client = MarathonClient(url)
+    info = client.get_info()
+    assert info.name == "marathon", info.name
+    print("info", info.version)
+
+    app = MarathonApp(
+        cmd="sleep 1000",
+        cpus=0.1,
+        mem=16,
+        instances=2,
+        labels={"team": "storage"},
+        health_checks=[MarathonHealthCheck(protocol="COMMAND", command={"value": "true"}, grace_period_seconds=0, interval_seconds=1)],
+    )
+    created = client.create_app("py-app", app)
+    assert created.id == "/py-app", created.id
+    print("created", created.id)
+
+    def running(count):
+        current = client.get_app("py-app")
+        return current if current.tasks_running == count and not current.deployments else None
+
+    wait_for("2 running", lambda: running(2))
+    apps = client.list_apps()
+    assert [a.id for a in apps] == ["/py-app"], [a.id for a in apps]
+    assert client.list_apps(label="team==storage")
+    print("listed", len(apps))
+
+    client.scale_app("py-app", instances=3)
+    app = wait_for("3 running", lambda: running(3))
+    tasks = client.list_tasks("py-app")
+    assert len(tasks) == 3, tasks
+    assert all(t.app_id == "/py-app" and t.host for t in tasks)
+    print("scaled", len(tasks))
+
+    victim = tasks[0]
+    client.kill_task("py-app", victim.id, scale=True)
+    wait_for("scaled down by the kill", lambda: running(2))
+    print("killed", victim.id)
+
+    deployments = client.list_deployments()
+    print("deployments", len(deployments))
+    versions = client.list_versions("py-app")
+    assert len(versions) >= 3, versions
+    print("versions", len(versions))
+
+    client.delete_app("py-app", force=True)
+    wait_for("the app to be gone", lambda: not client.list_apps())
+    print("deleted")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
