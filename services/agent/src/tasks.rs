@@ -318,29 +318,35 @@ impl Tasks {
             }
             return;
         };
-        let (handle, already) = {
+        let (handle, already_killing, terminal) = {
             let mut guard = entry.state.lock().expect("task lock");
-            let already = guard.killing || is_terminal(guard.status.state());
+            let already = guard.killing;
+            let terminal = is_terminal(guard.status.state());
             guard.killing = true;
             guard.kill_reason = guard.kill_reason.or(reason);
-            (guard.handle.clone(), already)
+            (guard.handle.clone(), already, terminal)
         };
-        if already {
+        if terminal {
             return;
         }
-        self.emit(&entry, TaskState::TaskKilling, reason.unwrap_or(""), "");
+        if !already_killing {
+            self.emit(&entry, TaskState::TaskKilling, reason.unwrap_or(""), "");
+        }
+        // A repeated kill stops again: the first attempt may have been cut short (the agent
+        // restarted meanwhile); stopping is idempotent.
         match handle {
             None => entry.cancel.cancel(),
-            Some(handle) => {
-                let grace = self.grace(&entry, Some(grace_seconds));
-                let runtime = self.runtime.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = runtime.stop(&handle, grace).await {
-                        tracing::warn!(task = %handle.task_id, %error, "stopping the task failed");
-                    }
-                });
-            }
+            Some(handle) => self.stop_in_background(handle, self.grace(&entry, Some(grace_seconds))),
         }
+    }
+
+    fn stop_in_background(&self, handle: TaskHandle, grace: Duration) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(error) = runtime.stop(&handle, grace).await {
+                tracing::warn!(task = %handle.task_id, %error, "stopping the task failed");
+            }
+        });
     }
 
     /// A status update was acknowledged: once a terminal task has nothing left to deliver,
@@ -478,6 +484,10 @@ impl Tasks {
                     tracing::info!(task = %entry.info.task_id, container = %handle.id, "re-adopted a running task");
                     if status.state() != TaskState::TaskRunning {
                         self.emit(&entry, TaskState::TaskRunning, reason::RECOVERED, "");
+                    }
+                    if record.killing {
+                        // Killed before the restart, but still running: finish the kill.
+                        self.stop_in_background(handle.clone(), self.grace(&entry, None));
                     }
                     let tasks = self.clone();
                     tokio::spawn(async move { tasks.monitor(entry, handle).await });

@@ -1,6 +1,7 @@
 //! `marina`: the operator CLI.
 
 mod coord;
+mod dev;
 
 use clap::{Parser, Subcommand};
 
@@ -15,12 +16,15 @@ struct Cli {
 enum Command {
     /// Inspect and change the coord quorum.
     Coord(coord::CoordArgs),
+    /// Run a whole HA cluster on this machine: 3 coord nodes, 2 masters, agents, 2 gateways.
+    Dev(dev::DevArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
+        Command::Dev(args) => dev::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

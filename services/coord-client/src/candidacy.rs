@@ -15,6 +15,9 @@ use crate::client::CoordClient;
 use crate::election::{Election, ElectionState, Fence};
 use crate::error::Error;
 
+/// How long a stopping leader tries to resign before leaving it to its session's expiry.
+const RESIGN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A leadership term: what a service runs while it leads.
 pub trait Term: Send + Sync + 'static {
     /// Stop acting as leader, now.
@@ -112,11 +115,17 @@ pub async fn run<T, F, Fut>(
                 }
                 () = shutdown.cancelled() => {
                     end_term(&current);
-                    // Resigning first hands leadership over without waiting for a timeout.
-                    if let Err(error) = election.resign().await {
-                        tracing::warn!(%error, "resigning failed; the session's expiry will hand over");
+                    // Resigning first hands leadership over without waiting for a timeout;
+                    // bounded, so a stop never hangs on an unreachable quorum.
+                    let resign = async {
+                        election.resign().await?;
+                        session.close().await
+                    };
+                    match tokio::time::timeout(RESIGN_TIMEOUT, resign).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(%error, "resigning failed; the session's expiry will hand over"),
+                        Err(_) => tracing::warn!("resigning timed out; the session's expiry will hand over"),
                     }
-                    let _ = session.close().await;
                     return;
                 }
             }

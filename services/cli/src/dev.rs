@@ -1,0 +1,288 @@
+//! `marina dev`: a whole HA cluster on this machine — 3 coord nodes, 2 masters, agents,
+//! 2 gateways — each the real binary in its own process (so any of them can be killed to
+//! watch the cluster heal, exactly as in a deployment). Logs go to `<data-dir>/logs/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use marina_coord_client::{CoordClient, CoordUrl};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where every service keeps its data and logs (reused across runs). Default:
+    /// `$XDG_DATA_HOME/marina/dev` or `~/.local/share/marina/dev`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How many agents.
+    #[arg(long, default_value_t = 1)]
+    agents: usize,
+    /// The agents' runtime: auto (Docker if an engine answers, else host processes),
+    /// docker, containerd, process or sim.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "docker", "containerd", "process", "sim"])]
+    runtime: String,
+    /// `fixed`: the well-known ports (coord 2181-2183, masters 5050 and 5052, agents 5051,
+    /// 5061, 5071..., gateways 8080 and 8081). `auto`: free ports, printed and written to
+    /// `<data-dir>/endpoints.json`.
+    #[arg(long, default_value = "fixed", value_parser = ["fixed", "auto"])]
+    ports: String,
+    /// The services' log filter.
+    #[arg(long, default_value = "info,openraft=warn")]
+    log_level: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("marina/dev")
+}
+
+/// A port for a service: the well-known one, or a free one.
+fn port(auto: bool, fixed: u16) -> anyhow::Result<u16> {
+    if !auto {
+        std::net::TcpListener::bind(("127.0.0.1", fixed))
+            .with_context(|| format!("port {fixed} on 127.0.0.1 is taken (another marina dev? --ports auto picks free ports)"))?;
+        return Ok(fixed);
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One service process.
+struct Service {
+    name: String,
+    command: Vec<String>,
+    child: Option<Child>,
+}
+
+/// The binaries sit next to `marina` (as `cargo build` and the release archives put them).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the marina binary")?;
+    let path = exe.parent().map(|dir| dir.join(name)).context("marina has no directory")?;
+    if !path.is_file() {
+        bail!("{} not found next to {} (`cargo build --release` builds every binary)", path.display(), exe.display());
+    }
+    Ok(path)
+}
+
+fn spawn(name: &str, program: &Path, args: Vec<String>, logs: &Path, log_level: &str) -> anyhow::Result<Service> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{name}.log")))?;
+    let child = Command::new(program)
+        .args(&args)
+        .env("RUST_LOG", "")
+        .env(format!("MARINA_{}_LOG__LEVEL", service_kind(name).to_ascii_uppercase()), log_level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut command = vec![program.display().to_string()];
+    command.extend(args);
+    Ok(Service { name: name.to_owned(), command, child: Some(child) })
+}
+
+fn service_kind(name: &str) -> &str {
+    name.split('-').next().unwrap_or(name)
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.agents == 0 {
+        bail!("--agents must be at least 1");
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let auto = args.ports == "auto";
+
+    let coord_ports: Vec<u16> = (0..3).map(|i| port(auto, 2181 + i)).collect::<anyhow::Result<_>>()?;
+    let master_ports: Vec<u16> = [5050, 5052].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
+    let agent_ports: Vec<u16> = (0..args.agents as u16).map(|i| port(auto, 5051 + 10 * i)).collect::<anyhow::Result<_>>()?;
+    let gateway_ports: Vec<u16> = [8080, 8081].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
+    let peers = coord_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+    let coord_url = CoordUrl {
+        endpoints: coord_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        root: "/marina".into(),
+    };
+    let dir = |name: &str| data_dir.join(name).display().to_string();
+
+    let mut services = Vec::new();
+    let coord_binary = binary("marina-coord")?;
+    for (index, port) in coord_ports.iter().enumerate() {
+        let name = format!("coord-{}", index + 1);
+        let coord_args = vec![
+            "--id".into(),
+            (index + 1).to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--peers".into(),
+            peers.clone(),
+            "--data-dir".into(),
+            dir(&name),
+        ];
+        services.push(spawn(&name, &coord_binary, coord_args, &logs, &args.log_level)?);
+    }
+    let common = |name: &str, port: u16| -> Vec<String> {
+        vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--coord".into(),
+            coord_url.to_string(),
+            "--work-dir".into(),
+            dir(name),
+        ]
+    };
+    let master_binary = binary("marina-master")?;
+    for (index, port) in master_ports.iter().enumerate() {
+        let name = format!("master-{}", index + 1);
+        services.push(spawn(&name, &master_binary, common(&name, *port), &logs, &args.log_level)?);
+    }
+    let agent_binary = binary("marina-agent")?;
+    for (index, port) in agent_ports.iter().enumerate() {
+        let name = format!("agent-{}", index + 1);
+        let mut agent_args = common(&name, *port);
+        agent_args.extend(["--runtime".into(), args.runtime.clone()]);
+        services.push(spawn(&name, &agent_binary, agent_args, &logs, &args.log_level)?);
+    }
+    let gateway_binary = binary("marina-gateway")?;
+    for (index, port) in gateway_ports.iter().enumerate() {
+        let name = format!("gateway-{}", index + 1);
+        services.push(spawn(&name, &gateway_binary, common(&name, *port), &logs, &args.log_level)?);
+    }
+
+    let commands: Vec<String> = services.iter().map(|s| format!("{}: {}", s.name, s.command.join(" "))).collect();
+    std::fs::write(logs.join("commands.txt"), commands.join("\n") + "\n")?;
+    let endpoints = json!({
+        "data_dir": data_dir,
+        "coord": coord_url.to_string(),
+        "masters": master_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
+        "agents": agent_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
+        "gateways": gateway_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>(),
+        "gateway_grpc": gateway_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
+    });
+    std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?)?;
+    let join = |ports: &[u16], scheme: &str| ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect::<Vec<_>>().join("  ");
+    println!("Marina dev cluster — data and logs in {}", data_dir.display());
+    println!("  gateway REST   {}", join(&gateway_ports, "http://"));
+    println!("  gateway gRPC   {}", join(&gateway_ports, ""));
+    println!("  masters        {}", join(&master_ports, ""));
+    println!("  agents         {} (runtime: {})", join(&agent_ports, ""), args.runtime);
+    println!("  coord          {coord_url}");
+
+    let outcome = tokio::select! {
+        ready = wait_ready(&coord_url, &gateway_ports, args.agents) => ready.map(|()| true),
+        () = marina_daemon::shutdown::signal() => Ok(false),
+    };
+    match outcome {
+        Ok(true) => {
+            println!(
+                "ready: deploy with `curl -X POST -H 'Content-Type: application/json' http://127.0.0.1:{}/v2/apps -d@app.json`",
+                gateway_ports[0]
+            );
+            supervise(&mut services).await;
+        }
+        Ok(false) => {}
+        Err(error) => {
+            println!("not ready: {error} (see the logs in {})", logs.display());
+            supervise(&mut services).await;
+        }
+    }
+    println!("stopping (tasks keep running; the next `marina dev` on this data dir re-adopts them)");
+    stop(&mut services).await;
+    println!("stopped");
+    Ok(())
+}
+
+/// Until Ctrl-C: reports services that exit (killed by hand, say), with how to restart them.
+async fn supervise(services: &mut [Service]) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = marina_daemon::shutdown::signal() => return,
+            _ = tick.tick() => {}
+        }
+        for service in services.iter_mut() {
+            let Some(child) = service.child.as_mut() else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                println!("{} exited ({status}); to start it again: {}", service.name, service.command.join(" "));
+                service.child = None;
+            }
+        }
+    }
+}
+
+/// SIGTERM to every service (gateways and masters first, so they hand over), then wait.
+async fn stop(services: &mut [Service]) {
+    for service in services.iter().rev() {
+        if let Some(id) = service.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(id as i32), Signal::SIGTERM);
+        }
+    }
+    for service in services.iter_mut().rev() {
+        if let Some(mut child) = service.child.take()
+            && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Coord has a leader, a master leads with every agent registered, a gateway leads and is
+/// subscribed to the master.
+async fn wait_ready(coord_url: &CoordUrl, gateways: &[u16], agents: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let coord = CoordClient::with_options(coord_url, marina_coord_client::ClientOptions { retry_for: Duration::from_millis(500), ..Default::default() });
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let get = async |url: String| -> Option<serde_json::Value> { http.get(url).send().await.ok()?.json().await.ok() };
+    let mut reported: Vec<&str> = Vec::new();
+    loop {
+        let coord_ok = coord.list("/").await.is_ok();
+        let master = match coord.list("/master/members").await {
+            Ok(listing) => match listing.children.iter().min() {
+                Some(first) => coord
+                    .get(&format!("/master/members/{first}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|node| marina_daemon::leader::MemberInfo::from_bytes(&node.data)),
+                None => None,
+            },
+            Err(_) => None,
+        };
+        let state = match &master {
+            Some(member) => get(format!("http://{}/master/state", member.address)).await,
+            None => None,
+        };
+        let active = state
+            .as_ref()
+            .and_then(|s| s["agents"].as_array().map(|a| a.iter().filter(|a| a["status"] == "active").count()))
+            .unwrap_or(0);
+        let info = get(format!("http://127.0.0.1:{}/v2/info", gateways[0])).await;
+        let gateway_ok = info.as_ref().is_some_and(|i| i["elected"] == true && i["frameworkId"].is_string());
+        for (name, ok) in [
+            ("coord quorum", coord_ok),
+            ("master elected", state.as_ref().is_some_and(|s| s["elected"] == true)),
+            ("agents registered", active >= agents),
+            ("gateway elected", gateway_ok),
+        ] {
+            if ok && !reported.contains(&name) {
+                println!("  ✓ {name}");
+                reported.push(name);
+            }
+        }
+        if reported.len() == 4 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("not ready after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
