@@ -48,8 +48,9 @@ fn default_data_dir() -> PathBuf {
 /// A port for a service: the well-known one, or a free one.
 fn port(auto: bool, fixed: u16) -> anyhow::Result<u16> {
     if !auto {
-        std::net::TcpListener::bind(("127.0.0.1", fixed))
-            .with_context(|| format!("port {fixed} on 127.0.0.1 is taken (another marina dev? --ports auto picks free ports)"))?;
+        std::net::TcpListener::bind(("127.0.0.1", fixed)).with_context(|| {
+            format!("port {fixed} on 127.0.0.1 is taken (another marina dev? --ports auto picks free ports)")
+        })?;
         return Ok(fixed);
     }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -104,13 +105,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let coord_ports: Vec<u16> = (0..3).map(|i| port(auto, 2181 + i)).collect::<anyhow::Result<_>>()?;
     let master_ports: Vec<u16> = [5050, 5052].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
-    let agent_ports: Vec<u16> = (0..args.agents as u16).map(|i| port(auto, 5051 + 10 * i)).collect::<anyhow::Result<_>>()?;
+    let agent_ports: Vec<u16> =
+        (0..args.agents as u16).map(|i| port(auto, 5051 + 10 * i)).collect::<anyhow::Result<_>>()?;
     let gateway_ports: Vec<u16> = [8080, 8081].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
-    let peers = coord_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
-    let coord_url = CoordUrl {
-        endpoints: coord_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-        root: "/marina".into(),
-    };
+    let peers =
+        coord_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+    let coord_url =
+        CoordUrl { endpoints: coord_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(), root: "/marina".into() };
     let dir = |name: &str| data_dir.join(name).display().to_string();
 
     let mut services = Vec::new();
@@ -168,7 +169,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "gateway_grpc": gateway_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
     });
     std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?)?;
-    let join = |ports: &[u16], scheme: &str| ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect::<Vec<_>>().join("  ");
+    let join = |ports: &[u16], scheme: &str| {
+        ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect::<Vec<_>>().join("  ")
+    };
     println!("Marina dev cluster — data and logs in {}", data_dir.display());
     println!("  gateway REST   {}", join(&gateway_ports, "http://"));
     println!("  gateway gRPC   {}", join(&gateway_ports, ""));
@@ -238,7 +241,10 @@ async fn stop(services: &mut [Service]) {
 /// subscribed to the master.
 async fn wait_ready(coord_url: &CoordUrl, gateways: &[u16], agents: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let coord = CoordClient::with_options(coord_url, marina_coord_client::ClientOptions { retry_for: Duration::from_millis(500), ..Default::default() });
+    let coord = CoordClient::with_options(
+        coord_url,
+        marina_coord_client::ClientOptions { retry_for: Duration::from_millis(500), ..Default::default() },
+    );
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let get = async |url: String| -> Option<serde_json::Value> { http.get(url).send().await.ok()?.json().await.ok() };
     let mut reported: Vec<&str> = Vec::new();

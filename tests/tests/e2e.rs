@@ -1,0 +1,229 @@
+//! The seed's promise, end to end, with every service a real process: deploy a Docker app
+//! through the gateway, SIGKILL the leading master — the container is untouched and the app
+//! scales through the new leader — then lose a coord node, restart the agent, kill the
+//! leading gateway: the cluster keeps serving.
+
+use std::time::Duration;
+
+use marina_tests::docker::{DockerCleanup, ensure_test_images};
+use marina_tests::services::Service;
+use marina_tests::{CoordProcesses, TestDir, eventually};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn leading_master(masters: &[Service]) -> (usize, u64) {
+    eventually(WAIT, "a leading master", || async {
+        for (index, master) in masters.iter().enumerate().filter(|(_, m)| m.is_running()) {
+            let state = master.get_json("/master/state").await?;
+            if state["elected"] == true {
+                return Some((index, state["epoch"].as_u64()?));
+            }
+        }
+        None
+    })
+    .await
+}
+
+async fn leading_gateway(gateways: &[Service]) -> usize {
+    eventually(WAIT, "a leading gateway", || async {
+        for (index, gateway) in gateways.iter().enumerate().filter(|(_, g)| g.is_running()) {
+            let info = gateway.get_json("/v2/info").await?;
+            if info["elected"] == true && info["leader"] == gateway.address.as_str() && info["frameworkId"].is_string()
+            {
+                return Some(index);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The app's running tasks (id → host) through `gateway`, once exactly `count` run and no
+/// deployment is left.
+async fn running(gateway: &Service, count: usize) -> Vec<Value> {
+    eventually(WAIT, &format!("{count} running tasks"), || async {
+        let body = gateway.get_json("/v2/apps/seed").await?;
+        let app = &body["app"];
+        let tasks = app["tasks"].as_array()?.clone();
+        (app["tasksRunning"] == count && tasks.len() == count && app["deployments"].as_array()?.is_empty())
+            .then_some(tasks)
+    })
+    .await
+}
+
+fn container_of(task_id: &str) -> (String, String) {
+    let output = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--no-trunc",
+            "--filter",
+            &format!("label=marina.task_id={task_id}"),
+            "--format",
+            "{{.ID}} {{.CreatedAt}}",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let (id, created) = text.split_once(' ').unwrap_or_else(|| panic!("no running container for {task_id}"));
+    (id.to_owned(), created.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_journey_survives_every_failure() {
+    ensure_test_images();
+    let mut coord = CoordProcesses::start(3).await;
+    let dir = TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let mut masters: Vec<Service> =
+        (1..=2).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), &[])).collect();
+    let mut agent = Service::agent("agent", &url, "docker", dir.path(), &[]);
+    let mut gateways: Vec<Service> =
+        (1..=2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &[])).collect();
+    for service in masters.iter().chain([&agent]).chain(&gateways) {
+        service.wait_healthy().await;
+    }
+    let gateway = leading_gateway(&gateways).await;
+    let framework = gateways[gateway].get_json("/v2/info").await.unwrap()["frameworkId"].as_str().unwrap().to_owned();
+    let _cleanup = DockerCleanup { label: "marina.framework_id".into(), value: framework };
+    let http = reqwest::Client::new();
+
+    // Deploy an app with a Docker container (image built locally).
+    let app = json!({
+        "id": "/seed",
+        "cmd": "while sleep 1; do date -u +%T; done",
+        "container": { "type": "DOCKER", "docker": { "image": "marina-test/busybox" } },
+        "cpus": 0.1, "mem": 32, "instances": 1,
+    });
+    let created = http.post(format!("http://{}/v2/apps", gateways[gateway].address)).json(&app).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let tasks = running(&gateways[gateway], 1).await;
+    let task_id = tasks[0]["id"].as_str().unwrap().to_owned();
+    let (container, created_at) = container_of(&task_id);
+
+    // SIGKILL the leading master: a new one leads; the container is the same, never restarted.
+    let (old_master, old_epoch) = leading_master(&masters).await;
+    masters[old_master].kill().await;
+    let (new_master, new_epoch) = leading_master(&masters).await;
+    assert_ne!(new_master, old_master);
+    assert!(new_epoch > old_epoch);
+    assert_eq!(container_of(&task_id), (container.clone(), created_at.clone()), "the container was not touched");
+
+    // Scale to 3 through the new leader.
+    let scaled = http
+        .put(format!("http://{}/v2/apps/seed", gateways[gateway].address))
+        .json(&json!({ "instances": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scaled.status(), 200);
+    let tasks = running(&gateways[gateway], 3).await;
+    assert!(tasks.iter().any(|t| t["id"] == task_id.as_str()), "the original task still runs");
+    let state = masters[new_master].get_json("/master/state").await.unwrap();
+    assert_eq!(state["tasks"].as_array().unwrap().iter().filter(|t| t["state"] == "TASK_RUNNING").count(), 3);
+
+    // The killed master comes back as a standby.
+    masters[old_master].restart();
+    masters[old_master].wait_healthy().await;
+    let state = masters[old_master].get_json("/master/state").await.unwrap();
+    assert_eq!(state["elected"], false);
+    assert_eq!(leading_master(&masters).await.0, new_master);
+
+    // SIGKILL a coord node: the cluster keeps working (a scale goes through).
+    let coord_leader = coord.leader().await;
+    coord.kill(coord_leader).await;
+    let scaled = http
+        .put(format!("http://{}/v2/apps/seed", gateways[gateway].address))
+        .json(&json!({ "instances": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scaled.status(), 200);
+    let tasks = running(&gateways[gateway], 2).await;
+
+    // SIGKILL the agent and restart it: its containers are re-adopted, not relaunched.
+    let before: Vec<(String, String)> = tasks.iter().map(|t| container_of(t["id"].as_str().unwrap())).collect();
+    agent.kill().await;
+    agent.restart();
+    agent.wait_healthy().await;
+    eventually(WAIT, "the agent to re-register with its tasks", || async {
+        let state = agent.get_json("/state").await?;
+        (state["master"]["registered"] == true && state["tasks"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let tasks = running(&gateways[gateway], 2).await;
+    let mut task_ids: Vec<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
+    task_ids.sort();
+    let after: Vec<(String, String)> = task_ids.iter().map(|id| container_of(id)).collect();
+    assert_eq!(after.len(), 2);
+    for container in &after {
+        assert!(before.contains(container), "container {container:?} is one of the re-adopted ones");
+    }
+
+    // SIGKILL the leading gateway: the other serves, with the same tasks.
+    gateways[gateway].kill().await;
+    let other = leading_gateway(&gateways).await;
+    assert_ne!(other, gateway);
+    let tasks = running(&gateways[other], 2).await;
+    let mut ids: Vec<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, task_ids, "the new leading gateway knows exactly the same tasks");
+    let deleted = http.delete(format!("http://{}/v2/apps/seed", gateways[other].address)).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    eventually(WAIT, "the app's containers to be gone", || async {
+        let output = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", "label=MARATHON_APP_ID=/seed"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().is_empty().then_some(())
+    })
+    .await;
+}
+
+/// `marina dev` brings a whole cluster up, runs an app, and stops cleanly on Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marina_dev_runs_a_cluster_and_stops_on_ctrl_c() {
+    let dir = TestDir::new();
+    let data = dir.path().join("dev");
+    let mut dev = tokio::process::Command::new(marina_tests::binaries::binary("marina"))
+        .args(["dev", "--ports", "auto", "--runtime", "process", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = dev.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("marina dev reports readiness")
+            .unwrap()
+            .expect("output");
+        let ready = line.starts_with("ready:");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    for step in ["✓ coord quorum", "✓ master elected", "✓ agents registered", "✓ gateway elected"] {
+        assert!(seen.iter().any(|l| l.contains(step)), "{step} missing from {seen:#?}");
+    }
+    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let gateway = endpoints["gateways"][0].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let app = json!({ "id": "/hello", "cmd": "sleep 600", "cpus": 0.1, "mem": 16 });
+    assert_eq!(http.post(format!("{gateway}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
+    eventually(WAIT, "the app to run", || async {
+        let body: Value = http.get(format!("{gateway}/v2/apps/hello")).send().await.ok()?.json().await.ok()?;
+        (body["app"]["tasksRunning"] == 1).then_some(())
+    })
+    .await;
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, dev.wait()).await.expect("marina dev stops").unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(http.get(format!("{gateway}/ping")).send().await.is_err(), "the gateway is stopped");
+}
