@@ -516,6 +516,26 @@ pub(crate) fn grpc(channel: Channel) -> CoordGrpc<Channel> {
     CoordGrpc::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
 }
 
+/// Runs an idempotent write again when its outcome is unknown (the connection broke after
+/// sending it) or no node could take it: a few attempts, 100 ms apart. Only for writes that
+/// may safely apply twice (puts, recursive deletes, fenced versions of these).
+pub async fn retry_idempotent<T, F, Fut>(mut write: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Err(Error::Indeterminate(_) | Error::Unavailable(_)) if attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 fn missing(what: &str) -> Error {
     Error::Other { code: tonic::Code::Internal, message: format!("{what}: the response carried no node") }
 }

@@ -74,7 +74,20 @@ impl Election {
         data: impl Into<Bytes>,
     ) -> Result<Self, Error> {
         let options = CreateOptions { session: Some(session.id()), sequential: true };
-        let member = client.create(&format!("{dir}/{MEMBER_PREFIX}"), data, options).await?;
+        let data = data.into();
+        let member = match client.create(&format!("{dir}/{MEMBER_PREFIX}"), data.clone(), options).await {
+            Ok(member) => member,
+            // The create may have happened: a member of this session is ours (creating a
+            // second one would leave an orphan that could lead while nobody acts for it).
+            Err(Error::Indeterminate(reason)) => match own_member(client, dir, session.id()).await? {
+                Some(member) => member,
+                None => {
+                    tracing::info!(%reason, "joining again after an interrupted create");
+                    client.create(&format!("{dir}/{MEMBER_PREFIX}"), data, options).await?
+                }
+            },
+            Err(error) => return Err(error),
+        };
         let fence = Fence { member: member.path.clone(), epoch: member.create_revision };
         tracing::info!(member = %fence.member, epoch = fence.epoch, "joined election");
         let (state_tx, state) = watch::channel(ElectionState::Standby);
@@ -131,6 +144,18 @@ impl CoordClient {
         let task = tokio::spawn(observe(self.clone(), dir.to_owned(), initial.1, leader_tx));
         Ok(LeaderObserver { leader, task })
     }
+}
+
+/// The member node `session` owns in `dir`, if any.
+async fn own_member(client: &CoordClient, dir: &str, session: u64) -> Result<Option<Node>, Error> {
+    for name in client.list(dir).await?.children {
+        if let Some(node) = client.get(&format!("{dir}/{name}")).await?
+            && node.ephemeral_owner == session
+        {
+            return Ok(Some(node));
+        }
+    }
+    Ok(None)
 }
 
 /// Members sorted by sequence number (their zero-padded names sort the same way).

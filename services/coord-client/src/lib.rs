@@ -15,7 +15,9 @@ mod url;
 mod watch;
 
 pub use candidacy::{Candidacy, Term, run as run_candidacy};
-pub use client::{ClientOptions, CoordClient, CreateOptions, Listing, Node, OpResult, Txn, TxnResult};
+pub use client::{
+    ClientOptions, CoordClient, CreateOptions, Listing, Node, OpResult, Txn, TxnResult, retry_idempotent,
+};
 pub use election::{Election, ElectionState, Fence, Leader, LeaderObserver};
 pub use error::Error;
 pub use marina_proto::coord::v1::{Member, StatusResponse};

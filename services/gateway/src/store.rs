@@ -86,7 +86,8 @@ impl Store {
                     Op::Delete(path) => txn.then_delete(&path, None, true),
                 };
             }
-            self.coord.fenced(&self.fence, txn).await?;
+            // Puts and recursive deletes: safe to apply twice if the outcome was unknown.
+            marina_coord_client::retry_idempotent(|| self.coord.fenced(&self.fence, txn.clone())).await?;
         }
         Ok(())
     }
@@ -111,7 +112,8 @@ impl Store {
     }
 
     pub async fn set_framework_id(&self, id: &str) -> Result<(), Error> {
-        self.coord.fenced(&self.fence, Txn::new().then_put(FRAMEWORK, id.to_owned())).await.map(|_| ())
+        let txn = Txn::new().then_put(FRAMEWORK, id.to_owned());
+        marina_coord_client::retry_idempotent(|| self.coord.fenced(&self.fence, txn.clone())).await.map(|_| ())
     }
 
     /// The stored versions of an app, oldest first.

@@ -45,16 +45,22 @@ impl Registry {
 
     pub async fn put_agent(&self, info: &AgentInfo) -> Result<(), Error> {
         let path = format!("{AGENTS_DIR}/{}", info.agent_id);
-        self.coord.fenced(&self.fence, Txn::new().then_put(&path, info.encode_to_vec())).await.map(|_| ())
+        self.write(Txn::new().then_put(&path, info.encode_to_vec())).await
+    }
+
+    /// Puts and recursive deletes: retried when the outcome is unknown (applying twice is
+    /// harmless).
+    async fn write(&self, txn: Txn) -> Result<(), Error> {
+        marina_coord_client::retry_idempotent(|| self.coord.fenced(&self.fence, txn.clone())).await.map(|_| ())
     }
 
     pub async fn put_framework(&self, info: &FrameworkInfo) -> Result<(), Error> {
         let path = format!("{FRAMEWORKS_DIR}/{}", info.framework_id);
-        self.coord.fenced(&self.fence, Txn::new().then_put(&path, info.encode_to_vec())).await.map(|_| ())
+        self.write(Txn::new().then_put(&path, info.encode_to_vec())).await
     }
 
     pub async fn remove_framework(&self, framework_id: &str) -> Result<(), Error> {
         let path = format!("{FRAMEWORKS_DIR}/{framework_id}");
-        self.coord.fenced(&self.fence, Txn::new().then_delete(&path, None, true)).await.map(|_| ())
+        self.write(Txn::new().then_delete(&path, None, true)).await
     }
 }
