@@ -323,3 +323,31 @@ async fn bad_definitions_are_refused_with_marathons_errors() {
     assert_eq!(apps["apps"], json!([]), "nothing was stored");
     assert_eq!(http.get(format!("{base}/v2/apps/nope")).send().await.unwrap().status(), 404);
 }
+
+/// An image app is not placed on an agent whose runtime cannot run images; the queue says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_apps_wait_for_an_image_runtime() {
+    marina_tests::binaries::binary("marina-supervise");
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .runtime(marina_agent::RuntimeChoice::Process)
+        .gateways(1)
+        .start()
+        .await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let app = json!({ "id": "/boxed", "cmd": "sleep 1", "cpus": 0.1, "mem": 16, "container": { "docker": { "image": "marina-test/busybox" } } });
+    assert_eq!(http.post(format!("{base}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
+    eventually(WAIT, "the queue to report the unfulfilled placement", || async {
+        let queue: Value = http.get(format!("{base}/v2/queue")).send().await.ok()?.json().await.ok()?;
+        queue["queue"][0]["processedOffersSummary"]["rejectSummaryLastOffers"]
+            .as_array()?
+            .iter()
+            .any(|r| r["reason"] == "UnfulfilledConstraint")
+            .then_some(())
+    })
+    .await;
+    let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tasks["tasks"], json!([]));
+}

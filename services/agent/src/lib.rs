@@ -136,12 +136,18 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let (checkpoint, recovered) = Checkpoint::open(&config.work_dir)?;
     let runtime = runtime::select(&config).await?;
     let resources = resources::detect(&config)?;
+    let mut attributes = config::parse_attributes(&config.attributes)?;
+    // Schedulers place image tasks only where a runtime can run images.
+    if !attributes.iter().any(|a| a.name == "runtime") {
+        attributes
+            .push(marina_proto::agent::v1::Attribute { name: "runtime".into(), value: runtime.kind().to_string() });
+    }
     let info = AgentInfo {
         agent_id: String::new(),
         hostname: hostname.clone(),
         address: address.clone(),
         resources: Some(resources),
-        attributes: config::parse_attributes(&config.attributes)?,
+        attributes,
         runtime: runtime.kind().to_string(),
         version: marina_daemon::VERSION.into(),
     };
