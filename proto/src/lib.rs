@@ -27,3 +27,22 @@ pub mod apps {
         tonic::include_proto!("marina.apps.v1");
     }
 }
+
+impl agent::v1::TaskState {
+    /// The task is over: it will not run again (Mesos' terminal states, plus UNKNOWN, which
+    /// the master answers for a task no one knows).
+    pub fn is_terminal(self) -> bool {
+        use agent::v1::TaskState as S;
+        matches!(
+            self,
+            S::TaskFinished
+                | S::TaskFailed
+                | S::TaskKilled
+                | S::TaskError
+                | S::TaskLost
+                | S::TaskGone
+                | S::TaskDropped
+                | S::TaskUnknown
+        )
+    }
+}

@@ -1,11 +1,8 @@
 //! `marina-agent`: runs tasks on this machine for Marina's masters.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Parser;
 use marina_agent::Config;
-use marina_daemon::cli::{ConfigFlags, LogFlags};
+use marina_daemon::cli::{ConfigFlags, MemberFlags};
 use serde::Serialize;
 
 /// Flags are the configuration keys of the TOML file; each overrides file and environment.
@@ -15,22 +12,12 @@ struct Flags {
     #[command(flatten)]
     #[serde(skip)]
     config: ConfigFlags,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listen: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advertise: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    member: MemberFlags,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
-    /// The quorum: coord://host:port,host:port,host:port/root.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    coord: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    work_dir: Option<PathBuf>,
     /// auto, docker, containerd, process or sim.
     #[arg(long, value_parser = ["auto", "docker", "containerd", "process", "sim"])]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,28 +26,16 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     attributes: Option<String>,
-    #[command(flatten)]
-    #[serde(skip_serializing_if = "LogFlags::is_empty")]
-    log: LogFlags,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let config: Config = marina_daemon::config::load("agent", flags.config.config.as_deref(), &flags)?;
-    if flags.config.print_config {
-        print!("{}", marina_daemon::config::render(&config));
-        return Ok(());
-    }
-    config.validate()?;
-    marina_daemon::telemetry::init(&config.log)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let shutdown = marina_daemon::Shutdown::new();
-    let agent = marina_agent::spawn(config, listener, shutdown.clone()).await?;
-    marina_daemon::shutdown::signal().await;
-    shutdown.trigger();
-    agent.wait().await?;
-    Ok(())
+    let result =
+        marina_daemon::cli::run::<Config, _, _, _>(&flags.config, &flags, |config, listener, shutdown| async move {
+            let running = marina_agent::spawn(config, listener, shutdown).await?;
+            Ok(async move { running.wait().await.map_err(std::io::Error::other) })
+        })
+        .await;
+    marina_daemon::cli::exit("marina-agent", result)
 }

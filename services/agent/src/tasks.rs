@@ -68,16 +68,7 @@ struct EntryState {
 }
 
 pub fn is_terminal(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::TaskFinished
-            | TaskState::TaskFailed
-            | TaskState::TaskKilled
-            | TaskState::TaskError
-            | TaskState::TaskLost
-            | TaskState::TaskGone
-            | TaskState::TaskDropped
-    )
+    state.is_terminal()
 }
 
 impl Entry {

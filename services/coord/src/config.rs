@@ -243,3 +243,19 @@ mod tests {
         Config::default().validate().unwrap();
     }
 }
+
+impl marina_daemon::cli::ServiceConfig for Config {
+    const SERVICE: &'static str = "coord";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+}

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
 use marina_coord::Config;
 use marina_daemon::cli::{ConfigFlags, LogFlags};
@@ -37,22 +36,13 @@ struct Flags {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let config: Config = marina_daemon::config::load("coord", flags.config.config.as_deref(), &flags)?;
-    if flags.config.print_config {
-        print!("{}", marina_daemon::config::render(&config));
-        return Ok(());
-    }
-    config.validate()?;
-    marina_daemon::telemetry::init(&config.log)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let shutdown = marina_daemon::Shutdown::new();
-    let node = marina_coord::spawn(config, listener, shutdown.clone()).await?;
-    marina_daemon::shutdown::signal().await;
-    shutdown.trigger();
-    node.wait().await?;
-    Ok(())
+    let result =
+        marina_daemon::cli::run::<Config, _, _, _>(&flags.config, &flags, |config, listener, shutdown| async move {
+            let running = marina_coord::spawn(config, listener, shutdown).await?;
+            Ok(async move { running.wait().await.map_err(std::io::Error::other) })
+        })
+        .await;
+    marina_daemon::cli::exit("marina-coord", result)
 }

@@ -34,3 +34,79 @@ impl LogFlags {
         self.format.is_none() && self.level.is_none()
     }
 }
+
+/// What the shared `main` needs from a service's configuration.
+pub trait ServiceConfig: serde::de::DeserializeOwned + Serialize + Default {
+    /// The environment prefix: `coord` reads `MARINA_COORD_*`.
+    const SERVICE: &'static str;
+    fn validate(&self) -> Result<(), crate::config::ConfigError>;
+    fn log(&self) -> &crate::telemetry::LogConfig;
+    fn listen(&self) -> &str;
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every service binary's `main`: load the configuration (printing it with
+/// `--print-config`), validate it, set up logs, bind, start the service with `start`, then
+/// on SIGTERM or SIGINT shut it down and wait for `wait`.
+pub async fn run<C, Start, Started, Wait>(
+    flags: &ConfigFlags,
+    overrides: &impl Serialize,
+    start: Start,
+) -> Result<(), BoxError>
+where
+    C: ServiceConfig,
+    Start: FnOnce(C, tokio::net::TcpListener, crate::Shutdown) -> Started,
+    Started: std::future::Future<Output = Result<Wait, BoxError>>,
+    Wait: std::future::Future<Output = std::io::Result<()>>,
+{
+    let config: C = crate::config::load(C::SERVICE, flags.config.as_deref(), overrides)?;
+    if flags.print_config {
+        print!("{}", crate::config::render(&config));
+        return Ok(());
+    }
+    config.validate()?;
+    crate::telemetry::init(config.log())?;
+    let listener = tokio::net::TcpListener::bind(config.listen())
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen()))?;
+    let shutdown = crate::Shutdown::new();
+    let running = start(config, listener, shutdown.clone()).await?;
+    crate::shutdown::signal().await;
+    shutdown.trigger();
+    running.await?;
+    Ok(())
+}
+
+/// The process exit for [`run`]'s result: errors on stderr, prefixed with the binary name.
+pub fn exit(binary: &str, result: Result<(), BoxError>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{binary}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The flags of a service that joins a cluster (master, agent, gateway): where it listens,
+/// how others reach it, the quorum, its work dir, its logs.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct MemberFlags {
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The quorum: coord://host:port,host:port,host:port/root.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coord: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "LogFlags::is_empty")]
+    pub log: LogFlags,
+}

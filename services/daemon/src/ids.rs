@@ -27,3 +27,17 @@ mod tests {
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
     }
 }
+
+/// An instance id kept in `work_dir/<file>`: made once, the same across restarts.
+pub fn stable(work_dir: &std::path::Path, file: &str, prefix: &str) -> std::io::Result<String> {
+    std::fs::create_dir_all(work_dir)?;
+    let path = work_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = prefixed(prefix);
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}

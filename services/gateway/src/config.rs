@@ -85,3 +85,19 @@ impl Config {
         Ok(())
     }
 }
+
+impl marina_daemon::cli::ServiceConfig for Config {
+    const SERVICE: &'static str = "gateway";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+}

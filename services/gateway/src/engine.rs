@@ -62,17 +62,7 @@ impl InstanceView {
 }
 
 pub fn is_terminal(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::TaskFinished
-            | TaskState::TaskFailed
-            | TaskState::TaskKilled
-            | TaskState::TaskError
-            | TaskState::TaskLost
-            | TaskState::TaskGone
-            | TaskState::TaskDropped
-            | TaskState::TaskUnknown
-    )
+    state.is_terminal()
 }
 
 /// The engine's decision for one app.

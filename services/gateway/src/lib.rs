@@ -100,19 +100,6 @@ impl GatewayHandle {
     }
 }
 
-fn gateway_id(config: &Config) -> Result<String, GatewayError> {
-    std::fs::create_dir_all(&config.work_dir)?;
-    let path = config.work_dir.join("gateway-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        _ => {
-            let id = marina_daemon::ids::prefixed("gateway");
-            std::fs::write(&path, &id)?;
-            Ok(id)
-        }
-    }
-}
-
 /// Requests only the leader serves go to the leader when this gateway stands by.
 async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
@@ -133,7 +120,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     config.validate()?;
     let local_address = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
-    let id = gateway_id(&config)?;
+    let id = marina_daemon::ids::stable(&config.work_dir, "gateway-id", "gateway")?;
     let coord = CoordClient::new(&config.coord);
     let observer = coord.observe_leader(GATEWAY_ELECTION_DIR).await?;
     let masters = coord.observe_leader(MASTER_ELECTION_DIR).await?;

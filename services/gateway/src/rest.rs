@@ -32,6 +32,12 @@ fn message(status: StatusCode, text: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "message": text.into() }))).into_response()
 }
 
+/// Marathon's 400 for a body that is not JSON.
+fn invalid_json(error: &serde_json::Error) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": error.to_string() })))
+        .into_response()
+}
+
 fn app_error(error: AppError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
     (status, axum::Json(error.body())).into_response()
@@ -483,10 +489,7 @@ async fn patch_app(
 /// `PUT /v2/apps`: several apps updated (or created) in one deployment.
 async fn bulk_update(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
-    let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
-            .into_response()
-    })?;
+    let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
     let mut changes = Vec::new();
     for item in items {
         let bytes = serde_json::to_vec(&item).unwrap_or_default();
@@ -581,10 +584,7 @@ struct TaskIds {
 
 async fn delete_tasks(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
-    let ids: TaskIds = serde_json::from_slice(&body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
-            .into_response()
-    })?;
+    let ids: TaskIds = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
     let (_, deployment) =
         leader.kill_tasks(None, &ids.ids, None, flags.scale, flags.force).await.map_err(deploy_error)?;
     Ok(match deployment {
@@ -713,10 +713,7 @@ fn group_apps(body: &Value, base: &PathId, out: &mut Vec<AppDefinition>) -> Resu
 
 async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
-            .into_response()
-    })?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
     let mut apps = Vec::new();
     group_apps(&body, &PathId::root(), &mut apps)?;
     if apps.is_empty() {
@@ -742,10 +739,7 @@ async fn update_group(
     let leader = leader(&gateway)?;
     let base = PathId::parse(&format!("/{}", raw.trim_matches('/')))
         .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let mut body: Value = serde_json::from_slice(&body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Invalid JSON", "details": e.to_string() })))
-            .into_response()
-    })?;
+    let mut body: Value = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
     body["id"] = json!(base.to_string());
     let mut apps = Vec::new();
     group_apps(&body, &PathId::root(), &mut apps)?;

@@ -102,3 +102,19 @@ impl Config {
         Duration::from_millis(value)
     }
 }
+
+impl marina_daemon::cli::ServiceConfig for Config {
+    const SERVICE: &'static str = "master";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+}

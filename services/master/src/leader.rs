@@ -114,16 +114,7 @@ impl marina_coord_client::Term for LeaderState {
 }
 
 fn is_terminal(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::TaskFinished
-            | TaskState::TaskFailed
-            | TaskState::TaskKilled
-            | TaskState::TaskError
-            | TaskState::TaskLost
-            | TaskState::TaskGone
-            | TaskState::TaskDropped
-    )
+    state.is_terminal()
 }
 
 fn now_seconds() -> f64 {

@@ -93,26 +93,12 @@ impl MasterHandle {
     }
 }
 
-/// This master's id: kept in the work dir so it is stable across restarts.
-fn master_id(config: &Config) -> Result<String, MasterError> {
-    std::fs::create_dir_all(&config.work_dir)?;
-    let path = config.work_dir.join("master-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        _ => {
-            let id = marina_daemon::ids::prefixed("master");
-            std::fs::write(&path, &id)?;
-            Ok(id)
-        }
-    }
-}
-
 /// Starts a master on `listener` until `shutdown` (a leader resigns first, handing over).
 pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<MasterHandle, MasterError> {
     config.validate()?;
     let local_address = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
-    let id = master_id(&config)?;
+    let id = marina_daemon::ids::stable(&config.work_dir, "master-id", "master")?;
     let coord = CoordClient::new(&config.coord);
     let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     let metrics = Metrics::new("master");

@@ -1,10 +1,7 @@
 //! `marina-master`: one of Marina's masters (one leads; the others stand by).
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Parser;
-use marina_daemon::cli::{ConfigFlags, LogFlags};
+use marina_daemon::cli::{ConfigFlags, MemberFlags};
 use marina_master::Config;
 use serde::Serialize;
 
@@ -15,41 +12,19 @@ struct Flags {
     #[command(flatten)]
     #[serde(skip)]
     config: ConfigFlags,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listen: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advertise: Option<String>,
-    /// The quorum: coord://host:port,host:port,host:port/root.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    coord: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    work_dir: Option<PathBuf>,
     #[command(flatten)]
-    #[serde(skip_serializing_if = "LogFlags::is_empty")]
-    log: LogFlags,
+    #[serde(flatten)]
+    member: MemberFlags,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let config: Config = marina_daemon::config::load("master", flags.config.config.as_deref(), &flags)?;
-    if flags.config.print_config {
-        print!("{}", marina_daemon::config::render(&config));
-        return Ok(());
-    }
-    config.validate()?;
-    marina_daemon::telemetry::init(&config.log)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let shutdown = marina_daemon::Shutdown::new();
-    let master = marina_master::spawn(config, listener, shutdown.clone()).await?;
-    marina_daemon::shutdown::signal().await;
-    shutdown.trigger();
-    master.wait().await?;
-    Ok(())
+    let result =
+        marina_daemon::cli::run::<Config, _, _, _>(&flags.config, &flags, |config, listener, shutdown| async move {
+            let running = marina_master::spawn(config, listener, shutdown).await?;
+            Ok(async move { running.wait().await.map_err(std::io::Error::other) })
+        })
+        .await;
+    marina_daemon::cli::exit("marina-master", result)
 }
