@@ -26,6 +26,9 @@ pub struct MarinaCluster {
     pub dir: crate::TestDir,
 }
 
+/// Adjusts agent `n`'s configuration.
+type AgentConfigTuner = Box<dyn Fn(usize, &mut marina_agent::Config)>;
+
 pub struct Builder {
     coords: usize,
     masters: usize,
@@ -33,7 +36,7 @@ pub struct Builder {
     gateways: usize,
     runtime: marina_agent::RuntimeChoice,
     master_config: Box<dyn Fn(&mut marina_master::Config)>,
-    agent_config: Box<dyn Fn(usize, &mut marina_agent::Config)>,
+    agent_config: AgentConfigTuner,
 }
 
 impl MarinaCluster {

@@ -179,11 +179,17 @@ pub struct CoordProcesses {
     nodes: Vec<ProcessNode>,
     peers: String,
     binary: PathBuf,
+    envs: Vec<(String, String)>,
     dir: TempDir,
 }
 
 impl CoordProcesses {
     pub async fn start(size: usize) -> Self {
+        Self::start_with_env(size, &[]).await
+    }
+
+    /// Like [`Self::start`], with environment variables for every node.
+    pub async fn start_with_env(size: usize, envs: &[(&str, &str)]) -> Self {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let binary = crate::binaries::binary("marina-coord");
@@ -197,7 +203,8 @@ impl CoordProcesses {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
-        let mut cluster = Self { nodes, peers, binary, dir };
+        let envs = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut cluster = Self { nodes, peers, binary, envs, dir };
         for id in 1..=size as u64 {
             cluster.launch(id);
         }
@@ -219,7 +226,8 @@ impl CoordProcesses {
             "--data-dir".into(),
             node.data_dir.display().to_string(),
         ];
-        node.process = Some(TestProcess::spawn(&format!("coord-{id}"), &binary, &args, &[], &node.log));
+        let envs: Vec<(&str, &str)> = self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        node.process = Some(TestProcess::spawn(&format!("coord-{id}"), &binary, &args, &envs, &node.log));
     }
 
     pub fn url(&self) -> CoordUrl {

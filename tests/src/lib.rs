@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod coord;
 pub mod docker;
 pub mod events;
+pub mod otlp;
 pub mod process;
 pub mod python;
 pub mod scheduler;
@@ -26,7 +27,11 @@ pub use wait::eventually;
 pub fn init_logging() {
     let level = std::env::var("MARINA_TEST_LOG").unwrap_or_else(|_| "warn".into());
     let config = marina_daemon::telemetry::LogConfig { level, ..Default::default() };
-    let _ = marina_daemon::telemetry::init(&config);
+    let identity = marina_daemon::telemetry::Identity { service: "marina-tests", instance: "test" };
+    // The guard lives for the whole test process: spans (if exported at all) flush at exit.
+    if let Ok(guard) = marina_daemon::telemetry::init(&config, identity) {
+        std::mem::forget(guard);
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (for processes that must be told their port up front).

@@ -172,6 +172,22 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, ConfigError> {
     Ok(attributes)
 }
 
+impl marina_daemon::cli::ServiceConfig for Config {
+    const SERVICE: &'static str = "agent";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,21 +202,5 @@ mod tests {
         assert_eq!(attributes[1], Attribute { name: "zone".into(), value: "eu-1".into() });
         assert!(parse_attributes("rack").unwrap_err().to_string().contains("`attributes`"));
         Config::default().validate().unwrap();
-    }
-}
-
-impl marina_daemon::cli::ServiceConfig for Config {
-    const SERVICE: &'static str = "agent";
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        Config::validate(self)
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn listen(&self) -> &str {
-        &self.listen
     }
 }

@@ -204,7 +204,7 @@ async fn handle(agent: &Arc<Agent>, message: MasterMessage, registered: &mut boo
             Some(Duration::from_millis(done.heartbeat_interval_ms.clamp(100, 60_000)))
         }
         Kind::Launch(launch) => {
-            agent.tasks.launch(&launch.framework_id, launch.tasks);
+            agent.tasks.launch(&launch.framework_id, launch.tasks, &launch.trace_context);
             None
         }
         Kind::Kill(kill) => {
@@ -220,7 +220,7 @@ async fn handle(agent: &Arc<Agent>, message: MasterMessage, registered: &mut boo
             None
         }
         Kind::Shutdown(shutdown) => {
-            tracing::warn!(message = %shutdown.message, "the master asked this agent to shut down its tasks");
+            tracing::warn!(detail = %shutdown.message, "the master asked this agent to shut down its tasks");
             for report in agent.tasks.reports() {
                 if let Some(task) = report.task {
                     agent.tasks.kill(&task.task_id, &task.framework_id, 0, None);

@@ -16,6 +16,7 @@ use marina_runtime::{
     RuntimeError, TaskHandle, TaskSpec, TaskState as RuntimeState, marina_labels,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::checkpoint::Checkpoint;
 use crate::health;
@@ -129,7 +130,8 @@ impl Tasks {
     }
 
     /// Starts tasks the master sent. A task id already known is not launched twice.
-    pub fn launch(self: &Arc<Self>, framework_id: &str, tasks: Vec<TaskInfo>) {
+    /// `trace` is the launch's trace context: each task's work is a span of that trace.
+    pub fn launch(self: &Arc<Self>, framework_id: &str, tasks: Vec<TaskInfo>, trace: &marina_daemon::trace::Carrier) {
         for mut info in tasks {
             if info.framework_id.is_empty() {
                 info.framework_id = framework_id.to_owned();
@@ -157,8 +159,17 @@ impl Tasks {
                 continue;
             }
             self.entries.lock().expect("tasks lock").insert(entry.info.task_id.clone(), entry.clone());
+            let span =
+                tracing::info_span!("agent.launch", task_id = %entry.info.task_id, trace_id = tracing::field::Empty);
+            marina_daemon::trace::set_parent(&span, trace);
             let tasks = self.clone();
-            tokio::spawn(async move { tasks.run(entry).await });
+            tokio::spawn(async move {
+                // Only the launch is a span of the trace that caused it: the supervision that
+                // follows lasts as long as the task, and a span that never ends is never sent.
+                if let Some(handle) = tasks.start(&entry).instrument(span).await {
+                    tasks.monitor(entry, handle).await;
+                }
+            });
         }
     }
 
@@ -190,7 +201,7 @@ impl Tasks {
         if let Err(error) = self.checkpoint.save_task(&entry.checkpoint_record()) {
             tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint the task");
         }
-        tracing::info!(task = %entry.info.task_id, state = ?state, reason, message = %status.message, "task status");
+        tracing::info!(task = %entry.info.task_id, state = ?state, reason, detail = %status.message, "task status");
         if let Err(error) = self.updates.push(status) {
             tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint a status update");
         }
@@ -209,16 +220,29 @@ impl Tasks {
         self.emit(entry, TaskState::TaskRunning, reason, message);
     }
 
-    async fn run(self: Arc<Self>, entry: Arc<Entry>) {
-        self.emit(&entry, TaskState::TaskStarting, "", "");
-        let spec = match self.spec(&entry) {
+    /// Starts a task: its image, then the runtime. `None` when it did not start (its status
+    /// already says why).
+    async fn start(&self, entry: &Entry) -> Option<TaskHandle> {
+        self.emit(entry, TaskState::TaskStarting, "", "");
+        let spec = match self.spec(entry) {
             Ok(spec) => spec,
-            Err(error) => return self.emit(&entry, TaskState::TaskError, reason::LAUNCH_FAILED, error),
+            Err(error) => {
+                self.emit(entry, TaskState::TaskError, reason::LAUNCH_FAILED, error);
+                return None;
+            }
         };
         if let Some(image) = &spec.image {
+            let ensure = self
+                .runtime
+                .ensure_image(image, spec.force_pull)
+                .instrument(tracing::info_span!("runtime.ensure_image", %image));
             let ensured = tokio::select! {
-                ensured = self.runtime.ensure_image(image, spec.force_pull) => ensured,
-                () = entry.cancel.cancelled() => return self.emit(&entry, TaskState::TaskKilled, reason::KILLED, "killed before it started"),
+                ensured = ensure => Some(ensured),
+                () = entry.cancel.cancelled() => None,
+            };
+            let Some(ensured) = ensured else {
+                self.emit(entry, TaskState::TaskKilled, reason::KILLED, "killed before it started");
+                return None;
             };
             if let Err(error) = ensured {
                 let reason = if matches!(error, RuntimeError::ImageUnavailable { .. }) {
@@ -226,29 +250,36 @@ impl Tasks {
                 } else {
                     reason::LAUNCH_FAILED
                 };
-                return self.emit(&entry, TaskState::TaskFailed, reason, error.to_string());
+                self.emit(entry, TaskState::TaskFailed, reason, error.to_string());
+                return None;
             }
         }
         if entry.cancel.is_cancelled() {
-            return self.emit(&entry, TaskState::TaskKilled, reason::KILLED, "killed before it started");
+            self.emit(entry, TaskState::TaskKilled, reason::KILLED, "killed before it started");
+            return None;
         }
-        let handle = match self.runtime.start(&spec).await {
+        let start =
+            self.runtime.start(&spec).instrument(tracing::info_span!("runtime.start", runtime = %self.runtime.kind()));
+        let handle = match start.await {
             Ok(handle) => handle,
-            Err(error) => return self.emit(&entry, TaskState::TaskFailed, reason::LAUNCH_FAILED, error.to_string()),
+            Err(error) => {
+                self.emit(entry, TaskState::TaskFailed, reason::LAUNCH_FAILED, error.to_string());
+                return None;
+            }
         };
         let killing = {
             let mut guard = entry.state.lock().expect("task lock");
             guard.handle = Some(handle.clone());
             guard.killing
         };
-        self.emit(&entry, TaskState::TaskRunning, "", "");
+        self.emit(entry, TaskState::TaskRunning, "", "");
         if killing {
-            let grace = self.grace(&entry, None);
+            let grace = self.grace(entry, None);
             if let Err(error) = self.runtime.stop(&handle, grace).await {
                 tracing::warn!(task = %entry.info.task_id, %error, "stopping a task killed while starting");
             }
         }
-        self.monitor(entry, handle).await;
+        Some(handle)
     }
 
     /// Watches a started task (new or re-adopted) until it ends.

@@ -511,9 +511,12 @@ impl CoordClient {
     }
 }
 
-/// The data-API client on a channel, accepting node data up to the server's limits.
-pub(crate) fn grpc(channel: Channel) -> CoordGrpc<Channel> {
-    CoordGrpc::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+/// The data-API client on a channel, accepting node data up to the server's limits; calls
+/// carry the caller's trace context.
+pub(crate) fn grpc(channel: Channel) -> CoordGrpc<marina_daemon::trace::TracedChannel> {
+    CoordGrpc::new(marina_daemon::trace::traced(channel))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 /// Runs an idempotent write again when its outcome is unknown (the connection broke after

@@ -210,6 +210,22 @@ fn validate_address(key: &'static str, address: &str) -> Result<(), ConfigError>
     if valid { Ok(()) } else { Err(ConfigError::value(key, format!("{address:?} is not host:port"))) }
 }
 
+impl marina_daemon::cli::ServiceConfig for Config {
+    const SERVICE: &'static str = "coord";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,21 +257,5 @@ mod tests {
         let config = Config { listen: "nowhere".into(), ..Config::default() };
         assert!(config.validate().unwrap_err().to_string().contains("`listen`"));
         Config::default().validate().unwrap();
-    }
-}
-
-impl marina_daemon::cli::ServiceConfig for Config {
-    const SERVICE: &'static str = "coord";
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        Config::validate(self)
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn listen(&self) -> &str {
-        &self.listen
     }
 }

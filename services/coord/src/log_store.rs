@@ -8,6 +8,9 @@
 //! Entries not yet purged are also kept in memory, so replication reads never touch disk;
 //! snapshots bound how many that is.
 
+// openraft's `StorageError` is what its storage traits return; it is large, and not ours.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
@@ -363,13 +366,16 @@ impl DiskLog {
     }
 }
 
+/// Entries by index, with their encoded size.
+type InMemoryEntries = BTreeMap<u64, (Entry, usize)>;
+
 /// Reads every segment in index order. A damaged record at the very end of the last segment
 /// is a write that never completed (and was never acknowledged): it is cut off. Damage
 /// anywhere else is an error.
 fn recover_segments(
     segments_dir: &Path,
     last_purged: Option<LogId>,
-) -> Result<(Vec<Segment>, BTreeMap<u64, (Entry, usize)>), LogStoreError> {
+) -> Result<(Vec<Segment>, InMemoryEntries), LogStoreError> {
     let mut paths: Vec<(u64, PathBuf)> = Vec::new();
     for dirent in fs::read_dir(segments_dir).map_err(io_error(segments_dir))? {
         let path = dirent.map_err(io_error(segments_dir))?.path();

@@ -2,6 +2,9 @@
 //! durable by snapshots on disk (the log holds everything after the last snapshot, and is
 //! replayed on restart). Applied changes are published to watchers.
 
+// openraft's `StorageError` is what its storage traits return; it is large, and not ours.
+#![allow(clippy::result_large_err)]
+
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

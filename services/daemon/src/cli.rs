@@ -66,7 +66,11 @@ where
         return Ok(());
     }
     config.validate()?;
-    crate::telemetry::init(config.log())?;
+    let service = format!("marina-{}", C::SERVICE);
+    let _telemetry = crate::telemetry::init(
+        config.log(),
+        crate::telemetry::Identity { service: &service, instance: config.listen() },
+    )?;
     let listener = tokio::net::TcpListener::bind(config.listen())
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen()))?;

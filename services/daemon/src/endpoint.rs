@@ -106,10 +106,14 @@ impl Endpoint {
         }
 
         // Both reflection versions: grpcurl speaks v1, many other clients still v1alpha.
+        // Only the services this port serves are listed (the descriptor set holds them all).
+        let served = health.services.clone();
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
+            let builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(marina_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            served.iter().fold(builder, |builder, name| builder.with_service_name(*name))
         };
         let reflection_v1 = reflection().build_v1().expect("descriptor sets are generated at build time");
         let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets are generated at build time");

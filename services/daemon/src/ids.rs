@@ -15,19 +15,6 @@ pub fn prefixed(prefix: &str) -> String {
     format!("{prefix}-{}", uuid())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn uuids_are_version_4_and_distinct() {
-        let a = super::uuid();
-        let b = super::uuid();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
-        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
-    }
-}
-
 /// An instance id kept in `work_dir/<file>`: made once, the same across restarts.
 pub fn stable(work_dir: &std::path::Path, file: &str, prefix: &str) -> std::io::Result<String> {
     std::fs::create_dir_all(work_dir)?;
@@ -39,5 +26,18 @@ pub fn stable(work_dir: &std::path::Path, file: &str, prefix: &str) -> std::io::
             std::fs::write(&path, &id)?;
             Ok(id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuids_are_version_4_and_distinct() {
+        let a = super::uuid();
+        let b = super::uuid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
     }
 }

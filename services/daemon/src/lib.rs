@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod trace;
 
 pub use endpoint::{Endpoint, Health};
 pub use metrics::Metrics;

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use tracing::Instrument;
 
 /// Latency buckets from 100 µs to 10 s: coord writes sit at the low end, deployments at the high.
 const LATENCY_BUCKETS: &[f64] =
@@ -103,7 +104,21 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
         let pattern = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
         format!("{} {}", request.method(), pattern.as_deref().unwrap_or("unmatched"))
     };
-    let response = next.run(request).await;
+    // Every request is a span (a child of the caller's, from `traceparent`), except the
+    // chatter no one traces: Raft replication, health checks, scrapes.
+    let path = request.uri().path();
+    let traced = !(path.starts_with("/marina.coord.v1.Raft/")
+        || path.starts_with("/grpc.health.v1.")
+        || path.starts_with("/grpc.reflection.")
+        || path == "/metrics"
+        || path == "/health");
+    let span = if traced {
+        tracing::info_span!("request", otel.name = %method, otel.kind = "server", trace_id = tracing::field::Empty)
+    } else {
+        tracing::Span::none()
+    };
+    crate::trace::set_parent_from_headers(&span, request.headers());
+    let response = next.run(request).instrument(span).await;
     if !is_grpc {
         metrics.observe("http", &method, response.status().as_str(), started);
         return response;

@@ -18,12 +18,13 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::app::{self, AppDefinition, PathId, Timestamp};
 use crate::config::Config;
 use crate::engine::{self, InstanceView, is_terminal};
 use crate::events::EventBus;
+use crate::metrics::{GatewayMetrics, LeaderStats};
 use crate::model;
 use crate::placement::{self, Demand, OfferView, Placement, Reject};
 use crate::store::{self, Batch, Store};
@@ -124,13 +125,16 @@ struct State {
     backoff: HashMap<String, Backoff>,
     /// Instances to launch per app, as last decided.
     pending: HashMap<String, u32>,
+    /// The trace context of the request behind each app's deployment in progress: its
+    /// launches join that trace.
+    traces: HashMap<String, marina_daemon::trace::Carrier>,
     queue: HashMap<String, QueueStats>,
 }
 
 /// The link to the master while subscribed.
 #[derive(Clone)]
 pub struct MasterSession {
-    pub client: SchedulerClient<Channel>,
+    pub client: SchedulerClient<marina_daemon::trace::TracedChannel>,
     pub framework_id: String,
 }
 
@@ -187,6 +191,7 @@ pub struct Leader {
     pub master: watch::Sender<Option<MasterSession>>,
     pub ended: CancellationToken,
     deposed: CancellationToken,
+    metrics: GatewayMetrics,
 }
 
 fn now_ts() -> String {
@@ -194,13 +199,12 @@ fn now_ts() -> String {
 }
 
 impl Leader {
-    /// Takes over: loads apps, deployments and instances from coord.
+    /// `gateway` takes over (for `epoch`, writing through `store`): loads apps, deployments
+    /// and instances from coord.
     pub async fn start(
+        gateway: &crate::Gateway,
         epoch: u64,
-        address: String,
         store: Store,
-        events: EventBus,
-        config: Config,
         deposed: CancellationToken,
     ) -> Result<Arc<Self>, CoordError> {
         let mut state = State::default();
@@ -262,16 +266,17 @@ impl Leader {
         );
         let leader = Arc::new(Self {
             epoch,
-            address,
+            address: gateway.member.address.clone(),
             store,
-            events,
-            config,
+            events: gateway.events.clone(),
+            config: gateway.config.clone(),
             state: Mutex::new(state),
             deploy_lock: tokio::sync::Mutex::new(()),
             converge_now: Notify::new(),
             master: watch::channel(None).0,
             ended: CancellationToken::new(),
             deposed,
+            metrics: gateway.metrics.clone(),
         });
         tokio::spawn(leader.clone().converge_loop());
         Ok(leader)
@@ -335,6 +340,26 @@ impl Leader {
 
     pub fn deployments(&self) -> Vec<Deployment> {
         self.lock().deployments.values().cloned().collect()
+    }
+
+    /// Counts for the metrics.
+    pub fn stats(&self) -> LeaderStats {
+        let state = self.lock();
+        LeaderStats {
+            apps: state.apps.values().filter(|entry| !entry.deleting).count(),
+            deployments: state.deployments.len(),
+            launch_queue: state.pending.values().map(|&count| count as usize).sum(),
+            master_connected: self.master.borrow().is_some(),
+        }
+    }
+
+    /// How many instances are in each task state.
+    pub fn instance_states(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for instance in self.lock().instances.values() {
+            *counts.entry(instance.state.as_str_name()).or_default() += 1;
+        }
+        counts.into_iter().collect()
     }
 
     /// Apps waiting for resources: (app, count waiting, delay left, stats).
@@ -463,6 +488,10 @@ impl Leader {
                 state.backoff.remove(id);
             }
             activate_step(&mut state, &deployment, 0);
+            let trace = marina_daemon::trace::carrier();
+            for id in &deployment.affected_apps {
+                state.traces.insert(id.clone(), trace.clone());
+            }
             state.deployments.insert(deployment.id.clone(), deployment.clone());
         }
         for id in &superseded {
@@ -524,7 +553,7 @@ impl Leader {
         let chosen: Vec<Instance> = {
             let state = self.lock();
             if let Some(app_id) = app_id
-                && !state.apps.get(app_id).is_some_and(|e| !e.deleting)
+                && state.apps.get(app_id).is_none_or(|e| e.deleting)
             {
                 return Err(DeployError::NotFound(app_id.to_owned()));
             }
@@ -688,7 +717,7 @@ impl Leader {
         let state = self.lock();
         let now = Instant::now();
         state.pending.iter().any(|(id, count)| {
-            *count > 0 && !state.backoff.get(id).and_then(|b| b.until).is_some_and(|until| until > now)
+            *count > 0 && state.backoff.get(id).and_then(|b| b.until).is_none_or(|until| until <= now)
         })
     }
 
@@ -821,6 +850,14 @@ impl Leader {
             }
             let unused: Vec<String> =
                 offers.iter().map(|o| o.offer_id.clone()).filter(|id| !launches.contains_key(id)).collect();
+            // Each accept is traced as part of the deployment that asked for its tasks.
+            let launches: BTreeMap<String, (Vec<TaskInfo>, marina_daemon::trace::Carrier)> = launches
+                .into_iter()
+                .map(|(offer, tasks)| {
+                    let trace = tasks.iter().find_map(|task| state.traces.get(&task.name).cloned()).unwrap_or_default();
+                    (offer, (tasks, trace))
+                })
+                .collect();
             (launches, unused, records)
         };
         if !records.is_empty() {
@@ -841,9 +878,12 @@ impl Leader {
                 return;
             }
         }
-        let accepts = launches.into_iter().map(|(offer_id, tasks)| {
+        let launched: usize = launches.values().map(|(tasks, _)| tasks.len()).sum();
+        let accepts = launches.into_iter().map(|(offer_id, (tasks, trace))| {
             let mut client = session.client.clone();
             let framework_id = session.framework_id.clone();
+            let span = tracing::info_span!("gateway.launch", offer = %offer_id, tasks = tasks.len(), trace_id = tracing::field::Empty);
+            marina_daemon::trace::set_parent(&span, &trace);
             async move {
                 let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
                 let request = master::AcceptRequest {
@@ -854,9 +894,13 @@ impl Leader {
                 };
                 client.accept(request).await.err().map(|status| (ids, status))
             }
+            .instrument(span)
         });
         let failed: Vec<(Vec<String>, tonic::Status)> =
             futures::future::join_all(accepts).await.into_iter().flatten().collect();
+        let refused: usize = failed.iter().map(|(ids, _)| ids.len()).sum();
+        self.metrics.tasks_launched.inc_by((launched - refused) as u64);
+        self.metrics.launches_refused.inc_by(refused as u64);
         for (ids, status) in failed {
             tracing::warn!(tasks = ids.len(), %status, "launch refused by the master; the instances will be replaced");
             self.forget_instances(&ids).await;
@@ -894,6 +938,7 @@ impl Leader {
     /// A status update from the master. Returns once it is applied (so it may be
     /// acknowledged).
     pub async fn handle_update(&self, status: TaskStatus) -> Result<(), DeployError> {
+        self.metrics.status_updates.inc();
         let state_of = status.state();
         let now = Instant::now();
         let mut batch = Batch::default();
@@ -1163,6 +1208,9 @@ fn advance_deployments(
             continue;
         }
         if deployment.current_step >= deployment.steps.len() {
+            for app in &deployment.affected_apps {
+                state.traces.remove(app);
+            }
             batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
             events.push(("deployment_success", json!({ "id": id, "plan": deployment_json(&deployment) })));
             state.deployments.remove(&id);

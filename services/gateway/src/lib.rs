@@ -15,6 +15,7 @@ pub mod engine;
 pub mod events;
 pub mod grpc;
 pub mod leader;
+pub mod metrics;
 pub mod model;
 pub mod placement;
 pub mod proxy;
@@ -41,6 +42,7 @@ use tokio::task::JoinHandle;
 pub use crate::config::Config;
 use crate::events::EventBus;
 use crate::leader::Leader;
+use crate::metrics::GatewayMetrics;
 use crate::proxy::Proxy;
 use crate::store::Store;
 
@@ -70,6 +72,7 @@ pub struct Gateway {
     /// Signalled by `DELETE /v2/leader`.
     pub abdicate: Arc<Notify>,
     pub shutdown: Shutdown,
+    pub metrics: GatewayMetrics,
     observer: LeaderObserver,
     proxy: Proxy,
 }
@@ -125,20 +128,23 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let observer = coord.observe_leader(GATEWAY_ELECTION_DIR).await?;
     let masters = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
+    let metrics = Metrics::new("gateway");
+    let role = watch::channel(None).0;
+    let gateway_metrics = GatewayMetrics::new(&metrics, role.subscribe());
     let gateway = Arc::new(Gateway {
         id,
         member,
         config: config.clone(),
         coord: coord.clone(),
-        role: watch::channel(None).0,
+        role,
         events: EventBus::default(),
         abdicate: Arc::new(Notify::new()),
         shutdown: shutdown.clone(),
         observer,
         proxy: Proxy::default(),
+        metrics: gateway_metrics,
     });
 
-    let metrics = Metrics::new("gateway");
     let (router, health) = Endpoint::new("gateway", metrics)
         .grpc(AppsServer::new(grpc::AppsApi::new(gateway.clone())))
         .http(rest::routes(gateway.clone()))
@@ -163,15 +169,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let masters = masters.clone();
         async move {
             let store = Store::new(gateway.coord.clone(), fence);
-            let leader = Leader::start(
-                epoch,
-                gateway.member.address.clone(),
-                store,
-                gateway.events.clone(),
-                gateway.config.clone(),
-                deposed,
-            )
-            .await?;
+            let leader = Leader::start(&gateway, epoch, store, deposed).await?;
+            gateway.metrics.elections_won.inc();
             tokio::spawn(scheduler::run(
                 leader.clone(),
                 masters.receiver(),

@@ -159,7 +159,7 @@ pub fn task_info(app: &AppDefinition, task_id: &str, host_ports: &[u32]) -> agen
     let health_checks = app
         .health_checks
         .iter()
-        .filter_map(|check| {
+        .map(|check| {
             let protocol = match check.protocol {
                 HealthCheckProtocol::Http | HealthCheckProtocol::MesosHttp => agent::health_check::Protocol::Http,
                 // No TLS client on the agent: an HTTPS endpoint is checked by connecting.
@@ -167,7 +167,7 @@ pub fn task_info(app: &AppDefinition, task_id: &str, host_ports: &[u32]) -> agen
                 HealthCheckProtocol::Tcp | HealthCheckProtocol::MesosTcp => agent::health_check::Protocol::Tcp,
                 HealthCheckProtocol::Command => agent::health_check::Protocol::Command,
             };
-            Some(agent::HealthCheck {
+            agent::HealthCheck {
                 protocol: protocol as i32,
                 path: check.path.clone().unwrap_or_else(|| "/".into()),
                 port_index: check.port_index.unwrap_or(0),
@@ -177,7 +177,7 @@ pub fn task_info(app: &AppDefinition, task_id: &str, host_ports: &[u32]) -> agen
                 interval_seconds: check.interval_seconds,
                 timeout_seconds: check.timeout_seconds,
                 max_consecutive_failures: check.max_consecutive_failures,
-            })
+            }
         })
         .collect();
     let mut labels: HashMap<String, String> = app.labels.clone().into_iter().collect();

@@ -25,6 +25,9 @@ pub struct Placement {
     pub attributes: Vec<(String, String)>,
 }
 
+/// Whether an instance may go on an offer, given where the app's instances are.
+pub type ConstraintCheck<'a> = Box<dyn Fn(&OfferView, &[Placement]) -> bool + 'a>;
+
 /// Instances of one app waiting for resources.
 pub struct Demand<'a> {
     pub app_id: String,
@@ -37,7 +40,7 @@ pub struct Demand<'a> {
     /// ...and which of them must be exactly these numbers (0: any).
     pub fixed_ports: Vec<u32>,
     /// Whether an instance may go on this offer, given where the app's instances are.
-    pub constraints: Box<dyn Fn(&OfferView, &[Placement]) -> bool + 'a>,
+    pub constraints: ConstraintCheck<'a>,
     /// Where the app's instances run now.
     pub placed: Vec<Placement>,
 }

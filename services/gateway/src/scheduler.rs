@@ -64,7 +64,7 @@ async fn session(
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut client = SchedulerClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = SchedulerClient::new(marina_daemon::trace::traced(channel)).max_decoding_message_size(64 << 20);
     let framework_id = leader.store.framework_id().await.map_err(|e| e.to_string())?.unwrap_or_default();
     let request = master::SubscribeRequest {
         framework: Some(master::FrameworkInfo {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use marina_coord_client::{CoordClient, Error as CoordError, Fence};
+use marina_coord_client::{Error as CoordError, Fence};
 use marina_proto::agent::v1::{AgentInfo, Resources, TaskInfo, TaskReport, TaskState, TaskStatus};
 use marina_proto::master::v1::{self as pb, master_message, scheduler_event};
 use tokio::sync::mpsc;
@@ -136,18 +136,16 @@ fn master_status(task_id: &str, framework_id: &str, agent_id: &str, state: TaskS
 }
 
 impl LeaderState {
-    /// Takes over: loads the registry from coord and starts the leader's loops.
+    /// `master` takes over (for `epoch`, writing under `fence`): loads the registry from
+    /// coord and starts the leader's loops.
     pub async fn start(
+        master: &crate::Master,
         epoch: u64,
-        master_id: String,
-        address: String,
         fence: Fence,
-        coord: CoordClient,
-        config: Config,
-        metrics: MasterMetrics,
         deposed: CancellationToken,
     ) -> Result<Arc<Self>, CoordError> {
-        let registry = Registry::new(coord, fence);
+        let config = master.config.clone();
+        let registry = Registry::new(master.coord.clone(), fence);
         let agents = registry.agents().await?;
         let frameworks = registry.frameworks().await?;
         let now = Instant::now();
@@ -174,15 +172,15 @@ impl LeaderState {
         );
         let state = Arc::new(Self {
             epoch,
-            master_id,
-            address,
+            master_id: master.id.clone(),
+            address: master.member.address.clone(),
             reregister_deadline: now + Config::ms(config.agent_reregister_timeout_ms),
             config,
             registry,
             inner: Mutex::new(inner),
             ended: CancellationToken::new(),
             deposed,
-            metrics,
+            metrics: master.metrics.clone(),
             next_stream: AtomicU64::new(1),
         });
         tokio::spawn(state.clone().allocation_loop());
@@ -483,7 +481,11 @@ impl LeaderState {
             tasks.push(task);
         }
         self.metrics.tasks_launched.inc_by(tasks.len() as u64);
-        let launch = pb::LaunchTasks { framework_id: request.framework_id.clone(), tasks };
+        let launch = pb::LaunchTasks {
+            framework_id: request.framework_id.clone(),
+            tasks,
+            trace_context: marina_daemon::trace::carrier(),
+        };
         let _ = link.send(self.agent_message(master_message::Kind::Launch(launch)));
         self.metrics.accept_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())

@@ -126,17 +126,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let start = move |epoch, fence, deposed| {
         let master = starter.clone();
         async move {
-            let leader = LeaderState::start(
-                epoch,
-                master.id.clone(),
-                master.member.address.clone(),
-                fence,
-                master.coord.clone(),
-                master.config.clone(),
-                master.metrics.clone(),
-                deposed,
-            )
-            .await?;
+            let leader = LeaderState::start(&master, epoch, fence, deposed).await?;
             master.metrics.elected.set(1);
             master.metrics.elections_won.inc();
             Ok(leader)

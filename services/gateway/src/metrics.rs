@@ -1,0 +1,119 @@
+//! The gateway's Prometheus metrics (besides the per-request ones every service has). The
+//! leader's gauges are read from its state at scrape time, so they cannot drift from what
+//! the API shows; a standby reports zeros and `marina_gateway_elected 0`.
+
+use std::sync::Arc;
+
+use marina_daemon::Metrics;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+use tokio::sync::watch;
+
+use crate::leader::Leader;
+
+/// Counters the leader bumps as things happen.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub elections_won: IntCounter,
+    pub tasks_launched: IntCounter,
+    pub launches_refused: IntCounter,
+    pub status_updates: IntCounter,
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway's metrics; the leader gauges follow `role`.
+    pub fn new(metrics: &Metrics, role: watch::Receiver<Option<Arc<Leader>>>) -> Self {
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("static metric");
+            metrics.register(counter.clone());
+            counter
+        };
+        metrics.register(LeaderGauges::new(role));
+        Self {
+            elections_won: counter("marina_gateway_elections_won_total", "Leaderships this gateway took."),
+            tasks_launched: counter("marina_gateway_tasks_launched_total", "Tasks sent to the master to launch."),
+            launches_refused: counter(
+                "marina_gateway_launches_refused_total",
+                "Launches the master refused (their instances are replaced).",
+            ),
+            status_updates: counter("marina_gateway_status_updates_total", "Task status updates received."),
+        }
+    }
+}
+
+/// What the leader holds, counted when scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaderStats {
+    pub apps: usize,
+    pub deployments: usize,
+    /// Instances waiting for an offer.
+    pub launch_queue: usize,
+    pub master_connected: bool,
+}
+
+struct LeaderGauges {
+    role: watch::Receiver<Option<Arc<Leader>>>,
+    elected: IntGauge,
+    apps: IntGauge,
+    deployments: IntGauge,
+    launch_queue: IntGauge,
+    master_connected: IntGauge,
+    instances: IntGaugeVec,
+    descs: Vec<Desc>,
+}
+
+impl LeaderGauges {
+    fn new(role: watch::Receiver<Option<Arc<Leader>>>) -> Self {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("static metric");
+        let instances =
+            IntGaugeVec::new(Opts::new("marina_gateway_instances", "App instances by task state."), &["state"])
+                .expect("static metric");
+        let mut gauges = Self {
+            role,
+            elected: gauge("marina_gateway_elected", "1 while this gateway leads."),
+            apps: gauge("marina_gateway_apps", "Apps defined."),
+            deployments: gauge("marina_gateway_deployments", "Deployments in progress."),
+            launch_queue: gauge("marina_gateway_launch_queue", "Instances waiting for resources to launch on."),
+            master_connected: gauge("marina_gateway_master_connected", "1 while subscribed to the leading master."),
+            instances,
+            descs: Vec::new(),
+        };
+        gauges.descs =
+            [&gauges.elected, &gauges.apps, &gauges.deployments, &gauges.launch_queue, &gauges.master_connected]
+                .into_iter()
+                .flat_map(|gauge| gauge.desc().into_iter().cloned())
+                .chain(gauges.instances.desc().into_iter().cloned())
+                .collect();
+        gauges
+    }
+}
+
+impl Collector for LeaderGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let leader = self.role.borrow().clone();
+        let (stats, instances) = match &leader {
+            Some(leader) => (leader.stats(), leader.instance_states()),
+            None => (LeaderStats::default(), Vec::new()),
+        };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.elected.set(i64::from(leader.is_some()));
+        self.apps.set(count(stats.apps));
+        self.deployments.set(count(stats.deployments));
+        self.launch_queue.set(count(stats.launch_queue));
+        self.master_connected.set(i64::from(stats.master_connected));
+        self.instances.reset();
+        for (state, number) in instances {
+            self.instances.with_label_values(&[state]).set(count(number));
+        }
+        [&self.elected, &self.apps, &self.deployments, &self.launch_queue, &self.master_connected]
+            .into_iter()
+            .flat_map(|gauge| gauge.collect())
+            .chain(self.instances.collect())
+            .collect()
+    }
+}

@@ -1,0 +1,203 @@
+//! What operators' tools see of a running cluster (real processes of every service):
+//! - one deployment is one distributed trace, from the REST call through the gateway, the
+//!   master and the agent, received by an OTLP collector, with the agent's logs carrying
+//!   its trace id;
+//! - every `/metrics` passes Prometheus' own linter (`promtool check metrics`);
+//! - every gRPC port answers health checks and reflection from Python's gRPC.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use marina_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use marina_tests::services::Service;
+use marina_tests::{CoordProcesses, TestDir, eventually};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A coord node, a master, a sim agent and a gateway, all exporting to `otlp` (when given),
+/// spans flushed every 100 ms rather than every 5 s.
+struct Cluster {
+    coord: CoordProcesses,
+    master: Service,
+    agent: Service,
+    gateway: Service,
+    _dir: TestDir,
+}
+
+async fn cluster(otlp: Option<&OtlpReceiver>) -> Cluster {
+    let endpoint = otlp.map(OtlpReceiver::endpoint).unwrap_or_default();
+    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let coord = CoordProcesses::start_with_env(1, &export).await;
+    let dir = TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        export.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let master = Service::master("master", &url, dir.path(), &with(&[]));
+    let agent = Service::agent(
+        "agent",
+        &url,
+        "sim",
+        dir.path(),
+        &with(&[("MARINA_AGENT_LOG__FORMAT", "json"), ("MARINA_AGENT_RESOURCES__CPUS", "4")]),
+    );
+    let gateway = Service::gateway("gateway", &url, dir.path(), &with(&[]));
+    for service in [&master, &agent, &gateway] {
+        service.wait_healthy().await;
+    }
+    Cluster { coord, master, agent, gateway, _dir: dir }
+}
+
+fn span<'a>(trace: &'a [ReceivedSpan], service: &str, name: &str) -> Option<&'a ReceivedSpan> {
+    trace.iter().find(|span| span.service == service && span.name == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
+    let otlp = OtlpReceiver::start().await;
+    let cluster = cluster(Some(&otlp)).await;
+    eventually(WAIT, "the gateway to lead with a master", || async {
+        let info = cluster.gateway.get_json("/v2/info").await?;
+        (info["elected"] == true && info["frameworkId"].is_string()).then_some(())
+    })
+    .await;
+
+    // The caller's own span: the trace starts on the client side, as a dashboard shows it.
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let client_span = format!("{:016x}", fastrand::u64(1..));
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v2/apps", cluster.gateway.address))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .json(&json!({ "id": "/traced", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+
+    let expected = [
+        ("marina-gateway", "POST /v2/apps"),
+        ("marina-gateway", "gateway.launch"),
+        ("marina-master", "/marina.master.v1.Scheduler/Accept"),
+        ("marina-agent", "agent.launch"),
+        ("marina-agent", "runtime.start"),
+    ];
+    let trace = otlp
+        .wait_for_trace(&trace_id, WAIT, |trace| {
+            expected.iter().all(|(service, name)| span(trace, service, name).is_some())
+                && trace.iter().filter(|s| s.name == "agent.launch").count() == 2
+                && trace.iter().any(|s| s.service == "marina-coord")
+        })
+        .await;
+
+    // One tree: every span's parent is the client's span or another span of the trace.
+    let by_id: HashMap<&str, &ReceivedSpan> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for span in &trace {
+        assert!(
+            span.parent_span_id == client_span || by_id.contains_key(span.parent_span_id.as_str()),
+            "{span:?} hangs off a span outside the trace: {trace:#?}"
+        );
+    }
+    // The causal chain: request → launch → master accept → agent launch → runtime start.
+    let post = span(&trace, "marina-gateway", "POST /v2/apps").unwrap();
+    assert_eq!(post.parent_span_id, client_span);
+    let launch = span(&trace, "marina-gateway", "gateway.launch").unwrap();
+    assert_eq!(launch.parent_span_id, post.span_id);
+    let accept = span(&trace, "marina-master", "/marina.master.v1.Scheduler/Accept").unwrap();
+    assert_eq!(accept.parent_span_id, launch.span_id);
+    let agent_launches: Vec<&ReceivedSpan> = trace.iter().filter(|s| s.name == "agent.launch").collect();
+    for agent_launch in &agent_launches {
+        let accepted_by = by_id[agent_launch.parent_span_id.as_str()];
+        assert_eq!((accepted_by.service.as_str(), accepted_by.name.as_str()), ("marina-master", accept.name.as_str()));
+    }
+    let start = span(&trace, "marina-agent", "runtime.start").unwrap();
+    assert!(agent_launches.iter().any(|l| l.span_id == start.parent_span_id), "{start:?}");
+    // The app's definition was written to coord inside the request.
+    assert!(
+        trace.iter().any(|s| s.service == "marina-coord" && s.parent_span_id == post.span_id),
+        "no coord write under the request: {trace:#?}"
+    );
+
+    // The same deployment, as the metrics tell it.
+    for (service, lines) in [
+        (
+            &cluster.gateway,
+            &[
+                "marina_gateway_elected 1",
+                "marina_gateway_master_connected 1",
+                "marina_gateway_apps 1",
+                "marina_gateway_deployments 0",
+                "marina_gateway_launch_queue 0",
+                "marina_gateway_instances{state=\"TASK_RUNNING\"} 2",
+                "marina_gateway_tasks_launched_total 2",
+            ][..],
+        ),
+        (&cluster.master, &["marina_master_elected 1", "marina_master_tasks_launched_total 2"][..]),
+    ] {
+        let http = reqwest::Client::new();
+        eventually(WAIT, &format!("{} metrics to show the deployment", service.name), || async {
+            let metrics =
+                http.get(format!("http://{}/metrics", service.address)).send().await.ok()?.text().await.ok()?;
+            lines.iter().all(|line| metrics.lines().any(|l| l == *line)).then_some(())
+        })
+        .await;
+    }
+
+    // The agent's JSON log lines about the tasks carry the trace id, so logs and traces join.
+    let log = cluster.agent.log();
+    let correlated = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "task status")
+        .any(|line| line.to_string().contains(&trace_id));
+    assert!(correlated, "no agent log line with trace id {trace_id}:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_valid_metrics_health_and_reflection() {
+    let cluster = cluster(None).await;
+    let coord = cluster.coord.address(1).to_owned();
+    let ports = [
+        (coord.as_str(), "marina.coord.v1.Coord,marina.coord.v1.Cluster,marina.coord.v1.Raft"),
+        (&cluster.master.address, "marina.master.v1.Scheduler,marina.master.v1.AgentLink,marina.master.v1.Operator"),
+        (&cluster.agent.address, "marina.agent.v1.Agent"),
+        (&cluster.gateway.address, "marina.apps.v1.Apps"),
+    ];
+
+    let http = reqwest::Client::new();
+    for (address, _) in &ports {
+        let metrics = http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("process_resident_memory_bytes"), "{address}: {metrics}");
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (installed by scripts/setup)");
+        promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool rejects {address}/metrics: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_check.py");
+    let arguments = ports.iter().map(|(address, services)| format!("{address}=grpc.health.v1.Health,{services}"));
+    let output = std::process::Command::new(marina_tests::python::interpreter())
+        .arg(script)
+        .args(arguments)
+        .output()
+        .expect("running grpc_check.py");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).matches("SERVING").count(), 4);
+}
