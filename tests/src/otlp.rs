@@ -20,6 +20,8 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// Spans it links to (`follows_from`), possibly in other traces.
+    pub links: Vec<String>,
 }
 
 pub struct OtlpReceiver {
@@ -51,6 +53,11 @@ impl OtlpReceiver {
     /// The spans of one trace received so far.
     pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         self.spans.lock().expect("spans lock").iter().filter(|span| span.trace_id == trace_id).cloned().collect()
+    }
+
+    /// Every span received so far.
+    pub fn all(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("spans lock").clone()
     }
 
     /// Waits until the spans of `trace_id` satisfy `complete`; on timeout, panics showing
@@ -111,6 +118,7 @@ impl TraceService for Collector {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
+                    links: span.links.iter().map(|link| hex(&link.span_id)).collect(),
                 });
             }
         }

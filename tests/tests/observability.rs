@@ -82,12 +82,18 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
         ("marina-master", "/marina.master.v1.Scheduler/Accept"),
         ("marina-agent", "agent.launch"),
         ("marina-agent", "runtime.start"),
+        ("marina-coord", "coord.propose"),
+        ("marina-coord", "coord.commit"),
+        ("marina-master", "master.status_update"),
+        ("marina-gateway", "gateway.status_update"),
+        ("marina-master", "/marina.master.v1.Scheduler/Acknowledge"),
     ];
     let trace = otlp
         .wait_for_trace(&trace_id, WAIT, |trace| {
             expected.iter().all(|(service, name)| span(trace, service, name).is_some())
                 && trace.iter().filter(|s| s.name == "agent.launch").count() == 2
-                && trace.iter().any(|s| s.service == "marina-coord")
+                // STARTING and RUNNING of both tasks, each routed and handled.
+                && trace.iter().filter(|s| s.name == "gateway.status_update").count() == 4
         })
         .await;
 
@@ -113,11 +119,37 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     }
     let start = span(&trace, "marina-agent", "runtime.start").unwrap();
     assert!(agent_launches.iter().any(|l| l.span_id == start.parent_span_id), "{start:?}");
-    // The app's definition was written to coord inside the request.
-    assert!(
-        trace.iter().any(|s| s.service == "marina-coord" && s.parent_span_id == post.span_id),
-        "no coord write under the request: {trace:#?}"
+    // The app's definition was written to coord inside the request: the coord request,
+    // its proposal, and the Raft entry that carried it.
+    let propose = span(&trace, "marina-coord", "coord.propose").unwrap();
+    let coord_request = by_id[propose.parent_span_id.as_str()];
+    assert_eq!(
+        (coord_request.service.as_str(), coord_request.parent_span_id.as_str()),
+        ("marina-coord", post.span_id.as_str())
     );
+    let commit = span(&trace, "marina-coord", "coord.commit").unwrap();
+    assert_eq!(commit.parent_span_id, propose.span_id);
+    // Status updates travel back in the same trace: agent → master → gateway → acknowledged.
+    for routed in trace.iter().filter(|s| s.name == "master.status_update") {
+        assert!(agent_launches.iter().any(|l| l.span_id == routed.parent_span_id), "{routed:?}");
+    }
+    for handled in trace.iter().filter(|s| s.name == "gateway.status_update") {
+        assert_eq!(by_id[handled.parent_span_id.as_str()].name, "master.status_update");
+    }
+    let acknowledged = span(&trace, "marina-master", "/marina.master.v1.Scheduler/Acknowledge").unwrap();
+    assert_eq!(by_id[acknowledged.parent_span_id.as_str()].name, "gateway.status_update");
+
+    // The launch links to the offers it used, which belong to the master's allocation round.
+    let everything = otlp.all();
+    let find = |id: &str| everything.iter().find(|s| s.span_id == id);
+    let offers = launch.links.iter().filter_map(|id| find(id)).find(|s| s.name == "gateway.offers");
+    let offers = offers.unwrap_or_else(|| panic!("gateway.launch links to no gateway.offers: {launch:?}"));
+    let round = find(&offers.parent_span_id).expect("the offers' parent");
+    assert_eq!((round.service.as_str(), round.name.as_str()), ("marina-master", "master.offer_round"));
+    // Each leader's take-over is a trace of its own.
+    for service in ["marina-master", "marina-gateway"] {
+        assert!(everything.iter().any(|s| s.service == service && s.name == "election.take_over"), "{service}");
+    }
 
     // The same deployment, as the metrics tell it.
     for (service, lines) in [

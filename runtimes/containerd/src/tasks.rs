@@ -28,6 +28,7 @@ use crate::ContainerdRuntime;
 use crate::images::Images;
 use crate::rpc::{Containerd, backend_error, is_already_exists, is_not_found, rpc_error};
 use crate::spec;
+use tracing::Instrument;
 
 /// The type containerd and its shims decode a container's spec as (JSON).
 pub(crate) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -88,11 +89,18 @@ impl ContainerdRuntime {
 
         // The snapshot exists before the container record that keeps it: hold a lease.
         let lease = self.cd.lease("start").await?;
-        let created = self.create_container(lease.client(), &id, &ready, oci, &spec.labels, &data).await;
+        let created = self
+            .create_container(lease.client(), &id, &ready, oci, &spec.labels, &data)
+            .instrument(tracing::info_span!("containerd.create_container"))
+            .await;
         lease.release().await;
         created?;
 
-        match self.create_and_start_task(&id, &stdout, &stderr).await {
+        match self
+            .create_and_start_task(&id, &stdout, &stderr)
+            .instrument(tracing::info_span!("containerd.start_task"))
+            .await
+        {
             Ok(pid) => {
                 tracing::debug!(task_id = %spec.task_id, container = %id, pid, "task started");
                 Ok(TaskHandle { runtime: RuntimeKind::Containerd, task_id: spec.task_id.clone(), id, data })

@@ -41,7 +41,7 @@ use marina_runtime::{
     Capabilities, ExecOutput, ExitStatus, LABEL_TASK_ID, ListedTask, LogStream, Result, Runtime, RuntimeError,
     RuntimeKind, TaskHandle, TaskSpec, TaskState,
 };
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 pub use parameters::SUPPORTED_PARAMETERS;
 pub use spec::{NAME_PREFIX, container_name};
@@ -370,14 +370,15 @@ impl Runtime for DockerRuntime {
                 Err(e) => return Err(errors::backend("inspect image", image, e)),
             }
         }
-        self.pull(image).await
+        self.pull(image).instrument(tracing::info_span!("docker.pull", image)).await
     }
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle> {
         let name = container_name(&spec.task_id);
         let body = spec::container_body(spec)?;
-        let id = self.create(&name, spec, body).await?;
-        if let Err(e) = self.docker.start_container(&id, None).await {
+        let id = self.create(&name, spec, body).instrument(tracing::info_span!("docker.create")).await?;
+        let started = self.docker.start_container(&id, None).instrument(tracing::info_span!("docker.start")).await;
+        if let Err(e) = started {
             // Never leave a created, never started container behind: it would hold the name.
             let error = errors::backend("start container", &format!("{name} ({id})"), e);
             if let Err(cleanup) = self.remove_container(&id, &spec.task_id).await {

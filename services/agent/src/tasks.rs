@@ -194,6 +194,7 @@ impl Tasks {
             status.reason = reason.to_owned();
             status.message = message.into();
             status.healthy = guard.status.healthy;
+            status.trace_context = marina_daemon::trace::carrier();
             status.container_id = guard.handle.as_ref().map(|h| h.id.clone()).unwrap_or_default();
             guard.status = status.clone();
             status

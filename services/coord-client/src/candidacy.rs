@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::client::CoordClient;
 use crate::election::{Election, ElectionState, Fence};
@@ -80,7 +81,9 @@ pub async fn run<T, F, Fut>(
             let observed = *state.borrow_and_update();
             match observed {
                 ElectionState::Leading { epoch } if current.borrow().is_none() => {
-                    match start(epoch, election.fence().clone(), deposed.clone()).await {
+                    // Its own trace: how long a new leader takes to be ready, on a dashboard.
+                    let span = tracing::info_span!(parent: None, "election.take_over", dir = %candidacy.dir, epoch);
+                    match start(epoch, election.fence().clone(), deposed.clone()).instrument(span).await {
                         Ok(term) => {
                             tracing::info!(dir = %candidacy.dir, epoch, "leading");
                             current.send_replace(Some(term));

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use marina_daemon::trace::traced;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
 use marina_proto::coord::v1::coord_client::CoordClient;
@@ -227,7 +228,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn get(&self, request: Request<pb::GetRequest>) -> ServiceResult<pb::GetResponse> {
         self.path("path", &request.get_ref().path)?;
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
-            return CoordClient::new(leader).get(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).get(forward(request.into_inner())).await;
         }
         let replica = self.node.replica.read().expect("replica lock");
         let node = replica.store.get(&request.get_ref().path).map(node_to_pb);
@@ -237,7 +238,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn list(&self, request: Request<pb::ListRequest>) -> ServiceResult<pb::ListResponse> {
         self.path("path", &request.get_ref().path)?;
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
-            return CoordClient::new(leader).list(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).list(forward(request.into_inner())).await;
         }
         let replica = self.node.replica.read().expect("replica lock");
         let children = replica.store.children(&request.get_ref().path);
@@ -247,7 +248,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn create(&self, request: Request<pb::CreateRequest>) -> ServiceResult<pb::CreateResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Create(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).create(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).create(forward(request.into_inner())).await;
         }
         match self.single(op).await? {
             (revision, OpOutcome::Created(node)) => {
@@ -260,7 +261,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn set(&self, request: Request<pb::SetRequest>) -> ServiceResult<pb::SetResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Set(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).set(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).set(forward(request.into_inner())).await;
         }
         match self.single(op).await? {
             (revision, OpOutcome::Set(node)) => {
@@ -273,7 +274,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> ServiceResult<pb::DeleteResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Delete(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).delete(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).delete(forward(request.into_inner())).await;
         }
         match self.single(op).await? {
             (revision, OpOutcome::Deleted(deleted)) => {
@@ -296,7 +297,7 @@ impl pb::coord_server::Coord for CoordApi {
         let success = message.success.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
         let failure = message.failure.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).txn(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).txn(forward(request.into_inner())).await;
         }
         let outcome = self.txn(Txn { compares, success, failure }).await?;
         let revision = outcome.revision;
@@ -324,7 +325,7 @@ impl pb::coord_server::Coord for CoordApi {
             return Err(CoordError::invalid("disconnect_grace_ms", "must not exceed ttl_ms").into());
         }
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).create_session(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).create_session(forward(request.into_inner())).await;
         }
         let (ttl_ms, grace_ms) = (message.ttl_ms, message.disconnect_grace_ms);
         let command = Command::CreateSession { ttl_ms, disconnect_grace_ms: grace_ms };
@@ -352,7 +353,7 @@ impl pb::coord_server::Coord for CoordApi {
             // Relay the stream both ways: when the client goes away, the leader sees this
             // stream end (and applies the disconnect grace).
             let inbound = tokio_stream::StreamExt::map_while(request.into_inner(), |message| message.ok());
-            let response = CoordClient::new(leader).keep_alive(forward(inbound)).await?;
+            let response = CoordClient::new(traced(leader)).keep_alive(forward(inbound)).await?;
             let shutdown = self.node.shutdown.clone();
             let relayed = response.into_inner().take_until(async move { shutdown.cancelled().await });
             return Ok(Response::new(Box::pin(relayed)));
@@ -397,7 +398,7 @@ impl pb::coord_server::Coord for CoordApi {
         request: Request<pb::CloseSessionRequest>,
     ) -> ServiceResult<pb::CloseSessionResponse> {
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(leader).close_session(forward(request.into_inner())).await;
+            return CoordClient::new(traced(leader)).close_session(forward(request.into_inner())).await;
         }
         let session_id = request.get_ref().session_id;
         let command = Command::EndSession { session_id, reason: EndReason::Closed };

@@ -6,6 +6,10 @@
 //! while the pipeline is full and the next entry carries all of them, so the per-entry cost
 //! of Raft (an fsync on every node, a replication round) is shared.
 //!
+//! Traces: each write is a `coord.propose` span of its request; each log entry a
+//! `coord.commit` span (hand-off to Raft, replication, commit, apply) that is a child of the
+//! first write it carries and linked to the others.
+//!
 //! [`ReadBarrier`]: linearizable reads need the leader to confirm its leadership with a
 //! quorum (read-index). Reads arriving while a confirmation is in flight share the next one.
 
@@ -16,12 +20,16 @@ use prometheus::{Histogram, HistogramOpts, IntCounter};
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 use crate::command::{Command, CommandResult};
 use crate::error::CoordError;
 use crate::types::{NodeId, Raft};
 
 type Reply<T> = oneshot::Sender<Result<T, CoordError>>;
+
+/// A write waiting to be proposed: the command, where its result goes, and its span.
+type Proposal = (Command, Reply<CommandResult>, Span);
 
 #[derive(Clone)]
 pub struct ProposerMetrics {
@@ -46,7 +54,7 @@ impl ProposerMetrics {
 
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(Command, Reply<CommandResult>)>,
+    queue: mpsc::Sender<Proposal>,
 }
 
 impl Proposer {
@@ -65,15 +73,20 @@ impl Proposer {
 
     /// Replicates `command` and returns the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, CoordError> {
-        let (reply, result) = oneshot::channel();
-        self.queue.send((command, reply)).await.map_err(|_| CoordError::ShuttingDown)?;
-        result.await.map_err(|_| CoordError::ShuttingDown)?
+        let span = tracing::info_span!("coord.propose");
+        async {
+            let (reply, result) = oneshot::channel();
+            self.queue.send((command, reply, Span::current())).await.map_err(|_| CoordError::ShuttingDown)?;
+            result.await.map_err(|_| CoordError::ShuttingDown)?
+        }
+        .instrument(span)
+        .await
     }
 }
 
 async fn run_proposer(
     raft: Raft,
-    mut proposals: mpsc::Receiver<(Command, Reply<CommandResult>)>,
+    mut proposals: mpsc::Receiver<Proposal>,
     max_batch: usize,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
@@ -86,8 +99,19 @@ async fn run_proposer(
         if proposals.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
-        let (commands, replies): (Vec<Command>, Vec<Reply<CommandResult>>) = batch.drain(..).unzip();
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut spans = Vec::with_capacity(batch.len());
+        for (command, reply, span) in batch.drain(..) {
+            commands.push(command);
+            replies.push(reply);
+            spans.push(span);
+        }
         metrics.batch_size.observe(commands.len() as f64);
+        let commit = tracing::info_span!(parent: &spans[0], "coord.commit", writes = commands.len());
+        for other in &spans[1..] {
+            commit.follows_from(other);
+        }
         let command = if commands.len() == 1 {
             commands.into_iter().next().expect("one command")
         } else {
@@ -95,7 +119,7 @@ async fn run_proposer(
         };
         // Handing the entry to Raft preserves proposal order; the commit is awaited
         // elsewhere so the next batch can be gathered and proposed meanwhile.
-        let receiver = match raft.client_write_ff(command).await {
+        let receiver = match raft.client_write_ff(command).instrument(commit.clone()).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
                 for reply in replies {
@@ -105,19 +129,22 @@ async fn run_proposer(
             }
         };
         metrics.entries.inc();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = match tokio::time::timeout(timeout, receiver).await {
-                Err(_elapsed) => Err(CoordError::NoQuorum(format!(
-                    "the write was not committed within {timeout:?}: the leader cannot reach a majority \
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let outcome = match tokio::time::timeout(timeout, receiver).await {
+                    Err(_elapsed) => Err(CoordError::NoQuorum(format!(
+                        "the write was not committed within {timeout:?}: the leader cannot reach a majority \
                      (it may still be applied if the majority returns)"
-                ))),
-                Ok(Err(_dropped)) => Err(CoordError::ShuttingDown),
-                Ok(Ok(Err(error))) => Err(write_error(error)),
-                Ok(Ok(Ok(response))) => Ok(response.data),
-            };
-            distribute(outcome, replies);
-        });
+                    ))),
+                    Ok(Err(_dropped)) => Err(CoordError::ShuttingDown),
+                    Ok(Ok(Err(error))) => Err(write_error(error)),
+                    Ok(Ok(Ok(response))) => Ok(response.data),
+                };
+                distribute(outcome, replies);
+            }
+            .instrument(commit),
+        );
     }
 }
 

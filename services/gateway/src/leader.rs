@@ -882,8 +882,13 @@ impl Leader {
         let accepts = launches.into_iter().map(|(offer_id, (tasks, trace))| {
             let mut client = session.client.clone();
             let framework_id = session.framework_id.clone();
+            // A child of the offers it uses, unless a request caused it: then it joins that
+            // request's trace, linked to the offers.
             let span = tracing::info_span!("gateway.launch", offer = %offer_id, tasks = tasks.len(), trace_id = tracing::field::Empty);
-            marina_daemon::trace::set_parent(&span, &trace);
+            if !trace.is_empty() {
+                span.follows_from(tracing::Span::current());
+                marina_daemon::trace::set_parent(&span, &trace);
+            }
             async move {
                 let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
                 let request = master::AcceptRequest {

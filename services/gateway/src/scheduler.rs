@@ -11,6 +11,7 @@ use marina_proto::master::v1 as master;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use marina_proto::master::v1::scheduler_event::Kind;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::leader::{Leader, MasterSession};
 
@@ -115,8 +116,20 @@ async fn session(
                     Err(status) => return Err(format!("stream failed: {}", status.message())),
                 };
                 match event.kind {
-                    Some(Kind::Offers(offers)) => leader.handle_offers(offers.offers).await,
+                    Some(Kind::Offers(offers)) => {
+                        let span = tracing::info_span!(parent: None, "gateway.offers", offers = offers.offers.len());
+                        marina_daemon::trace::set_parent(&span, &offers.trace_context);
+                        leader.handle_offers(offers.offers).instrument(span).await;
+                    }
                     Some(Kind::Update(status)) => {
+                        // Delivery of a status update continues the trace it was sent in.
+                        let span = tracing::info_span!(
+                            parent: None,
+                            "gateway.status_update",
+                            task_id = %status.task_id,
+                            state = status.state().as_str_name(),
+                        );
+                        marina_daemon::trace::set_parent(&span, &status.trace_context);
                         let ack = (!status.uuid.is_empty()).then(|| master::AcknowledgeRequest {
                             framework_id: session.framework_id.clone(),
                             agent_id: status.agent_id.clone(),
@@ -125,9 +138,13 @@ async fn session(
                         });
                         // Acknowledged only once applied (and recorded): the agent resends
                         // an update that was not.
-                        if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
-                            let _ = client.acknowledge(ack).await;
+                        async {
+                            if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
+                                let _ = client.acknowledge(ack).await;
+                            }
                         }
+                        .instrument(span)
+                        .await;
                     }
                     Some(Kind::Error(error)) => return Err(format!("the master ended the subscription: {}", error.message)),
                     Some(Kind::Rescind(_) | Kind::Heartbeat(_) | Kind::Subscribed(_)) | None => {}

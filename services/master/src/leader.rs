@@ -331,8 +331,19 @@ impl LeaderState {
     }
 
     /// A status update from an agent: recorded, then routed to its framework.
-    pub fn status_update(&self, agent_id: &str, status: TaskStatus) {
+    pub fn status_update(&self, agent_id: &str, mut status: TaskStatus) {
         self.metrics.status_updates.inc();
+        // Routing continues the trace the agent sent the update in; the framework gets this
+        // span's context.
+        let span = tracing::info_span!(
+            parent: None,
+            "master.status_update",
+            task_id = %status.task_id,
+            state = status.state().as_str_name(),
+        );
+        marina_daemon::trace::set_parent(&span, &status.trace_context);
+        let _routing = span.enter();
+        status.trace_context = marina_daemon::trace::carrier();
         let mut inner = self.lock();
         let Some(agent) = inner.agents.get_mut(agent_id) else { return };
         match agent.tasks.get_mut(&status.task_id) {
@@ -859,6 +870,19 @@ impl LeaderState {
         let shift = fastrand::usize(..free_agents.len());
         free_agents.rotate_left(shift);
         let decisions = allocator::allocate(&free_agents, &mut candidates, &total);
+        if decisions.is_empty() {
+            return;
+        }
+        // Rounds that offer something are traced (each its own trace; the launches that use
+        // the offers link to it).
+        let round = tracing::info_span!(
+            parent: None,
+            "master.offer_round",
+            offers = decisions.len(),
+            decide_us = now.elapsed().as_micros() as u64,
+        );
+        let _round = round.enter();
+        let trace_context = marina_daemon::trace::carrier();
         let free: HashMap<String, Resources> = free_agents.into_iter().map(|a| (a.agent_id, a.free)).collect();
         let mut batches: HashMap<String, Vec<pb::Offer>> = HashMap::new();
         for (agent_id, framework_id) in decisions {
@@ -890,7 +914,8 @@ impl LeaderState {
                 })
                 .collect();
             let count = offers.len();
-            if stream.try_send(self.scheduler_event(scheduler_event::Kind::Offers(pb::Offers { offers }))).is_ok() {
+            let event = scheduler_event::Kind::Offers(pb::Offers { offers, trace_context: trace_context.clone() });
+            if stream.try_send(self.scheduler_event(event)).is_ok() {
                 self.metrics.offers_made.inc_by(count as u64);
                 inner.offers.extend(records);
             }
@@ -990,9 +1015,12 @@ impl LeaderState {
 }
 
 /// A reconciliation answer: the task's latest status, without a uuid (not acknowledged).
+/// A reconciliation answer: not acknowledged, and part of the reconciliation's trace (not
+/// of whatever produced the status first).
 fn reconciled(status: &TaskStatus) -> TaskStatus {
     let mut status = status.clone();
     status.uuid.clear();
+    status.trace_context = marina_daemon::trace::carrier();
     status
 }
 
