@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use marina_coord_client::{CreateOptions, Error, EventKind, OpResult, Txn};
+use marina_coord_client::{CreateOptions, Election, Error, EventKind, OpResult, Txn};
 use marina_tests::{CoordCluster, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -272,4 +272,29 @@ async fn members_can_be_added_promoted_and_removed() {
     assert!(members.iter().all(|m| m.id != removed));
     assert_eq!(members.iter().filter(|m| m.kind == "voter").count(), 3);
     client.put("/after", "x").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_write_tells_a_failed_compare_from_a_lost_leadership() {
+    let cluster = CoordCluster::start(3).await;
+    let client = cluster.client();
+    let session = client.create_session(Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let election = Election::join(&client, &session, "/election", "me").await.unwrap();
+    let fence = election.fence().clone();
+    client.put("/config", "v1").await.unwrap();
+
+    // The leader's own compare fails: not deposed, and its failure branch answers.
+    let stale = Txn::new().when_value("/config", "v0").then_put("/config", "v2").otherwise_get("/config");
+    let result = client.fenced(&fence, stale).await.unwrap();
+    assert!(!result.succeeded);
+    assert!(matches!(&result.results[..], [OpResult::Got(Some(node))] if node.data == "v1"), "{result:?}");
+
+    let current = Txn::new().when_value("/config", "v1").then_put("/config", "v2");
+    assert!(client.fenced(&fence, current).await.unwrap().succeeded);
+
+    // Once the member node is gone, the same write is refused as deposed and not applied.
+    election.resign().await.unwrap();
+    let after = Txn::new().when_value("/config", "v2").then_put("/config", "v3");
+    assert!(matches!(client.fenced(&fence, after).await, Err(Error::Deposed { .. })));
+    assert_eq!(client.get("/config").await.unwrap().unwrap().data, "v2");
 }

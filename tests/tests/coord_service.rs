@@ -92,6 +92,7 @@ async fn health_metrics_and_reflection_on_the_one_port() {
     for expected in [
         "marina_coord_is_leader 1",
         "marina_coord_term ",
+        "marina_coord_commit_index ",
         "marina_coord_applied_index ",
         "marina_coord_revision ",
         "marina_coord_sessions ",

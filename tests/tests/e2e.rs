@@ -180,14 +180,53 @@ async fn the_seed_journey_survives_every_failure() {
     .await;
 }
 
-/// `marina dev` brings a whole cluster up, runs an app, and stops cleanly on Ctrl-C.
+/// `marina dev` brings a whole cluster up, runs an app, and stops cleanly on Ctrl-C; run
+/// again on the same data dir, it comes back on the same ports and re-adopts the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marina_dev_runs_a_cluster_and_stops_on_ctrl_c() {
+async fn marina_dev_runs_a_cluster_stops_on_ctrl_c_and_resumes() {
     let dir = TestDir::new();
     let data = dir.path().join("dev");
+    let mut dev = start_dev(&data).await;
+    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let gateway = endpoints["gateways"][0].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    // A duration no other test uses, so its process can be looked for.
+    let app = json!({ "id": "/hello", "cmd": "sleep 987654", "cpus": 0.1, "mem": 16 });
+    assert_eq!(http.post(format!("{gateway}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
+    let running_task = || async {
+        let body: Value = http.get(format!("{gateway}/v2/apps/hello/tasks")).send().await.ok()?.json().await.ok()?;
+        let task = body["tasks"].as_array()?.first()?.clone();
+        (task["state"] == "TASK_RUNNING").then(|| task["id"].as_str().map(str::to_owned)).flatten()
+    };
+    let task = eventually(WAIT, "the app to run", running_task).await;
+    stop_dev(&mut dev, &http, &gateway).await;
+
+    let mut dev = start_dev(&data).await;
+    let again: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    assert_eq!(again, endpoints, "the same ports, so coord's membership still holds");
+    let readopted = eventually(WAIT, "the task to be re-adopted", running_task).await;
+    assert_eq!(readopted, task, "the same task, not a replacement");
+
+    // Leave nothing running: the app's task goes with the app.
+    assert!(http.delete(format!("{gateway}/v2/apps/hello")).send().await.unwrap().status().is_success());
+    eventually(WAIT, "the app to be gone", || async {
+        let status = http.get(format!("{gateway}/v2/apps/hello")).send().await.ok()?.status();
+        (status == 404).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the task's process to end", || async {
+        let output = std::process::Command::new("pgrep").args(["-f", "sleep 987654"]).output().ok()?;
+        (!output.status.success()).then_some(())
+    })
+    .await;
+    stop_dev(&mut dev, &http, &gateway).await;
+}
+
+/// Starts `marina dev --ports auto` on `data` and waits for it to report every step ready.
+async fn start_dev(data: &std::path::Path) -> tokio::process::Child {
     let mut dev = tokio::process::Command::new(marina_tests::binaries::binary("marina"))
         .args(["dev", "--ports", "auto", "--runtime", "process", "--data-dir"])
-        .arg(&data)
+        .arg(data)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -200,7 +239,7 @@ async fn marina_dev_runs_a_cluster_and_stops_on_ctrl_c() {
             .await
             .expect("marina dev reports readiness")
             .unwrap()
-            .expect("output");
+            .unwrap_or_else(|| panic!("marina dev ended before it was ready: {seen:#?}"));
         let ready = line.starts_with("ready:");
         seen.push(line);
         if ready {
@@ -210,17 +249,13 @@ async fn marina_dev_runs_a_cluster_and_stops_on_ctrl_c() {
     for step in ["✓ coord quorum", "✓ master elected", "✓ agents registered", "✓ gateway elected"] {
         assert!(seen.iter().any(|l| l.contains(step)), "{step} missing from {seen:#?}");
     }
-    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
-    let gateway = endpoints["gateways"][0].as_str().unwrap().to_owned();
-    let http = reqwest::Client::new();
-    let app = json!({ "id": "/hello", "cmd": "sleep 600", "cpus": 0.1, "mem": 16 });
-    assert_eq!(http.post(format!("{gateway}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
-    eventually(WAIT, "the app to run", || async {
-        let body: Value = http.get(format!("{gateway}/v2/apps/hello")).send().await.ok()?.json().await.ok()?;
-        (body["app"]["tasksRunning"] == 1).then_some(())
-    })
-    .await;
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    dev
+}
 
+/// Ctrl-C: `marina dev` stops every service and exits successfully.
+async fn stop_dev(dev: &mut tokio::process::Child, http: &reqwest::Client, gateway: &str) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT)
         .unwrap();
     let status = tokio::time::timeout(WAIT, dev.wait()).await.expect("marina dev stops").unwrap();

@@ -45,15 +45,61 @@ fn default_data_dir() -> PathBuf {
     base.join("marina/dev")
 }
 
-/// A port for a service: the well-known one, or a free one.
-fn port(auto: bool, fixed: u16) -> anyhow::Result<u16> {
-    if !auto {
-        std::net::TcpListener::bind(("127.0.0.1", fixed)).with_context(|| {
-            format!("port {fixed} on 127.0.0.1 is taken (another marina dev? --ports auto picks free ports)")
-        })?;
-        return Ok(fixed);
+/// The ports of every service. Coord nodes record each other's addresses in the Raft
+/// membership, so a data dir must keep its ports: auto-picked ones are saved in
+/// `<data-dir>/ports.json` and used again by the next run.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Ports {
+    coord: Vec<u16>,
+    masters: Vec<u16>,
+    agents: Vec<u16>,
+    gateways: Vec<u16>,
+}
+
+impl Ports {
+    fn choose(data_dir: &Path, auto: bool, agents: usize) -> anyhow::Result<Self> {
+        let file = data_dir.join("ports.json");
+        let saved: Ports = match std::fs::read(&file) {
+            Ok(bytes) if auto => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is unreadable (delete it to pick new ports)", file.display()))?,
+            _ => Ports::default(),
+        };
+        let pick = |saved: &[u16], fixed: &[u16]| -> anyhow::Result<Vec<u16>> {
+            fixed.iter().enumerate().map(|(i, fixed)| port(auto, saved.get(i).copied(), *fixed)).collect()
+        };
+        let agent_ports: Vec<u16> = (0..agents as u16).map(|i| 5051 + 10 * i).collect();
+        let ports = Ports {
+            coord: pick(&saved.coord, &[2181, 2182, 2183])?,
+            masters: pick(&saved.masters, &[5050, 5052])?,
+            agents: pick(&saved.agents, &agent_ports)?,
+            gateways: pick(&saved.gateways, &[8080, 8081])?,
+        };
+        if auto {
+            std::fs::write(&file, serde_json::to_vec_pretty(&ports)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(ports)
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port for a service: the well-known one, or (auto) the one this data dir used before,
+/// else a free one.
+fn port(auto: bool, saved: Option<u16>, fixed: u16) -> anyhow::Result<u16> {
+    let wanted = if auto { saved } else { Some(fixed) };
+    match wanted {
+        Some(port) => {
+            std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+                let hint = if auto {
+                    "this data dir's cluster used it before; is another marina dev running on it?"
+                } else {
+                    "another marina dev? --ports auto picks free ports"
+                };
+                format!("port {port} on 127.0.0.1 is taken ({hint})")
+            })?;
+            Ok(port)
+        }
+        None => Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
+    }
 }
 
 /// One service process.
@@ -75,7 +121,10 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 fn spawn(name: &str, program: &Path, args: Vec<String>, logs: &Path, log_level: &str) -> anyhow::Result<Service> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{name}.log")))?;
+    // Its own process group: a Ctrl-C in the terminal reaches `marina dev` only, which then
+    // stops the services in order (gateways and masters hand over while coord still runs).
     let child = Command::new(program)
+        .process_group(0)
         .args(&args)
         .env("RUST_LOG", "")
         .env(format!("MARINA_{}_LOG__LEVEL", service_kind(name).to_ascii_uppercase()), log_level)
@@ -103,11 +152,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize()?;
     let auto = args.ports == "auto";
 
-    let coord_ports: Vec<u16> = (0..3).map(|i| port(auto, 2181 + i)).collect::<anyhow::Result<_>>()?;
-    let master_ports: Vec<u16> = [5050, 5052].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
-    let agent_ports: Vec<u16> =
-        (0..args.agents as u16).map(|i| port(auto, 5051 + 10 * i)).collect::<anyhow::Result<_>>()?;
-    let gateway_ports: Vec<u16> = [8080, 8081].into_iter().map(|p| port(auto, p)).collect::<anyhow::Result<_>>()?;
+    let Ports { coord: coord_ports, masters: master_ports, agents: agent_ports, gateways: gateway_ports } =
+        Ports::choose(&data_dir, auto, args.agents)?;
     let peers =
         coord_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
     let coord_url =
@@ -179,9 +225,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  agents         {} (runtime: {})", join(&agent_ports, ""), args.runtime);
     println!("  coord          {coord_url}");
 
+    // One listener for the whole run, so no Ctrl-C falls between two of them.
+    let mut interrupted = std::pin::pin!(marina_daemon::shutdown::signal());
     let outcome = tokio::select! {
         ready = wait_ready(&coord_url, &gateway_ports, args.agents) => ready.map(|()| true),
-        () = marina_daemon::shutdown::signal() => Ok(false),
+        () = &mut interrupted => Ok(false),
     };
     match outcome {
         Ok(true) => {
@@ -189,12 +237,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 "ready: deploy with `curl -X POST -H 'Content-Type: application/json' http://127.0.0.1:{}/v2/apps -d@app.json`",
                 gateway_ports[0]
             );
-            supervise(&mut services).await;
+            supervise(&mut services, interrupted).await;
         }
         Ok(false) => {}
         Err(error) => {
             println!("not ready: {error} (see the logs in {})", logs.display());
-            supervise(&mut services).await;
+            supervise(&mut services, interrupted).await;
         }
     }
     println!("stopping (tasks keep running; the next `marina dev` on this data dir re-adopts them)");
@@ -204,11 +252,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Until Ctrl-C: reports services that exit (killed by hand, say), with how to restart them.
-async fn supervise(services: &mut [Service]) {
+async fn supervise(services: &mut [Service], mut interrupted: std::pin::Pin<&mut impl Future<Output = ()>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            () = marina_daemon::shutdown::signal() => return,
+            () = &mut interrupted => return,
             _ = tick.tick() => {}
         }
         for service in services.iter_mut() {
@@ -221,18 +269,25 @@ async fn supervise(services: &mut [Service]) {
     }
 }
 
-/// SIGTERM to every service (gateways and masters first, so they hand over), then wait.
+/// Stops the services tier by tier, each with SIGTERM and up to 10 s to finish: gateways
+/// and masters first (they hand leadership over through coord, and the masters tell no
+/// agent to do anything on the way out), then agents (their tasks keep running, to be
+/// re-adopted next time), and coord last.
 async fn stop(services: &mut [Service]) {
-    for service in services.iter().rev() {
-        if let Some(id) = service.child.as_ref().and_then(Child::id) {
-            let _ = kill(Pid::from_raw(id as i32), Signal::SIGTERM);
+    for tier in ["gateway", "master", "agent", "coord"] {
+        let members = || services.iter().filter(|service| service_kind(&service.name) == tier);
+        for service in members() {
+            if let Some(id) = service.child.as_ref().and_then(Child::id) {
+                let _ = kill(Pid::from_raw(id as i32), Signal::SIGTERM);
+            }
         }
-    }
-    for service in services.iter_mut().rev() {
-        if let Some(mut child) = service.child.take()
-            && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err()
-        {
-            let _ = child.kill().await;
+        for service in services.iter_mut().filter(|service| service_kind(&service.name) == tier) {
+            if let Some(mut child) = service.child.take()
+                && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err()
+            {
+                println!("{} did not stop within 10 s: killed", service.name);
+                let _ = child.kill().await;
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{CoordClient, CreateOptions, Node, Txn, TxnResult};
+use crate::client::{CoordClient, CreateOptions, Node, OpResult, Txn, TxnResult};
 use crate::error::Error;
 use crate::session::{Session, SessionState};
 use crate::watch::EventKind;
@@ -126,13 +126,25 @@ impl Drop for Election {
 
 impl CoordClient {
     /// A transaction that only applies while `fence` holds (the leader's member node still
-    /// exists with its epoch); [`Error::Deposed`] otherwise.
+    /// exists with its epoch); [`Error::Deposed`] otherwise. When the fence holds but one of
+    /// `txn`'s own compares fails, the result is returned with `succeeded == false` and the
+    /// results of `txn`'s failure branch, so a lost compare-and-swap is never mistaken for a
+    /// lost leadership.
     pub async fn fenced(&self, fence: &Fence, txn: Txn) -> Result<TxnResult, Error> {
-        let guarded = Txn::new().when_create_revision(&fence.member, fence.epoch).and(txn);
-        let result = self.txn(guarded).await?;
-        if !result.succeeded {
+        let guarded = Txn::new().when_create_revision(&fence.member, fence.epoch).otherwise_get(&fence.member).and(txn);
+        let mut result = self.txn(guarded).await?;
+        if result.succeeded {
+            return Ok(result);
+        }
+        // The failure branch starts with the read of the member node.
+        let fence_held = matches!(
+            result.results.first(),
+            Some(OpResult::Got(Some(member))) if member.create_revision == fence.epoch
+        );
+        if !fence_held {
             return Err(Error::Deposed { member: fence.member.clone(), epoch: fence.epoch });
         }
+        result.results.remove(0);
         Ok(result)
     }
 

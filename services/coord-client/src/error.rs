@@ -27,8 +27,9 @@ pub enum Error {
     /// No endpoint could serve the request within the retry window.
     #[error("coord unavailable: {0}")]
     Unavailable(String),
-    /// The connection broke after a write was sent: it may or may not have been applied.
-    #[error("coord connection lost during a write (it may have been applied): {0}")]
+    /// The write was sent but its outcome is unknown (the connection broke, or the leader
+    /// lost its majority before committing it): it may or may not have been applied.
+    #[error("coord write outcome unknown (it may have been applied): {0}")]
     Indeterminate(String),
     /// A fenced write found the leadership it was made under gone.
     #[error("deposed: the leadership (member {member}, epoch {epoch}) no longer holds")]
@@ -57,6 +58,7 @@ impl From<Status> for Error {
             "compacted" => Error::Compacted(message),
             "invalid_argument" => Error::InvalidArgument(message),
             "no_quorum" => Error::NoQuorum(message),
+            "indeterminate" => Error::Indeterminate(message),
             "not_leader" | "shutting_down" => Error::Unavailable(message),
             _ if status.code() == Code::InvalidArgument => Error::InvalidArgument(message),
             _ => Error::Other { code: status.code(), message },
@@ -69,14 +71,52 @@ pub(crate) fn never_sent(status: &Status) -> bool {
     if marina_daemon::leader::is_retryable(status) {
         return true;
     }
-    // A refused or failed connection: the request was never written to a socket.
+    // A connection that could not be made: the request was never written to a socket. Only
+    // the connector's own wording counts ("tcp connect error", "dns error", as the test
+    // below pins): a connection reset after sending must stay a possible delivery.
+    let message = status.message();
     status.code() == Code::Unavailable
         && status.metadata().get(ERROR_KIND_METADATA).is_none()
-        && (status.message().contains("connect") || status.message().contains("Connection refused"))
+        && ["tcp connect error", "dns error", "error trying to connect", "Connection refused"]
+            .iter()
+            .any(|wording| message.contains(wording))
 }
 
 /// Whether a status is a transport failure (as opposed to an answer from a node).
 pub(crate) fn is_transport(status: &Status) -> bool {
     status.metadata().get(ERROR_KIND_METADATA).is_none()
         && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use marina_proto::coord::v1 as pb;
+
+    use super::*;
+    use crate::client::{channel, grpc};
+
+    /// A refused connection must read as "never sent" (so a write fails over to another
+    /// node), which rests on the transport's wording: pin it.
+    #[tokio::test]
+    async fn a_refused_connection_is_never_sent() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let status = grpc(channel(&closed.to_string()))
+            .set(pb::SetRequest { path: "/x".into(), ..Default::default() })
+            .await
+            .expect_err("nothing listens there");
+        assert!(never_sent(&status), "{status:?}");
+        assert!(is_transport(&status));
+    }
+
+    /// An answer from a node is never mistaken for a transport failure.
+    #[test]
+    fn a_node_answer_is_not_a_transport_failure() {
+        let mut status = Status::unavailable("no quorum: could not connect to a majority");
+        status.metadata_mut().insert(ERROR_KIND_METADATA, "no_quorum".parse().unwrap());
+        assert!(!never_sent(&status));
+        assert!(!is_transport(&status));
+        // A connection that broke after the request went out may have delivered it.
+        let reset = Status::unavailable("error reading a body from connection: connection reset");
+        assert!(!never_sent(&reset) && is_transport(&reset));
+    }
 }

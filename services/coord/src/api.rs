@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use marina_daemon::trace::traced;
 use marina_proto::coord::v1 as pb;
@@ -20,6 +21,7 @@ use crate::command::{
 };
 use crate::error::CoordError;
 use crate::node::{CoordNode, Route};
+use crate::proposer::MAX_ENTRY_PAYLOAD_BYTES;
 use crate::sessions::KeepAlive;
 use crate::watch;
 
@@ -99,35 +101,28 @@ impl CoordApi {
         Ok(())
     }
 
-    fn data(&self, data: &[u8]) -> Result<(), CoordError> {
+    /// Checks a value against the size limit and copies it out of the request: the decoded
+    /// `Bytes` is a slice of the whole receive buffer, which storing it would keep alive
+    /// (a 256-byte value pinning kilobytes, per node, for as long as the node exists).
+    fn data(&self, data: &Bytes) -> Result<Bytes, CoordError> {
         let limit = self.node.limits.max_value_bytes;
         if data.len() > limit {
             return Err(CoordError::invalid("data", format!("{} bytes exceed the limit of {limit}", data.len())));
         }
-        Ok(())
+        Ok(Bytes::copy_from_slice(data))
     }
 
     fn op(&self, op: pb::Op) -> Result<Op, CoordError> {
         match op.op {
             Some(pb::op::Op::Create(create)) => {
                 self.node_path("path", &create.path)?;
-                self.data(&create.data)?;
-                Ok(Op::Create {
-                    path: create.path,
-                    data: create.data,
-                    session_id: create.session_id,
-                    sequential: create.sequential,
-                })
+                let data = self.data(&create.data)?;
+                Ok(Op::Create { path: create.path, data, session_id: create.session_id, sequential: create.sequential })
             }
             Some(pb::op::Op::Set(set)) => {
                 self.node_path("path", &set.path)?;
-                self.data(&set.data)?;
-                Ok(Op::Set {
-                    path: set.path,
-                    data: set.data,
-                    expected_version: set.expected_version,
-                    upsert: set.upsert,
-                })
+                let data = self.data(&set.data)?;
+                Ok(Op::Set { path: set.path, data, expected_version: set.expected_version, upsert: set.upsert })
             }
             Some(pb::op::Op::Delete(delete)) => {
                 self.path("path", &delete.path)?;
@@ -296,10 +291,22 @@ impl pb::coord_server::Coord for CoordApi {
         }
         let success = message.success.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
         let failure = message.failure.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
+        let txn = Txn { compares, success, failure };
+        // One transaction is one log entry, replicated in one message: it must fit.
+        if txn.payload_bytes() > MAX_ENTRY_PAYLOAD_BYTES {
+            return Err(CoordError::invalid(
+                "success",
+                format!(
+                    "the transaction carries {} bytes, more than the {MAX_ENTRY_PAYLOAD_BYTES} one log entry holds",
+                    txn.payload_bytes()
+                ),
+            )
+            .into());
+        }
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return CoordClient::new(traced(leader)).txn(forward(request.into_inner())).await;
         }
-        let outcome = self.txn(Txn { compares, success, failure }).await?;
+        let outcome = self.txn(txn).await?;
         let revision = outcome.revision;
         let results = outcome.results.into_iter().map(|result| self.outcome_to_pb(revision, result)).collect();
         Ok(Response::new(pb::TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, results }))

@@ -133,4 +133,36 @@ impl Command {
     pub fn single(op: Op) -> Self {
         Command::Txn(Txn { compares: Vec::new(), success: vec![op], failure: Vec::new() })
     }
+
+    /// The bytes this command adds to a log entry, roughly: paths and data, plus a small
+    /// constant per operation. Used to keep entries within what one Raft message carries.
+    pub fn payload_bytes(&self) -> usize {
+        const PER_ITEM: usize = 16;
+        match self {
+            Command::Txn(txn) => txn.payload_bytes(),
+            Command::CreateSession { .. } | Command::EndSession { .. } => PER_ITEM,
+            Command::Batch(commands) => commands.iter().map(Command::payload_bytes).sum(),
+        }
+    }
+}
+
+impl Txn {
+    pub fn payload_bytes(&self) -> usize {
+        const PER_ITEM: usize = 16;
+        let compares = self.compares.iter().map(|compare| {
+            let value = match &compare.target {
+                CompareTarget::Value(value) => value.len(),
+                _ => 8,
+            };
+            PER_ITEM + compare.path.len() + value
+        });
+        let ops = self.success.iter().chain(&self.failure).map(|op| {
+            PER_ITEM
+                + match op {
+                    Op::Create { path, data, .. } | Op::Set { path, data, .. } => path.len() + data.len(),
+                    Op::Delete { path, .. } | Op::Get { path } => path.len(),
+                }
+        });
+        compares.chain(ops).sum()
+    }
 }

@@ -37,7 +37,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
-    /// Leader heartbeat period.
+    /// Leader heartbeat period. openraft also uses it as the timeout of each AppendEntries
+    /// RPC: too small a value on a loaded machine (an fsync on a busy disk takes tens of
+    /// milliseconds) makes a leader count slow followers as lost, and elections follow.
     pub heartbeat_ms: u64,
     /// A follower that hears nothing from the leader for a random time in
     /// [min, max] starts an election. The defaults detect a lost leader and elect a new one
@@ -95,9 +97,9 @@ impl Default for Config {
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_entries: 10_000,
             snapshot_every_bytes: 64 << 20,
             keep_entries_after_snapshot: 1_000,
@@ -176,12 +178,23 @@ impl Config {
         if limits.session_ttl_min_ms == 0 || limits.session_ttl_min_ms > limits.session_ttl_max_ms {
             return Err(ConfigError::value("limits.session_ttl_min_ms", "must be > 0 and <= session_ttl_max_ms"));
         }
+        // A value travels in one log entry, which holds at most 16 MiB; half of that leaves
+        // room for a transaction's other operations.
+        if limits.max_value_bytes == 0 || limits.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return Err(ConfigError::value(
+                "limits.max_value_bytes",
+                format!("must be between 1 and {MAX_VALUE_BYTES_CEILING} (8 MiB)"),
+            ));
+        }
         if limits.max_path_bytes < 2 {
             return Err(ConfigError::value("limits.max_path_bytes", "must be at least 2"));
         }
         Ok(())
     }
 }
+
+/// The largest `limits.max_value_bytes` accepted.
+const MAX_VALUE_BYTES_CEILING: usize = 8 << 20;
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(peers: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
@@ -254,6 +267,9 @@ mod tests {
         config.peers.clear();
         config.raft.election_timeout_min_ms = 60;
         assert!(config.validate().unwrap_err().to_string().contains("raft.election_timeout_min_ms"));
+        let mut config = Config::default();
+        config.limits.max_value_bytes = 9 << 20;
+        assert!(config.validate().unwrap_err().to_string().contains("limits.max_value_bytes"));
         let config = Config { listen: "nowhere".into(), ..Config::default() };
         assert!(config.validate().unwrap_err().to_string().contains("`listen`"));
         Config::default().validate().unwrap();

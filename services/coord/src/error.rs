@@ -20,6 +20,10 @@ pub enum CoordError {
     NotLeader { leader: Option<String> },
     #[error("no quorum: {0}")]
     NoQuorum(String),
+    /// The write reached Raft but its outcome is unknown (the leader lost its majority or
+    /// stepped down before it committed): it may still be applied. Never retried blindly.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
     /// No leader is known (an election is running, or no majority is reachable): nothing
     /// was proposed, so the client may retry, here or elsewhere.
     #[error(
@@ -56,6 +60,7 @@ impl CoordError {
             Self::Apply(ApplyError::NoSession { .. }) | Self::SessionExpired { .. } => "session_expired",
             Self::NotLeader { .. } => "not_leader",
             Self::NoQuorum(_) => "no_quorum",
+            Self::Indeterminate(_) => "indeterminate",
             Self::NoLeader { .. } => "no_leader",
             Self::Compacted(_) => "compacted",
             Self::TooManyWatches { .. } => "too_many_watches",
@@ -82,7 +87,7 @@ impl From<CoordError> for Status {
             CoordError::Apply(ApplyError::NoSession { .. }) | CoordError::SessionExpired { .. } => {
                 Status::failed_precondition(message)
             }
-            CoordError::NoQuorum(_) => Status::unavailable(message),
+            CoordError::NoQuorum(_) | CoordError::Indeterminate(_) => Status::unavailable(message),
             CoordError::Compacted(_) => Status::out_of_range(message),
             CoordError::TooManyWatches { .. } => Status::resource_exhausted(message),
             CoordError::Membership(_) => Status::failed_precondition(message),

@@ -17,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -59,6 +60,9 @@ pub struct LogStore {
 struct Shared {
     memory: Mutex<MemoryLog>,
     writer: mpsc::Sender<WriteRequest>,
+    /// The highest index openraft reported committed (for metrics; not persisted: a
+    /// restarted node learns it again from the leader).
+    committed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -85,26 +89,37 @@ impl LogStore {
         let vote: Option<Vote> = read_small_file(&dir.join("vote"))?;
         let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
         let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
+        let mut disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds };
+        // A crash between recording a purge point and removing its segments leaves them
+        // behind; appends after a purge past the log's end must start a fresh segment.
+        if let Some(purged) = last_purged {
+            disk.drop_segments_upto(purged.index).map_err(io_error(dir))?;
+        }
+        let segments = disk.segments.len();
         let bytes = entries.values().map(|(_, size)| size).sum();
         tracing::info!(
             dir = %dir.display(),
             entries = entries.len(),
-            segments = segments.len(),
+            segments,
             ?vote,
             ?last_purged,
             "raft log recovered"
         );
         let memory = MemoryLog { entries, bytes, last_purged, vote };
         let (writer, requests) = mpsc::channel();
-        let disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds };
         std::thread::Builder::new()
             .name("coord-log-writer".into())
             .spawn(move || disk.run(requests))
             .map_err(io_error(dir))?;
-        Ok(Self { shared: Arc::new(Shared { memory: Mutex::new(memory), writer }) })
+        Ok(Self { shared: Arc::new(Shared { memory: Mutex::new(memory), writer, committed: AtomicU64::new(0) }) })
     }
 
     /// Approximate bytes of log entries held in memory (drives extra snapshots).
+    /// The commit index as last reported by openraft.
+    pub fn committed_index(&self) -> u64 {
+        self.shared.committed.load(Ordering::Relaxed)
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.shared.memory.lock().expect("log memory lock").bytes
     }
@@ -150,6 +165,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.shared.committed.store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -357,12 +377,32 @@ impl DiskLog {
 
     fn purge(&mut self, upto: LogId) -> io::Result<()> {
         write_small_file(&self.dir.join("purged"), &upto)?;
-        // Whole segments at or below the purge point go; the last segment always stays.
-        while self.segments.len() > 1 && self.segments[0].last_index().is_none_or(|last| last <= upto.index) {
+        self.drop_segments_upto(upto.index)
+    }
+
+    /// Removes the segments holding nothing after `index`. That can be every segment: a
+    /// snapshot installed from the leader moves the purge point past this node's last
+    /// entry, and the next append (at the snapshot's index + 1) then starts a new segment
+    /// instead of leaving a hole in the old one.
+    fn drop_segments_upto(&mut self, index: u64) -> io::Result<()> {
+        let mut removed = false;
+        while let Some(first) = self.segments.first() {
+            let purged = match first.last_index() {
+                Some(last) => last <= index,
+                // Empty: it would receive `first_index` next, which is purged.
+                None => first.first_index <= index,
+            };
+            if !purged {
+                break;
+            }
+            if self.segments.len() == 1 {
+                self.active = None;
+            }
             let segment = self.segments.remove(0);
             fs::remove_file(&segment.path)?;
+            removed = true;
         }
-        sync_dir(&self.segments_dir)
+        if removed { sync_dir(&self.segments_dir) } else { Ok(()) }
     }
 }
 
@@ -422,7 +462,10 @@ fn recover_segments(
                 },
                 Err(reason) => reason,
             };
-            if !is_last {
+            // Only the tail of the last segment can hold a write that never completed; a
+            // valid entry after the damage means acknowledged entries would be cut off.
+            let expected = first_index + segment.offsets.len() as u64;
+            if !is_last || valid_entry_after(&bytes, offset, expected) {
                 return Err(LogStoreError::Corrupt { path, offset: offset as u64, reason: damage });
             }
             tracing::warn!(path = %path.display(), offset, reason = %damage, "cutting off an incomplete final log record");
@@ -435,6 +478,17 @@ fn recover_segments(
         segments.push(segment);
     }
     Ok((segments, entries))
+}
+
+/// Whether an intact record of an entry at `expected` or later starts anywhere after the
+/// damaged record at `damaged` (a scan only run when recovery meets damage).
+fn valid_entry_after(bytes: &[u8], damaged: usize, expected: u64) -> bool {
+    (damaged + 1..bytes.len()).any(|offset| {
+        parse_record(&bytes[offset..])
+            .ok()
+            .and_then(|(payload, _)| postcard::from_bytes::<Entry>(payload).ok())
+            .is_some_and(|entry| entry.get_log_id().index >= expected)
+    })
 }
 
 /// One framed record at the start of `bytes`: its payload and its whole length.
@@ -488,4 +542,105 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn records(indexes: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        indexes
+            .map(|index| {
+                let entry = Entry { log_id: log_id(index), payload: EntryPayload::Blank };
+                (index, postcard::to_stdvec(&entry).unwrap())
+            })
+            .collect()
+    }
+
+    /// The disk side of a log opened under `dir`, as `LogStore::open` prepares it.
+    fn open_disk(dir: &Path) -> Result<(DiskLog, Vec<u64>), LogStoreError> {
+        let segments_dir = dir.join("log");
+        fs::create_dir_all(&segments_dir).unwrap();
+        let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
+        let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
+        let mut disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds: None };
+        if let Some(purged) = last_purged {
+            disk.drop_segments_upto(purged.index).unwrap();
+        }
+        Ok((disk, entries.into_keys().collect()))
+    }
+
+    fn segment_file(dir: &Path) -> PathBuf {
+        let mut files: Vec<_> = fs::read_dir(dir.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.pop().expect("a segment")
+    }
+
+    #[test]
+    fn appends_continue_after_a_purge_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, _) = open_disk(dir.path()).unwrap();
+        disk.write_records(&records(1..=3)).unwrap();
+        // A snapshot up to 10 was installed: everything local is purged.
+        disk.purge(log_id(10)).unwrap();
+        disk.write_records(&records(11..=12)).unwrap();
+        drop(disk);
+        let (_, entries) = open_disk(dir.path()).unwrap();
+        assert_eq!(entries, vec![11, 12]);
+    }
+
+    #[test]
+    fn a_purge_recorded_before_a_crash_is_completed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, _) = open_disk(dir.path()).unwrap();
+        disk.write_records(&records(1..=3)).unwrap();
+        // The purge point was written, the segments not yet removed.
+        write_small_file(&dir.path().join("purged"), &log_id(10)).unwrap();
+        drop(disk);
+        let (mut disk, entries) = open_disk(dir.path()).unwrap();
+        assert!(entries.is_empty());
+        disk.write_records(&records(11..=11)).unwrap();
+    }
+
+    #[test]
+    fn an_incomplete_final_record_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, _) = open_disk(dir.path()).unwrap();
+        disk.write_records(&records(1..=3)).unwrap();
+        drop(disk);
+        let path = segment_file(dir.path());
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap(); // a header promising more than follows
+        drop(file);
+        let (mut disk, entries) = open_disk(dir.path()).unwrap();
+        assert_eq!(entries, vec![1, 2, 3]);
+        disk.write_records(&records(4..=4)).unwrap();
+        drop(disk);
+        assert_eq!(open_disk(dir.path()).unwrap().1, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn damage_before_intact_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, _) = open_disk(dir.path()).unwrap();
+        disk.write_records(&records(1..=3)).unwrap();
+        let second = disk.segments[0].offsets[1] as usize;
+        drop(disk);
+        let path = segment_file(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[second + HEADER_BYTES] ^= 0xff; // entry 2's payload
+        fs::write(&path, &bytes).unwrap();
+        match open_disk(dir.path()) {
+            Err(LogStoreError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok((_, entries)) => panic!("damage mid-log was accepted, entries {entries:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut off");
+    }
 }

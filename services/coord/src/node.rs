@@ -359,6 +359,7 @@ struct Gauges {
     is_leader: IntGauge,
     leader_id: IntGauge,
     last_log_index: IntGauge,
+    commit_index: IntGauge,
     applied_index: IntGauge,
     revision: IntGauge,
     nodes: IntGauge,
@@ -379,6 +380,7 @@ impl Gauges {
             is_leader: gauge("marina_coord_is_leader", "1 if this node is the Raft leader."),
             leader_id: gauge("marina_coord_leader_id", "Id of the known leader, 0 if none."),
             last_log_index: gauge("marina_coord_last_log_index", "Index of the last log entry."),
+            commit_index: gauge("marina_coord_commit_index", "Index of the last entry known committed."),
             applied_index: gauge("marina_coord_applied_index", "Index of the last applied entry."),
             revision: gauge("marina_coord_revision", "The store's current revision."),
             nodes: gauge("marina_coord_nodes", "Nodes in the tree."),
@@ -423,7 +425,11 @@ async fn watch_health(
         gauges.is_leader.set(i64::from(metrics.state == ServerState::Leader));
         gauges.leader_id.set(metrics.current_leader.unwrap_or(0) as i64);
         gauges.last_log_index.set(metrics.last_log_index.unwrap_or(0) as i64);
-        gauges.applied_index.set(metrics.last_applied.map_or(0, |id| id.index) as i64);
+        // Applied never runs ahead of committed; a restarted follower has not heard the
+        // leader's commit index yet but may already have applied its own log.
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        gauges.commit_index.set(log_store.committed_index().max(applied) as i64);
+        gauges.applied_index.set(applied as i64);
         {
             let replica = node.replica.read().expect("replica lock");
             gauges.revision.set(replica.store.revision() as i64);

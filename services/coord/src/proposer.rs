@@ -77,7 +77,10 @@ impl Proposer {
         async {
             let (reply, result) = oneshot::channel();
             self.queue.send((command, reply, Span::current())).await.map_err(|_| CoordError::ShuttingDown)?;
-            result.await.map_err(|_| CoordError::ShuttingDown)?
+            // Once queued, the write may have been handed to Raft before the node stopped.
+            result
+                .await
+                .map_err(|_| CoordError::Indeterminate("the node stopped while the write was in flight".into()))?
         }
         .instrument(span)
         .await
@@ -92,17 +95,27 @@ async fn run_proposer(
     timeout: Duration,
     metrics: ProposerMetrics,
 ) {
-    let mut batch = Vec::with_capacity(max_batch);
+    // Proposals received but not yet proposed: what did not fit in the last entry waits here.
+    let mut pending: Vec<Proposal> = Vec::with_capacity(max_batch);
     loop {
         // Wait for room in the pipeline first: whatever queues meanwhile joins this entry.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        if proposals.recv_many(&mut batch, max_batch).await == 0 {
-            return;
+        if pending.is_empty() {
+            if proposals.recv_many(&mut pending, max_batch).await == 0 {
+                return;
+            }
+        } else {
+            while pending.len() < max_batch
+                && let Ok(proposal) = proposals.try_recv()
+            {
+                pending.push(proposal);
+            }
         }
-        let mut commands = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut spans = Vec::with_capacity(batch.len());
-        for (command, reply, span) in batch.drain(..) {
+        let take = entry_prefix(pending.iter().map(|(command, _, _)| command.payload_bytes()), max_batch);
+        let mut commands = Vec::with_capacity(take);
+        let mut replies = Vec::with_capacity(take);
+        let mut spans = Vec::with_capacity(take);
+        for (command, reply, span) in pending.drain(..take) {
             commands.push(command);
             replies.push(reply);
             spans.push(span);
@@ -133,11 +146,17 @@ async fn run_proposer(
             async move {
                 let _permit = permit;
                 let outcome = match tokio::time::timeout(timeout, receiver).await {
-                    Err(_elapsed) => Err(CoordError::NoQuorum(format!(
+                    Err(_elapsed) => Err(CoordError::Indeterminate(format!(
                         "the write was not committed within {timeout:?}: the leader cannot reach a majority \
-                     (it may still be applied if the majority returns)"
+                         (it may still be applied if the majority returns)"
                     ))),
-                    Ok(Err(_dropped)) => Err(CoordError::ShuttingDown),
+                    // The entry was in Raft's hands when this node stepped down or stopped:
+                    // the new leader may still commit it.
+                    Ok(Err(_dropped)) => Err(CoordError::Indeterminate(
+                        "the leader stepped down or stopped before the write committed \
+                         (it may still be applied by the next leader)"
+                            .into(),
+                    )),
                     Ok(Ok(Err(error))) => Err(write_error(error)),
                     Ok(Ok(Ok(response))) => Ok(response.data),
                 };
@@ -146,6 +165,27 @@ async fn run_proposer(
             .instrument(commit),
         );
     }
+}
+
+/// The largest entry Raft is given, in payload bytes. Entries are replicated whole in one
+/// message, so a batch of large writes must not outgrow what a peer accepts
+/// ([`crate::network::MAX_DECODING_BYTES`]); what does not fit waits for the next entry.
+pub const MAX_ENTRY_PAYLOAD_BYTES: usize = 16 << 20;
+
+/// How many of the pending commands (given their payload sizes) the next entry carries: at
+/// most `max_batch`, within [`MAX_ENTRY_PAYLOAD_BYTES`], and always at least one (the API
+/// refuses single commands larger than the cap).
+fn entry_prefix(sizes: impl Iterator<Item = usize>, max_batch: usize) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for size in sizes.take(max_batch) {
+        if take > 0 && bytes + size > MAX_ENTRY_PAYLOAD_BYTES {
+            break;
+        }
+        bytes += size;
+        take += 1;
+    }
+    take
 }
 
 /// Sends each client its own result out of a (possibly batched) outcome.
@@ -220,7 +260,7 @@ async fn run_read_barrier(raft: Raft, mut queue: mpsc::Receiver<Reply<()>>, time
     let mut replayed = floor == 0;
     while queue.recv_many(&mut waiting, 4096).await > 0 {
         let confirm = async {
-            raft.ensure_linearizable().await.map_err(leadership_error)?;
+            confirm_leadership(&raft).await?;
             if !replayed {
                 raft.wait(Some(timeout))
                     .applied_index_at_least(Some(floor), "replay after restart")
@@ -239,5 +279,41 @@ async fn run_read_barrier(raft: Raft, mut queue: mpsc::Receiver<Reply<()>>, time
         for reply in waiting.drain(..) {
             let _ = reply.send(outcome.clone());
         }
+    }
+}
+
+/// Confirms leadership with a quorum (read-index). A round can miss its quorum without
+/// anything being wrong: followers busy with an fsync answer after the round's RPC timeout,
+/// or a fresh leader's first round races its followers learning of it. So a short-of-quorum
+/// round is tried again (the caller bounds the whole wait); losing leadership is final.
+async fn confirm_leadership(raft: &Raft) -> Result<(), CoordError> {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            Err(error) => return Err(leadership_error(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_within_the_batch_and_byte_caps() {
+        // Small writes: the batch cap decides.
+        assert_eq!(entry_prefix([300; 10].into_iter(), 4), 4);
+        assert_eq!(entry_prefix([300; 3].into_iter(), 4), 3);
+        // Large writes: what would push the entry past the byte cap waits for the next one.
+        let mib = 1 << 20;
+        assert_eq!(entry_prefix([6 * mib, 6 * mib, 6 * mib].into_iter(), 1024), 2);
+        assert_eq!(entry_prefix([10 * mib, 10 * mib].into_iter(), 1024), 1);
+        // A single command always goes (the API refuses ones over the cap).
+        assert_eq!(entry_prefix([MAX_ENTRY_PAYLOAD_BYTES + 1].into_iter(), 1024), 1);
     }
 }
