@@ -233,3 +233,32 @@ async fn every_service_serves_valid_metrics_health_and_reflection() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).matches("SERVING").count(), 4);
 }
+
+/// Without any exporter, the caller's trace id still crosses gateway → master → agent and
+/// lands in the agent's log lines: logs alone lead back to the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_the_callers_trace_id_without_an_exporter() {
+    let cluster = cluster(None).await;
+    eventually(WAIT, "the gateway to lead with a master", || async {
+        let info = cluster.gateway.get_json("/v2/info").await?;
+        (info["elected"] == true && info["frameworkId"].is_string()).then_some(())
+    })
+    .await;
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v2/apps", cluster.gateway.address))
+        .header("traceparent", format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..)))
+        .json(&json!({ "id": "/logged", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    eventually(WAIT, "an agent log line with the caller's trace id", || async {
+        let log = cluster.agent.log();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .any(|line| line["message"] == "task status" && line.to_string().contains(&trace_id))
+            .then_some(())
+    })
+    .await;
+}

@@ -1,15 +1,16 @@
 //! Logs and traces through `tracing`: logs as text or JSON lines (with the trace id of the
 //! request they belong to); spans exported over OTLP/gRPC when an endpoint is configured
 //! (`otlp_endpoint`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; the service name can be
-//! changed with `OTEL_SERVICE_NAME`). Without an endpoint nothing is exported and no
-//! OpenTelemetry machinery runs.
+//! changed with `OTEL_SERVICE_NAME`). Without an endpoint nothing is exported, yet spans
+//! still carry trace ids — continued from a caller's `traceparent` or new — so log lines
+//! name their trace and calls to other services pass it on.
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -83,16 +84,15 @@ pub fn init(config: &LogConfig, identity: Identity<'_>) -> Result<TelemetryGuard
     };
     let endpoint = config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
     let provider = match endpoint.filter(|e| !e.trim().is_empty()) {
-        Some(endpoint) => Some(tracer_provider(&endpoint, &identity)?),
-        None => None,
+        Some(endpoint) => tracer_provider(&endpoint, &identity)?,
+        // Nothing to export to: no span is recorded unless its caller sampled the trace (so
+        // a downstream service that does export still gets the whole trace), and trace ids
+        // are still assigned for the logs.
+        None => SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).build(),
     };
     // Spans are filtered like logs: `log.level` decides what is traced too.
-    let otel_layer = match &provider {
-        Some(provider) => {
-            Some(tracing_opentelemetry::layer().with_tracer(provider.tracer("marina")).with_filter(filter()?))
-        }
-        None => None,
-    };
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("marina")).with_filter(filter()?);
+    let provider = Some(provider);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let registry = tracing_subscriber::registry().with(otel_layer);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

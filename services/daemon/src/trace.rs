@@ -20,8 +20,8 @@ pub fn carrier() -> Carrier {
     carrier
 }
 
-/// Makes `span` a child of the context in `carrier` (no effect without a context or without
-/// an exporter), and records its trace id for the logs.
+/// Makes `span` a child of the context in `carrier` (no effect without a context), and
+/// records its trace id for the logs.
 pub fn set_parent(span: &Span, carrier: &Carrier) {
     if carrier.is_empty() {
         return;
