@@ -1,5 +1,7 @@
 //! The seed's scenario against the Docker Compose deployment (`deploy/compose`): the image
-//! built from this checkout, every service its own container.
+//! built from this checkout, every service its own container — deploy, SIGKILL the leading
+//! master, scale through the new one, restart it as a standby, lose a coord node, an agent
+//! and the leading gateway.
 
 use std::process::Command;
 use std::time::Duration;
@@ -25,6 +27,18 @@ impl Project {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("running docker-compose")
+    }
+}
+
+impl Project {
+    fn kill(&self, service: &str) {
+        let killed = self.compose(&["kill", "-s", "SIGKILL", service]);
+        assert!(killed.status.success(), "killing {service}: {}", String::from_utf8_lossy(&killed.stderr));
+    }
+
+    fn start(&self, service: &str) {
+        let started = self.compose(&["start", service]);
+        assert!(started.status.success(), "starting {service}: {}", String::from_utf8_lossy(&started.stderr));
     }
 }
 
@@ -63,7 +77,8 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     .collect();
     let port_of = |key: &str| ports.iter().find(|(k, _)| *k == key).map(|(_, p)| *p).unwrap();
     let masters = [port_of("MASTER_PORT_1"), port_of("MASTER_PORT_2")];
-    let gateway = port_of("GATEWAY_PORT_1");
+    let gateways = [port_of("GATEWAY_PORT_1"), port_of("GATEWAY_PORT_2")];
+    let gateway = gateways[0];
     let mut env: Vec<(String, String)> = ports.iter().map(|(k, p)| ((*k).to_owned(), p.to_string())).collect();
     // Task port ranges unlikely to collide with anything else on the machine.
     let base = 40000 + (std::process::id() % 100) * 100;
@@ -92,9 +107,8 @@ async fn the_seed_scenario_on_the_compose_deployment() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let running = |count: usize| {
+    let running = |base: String, count: usize| {
         let http = http.clone();
-        let base = base.clone();
         async move {
             eventually(WAIT, &format!("{count} running"), || async {
                 let app = get(&http, &format!("{base}/v2/apps/ubuntu")).await?["app"].clone();
@@ -103,45 +117,127 @@ async fn the_seed_scenario_on_the_compose_deployment() {
             .await
         }
     };
-    let app = running(1).await;
-    let task = app["tasks"][0]["id"].as_str().unwrap().to_owned();
-    let container = |task: &str| {
-        let output = Command::new("docker")
-            .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=marina.task_id={task}")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    // 503 is the answer while a gateway takes over (as Marathon's): clients retry it.
+    let scale = |base: String, instances: usize| {
+        let http = http.clone();
+        async move {
+            eventually(WAIT, &format!("scaling to {instances} through {base}"), || async {
+                let body = json!({ "instances": instances });
+                let status = http.put(format!("{base}/v2/apps/ubuntu")).json(&body).send().await.ok()?.status();
+                assert!(status == 200 || status == 503, "scaling to {instances} through {base}: {status}");
+                (status == 200).then_some(())
+            })
+            .await
+        }
     };
+    let app = running(base.clone(), 1).await;
+    let task = app["tasks"][0]["id"].as_str().unwrap().to_owned();
     let before = container(&task);
-    assert!(!before.is_empty());
+    assert!(before.is_some());
 
-    // SIGKILL the leading master's container.
+    // SIGKILL the leading master's container: the other takes over, the task's container
+    // is untouched, and the app scales through the new leader.
     let leader = eventually(WAIT, "a leading master", || async {
         for (index, port) in masters.iter().enumerate() {
-            if get(&http, &format!("http://127.0.0.1:{port}/master/state")).await?["elected"] == true {
+            // A standby answers too (not elected), or not at all while it starts.
+            let Some(state) = get(&http, &format!("http://127.0.0.1:{port}/master/state")).await else { continue };
+            if state["elected"] == true {
                 return Some(index);
             }
         }
         None
     })
     .await;
-    let killed = project.compose(&["kill", "-s", "SIGKILL", &format!("master-{}", leader + 1)]);
-    assert!(killed.status.success());
+    project.kill(&format!("master-{}", leader + 1));
     let other = masters[1 - leader];
     eventually(WAIT, "the other master to lead", || async {
         (get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?["elected"] == true).then_some(())
     })
     .await;
     assert_eq!(container(&task), before, "the task's container was not touched");
+    scale(base.clone(), 3).await;
+    running(base.clone(), 3).await;
 
-    let scaled = http.put(format!("{base}/v2/apps/ubuntu")).json(&json!({ "instances": 3 })).send().await.unwrap();
-    assert_eq!(scaled.status(), 200);
-    running(3).await;
-    assert_eq!(http.delete(format!("{base}/v2/apps/ubuntu")).send().await.unwrap().status(), 200);
+    // The killed master comes back as a standby.
+    project.start(&format!("master-{}", leader + 1));
+    let restarted = masters[leader];
+    eventually(WAIT, "the restarted master to stand by", || async {
+        let state = get(&http, &format!("http://127.0.0.1:{restarted}/master/state")).await?;
+        (state["elected"] == false).then_some(())
+    })
+    .await;
+
+    // One coord node SIGKILLed: the quorum of two keeps the cluster working.
+    project.kill("coord-1");
+    scale(base.clone(), 2).await;
+    running(base.clone(), 2).await;
+    project.start("coord-1");
+
+    // An agent SIGKILLed and restarted re-adopts its containers: same ids, never restarted.
+    let tasks = |app: &Value| -> Vec<String> {
+        let tasks = app["tasks"].as_array().unwrap().iter();
+        tasks.filter(|t| t["state"] == "TASK_RUNNING").map(|t| t["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let app = running(base.clone(), 2).await;
+    let containers = |app: &Value| -> Vec<Option<String>> {
+        let mut containers: Vec<_> = tasks(app).iter().map(|task| container(task)).collect();
+        containers.sort();
+        containers
+    };
+    let before_agent_kill = containers(&app);
+    project.kill("agent-1");
+    project.start("agent-1");
+    eventually(WAIT, "both agents active again", || async {
+        let state = get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?;
+        let active = state["agents"].as_array()?.iter().filter(|agent| agent["status"] == "active").count();
+        (active == 2).then_some(())
+    })
+    .await;
+    let app = running(base.clone(), 2).await;
+    assert_eq!(containers(&app), before_agent_kill, "the same tasks in the same, never restarted, containers");
+
+    // The leading gateway SIGKILLed: the other one serves, and leads.
+    // (`/v2/leader` is answered by every gateway itself; `/v2/info` would be proxied.)
+    let gateway_leader = eventually(WAIT, "a leading gateway", || async {
+        for port in gateways {
+            let Some(leader) = get(&http, &format!("http://127.0.0.1:{port}/v2/leader")).await else { continue };
+            let address = leader["leader"].as_str()?.to_owned();
+            return gateways.iter().position(|port| address.ends_with(&format!(":{port}")));
+        }
+        None
+    })
+    .await;
+    project.kill(&format!("gateway-{}", gateway_leader + 1));
+    let survivor_port = gateways[1 - gateway_leader];
+    let survivor = format!("http://127.0.0.1:{survivor_port}");
+    // It answers 503 until the killed leader's coord session expires and it takes over.
+    eventually(WAIT, "the other gateway to lead", || async {
+        let leader = get(&http, &format!("{survivor}/v2/leader")).await?;
+        leader["leader"].as_str()?.ends_with(&format!(":{survivor_port}")).then_some(())
+    })
+    .await;
+    scale(survivor.clone(), 1).await;
+    running(survivor.clone(), 1).await;
+
+    assert_eq!(http.delete(format!("{survivor}/v2/apps/ubuntu")).send().await.unwrap().status(), 200);
     eventually(WAIT, "the app's containers to be gone", || async {
         let output =
             Command::new("docker").args(["ps", "-q", "--filter", "label=MARATHON_APP_ID=/ubuntu"]).output().ok()?;
         String::from_utf8_lossy(&output.stdout).trim().is_empty().then_some(())
     })
     .await;
+}
+
+/// A task's container, as `id started-at` (a restart changes the second).
+fn container(task: &str) -> Option<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=marina.task_id={task}")])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if id.is_empty() {
+        return None;
+    }
+    let inspect = Command::new("docker").args(["inspect", "-f", "{{.Id}} {{.State.StartedAt}}", &id]).output().unwrap();
+    Some(String::from_utf8_lossy(&inspect.stdout).trim().to_owned())
 }
