@@ -28,14 +28,17 @@
 //! - Images ([`RuntimeError::Unsupported`]): it runs host commands.
 //! - Port mapping: a task binds the host ports the agent gives it (`PORT0`, … in its env);
 //!   `container_port` is ignored.
-//! - CPU and memory limits: not enforced, so not claimed in [`Capabilities`]. Enforcing them
-//!   needs a delegated cgroup v2 subtree (root, or systemd delegation), which an unprivileged
-//!   or containerised agent does not have; `RLIMIT_AS` is not a memory limit.
+//! - CPU and memory limits without cgroups: they are enforced through cgroup v1 where the
+//!   agent can make cgroups below its own ([`cgroup`]: root with writable cgroup mounts),
+//!   and [`Capabilities`] says whether they are. Elsewhere (an unprivileged agent, cgroup v2
+//!   without a delegated subtree) they are not, and are not claimed; `RLIMIT_AS` is not a
+//!   memory limit.
 //! - Network isolation: tasks share the host's network, so `NetworkMode::None` is refused;
 //!   `Bridge` (the runtime's default) and `Host` both mean the host's network.
 //! - Privileges: a task runs as the agent's user; `privileged` changes nothing.
 //! - Linux only: liveness and pid-reuse defence read `/proc`.
 
+pub mod cgroup;
 pub mod supervisor;
 
 mod procfs;
@@ -104,6 +107,17 @@ impl ProcessConfig {
     }
 }
 
+/// A short stable name for a state directory (FNV-1a of its path): the cgroup scope of the
+/// runtime using it.
+fn scope(state_dir: &Path) -> String {
+    let path = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
+    let hash =
+        path.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
 /// Finds `marina-supervise` next to the running executable, or in its parent directory (test
 /// executables live in `target/<profile>/deps`, binaries in `target/<profile>`).
 pub fn default_supervisor() -> Result<PathBuf> {
@@ -133,6 +147,8 @@ pub struct ProcessRuntime {
     /// Supervisors this instance started, by task id: so `wait` can await their reaping
     /// instead of polling.
     children: Mutex<HashMap<String, Supervised>>,
+    /// Where task cgroups (limits) are made; `None` where this machine does not allow it.
+    cgroups: Option<cgroup::Cgroups>,
 }
 
 /// A supervisor this instance started and reaps.
@@ -163,7 +179,15 @@ impl ProcessRuntime {
         let store = Store::open(&config.state_dir).map_err(|e| {
             RuntimeError::backend(KIND, format!("opening the state directory {}: {e}", config.state_dir.display()))
         })?;
-        Ok(ProcessRuntime { store, supervisor: config.supervisor, children: Mutex::new(HashMap::new()) })
+        // One scope per state directory: agents sharing a machine never share a cgroup.
+        let cgroups = match cgroup::Cgroups::probe(&scope(&config.state_dir)) {
+            Ok(cgroups) => Some(cgroups),
+            Err(reason) => {
+                tracing::info!(%reason, "cpu and memory limits are not enforced for host processes");
+                None
+            }
+        };
+        Ok(ProcessRuntime { store, supervisor: config.supervisor, children: Mutex::new(HashMap::new()), cgroups })
     }
 
     /// Runs `f` on the state directory off the async workers.
@@ -427,8 +451,8 @@ impl Runtime for ProcessRuntime {
         Capabilities {
             images: false,
             port_mapping: false,
-            cpu_limit: false,
-            memory_limit: false,
+            cpu_limit: self.cgroups.is_some(),
+            memory_limit: self.cgroups.is_some(),
             network_isolation: false,
         }
     }
@@ -464,12 +488,28 @@ impl Runtime for ProcessRuntime {
         let task_id = spec.task_id.clone();
         self.blocking(move |store| store.prepare(&task_id)).await?;
 
-        let invocation = Invocation { exit_file: self.store.exit_path(&spec.task_id), program, args };
+        let cgroups = match &self.cgroups {
+            Some(cgroups) => {
+                let key = store::key(&spec.task_id);
+                let (cpus, mem_mb) = (spec.resources.cpus, spec.resources.mem_mb);
+                tokio::task::spawn_blocking({
+                    let cgroups = cgroups.clone();
+                    move || cgroups.create(&key, cpus, mem_mb)
+                })
+                .await
+                .map_err(|e| RuntimeError::backend(KIND, e.to_string()))?
+                .map_err(|e| RuntimeError::backend(KIND, format!("making the task's cgroups: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let invocation =
+            Invocation { exit_file: self.store.exit_path(&spec.task_id), cgroups: cgroups.clone(), program, args };
         let launched = match self.launch(spec, &invocation, &env).await {
             Ok(launched) => launched,
             Err(e) => {
                 let task_id = spec.task_id.clone();
                 let _ = self.blocking(move |store| store.remove(&task_id)).await;
+                let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cgroups)).await;
                 return Err(e);
             }
         };
@@ -540,6 +580,11 @@ impl Runtime for ProcessRuntime {
         }
         let Some(record) = self.find(handle).await? else { return Ok(()) };
         self.forget_child(&record.task_id);
+        // The supervisor removes them; this is for one that was killed itself.
+        if let Some(cgroups) = &self.cgroups {
+            let dirs = cgroups.dirs(&store::key(&record.task_id));
+            let _ = tokio::task::spawn_blocking(move || cgroup::remove(&dirs)).await;
+        }
         self.blocking(move |store| store.remove(&record.task_id)).await
     }
 

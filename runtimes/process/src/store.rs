@@ -74,12 +74,15 @@ impl TaskRecord {
 pub struct ExitRecord {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (its memory limit was reached).
+    #[serde(default)]
+    pub oom_killed: bool,
     pub finished_at: SystemTime,
 }
 
 impl ExitRecord {
     pub fn status(&self) -> ExitStatus {
-        ExitStatus { code: self.code, signal: self.signal, oom_killed: false }
+        ExitStatus { code: self.code, signal: self.signal, oom_killed: self.oom_killed }
     }
 }
 

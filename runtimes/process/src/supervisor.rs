@@ -1,18 +1,20 @@
 //! `marina-supervise`: the small process that stands between the agent and each task.
 //!
 //! ```text
-//! marina-supervise --exit-file <path> -- <program> [args...]
+//! marina-supervise --exit-file <path> [--cgroup <dir>]... -- <program> [args...]
 //! ```
 //! Started by the runtime in a process group of its own, with the sandbox as its working
 //! directory, the task's environment as its own, and its stderr appended to the sandbox's
 //! `stderr` (so its few messages land next to the task's). It
 //! 1. starts `program` in a *second* process group (the task's), stdin from `/dev/null`,
-//!    stdout and stderr appended to `stdout` and `stderr` in the working directory;
+//!    stdout and stderr appended to `stdout` and `stderr` in the working directory, and in
+//!    the task's cgroups if given (see [`crate::cgroup`]);
 //! 2. tells the runtime, as one JSON line on its stdout, the task's pid and start time, or why
 //!    it could not start it;
 //! 3. forwards SIGTERM and SIGINT to the task's group, and ignores SIGHUP;
-//! 4. reaps the task, kills what is left of its group (as Mesos destroys a container whose
-//!    command ended), and writes how the task ended to the exit file, atomically; then exits.
+//! 4. reaps the task, kills what is left of its group and its cgroups (as Mesos destroys a
+//!    container whose command ended), and writes how the task ended (OOM kills included) to
+//!    the exit file, atomically; then removes the cgroups and exits.
 //!
 //! Because the supervisor is not in the task's group, a SIGKILL of the task's group after the
 //! grace period cannot take the supervisor with it, and the exit status is always recorded.
@@ -33,13 +35,14 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::cgroup;
 use crate::procfs::{ProcessIdentity, signal_group};
 use crate::store::{ExitRecord, write_atomically};
 
 /// The supervisor's binary name. Ship it next to the agent binary.
 pub const SUPERVISOR_BIN: &str = "marina-supervise";
 
-const USAGE: &str = "usage: marina-supervise --exit-file <path> -- <program> [args...]";
+const USAGE: &str = "usage: marina-supervise --exit-file <path> [--cgroup <dir>]... -- <program> [args...]";
 
 /// What the supervisor tells the runtime once, as a JSON line on its stdout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +58,8 @@ pub enum Handshake {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub exit_file: PathBuf,
+    /// The task's cgroups (limits), made by the runtime.
+    pub cgroups: Vec<PathBuf>,
     pub program: OsString,
     pub args: Vec<OsString>,
 }
@@ -62,7 +67,11 @@ pub struct Invocation {
 impl Invocation {
     /// The arguments the runtime passes; the inverse of [`Invocation::parse`].
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut args = vec![OsString::from("--exit-file"), self.exit_file.clone().into_os_string(), "--".into()];
+        let mut args = vec![OsString::from("--exit-file"), self.exit_file.clone().into_os_string()];
+        for cgroup in &self.cgroups {
+            args.extend([OsString::from("--cgroup"), cgroup.clone().into_os_string()]);
+        }
+        args.push("--".into());
         args.push(self.program.clone());
         args.extend(self.args.iter().cloned());
         args
@@ -71,17 +80,19 @@ impl Invocation {
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
         let mut args = args.into_iter();
         let mut exit_file = None;
+        let mut cgroups = Vec::new();
         loop {
             let Some(arg) = args.next() else { return Err("missing `-- <program>`".into()) };
             match arg.to_str() {
                 Some("--exit-file") => exit_file = Some(PathBuf::from(args.next().ok_or("--exit-file needs a path")?)),
+                Some("--cgroup") => cgroups.push(PathBuf::from(args.next().ok_or("--cgroup needs a directory")?)),
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
         }
         let exit_file = exit_file.ok_or("--exit-file is required")?;
         let program = args.next().ok_or("missing the program to run after `--`")?;
-        Ok(Invocation { exit_file, program, args: args.collect() })
+        Ok(Invocation { exit_file, cgroups, program, args: args.collect() })
     }
 }
 
@@ -136,13 +147,20 @@ async fn supervise(invocation: Invocation) -> io::Result<ExitCode> {
             Some(()) = hangup.recv() => {}
         }
     };
-    // Whatever the task left running in its group ends with it.
+    // Whatever the task left running in its group, or in its cgroups, ends with it.
     forward(task.pid, Signal::SIGKILL);
-    let record = ExitRecord { code: status.code(), signal: status.signal(), finished_at: SystemTime::now() };
+    cgroup::kill_all(&invocation.cgroups);
+    let record = ExitRecord {
+        code: status.code(),
+        signal: status.signal(),
+        oom_killed: cgroup::oom_killed(&invocation.cgroups),
+        finished_at: SystemTime::now(),
+    };
     let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
     write_atomically(&invocation.exit_file, &json).map_err(|e| {
         io::Error::new(e.kind(), format!("recording the exit status in {:?}: {e}", invocation.exit_file))
     })?;
+    cgroup::remove(&invocation.cgroups);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -158,9 +176,21 @@ fn start(invocation: &Invocation) -> io::Result<(tokio::process::Child, ProcessI
         // Should the supervisor fail before the task ends, the task ends too: a task whose
         // end nobody can record must not run on.
         .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot execute {:?}: {e}", invocation.program)))?;
+    // In the task's cgroups for the spawn only: the task inherits them from its first
+    // instruction, the supervisor goes back home (it must outlive an OOM kill of the task).
+    for dir in &invocation.cgroups {
+        cgroup::enter(dir)?;
+    }
+    let spawned = command.spawn();
+    for dir in &invocation.cgroups {
+        if let Some(home) = cgroup::home(dir)
+            && let Err(e) = cgroup::enter(home)
+        {
+            eprintln!("{SUPERVISOR_BIN}: leaving the task's cgroup: {e}");
+        }
+    }
+    let child =
+        spawned.map_err(|e| io::Error::new(e.kind(), format!("cannot execute {:?}: {e}", invocation.program)))?;
     // Not reaped yet, so its stat is readable even if it has already exited.
     let identity =
         child.id().ok_or_else(|| io::Error::other("the task vanished at once")).and_then(ProcessIdentity::of);
@@ -206,6 +236,7 @@ mod tests {
     fn invocations_round_trip() {
         let invocation = Invocation {
             exit_file: "/state/tasks/t/exit.json".into(),
+            cgroups: vec!["/sys/fs/cgroup/memory/marina/s/t".into(), "/sys/fs/cgroup/cpu/marina/s/t".into()],
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo -- --exit-file".into()],
         };

@@ -154,3 +154,49 @@ async fn a_task_whose_supervisor_was_killed_can_still_be_stopped() {
     assert!(!pid_alive(task_pid));
     runtime.remove(&handle).await.expect("remove");
 }
+
+/// Where this machine lets the runtime make cgroups (root with writable cgroup v1 mounts, as
+/// on the CI machines), a task's CPU and memory limits are real: its cgroups carry them, the
+/// supervisor is not in them, a task outgrowing its memory is OOM-killed and reported so,
+/// and the cgroups go with the task. Where it cannot, the limits are not claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_where_cgroups_allow_and_never_claimed_otherwise() {
+    use marina_runtime_process::cgroup;
+
+    let env = TestEnv::new("limits");
+    let runtime = env.runtime();
+    let capabilities = runtime.capabilities();
+    assert_eq!(capabilities.cpu_limit, capabilities.memory_limit);
+    if !capabilities.memory_limit {
+        eprintln!("this machine does not let the runtime make cgroups: limits are rightly not claimed");
+        return;
+    }
+
+    let mut spec = env.fixture(runtime.clone()).spec("limited", "sleep 30");
+    spec.resources.cpus = 0.5;
+    spec.resources.mem_mb = 64.0;
+    let handle = runtime.start(&spec).await.expect("start");
+    let TaskState::Running { pid: Some(pid), .. } = runtime.inspect(&handle).await.expect("inspect") else {
+        panic!("not running")
+    };
+    let memory = cgroup::of_process(pid, "memory").expect("the task's memory cgroup");
+    let cpu = cgroup::of_process(pid, "cpu").expect("the task's cpu cgroup");
+    let read = |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap().trim().to_owned();
+    assert_eq!(read(&memory, "memory.limit_in_bytes"), (64 * 1024 * 1024).to_string());
+    assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+    let (supervisor, _) = supervisor_of(&handle);
+    assert_ne!(cgroup::of_process(supervisor, "memory"), Some(memory.clone()), "the supervisor is outside");
+    runtime.stop(&handle, Duration::from_secs(5)).await.expect("stop");
+    runtime.remove(&handle).await.expect("remove");
+    assert!(!memory.exists() && !cpu.exists(), "the task's cgroups went with it");
+
+    // 16 MiB of memory, then a process that fills a 64 MiB buffer.
+    let mut spec = env.fixture(runtime.clone()).spec("hungry", "dd if=/dev/zero of=/dev/null bs=64M count=1");
+    spec.resources.mem_mb = 16.0;
+    let handle = runtime.start(&spec).await.expect("start");
+    let status = wait(&runtime, &handle).await;
+    assert!(status.oom_killed, "{status:?}");
+    assert!(!status.success());
+    runtime.remove(&handle).await.expect("remove");
+}
