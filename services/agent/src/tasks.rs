@@ -493,7 +493,16 @@ impl Tasks {
             });
             self.entries.lock().expect("tasks lock").insert(entry.info.task_id.clone(), entry.clone());
             if is_terminal(status.state()) {
-                continue; // waiting for its update's acknowledgement
+                // Its terminal update is pending (the acknowledgement forgets the task), or the
+                // agent died after checkpointing the task but before queueing the update, or
+                // after the acknowledgement but before forgetting the task. Sending the same
+                // update again covers both: a duplicate is acknowledged like the original.
+                if !self.updates.has_pending(&entry.info.task_id)
+                    && let Err(error) = self.updates.push(status)
+                {
+                    tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint a status update");
+                }
+                continue;
             }
             let state = match &handle {
                 Some(handle) => match &found {
