@@ -1,5 +1,5 @@
-//! The agent as a real process: SIGKILL and restart re-adopt its tasks (process runtime and
-//! Docker), status updates produced while no master is reachable arrive later, health
+//! The agent as a real process: SIGKILL and restart re-adopt its tasks (process runtime,
+//! Docker and containerd), status updates produced while no master is reachable arrive later, health
 //! checks report and kill, a corrupt checkpoint stops it with a clear error.
 
 use std::time::Duration;
@@ -104,6 +104,103 @@ async fn a_killed_agent_readopts_its_docker_containers() {
     assert_eq!(after["state"], "TASK_RUNNING");
     assert_eq!(docker_started_at(&container), started, "the container was not restarted");
     assert_eq!(starting_updates(&scheduler, "web"), 1);
+}
+
+/// The same through containerd: the test image imported into the agent's namespace (no
+/// registry to pull from), a task of it launched, the agent SIGKILLed and restarted, the
+/// same task — same container, same process — reported; killed, it is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_readopts_its_containerd_tasks() {
+    use marina_runtime::{LABEL_FRAMEWORK_ID, Runtime, TaskState as RuntimeState};
+    use marina_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
+
+    ensure_test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["save", "marina-test/busybox:latest", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "docker save: {}", String::from_utf8_lossy(&saved.stderr));
+    // The agent's default namespace, which the containerd runtime tests share.
+    let config = ContainerdConfig { namespace: "marina".into(), ..ContainerdConfig::default() };
+    let containerd = ContainerdRuntime::connect(&config).await.expect("containerd answers on this machine");
+    containerd.import_image(&archive).await.expect("importing the test image");
+
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut agent = Service::agent("agent", &cluster.coord_url(), "containerd", cluster.dir.path(), AGENT_ENV);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt-containerd", None).await;
+    let _cleanup = ContainerdCleanup { config, framework_id: scheduler.framework_id.clone() };
+    launch(&mut scheduler, |_| {
+        let mut task = command_task("ctr-web", "exec sleep 600", 0.1, 32.0);
+        task.container = Some(ContainerSpec { image: "docker:///marina-test/busybox".into(), ..Default::default() });
+        vec![task]
+    })
+    .await;
+    let container = agent_task(&agent, "ctr-web").await.unwrap()["container_id"].as_str().unwrap().to_owned();
+    let process = || async {
+        let labels = [(LABEL_FRAMEWORK_ID.to_owned(), scheduler.framework_id.clone())].into();
+        let listed = containerd.list(&labels).await.unwrap();
+        match listed.as_slice() {
+            [task] => match task.state {
+                RuntimeState::Running { pid, .. } => pid,
+                ref other => panic!("the task is not running: {other:?}"),
+            },
+            other => panic!("expected one task, found {other:?}"),
+        }
+    };
+    let pid = process().await;
+
+    agent.kill().await;
+    agent.restart();
+    agent.wait_healthy().await;
+    let after =
+        eventually(WAIT, "the restarted agent to report the task", || async { agent_task(&agent, "ctr-web").await })
+            .await;
+    assert_eq!(after["container_id"], container.as_str(), "the same container");
+    assert_eq!(after["state"], "TASK_RUNNING");
+    assert_eq!(process().await, pid, "the same process: never restarted");
+    assert_eq!(starting_updates(&scheduler, "ctr-web"), 1, "never relaunched");
+
+    let agent_id = agent.get_json("/state").await.unwrap()["id"].as_str().unwrap().to_owned();
+    scheduler.kill("ctr-web", &agent_id).await;
+    scheduler
+        .pump_until(WAIT, "the task to be killed", |s| {
+            s.latest("ctr-web").is_some_and(|t| t.state() == TaskState::TaskKilled)
+        })
+        .await;
+    eventually(WAIT, "the killed task's container to be removed", || async {
+        let labels = [(LABEL_FRAMEWORK_ID.to_owned(), scheduler.framework_id.clone())].into();
+        containerd.list(&labels).await.ok()?.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Removes, on drop, every containerd task of a test's framework (should the test fail).
+struct ContainerdCleanup {
+    config: marina_runtime_containerd::ContainerdConfig,
+    framework_id: String,
+}
+
+impl Drop for ContainerdCleanup {
+    fn drop(&mut self) {
+        use marina_runtime::Runtime;
+        let config = self.config.clone();
+        let labels = [(marina_runtime::LABEL_FRAMEWORK_ID.to_owned(), self.framework_id.clone())].into();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let containerd = marina_runtime_containerd::ContainerdRuntime::connect(&config).await.ok()?;
+                for task in containerd.list(&labels).await.ok()? {
+                    let _ = containerd.remove(&task.handle).await;
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
 }
 
 fn docker_started_at(container: &str) -> String {
