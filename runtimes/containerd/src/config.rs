@@ -40,6 +40,12 @@ pub struct ContainerdConfig {
     /// them by path, so this must be a path the shim sees as we do (same host, same mount
     /// namespace). `None`: a `.marina-exec` folder in the task's sandbox.
     pub state_dir: Option<PathBuf>,
+    /// `ctr`, containerd's own client, which pulls images (containerd 1.6 pulls client-side:
+    /// it has no pull service). A bare name is looked up in `PATH`.
+    pub ctr: PathBuf,
+    /// How long a pull may take before it is given up (so an unreachable registry fails the
+    /// task with a clear message instead of hanging it).
+    pub pull_timeout_secs: u64,
 }
 
 impl Default for ContainerdConfig {
@@ -51,6 +57,8 @@ impl Default for ContainerdConfig {
             snapshotter: "overlayfs".to_owned(),
             runtime: "io.containerd.runc.v2".to_owned(),
             state_dir: None,
+            ctr: PathBuf::from("ctr"),
+            pull_timeout_secs: 300,
         }
     }
 }

@@ -350,6 +350,11 @@ impl Images<'_> {
             .map_err(|e| backend_error(format!("image config {}: {e}", manifest.config.digest)))
     }
 
+    /// Whether `reference` is in the namespace (unpacked or not).
+    pub async fn present(&self, reference: &str) -> Result<bool, RuntimeError> {
+        Ok(self.lookup(reference).await?.is_some())
+    }
+
     /// Makes `reference` ready to run: present in the namespace, unpacked into the
     /// snapshotter (unpacking now what was imported without it, e.g. `ctr import --no-unpack`).
     pub async fn ready(&self, reference: &str) -> Result<ReadyImage, RuntimeError> {
@@ -357,8 +362,7 @@ impl Images<'_> {
             return Err(RuntimeError::ImageUnavailable {
                 image: reference.to_owned(),
                 reason: format!(
-                    "{} is not in containerd namespace `{ns}`, and this backend cannot pull (containerd 1.6 \
-                     has no pull service; pulling needs a registry client on our side). Import it: \
+                    "{} is not in containerd namespace `{ns}`. Pull it from a registry, or import it: \
                      `docker save {reference} -o image.tar` then ContainerdRuntime::import_image(\"image.tar\") \
                      or `ctr -n {ns} images import image.tar`",
                     normalize_reference(reference),

@@ -13,8 +13,10 @@
 //!
 //! Built for containerd 1.6 (Debian 12's, and the one the Docker Engine runs there), which
 //! has none of the newer Transfer, Sandbox or Streaming services, so:
-//! - no pulls: `ensure_image` finds imported images, and otherwise fails at once with
-//!   [`RuntimeError::ImageUnavailable`] saying how to import (`force_pull` uses the local copy);
+//! - pulls are client-side: `ensure_image` uses the image if it is in the namespace and
+//!   otherwise (or with `force_pull`) pulls it with `ctr`, containerd's own client (`pull`);
+//!   when no registry answers, the task fails with [`RuntimeError::ImageUnavailable`] naming
+//!   the image, what went wrong, and how to import it instead;
 //! - no CNI: `Bridge` and `Host` tasks share the host's network and bind the host ports they
 //!   are given (no port mapping); `None` gets an isolated network namespace.
 //!
@@ -26,7 +28,7 @@
 //! task's memory cgroup, which lives until `remove`.
 //!
 //! Modules: [`config`] (settings, finding the socket), `rpc` (namespaced requests, leases,
-//! errors), `content` and `archive` and `images` (import, unpack, resolve), `spec` (the OCI
+//! errors), `content` and `archive` and `images` (import, unpack, resolve), `pull`, `spec` (the OCI
 //! runtime spec), `tasks` (the lifecycle), `exec` (commands next to a task).
 
 mod archive;
@@ -34,6 +36,7 @@ pub mod config;
 mod content;
 mod exec;
 mod images;
+mod pull;
 mod rpc;
 mod spec;
 mod tasks;
@@ -115,10 +118,11 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn ensure_image(&self, image: &str, force_pull: bool) -> Result<(), RuntimeError> {
-        if force_pull {
-            tracing::debug!(%image, "containerd cannot pull: using the imported copy");
+        let images = self.images();
+        if force_pull || !images.present(image).await? {
+            pull::pull(&self.config, &self.socket, image).await?;
         }
-        self.images().ready(image).await.map(drop)
+        images.ready(image).await.map(drop)
     }
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle, RuntimeError> {

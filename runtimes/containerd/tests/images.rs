@@ -77,7 +77,13 @@ async fn import_is_idempotent_and_short_and_full_names_resolve() {
     for name in [IMAGE, "docker.io/marina-test/busybox:latest", "marina-test/busybox"] {
         env.runtime.ensure_image(name, false).await.unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    env.runtime.ensure_image(IMAGE, true).await.expect("force_pull uses the imported copy");
+    // force_pull pulls, as Docker does: with no registry reachable that fails, saying why.
+    match env.runtime.ensure_image(IMAGE, true).await {
+        Err(RuntimeError::ImageUnavailable { reason, .. }) => {
+            assert!(reason.contains("pulling docker.io/marina-test/busybox:latest failed"), "{reason}")
+        }
+        other => panic!("expected a failed pull, got {other:?}"),
+    }
     match env.runtime.ensure_image("marina-test/busybox:other-tag", false).await {
         Err(RuntimeError::ImageUnavailable { image, reason }) => {
             assert_eq!(image, "marina-test/busybox:other-tag");
@@ -231,4 +237,64 @@ async fn connecting_to_no_containerd_names_the_sockets_tried() {
         }
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     }
+}
+
+/// A registry on the loopback serving the test image (`registry.py`), stopped on drop.
+struct Registry {
+    process: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(archive: &Path) -> Registry {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/registry.py");
+        let mut process = std::process::Command::new("python3")
+            .arg(script)
+            .arg(archive)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test registry");
+        let mut line = String::new();
+        std::io::BufReader::new(process.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the registry's port, not {line:?}"));
+        Registry { process, port }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// With a registry answering, a missing image is pulled, unpacked and runs; with none
+/// answering, the failure names the image and what went wrong, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_pulled_when_a_registry_answers() {
+    let env = TestEnv::new("pull").await;
+    let archive = tokio::task::spawn_blocking(common::test_image_archive).await.unwrap();
+    let registry = Registry::start(&archive);
+    let tag = unique("pulled");
+    let reference = format!("127.0.0.1:{}/marina-test/pulled:{tag}", registry.port);
+    env.runtime.ensure_image(&reference, false).await.expect("pulled from the registry");
+    run_once(&env, "pulled", &reference).await;
+    // The pulled name is the test's own: delete it, so runs do not pile images up.
+    let client = client(&env.runtime).await;
+    let delete = DeleteImageRequest { name: reference.clone(), sync: false, target: None };
+    client.images().delete(with_namespace!(delete, "marina")).await.expect("image delete");
+    drop(registry);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let nowhere = format!("{closed}/marina-test/nowhere:1");
+    let started = Instant::now();
+    match env.runtime.ensure_image(&nowhere, false).await {
+        Err(RuntimeError::ImageUnavailable { image, reason }) => {
+            assert_eq!(image, nowhere);
+            assert!(reason.contains(&format!("pulling {nowhere} failed")), "{reason}");
+        }
+        other => panic!("expected ImageUnavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "no registry: a quick failure, not a hang");
 }
