@@ -248,7 +248,7 @@ struct Registry {
 impl Registry {
     fn start(archive: &Path) -> Registry {
         use std::io::BufRead;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/registry.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/registry.py");
         let mut process = std::process::Command::new("python3")
             .arg(script)
             .arg(archive)

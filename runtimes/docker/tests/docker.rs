@@ -248,3 +248,43 @@ async fn connecting_reports_the_socket_when_no_engine_answers() {
     assert_eq!(live.kind(), marina_runtime::RuntimeKind::Docker);
     assert!(live.capabilities().port_mapping && live.capabilities().network_isolation);
 }
+
+/// With a registry answering (`tests/python/registry.py` on the loopback, serving the test
+/// image; the engine speaks plain HTTP to 127.0.0.0/8 registries), a missing image is
+/// pulled and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_pulled_when_a_registry_answers() {
+    use std::io::BufRead;
+
+    let env = env("pull").await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let archive = dir.path().join("image.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["save", common::IMAGE, "-o"])
+        .arg(&archive)
+        .output()
+        .expect("docker save");
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/registry.py");
+    let mut registry = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&archive)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the test registry");
+    let mut port = String::new();
+    std::io::BufReader::new(registry.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let reference = format!("127.0.0.1:{}/marina-test/pulled:{}", port.trim(), std::process::id());
+
+    let pulled = env.runtime.ensure_image(&reference, false).await;
+    let _ = registry.kill();
+    let _ = registry.wait();
+    pulled.expect("pulled from the registry");
+    let mut spec = env.fixture.spec("pulled", "echo pulled");
+    spec.image = Some(reference.clone());
+    let handle = start(&*env.runtime, &spec).await;
+    assert!(wait(&*env.runtime, &handle).await.success());
+    cleanup(&*env.runtime, &handle).await;
+    let removed = std::process::Command::new("docker").args(["rmi", &reference]).output().expect("docker rmi");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+}
