@@ -262,3 +262,45 @@ async fn logs_carry_the_callers_trace_id_without_an_exporter() {
     })
     .await;
 }
+
+/// A request sent to a standby gateway is proxied to the leader within one trace: the
+/// leader's request span is a child of the standby's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_a_standby_gateway_is_one_trace() {
+    let otlp = OtlpReceiver::start().await;
+    let cluster = cluster(Some(&otlp)).await;
+    eventually(WAIT, "the first gateway to lead", || async {
+        (cluster.gateway.get_json("/v2/info").await?["elected"] == true).then_some(())
+    })
+    .await;
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..cluster.coord.url() };
+    let endpoint = otlp.endpoint();
+    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let standby = Service::gateway("gateway-2", &url, cluster._dir.path(), &export);
+    standby.wait_healthy().await;
+    eventually(WAIT, "the standby to know the leader", || async {
+        let leader = standby.get_json("/v2/leader").await?;
+        (leader["leader"] == cluster.gateway.address.as_str()).then_some(())
+    })
+    .await;
+
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let client_span = format!("{:016x}", fastrand::u64(1..));
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v2/apps", standby.address))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let trace = otlp
+        .wait_for_trace(&trace_id, WAIT, |trace| {
+            span(trace, "marina-gateway", "gateway.proxy").is_some()
+                && span(trace, "marina-gateway", "GET /v2/apps").is_some()
+        })
+        .await;
+    let hop = span(&trace, "marina-gateway", "gateway.proxy").unwrap();
+    assert_eq!(hop.parent_span_id, client_span, "the standby's hop continues the caller's span");
+    let at_leader = span(&trace, "marina-gateway", "GET /v2/apps").unwrap();
+    assert_eq!(at_leader.parent_span_id, hop.span_id, "the leader's request is the hop's child: {trace:#?}");
+}

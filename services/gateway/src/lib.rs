@@ -38,6 +38,7 @@ use marina_proto::apps::v1::apps_server::AppsServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use crate::config::Config;
 use crate::events::EventBus;
@@ -112,7 +113,19 @@ async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, 
     }
     let is_grpc = path.starts_with("/marina.apps.v1.");
     match gateway.leader_address().filter(|address| *address != gateway.member.address) {
-        Some(address) => gateway.proxy.forward(&address, &gateway.member.address, request).await,
+        Some(address) => {
+            // The hop is a span of its own (this layer sits outside the per-request spans),
+            // continuing the caller's trace; the leader's request span becomes its child.
+            let span = tracing::info_span!(
+                "gateway.proxy",
+                otel.kind = "client",
+                leader = %address,
+                path = %path,
+                trace_id = tracing::field::Empty
+            );
+            marina_daemon::trace::set_parent_from_headers(&span, request.headers());
+            gateway.proxy.forward(&address, &gateway.member.address, request).instrument(span).await
+        }
         None if is_grpc => tonic::Status::unavailable("no leading gateway is known; retry").into_http(),
         None => proxy::unavailable("no leading gateway is known; retry"),
     }

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,6 +44,13 @@ impl Proxy {
         *request.uri_mut() = uri;
         if let Ok(value) = HeaderValue::from_str(me) {
             request.headers_mut().insert(VIA_HEADER, value);
+        }
+        // The leader's spans continue this gateway's span of the hop (not the caller's), so
+        // a trace shows the way through the standby.
+        for (key, value) in marina_daemon::trace::carrier() {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+                request.headers_mut().insert(name, value);
+            }
         }
         let is_grpc = request
             .headers()
