@@ -12,6 +12,7 @@
 //! - [`apply_patch`], [`rollback_version`]: partial updates and rollbacks.
 //! - [`config_equal`], [`is_scale_only`], [`stamp`]: versions and what a change means.
 //! - [`Constraint::satisfied`]: Marathon's placement constraints, for the scheduler.
+//! - [`AppDefinition::assign_service_ports`]: service ports for ports declared `0`.
 //! - [`PathId`]: ids, their coord node names and Marathon task ids.
 //!
 //! Unknown fields are ignored, as Marathon ignores them, so that clients sending fields of a
@@ -22,6 +23,7 @@ mod decode;
 mod definition;
 mod lenient;
 mod path;
+mod service_ports;
 mod time;
 mod update;
 mod validate;
@@ -42,6 +44,7 @@ pub use definition::{
     UnreachableStrategy, UpgradeStrategy, VersionInfo,
 };
 pub use path::{ID_SEGMENT_PATTERN, PathId, PathIdError, RESERVED_KEYWORDS};
+pub use service_ports::{SERVICE_PORTS, ServicePortsExhausted};
 pub use time::{Timestamp, TimestampError};
 pub use update::{apply_patch, config_equal, is_scale_only, rollback_version, stamp};
 pub use validate::validate;
