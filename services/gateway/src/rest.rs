@@ -207,7 +207,7 @@ async fn info(State(gateway): State<Arc<Gateway>>) -> Response {
             "zk": gateway.config.coord.to_string(),
             "zk_timeout": gateway.config.session_ttl_ms,
             "zk_session_timeout": gateway.config.session_ttl_ms,
-            "zk_max_versions": 50,
+            "zk_max_versions": crate::store::MAX_VERSIONS,
         },
         "http_config": { "http_port": gateway.member.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()), "https_port": null },
         "event_subscriber": null,

@@ -22,6 +22,9 @@ pub const VERSIONS: &str = "/gateway/versions";
 pub const DEPLOYMENTS: &str = "/gateway/deployments";
 pub const INSTANCES: &str = "/gateway/instances";
 
+/// How many versions of an app are kept (Marathon's `zk_max_versions`).
+pub const MAX_VERSIONS: usize = 50;
+
 /// Most operations per coord transaction.
 const TXN_OPS: usize = 200;
 
@@ -121,6 +124,22 @@ impl Store {
         let mut versions = self.coord.list(&format!("{VERSIONS}/{}", node_name(app_id))).await?.children;
         versions.sort();
         Ok(versions)
+    }
+
+    /// Deletes all but the newest `keep` versions of an app (Marathon keeps
+    /// `zk_max_versions`, 50); returns how many went.
+    pub async fn prune_versions(&self, app_id: &str, keep: usize) -> Result<usize, Error> {
+        let versions = self.versions(app_id).await?;
+        let excess = versions.len().saturating_sub(keep);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let mut batch = Batch::default();
+        for version in &versions[..excess] {
+            batch.delete(format!("{VERSIONS}/{}/{version}", node_name(app_id)));
+        }
+        self.apply(batch).await?;
+        Ok(excess)
     }
 
     pub async fn version<T: DeserializeOwned>(&self, app_id: &str, version: &str) -> Result<Option<T>, Error> {
