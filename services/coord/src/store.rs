@@ -382,7 +382,12 @@ impl Store {
 
 /// Whether `path` is `watched` or (for recursive watches) one of its descendants.
 pub fn path_matches(watched: &str, recursive: bool, path: &str) -> bool {
-    path == watched || (recursive && path.starts_with(&subtree_prefix(watched)))
+    // Every watcher checks every change, so no allocation here: `path` is below `watched`
+    // when it starts with it followed by a `/` (the root's descendants are every path).
+    path == watched
+        || (recursive
+            && (watched == "/"
+                || (path.len() > watched.len() && path.starts_with(watched) && path.as_bytes()[watched.len()] == b'/')))
 }
 
 /// The prefix every descendant of `path` starts with.
@@ -621,5 +626,8 @@ mod tests {
         assert!(path_matches("/a", true, "/a/b/c"));
         assert!(!path_matches("/a", true, "/ab"));
         assert!(path_matches("/", true, "/x"));
+        assert!(!path_matches("/", false, "/x"));
+        assert!(!path_matches("/a/b", true, "/a"));
+        assert!(path_matches("/a/b", true, "/a/b/c"));
     }
 }
