@@ -351,3 +351,58 @@ async fn image_apps_wait_for_an_image_runtime() {
     let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tasks["tasks"], json!([]));
 }
+
+/// Ports declared 0 get service ports (Marathon's 10000-19999) that no two apps share and
+/// that an app keeps across updates; a bulk kill of no task kills nothing; an app keeps at
+/// most Marathon's 50 versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ports_are_assigned_and_versions_are_bounded() {
+    let cluster = MarinaCluster::builder().masters(1).agents(1).gateways(1).start().await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let app = async |id: &str| -> Value {
+        let body: Value = http.get(format!("{base}/v2/apps{id}")).send().await.unwrap().json().await.unwrap();
+        body["app"].clone()
+    };
+
+    for (id, ports) in [("/web", json!([0, 0])), ("/api", json!([0]))] {
+        let body = json!({ "id": id, "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 0, "ports": ports });
+        assert_eq!(http.post(format!("{base}/v2/apps")).json(&body).send().await.unwrap().status(), 201);
+    }
+    let web = app("/web").await;
+    let api = app("/api").await;
+    let ports = |app: &Value| -> Vec<u64> {
+        app["portDefinitions"].as_array().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect()
+    };
+    let (web_ports, api_ports) = (ports(&web), ports(&api));
+    assert_eq!(web["ports"], json!(web_ports), "`ports` mirrors the definitions");
+    let mut all: Vec<u64> = web_ports.iter().chain(&api_ports).copied().collect();
+    assert!(all.iter().all(|port| (10_000..20_000).contains(port)), "{all:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "no service port is shared: {web_ports:?} {api_ports:?}");
+
+    // A bulk kill naming no task kills nothing (not every task of every app).
+    let scaled = http.put(format!("{base}/v2/apps/api")).json(&json!({ "instances": 1 })).send().await.unwrap();
+    assert_eq!(scaled.status(), 200);
+    running(&http, &base, "/api", 1).await;
+    let none = http.post(format!("{base}/v2/tasks/delete")).json(&json!({ "ids": [] })).send().await.unwrap();
+    assert_eq!(none.status(), 200);
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["tasks"], json!([]), "{body}");
+    let api = running(&http, &base, "/api", 1).await;
+    assert!(api["tasks"][0]["state"] == "TASK_RUNNING" && api["tasksKilled"].as_u64().unwrap_or(0) == 0, "{api}");
+
+    // 55 configuration changes: the ports stay, the history is capped at 50.
+    for n in 0..55 {
+        let update = json!({ "env": { "N": n.to_string() }, "ports": [0, 0] });
+        let response = http.put(format!("{base}/v2/apps/web?force=true")).json(&update).send().await.unwrap();
+        assert_eq!(response.status(), 200, "update {n}");
+    }
+    assert_eq!(ports(&app("/web").await), web_ports, "an update keeps its service ports");
+    eventually(WAIT, "old versions to be pruned", || async {
+        let versions: Value = http.get(format!("{base}/v2/apps/web/versions")).send().await.ok()?.json().await.ok()?;
+        (versions["versions"].as_array()?.len() == 50).then_some(())
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 //! acknowledged, obey commands — and only from a master whose epoch is at least the highest
 //! this agent has obeyed. When leadership moves, the agent follows it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub async fn run(
 ) {
     let mut leaders = observer.receiver();
     let mut backoff = Duration::from_millis(50);
+    // The leadership the backoff grew against: a new leader starts from the shortest delay
+    // (retries against a dead master must not slow the first attach to its successor).
+    let mut backing_off_from: Option<(String, u64)> = None;
     loop {
         let leader = tokio::select! {
             leader = leaders.wait_for(|leader| leader.is_some()) => match leader {
@@ -63,6 +66,11 @@ pub async fn run(
                 () = shutdown.cancelled() => return,
             }
         };
+        let leadership = (leader.member.clone(), leader.epoch);
+        if backing_off_from.as_ref() != Some(&leadership) {
+            backoff = Duration::from_millis(50);
+            backing_off_from = Some(leadership);
+        }
         let started = Instant::now();
         let outcome = attach(&agent, &leader, &member, &mut leaders, &attached, &shutdown).await;
         attached.send_replace(AttachedMaster::default());
@@ -121,7 +129,7 @@ async fn attach(
     let mut registered = false;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut retry = tokio::time::interval(Duration::from_millis(100));
-    let mut sent: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let mut sent = Sent::default();
     let first_retry = agent.update_retry;
     loop {
         tokio::select! {
@@ -151,7 +159,7 @@ async fn attach(
                 }
                 if let Some(interval) = handle(agent, message, &mut registered).await {
                     heartbeat = tokio::time::interval(interval);
-                    sent.clear();
+                    sent = Sent::default();
                     attached.send_replace(AttachedMaster { address: member.address.clone(), epoch: leader.epoch, registered: true });
                 }
             }
@@ -168,18 +176,35 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
 
+/// The updates sent on this link: when, and the backoff before each is sent again.
+#[derive(Default)]
+struct Sent {
+    at: HashMap<String, (Instant, Duration)>,
+    /// The updates' version at the last pass, and the earliest resend due then: a retry tick
+    /// with neither a change nor a resend due has nothing to do (a thousand agents in one
+    /// process tick ten thousand times a second).
+    seen_version: Option<u64>,
+    next_due: Option<Instant>,
+}
+
 /// Sends what is deliverable and was not sent recently (exponential backoff per update).
 async fn deliver(
     agent: &Agent,
     outbound: &mpsc::Sender<AgentMessage>,
-    sent: &mut HashMap<String, (Instant, Duration)>,
+    sent: &mut Sent,
     first_retry: Duration,
 ) -> Result<(), String> {
     let now = Instant::now();
+    let version = agent.updates.version();
+    if sent.seen_version == Some(version) && sent.next_due.is_none_or(|due| now < due) {
+        return Ok(());
+    }
     let deliverable = agent.updates.deliverable();
-    sent.retain(|uuid, _| deliverable.iter().any(|status| &status.uuid == uuid));
+    // Forget what was acknowledged (a set: hundreds of updates may be in flight per agent).
+    let current: HashSet<&str> = deliverable.iter().map(|status| status.uuid.as_str()).collect();
+    sent.at.retain(|uuid, _| current.contains(uuid.as_str()));
     for status in deliverable {
-        let due = match sent.get(&status.uuid) {
+        let due = match sent.at.get(&status.uuid) {
             None => Some(first_retry),
             Some((at, backoff)) if now.duration_since(*at) >= *backoff => {
                 Some((*backoff * 2).min(Duration::from_secs(10)))
@@ -187,10 +212,13 @@ async fn deliver(
             Some(_) => None,
         };
         if let Some(next_backoff) = due {
-            sent.insert(status.uuid.clone(), (now, next_backoff));
+            sent.at.insert(status.uuid.clone(), (now, next_backoff));
+            let status = Arc::unwrap_or_clone(status);
             outbound.send(message(agent_message::Kind::Update(status))).await.map_err(|e| e.to_string())?;
         }
     }
+    sent.seen_version = Some(version);
+    sent.next_due = sent.at.values().map(|(at, backoff)| *at + *backoff).min();
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! master failovers. Per task, only the oldest unacknowledged update is in flight (as in
 //! Mesos), so a scheduler never sees a task's states out of order.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use marina_proto::agent::v1::{TaskStatus, UpdateCheckpoint};
@@ -21,8 +21,36 @@ pub struct StatusUpdates {
 
 #[derive(Default)]
 struct State {
-    pending: BTreeMap<u64, TaskStatus>,
+    pending: BTreeMap<u64, Arc<TaskStatus>>,
+    /// `pending` by uuid, and how many updates each task has pending: acknowledgements and
+    /// `has_pending` would otherwise scan every pending update.
+    by_uuid: HashMap<String, u64>,
+    per_task: HashMap<String, usize>,
     next_sequence: u64,
+    /// Bumped by every push and acknowledgement.
+    version: u64,
+}
+
+impl State {
+    fn insert(&mut self, sequence: u64, status: TaskStatus) {
+        self.by_uuid.insert(status.uuid.clone(), sequence);
+        *self.per_task.entry(status.task_id.clone()).or_default() += 1;
+        self.pending.insert(sequence, Arc::new(status));
+        self.version += 1;
+    }
+
+    fn remove(&mut self, sequence: u64) -> Option<TaskStatus> {
+        let status = Arc::unwrap_or_clone(self.pending.remove(&sequence)?);
+        self.version += 1;
+        self.by_uuid.remove(&status.uuid);
+        if let Some(count) = self.per_task.get_mut(&status.task_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_task.remove(&status.task_id);
+            }
+        }
+        Some(status)
+    }
 }
 
 pub fn now_seconds() -> f64 {
@@ -35,7 +63,7 @@ impl StatusUpdates {
         for update in recovered {
             state.next_sequence = state.next_sequence.max(update.sequence + 1);
             if let Some(status) = update.status {
-                state.pending.insert(update.sequence, status);
+                state.insert(update.sequence, status);
             }
         }
         Self { checkpoint, state: Mutex::new(state), changed: Notify::new() }
@@ -49,7 +77,7 @@ impl StatusUpdates {
         let sequence = state.next_sequence;
         self.checkpoint.save_update(&UpdateCheckpoint { sequence, status: Some(status.clone()) })?;
         state.next_sequence += 1;
-        state.pending.insert(sequence, status.clone());
+        state.insert(sequence, status.clone());
         drop(state);
         self.changed.notify_waiters();
         Ok(status)
@@ -58,23 +86,30 @@ impl StatusUpdates {
     /// Drops the update a scheduler acknowledged; returns it (None if unknown: a duplicate ack).
     pub fn acknowledge(&self, task_id: &str, uuid: &str) -> Result<Option<TaskStatus>, CheckpointError> {
         let mut state = self.state.lock().expect("updates lock");
-        let Some(sequence) =
-            state.pending.iter().find(|(_, s)| s.task_id == task_id && s.uuid == uuid).map(|(sequence, _)| *sequence)
+        let Some(&sequence) = state.by_uuid.get(uuid).filter(|sequence| state.pending[sequence].task_id == task_id)
         else {
             return Ok(None);
         };
         self.checkpoint.remove_update(sequence)?;
-        let status = state.pending.remove(&sequence);
+        let status = state.remove(sequence);
         drop(state);
         self.changed.notify_waiters();
         Ok(status)
     }
 
     /// The updates that may be sent now: per task, the oldest unacknowledged one; in queue order.
-    pub fn deliverable(&self) -> Vec<TaskStatus> {
+    /// Shared, not copied: this runs at every retry tick and every change, and only the
+    /// updates actually due are copied into messages.
+    pub fn deliverable(&self) -> Vec<Arc<TaskStatus>> {
         let state = self.state.lock().expect("updates lock");
         let mut seen = std::collections::HashSet::new();
-        state.pending.values().filter(|status| seen.insert(status.task_id.clone())).cloned().collect()
+        state.pending.values().filter(|status| seen.insert(status.task_id.as_str())).cloned().collect()
+    }
+
+    /// Changes whenever an update is queued or acknowledged: what is deliverable may have
+    /// changed only if this did.
+    pub fn version(&self) -> u64 {
+        self.state.lock().expect("updates lock").version
     }
 
     pub fn pending_count(&self) -> usize {
@@ -83,7 +118,7 @@ impl StatusUpdates {
 
     /// Whether an update for `task_id` is still unacknowledged.
     pub fn has_pending(&self, task_id: &str) -> bool {
-        self.state.lock().expect("updates lock").pending.values().any(|status| status.task_id == task_id)
+        self.state.lock().expect("updates lock").per_task.contains_key(task_id)
     }
 
     /// Resolves at the next push or acknowledgement.

@@ -5,7 +5,7 @@
 //! by the gateway's epoch and happen outside it. Deployments are serialized by a separate
 //! async lock, so two concurrent API calls cannot both claim an app.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,10 +117,95 @@ pub struct QueueStats {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// Every instance by task id, indexed by app, and which apps changed since the last
+/// convergence round: the engine and placement look at one app's instances at a time, and
+/// both scanning every instance per app and deciding for every app per round are quadratic
+/// at scale (100,000 tasks in thousands of apps).
+#[derive(Default)]
+struct Instances {
+    all: BTreeMap<String, Instance>,
+    by_app: HashMap<String, BTreeSet<String>>,
+    /// Apps whose instances (or definition, see [`Instances::touch`]) changed since the last
+    /// convergence round: the next round decides for them.
+    dirty: HashSet<String>,
+}
+
+impl Instances {
+    fn insert(&mut self, instance: Instance) {
+        let app_id = instance.record.app_id.clone();
+        let task_id = instance.record.task_id.clone();
+        if let Some(previous) = self.all.insert(task_id.clone(), instance)
+            && previous.record.app_id != app_id
+        {
+            self.unindex(&previous.record.app_id, &task_id);
+        }
+        self.by_app.entry(app_id.clone()).or_default().insert(task_id);
+        self.dirty.insert(app_id);
+    }
+
+    fn remove(&mut self, task_id: &str) -> Option<Instance> {
+        let instance = self.all.remove(task_id)?;
+        self.unindex(&instance.record.app_id, task_id);
+        self.dirty.insert(instance.record.app_id.clone());
+        Some(instance)
+    }
+
+    fn unindex(&mut self, app_id: &str, task_id: &str) {
+        if let Some(tasks) = self.by_app.get_mut(app_id) {
+            tasks.remove(task_id);
+            if tasks.is_empty() {
+                self.by_app.remove(app_id);
+            }
+        }
+    }
+
+    fn get(&self, task_id: &str) -> Option<&Instance> {
+        self.all.get(task_id)
+    }
+
+    /// A change through this marks the instance's app for the next convergence round.
+    fn get_mut(&mut self, task_id: &str) -> Option<&mut Instance> {
+        let instance = self.all.get_mut(task_id)?;
+        if !self.dirty.contains(&instance.record.app_id) {
+            self.dirty.insert(instance.record.app_id.clone());
+        }
+        Some(instance)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Instance> {
+        self.all.values()
+    }
+
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// The instances of one app, in task id order.
+    fn of_app<'a>(&'a self, app_id: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_app.get(app_id).into_iter().flatten().filter_map(|task_id| self.all.get(task_id))
+    }
+
+    /// The app's definition (or anything else the engine decides on) changed.
+    fn touch(&mut self, app_id: &str) {
+        if !self.dirty.contains(app_id) {
+            self.dirty.insert(app_id.to_owned());
+        }
+    }
+}
+
+/// Convergence decides for the apps that changed; every this often it decides for every app
+/// and looks for stuck launches and unanswered kills, as a safety net and for what changes
+/// with time alone (unreachable tolerances).
+const FULL_ROUND_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct State {
     apps: BTreeMap<String, AppEntry>,
-    instances: BTreeMap<String, Instance>,
+    instances: Instances,
+    /// Apps that ran exactly as declared at their last decision (deployments advance on it).
+    converged: HashSet<String>,
+    /// When the next convergence round covers every app.
+    next_full_round: Option<Instant>,
     deployments: BTreeMap<String, Deployment>,
     backoff: HashMap<String, Backoff>,
     /// Instances to launch per app, as last decided.
@@ -255,7 +340,7 @@ impl Leader {
                 message: String::new(),
                 record,
             };
-            state.instances.insert(instance.record.task_id.clone(), instance);
+            state.instances.insert(instance);
         }
         tracing::info!(
             epoch,
@@ -417,6 +502,7 @@ impl Leader {
             let mut originals = BTreeMap::new();
             let mut actions: Vec<(Action, Vec<String>)> = Vec::new();
             let mut batch = Batch::default();
+            let mut assigned: Vec<u16> = Vec::new();
             for Change { id, target, restart } in changes {
                 let previous = state.apps.get(&id).filter(|e| !e.deleting).map(|e| e.definition.clone());
                 let action = match (&previous, &target) {
@@ -427,7 +513,28 @@ impl Leader {
                     (Some(_), Some(_)) => "RestartApplication",
                 };
                 let node = store::node_name(&id);
-                let stamped = target.map(|mut definition| {
+                let stamped = match target {
+                    Some(mut definition) => {
+                        // Ports declared 0 get service ports no other app holds (nor one
+                        // assigned earlier in this deployment); an update keeps its own.
+                        let taken: std::collections::BTreeSet<u16> = state
+                            .apps
+                            .iter()
+                            .filter(|(other, entry)| {
+                                other.as_str() != id && !entry.deleting && !targets.contains_key(other.as_str())
+                            })
+                            .flat_map(|(_, entry)| entry.definition.service_ports())
+                            .chain(assigned.iter().copied())
+                            .collect();
+                        definition
+                            .assign_service_ports(previous.as_ref(), &taken, app::SERVICE_PORTS)
+                            .map_err(|error| DeployError::Invalid(error.to_string()))?;
+                        assigned.extend(definition.service_ports());
+                        Some(definition)
+                    }
+                    None => None,
+                };
+                let stamped = stamped.map(|mut definition| {
                     app::stamp(&mut definition, now, previous.as_ref());
                     if restart && let Some(info) = definition.version_info.as_mut() {
                         info.last_config_change_at = now;
@@ -486,6 +593,7 @@ impl Leader {
                     (None, None) => {}
                 }
                 state.backoff.remove(id);
+                state.instances.touch(id);
             }
             activate_step(&mut state, &deployment, 0);
             let trace = marina_daemon::trace::carrier();
@@ -503,6 +611,17 @@ impl Leader {
             json!({ "plan": deployment_json(&deployment), "currentStep": step_json(&deployment, 0) }),
         );
         self.converge_now.notify_one();
+        // Versions beyond Marathon's limit go, off the request path.
+        let store = self.store.clone();
+        let kept: Vec<String> =
+            deployment.targets.iter().filter(|(_, target)| target.is_some()).map(|(id, _)| id.clone()).collect();
+        tokio::spawn(async move {
+            for id in kept {
+                if let Err(error) = store.prune_versions(&id, store::MAX_VERSIONS).await {
+                    tracing::warn!(app = %id, %error, "pruning old versions failed; the next deployment retries");
+                }
+            }
+        });
         Ok(Deployed { deployment_id: deployment.id, version })
     }
 
@@ -540,8 +659,10 @@ impl Leader {
         Ok(Some(rollback))
     }
 
-    /// Kills tasks. With `scale`, the app's instance count drops so they are not replaced
-    /// (a deployment); otherwise they are replaced.
+    /// Kills tasks: those of `app_id` (all of them when `task_ids` is empty), or, with no
+    /// app, exactly `task_ids` — an empty list then kills nothing, never every task of every
+    /// app. With `scale`, the app's instance count drops so they are not replaced (a
+    /// deployment); otherwise they are replaced.
     pub async fn kill_tasks(
         &self,
         app_id: Option<&str>,
@@ -550,6 +671,9 @@ impl Leader {
         scale: bool,
         force: bool,
     ) -> Result<(Vec<Instance>, Option<Deployed>), DeployError> {
+        if app_id.is_none() && task_ids.is_empty() {
+            return Ok((Vec::new(), None));
+        }
         let chosen: Vec<Instance> = {
             let state = self.lock();
             if let Some(app_id) = app_id
@@ -641,7 +765,8 @@ impl Leader {
         }
     }
 
-    /// One round: decide launches and kills for every app, advance deployments.
+    /// One round: decide launches and kills for the apps that changed since the last round
+    /// (for every app once per [`FULL_ROUND_EVERY`]), advance deployments.
     pub async fn converge(&self) {
         let now = Instant::now();
         let launch_timeout = Duration::from_millis(self.config.task_launch_timeout_ms);
@@ -649,36 +774,57 @@ impl Leader {
             let mut guard = self.lock();
             let state = &mut *guard;
             let mut kills = Vec::new();
-            let mut pending = HashMap::new();
-            let mut converged_apps = HashSet::new();
-            for (id, entry) in &state.apps {
+            let full = state.next_full_round.is_none_or(|due| now >= due);
+            let changed = std::mem::take(&mut state.instances.dirty);
+            let ids: Vec<String> = if full {
+                state.next_full_round = Some(now + FULL_ROUND_EVERY);
+                // Apps gone since are in `changed` (and dropped below); the rest is every app.
+                state
+                    .apps
+                    .keys()
+                    .cloned()
+                    .chain(changed.into_iter().filter(|id| !state.apps.contains_key(id)))
+                    .collect()
+            } else {
+                changed.into_iter().collect()
+            };
+            for id in ids {
+                let Some(entry) = state.apps.get(&id) else {
+                    state.pending.remove(&id);
+                    state.queue.remove(&id);
+                    state.converged.remove(&id);
+                    continue;
+                };
                 let plan = entry.active.as_ref().map(model::plan);
-                let views: Vec<InstanceView> =
-                    state.instances.values().filter(|i| &i.record.app_id == id).map(Instance::view).collect();
+                let views: Vec<InstanceView> = state.instances.of_app(&id).map(Instance::view).collect();
                 let decision = engine::decide(plan.as_ref(), &views, now);
-                if decision.converged {
-                    converged_apps.insert(id.clone());
-                }
                 kills.extend(decision.kill);
                 if decision.launch > 0 {
                     // Apps in backoff stay pending (and show in /v2/queue with their delay);
                     // offers are only used for them once the delay expires.
-                    pending.insert(id.clone(), decision.launch);
                     let stats = state.queue.entry(id.clone()).or_default();
                     stats.since.get_or_insert_with(Timestamp::now);
+                    state.pending.insert(id.clone(), decision.launch);
                 } else {
-                    state.queue.remove(id);
+                    state.queue.remove(&id);
+                    state.pending.remove(&id);
+                }
+                if decision.converged {
+                    state.converged.insert(id);
+                } else {
+                    state.converged.remove(&id);
                 }
             }
-            state.pending = pending;
-            // Launches that never started, and kills that were not acknowledged.
-            for instance in state.instances.values() {
-                let stuck = matches!(instance.state, TaskState::TaskStaging | TaskState::TaskStarting)
-                    && now.duration_since(instance.launched_at) > launch_timeout;
-                let retry_kill = instance.killing
-                    && instance.kill_sent.is_some_and(|sent| now.duration_since(sent) > Duration::from_secs(10));
-                if (stuck && !instance.killing) || retry_kill {
-                    kills.push(instance.record.task_id.clone());
+            if full {
+                // Launches that never started, and kills that were not acknowledged.
+                for instance in state.instances.values() {
+                    let stuck = matches!(instance.state, TaskState::TaskStaging | TaskState::TaskStarting)
+                        && now.duration_since(instance.launched_at) > launch_timeout;
+                    let retry_kill = instance.killing
+                        && instance.kill_sent.is_some_and(|sent| now.duration_since(sent) > Duration::from_secs(10));
+                    if (stuck && !instance.killing) || retry_kill {
+                        kills.push(instance.record.task_id.clone());
+                    }
                 }
             }
             kills.sort();
@@ -689,7 +835,9 @@ impl Leader {
                     instance.kill_sent = Some(now);
                 }
             }
-            let (batch, events, removed_apps) = advance_deployments(state, &converged_apps);
+            let converged = std::mem::take(&mut state.converged);
+            let (batch, events, removed_apps) = advance_deployments(state, &converged);
+            state.converged = converged;
             (kills, batch, events, removed_apps)
         };
         if !kills.is_empty() {
@@ -705,6 +853,7 @@ impl Leader {
             for id in &removed_apps {
                 state.apps.remove(id);
                 state.backoff.remove(id);
+                state.instances.touch(id);
             }
         }
         for (event_type, json) in events {
@@ -756,15 +905,20 @@ impl Leader {
                     continue;
                 }
                 let Some(app) = state.apps.get(id).and_then(|e| e.active.as_ref()) else { continue };
-                let placed: Vec<Placement> = state
-                    .instances
-                    .values()
-                    .filter(|i| &i.record.app_id == id && !is_terminal(i.state))
-                    .map(|i| Placement {
-                        hostname: i.record.host.clone(),
-                        attributes: agent_attributes.get(&i.record.agent_id).cloned().unwrap_or_default(),
-                    })
-                    .collect();
+                // Where the app runs matters only to its constraints.
+                let placed: Vec<Placement> = if app.constraints.is_empty() {
+                    Vec::new()
+                } else {
+                    state
+                        .instances
+                        .of_app(id)
+                        .filter(|i| !is_terminal(i.state))
+                        .map(|i| Placement {
+                            hostname: i.record.host.clone(),
+                            attributes: agent_attributes.get(&i.record.agent_id).cloned().unwrap_or_default(),
+                        })
+                        .collect()
+                };
                 let constraints = app.constraints.clone();
                 let runtimes = model::runtimes(app);
                 demands.push(Demand {
@@ -783,6 +937,9 @@ impl Leader {
                                 .find(|(name, _)| name == "runtime")
                                 .is_none_or(|(_, value)| allowed.contains(&value.as_str()))
                         });
+                        if constraints.is_empty() {
+                            return runtime_ok;
+                        }
                         let candidate = app::AgentView { hostname: &offer.hostname, attributes: &offer.attributes };
                         let placed: Vec<app::AgentView<'_>> = placed
                             .iter()
@@ -811,14 +968,20 @@ impl Leader {
             }
             let mut launches: BTreeMap<String, Vec<TaskInfo>> = BTreeMap::new();
             let mut records = Vec::new();
+            // Versions are worked out once per app, not per instance.
+            let mut versions: HashMap<String, (String, String)> = HashMap::new();
             for placed in placed {
-                let Some(app) = state.apps.get(&placed.app_id).and_then(|e| e.active.clone()) else { continue };
+                let Some(app) = state.apps.get(&placed.app_id).and_then(|e| e.active.as_ref()) else { continue };
                 let task_id = app.id.task_id(&marina_daemon::ids::uuid());
+                let (version, config_version) = versions
+                    .entry(placed.app_id.clone())
+                    .or_insert_with(|| (model::version(app), model::config_version(app)))
+                    .clone();
                 let record = InstanceRecord {
                     task_id: task_id.clone(),
                     app_id: placed.app_id.clone(),
-                    version: model::version(&app),
-                    config_version: model::config_version(&app),
+                    version,
+                    config_version,
                     agent_id: placed.agent_id.clone(),
                     host: placed.hostname.clone(),
                     ports: placed.host_ports.clone(),
@@ -827,25 +990,22 @@ impl Leader {
                 if let Some(count) = state.pending.get_mut(&placed.app_id) {
                     *count = count.saturating_sub(1);
                 }
-                state.instances.insert(
-                    task_id.clone(),
-                    Instance {
-                        record: record.clone(),
-                        state: TaskState::TaskStaging,
-                        healthy: None,
-                        killing: false,
-                        kill_sent: None,
-                        launched_at: now,
-                        started_at: None,
-                        unreachable_since: None,
-                        message: String::new(),
-                    },
-                );
                 launches.entry(placed.offer_id.clone()).or_default().push(model::task_info(
-                    &app,
+                    app,
                     &task_id,
                     &placed.host_ports,
                 ));
+                state.instances.insert(Instance {
+                    record: record.clone(),
+                    state: TaskState::TaskStaging,
+                    healthy: None,
+                    killing: false,
+                    kill_sent: None,
+                    launched_at: now,
+                    started_at: None,
+                    unreachable_since: None,
+                    message: String::new(),
+                });
                 records.push(record);
             }
             let unused: Vec<String> =
@@ -972,20 +1132,17 @@ impl Leader {
                                 };
                                 batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
                                 tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
-                                state.instances.insert(
-                                    record.task_id.clone(),
-                                    Instance {
-                                        record,
-                                        state: state_of,
-                                        healthy: status.healthy,
-                                        killing: false,
-                                        kill_sent: None,
-                                        launched_at: now,
-                                        started_at: None,
-                                        unreachable_since: None,
-                                        message: status.message.clone(),
-                                    },
-                                );
+                                state.instances.insert(Instance {
+                                    record,
+                                    state: state_of,
+                                    healthy: status.healthy,
+                                    killing: false,
+                                    kill_sent: None,
+                                    launched_at: now,
+                                    started_at: None,
+                                    unreachable_since: None,
+                                    message: status.message.clone(),
+                                });
                             }
                             _ => kill_orphan = true,
                         }
@@ -1115,7 +1272,7 @@ fn parse_stored(json: &Value) -> Option<AppDefinition> {
 }
 
 fn instances_of(state: &State, app_id: &str) -> Vec<Instance> {
-    state.instances.values().filter(|i| i.record.app_id == app_id).cloned().collect()
+    state.instances.of_app(app_id).cloned().collect()
 }
 
 fn deployments_of(state: &State, app_id: &str) -> Vec<String> {
@@ -1176,6 +1333,7 @@ fn activate_step(state: &mut State, deployment: &Deployment, index: usize) {
         if let Some(entry) = state.apps.get_mut(&action.app) {
             entry.active = target;
         }
+        state.instances.touch(&action.app);
     }
 }
 
@@ -1188,12 +1346,22 @@ fn advance_deployments(
     let mut batch = Batch::default();
     let mut events = Vec::new();
     let mut removed_apps = Vec::new();
-    let ids: Vec<String> = state.deployments.keys().cloned().collect();
-    for id in ids {
+    let step_converged = |state: &State, step: &[Action]| {
+        step.iter().all(|action| converged.contains(&action.app) || !state.apps.contains_key(&action.app))
+    };
+    // Only deployments whose current step converged are copied and advanced: with thousands
+    // in progress, copying each every round costs more than everything else.
+    let ready: Vec<String> = state
+        .deployments
+        .iter()
+        .filter(|(_, d)| d.steps.get(d.current_step).is_some_and(|step| step_converged(state, step)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ready {
         let mut deployment = state.deployments[&id].clone();
         let mut advanced = false;
         while let Some(step) = deployment.steps.get(deployment.current_step) {
-            if !step.iter().all(|action| converged.contains(&action.app) || !state.apps.contains_key(&action.app)) {
+            if !step_converged(state, step) {
                 break;
             }
             for action in step {

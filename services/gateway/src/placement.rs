@@ -161,13 +161,17 @@ fn fit(demand: &Demand<'_>, offer: &mut OfferView) -> Result<Vec<u32>, Reject> {
 /// instance per app per pass). Returns the placements and per-app statistics.
 pub fn place(demands: &mut [Demand<'_>], offers: &mut [OfferView]) -> (Vec<Placed>, BTreeMap<String, RoundStats>) {
     let mut placed = Vec::new();
-    let mut stats: BTreeMap<String, RoundStats> = BTreeMap::new();
+    // Per demand (by index): thousands of apps meet hundreds of offers per round, so nothing
+    // here may cost more than a step per app per offer.
+    let mut stats: Vec<RoundStats> = vec![RoundStats::default(); demands.len()];
+    let mut used_for = vec![false; demands.len()];
+    let mut rejected_by: Vec<Option<Reject>> = vec![None; demands.len()];
     for offer in offers.iter_mut() {
-        let mut used_for: Vec<String> = Vec::new();
-        let mut rejected_by: BTreeMap<String, Reject> = BTreeMap::new();
+        used_for.fill(false);
+        rejected_by.fill(None);
         loop {
             let mut progress = false;
-            for demand in demands.iter_mut().filter(|d| d.count > 0) {
+            for (index, demand) in demands.iter_mut().enumerate().filter(|(_, d)| d.count > 0) {
                 match fit(demand, offer) {
                     Ok(host_ports) => {
                         demand.count -= 1;
@@ -181,11 +185,11 @@ pub fn place(demands: &mut [Demand<'_>], offers: &mut [OfferView]) -> (Vec<Place
                             hostname: offer.hostname.clone(),
                             host_ports,
                         });
-                        used_for.push(demand.app_id.clone());
+                        used_for[index] = true;
                         progress = true;
                     }
                     Err(reason) => {
-                        rejected_by.entry(demand.app_id.clone()).or_insert(reason);
+                        rejected_by[index].get_or_insert(reason);
                     }
                 }
             }
@@ -193,17 +197,25 @@ pub fn place(demands: &mut [Demand<'_>], offers: &mut [OfferView]) -> (Vec<Place
                 break;
             }
         }
-        for demand in demands.iter() {
-            let entry = stats.entry(demand.app_id.clone()).or_default();
+        for (index, entry) in stats.iter_mut().enumerate() {
             entry.processed += 1;
-            if used_for.contains(&demand.app_id) {
+            if used_for[index] {
                 entry.used += 1;
-            } else if let Some(reason) = rejected_by.get(&demand.app_id) {
-                *entry.rejected.entry(*reason).or_default() += 1;
+            } else if let Some(reason) = rejected_by[index] {
+                *entry.rejected.entry(reason).or_default() += 1;
             }
         }
     }
-    (placed, stats)
+    let mut by_app: BTreeMap<String, RoundStats> = BTreeMap::new();
+    for (demand, round) in demands.iter().zip(stats) {
+        let entry = by_app.entry(demand.app_id.clone()).or_default();
+        entry.processed += round.processed;
+        entry.used += round.used;
+        for (reason, count) in round.rejected {
+            *entry.rejected.entry(reason).or_default() += count;
+        }
+    }
+    (placed, by_app)
 }
 
 #[cfg(test)]

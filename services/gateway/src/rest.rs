@@ -589,11 +589,17 @@ struct TaskIds {
 async fn delete_tasks(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
     let ids: TaskIds = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
-    let (_, deployment) =
+    let (killed, deployment) =
         leader.kill_tasks(None, &ids.ids, None, flags.scale, flags.force).await.map_err(deploy_error)?;
     Ok(match deployment {
         Some(result) => deployed(StatusCode::OK, &result),
-        None => axum::Json(json!({})).into_response(),
+        None => {
+            let apps: BTreeMap<String, AppDefinition> =
+                leader.apps().into_iter().map(|(app, _, _)| (app.id.to_string(), app)).collect();
+            let tasks: Vec<Value> =
+                killed.iter().map(|instance| task_json(instance, apps.get(&instance.record.app_id))).collect();
+            axum::Json(json!({ "tasks": tasks })).into_response()
+        }
     })
 }
 

@@ -137,10 +137,19 @@ async fn session(
                             uuid: status.uuid.clone(),
                         });
                         // Acknowledged only once applied (and recorded): the agent resends
-                        // an update that was not.
+                        // an update that was not. The acknowledgement itself is sent in the
+                        // background: waiting for each round trip would cap the updates this
+                        // loop applies at one per round trip; acks are idempotent and need no
+                        // order.
                         async {
                             if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
-                                let _ = client.acknowledge(ack).await;
+                                let mut client = client.clone();
+                                tokio::spawn(
+                                    async move {
+                                        let _ = client.acknowledge(ack).await;
+                                    }
+                                    .in_current_span(),
+                                );
                             }
                         }
                         .instrument(span)

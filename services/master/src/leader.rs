@@ -64,6 +64,71 @@ struct AgentRecord {
     link: Option<(u64, AgentSender)>,
     last_heartbeat: Instant,
     tasks: HashMap<String, TaskRecord>,
+    /// What the live tasks use, worked out again only after `tasks` changed: every
+    /// allocation round (10 a second) needs it for every agent, and summing 100,000 tasks
+    /// each time would be most of the master's work.
+    usage: Option<Usage>,
+}
+
+/// What an agent's live tasks use: in all (ports included), and per framework.
+#[derive(Clone, Default)]
+struct Usage {
+    used: Resources,
+    per_framework: HashMap<String, Resources>,
+}
+
+impl AgentRecord {
+    fn new(
+        info: AgentInfo,
+        status: AgentStatus,
+        link: Option<(u64, AgentSender)>,
+        tasks: HashMap<String, TaskRecord>,
+    ) -> Self {
+        Self { info, status, link, last_heartbeat: Instant::now(), tasks, usage: None }
+    }
+
+    /// A task was added, removed or changed state.
+    fn tasks_changed(&mut self) {
+        self.usage = None;
+    }
+
+    fn usage(&mut self) -> &Usage {
+        self.usage.get_or_insert_with(|| {
+            let mut per_framework: HashMap<String, Resources> = HashMap::new();
+            for task in self.tasks.values().filter(|t| !is_terminal(t.status.state())) {
+                let entry = per_framework.entry(task.info.framework_id.clone()).or_default();
+                *entry = add(entry, task.info.resources.as_ref().unwrap_or(&Resources::default()));
+            }
+            Usage { used: used_by(&self.tasks), per_framework }
+        })
+    }
+}
+
+/// Which agents hold a record of each task id: every launched task is checked against the
+/// tasks of every agent, and scanning them all per task is quadratic at scale.
+#[derive(Default)]
+struct TaskIndex(HashMap<String, Vec<String>>);
+
+impl TaskIndex {
+    fn add(&mut self, task_id: &str, agent_id: &str) {
+        let agents = self.0.entry(task_id.to_owned()).or_default();
+        if !agents.iter().any(|a| a == agent_id) {
+            agents.push(agent_id.to_owned());
+        }
+    }
+
+    fn remove(&mut self, task_id: &str, agent_id: &str) {
+        if let Some(agents) = self.0.get_mut(task_id) {
+            agents.retain(|a| a != agent_id);
+            if agents.is_empty() {
+                self.0.remove(task_id);
+            }
+        }
+    }
+
+    fn agents(&self, task_id: &str) -> &[String] {
+        self.0.get(task_id).map_or(&[], Vec::as_slice)
+    }
 }
 
 struct FrameworkRecord {
@@ -89,6 +154,8 @@ struct Inner {
     /// Explicit reconciliations of tasks on agents not yet re-registered:
     /// agent id → (framework id, task id).
     pending_reconcile: HashMap<String, Vec<(String, String)>>,
+    /// Kept in step with every agent's `tasks`.
+    task_index: TaskIndex,
 }
 
 pub struct LeaderState {
@@ -151,13 +218,7 @@ impl LeaderState {
         let now = Instant::now();
         let mut inner = Inner::default();
         for info in agents {
-            let record = AgentRecord {
-                info,
-                status: AgentStatus::Reregistering,
-                link: None,
-                last_heartbeat: now,
-                tasks: HashMap::new(),
-            };
+            let record = AgentRecord::new(info, AgentStatus::Reregistering, None, HashMap::new());
             inner.agents.insert(record.info.agent_id.clone(), record);
         }
         for info in frameworks {
@@ -196,6 +257,7 @@ impl LeaderState {
         self.metrics.elected.set(0);
         let mut inner = self.inner.lock().expect("leader lock");
         inner.agents.clear();
+        inner.task_index = TaskIndex::default();
         inner.frameworks.clear();
         inner.offers.clear();
     }
@@ -260,8 +322,12 @@ impl LeaderState {
             master_id: self.master_id.clone(),
         };
         let _ = link.send(self.agent_message(master_message::Kind::Registered(registered)));
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let previous = inner.agents.remove(&agent_id);
+        for task_id in previous.iter().flat_map(|p| p.tasks.keys()) {
+            inner.task_index.remove(task_id, &agent_id);
+        }
         let was_unreachable = previous.as_ref().is_some_and(|p| p.status == AgentStatus::Unreachable);
         let draining = previous.as_ref().is_some_and(|p| p.status == AgentStatus::Draining);
         let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
@@ -289,18 +355,18 @@ impl LeaderState {
         tracing::info!(agent = %agent_id, new, tasks = tasks.len(), address = %info.address, "agent registered");
         let forward: Vec<TaskStatus> =
             if was_unreachable { tasks.values().map(|t| reconciled(&t.status)).collect() } else { Vec::new() };
-        inner.agents.insert(
-            agent_id.clone(),
-            AgentRecord { info, status, link: Some((link_id, link)), last_heartbeat: Instant::now(), tasks },
-        );
+        for task_id in tasks.keys() {
+            inner.task_index.add(task_id, &agent_id);
+        }
+        inner.agents.insert(agent_id.clone(), AgentRecord::new(info, status, Some((link_id, link)), tasks));
         // Explicit reconciliations that waited for this agent.
         let pending = inner.pending_reconcile.remove(&agent_id).unwrap_or_default();
         let mut answers = Vec::new();
         for (framework_id, task_id) in pending {
-            answers.push(self.reconcile_one(&inner, &framework_id, &task_id, &agent_id));
+            answers.push(self.reconcile_one(inner, &framework_id, &task_id, &agent_id));
         }
         for status in forward.into_iter().chain(lost).chain(answers) {
-            self.forward_update(&mut inner, status);
+            self.forward_update(inner, status);
         }
         Ok(agent_id)
     }
@@ -344,20 +410,29 @@ impl LeaderState {
         marina_daemon::trace::set_parent(&span, &status.trace_context);
         let _routing = span.enter();
         status.trace_context = marina_daemon::trace::carrier();
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let Some(agent) = inner.agents.get_mut(agent_id) else { return };
         match agent.tasks.get_mut(&status.task_id) {
-            Some(task) => task.status = status.clone(),
+            Some(task) => {
+                // Only a task that ends (or comes back) changes what the agent has in use.
+                if is_terminal(task.status.state()) != is_terminal(status.state()) {
+                    agent.usage = None;
+                }
+                task.status = status.clone();
+            }
             None => {
+                agent.tasks_changed();
                 let info = TaskInfo {
                     task_id: status.task_id.clone(),
                     framework_id: status.framework_id.clone(),
                     ..Default::default()
                 };
                 agent.tasks.insert(status.task_id.clone(), TaskRecord { info, status: status.clone() });
+                inner.task_index.add(&status.task_id, agent_id);
             }
         }
-        self.forward_update(&mut inner, status);
+        self.forward_update(inner, status);
     }
 
     /// Sends a status to its framework's stream, if it is connected (an unacknowledged
@@ -476,6 +551,7 @@ impl LeaderState {
         if let Err(message) = validate_launch(&inner, &agent_id, &offered, &request.launch) {
             return Err(Status::invalid_argument(format!("launch refused: {message}")));
         }
+        let inner = &mut *inner;
         let Some(agent) = inner.agents.get_mut(&agent_id) else {
             return Err(Status::unavailable(format!("agent {agent_id} is gone")));
         };
@@ -489,7 +565,11 @@ impl LeaderState {
             status.host = agent.info.hostname.clone();
             status.ports = task.container.as_ref().map(|c| c.port_mappings.clone()).unwrap_or_default();
             agent.tasks.insert(task.task_id.clone(), TaskRecord { info: task.clone(), status });
+            inner.task_index.add(&task.task_id, &agent_id);
             tasks.push(task);
+        }
+        if !tasks.is_empty() {
+            agent.tasks_changed();
         }
         self.metrics.tasks_launched.inc_by(tasks.len() as u64);
         let launch = pb::LaunchTasks {
@@ -526,12 +606,11 @@ impl LeaderState {
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;
         let found = inner
-            .agents
+            .task_index
+            .agents(&request.task_id)
             .iter()
-            .find(|(id, agent)| {
-                (request.agent_id.is_empty() || **id == request.agent_id) && agent.tasks.contains_key(&request.task_id)
-            })
-            .map(|(id, agent)| (id.clone(), agent.status, agent.link.clone()));
+            .filter(|id| request.agent_id.is_empty() || **id == request.agent_id)
+            .find_map(|id| inner.agents.get(id).map(|agent| (id.clone(), agent.status, agent.link.clone())));
         let answer = match found {
             Some((_, _, Some((_, link)))) => {
                 let kill = pb::KillTask {
@@ -566,8 +645,9 @@ impl LeaderState {
     }
 
     pub fn acknowledge(&self, request: pb::AcknowledgeRequest) -> Result<(), Status> {
-        let mut inner = self.lock();
-        self.subscribed(&inner, &request.framework_id)?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        self.subscribed(inner, &request.framework_id)?;
         let Some(agent) = inner.agents.get_mut(&request.agent_id) else {
             return Err(Status::not_found(format!("agent {} is not known", request.agent_id)));
         };
@@ -582,6 +662,8 @@ impl LeaderState {
             .is_some_and(|task| task.status.uuid == request.uuid && is_terminal(task.status.state()))
         {
             agent.tasks.remove(&request.task_id);
+            agent.tasks_changed();
+            inner.task_index.remove(&request.task_id, &request.agent_id);
         }
         Ok(())
     }
@@ -821,6 +903,7 @@ impl LeaderState {
         for framework in inner.frameworks.values_mut() {
             framework.refused.retain(|_, until| *until > now);
         }
+        let inner = &mut *inner;
         let mut offered_per_agent: HashMap<&str, Resources> = HashMap::new();
         let mut offered_per_framework: HashMap<&str, Resources> = HashMap::new();
         for offer in inner.offers.values() {
@@ -832,17 +915,19 @@ impl LeaderState {
         let mut total = Resources::default();
         let mut free_agents = Vec::new();
         let mut running_per_framework: HashMap<String, Resources> = HashMap::new();
-        for (agent_id, agent) in &inner.agents {
-            for task in agent.tasks.values().filter(|t| !is_terminal(t.status.state())) {
-                let entry = running_per_framework.entry(task.info.framework_id.clone()).or_default();
-                *entry = add(entry, &task.info.resources.clone().unwrap_or_default());
+        for (agent_id, agent) in inner.agents.iter_mut() {
+            let usage = agent.usage();
+            for (framework_id, resources) in &usage.per_framework {
+                let entry = running_per_framework.entry(framework_id.clone()).or_default();
+                *entry = add(entry, resources);
             }
+            let used = usage.used.clone();
             if agent.status != AgentStatus::Active || agent.link.is_none() {
                 continue;
             }
             let agent_total = agent.info.resources.clone().unwrap_or_default();
             total = add(&total, &agent_total);
-            let mut free = subtract(&agent_total, &used(agent));
+            let mut free = subtract(&agent_total, &used);
             if let Some(offered) = offered_per_agent.get(agent_id.as_str()) {
                 free = subtract(&free, offered);
             }
@@ -1026,8 +1111,15 @@ fn reconciled(status: &TaskStatus) -> TaskStatus {
 
 /// What an agent's live tasks use, ports included.
 fn used(agent: &AgentRecord) -> Resources {
+    match &agent.usage {
+        Some(usage) => usage.used.clone(),
+        None => used_by(&agent.tasks),
+    }
+}
+
+fn used_by(tasks: &HashMap<String, TaskRecord>) -> Resources {
     let mut used = Resources::default();
-    for task in agent.tasks.values().filter(|t| !is_terminal(t.status.state())) {
+    for task in tasks.values().filter(|t| !is_terminal(t.status.state())) {
         let mut resources = task.info.resources.clone().unwrap_or_default();
         resources.ports = task
             .info
@@ -1060,11 +1152,14 @@ fn validate_launch(inner: &Inner, agent_id: &str, offered: &Resources, tasks: &[
         if !ids.insert(task.task_id.as_str()) {
             return Err(format!("task id {} appears twice", task.task_id));
         }
-        if inner
-            .agents
-            .values()
-            .any(|agent| agent.tasks.get(&task.task_id).is_some_and(|t| !is_terminal(t.status.state())))
-        {
+        let live_somewhere = inner.task_index.agents(&task.task_id).iter().any(|agent_id| {
+            inner
+                .agents
+                .get(agent_id)
+                .and_then(|agent| agent.tasks.get(&task.task_id))
+                .is_some_and(|t| !is_terminal(t.status.state()))
+        });
+        if live_somewhere {
             return Err(format!("task {} is already running", task.task_id));
         }
         let resources = task.resources.clone().unwrap_or_default();
