@@ -275,6 +275,11 @@ impl CoordProcesses {
         }
     }
 
+    /// Node `id`'s process id while it runs (e.g. to read its `/proc` entries).
+    pub fn pid(&self, id: u64) -> Option<nix::unistd::Pid> {
+        self.nodes.iter().find(|n| n.id == id)?.process.as_ref()?.pid()
+    }
+
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes.iter().find(|n| n.id == id).is_some_and(|n| n.process.is_none()), "node {id} is running");
         self.launch(id);

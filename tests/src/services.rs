@@ -63,6 +63,11 @@ impl Service {
         self.process.is_some()
     }
 
+    /// The running process's id (e.g. to read its `/proc` entries).
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.process.as_ref()?.pid()
+    }
+
     /// (Re)starts the process with its original command line.
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "{} is running", self.name);

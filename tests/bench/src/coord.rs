@@ -1,19 +1,47 @@
-//! Coord throughput and latency: a 3-node cluster of `marina-coord` processes on loopback,
-//! N concurrent clients, 256-byte values.
+//! Coord throughput and latency, side by side with its peers: 3-node clusters of
+//! `marina-coord`, etcd 3.4 and ZooKeeper 3.8, each on loopback, driven by the same load
+//! generator (N concurrent clients, each with its own connection, 256-byte values).
+//!
+//! The systems are measured one after the other, each cluster started just before its rows
+//! and stopped right after, so that no cluster competes with another for the machine's cores.
+//!
+//! What an operation is, per system (each read is linearizable):
+//! - marina: `put` (upsert) and `get` (linearizable by default; `get_stale` is the other kind);
+//! - etcd: `Put` and `Range` with its default `serializable=false` (a ReadIndex round through
+//!   the leader);
+//! - ZooKeeper: `setData` on the pre-created znode, and `sync` + `getData`. A plain `getData`
+//!   is served from the connected server's local, possibly stale, state; `sync` makes that
+//!   server catch up with the leader first, which is ZooKeeper's documented way to read the
+//!   latest committed value. Both requests are one operation and their sum one latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
+use futures::StreamExt;
 use marina_coord_client::CoordClient;
 use marina_tests::CoordProcesses;
 use tokio::time::Instant;
+use zookeeper_client as zk;
 
+use crate::etcd::{self, EtcdCluster};
 use crate::stats::{Latencies, Row, print_table};
+use crate::zookeeper::{self, ZkCluster};
+
+/// Where every system keeps the benchmark's keys.
+const PREFIX: &str = "/bench";
+
+/// ZooKeeper's default-ish session timeout for the load clients (none expires during a run).
+const ZK_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Systems to measure: marina, etcd, zookeeper. By default all of them; a peer that is
+    /// not installed is reported as skipped.
+    #[arg(long, value_delimiter = ',', default_value = "marina,etcd,zookeeper")]
+    systems: Vec<System>,
     /// Concurrent clients per workload.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
@@ -23,6 +51,32 @@ pub struct Args {
     /// Keys written and read.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum System {
+    Marina,
+    Etcd,
+    Zookeeper,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Marina => "marina",
+            System::Etcd => "etcd",
+            System::Zookeeper => "zookeeper",
+        }
+    }
+
+    /// Why the system cannot run here, if it cannot.
+    fn missing(self) -> Option<&'static str> {
+        match self {
+            System::Marina => None,
+            System::Etcd => etcd::binary().is_none().then_some(etcd::INSTALL_HINT),
+            System::Zookeeper => zookeeper::installation().is_none().then_some(zookeeper::INSTALL_HINT),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -43,35 +97,202 @@ impl Workload {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let cluster = CoordProcesses::start(3).await;
-    let value = Bytes::from(vec![b'x'; 256]);
-    let seed = cluster.client();
-    for key in 0..args.keys {
-        seed.put(&format!("/bench/{key}"), value.clone()).await?;
+/// A running 3-node cluster of one system. Dropping it stops the processes and removes
+/// their data.
+enum Cluster {
+    Marina(CoordProcesses),
+    Etcd(EtcdCluster),
+    Zookeeper(ZkCluster),
+}
+
+impl Cluster {
+    async fn start(system: System) -> anyhow::Result<Self> {
+        Ok(match system {
+            System::Marina => Cluster::Marina(CoordProcesses::start(3).await),
+            System::Etcd => Cluster::Etcd(EtcdCluster::start(3).await?),
+            System::Zookeeper => Cluster::Zookeeper(ZkCluster::start(3).await?),
+        })
     }
-    let mut rows = Vec::new();
-    for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
-        for &clients in &args.clients {
-            rows.push(measure(&cluster, workload, clients, &args, value.clone()).await);
+
+    /// A new client with its own connection(s), as an independent process would have.
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(match self {
+            Cluster::Marina(cluster) => Client::Marina(cluster.client()),
+            Cluster::Etcd(cluster) => Client::Etcd(Box::new(cluster.client().await?)),
+            Cluster::Zookeeper(cluster) => Client::Zookeeper(
+                zk::Client::connector()
+                    .with_session_timeout(ZK_SESSION_TIMEOUT)
+                    .connect(&cluster.connect_string())
+                    .await
+                    .context("connecting to ZooKeeper")?,
+            ),
+        })
+    }
+
+    fn description(&self) -> &'static str {
+        match self {
+            Cluster::Marina(_) => "3 marina-coord processes",
+            Cluster::Etcd(_) => "3 etcd 3.4 processes",
+            Cluster::Zookeeper(_) => "3 ZooKeeper 3.8 JVMs",
         }
     }
-    println!("coord: 3 marina-coord processes on loopback, {} keys, {}s per row", args.keys, args.seconds);
-    print_table(&rows);
-    let best_write =
-        rows.iter().filter(|r| r.workload == Workload::Write.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
-    let best_read =
-        rows.iter().filter(|r| r.workload == Workload::Read.name()).map(|r| r.ops_per_sec).fold(0.0, f64::max);
-    println!("summary: coord peak {best_write:.0} writes/s, {best_read:.0} linearizable reads/s");
+}
+
+/// One load client: the same workload loop drives every system through this.
+enum Client {
+    Marina(CoordClient),
+    /// Boxed: etcd's client is some 3.5 kB, the others about 100 bytes.
+    Etcd(Box<etcd_client::Client>),
+    Zookeeper(zk::Client),
+}
+
+impl Client {
+    async fn write(&mut self, key: &str, value: &Bytes) -> anyhow::Result<()> {
+        match self {
+            Client::Marina(client) => {
+                client.put(key, value.clone()).await?;
+            }
+            Client::Etcd(client) => {
+                client.put(key, value.to_vec(), None).await?;
+            }
+            // Any version: an unconditional overwrite, like the others' puts.
+            Client::Zookeeper(client) => {
+                client.set_data(key, value, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self, key: &str) -> anyhow::Result<()> {
+        match self {
+            Client::Marina(client) => {
+                client.get(key).await?;
+            }
+            // `GetOptions` default: serializable=false, i.e. linearizable.
+            Client::Etcd(client) => {
+                client.get(key, None).await?;
+            }
+            Client::Zookeeper(client) => {
+                client.sync(key).await?;
+                client.get_data(key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the client's session before the next row (or the cluster's shutdown): a ZooKeeper
+    /// client closes its session in the background when dropped, and a cluster stopped in the
+    /// middle of that leaves the client retrying (and logging) against dead servers.
+    async fn close(self) {
+        if let Client::Zookeeper(client) = self {
+            let mut state = client.state_watcher();
+            drop(client);
+            let closed = async { while !state.changed().await.is_terminated() {} };
+            // Bounded: a slow close only costs time, never a hang.
+            let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+        }
+    }
+
+    /// Makes `key` exist with `value` (ZooKeeper's `setData` needs an existing znode).
+    async fn seed(&mut self, key: &str, value: &Bytes) -> anyhow::Result<()> {
+        match self {
+            Client::Zookeeper(client) => {
+                let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                match client.create(key, value, &options).await {
+                    Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            _ => self.write(key, value).await,
+        }
+    }
+}
+
+fn key(index: usize) -> String {
+    format!("{PREFIX}/{index}")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    crate::daemon::until_interrupted(compare(args)).await
+}
+
+async fn compare(args: Args) -> anyhow::Result<()> {
+    let value = Bytes::from(vec![b'x'; 256]);
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let mut descriptions = Vec::new();
+    let mut systems = args.systems.clone();
+    systems.dedup();
+    for system in systems {
+        if let Some(hint) = system.missing() {
+            println!("skipped {}: not installed ({hint})", system.name());
+            skipped.push(system.name());
+            continue;
+        }
+        let cluster = Cluster::start(system).await.with_context(|| format!("starting {}", system.name()))?;
+        descriptions.push(cluster.description());
+        seed(&cluster, &args, &value).await.with_context(|| format!("seeding {}", system.name()))?;
+        for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
+            for &clients in &args.clients {
+                rows.push(measure(system, &cluster, workload, clients, &args, &value).await?);
+            }
+        }
+        // `cluster` is dropped here: its processes stop before the next system starts.
+    }
+    if !rows.is_empty() {
+        println!(
+            "coord: 3-node clusters on loopback ({}), {} keys, {}s per row",
+            descriptions.join(", "),
+            args.keys,
+            args.seconds
+        );
+        print_table(&rows);
+    }
+    println!("summary: {}", summary(&rows, &skipped));
     Ok(())
 }
 
-async fn measure(cluster: &CoordProcesses, workload: Workload, clients: usize, args: &Args, value: Bytes) -> Row {
+/// Creates every key (32 requests in flight) so that reads find them and ZooKeeper's writes
+/// have a znode to set.
+async fn seed(cluster: &Cluster, args: &Args, value: &Bytes) -> anyhow::Result<()> {
+    let mut client = cluster.client().await?;
+    client.seed(PREFIX, &Bytes::new()).await?;
+    client.close().await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(cluster.client().await?);
+    }
+    let chunks: Vec<Vec<usize>> = (0..clients.len()).map(|c| (c..args.keys).step_by(clients.len()).collect()).collect();
+    let mut results = futures::stream::iter(clients.into_iter().zip(chunks))
+        .map(|(mut client, keys)| async move {
+            for index in keys {
+                client.seed(&key(index), value).await?;
+            }
+            anyhow::Ok(client)
+        })
+        .buffer_unordered(32);
+    while let Some(result) = results.next().await {
+        result?.close().await;
+    }
+    Ok(())
+}
+
+async fn measure(
+    system: System,
+    cluster: &Cluster,
+    workload: Workload,
+    clients: usize,
+    args: &Args,
+    value: &Bytes,
+) -> anyhow::Result<Row> {
+    // Connect every client before the clock starts: connection setup is not measured.
+    let mut connected = Vec::new();
+    for _ in 0..clients {
+        connected.push(cluster.client().await?);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for client_index in 0..clients {
-        // One connection per client, as independent processes would have.
-        let client: CoordClient = cluster.client();
+    for (client_index, mut client) in connected.into_iter().enumerate() {
         let stop = stop.clone();
         let value = value.clone();
         let keys = args.keys;
@@ -80,25 +301,22 @@ async fn measure(cluster: &CoordProcesses, workload: Workload, clients: usize, a
             let mut errors = 0u64;
             let mut n = client_index;
             while !stop.load(Ordering::Relaxed) {
+                // A per-client LCG: the same key and read/write sequence for every system.
                 n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let key = format!("/bench/{}", n % keys);
+                let key = key((n >> 16) % keys);
                 let write = match workload {
                     Workload::Write => true,
                     Workload::Read => false,
-                    Workload::Mixed => n % 10 == 0,
+                    Workload::Mixed => (n >> 24) % 10 == 0,
                 };
                 let started = Instant::now();
-                let result = if write {
-                    client.put(&key, value.clone()).await.map(|_| ())
-                } else {
-                    client.get(&key).await.map(|_| ())
-                };
+                let result = if write { client.write(&key, &value).await } else { client.read(&key).await };
                 match result {
                     Ok(()) => latencies.record(started.elapsed()),
                     Err(_) => errors += 1,
                 }
             }
-            (latencies, errors)
+            (latencies, errors, client)
         }));
     }
     let started = Instant::now();
@@ -106,18 +324,86 @@ async fn measure(cluster: &CoordProcesses, workload: Workload, clients: usize, a
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Latencies::new();
     let mut errors = 0;
+    let mut clients_done = Vec::new();
     for task in tasks {
-        let (task_latencies, task_errors) = task.await.expect("load task");
+        let (task_latencies, task_errors, client) = task.await.context("load task")?;
         latencies.merge(&task_latencies);
         errors += task_errors;
+        clients_done.push(client);
     }
+    // Operations completed by the stop flag; the last ones finish slightly after `seconds`.
     let elapsed = started.elapsed().as_secs_f64();
-    Row {
-        system: "marina".into(),
+    futures::future::join_all(clients_done.into_iter().map(Client::close)).await;
+    Ok(Row {
+        system: system.name().into(),
         workload: workload.name().into(),
         clients,
         ops_per_sec: latencies.count() as f64 / elapsed,
         latencies,
         errors,
+    })
+}
+
+/// Every system's peaks, then per peer: the lowest ratio of Marina's ops/s to the peer's over
+/// the rows both ran, and the rows where Marina's p99 is worse.
+fn summary(rows: &[Row], skipped: &[&str]) -> String {
+    let mut parts = Vec::new();
+    let mut systems: Vec<&str> = rows.iter().map(|row| row.system.as_str()).collect();
+    systems.dedup();
+    for (workload, unit) in [(Workload::Write, "writes/s"), (Workload::Read, "linearizable reads/s")] {
+        let peaks: Vec<String> = systems
+            .iter()
+            .map(|system| {
+                let peak = rows
+                    .iter()
+                    .filter(|r| r.system == *system && r.workload == workload.name())
+                    .map(|r| r.ops_per_sec)
+                    .fold(0.0, f64::max);
+                format!("{system} {peak:.0}")
+            })
+            .collect();
+        if !peaks.is_empty() {
+            parts.push(format!("peak {unit}: {}", peaks.join(", ")));
+        }
     }
+    let marina: Vec<&Row> = rows.iter().filter(|row| row.system == "marina").collect();
+    for peer in ["etcd", "zookeeper"] {
+        let pairs: Vec<(&Row, &Row)> = rows
+            .iter()
+            .filter(|row| row.system == peer)
+            .filter_map(|theirs| {
+                marina
+                    .iter()
+                    .find(|ours| ours.workload == theirs.workload && ours.clients == theirs.clients)
+                    .map(|ours| (*ours, theirs))
+            })
+            .collect();
+        let Some((lowest, ours, theirs)) = pairs
+            .iter()
+            .map(|(ours, theirs)| (ours.ops_per_sec / theirs.ops_per_sec.max(f64::MIN_POSITIVE), ours, theirs))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+        else {
+            continue;
+        };
+        let worse_p99: Vec<String> = pairs
+            .iter()
+            .filter(|(ours, theirs)| ours.latencies.ms(0.99) > theirs.latencies.ms(0.99))
+            .map(|(ours, _)| format!("{}/{}", ours.workload, ours.clients))
+            .collect();
+        parts.push(format!(
+            "vs {peer}: marina ops/s >= {lowest:.2}x {peer}'s over {} rows (lowest: {}/{}: {:.0} vs {:.0}), p99 worse in {}/{}{}",
+            pairs.len(),
+            ours.workload,
+            ours.clients,
+            ours.ops_per_sec,
+            theirs.ops_per_sec,
+            worse_p99.len(),
+            pairs.len(),
+            if worse_p99.is_empty() { String::new() } else { format!(" ({})", worse_p99.join(", ")) }
+        ));
+    }
+    if !skipped.is_empty() {
+        parts.push(format!("skipped (not installed): {}", skipped.join(", ")));
+    }
+    parts.join("; ")
 }

@@ -1,0 +1,116 @@
+//! An etcd cluster of `etcd` processes on loopback (Debian's `etcd-server`, etcd 3.4), each
+//! with its own data dir in a temp dir, for the coord comparison.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::{Client, ConnectOptions};
+use tempfile::TempDir;
+
+use crate::daemon::{Daemon, find_program, wait_for};
+
+pub const INSTALL_HINT: &str = "install etcd 3.4 with scripts/setup-bench (Debian package etcd-server)";
+
+/// Generous: three servers forming a cluster on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `etcd` binary: `$MARINA_BENCH_ETCD`, Debian's, or one on `PATH`.
+pub fn binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MARINA_BENCH_ETCD") {
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
+    }
+    find_program("etcd", &["/usr/bin/etcd"])
+}
+
+pub struct EtcdCluster {
+    /// Client URLs (`http://127.0.0.1:port`), one per member.
+    pub endpoints: Vec<String>,
+    // Declared before `dir`: the processes die before their data dirs are removed.
+    daemons: Vec<Daemon>,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until all of them agree on a leader.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let binary = binary().with_context(|| format!("etcd not found: {INSTALL_HINT}"))?;
+        let dir = tempfile::Builder::new().prefix("marina-bench-etcd-").tempdir()?;
+        let client_ports: Vec<u16> = (0..size).map(|_| marina_tests::free_port()).collect();
+        let peer_ports: Vec<u16> = (0..size).map(|_| marina_tests::free_port()).collect();
+        let initial_cluster = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("n{}=http://127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut daemons = Vec::new();
+        for i in 0..size {
+            let name = format!("n{}", i + 1);
+            let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
+            let peer_url = format!("http://127.0.0.1:{}", peer_ports[i]);
+            let args = [
+                "--name",
+                &name,
+                "--data-dir",
+                &dir.path().join(&name).display().to_string(),
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-token",
+                "marina-bench",
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ]
+            .map(str::to_owned);
+            let log = dir.path().join(format!("{name}.log"));
+            daemons.push(Daemon::spawn(&format!("etcd {name}"), &binary, &args, &log)?);
+        }
+        let endpoints = client_ports.iter().map(|port| format!("http://127.0.0.1:{port}")).collect();
+        let mut cluster = Self { endpoints, daemons, _dir: dir };
+        cluster.wait_for_leader().await?;
+        Ok(cluster)
+    }
+
+    /// Every member answers `Status` with the same, non-zero leader.
+    async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
+        let endpoints = self.endpoints.clone();
+        let daemons = &mut self.daemons;
+        wait_for(START_TIMEOUT, "an etcd leader all members agree on", || {
+            let endpoints = endpoints.clone();
+            let died = daemons.iter_mut().try_for_each(Daemon::check_running);
+            async move {
+                died?;
+                let mut leaders = Vec::new();
+                for endpoint in &endpoints {
+                    let options = ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_secs(1))
+                        .with_timeout(Duration::from_secs(2));
+                    let Ok(mut client) = Client::connect([endpoint], Some(options)).await else { return Ok(None) };
+                    let Ok(status) = client.status().await else { return Ok(None) };
+                    leaders.push(status.leader());
+                }
+                let agreed = leaders[0] != 0 && leaders.iter().all(|&leader| leader == leaders[0]);
+                Ok(agreed.then_some(()))
+            }
+        })
+        .await
+    }
+
+    /// A new client with its own connections (balanced over every member, as etcd's own
+    /// clients are configured in production).
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.endpoints, None).await?)
+    }
+}

@@ -1,0 +1,379 @@
+//! Placement throughput: how fast the gateway turns submitted apps into RUNNING tasks.
+//!
+//! The cluster, all in this process: a 3-node coord quorum, a master, a gateway and N
+//! agents on the `sim` runtime, each the production `spawn` on a loopback listener with its
+//! own directory. One process because a 2-core machine is saturated by the cluster either
+//! way and one process keeps 1,000 agents affordable (as kubemark's hollow nodes); every hop
+//! is still real gRPC/HTTP on loopback and every coord write a Raft commit on disk. (Coord
+//! as processes was tried: it needs the workspace's binaries rebuilt before each run, and
+//! the runs stalled the same way.)
+//!
+//! Apps are submitted through the gateway's REST API (`POST /v2/apps`), a mix of a few apps
+//! with many instances and many apps with few. Progress is followed on the gateway's
+//! `/metrics` (`marina_gateway_instances{state="TASK_RUNNING"}`: the gateway's own view, and
+//! cheap to read while it works). Once every task runs, one `GET /v2/apps?embed=apps.tasks`
+//! gives each task's `startedAt` — when the gateway first saw it RUNNING — from which come
+//! the per-task latency (its app's submission → RUNNING) and the rate (tasks / (last
+//! RUNNING − first submission)).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use marina_coord_client::CoordUrl;
+use marina_daemon::Shutdown;
+use marina_gateway::app::Timestamp;
+use marina_tests::{CoordCluster, eventually};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// tmpfs, for the hollow agents' work dirs.
+const SHM: &str = "/dev/shm";
+
+/// What this machine (2 cores) should sustain.
+const TARGET_TASKS_PER_SEC: f64 = 5_000.0;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Simulated agents (the `sim` runtime), each 4 cpus / 4 GiB.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Tasks submitted in all.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Apps the tasks are spread over (default: one per 50 tasks). A tenth of them carry
+    /// most tasks; the rest have 1–10 instances each.
+    #[arg(long)]
+    apps: Option<usize>,
+    /// Concurrent `POST /v2/apps` requests.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Give up when not every task runs after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_seconds: u64,
+}
+
+/// An app to submit: its id and instance count.
+struct AppSpec {
+    id: String,
+    instances: usize,
+    /// One of the many-instance apps.
+    big: bool,
+}
+
+/// Splits `tasks` over `apps` apps: nine in ten are small (1–10 instances, cycling), the
+/// rest share what is left evenly. Deterministic, and sums to exactly `tasks`.
+fn app_mix(tasks: usize, apps: usize) -> Vec<AppSpec> {
+    let apps = apps.clamp(1, tasks.max(1));
+    let big = (apps / 10).max(1);
+    let mut specs = Vec::new();
+    let mut used = 0;
+    for index in 0..apps - big {
+        let instances = 1 + index % 10;
+        // Leave at least one instance for each big app.
+        if used + instances + big > tasks {
+            break;
+        }
+        used += instances;
+        specs.push(AppSpec { id: format!("/bench/small-{index:05}"), instances, big: false });
+    }
+    let rest = tasks - used;
+    for index in 0..big {
+        let instances = rest / big + usize::from(index < rest % big);
+        specs.push(AppSpec { id: format!("/bench/big-{index:04}"), instances, big: true });
+    }
+    specs
+}
+
+fn app_json(spec: &AppSpec) -> Value {
+    json!({
+        "id": spec.id,
+        // The sim runtime runs nothing: the command only has to be valid.
+        "cmd": "sleep 1000000",
+        "instances": spec.instances,
+        "cpus": 0.01,
+        "mem": 8,
+        "disk": 0,
+        "portDefinitions": [],
+    })
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    ensure!(args.agents > 0 && args.tasks > 0, "--agents and --tasks must be positive");
+    let specs = app_mix(args.tasks, args.apps.unwrap_or((args.tasks / 50).max(2)));
+    // Hollow agents keep their checkpoints (every task and status update, fsync'd) in memory
+    // when they can: otherwise this measures the disk's fsync latency, not placement. Coord
+    // keeps its Raft log on disk, as in production.
+    let agent_dirs = if Path::new(SHM).is_dir() { tempfile::tempdir_in(SHM)? } else { tempfile::tempdir()? };
+    let agent_root = agent_dirs.path().to_owned();
+    let started = Instant::now();
+    let cluster = Cluster::start(args.agents, &agent_root).await?;
+    let base = format!("http://{}", cluster.gateway_address);
+    // The machine is shared (2 cores): its load says how much of it this run had.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "placement: 3 coord nodes, 1 master, 1 gateway, {} sim agents in one process (up in {:.1}s); \
+         gateway {base}; agent checkpoints in {}; load average {}",
+        args.agents,
+        started.elapsed().as_secs_f64(),
+        agent_dirs.path().display(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
+
+    // Submit every app, `concurrency` at a time, remembering when each was sent.
+    let first_submit = now_millis();
+    let submit_started = Instant::now();
+    let submitted: Vec<(String, i64)> = futures::stream::iter(specs.iter())
+        .map(|spec| {
+            let http = http.clone();
+            let url = format!("{base}/v2/apps");
+            async move {
+                let sent = now_millis();
+                let response = http.post(url).json(&app_json(spec)).send().await?;
+                let status = response.status();
+                if !status.is_success() {
+                    bail!("POST /v2/apps {}: {status}: {}", spec.id, response.text().await.unwrap_or_default());
+                }
+                Ok((spec.id.clone(), sent))
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect::<Vec<anyhow::Result<_>>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let submit_seconds = submit_started.elapsed().as_secs_f64();
+    let submitted: HashMap<String, i64> = submitted.into_iter().collect();
+
+    wait_all_running(&http, &base, args.tasks, deadline).await?;
+
+    // Every task's startedAt, from the gateway's own record.
+    let apps: Value = http
+        .get(format!("{base}/v2/apps?embed=apps.tasks"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+        .context("reading /v2/apps")?;
+    let big: HashMap<&str, bool> = specs.iter().map(|s| (s.id.as_str(), s.big)).collect();
+    let mut rows = [Group::new("few-instance apps"), Group::new("many-instance apps"), Group::new("all")];
+    let mut last_running = first_submit;
+    for app in apps["apps"].as_array().context("/v2/apps lists no apps")? {
+        let id = app["id"].as_str().unwrap_or_default();
+        let Some(&sent) = submitted.get(id) else { continue };
+        let group = usize::from(big.get(id).copied().unwrap_or(false));
+        rows[group].apps += 1;
+        rows[2].apps += 1;
+        for task in app["tasks"].as_array().into_iter().flatten() {
+            let Some(started_at) = task["startedAt"].as_str() else { continue };
+            let running = Timestamp::parse(started_at)?.as_millis();
+            last_running = last_running.max(running);
+            for index in [group, 2] {
+                rows[index].latencies_ms.push((running - sent).max(0));
+                rows[index].last_running = rows[index].last_running.max(running);
+            }
+        }
+    }
+    for row in &mut rows {
+        row.latencies_ms.sort_unstable();
+    }
+    let running = rows[2].latencies_ms.len();
+    ensure!(running == args.tasks, "{running} tasks have a startedAt, {} were submitted", args.tasks);
+    print_table(&rows, first_submit);
+    let seconds = (last_running - first_submit).max(1) as f64 / 1000.0;
+    let rate = args.tasks as f64 / seconds;
+    println!(
+        "summary: {} tasks in {} apps on {} sim agents RUNNING in {seconds:.1}s: {rate:.0} tasks/s \
+         (target ≥ {TARGET_TASKS_PER_SEC:.0}: {}), p99 submit→RUNNING {} ms; submitting took {submit_seconds:.1}s",
+        args.tasks,
+        specs.len(),
+        args.agents,
+        if rate >= TARGET_TASKS_PER_SEC { "met" } else { "NOT met" },
+        rows[2].quantile(0.99),
+    );
+    drop(cluster);
+    drop(agent_dirs);
+    Ok(())
+}
+
+/// Coord, master, gateway and agents, each the production `spawn`, in this process (as
+/// `marina_tests::MarinaCluster`, with deadlines sized for 1,000 agents). Everything stops
+/// (and its directories go) on drop.
+struct Cluster {
+    /// Held for its drop: stops the coord nodes and removes their data.
+    _coord: CoordCluster,
+    gateway_address: std::net::SocketAddr,
+    shutdowns: Vec<Shutdown>,
+    /// Master and gateway work dirs.
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(agents: usize, agent_root: &Path) -> anyhow::Result<Self> {
+        let coord = CoordCluster::start(3).await;
+        let url = CoordUrl { root: "/marina".into(), ..coord.url() };
+        let dir = tempfile::tempdir()?;
+        let mut shutdowns = Vec::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let config = marina_master::Config {
+            listen: listener.local_addr()?.to_string(),
+            coord: url.clone(),
+            work_dir: dir.path().join("master"),
+            ..Default::default()
+        };
+        let shutdown = Shutdown::new();
+        let master = marina_master::spawn(config, listener, shutdown.clone()).await?;
+        shutdowns.push(shutdown);
+        for index in 0..agents {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let mut config = marina_agent::Config {
+                listen: listener.local_addr()?.to_string(),
+                coord: url.clone(),
+                work_dir: agent_root.join(format!("agent-{index}")),
+                runtime: marina_agent::RuntimeChoice::Sim,
+                hostname: Some(format!("agent-{index}.bench")),
+                ..Default::default()
+            };
+            config.resources.cpus = Some(4.0);
+            config.resources.mem_mb = Some(4096.0);
+            config.resources.disk_mb = Some(10240.0);
+            let shutdown = Shutdown::new();
+            // The handle is not needed: the agent stops on its shutdown signal.
+            marina_agent::spawn(config, listener, shutdown.clone()).await?;
+            shutdowns.push(shutdown);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let gateway_address = listener.local_addr()?;
+        let config = marina_gateway::Config {
+            listen: gateway_address.to_string(),
+            coord: url,
+            work_dir: dir.path().join("gateway"),
+            ..Default::default()
+        };
+        let shutdown = Shutdown::new();
+        let gateway = marina_gateway::spawn(config, listener, shutdown.clone()).await?;
+        shutdowns.push(shutdown);
+        let cluster = Self { _coord: coord, gateway_address, shutdowns, _dir: dir };
+        // Registration of 1,000 agents is 1,000 coord writes: allow for it.
+        let timeout = Duration::from_secs(30 + agents as u64 / 20);
+        eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
+            let state = master.master.leader().ok()?.state();
+            (state.agents.iter().filter(|a| a.status == "active").count() >= agents).then_some(())
+        })
+        .await;
+        eventually(timeout, "the gateway leading and subscribed to the master", || async {
+            gateway.gateway.leader().filter(|leader| leader.master.borrow().is_some())
+        })
+        .await;
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for shutdown in &self.shutdowns {
+            shutdown.trigger();
+        }
+    }
+}
+
+/// Polls the gateway's instance gauge until `tasks` instances are RUNNING (a progress line
+/// every ~5 s), or fails at `deadline` saying how far it got.
+async fn wait_all_running(http: &reqwest::Client, base: &str, tasks: usize, deadline: Instant) -> anyhow::Result<()> {
+    let mut last_report = Instant::now();
+    loop {
+        let running = running_instances(http, base).await.unwrap_or(0);
+        if running >= tasks {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out: {running} of {tasks} tasks RUNNING");
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!("  … {running} of {tasks} tasks RUNNING");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `marina_gateway_instances{state="TASK_RUNNING"}` from the gateway's `/metrics`.
+async fn running_instances(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix("marina_gateway_instances{state=\"TASK_RUNNING\"} "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as usize))
+}
+
+/// One row: a kind of app, its tasks' latencies, and when its last task ran.
+struct Group {
+    name: &'static str,
+    apps: usize,
+    /// Submission → RUNNING of each task, in ms; sorted once all are in. Kept whole (at most
+    /// a few 100,000) so quantiles are exact and not capped by a histogram's range.
+    latencies_ms: Vec<i64>,
+    last_running: i64,
+}
+
+impl Group {
+    fn new(name: &'static str) -> Self {
+        Self { name, apps: 0, latencies_ms: Vec::new(), last_running: 0 }
+    }
+
+    /// The latency at `quantile` (nearest rank), in ms.
+    fn quantile(&self, quantile: f64) -> i64 {
+        let Some(last) = self.latencies_ms.len().checked_sub(1) else { return 0 };
+        self.latencies_ms[((quantile * self.latencies_ms.len() as f64).ceil() as usize).saturating_sub(1).min(last)]
+    }
+}
+
+fn print_table(rows: &[Group], first_submit: i64) {
+    println!(
+        "{:<20} {:>6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "workload", "apps", "tasks", "tasks/s", "p50 ms", "p99 ms", "max ms", "done s"
+    );
+    for row in rows.iter().filter(|row| row.apps > 0) {
+        let seconds = (row.last_running - first_submit).max(1) as f64 / 1000.0;
+        println!(
+            "{:<20} {:>6} {:>8} {:>10.0} {:>9} {:>9} {:>9} {:>9.1}",
+            row.name,
+            row.apps,
+            row.latencies_ms.len(),
+            row.latencies_ms.len() as f64 / seconds,
+            row.quantile(0.5),
+            row.quantile(0.99),
+            row.quantile(1.0),
+            seconds,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::app_mix;
+
+    #[test]
+    fn the_mix_sums_to_the_tasks_and_has_both_kinds() {
+        for (tasks, apps) in [(100_000, 2000), (50, 2), (50, 1), (7, 100), (30_000, 600)] {
+            let mix = app_mix(tasks, apps);
+            assert_eq!(mix.iter().map(|a| a.instances).sum::<usize>(), tasks, "{tasks} over {apps}");
+            assert!(mix.iter().all(|a| a.instances > 0));
+            assert!(mix.iter().any(|a| a.big));
+        }
+        let mix = app_mix(100_000, 2000);
+        assert_eq!(mix.iter().filter(|a| !a.big).count(), 1800);
+        assert!(mix.iter().filter(|a| !a.big).all(|a| a.instances <= 10));
+    }
+}
