@@ -22,17 +22,25 @@ pub async fn run(
     reconcile_every: Duration,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // The master leadership the backoff grew against: a new one starts from the shortest
+    // delay (retries against a dead master must not slow the first subscribe to its successor).
+    let mut backing_off_from: Option<(String, u64)> = None;
     loop {
         if leader.ended.is_cancelled() {
             return;
         }
         let current = leaders.borrow_and_update().clone();
+        let leadership = current.as_ref().map(|l| (l.member.clone(), l.epoch));
         let Some(member) = current.and_then(|l| MemberInfo::from_bytes(&l.data)) else {
             tokio::select! {
                 _ = leaders.changed() => continue,
                 () = leader.ended.cancelled() => return,
             }
         };
+        if leadership != backing_off_from {
+            backoff = Duration::from_millis(50);
+            backing_off_from = leadership;
+        }
         match session(&leader, &member.address, &framework_name, reconcile_every, &mut leaders).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(error) => {
@@ -90,7 +98,9 @@ async fn session(
     leader.master.send_replace(Some(session.clone()));
     reconcile(&session, leader).await;
     let mut last_reconcile = Instant::now();
-    let mut revive = tokio::time::interval(Duration::from_millis(500));
+    // Checked often: a new deployment waits for offers until its revive (the check is cheap,
+    // and the revive itself is sent only when the want appears).
+    let mut revive = tokio::time::interval(Duration::from_millis(50));
     let mut reviving = false;
     loop {
         tokio::select! {

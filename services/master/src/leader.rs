@@ -172,6 +172,9 @@ pub struct LeaderState {
     metrics: MasterMetrics,
     next_stream: AtomicU64,
     reregister_deadline: Instant,
+    /// Runs an allocation round now rather than at the next tick (a framework revived: it
+    /// waits for offers).
+    allocate_soon: tokio::sync::Notify,
 }
 
 impl marina_coord_client::Term for LeaderState {
@@ -243,6 +246,7 @@ impl LeaderState {
             deposed,
             metrics: master.metrics.clone(),
             next_stream: AtomicU64::new(1),
+            allocate_soon: tokio::sync::Notify::new(),
         });
         tokio::spawn(state.clone().allocation_loop());
         tokio::spawn(state.clone().liveness_loop());
@@ -755,6 +759,7 @@ impl LeaderState {
         let framework = inner.frameworks.get_mut(framework_id).expect("checked above");
         framework.suppressed = false;
         framework.refused.clear();
+        self.allocate_soon.notify_one();
         Ok(())
     }
 
@@ -878,6 +883,7 @@ impl LeaderState {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                () = self.allocate_soon.notified() => {}
                 () = self.ended.cancelled() => return,
             }
             let started = Instant::now();
