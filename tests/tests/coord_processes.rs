@@ -25,7 +25,9 @@ async fn sigkill_the_leader_then_two_nodes() {
     let leader = cluster.leader().await;
     cluster.kill(leader).await;
     let killed_at = Instant::now();
-    client.put("/after-kill", "x").await.unwrap();
+    // A put sent on the dead leader's connection as it broke has an unknown outcome
+    // (Indeterminate); a put may be applied twice, so it is retried as callers do.
+    marina_coord_client::retry_idempotent(|| client.put("/after-kill", "x")).await.unwrap();
     let recovered = killed_at.elapsed();
     assert!(recovered < Duration::from_secs(3), "writes resumed {recovered:?} after the leader died");
     let new_leader = cluster.leader().await;

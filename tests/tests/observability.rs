@@ -28,7 +28,16 @@ struct Cluster {
 
 async fn cluster(otlp: Option<&OtlpReceiver>) -> Cluster {
     let endpoint = otlp.map(OtlpReceiver::endpoint).unwrap_or_default();
-    let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    // Without an exporter, trace ids are asked for (`log.trace_ids`) so logs still carry them.
+    let trace_ids = if otlp.is_none() { "true" } else { "false" };
+    let export = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("MARINA_COORD_LOG__TRACE_IDS", trace_ids),
+        ("MARINA_MASTER_LOG__TRACE_IDS", trace_ids),
+        ("MARINA_AGENT_LOG__TRACE_IDS", trace_ids),
+        ("MARINA_GATEWAY_LOG__TRACE_IDS", trace_ids),
+    ];
     let coord = CoordProcesses::start_with_env(1, &export).await;
     let dir = TestDir::new();
     let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
@@ -234,8 +243,8 @@ async fn every_service_serves_valid_metrics_health_and_reflection() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).matches("SERVING").count(), 4);
 }
 
-/// Without any exporter, the caller's trace id still crosses gateway → master → agent and
-/// lands in the agent's log lines: logs alone lead back to the request.
+/// Without any exporter but with `log.trace_ids`, the caller's trace id crosses gateway →
+/// master → agent and lands in the agent's log lines: logs alone lead back to the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_the_callers_trace_id_without_an_exporter() {
     let cluster = cluster(None).await;
