@@ -100,9 +100,17 @@ impl TestScheduler {
     pub async fn pump_until(&mut self, timeout: Duration, what: &str, mut done: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for: {what}"));
+            let Ok(event) = tokio::time::timeout_at(deadline, self.events.recv()).await else {
+                // What each task last reported says why the wait was in vain.
+                let updates: Vec<String> = self
+                    .updates
+                    .iter()
+                    .map(|u| {
+                        format!("{} {:?} healthy={:?} {} {}", u.task_id, u.state(), u.healthy, u.reason, u.message)
+                    })
+                    .collect();
+                panic!("timed out after {timeout:?} waiting for: {what}; updates received:\n{}", updates.join("\n"))
+            };
             let Some(Some(event)) = event else { panic!("the scheduler stream ended while waiting for: {what}") };
             self.handle(event).await;
         }

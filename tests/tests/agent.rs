@@ -15,7 +15,9 @@ const AGENT_ENV: &[(&str, &str)] = &[
     ("MARINA_AGENT_RESOURCES__CPUS", "4"),
     ("MARINA_AGENT_RESOURCES__MEM_MB", "2048"),
     ("MARINA_AGENT_RESOURCES__DISK_MB", "1024"),
-    ("MARINA_AGENT_RESOURCES__PORTS", "41000-41999"),
+    // Below Linux's ephemeral range (32768-60999), where every test binding port 0 lands: a
+    // task's port must not be taken by a neighbour's socket.
+    ("MARINA_AGENT_RESOURCES__PORTS", "21000-21999"),
 ];
 
 async fn agent_task(agent: &Service, task_id: &str) -> Option<serde_json::Value> {
