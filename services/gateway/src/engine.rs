@@ -104,7 +104,10 @@ pub fn decide(plan: Option<&AppPlan>, instances: &[InstanceView], now: Instant) 
             kill.extend(select_kills(&current, current.len() - target, plan.kill_youngest_first));
         }
         let healthy = current.iter().filter(|i| i.is_healthy(plan)).count();
-        let converged = launch == 0 && current.len() == target && healthy == target && kill.is_empty();
+        // A kill counts once the task is gone: until then it still runs (and serves).
+        let kills_unconfirmed = instances.iter().any(|i| i.killing && !is_terminal(i.state));
+        let converged =
+            launch == 0 && current.len() == target && healthy == target && kill.is_empty() && !kills_unconfirmed;
         return Decision { launch, kill, converged };
     }
 
@@ -183,6 +186,19 @@ mod tests {
             launched_at: base + Duration::from_secs(age),
             unreachable_since: None,
         }
+    }
+
+    #[test]
+    fn a_deployment_converges_only_once_its_kills_are_confirmed() {
+        let now = Instant::now();
+        let mut dying = instance("old", "v1", true, now, 0);
+        dying.killing = true;
+        let current = [instance("a", "v2", true, now, 1), instance("b", "v2", true, now, 2)];
+        let with_dying: Vec<InstanceView> = current.iter().cloned().chain([dying.clone()]).collect();
+        assert!(!decide(Some(&plan(2, 0.5, 0.0)), &with_dying, now).converged, "the old task still runs");
+        dying.state = TaskState::TaskKilled;
+        let with_dead: Vec<InstanceView> = current.iter().cloned().chain([dying]).collect();
+        assert!(decide(Some(&plan(2, 0.5, 0.0)), &with_dead, now).converged);
     }
 
     #[test]
