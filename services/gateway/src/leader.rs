@@ -56,6 +56,21 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A task just launched (or recorded and not yet reconciled): staging, holding its slot.
+    fn staging(record: InstanceRecord, launched_at: Instant) -> Self {
+        Instance {
+            record,
+            state: TaskState::TaskStaging,
+            healthy: None,
+            killing: false,
+            kill_sent: None,
+            launched_at,
+            started_at: None,
+            unreachable_since: None,
+            message: String::new(),
+        }
+    }
+
     fn view(&self) -> InstanceView {
         InstanceView {
             task_id: self.record.task_id.clone(),
@@ -328,19 +343,8 @@ impl Leader {
         }
         let now = Instant::now();
         for (_, record) in store.load::<InstanceRecord>(store::INSTANCES).await? {
-            let instance = Instance {
-                // Until reconciliation says otherwise, a recorded instance holds its slot.
-                state: TaskState::TaskStaging,
-                healthy: None,
-                killing: false,
-                kill_sent: None,
-                launched_at: now,
-                started_at: None,
-                unreachable_since: None,
-                message: String::new(),
-                record,
-            };
-            state.instances.insert(instance);
+            // Until reconciliation says otherwise, a recorded instance holds its slot.
+            state.instances.insert(Instance::staging(record, now));
         }
         tracing::info!(
             epoch,
@@ -995,17 +999,7 @@ impl Leader {
                     &task_id,
                     &placed.host_ports,
                 ));
-                state.instances.insert(Instance {
-                    record: record.clone(),
-                    state: TaskState::TaskStaging,
-                    healthy: None,
-                    killing: false,
-                    kill_sent: None,
-                    launched_at: now,
-                    started_at: None,
-                    unreachable_since: None,
-                    message: String::new(),
-                });
+                state.instances.insert(Instance::staging(record.clone(), now));
                 records.push(record);
             }
             let unused: Vec<String> =
@@ -1133,15 +1127,10 @@ impl Leader {
                                 batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
                                 tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
                                 state.instances.insert(Instance {
-                                    record,
                                     state: state_of,
                                     healthy: status.healthy,
-                                    killing: false,
-                                    kill_sent: None,
-                                    launched_at: now,
-                                    started_at: None,
-                                    unreachable_since: None,
                                     message: status.message.clone(),
+                                    ..Instance::staging(record, now)
                                 });
                             }
                             _ => kill_orphan = true,

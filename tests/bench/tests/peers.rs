@@ -1,7 +1,7 @@
 //! Smoke tests of `marina-bench coord` (Marina and its peers etcd and ZooKeeper) and of
 //! `marina-bench zk-election`: each run must succeed and print its table and `summary:` line.
-//! The peers are not installed in CI (`scripts/setup-bench` installs them): their tests say
-//! so and pass.
+//! `scripts/test` installs the peers (through `scripts/setup-bench`); on a machine without
+//! them, their tests say so and pass.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,6 +23,10 @@ fn rows<'a>(stdout: &'a str, system: &str) -> Vec<(&'a str, u64)> {
         .filter(|line| line.split_whitespace().next() == Some(system))
         .map(|line| (line, line.split_whitespace().last().and_then(|errors| errors.parse().ok()).unwrap_or(u64::MAX)))
         .collect()
+}
+
+fn zookeeper_installed() -> bool {
+    installed("java", "/usr/bin/java") && Path::new("/usr/share/java/zookeeper.jar").is_file()
 }
 
 fn installed(program: &str, debian_path: &str) -> bool {
@@ -54,7 +58,7 @@ fn coord_etcd_beside_marina() {
 
 #[test]
 fn coord_zookeeper_beside_marina() {
-    if !installed("java", "/usr/bin/java") || !Path::new("/usr/share/java/zookeeper.jar").is_file() {
+    if !zookeeper_installed() {
         eprintln!("skipped: ZooKeeper (or java) is not installed (scripts/setup-bench installs it)");
         return;
     }
@@ -67,7 +71,7 @@ fn coord_zookeeper_beside_marina() {
 
 #[test]
 fn zk_election_one_round() {
-    if !installed("java", "/usr/bin/java") || !Path::new("/usr/share/java/zookeeper.jar").is_file() {
+    if !zookeeper_installed() {
         eprintln!("skipped: ZooKeeper (or java) is not installed (scripts/setup-bench installs it)");
         return;
     }
