@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use marina_tests::docker::{DockerCleanup, ensure_test_images};
-use marina_tests::{eventually, free_port};
+use marina_tests::eventually;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -44,8 +44,25 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the services said explains a failed wait.
+            let logs = self.compose(&["logs", "--no-color", "--tail", "30"]);
+            eprintln!("docker-compose logs:\n{}", String::from_utf8_lossy(&logs.stdout));
+        }
         let _ = self.compose(&["down", "-v", "--timeout", "5"]);
     }
+}
+
+/// `count` free ports below Linux's ephemeral range (32768-60999). The services bind them
+/// only once their containers start, so a port taken meanwhile by another test's port-0
+/// socket would leave a service unable to start; below that range nothing takes them.
+fn ports_below_ephemeral(count: usize) -> Vec<u16> {
+    let start = 22_000 + (std::process::id() % 40) as u16 * 25;
+    (0..1_000u16)
+        .map(|offset| 22_000 + (start - 22_000 + offset) % 1_000)
+        .filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .take(count)
+        .collect()
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
@@ -73,15 +90,16 @@ async fn the_seed_scenario_on_the_compose_deployment() {
         "GATEWAY_PORT_2",
     ]
     .into_iter()
-    .map(|key| (key, free_port()))
+    .zip(ports_below_ephemeral(9))
     .collect();
     let port_of = |key: &str| ports.iter().find(|(k, _)| *k == key).map(|(_, p)| *p).unwrap();
     let masters = [port_of("MASTER_PORT_1"), port_of("MASTER_PORT_2")];
     let gateways = [port_of("GATEWAY_PORT_1"), port_of("GATEWAY_PORT_2")];
     let gateway = gateways[0];
     let mut env: Vec<(String, String)> = ports.iter().map(|(k, p)| ((*k).to_owned(), p.to_string())).collect();
-    // Task port ranges unlikely to collide with anything else on the machine.
-    let base = 40000 + (std::process::id() % 100) * 100;
+    // Task port ranges below the ephemeral range too, apart from other tests' (21000-21999,
+    // 31000-32000).
+    let base = 23000 + (std::process::id() % 10) * 100;
     env.push(("AGENT_TASK_PORTS_1".into(), format!("{base}-{}", base + 49)));
     env.push(("AGENT_TASK_PORTS_2".into(), format!("{}-{}", base + 50, base + 99)));
     let project = Project { name: format!("marina-test-{}", std::process::id()), env };
