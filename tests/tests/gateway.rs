@@ -406,3 +406,51 @@ async fn service_ports_are_assigned_and_versions_are_bounded() {
     })
     .await;
 }
+
+/// Concurrent changes to one app are each applied to what the one before left: partial
+/// updates of different fields all stick, and of several creations of one id exactly one
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_to_one_app_all_apply() {
+    let cluster = MarinaCluster::builder().masters(1).agents(1).gateways(1).start().await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+
+    let creations = (0..6).map(|_| {
+        let body = json!({ "id": "/shared", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 0 });
+        http.post(format!("{base}/v2/apps")).json(&body).send()
+    });
+    let mut statuses: Vec<u16> =
+        futures::future::join_all(creations).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409]);
+
+    let patches = [
+        json!({ "cpus": 0.2 }),
+        json!({ "mem": 24 }),
+        json!({ "disk": 5 }),
+        json!({ "cmd": "sleep 2000" }),
+        json!({ "env": { "A": "1" } }),
+        json!({ "labels": { "team": "x" } }),
+        json!({ "backoffSeconds": 3 }),
+        json!({ "instances": 0, "maxLaunchDelaySeconds": 600 }),
+    ];
+    let updates = patches.iter().enumerate().map(|(n, patch)| {
+        let url = format!("{base}/v2/apps/shared?force=true");
+        if n % 2 == 0 { http.put(url).json(patch).send() } else { http.patch(url).json(patch).send() }
+    });
+    for response in futures::future::join_all(updates).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    let body: Value = http.get(format!("{base}/v2/apps/shared")).send().await.unwrap().json().await.unwrap();
+    let app = &body["app"];
+    for patch in &patches {
+        for (field, value) in patch.as_object().unwrap() {
+            let kept = match value.as_f64() {
+                Some(number) => app[field].as_f64() == Some(number),
+                None => &app[field] == value,
+            };
+            assert!(kept, "{field} was lost: {app}");
+        }
+    }
+}

@@ -34,6 +34,12 @@ fn app_status(error: AppError) -> Status {
     Status::invalid_argument(error.body().to_string())
 }
 
+impl From<DeployError> for Status {
+    fn from(error: DeployError) -> Self {
+        deploy_status(error)
+    }
+}
+
 fn deploy_status(error: DeployError) -> Status {
     match error {
         DeployError::NotFound(_) | DeployError::NoDeployment(_) => Status::not_found(error.to_string()),
@@ -93,10 +99,13 @@ impl pb::apps_server::Apps for AppsApi {
         let leader = self.leader()?;
         let app = app::parse_app(request.get_ref().json.as_bytes(), None).map_err(app_status)?;
         let app_id = app.id.to_string();
-        if leader.app(&app_id).is_some() {
-            return Err(deploy_status(DeployError::Exists(app_id)));
-        }
-        let deployed = leader.deploy(vec![Change::to(&app_id, Some(app))], false).await.map_err(deploy_status)?;
+        let deployed = leader
+            .deploy_derived(false, |leader| match leader.app(&app_id) {
+                Some(_) => Err(DeployError::Exists(app_id.clone())),
+                None => Ok(vec![Change::to(&app_id, Some(app))]),
+            })
+            .await
+            .map_err(deploy_status)?;
         Ok(Response::new(result(deployed)))
     }
 
@@ -124,16 +133,18 @@ impl pb::apps_server::Apps for AppsApi {
         let request = request.into_inner();
         let path = PathId::parse(&request.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let app_id = path.to_string();
-        let existing = leader.app(&app_id).map(|(app, _, _)| app);
-        let target = match existing {
-            Some(existing) if request.partial => {
-                app::apply_patch(&existing, request.json.as_bytes()).map_err(app_status)?
-            }
-            None if request.partial => return Err(Status::not_found(format!("App '{app_id}' does not exist"))),
-            _ => app::parse_app_at(request.json.as_bytes(), &path).map_err(app_status)?,
-        };
-        let deployed =
-            leader.deploy(vec![Change::to(&app_id, Some(target))], request.force).await.map_err(deploy_status)?;
+        let deployed = leader
+            .deploy_derived(request.force, |leader| {
+                let target = match leader.app(&app_id).map(|(app, _, _)| app) {
+                    Some(existing) if request.partial => {
+                        app::apply_patch(&existing, request.json.as_bytes()).map_err(app_status)?
+                    }
+                    None if request.partial => return Err(Status::not_found(format!("App '{app_id}' does not exist"))),
+                    _ => app::parse_app_at(request.json.as_bytes(), &path).map_err(app_status)?,
+                };
+                Ok(vec![Change::to(&app_id, Some(target))])
+            })
+            .await?;
         Ok(Response::new(result(deployed)))
     }
 
@@ -149,11 +160,12 @@ impl pb::apps_server::Apps for AppsApi {
     async fn scale_app(&self, request: Request<pb::ScaleAppRequest>) -> GrpcResult<pb::DeploymentResult> {
         let leader = self.leader()?;
         let app_id = id(&request.get_ref().id)?;
-        let (mut app, _, _) =
-            leader.app(&app_id).ok_or_else(|| Status::not_found(format!("App '{app_id}' does not exist")))?;
-        app.instances = i64::from(request.get_ref().instances);
         let deployed = leader
-            .deploy(vec![Change::to(&app_id, Some(app))], request.get_ref().force)
+            .deploy_derived(request.get_ref().force, |leader| {
+                let (mut app, _, _) = leader.app(&app_id).ok_or_else(|| DeployError::NotFound(app_id.clone()))?;
+                app.instances = i64::from(request.get_ref().instances);
+                Ok(vec![Change::to(&app_id, Some(app))])
+            })
             .await
             .map_err(deploy_status)?;
         Ok(Response::new(result(deployed)))
@@ -162,10 +174,13 @@ impl pb::apps_server::Apps for AppsApi {
     async fn restart_app(&self, request: Request<pb::RestartAppRequest>) -> GrpcResult<pb::DeploymentResult> {
         let leader = self.leader()?;
         let app_id = id(&request.get_ref().id)?;
-        let (app, _, _) =
-            leader.app(&app_id).ok_or_else(|| Status::not_found(format!("App '{app_id}' does not exist")))?;
-        let change = Change { id: app_id, target: Some(app), restart: true };
-        let deployed = leader.deploy(vec![change], request.get_ref().force).await.map_err(deploy_status)?;
+        let deployed = leader
+            .deploy_derived(request.get_ref().force, |leader| {
+                let (app, _, _) = leader.app(&app_id).ok_or_else(|| DeployError::NotFound(app_id.clone()))?;
+                Ok(vec![Change { id: app_id.clone(), target: Some(app), restart: true }])
+            })
+            .await
+            .map_err(deploy_status)?;
         Ok(Response::new(result(deployed)))
     }
 

@@ -486,7 +486,25 @@ impl Leader {
 
     /// Carries out a set of app changes as one deployment. `target == None` deletes.
     pub async fn deploy(&self, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
+        self.deploy_derived(force, |_| Ok::<_, DeployError>(changes)).await
+    }
+
+    /// Like [`Leader::deploy`], for changes derived from the apps as they are: `derive` runs
+    /// under the deployment lock, so what it reads (the app a partial update or a scale
+    /// starts from, whether an id is taken) is what the deployment replaces. Two concurrent
+    /// partial updates of one app thus both apply, the second on top of the first.
+    pub async fn deploy_derived<E: From<DeployError>>(
+        &self,
+        force: bool,
+        derive: impl FnOnce(&Self) -> Result<Vec<Change>, E>,
+    ) -> Result<Deployed, E> {
         let _serialized = self.deploy_lock.lock().await;
+        let changes = derive(self)?;
+        Ok(self.deploy_serialized(changes, force).await?)
+    }
+
+    /// The deployment itself; the caller holds `deploy_lock`.
+    async fn deploy_serialized(&self, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
         let now = Timestamp::now();
         let version = now.to_string();
         let deployment_id = marina_daemon::ids::uuid();
@@ -646,16 +664,21 @@ impl Leader {
             return Ok(None);
         }
         // Previous definitions come back; apps this deployment created are deleted.
-        let changes = {
-            let state = self.lock();
-            deployment
-                .originals
-                .iter()
-                .map(|(app_id, original)| Change::to(app_id, original.as_ref().and_then(parse_stored)))
-                .filter(|change| change.target.is_some() || state.apps.get(&change.id).is_some_and(|e| !e.deleting))
-                .collect()
-        };
-        let rollback = self.deploy(changes, true).await?;
+        let rollback = self
+            .deploy_derived(true, |leader| {
+                let state = leader.lock();
+                Ok::<_, DeployError>(
+                    deployment
+                        .originals
+                        .iter()
+                        .map(|(app_id, original)| Change::to(app_id, original.as_ref().and_then(parse_stored)))
+                        .filter(|change| {
+                            change.target.is_some() || state.apps.get(&change.id).is_some_and(|e| !e.deleting)
+                        })
+                        .collect(),
+                )
+            })
+            .await?;
         self.events.publish(
             "deployment_failed",
             json!({ "id": id, "plan": deployment_json(&deployment), "reason": "rolled back" }),
@@ -701,19 +724,23 @@ impl Leader {
             for instance in &chosen {
                 *per_app.entry(instance.record.app_id.clone()).or_default() += 1;
             }
-            let mut changes = Vec::new();
-            {
-                let state = self.lock();
-                for (id, count) in per_app {
-                    if let Some(entry) = state.apps.get(&id) {
-                        let mut scaled = entry.definition.clone();
-                        scaled.instances = (scaled.instances - count).max(0);
-                        changes.push(Change::to(&id, Some(scaled)));
-                    }
-                }
-            }
-            if !changes.is_empty() {
-                deployed = Some(self.deploy(changes, force).await?);
+            if !per_app.is_empty() {
+                // Scaled from the definition under the deployment lock, so a concurrent
+                // update is kept rather than overwritten.
+                let scaled = self.deploy_derived(force, |leader| {
+                    let state = leader.lock();
+                    Ok::<_, DeployError>(
+                        per_app
+                            .into_iter()
+                            .filter_map(|(id, count)| {
+                                let mut scaled = state.apps.get(&id).filter(|e| !e.deleting)?.definition.clone();
+                                scaled.instances = (scaled.instances - count).max(0);
+                                Some(Change::to(&id, Some(scaled)))
+                            })
+                            .collect(),
+                    )
+                });
+                deployed = Some(scaled.await?);
             }
         }
         let ids: Vec<String> = chosen.iter().map(|i| i.record.task_id.clone()).collect();

@@ -47,6 +47,12 @@ fn app_error(error: AppError) -> Response {
     (status, axum::Json(error.body())).into_response()
 }
 
+impl From<DeployError> for Response {
+    fn from(error: DeployError) -> Self {
+        deploy_error(error)
+    }
+}
+
 fn deploy_error(error: DeployError) -> Response {
     match &error {
         DeployError::NotFound(_) | DeployError::NoDeployment(_) => message(StatusCode::NOT_FOUND, error.to_string()),
@@ -318,10 +324,13 @@ async fn create_app(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Fla
     let leader = leader(&gateway)?;
     let app = app::parse_app(&body, None).map_err(app_error)?;
     let id = app.id.to_string();
-    if leader.app(&id).is_some() {
-        return Err(deploy_error(DeployError::Exists(id)));
-    }
-    let result = leader.deploy(vec![Change::to(&id, Some(app))], flags.force).await.map_err(deploy_error)?;
+    let result = leader
+        .deploy_derived(flags.force, |leader| match leader.app(&id) {
+            Some(_) => Err(DeployError::Exists(id.clone())),
+            None => Ok(vec![Change::to(&id, Some(app))]),
+        })
+        .await
+        .map_err(deploy_error)?;
     let (stored, instances, deployments) =
         leader.app(&id).ok_or_else(|| message(StatusCode::INTERNAL_SERVER_ERROR, "app vanished"))?;
     leader.events.publish(
@@ -429,9 +438,12 @@ async fn post_app_path(
         return Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
     };
     let id = app_id(&raw)?.to_string();
-    let (app, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
-    let change = Change { id, target: Some(app), restart: true };
-    let result = leader.deploy(vec![change], flags.force).await.map_err(deploy_error)?;
+    let result = leader
+        .deploy_derived(flags.force, |leader| {
+            let (app, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            Ok::<_, Response>(vec![Change { id: id.clone(), target: Some(app), restart: true }])
+        })
+        .await?;
     Ok(deployed(StatusCode::OK, &result))
 }
 
@@ -450,7 +462,6 @@ async fn put_app(
     };
     let path = app_id(&raw)?;
     let id = path.to_string();
-    let existing = leader.app(&id).map(|(app, _, _)| app);
     if let Some(version) = app::rollback_version(&body).map_err(app_error)? {
         let stored: Option<Value> = leader
             .store
@@ -463,13 +474,21 @@ async fn put_app(
         let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
         return Ok(deployed(StatusCode::OK, &result));
     }
-    let (target, created) = match existing {
-        Some(existing) if flags.partial_update.unwrap_or(true) => {
-            (app::apply_patch(&existing, &body).map_err(app_error)?, false)
-        }
-        existing => (app::parse_app_at(&body, &path).map_err(app_error)?, existing.is_none()),
-    };
-    let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
+    let mut created = false;
+    let result = leader
+        .deploy_derived(flags.force, |leader| {
+            let target = match leader.app(&id).map(|(app, _, _)| app) {
+                Some(existing) if flags.partial_update.unwrap_or(true) => {
+                    app::apply_patch(&existing, &body).map_err(app_error)?
+                }
+                existing => {
+                    created = existing.is_none();
+                    app::parse_app_at(&body, &path).map_err(app_error)?
+                }
+            };
+            Ok::<_, Response>(vec![Change::to(&id, Some(target))])
+        })
+        .await?;
     Ok(deployed(if created { StatusCode::CREATED } else { StatusCode::OK }, &result))
 }
 
@@ -484,9 +503,13 @@ async fn patch_app(
         return Err(message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
     };
     let id = app_id(&raw)?.to_string();
-    let (existing, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
-    let target = app::apply_patch(&existing, &body).map_err(app_error)?;
-    let result = leader.deploy(vec![Change::to(&id, Some(target))], flags.force).await.map_err(deploy_error)?;
+    let result = leader
+        .deploy_derived(flags.force, |leader| {
+            let (existing, _, _) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
+            let target = app::apply_patch(&existing, &body).map_err(app_error)?;
+            Ok::<_, Response>(vec![Change::to(&id, Some(target))])
+        })
+        .await?;
     Ok(deployed(StatusCode::OK, &result))
 }
 
@@ -494,25 +517,29 @@ async fn patch_app(
 async fn bulk_update(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
     let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
-    let mut changes = Vec::new();
-    for item in items {
-        let bytes = serde_json::to_vec(&item).unwrap_or_default();
-        let id = item
-            .get("id")
-            .and_then(Value::as_str)
-            .map(PathId::parse)
-            .transpose()
-            .map_err(|e| message(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        let existing = id.as_ref().and_then(|id| leader.app(&id.to_string())).map(|(app, _, _)| app);
-        let target = match existing {
-            Some(existing) if flags.partial_update.unwrap_or(true) => {
-                app::apply_patch(&existing, &bytes).map_err(app_error)?
+    let result = leader
+        .deploy_derived(flags.force, |leader| {
+            let mut changes = Vec::new();
+            for item in items {
+                let bytes = serde_json::to_vec(&item).unwrap_or_default();
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(PathId::parse)
+                    .transpose()
+                    .map_err(|e| message(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                let existing = id.as_ref().and_then(|id| leader.app(&id.to_string())).map(|(app, _, _)| app);
+                let target = match existing {
+                    Some(existing) if flags.partial_update.unwrap_or(true) => {
+                        app::apply_patch(&existing, &bytes).map_err(app_error)?
+                    }
+                    _ => app::parse_app(&bytes, None).map_err(app_error)?,
+                };
+                changes.push(Change::to(&target.id.to_string(), Some(target)));
             }
-            _ => app::parse_app(&bytes, None).map_err(app_error)?,
-        };
-        changes.push(Change::to(&target.id.to_string(), Some(target)));
-    }
-    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+            Ok::<_, Response>(changes)
+        })
+        .await?;
     Ok(deployed(StatusCode::OK, &result))
 }
 
@@ -732,11 +759,15 @@ async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<F
             "the group has no apps (groups are implicit in Marina: they exist through their apps)",
         ));
     }
-    if let Some(existing) = apps.iter().find(|app| leader.app(&app.id.to_string()).is_some()) {
-        return Err(message(StatusCode::CONFLICT, format!("An app with id [{}] already exists.", existing.id)));
-    }
-    let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
-    let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
+    let result = leader
+        .deploy_derived(flags.force, |leader| {
+            if let Some(existing) = apps.iter().find(|app| leader.app(&app.id.to_string()).is_some()) {
+                return Err(DeployError::Exists(existing.id.to_string()));
+            }
+            Ok(apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect())
+        })
+        .await
+        .map_err(deploy_error)?;
     Ok(deployed(StatusCode::CREATED, &result))
 }
 
