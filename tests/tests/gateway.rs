@@ -454,3 +454,75 @@ async fn concurrent_changes_to_one_app_all_apply() {
         }
     }
 }
+
+/// A readiness check holds a rolling upgrade: new instances run, but the old ones stay and
+/// the deployment waits (showing why in `readinessCheckResults`) until the new ones answer
+/// their readiness check; then the upgrade completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_gate_a_rolling_upgrade() {
+    marina_tests::binaries::binary("marina-supervise");
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .runtime(marina_agent::RuntimeChoice::Process)
+        .agent_config(|_, config| {
+            // Probed at the agent's hostname; these ports are this test's alone.
+            config.hostname = Some("127.0.0.1".into());
+            config.resources.ports = "24000-24099".into();
+        })
+        .gateways(1)
+        .start()
+        .await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let site = marina_tests::TestDir::new();
+    let (v1, v2) = (site.path().join("v1"), site.path().join("v2"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v1.join("ready"), "warm").unwrap();
+    let app = |dir: &std::path::Path| {
+        json!({
+            "id": "/warming", "cpus": 0.1, "mem": 64, "instances": 2,
+            "cmd": format!("exec python3 -m http.server $PORT0 --bind 127.0.0.1 --directory {}", dir.display()),
+            "portDefinitions": [{ "port": 0, "name": "http" }],
+            "readinessChecks": [{ "name": "warm", "protocol": "HTTP", "path": "/ready", "portName": "http", "intervalSeconds": 2, "timeoutSeconds": 1, "httpStatusCodesForReady": [200] }],
+        })
+    };
+    assert_eq!(http.post(format!("{base}/v2/apps")).json(&app(&v1)).send().await.unwrap().status(), 201);
+    let before = running(&http, &base, "/warming", 2).await;
+    let old: Vec<String> =
+        before["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().into()).collect();
+
+    let upgrade = http.put(format!("{base}/v2/apps/warming")).json(&app(&v2)).send().await.unwrap();
+    assert_eq!(upgrade.status(), 200);
+    // The new instances run and answer 404: not ready, so the deployment waits.
+    let results = eventually(WAIT, "two new instances probed and found not ready", || async {
+        let deployments: Value = http.get(format!("{base}/v2/deployments")).send().await.ok()?.json().await.ok()?;
+        let results = deployments[0]["currentActions"][0]["readinessCheckResults"].as_array()?.clone();
+        (results.len() == 2 && results.iter().all(|r| r["ready"] == false && r["lastResponse"]["status"] == 404))
+            .then_some(results)
+    })
+    .await;
+    assert!(results.iter().all(|r| r["name"] == "warm" && !old.contains(&r["taskId"].as_str().unwrap().to_owned())));
+    let during: Value = http.get(format!("{base}/v2/apps/warming")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = during["app"]["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert!(old.iter().all(|id| ids.contains(&id.as_str())), "old instances stay until new ones are ready: {ids:?}");
+    assert_eq!(during["app"]["deployments"].as_array().unwrap().len(), 1);
+
+    std::fs::write(v2.join("ready"), "warm").unwrap();
+    let after = running(&http, &base, "/warming", 2).await;
+    let version = after["version"].clone();
+    assert!(
+        after["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["version"] == version && !old.contains(&t["id"].as_str().unwrap().to_owned()))
+    );
+    assert_eq!(http.delete(format!("{base}/v2/apps/warming")).send().await.unwrap().status(), 200);
+    eventually(WAIT, "the app's processes to be gone", || async {
+        let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await.ok()?.json().await.ok()?;
+        tasks["tasks"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+}

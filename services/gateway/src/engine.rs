@@ -16,6 +16,8 @@ pub struct AppPlan {
     /// `versionInfo.lastConfigChangeAt`: instances launched under another config are old.
     pub config_version: String,
     pub has_health_checks: bool,
+    /// `readinessChecks`: instances of this config count once ready (see `readiness`).
+    pub has_readiness_checks: bool,
     pub minimum_health_capacity: f64,
     pub maximum_over_capacity: f64,
     pub kill_youngest_first: bool,
@@ -31,6 +33,8 @@ pub struct InstanceView {
     pub config_version: String,
     pub state: TaskState,
     pub healthy: Option<bool>,
+    /// Its readiness check passed (meaningless without one).
+    pub ready: bool,
     pub killing: bool,
     /// When it was launched (for kill selection).
     pub launched_at: Instant,
@@ -55,9 +59,13 @@ impl InstanceView {
         self.state == TaskState::TaskRunning && self.unreachable_since.is_none() && !self.killing
     }
 
-    /// Running, and healthy when the app has health checks.
+    /// Running, healthy when the app has health checks, and — for an instance of the
+    /// current config — ready when the app has a readiness check. Old instances were ready
+    /// before the upgrade began; readiness is not asked of them again.
     pub fn is_healthy(&self, plan: &AppPlan) -> bool {
-        self.is_running() && (!plan.has_health_checks || self.healthy == Some(true))
+        self.is_running()
+            && (!plan.has_health_checks || self.healthy == Some(true))
+            && (!plan.has_readiness_checks || self.ready || self.config_version != plan.config_version)
     }
 }
 
@@ -169,6 +177,7 @@ mod tests {
             instances,
             config_version: "v2".into(),
             has_health_checks: true,
+            has_readiness_checks: false,
             minimum_health_capacity: minimum,
             maximum_over_capacity: over,
             kill_youngest_first: true,
@@ -182,6 +191,7 @@ mod tests {
             config_version: version.into(),
             state: TaskState::TaskRunning,
             healthy: Some(healthy),
+            ready: false,
             killing: false,
             launched_at: base + Duration::from_secs(age),
             unreachable_since: None,
@@ -199,6 +209,26 @@ mod tests {
         dying.state = TaskState::TaskKilled;
         let with_dead: Vec<InstanceView> = current.iter().cloned().chain([dying]).collect();
         assert!(decide(Some(&plan(2, 0.5, 0.0)), &with_dead, now).converged);
+    }
+
+    #[test]
+    fn new_instances_take_over_only_once_ready() {
+        let now = Instant::now();
+        let gated = AppPlan { has_readiness_checks: true, ..plan(2, 1.0, 1.0) };
+        let old = [instance("o1", "v1", true, now, 0), instance("o2", "v1", true, now, 0)];
+        let mut new = [instance("n1", "v2", true, now, 1), instance("n2", "v2", true, now, 2)];
+        let all = |new: &[InstanceView]| -> Vec<InstanceView> { old.iter().chain(new).cloned().collect() };
+        // Healthy but not ready: the old instances stay, the deployment does not finish.
+        let waiting = decide(Some(&gated), &all(&new), now);
+        assert_eq!(waiting, Decision { launch: 0, kill: vec![], converged: false });
+        new[0].ready = true;
+        assert_eq!(decide(Some(&gated), &all(&new), now).kill.len(), 1, "one ready instance replaces one old");
+        new[1].ready = true;
+        assert_eq!(decide(Some(&gated), &all(&new), now).kill.len(), 2);
+        // Without old instances (a scale), readiness still gates convergence.
+        let fresh = [instance("n1", "v2", true, now, 1)];
+        assert!(!decide(Some(&AppPlan { instances: 1, ..gated.clone() }), &fresh, now).converged);
+        assert!(decide(Some(&AppPlan { instances: 1, ..plan(1, 1.0, 1.0) }), &fresh, now).converged);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::events::EventBus;
 use crate::metrics::{GatewayMetrics, LeaderStats};
 use crate::model;
 use crate::placement::{self, Demand, OfferView, Placement, Reject};
+use crate::readiness::{Probe, Prober, ReadinessResult};
 use crate::store::{self, Batch, Store};
 
 /// What is persisted of an instance: enough to find it again after a failover.
@@ -53,6 +54,9 @@ pub struct Instance {
     pub started_at: Option<String>,
     unreachable_since: Option<Instant>,
     pub message: String,
+    /// The last readiness probe's outcome (instances of a config with a readiness check).
+    pub readiness: Option<ReadinessResult>,
+    next_probe: Option<Instant>,
 }
 
 impl Instance {
@@ -68,6 +72,8 @@ impl Instance {
             started_at: None,
             unreachable_since: None,
             message: String::new(),
+            readiness: None,
+            next_probe: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl Instance {
             config_version: self.record.config_version.clone(),
             state: self.state,
             healthy: self.healthy,
+            ready: self.readiness.as_ref().is_some_and(|r| r.ready),
             killing: self.killing,
             launched_at: self.launched_at,
             unreachable_since: self.unreachable_since,
@@ -213,6 +220,9 @@ impl Instances {
 /// with time alone (unreachable tolerances).
 const FULL_ROUND_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the readiness loop looks for due probes (each check has its own interval).
+const READINESS_TICK: Duration = Duration::from_millis(250);
+
 #[derive(Default)]
 struct State {
     apps: BTreeMap<String, AppEntry>,
@@ -292,6 +302,7 @@ pub struct Leader {
     pub ended: CancellationToken,
     deposed: CancellationToken,
     metrics: GatewayMetrics,
+    prober: Prober,
 }
 
 fn now_ts() -> String {
@@ -366,8 +377,10 @@ impl Leader {
             ended: CancellationToken::new(),
             deposed,
             metrics: gateway.metrics.clone(),
+            prober: Prober::default(),
         });
         tokio::spawn(leader.clone().converge_loop());
+        tokio::spawn(leader.clone().readiness_loop());
         Ok(leader)
     }
 
@@ -429,6 +442,12 @@ impl Leader {
 
     pub fn deployments(&self) -> Vec<Deployment> {
         self.lock().deployments.values().cloned().collect()
+    }
+
+    /// Marathon's JSON of every deployment in progress, with its readiness results.
+    pub fn deployments_json(&self) -> Vec<Value> {
+        let state = self.lock();
+        state.deployments.values().map(|deployment| deployment_json(deployment, &state)).collect()
     }
 
     /// Counts for the metrics.
@@ -596,7 +615,7 @@ impl Leader {
             (deployment, batch, locking)
         };
         self.apply(batch).await?;
-        {
+        let plan = {
             let mut state = self.lock();
             for id in &superseded {
                 state.deployments.remove(id);
@@ -623,15 +642,13 @@ impl Leader {
                 state.traces.insert(id.clone(), trace.clone());
             }
             state.deployments.insert(deployment.id.clone(), deployment.clone());
-        }
+            deployment_json(&deployment, &state)
+        };
         for id in &superseded {
             self.events
                 .publish("deployment_failed", json!({ "id": id, "reason": "superseded by a forced deployment" }));
         }
-        self.events.publish(
-            "deployment_info",
-            json!({ "plan": deployment_json(&deployment), "currentStep": step_json(&deployment, 0) }),
-        );
+        self.events.publish("deployment_info", json!({ "plan": plan, "currentStep": step_json(&deployment, 0) }));
         self.converge_now.notify_one();
         // Versions beyond Marathon's limit go, off the request path.
         let store = self.store.clone();
@@ -656,13 +673,15 @@ impl Leader {
             let mut batch = Batch::default();
             batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
             self.apply(batch).await?;
-            self.lock().deployments.remove(id);
-            self.events.publish(
-                "deployment_failed",
-                json!({ "id": id, "plan": deployment_json(&deployment), "reason": "canceled" }),
-            );
+            let plan = {
+                let mut state = self.lock();
+                state.deployments.remove(id);
+                deployment_json(&deployment, &state)
+            };
+            self.events.publish("deployment_failed", json!({ "id": id, "plan": plan, "reason": "canceled" }));
             return Ok(None);
         }
+        let plan = deployment_json(&deployment, &self.lock());
         // Previous definitions come back; apps this deployment created are deleted.
         let rollback = self
             .deploy_derived(true, |leader| {
@@ -679,10 +698,7 @@ impl Leader {
                 )
             })
             .await?;
-        self.events.publish(
-            "deployment_failed",
-            json!({ "id": id, "plan": deployment_json(&deployment), "reason": "rolled back" }),
-        );
+        self.events.publish("deployment_failed", json!({ "id": id, "plan": plan, "reason": "rolled back" }));
         Ok(Some(rollback))
     }
 
@@ -778,6 +794,74 @@ impl Leader {
             if let Err(status) = session.client.clone().kill(request).await {
                 tracing::warn!(task = %task_id, %status, "kill not delivered; will retry");
             }
+        }
+    }
+
+    // ----- readiness ----------------------------------------------------------------------------
+
+    /// Probes the readiness checks of new instances as they become due (see
+    /// [`crate::readiness`]); each probe runs on its own, so a slow one delays no other.
+    async fn readiness_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(READINESS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.ended.cancelled() => return,
+            }
+            for probe in self.due_probes(Instant::now()) {
+                let leader = self.clone();
+                tokio::spawn(async move {
+                    let result = leader.prober.probe(&probe).await;
+                    leader.record_readiness(result);
+                });
+            }
+        }
+    }
+
+    /// Running instances of an app's current config with a readiness check, not ready yet,
+    /// whose next probe is due; each gets its next due time.
+    fn due_probes(&self, now: Instant) -> Vec<Probe> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut due = Vec::new();
+        for (app_id, entry) in &state.apps {
+            let Some(active) = entry.active.as_ref().filter(|a| !a.readiness_checks.is_empty()) else { continue };
+            let config_version = model::config_version(active);
+            let interval = Duration::from_secs(u64::from(active.readiness_checks[0].interval_seconds.max(1)));
+            let Some(task_ids) = state.instances.by_app.get(app_id) else { continue };
+            for task_id in task_ids {
+                let Some(instance) = state.instances.all.get_mut(task_id) else { continue };
+                let waiting = instance.record.config_version == config_version
+                    && instance.state == TaskState::TaskRunning
+                    && !instance.killing
+                    && instance.unreachable_since.is_none()
+                    && !instance.readiness.as_ref().is_some_and(|r| r.ready)
+                    && instance.next_probe.is_none_or(|next| next <= now);
+                if !waiting {
+                    continue;
+                }
+                let record = &instance.record;
+                if let Some(probe) = Probe::of(active, &record.task_id, &record.host, &record.ports) {
+                    instance.next_probe = Some(now + interval);
+                    due.push(probe);
+                }
+            }
+        }
+        due
+    }
+
+    fn record_readiness(&self, result: ReadinessResult) {
+        let mut state = self.lock();
+        let Some(instance) = state.instances.get_mut(&result.task_id) else { return };
+        let became_ready = result.ready && !instance.readiness.as_ref().is_some_and(|r| r.ready);
+        let app_id = instance.record.app_id.clone();
+        instance.readiness = Some(result);
+        if became_ready {
+            tracing::info!(app = %app_id, task = %instance.record.task_id, "instance ready");
+            state.instances.touch(&app_id);
+            drop(state);
+            self.converge_now.notify_one();
         }
     }
 
@@ -1388,7 +1472,7 @@ fn advance_deployments(
                     events.push(("app_terminated_event", json!({ "appId": action.app })));
                 }
             }
-            events.push(("deployment_step_success", json!({ "plan": deployment_json(&deployment), "currentStep": step_json(&deployment, deployment.current_step) })));
+            events.push(("deployment_step_success", json!({ "plan": deployment_json(&deployment, state), "currentStep": step_json(&deployment, deployment.current_step) })));
             deployment.current_step += 1;
             advanced = true;
             activate_step(state, &deployment, deployment.current_step);
@@ -1401,7 +1485,7 @@ fn advance_deployments(
                 state.traces.remove(app);
             }
             batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
-            events.push(("deployment_success", json!({ "id": id, "plan": deployment_json(&deployment) })));
+            events.push(("deployment_success", json!({ "id": id, "plan": deployment_json(&deployment, state) })));
             state.deployments.remove(&id);
         } else {
             batch.put(format!("{}/{id}", store::DEPLOYMENTS), &deployment);
@@ -1416,14 +1500,27 @@ pub fn step_json(deployment: &Deployment, index: usize) -> Value {
     json!({ "actions": actions.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })
 }
 
+/// The readiness of the app's instances of the config it converges to, for a deployment's
+/// `currentActions`.
+fn readiness_results(state: &State, app_id: &str) -> Vec<Value> {
+    let Some(active) = state.apps.get(app_id).and_then(|entry| entry.active.as_ref()) else { return Vec::new() };
+    let config_version = model::config_version(active);
+    state
+        .instances
+        .of_app(app_id)
+        .filter(|i| i.record.config_version == config_version && !is_terminal(i.state))
+        .filter_map(|i| i.readiness.as_ref().map(ReadinessResult::to_json))
+        .collect()
+}
+
 /// Marathon's JSON for a deployment plan.
-pub fn deployment_json(deployment: &Deployment) -> Value {
+fn deployment_json(deployment: &Deployment, state: &State) -> Value {
     json!({
         "id": deployment.id,
         "version": deployment.version,
         "affectedApps": deployment.affected_apps,
         "steps": deployment.steps.iter().map(|step| json!({ "actions": step.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })).collect::<Vec<_>>(),
-        "currentActions": deployment.steps.get(deployment.current_step).map(|step| step.iter().map(|a| json!({ "action": a.action, "app": a.app, "readinessCheckResults": [] })).collect::<Vec<_>>()).unwrap_or_default(),
+        "currentActions": deployment.steps.get(deployment.current_step).map(|step| step.iter().map(|a| json!({ "action": a.action, "app": a.app, "readinessCheckResults": readiness_results(state, &a.app) })).collect::<Vec<_>>()).unwrap_or_default(),
         "currentStep": (deployment.current_step + 1).min(deployment.steps.len()),
         "totalSteps": deployment.steps.len(),
     })

@@ -5,7 +5,8 @@
 //!
 //! - [`app`]: Marathon's app definition (reading, validating, updating, versions);
 //! - [`leader`]: apps, instances, deployments for one leadership term; [`engine`]
-//!   (convergence and rolling upgrades), [`placement`] (offers), [`model`] (tasks);
+//!   (convergence and rolling upgrades), [`placement`] (offers), [`model`] (tasks),
+//!   [`readiness`] (new instances' readiness checks);
 //! - [`scheduler`]: the framework on the master; [`store`]: what is kept in coord;
 //! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward.
 
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod placement;
 pub mod proxy;
+pub mod readiness;
 pub mod rest;
 pub mod scheduler;
 pub mod store;

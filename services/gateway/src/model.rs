@@ -19,6 +19,7 @@ pub fn plan(app: &AppDefinition) -> AppPlan {
         instances: app.instances.max(0) as u32,
         config_version: config_version(app),
         has_health_checks: !app.health_checks.is_empty(),
+        has_readiness_checks: !app.readiness_checks.is_empty(),
         minimum_health_capacity: app.upgrade_strategy.minimum_health_capacity,
         maximum_over_capacity: app.upgrade_strategy.maximum_over_capacity,
         kill_youngest_first: app.kill_selection == KillSelection::YoungestFirst,
@@ -49,6 +50,15 @@ pub fn port_needs(app: &AppDefinition) -> Vec<u32> {
         Some(mappings) => mappings.iter().filter_map(|m| m.host_port).map(u32::from).collect(),
         None if app.require_ports => app.port_definitions.iter().map(|p| u32::from(p.port)).collect(),
         None => vec![0; app.port_definitions.len()],
+    }
+}
+
+/// The names of the host ports [`port_needs`] asks for, in the same order: mappings without
+/// a host port get none.
+pub fn host_port_names(app: &AppDefinition) -> Vec<Option<&str>> {
+    match app.port_mappings() {
+        Some(mappings) => mappings.iter().filter(|m| m.host_port.is_some()).map(|m| m.name.as_deref()).collect(),
+        None => app.port_definitions.iter().map(|p| p.name.as_deref()).collect(),
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::Gateway;
 use crate::app::{self, AppDefinition, AppError, PathId};
 use crate::engine::is_terminal;
-use crate::leader::{Change, DeployError, Deployed, Instance, Leader, deployment_json};
+use crate::leader::{Change, DeployError, Deployed, Instance, Leader};
 
 /// Marathon's version this API follows.
 pub const MARATHON_VERSION: &str = "1.11.0";
@@ -632,7 +632,7 @@ async fn delete_tasks(State(gateway): State<Arc<Gateway>>, Query(flags): Query<F
 
 async fn list_deployments(State(gateway): State<Arc<Gateway>>) -> Reply {
     let leader = leader(&gateway)?;
-    let deployments: Vec<Value> = leader.deployments().iter().map(deployment_json).collect();
+    let deployments: Vec<Value> = leader.deployments_json();
     Ok(axum::Json(deployments).into_response())
 }
 

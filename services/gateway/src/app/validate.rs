@@ -177,6 +177,11 @@ fn readiness_check_rules(app: &AppDefinition, p: &mut Problems) {
                 format!("No port definition reference for portName {}", check.port_name),
             );
         }
+        if check.protocol == HttpScheme::Https {
+            // The gateway probes over plain HTTP only; refusing beats a deployment that can
+            // never finish.
+            p.add(&field_path(&path, "protocol"), "HTTPS readiness checks are not supported by Marina; use HTTP");
+        }
         if check.timeout_seconds >= check.interval_seconds {
             p.add(
                 &field_path(&path, "timeoutSeconds"),
