@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use marina_proto::apps::v1 as pb;
-use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::Gateway;
 use crate::app::{self, AppDefinition, AppError, PathId};
 use crate::engine::is_terminal;
+use crate::events::Delivery;
 use crate::leader::{Change, DeployError, Deployed, Instance, Leader};
 
 #[derive(Clone)]
@@ -255,16 +255,17 @@ impl pb::apps_server::Apps for AppsApi {
         self.leader()?;
         let wanted = request.into_inner().event_types;
         let shutdown = self.gateway.shutdown.clone();
-        let stream = BroadcastStream::new(self.gateway.events.subscribe())
-            .filter_map(move |event| {
-                let wanted = wanted.clone();
-                async move {
-                    let event = event.ok()?;
-                    if !wanted.is_empty() && !wanted.iter().any(|w| w == event.event_type) {
-                        return None;
-                    }
-                    Some(Ok(pb::Event { event_type: event.event_type.to_owned(), json: event.json.to_string() }))
+        let stream = self
+            .gateway
+            .events
+            .deliveries(wanted)
+            .map(|delivery| match delivery {
+                Delivery::Event(event) => {
+                    Ok(pb::Event { event_type: event.event_type.to_owned(), json: event.json.to_string() })
                 }
+                Delivery::Lagged(missed) => Err(Status::data_loss(format!(
+                    "this stream fell behind and missed {missed} events; watch again and re-read the state"
+                ))),
             })
             .take_until(async move { shutdown.cancelled().await });
         Ok(Response::new(Box::pin(stream)))

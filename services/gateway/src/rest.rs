@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::Delivery;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -20,7 +21,6 @@ use axum::routing::{delete, get, post};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::BroadcastStream;
 
 use crate::Gateway;
 use crate::app::{self, AppDefinition, AppError, PathId};
@@ -828,16 +828,22 @@ async fn events(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, uri: ax
         SseEvent::default().event("event_stream_attached").data(attached.to_string()),
     )]);
     let shutdown = gateway.shutdown.clone();
-    let live = BroadcastStream::new(gateway.events.subscribe())
-        .filter_map(move |event| {
-            let wanted = wanted.clone();
-            async move {
-                let event = event.ok()?;
-                if !wanted.is_empty() && !wanted.iter().any(|w| w == event.event_type) {
-                    return None;
+    let live = gateway
+        .events
+        .deliveries(wanted)
+        .map(|delivery| {
+            Ok::<_, Infallible>(match delivery {
+                Delivery::Event(event) => SseEvent::default().event(event.event_type).data(event.json.to_string()),
+                Delivery::Lagged(missed) => {
+                    let lagged = json!({
+                        "eventType": "event_stream_lagged",
+                        "missedEvents": missed,
+                        "message": "this stream fell behind and is closed; reconnect and re-read the state",
+                        "timestamp": app::Timestamp::now().to_string(),
+                    });
+                    SseEvent::default().event("event_stream_lagged").data(lagged.to_string())
                 }
-                Some(Ok::<_, Infallible>(SseEvent::default().event(event.event_type).data(event.json.to_string())))
-            }
+            })
         })
         .take_until(async move { shutdown.cancelled().await });
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
