@@ -126,6 +126,14 @@ async fn info_leader_ping_queue_and_groups() {
         ),
         other => panic!("deleting the group: {other}"),
     }
+
+    // What Marina does not implement says so (tools probe for pods).
+    for path in ["/v2/pods", "/v2/pods/web::status", "/v2/eventSubscriptions"] {
+        let response = http.get(format!("http://{leader}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("not supported by Marina"), "{path}: {body}");
+    }
 }
 
 /// The seed's 2014 app JSON, verbatim, on a real Docker agent (image built locally).

@@ -17,7 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -175,7 +175,17 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/v2/groups", get(get_root_group).post(create_group))
         .route("/v2/groups/{*id}", get(get_group).put(update_group).delete(delete_group))
         .route("/v2/events", get(events))
+        // Pods and HTTP-callback subscriptions are not implemented; tools probe for them, so
+        // they get a 404 that says so rather than an empty one.
+        .route("/v2/pods", any(|| async { unsupported("pods are") }))
+        .route("/v2/pods/{*rest}", any(|| async { unsupported("pods are") }))
+        .route("/v2/eventSubscriptions", any(|| async { unsupported("HTTP callback event subscriptions are") }))
         .with_state(gateway)
+}
+
+fn unsupported(what: &str) -> Response {
+    let hint = "see the README for the endpoints Marina supports";
+    message(StatusCode::NOT_FOUND, format!("{what} not supported by Marina; {hint}"))
 }
 
 // ----- info and leadership ----------------------------------------------------------------------
