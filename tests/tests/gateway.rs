@@ -534,3 +534,50 @@ async fn readiness_checks_gate_a_rolling_upgrade() {
     })
     .await;
 }
+
+/// The event stream carries Marathon's instance events: `instance_changed_event` as an
+/// instance's condition changes, `unhealthy_instance_kill_event` when failing health checks
+/// get it killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_report_instance_changes_and_unhealthy_kills() {
+    // Real processes: the health check really runs `false`.
+    marina_tests::binaries::binary("marina-supervise");
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .runtime(marina_agent::RuntimeChoice::Process)
+        .agent_config(|_, config| config.resources.ports = "24100-24199".into())
+        .gateways(1)
+        .start()
+        .await;
+    let base = cluster.gateway_url(0);
+    let http = reqwest::Client::new();
+    let mut events = marina_tests::events::subscribe(&format!("{base}/v2/events")).await;
+    let sick = json!({
+        "id": "/sick", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 1,
+        "healthChecks": [{ "protocol": "COMMAND", "command": { "value": "false" }, "gracePeriodSeconds": 0, "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 1 }],
+    });
+    assert_eq!(http.post(format!("{base}/v2/apps")).json(&sick).send().await.unwrap().status(), 201);
+    let mut conditions = Vec::new();
+    let killed = loop {
+        let (kind, event) = tokio::time::timeout(WAIT, events.recv()).await.expect("events keep coming").unwrap();
+        match kind.as_str() {
+            "instance_changed_event" if event["runSpecId"] == "/sick" => {
+                conditions.push(event["condition"].as_str().unwrap().to_owned());
+            }
+            "unhealthy_instance_kill_event" if event["appId"] == "/sick" => break event,
+            _ => {}
+        }
+    };
+    assert!(conditions.contains(&"Running".to_owned()), "{conditions:?}");
+    assert!(killed["taskId"].as_str().unwrap().starts_with("sick."), "{killed}");
+    assert!(killed["version"].is_string() && killed["slaveId"].is_string(), "{killed}");
+    // Agents leave their tasks running when they stop: the app goes first.
+    assert_eq!(http.delete(format!("{base}/v2/apps/sick?force=true")).send().await.unwrap().status(), 200);
+    eventually(WAIT, "the app's processes to be gone", || async {
+        let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await.ok()?.json().await.ok()?;
+        let gone = http.get(format!("{base}/v2/apps/sick")).send().await.ok()?.status() == 404;
+        (gone && tasks["tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+}

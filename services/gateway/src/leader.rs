@@ -220,6 +220,27 @@ impl Instances {
 /// with time alone (unreachable tolerances).
 const FULL_ROUND_EVERY: Duration = Duration::from_secs(1);
 
+/// The reason an agent gives when it kills a task its health checks found failing.
+const HEALTH_KILLED_REASON: &str = "REASON_HEALTH_CHECK_FAILED";
+
+/// Marathon's name for an instance's condition (`instance_changed_event`).
+fn condition_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::TaskStaging => "Staging",
+        TaskState::TaskStarting => "Starting",
+        TaskState::TaskRunning => "Running",
+        TaskState::TaskKilling => "Killing",
+        TaskState::TaskFinished => "Finished",
+        TaskState::TaskFailed => "Failed",
+        TaskState::TaskKilled => "Killed",
+        TaskState::TaskError => "Error",
+        TaskState::TaskLost | TaskState::TaskGone => "Gone",
+        TaskState::TaskUnreachable => "Unreachable",
+        TaskState::TaskDropped => "Dropped",
+        TaskState::TaskUnknown | TaskState::Unspecified => "Unknown",
+    }
+}
+
 /// How often the readiness loop looks for due probes (each check has its own interval).
 const READINESS_TICK: Duration = Duration::from_millis(250);
 
@@ -1250,6 +1271,7 @@ impl Leader {
                 }
                 Some(instance) => {
                     let previous_health = instance.healthy;
+                    let previous_state = instance.state;
                     instance.state = state_of;
                     instance.message = status.message.clone();
                     if status.healthy.is_some() {
@@ -1283,6 +1305,33 @@ impl Leader {
                             "version": instance.record.version,
                         }),
                     ));
+                    if previous_state != state_of {
+                        events.push((
+                            "instance_changed_event",
+                            json!({
+                                "instanceId": status.task_id,
+                                "condition": condition_name(state_of),
+                                "runSpecId": app_id,
+                                "agentId": instance.record.agent_id,
+                                "host": instance.record.host,
+                                "runSpecVersion": instance.record.version,
+                            }),
+                        ));
+                    }
+                    if status.reason == HEALTH_KILLED_REASON && is_terminal(state_of) {
+                        events.push((
+                            "unhealthy_instance_kill_event",
+                            json!({
+                                "appId": app_id,
+                                "taskId": status.task_id,
+                                "instanceId": status.task_id,
+                                "version": instance.record.version,
+                                "reason": status.message,
+                                "host": instance.record.host,
+                                "slaveId": instance.record.agent_id,
+                            }),
+                        ));
+                    }
                     if instance.healthy != previous_health
                         && let Some(alive) = instance.healthy
                     {
