@@ -174,3 +174,57 @@ async fn election_survives_sigkill_and_fences_a_frozen_leader() {
     );
     assert_one_leader_at_a_time(&writes);
 }
+
+/// Lease reads stay linearizable: a leader frozen (SIGSTOP) while the others elect a new
+/// one and write, then thawed, never answers a read from its old state — its lease ran out
+/// while it was frozen, so it must confirm leadership and finds it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_old_leader_never_serves_a_stale_read() {
+    use nix::sys::signal::{Signal, kill};
+    let cluster = CoordProcesses::start(3).await;
+    let client = cluster.client();
+    client.put("/lease/k", "old").await.unwrap();
+    let leader = cluster.leader().await;
+    let on_leader = |id: u64| {
+        let url =
+            marina_coord_client::CoordUrl { endpoints: vec![cluster.address(id).to_owned()], root: "/test".into() };
+        CoordClient::with_options(&url, ClientOptions { retry_for: Duration::from_secs(5), ..Default::default() })
+    };
+    let old_leader = on_leader(leader);
+    // Reads on the leader: it now answers them under a lease.
+    for _ in 0..20 {
+        assert_eq!(old_leader.get("/lease/k").await.unwrap().unwrap().data, "old");
+    }
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", cluster.address(leader))).await.unwrap().text().await.unwrap();
+    let lease_reads: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("marina_coord_lease_reads_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(lease_reads > 0, "no read was answered under the lease:\n{metrics}");
+
+    let pid = cluster.pid(leader).unwrap();
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let survivors = CoordClient::new(&marina_coord_client::CoordUrl {
+        endpoints: others.iter().map(|id| cluster.address(*id).to_owned()).collect(),
+        root: "/test".into(),
+    });
+    marina_coord_client::retry_idempotent(|| survivors.put("/lease/k", "new")).await.unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+
+    // At once, and for a while after: the old leader gives the new value or an error.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answered = 0;
+    while Instant::now() < until {
+        match old_leader.get("/lease/k").await {
+            Ok(node) => {
+                assert_eq!(node.unwrap().data, "new", "a stale read from the thawed leader");
+                answered += 1;
+            }
+            Err(error) => assert!(!error.to_string().is_empty()),
+        }
+    }
+    assert!(answered > 0, "the thawed node answered no read at all");
+}

@@ -60,6 +60,12 @@ pub struct RaftConfig {
     /// At most this many proposed entries await their commit at once; requests arriving
     /// while the pipeline is full are batched into the next entry.
     pub max_in_flight: usize,
+    /// Linearizable reads rely on a leader lease for half the maximum election timeout
+    /// after each quorum confirmation, instead of confirming leadership for every batch of
+    /// reads. Safe as long as clocks run at roughly the same rate; a restarted node then
+    /// waits out one maximum election timeout before it votes. `false`: every read batch
+    /// confirms leadership with a quorum (read-index), whatever the clocks do.
+    pub lease_reads: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +112,7 @@ impl Default for RaftConfig {
             proposal_timeout_ms: 3_000,
             max_batch: 1024,
             max_in_flight: 4,
+            lease_reads: true,
         }
     }
 }

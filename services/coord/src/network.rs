@@ -145,11 +145,16 @@ impl RaftNetwork<TypeConfig> for Connection {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    /// No votes before this (see `RaftConfig::lease_reads`).
+    votes_from: std::time::Instant,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    /// `vote_quiet`: how long after start this node refuses to vote. Before a restart it
+    /// may have acknowledged a leader whose lease lasts that long; openraft forgets that
+    /// on restart, so the wait keeps the promise.
+    pub fn new(raft: Raft, vote_quiet: Duration) -> Self {
+        Self { raft, votes_from: std::time::Instant::now() + vote_quiet }
     }
 }
 
@@ -172,6 +177,12 @@ impl marina_proto::coord::v1::raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let request: VoteRequest<NodeId> = decode(request)?;
+        let wait = self.votes_from.saturating_duration_since(std::time::Instant::now());
+        if !wait.is_zero() {
+            return Err(Status::unavailable(format!(
+                "just restarted: not voting for another {wait:?}, while a leader's lease may still hold"
+            )));
+        }
         encode(&self.raft.vote(request).await)
     }
 

@@ -26,7 +26,7 @@ use crate::config::{Config, Limits};
 use crate::error::CoordError;
 use crate::log_store::{LogStore, LogStoreError};
 use crate::network::{self, MAX_DECODING_BYTES, Network, RaftService};
-use crate::proposer::{Proposer, ProposerMetrics, ReadBarrier};
+use crate::proposer::{self, Proposer, ProposerMetrics, ReadBarrier};
 use crate::sessions::SessionTracker;
 use crate::state_machine::{Feed, SharedReplica, StateMachine};
 use crate::types::{NodeId, Raft};
@@ -251,7 +251,9 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         proposal_timeout,
         ProposerMetrics::new(&metrics),
     );
-    let reads = ReadBarrier::spawn(raft.clone(), proposal_timeout, startup_last_index);
+    let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
+    let lease = config.raft.lease_reads.then(|| election_timeout_max.mul_f64(proposer::LEASE_FRACTION));
+    let reads = ReadBarrier::spawn(raft.clone(), proposal_timeout, startup_last_index, lease, &metrics);
     let sessions = SessionTracker::new(replica.clone(), &metrics);
     let node = Arc::new(CoordNode {
         id: config.id,
@@ -275,9 +277,14 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         )
         .grpc(ClusterServer::new(ClusterApi::new(node.clone())))
         .grpc(
-            RaftServer::new(RaftService::new(raft.clone()))
-                .max_decoding_message_size(MAX_DECODING_BYTES)
-                .max_encoding_message_size(MAX_DECODING_BYTES),
+            // A node that may have promised a leader not to vote (before a restart) keeps
+            // that promise: it waits out the promise's length before voting again.
+            RaftServer::new(RaftService::new(
+                raft.clone(),
+                if config.raft.lease_reads { election_timeout_max } else { Duration::ZERO },
+            ))
+            .max_decoding_message_size(MAX_DECODING_BYTES)
+            .max_encoding_message_size(MAX_DECODING_BYTES),
         )
         .build()
         .await;

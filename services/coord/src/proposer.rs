@@ -12,6 +12,9 @@
 //!
 //! [`ReadBarrier`]: linearizable reads need the leader to confirm its leadership with a
 //! quorum (read-index). Reads arriving while a confirmation is in flight share the next one.
+//! A confirmation also grants a lease: for a while after it no other leader can exist (see
+//! [`LEASE_FRACTION`]), so reads in that time are answered at once, without a round; while
+//! reads keep coming, the lease is renewed in the background.
 
 use std::time::Duration;
 
@@ -229,9 +232,72 @@ pub fn leadership_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, open
     }
 }
 
+/// A lease lasts this fraction of the election timeout's maximum, counted from *before* the
+/// confirmation round began. Followers that acknowledged the round refuse to vote for the
+/// whole maximum after hearing from the leader (openraft's leader lease), and a node that
+/// restarts refuses to vote for as long (`RaftService`), so no majority can elect another
+/// leader before then; the other half is the margin for clocks running at different rates.
+pub const LEASE_FRACTION: f64 = 0.5;
+
+/// Leadership confirmed by a quorum until `until`, for one term and membership.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    until: std::time::Instant,
+    term: u64,
+    membership: Option<openraft::LogId<NodeId>>,
+}
+
 #[derive(Clone)]
 pub struct ReadBarrier {
     waiters: mpsc::Sender<Reply<()>>,
+    /// Reads answered under the lease, and confirmation rounds run.
+    lease_reads: IntCounter,
+    /// `None` when leases are off (every read confirms leadership).
+    lease: Option<Arc<LeaseState>>,
+}
+
+struct LeaseState {
+    duration: Duration,
+    current: std::sync::Mutex<Option<Lease>>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
+    /// A read was answered from the lease since the last renewal.
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseState {
+    /// The lease, if it holds now: not expired, and this node still leads the same term
+    /// with the same membership (a membership change brings voters that never promised
+    /// anything).
+    fn holds(&self) -> bool {
+        let Some(lease) = *self.current.lock().expect("lease lock") else { return false };
+        if std::time::Instant::now() >= lease.until {
+            return false;
+        }
+        let metrics = self.metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics.current_term == lease.term
+            && metrics.membership_config.log_id() == &lease.membership
+    }
+
+    /// The term and membership as a confirmation round begins.
+    fn observe(&self) -> (u64, Option<openraft::LogId<NodeId>>) {
+        let metrics = self.metrics.borrow();
+        (metrics.current_term, *metrics.membership_config.log_id())
+    }
+
+    /// A confirmation round that began at `began`, with `seen` as its term and membership,
+    /// succeeded. If either changed meanwhile, the round may have confirmed the old ones:
+    /// no lease.
+    fn grant(&self, began: std::time::Instant, seen: (u64, Option<openraft::LogId<NodeId>>)) {
+        if self.observe() != seen {
+            return;
+        }
+        let lease = Lease { until: began + self.duration, term: seen.0, membership: seen.1 };
+        let mut current = self.current.lock().expect("lease lock");
+        if current.is_none_or(|held| held.until < lease.until) {
+            *current = Some(lease);
+        }
+    }
 }
 
 impl ReadBarrier {
@@ -240,25 +306,97 @@ impl ReadBarrier {
     /// does not know how far the commit index had advanced, and its store is rebuilt by
     /// replaying the log; reads wait until that replay has passed everything it held,
     /// which includes everything it ever acknowledged.
-    pub fn spawn(raft: Raft, timeout: Duration, startup_last_index: u64) -> Self {
+    ///
+    /// `lease`: how long a confirmation lets reads skip the next one (`None`: never).
+    pub fn spawn(
+        raft: Raft,
+        timeout: Duration,
+        startup_last_index: u64,
+        lease: Option<Duration>,
+        metrics: &marina_daemon::Metrics,
+    ) -> Self {
+        let lease_reads = IntCounter::new(
+            "marina_coord_lease_reads_total",
+            "Linearizable reads this leader answered under its lease, without a confirmation round.",
+        )
+        .expect("static metric");
+        let rounds = IntCounter::new(
+            "marina_coord_read_rounds_total",
+            "Leadership confirmations (read-index rounds) this node ran for linearizable reads.",
+        )
+        .expect("static metric");
+        metrics.register(lease_reads.clone());
+        metrics.register(rounds.clone());
         let (waiters, queue) = mpsc::channel(4096);
-        tokio::spawn(run_read_barrier(raft, queue, timeout, startup_last_index));
-        Self { waiters }
+        let lease = lease.map(|duration| {
+            Arc::new(LeaseState {
+                duration,
+                current: std::sync::Mutex::new(None),
+                metrics: raft.metrics(),
+                used: std::sync::atomic::AtomicBool::new(false),
+            })
+        });
+        tokio::spawn(run_read_barrier(raft, queue, timeout, startup_last_index, lease.clone(), rounds));
+        let barrier = Self { waiters, lease_reads, lease };
+        if let Some(lease) = &barrier.lease {
+            tokio::spawn(renew_leases(barrier.waiters.clone(), Arc::downgrade(lease)));
+        }
+        barrier
     }
 
     /// Returns once this node is confirmed leader and has applied everything committed
     /// before the call: a read of the local store after this is linearizable.
+    ///
+    /// Under a lease that holds, at once: every write acknowledged before this call was
+    /// applied here before its acknowledgement (and the lease's round waited for the
+    /// entries of earlier terms to be applied), and no other leader can have committed any.
     pub async fn wait(&self) -> Result<(), CoordError> {
+        if let Some(lease) = &self.lease
+            && lease.holds()
+        {
+            lease.used.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.lease_reads.inc();
+            return Ok(());
+        }
         let (reply, result) = oneshot::channel();
         self.waiters.send(reply).await.map_err(|_| CoordError::ShuttingDown)?;
         result.await.map_err(|_| CoordError::ShuttingDown)?
     }
 }
 
-async fn run_read_barrier(raft: Raft, mut queue: mpsc::Receiver<Reply<()>>, timeout: Duration, floor: u64) {
+/// While reads are answered from the lease, renews it a few times per lease so they never
+/// wait for a round; when reads stop, so do the renewals.
+async fn renew_leases(waiters: mpsc::Sender<Reply<()>>, lease: std::sync::Weak<LeaseState>) {
+    loop {
+        let Some(state) = lease.upgrade() else { return };
+        let period = state.duration / 3;
+        drop(state);
+        tokio::time::sleep(period).await;
+        let Some(state) = lease.upgrade() else { return };
+        if state.used.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let (reply, result) = oneshot::channel();
+            if waiters.send(reply).await.is_err() {
+                return;
+            }
+            let _ = result.await;
+        }
+    }
+}
+
+async fn run_read_barrier(
+    raft: Raft,
+    mut queue: mpsc::Receiver<Reply<()>>,
+    timeout: Duration,
+    floor: u64,
+    lease: Option<Arc<LeaseState>>,
+    rounds: IntCounter,
+) {
     let mut waiting = Vec::new();
     let mut replayed = floor == 0;
     while queue.recv_many(&mut waiting, 4096).await > 0 {
+        rounds.inc();
+        let began = std::time::Instant::now();
+        let seen = lease.as_ref().map(|lease| lease.observe());
         let confirm = async {
             confirm_leadership(&raft).await?;
             if !replayed {
@@ -276,6 +414,11 @@ async fn run_read_barrier(raft: Raft, mut queue: mpsc::Receiver<Reply<()>>, time
             ))),
             Ok(result) => result,
         };
+        if outcome.is_ok()
+            && let (Some(lease), Some(seen)) = (&lease, seen)
+        {
+            lease.grant(began, seen);
+        }
         for reply in waiting.drain(..) {
             let _ = reply.send(outcome.clone());
         }
