@@ -179,9 +179,12 @@ impl marina_proto::coord::v1::raft_server::Raft for RaftService {
         let request: VoteRequest<NodeId> = decode(request)?;
         let wait = self.votes_from.saturating_duration_since(std::time::Instant::now());
         if !wait.is_zero() {
-            return Err(Status::unavailable(format!(
-                "just restarted: not voting for another {wait:?}, while a leader's lease may still hold"
-            )));
+            // A plain refusal (not an error, which openraft would log as one): the
+            // candidate just counts one vote fewer.
+            tracing::debug!(candidate = %request.vote, ?wait, "just started: not voting while a leader's lease may hold");
+            let vote = self.raft.metrics().borrow().vote;
+            let refusal: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse::new(vote, None, false));
+            return encode(&refusal);
         }
         encode(&self.raft.vote(request).await)
     }

@@ -26,11 +26,12 @@ pub struct AppPlan {
     pub inactive_after: Option<Duration>,
 }
 
-/// One task as the engine sees it.
+/// One task as the engine sees it, borrowed from the leader's state: a round decides for
+/// apps of thousands of instances after every status update, so nothing is copied.
 #[derive(Debug, Clone)]
-pub struct InstanceView {
-    pub task_id: String,
-    pub config_version: String,
+pub struct InstanceView<'a> {
+    pub task_id: &'a str,
+    pub config_version: &'a str,
     pub state: TaskState,
     pub healthy: Option<bool>,
     /// Its readiness check passed (meaningless without one).
@@ -41,7 +42,7 @@ pub struct InstanceView {
     pub unreachable_since: Option<Instant>,
 }
 
-impl InstanceView {
+impl InstanceView<'_> {
     /// Counts towards the app's instances (occupies a slot): not gone, not being killed,
     /// not unreachable for longer than the app tolerates.
     pub fn is_live(&self, plan: &AppPlan, now: Instant) -> bool {
@@ -88,7 +89,7 @@ pub struct Decision {
 pub fn decide(plan: Option<&AppPlan>, instances: &[InstanceView], now: Instant) -> Decision {
     let Some(plan) = plan else {
         let kill: Vec<String> =
-            instances.iter().filter(|i| !i.killing && !is_terminal(i.state)).map(|i| i.task_id.clone()).collect();
+            instances.iter().filter(|i| !i.killing && !is_terminal(i.state)).map(|i| i.task_id.to_owned()).collect();
         let converged = instances.iter().all(|i| is_terminal(i.state));
         return Decision { launch: 0, kill, converged };
     };
@@ -100,7 +101,7 @@ pub fn decide(plan: Option<&AppPlan>, instances: &[InstanceView], now: Instant) 
     let mut kill: Vec<String> = instances
         .iter()
         .filter(|i| !i.killing && !is_terminal(i.state) && i.unreachable_since.is_some() && !i.is_live(plan, now))
-        .map(|i| i.task_id.clone())
+        .map(|i| i.task_id.to_owned())
         .collect();
 
     if old.is_empty() {
@@ -133,7 +134,7 @@ pub fn decide(plan: Option<&AppPlan>, instances: &[InstanceView], now: Instant) 
     // healthy total stays at or above the minimum.
     let (healthy_olds, unhealthy_olds): (Vec<&InstanceView>, Vec<&InstanceView>) =
         old.iter().partition(|i| i.is_healthy(plan));
-    kill.extend(unhealthy_olds.iter().map(|i| i.task_id.clone()));
+    kill.extend(unhealthy_olds.iter().map(|i| i.task_id.to_owned()));
     let removable = (healthy_current + healthy_old).saturating_sub(minimum_healthy);
     let mut kill_healthy = removable.min(healthy_olds.len());
     let nothing_in_progress = healthy_current == current.len();
@@ -155,7 +156,7 @@ fn select_kills(candidates: &[&InstanceView], count: usize, youngest_first: bool
             if youngest_first { b.launched_at.cmp(&a.launched_at) } else { a.launched_at.cmp(&b.launched_at) }
         })
     });
-    sorted.into_iter().take(count).map(|i| i.task_id.clone()).collect()
+    sorted.into_iter().take(count).map(|i| i.task_id.to_owned()).collect()
 }
 
 /// Launch backoff after failures: `backoffSeconds × backoffFactor^(failures-1)`, capped.
@@ -185,10 +186,11 @@ mod tests {
         }
     }
 
-    fn instance(id: &str, version: &str, healthy: bool, base: Instant, age: u64) -> InstanceView {
+    fn instance(id: &str, version: &'static str, healthy: bool, base: Instant, age: u64) -> InstanceView<'static> {
         InstanceView {
-            task_id: id.into(),
-            config_version: version.into(),
+            // Views borrow from the leader's state; here the ids live for the test.
+            task_id: Box::leak(id.to_owned().into_boxed_str()),
+            config_version: version,
             state: TaskState::TaskRunning,
             healthy: Some(healthy),
             ready: false,
@@ -217,7 +219,8 @@ mod tests {
         let gated = AppPlan { has_readiness_checks: true, ..plan(2, 1.0, 1.0) };
         let old = [instance("o1", "v1", true, now, 0), instance("o2", "v1", true, now, 0)];
         let mut new = [instance("n1", "v2", true, now, 1), instance("n2", "v2", true, now, 2)];
-        let all = |new: &[InstanceView]| -> Vec<InstanceView> { old.iter().chain(new).cloned().collect() };
+        let all =
+            |new: &[InstanceView<'static>]| -> Vec<InstanceView<'static>> { old.iter().chain(new).cloned().collect() };
         // Healthy but not ready: the old instances stay, the deployment does not finish.
         let waiting = decide(Some(&gated), &all(&new), now);
         assert_eq!(waiting, Decision { launch: 0, kill: vec![], converged: false });
@@ -258,7 +261,7 @@ mod tests {
             if decision.converged {
                 return (lowest, highest);
             }
-            instances.retain(|i| !decision.kill.contains(&i.task_id));
+            instances.retain(|i| !decision.kill.iter().any(|killed| killed == i.task_id));
             let healthy = instances.iter().filter(|i| i.is_healthy(&plan)).count();
             lowest = lowest.min(healthy);
             assert!(healthy >= floor, "round {round}: {healthy} healthy < {floor}");

@@ -77,10 +77,10 @@ impl Instance {
         }
     }
 
-    fn view(&self) -> InstanceView {
+    fn view(&self) -> InstanceView<'_> {
         InstanceView {
-            task_id: self.record.task_id.clone(),
-            config_version: self.record.config_version.clone(),
+            task_id: &self.record.task_id,
+            config_version: &self.record.config_version,
             state: self.state,
             healthy: self.healthy,
             ready: self.readiness.as_ref().is_some_and(|r| r.ready),

@@ -209,18 +209,51 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Coord, master, gateway and agents, each the production `spawn`, in this process (as
 /// `marina_tests::MarinaCluster`, with deadlines sized for 1,000 agents). Everything stops
 /// (and its directories go) on drop.
+///
+/// Each service runs on its own tokio runtime, as it would in its own process: sharing
+/// one runtime, the coord nodes' Raft tasks queued behind a thousand agents' tasks, their
+/// heartbeats missed openraft's deadline (the heartbeat interval) and leadership changed in
+/// mid-run — a stall a real deployment, where coord has its own processes, does not have.
 struct Cluster {
     /// Held for its drop: stops the coord nodes and removes their data.
-    _coord: CoordCluster,
+    coord: Option<CoordCluster>,
     gateway_address: std::net::SocketAddr,
     shutdowns: Vec<Shutdown>,
     /// Master and gateway work dirs.
     _dir: tempfile::TempDir,
+    /// Coord, master, gateway, agents.
+    runtimes: Vec<tokio::runtime::Runtime>,
+}
+
+/// A runtime for one service, named after it (threads show as e.g. `coord-0` in `top -H`).
+fn service_runtime(name: &'static str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name_fn(move || {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            format!("{name}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        })
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `future` to completion on `runtime` (where everything it spawns then lives).
+async fn on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    runtime.spawn(future).await.expect("a service's start panicked")
 }
 
 impl Cluster {
     async fn start(agents: usize, agent_root: &Path) -> anyhow::Result<Self> {
-        let coord = CoordCluster::start(3).await;
+        let runtimes = vec![
+            service_runtime("coord", 2)?,
+            service_runtime("master", 1)?,
+            service_runtime("gateway", 2)?,
+            service_runtime("agents", 2)?,
+        ];
+        let coord = on(&runtimes[0], CoordCluster::start(3)).await;
         let url = CoordUrl { root: "/marina".into(), ..coord.url() };
         let dir = tempfile::tempdir()?;
         let mut shutdowns = Vec::new();
@@ -232,10 +265,16 @@ impl Cluster {
             ..Default::default()
         };
         let shutdown = Shutdown::new();
-        let master = marina_master::spawn(config, listener, shutdown.clone()).await?;
+        let listener = listener.into_std()?;
+        let master = on(&runtimes[1], {
+            let shutdown = shutdown.clone();
+            async move { marina_master::spawn(config, TcpListener::from_std(listener)?, shutdown).await }
+        })
+        .await?;
         shutdowns.push(shutdown);
         for index in 0..agents {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.set_nonblocking(true)?;
             let mut config = marina_agent::Config {
                 listen: listener.local_addr()?.to_string(),
                 coord: url.clone(),
@@ -249,7 +288,11 @@ impl Cluster {
             config.resources.disk_mb = Some(10240.0);
             let shutdown = Shutdown::new();
             // The handle is not needed: the agent stops on its shutdown signal.
-            marina_agent::spawn(config, listener, shutdown.clone()).await?;
+            on(&runtimes[3], {
+                let shutdown = shutdown.clone();
+                async move { marina_agent::spawn(config, TcpListener::from_std(listener)?, shutdown).await.map(drop) }
+            })
+            .await?;
             shutdowns.push(shutdown);
         }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -261,9 +304,14 @@ impl Cluster {
             ..Default::default()
         };
         let shutdown = Shutdown::new();
-        let gateway = marina_gateway::spawn(config, listener, shutdown.clone()).await?;
+        let listener = listener.into_std()?;
+        let gateway = on(&runtimes[2], {
+            let shutdown = shutdown.clone();
+            async move { marina_gateway::spawn(config, TcpListener::from_std(listener)?, shutdown).await }
+        })
+        .await?;
         shutdowns.push(shutdown);
-        let cluster = Self { _coord: coord, gateway_address, shutdowns, _dir: dir };
+        let cluster = Self { coord: Some(coord), gateway_address, shutdowns, _dir: dir, runtimes };
         // Registration of 1,000 agents is 1,000 coord writes: allow for it.
         let timeout = Duration::from_secs(30 + agents as u64 / 20);
         eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
@@ -284,6 +332,12 @@ impl Drop for Cluster {
         for shutdown in &self.shutdowns {
             shutdown.trigger();
         }
+        drop(self.coord.take());
+        // Their tasks are told to stop; the runtimes go without waiting for them (this may
+        // run inside the bench's own runtime, where blocking is not allowed).
+        for runtime in self.runtimes.drain(..) {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -303,7 +357,8 @@ async fn wait_all_running(http: &reqwest::Client, base: &str, tasks: usize, dead
             last_report = Instant::now();
             eprintln!("  … {running} of {tasks} tasks RUNNING");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Not much more often: each poll makes the gateway count 100,000 instances.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
