@@ -127,6 +127,8 @@ impl TestScheduler {
                         agent_id: status.agent_id.clone(),
                         task_id: status.task_id.clone(),
                         uuid: status.uuid.clone(),
+                        // One at a time, the simplest way (the gateway batches).
+                        more: Vec::new(),
                     };
                     let _ = self.client.acknowledge(ack).await;
                 }

@@ -48,7 +48,10 @@ pub struct Config {
     pub attributes: String,
     /// SIGTERM → this long → SIGKILL, for tasks that do not set their own.
     pub kill_grace_seconds: u64,
-    /// First retry of an unacknowledged status update; doubles up to 10 s.
+    /// First retry of an unacknowledged status update; doubles up to 10 s. A new master link
+    /// resends every pending update at once, so this only covers updates lost on a live
+    /// link; too short, and a busy cluster (acknowledgements slower than this) receives
+    /// every update twice and gets busier still. (Mesos waits 10 s.)
     pub update_retry_ms: u64,
     pub log: LogConfig,
 }
@@ -93,7 +96,7 @@ impl Default for Config {
             resources: ResourcesConfig::default(),
             attributes: String::new(),
             kill_grace_seconds: 5,
-            update_retry_ms: 500,
+            update_retry_ms: 2_000,
             log: LogConfig::default(),
         }
     }

@@ -60,6 +60,12 @@ impl EventBus {
         let _no_subscribers = self.sender.send(Arc::new(Event { event_type, json }));
     }
 
+    /// Someone listens: events are worth building (at thousands of status updates a second,
+    /// building them for no one costs).
+    pub fn is_watched(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
     }

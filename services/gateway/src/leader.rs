@@ -241,6 +241,9 @@ fn condition_name(state: TaskState) -> &'static str {
     }
 }
 
+/// The least time between two convergence rounds.
+const CONVERGE_GAP: Duration = Duration::from_millis(5);
+
 /// How often the readiness loop looks for due probes (each check has its own interval).
 const READINESS_TICK: Duration = Duration::from_millis(250);
 
@@ -898,6 +901,9 @@ impl Leader {
                 () = self.ended.cancelled() => return,
             }
             self.converge().await;
+            // Rounds are triggered by every status update; a short pause lets a burst of
+            // them share the next round instead of each paying for one.
+            tokio::time::sleep(CONVERGE_GAP).await;
         }
     }
 
@@ -1291,21 +1297,24 @@ impl Leader {
                         instance.started_at = Some(now_ts());
                     }
                     let app_id = instance.record.app_id.clone();
-                    events.push((
-                        "status_update_event",
-                        json!({
-                            "slaveId": instance.record.agent_id,
-                            "taskId": status.task_id,
-                            "taskStatus": state_of.as_str_name(),
-                            "message": status.message,
-                            "appId": app_id,
-                            "host": instance.record.host,
-                            "ipAddresses": [],
-                            "ports": instance.record.ports,
-                            "version": instance.record.version,
-                        }),
-                    ));
-                    if previous_state != state_of {
+                    let watched = self.events.is_watched();
+                    if watched {
+                        events.push((
+                            "status_update_event",
+                            json!({
+                                "slaveId": instance.record.agent_id,
+                                "taskId": status.task_id,
+                                "taskStatus": state_of.as_str_name(),
+                                "message": status.message,
+                                "appId": app_id,
+                                "host": instance.record.host,
+                                "ipAddresses": [],
+                                "ports": instance.record.ports,
+                                "version": instance.record.version,
+                            }),
+                        ));
+                    }
+                    if watched && previous_state != state_of {
                         events.push((
                             "instance_changed_event",
                             json!({

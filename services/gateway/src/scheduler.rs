@@ -98,6 +98,9 @@ async fn session(
     leader.master.send_replace(Some(session.clone()));
     reconcile(&session, leader).await;
     let mut last_reconcile = Instant::now();
+    let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
+    // Ends with the session, when `acks` goes.
+    tokio::spawn(send_acknowledgements(client.clone(), session.framework_id.clone(), pending_acks).in_current_span());
     // Checked often: a new deployment waits for offers until its revive (the check is cheap,
     // and the revive itself is sent only when the want appears).
     let mut revive = tokio::time::interval(Duration::from_millis(50));
@@ -140,26 +143,17 @@ async fn session(
                             state = status.state().as_str_name(),
                         );
                         marina_daemon::trace::set_parent(&span, &status.trace_context);
-                        let ack = (!status.uuid.is_empty()).then(|| master::AcknowledgeRequest {
-                            framework_id: session.framework_id.clone(),
+                        let ack = (!status.uuid.is_empty()).then(|| master::UpdateAcknowledgement {
                             agent_id: status.agent_id.clone(),
                             task_id: status.task_id.clone(),
                             uuid: status.uuid.clone(),
                         });
                         // Acknowledged only once applied (and recorded): the agent resends
                         // an update that was not. The acknowledgement itself is sent in the
-                        // background: waiting for each round trip would cap the updates this
-                        // loop applies at one per round trip; acks are idempotent and need no
-                        // order.
+                        // background (see `send_acknowledgements`).
                         async {
                             if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
-                                let mut client = client.clone();
-                                tokio::spawn(
-                                    async move {
-                                        let _ = client.acknowledge(ack).await;
-                                    }
-                                    .in_current_span(),
-                                );
+                                let _ = acks.send(ack);
                             }
                         }
                         .instrument(span)
@@ -172,6 +166,32 @@ async fn session(
         }
     }
 }
+
+/// Sends acknowledgements as they come, all those that queued during a call in the next
+/// one: waiting for each round trip would cap the updates the session applies at one per
+/// round trip, and a call per update costs the master and this gateway more than the update
+/// itself at thousands per second. Acknowledgements are idempotent and need no order; one
+/// that is lost is made good by the agent resending its update.
+async fn send_acknowledgements(
+    mut client: SchedulerClient<marina_daemon::trace::TracedChannel>,
+    framework_id: String,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<master::UpdateAcknowledgement>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, ACKS_PER_CALL).await > 0 {
+        let request = master::AcknowledgeRequest {
+            framework_id: framework_id.clone(),
+            more: std::mem::take(&mut batch),
+            ..Default::default()
+        };
+        if let Err(status) = client.acknowledge(request).await {
+            tracing::debug!(%status, "acknowledgements not delivered; the agents will resend their updates");
+        }
+    }
+}
+
+/// Most acknowledgements per call.
+const ACKS_PER_CALL: usize = 4096;
 
 /// Explicit reconciliation of every recorded instance, then implicit.
 async fn reconcile(session: &MasterSession, leader: &Leader) {

@@ -648,28 +648,42 @@ impl LeaderState {
         Ok(())
     }
 
+    /// Acknowledgements of status updates: each goes to its agent (which then forgets the
+    /// update); a terminal task whose last update is acknowledged is forgotten here too.
     pub fn acknowledge(&self, request: pb::AcknowledgeRequest) -> Result<(), Status> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         self.subscribed(inner, &request.framework_id)?;
-        let Some(agent) = inner.agents.get_mut(&request.agent_id) else {
-            return Err(Status::not_found(format!("agent {} is not known", request.agent_id)));
-        };
-        if let Some((_, link)) = &agent.link {
-            let ack = pb::AcknowledgeUpdate { task_id: request.task_id.clone(), uuid: request.uuid.clone() };
-            let _ = link.send(self.agent_message(master_message::Kind::Acknowledge(ack)));
+        let single = (!request.task_id.is_empty()).then(|| pb::UpdateAcknowledgement {
+            agent_id: request.agent_id,
+            task_id: request.task_id,
+            uuid: request.uuid,
+        });
+        let mut unknown_agent = None;
+        for ack in single.into_iter().chain(request.more) {
+            let Some(agent) = inner.agents.get_mut(&ack.agent_id) else {
+                unknown_agent = Some(ack.agent_id);
+                continue;
+            };
+            // A terminal task whose last update is acknowledged is done with.
+            if agent
+                .tasks
+                .get(&ack.task_id)
+                .is_some_and(|task| task.status.uuid == ack.uuid && is_terminal(task.status.state()))
+            {
+                agent.tasks.remove(&ack.task_id);
+                agent.tasks_changed();
+                inner.task_index.remove(&ack.task_id, &ack.agent_id);
+            }
+            if let Some((_, link)) = &agent.link {
+                let update = pb::AcknowledgeUpdate { task_id: ack.task_id, uuid: ack.uuid };
+                let _ = link.send(self.agent_message(master_message::Kind::Acknowledge(update)));
+            }
         }
-        // A terminal task whose last update is acknowledged is done with.
-        if agent
-            .tasks
-            .get(&request.task_id)
-            .is_some_and(|task| task.status.uuid == request.uuid && is_terminal(task.status.state()))
-        {
-            agent.tasks.remove(&request.task_id);
-            agent.tasks_changed();
-            inner.task_index.remove(&request.task_id, &request.agent_id);
+        match unknown_agent {
+            Some(agent_id) => Err(Status::not_found(format!("agent {agent_id} is not known"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn reconcile(&self, request: pb::ReconcileRequest) -> Result<(), Status> {
@@ -1028,6 +1042,7 @@ impl LeaderState {
         let interval = Config::ms(self.config.agent_ping_interval_ms);
         let timeout = interval * self.config.max_agent_ping_timeouts;
         let mut tick = tokio::time::interval(interval.min(Duration::from_millis(500)));
+        let mut last_hold_warning: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1036,9 +1051,18 @@ impl LeaderState {
             let now = Instant::now();
             let mut inner = self.lock();
             let mut newly_unreachable = Vec::new();
+            let hold = mass_silence_hold(inner.agents.values().map(|a| (a.status, a.last_heartbeat)), now, timeout);
+            if hold && last_hold_warning.is_none_or(|at| now.duration_since(at) > Duration::from_secs(5)) {
+                last_hold_warning = Some(now);
+                tracing::warn!(
+                    "most agents are silent at once: more likely this master is overloaded or cut off than \
+                     they all failed; not marking them unreachable yet"
+                );
+            }
             for (agent_id, agent) in inner.agents.iter_mut() {
                 let silent = matches!(agent.status, AgentStatus::Active | AgentStatus::Draining)
-                    && now.duration_since(agent.last_heartbeat) > timeout;
+                    && now.duration_since(agent.last_heartbeat) > timeout
+                    && !hold;
                 let never_back = agent.status == AgentStatus::Reregistering && now > self.reregister_deadline;
                 if silent || never_back {
                     tracing::warn!(agent = %agent_id, silent, never_back, "agent unreachable");
@@ -1105,7 +1129,6 @@ impl LeaderState {
     }
 }
 
-/// A reconciliation answer: the task's latest status, without a uuid (not acknowledged).
 /// A reconciliation answer: not acknowledged, and part of the reconciliation's trace (not
 /// of whatever produced the status first).
 fn reconciled(status: &TaskStatus) -> TaskStatus {
@@ -1113,6 +1136,30 @@ fn reconciled(status: &TaskStatus) -> TaskStatus {
     status.uuid.clear();
     status.trace_context = marina_daemon::trace::carrier();
     status
+}
+
+/// Clusters at least this big get the mass-silence hold.
+const MASS_SILENCE_MIN_AGENTS: usize = 10;
+
+/// True if more than half of at least [`MASS_SILENCE_MIN_AGENTS`] live agents fell silent at
+/// once, and none for longer than three timeouts. That many failing together is less likely
+/// than this master being starved or cut off from them (as Kubernetes' node controller
+/// reasons for its zones): marking them all unreachable would have every scheduler replace
+/// every task at once. Past three timeouts the silence is believed.
+fn mass_silence_hold(agents: impl Iterator<Item = (AgentStatus, Instant)>, now: Instant, timeout: Duration) -> bool {
+    let (mut live, mut silent, mut longest) = (0, 0, Duration::ZERO);
+    for (status, last_heartbeat) in agents {
+        if !matches!(status, AgentStatus::Active | AgentStatus::Draining) {
+            continue;
+        }
+        live += 1;
+        let silence = now.duration_since(last_heartbeat);
+        if silence > timeout {
+            silent += 1;
+            longest = longest.max(silence);
+        }
+    }
+    live >= MASS_SILENCE_MIN_AGENTS && silent * 2 > live && longest <= timeout * 3
 }
 
 /// What an agent's live tasks use, ports included.
@@ -1188,4 +1235,27 @@ fn validate_launch(inner: &Inner, agent_id: &str, offered: &Resources, tasks: &[
     covers_scalars(offered, &asked)
         .map_err(|shortfall| format!("the tasks exceed the offers on agent {agent_id}: {shortfall}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_agents_silent_at_once_is_held_for_a_while() {
+        let timeout = Duration::from_secs(5);
+        let now = Instant::now() + Duration::from_secs(60);
+        let agents = |silent: usize, total: usize, silence: u64| {
+            (0..total).map(move |i| {
+                let quiet = if i < silent { Duration::from_secs(silence) } else { Duration::from_secs(1) };
+                (AgentStatus::Active, now - quiet)
+            })
+        };
+        assert!(mass_silence_hold(agents(7, 10, 6), now, timeout), "7 of 10 silent: held");
+        assert!(!mass_silence_hold(agents(5, 10, 6), now, timeout), "half is not most");
+        assert!(!mass_silence_hold(agents(7, 10, 16), now, timeout), "past three timeouts the silence is believed");
+        assert!(!mass_silence_hold(agents(3, 3, 6), now, timeout), "small clusters are not held");
+        let unreachable_ones = agents(7, 10, 6).map(|(_, at)| (AgentStatus::Unreachable, at));
+        assert!(!mass_silence_hold(unreachable_ones, now, timeout), "only live agents count");
+    }
 }

@@ -225,7 +225,8 @@ struct Cluster {
     runtimes: Vec<tokio::runtime::Runtime>,
 }
 
-/// A runtime for one service, named after it (threads show as e.g. `coord-0` in `top -H`).
+/// A runtime for one service, named after it, with as many workers as tokio gives a
+/// process by default here (one per core) (threads show as e.g. `coord-0` in `top -H`).
 fn service_runtime(name: &'static str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -249,7 +250,7 @@ impl Cluster {
     async fn start(agents: usize, agent_root: &Path) -> anyhow::Result<Self> {
         let runtimes = vec![
             service_runtime("coord", 2)?,
-            service_runtime("master", 1)?,
+            service_runtime("master", 2)?,
             service_runtime("gateway", 2)?,
             service_runtime("agents", 2)?,
         ];
