@@ -654,7 +654,7 @@ impl LeaderState {
         let mut guard = self.lock();
         let inner = &mut *guard;
         self.subscribed(inner, &request.framework_id)?;
-        let single = (!request.task_id.is_empty()).then(|| pb::UpdateAcknowledgement {
+        let single = (!request.task_id.is_empty()).then_some(pb::UpdateAcknowledgement {
             agent_id: request.agent_id,
             task_id: request.task_id,
             uuid: request.uuid,
