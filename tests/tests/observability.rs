@@ -95,7 +95,6 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
         ("marina-coord", "coord.commit"),
         ("marina-master", "master.status_update"),
         ("marina-gateway", "gateway.status_update"),
-        ("marina-master", "/marina.master.v1.Scheduler/Acknowledge"),
     ];
     let trace = otlp
         .wait_for_trace(&trace_id, WAIT, |trace| {
@@ -145,8 +144,21 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     for handled in trace.iter().filter(|s| s.name == "gateway.status_update") {
         assert_eq!(by_id[handled.parent_span_id.as_str()].name, "master.status_update");
     }
-    let acknowledged = span(&trace, "marina-master", "/marina.master.v1.Scheduler/Acknowledge").unwrap();
-    assert_eq!(by_id[acknowledged.parent_span_id.as_str()].name, "gateway.status_update");
+    // Acknowledgements are batched across updates (and traces): each call is a trace of
+    // its own, linked to the handling of every update it acknowledges.
+    let handled: Vec<&str> =
+        trace.iter().filter(|s| s.name == "gateway.status_update").map(|s| s.span_id.as_str()).collect();
+    eventually(WAIT, "the acknowledgement of this trace's updates, linked to them", || async {
+        let everything = otlp.all();
+        let batch = everything
+            .iter()
+            .find(|s| s.name == "gateway.acknowledge" && s.links.iter().any(|l| handled.contains(&l.as_str())))?;
+        everything
+            .iter()
+            .any(|s| s.name == "/marina.master.v1.Scheduler/Acknowledge" && s.parent_span_id == batch.span_id)
+            .then_some(())
+    })
+    .await;
 
     // The launch links to the offers it used, which belong to the master's allocation round.
     let everything = otlp.all();

@@ -153,7 +153,7 @@ async fn session(
                         // background (see `send_acknowledgements`).
                         async {
                             if leader.handle_update(status).await.is_ok() && let Some(ack) = ack {
-                                let _ = acks.send(ack);
+                                let _ = acks.send((ack, tracing::Span::current()));
                             }
                         }
                         .instrument(span)
@@ -172,19 +172,24 @@ async fn session(
 /// round trip, and a call per update costs the master and this gateway more than the update
 /// itself at thousands per second. Acknowledgements are idempotent and need no order; one
 /// that is lost is made good by the agent resending its update.
+///
+/// A call serves updates of many traces, so it is a trace of its own (`gateway.acknowledge`)
+/// linked to the span that handled each update.
 async fn send_acknowledgements(
     mut client: SchedulerClient<marina_daemon::trace::TracedChannel>,
     framework_id: String,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<master::UpdateAcknowledgement>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(master::UpdateAcknowledgement, tracing::Span)>,
 ) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, ACKS_PER_CALL).await > 0 {
-        let request = master::AcknowledgeRequest {
-            framework_id: framework_id.clone(),
-            more: std::mem::take(&mut batch),
-            ..Default::default()
-        };
-        if let Err(status) = client.acknowledge(request).await {
+        let span = tracing::info_span!(parent: None, "gateway.acknowledge", updates = batch.len());
+        let mut more = Vec::with_capacity(batch.len());
+        for (ack, handled) in batch.drain(..) {
+            span.follows_from(&handled);
+            more.push(ack);
+        }
+        let request = master::AcknowledgeRequest { framework_id: framework_id.clone(), more, ..Default::default() };
+        if let Err(status) = client.acknowledge(request).instrument(span).await {
             tracing::debug!(%status, "acknowledgements not delivered; the agents will resend their updates");
         }
     }
