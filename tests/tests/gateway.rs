@@ -391,6 +391,7 @@ async fn service_ports_are_assigned_and_versions_are_bounded() {
     assert_eq!(all.len(), 3, "no service port is shared: {web_ports:?} {api_ports:?}");
 
     // A bulk kill naming no task kills nothing (not every task of every app).
+    running(&http, &base, "/api", 0).await; // its first deployment done (else the app is locked)
     let scaled = http.put(format!("{base}/v2/apps/api")).json(&json!({ "instances": 1 })).send().await.unwrap();
     assert_eq!(scaled.status(), 200);
     running(&http, &base, "/api", 1).await;

@@ -241,7 +241,7 @@ fn condition_name(state: TaskState) -> &'static str {
     }
 }
 
-/// The least time between two convergence rounds.
+/// The longest pause between two convergence rounds (see `converge_loop`).
 const CONVERGE_GAP: Duration = Duration::from_millis(5);
 
 /// How often the readiness loop looks for due probes (each check has its own interval).
@@ -900,10 +900,13 @@ impl Leader {
                 () = self.converge_now.notified() => {}
                 () = self.ended.cancelled() => return,
             }
+            let round = Instant::now();
             self.converge().await;
-            // Rounds are triggered by every status update; a short pause lets a burst of
-            // them share the next round instead of each paying for one.
-            tokio::time::sleep(CONVERGE_GAP).await;
+            // Rounds are triggered by every status update. After a round that took a while
+            // (a busy cluster), a pause as long (at most CONVERGE_GAP) lets the burst of
+            // updates meanwhile share the next round instead of each paying for one; an
+            // idle cluster's rounds take microseconds and pause as little.
+            tokio::time::sleep(round.elapsed().min(CONVERGE_GAP)).await;
         }
     }
 
