@@ -325,8 +325,14 @@ async fn bad_definitions_are_refused_with_marathons_errors() {
         }
     }
     let too_big = "x".repeat(2 << 20);
-    let response = http.post(format!("{base}/v2/apps")).body(too_big).send().await.unwrap();
-    assert_eq!(response.status(), 413);
+    match http.post(format!("{base}/v2/apps")).body(too_big).send().await {
+        Ok(response) => assert_eq!(response.status(), 413),
+        // The gateway answers 413 as soon as the size is known and closes the connection
+        // without reading the rest; a client still sending may see the close (a reset, as
+        // the unread data is discarded) before the answer. Nothing was stored either way,
+        // and the gateway still answers (below).
+        Err(error) => assert!(error.is_request(), "{error:?}"),
+    }
     let apps: Value = http.get(format!("{base}/v2/apps")).send().await.unwrap().json().await.unwrap();
     assert_eq!(apps["apps"], json!([]), "nothing was stored");
     assert_eq!(http.get(format!("{base}/v2/apps/nope")).send().await.unwrap().status(), 404);
