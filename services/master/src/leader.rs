@@ -440,11 +440,24 @@ impl LeaderState {
     }
 
     /// Sends a status to its framework's stream, if it is connected (an unacknowledged
-    /// update is resent by the agent later).
+    /// update is resent by the agent later; a status of the master's own, such as a
+    /// reconciliation answer, is not: the scheduler's next reconciliation asks again).
     fn forward_update(&self, inner: &mut Inner, status: TaskStatus) {
         let Some(framework) = inner.frameworks.get_mut(&status.framework_id) else { return };
-        if let Some((_, stream)) = &framework.stream {
-            let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Update(status)));
+        if let Some((_, stream)) = &framework.stream
+            && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                stream.try_send(self.scheduler_event(scheduler_event::Kind::Update(status)))
+        {
+            self.metrics.status_updates_dropped.inc();
+            let dropped = self.metrics.status_updates_dropped.get();
+            // Once per power of two: the first drop, then ever more rarely.
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    framework = %framework.info.framework_id,
+                    dropped,
+                    "the scheduler's event queue is full: status updates are being dropped"
+                );
+            }
         }
     }
 

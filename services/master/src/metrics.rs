@@ -20,6 +20,7 @@ pub struct MasterMetrics {
     pub offers_rescinded: IntCounter,
     pub tasks_launched: IntCounter,
     pub status_updates: IntCounter,
+    pub status_updates_dropped: IntCounter,
     pub allocation_seconds: Histogram,
     pub accept_seconds: Histogram,
     pub elections_won: IntCounter,
@@ -68,6 +69,10 @@ impl MasterMetrics {
             offers_rescinded: counter("marina_master_offers_rescinded_total", "Offers rescinded."),
             tasks_launched: counter("marina_master_tasks_launched_total", "Tasks launched through accepted offers."),
             status_updates: counter("marina_master_status_updates_total", "Status updates received from agents."),
+            status_updates_dropped: counter(
+                "marina_master_status_updates_dropped_total",
+                "Status updates not forwarded because their scheduler's event queue was full.",
+            ),
             allocation_seconds: histogram("marina_master_allocation_duration_seconds", "Time of one allocation round."),
             accept_seconds: histogram(
                 "marina_master_accept_duration_seconds",
