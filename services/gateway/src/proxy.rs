@@ -22,13 +22,15 @@ pub struct Proxy {
 
 impl Default for Proxy {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Self {
-            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            http2: Client::builder(TokioExecutor::new()).http2_only(true).build(connector),
-        }
+        Self { http1: http_client(false), http2: http_client(true) }
     }
+}
+
+/// A plain-HTTP client (HTTP/1.1, or HTTP/2 without upgrade) that sends at once (no Nagle).
+pub fn http_client(http2_only: bool) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).http2_only(http2_only).build(connector)
 }
 
 impl Proxy {

@@ -14,7 +14,6 @@ use axum::body::Body;
 use http::{Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::app::{AppDefinition, ReadinessCheck};
@@ -83,9 +82,7 @@ pub struct Prober {
 
 impl Default for Prober {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Self { client: Client::builder(TokioExecutor::new()).build(connector) }
+        Self { client: crate::proxy::http_client(false) }
     }
 }
 

@@ -215,18 +215,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// heartbeats missed openraft's deadline (the heartbeat interval) and leadership changed in
 /// mid-run — a stall a real deployment, where coord has its own processes, does not have.
 struct Cluster {
+    /// Coord, master, gateway, agents. First, so they stop before the directories go.
+    _runtimes: ServiceRuntimes,
     /// Held for its drop: stops the coord nodes and removes their data.
-    coord: Option<CoordCluster>,
+    _coord: CoordCluster,
     gateway_address: std::net::SocketAddr,
     shutdowns: Vec<Shutdown>,
     /// Master and gateway work dirs.
     _dir: tempfile::TempDir,
-    /// Coord, master, gateway, agents.
-    runtimes: Vec<tokio::runtime::Runtime>,
 }
 
-/// A runtime for one service, named after it, with as many workers as tokio gives a
-/// process by default here (one per core) (threads show as e.g. `coord-0` in `top -H`).
+/// The services' runtimes. They go without waiting for their tasks (already told to stop):
+/// they are dropped inside the bench's own runtime, where blocking is not allowed — also on
+/// an early return while the cluster starts.
+struct ServiceRuntimes(Vec<tokio::runtime::Runtime>);
+
+impl Drop for ServiceRuntimes {
+    fn drop(&mut self) {
+        for runtime in self.0.drain(..) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A runtime for one service, with as many workers as tokio gives a process by default here
+/// (one per core); its threads are named after the service (`coord-0` in `top -H`).
 fn service_runtime(name: &'static str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -246,73 +259,84 @@ async fn on<T: Send + 'static>(
     runtime.spawn(future).await.expect("a service's start panicked")
 }
 
+/// Starts one service on `runtime` with a loopback listener and a shutdown signal of its
+/// own (kept in `shutdowns`); `start` is the service's production `spawn`.
+async fn start_service<T, F>(
+    runtime: &tokio::runtime::Runtime,
+    shutdowns: &mut Vec<Shutdown>,
+    start: impl FnOnce(TcpListener, Shutdown) -> F + Send + 'static,
+) -> anyhow::Result<(T, std::net::SocketAddr)>
+where
+    F: std::future::Future<Output = anyhow::Result<T>> + Send,
+    T: Send + 'static,
+{
+    // Bound here, registered with `runtime`'s reactor there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    shutdowns.push(shutdown.clone());
+    let started = on(runtime, async move { start(TcpListener::from_std(listener)?, shutdown).await }).await?;
+    Ok((started, address))
+}
+
 impl Cluster {
     async fn start(agents: usize, agent_root: &Path) -> anyhow::Result<Self> {
-        let runtimes = vec![
+        let runtimes = ServiceRuntimes(vec![
             service_runtime("coord", 2)?,
             service_runtime("master", 2)?,
             service_runtime("gateway", 2)?,
             service_runtime("agents", 2)?,
-        ];
-        let coord = on(&runtimes[0], CoordCluster::start(3)).await;
+        ]);
+        let coord = on(&runtimes.0[0], CoordCluster::start(3)).await;
         let url = CoordUrl { root: "/marina".into(), ..coord.url() };
         let dir = tempfile::tempdir()?;
         let mut shutdowns = Vec::new();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let config = marina_master::Config {
-            listen: listener.local_addr()?.to_string(),
-            coord: url.clone(),
-            work_dir: dir.path().join("master"),
-            ..Default::default()
-        };
-        let shutdown = Shutdown::new();
-        let listener = listener.into_std()?;
-        let master = on(&runtimes[1], {
-            let shutdown = shutdown.clone();
-            async move { marina_master::spawn(config, TcpListener::from_std(listener)?, shutdown).await }
-        })
-        .await?;
-        shutdowns.push(shutdown);
-        for index in 0..agents {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            listener.set_nonblocking(true)?;
-            let mut config = marina_agent::Config {
+        let master_dir = dir.path().join("master");
+        let master_coord = url.clone();
+        let (master, _) = start_service(&runtimes.0[1], &mut shutdowns, move |listener, shutdown| async move {
+            let config = marina_master::Config {
                 listen: listener.local_addr()?.to_string(),
-                coord: url.clone(),
-                work_dir: agent_root.join(format!("agent-{index}")),
-                runtime: marina_agent::RuntimeChoice::Sim,
-                hostname: Some(format!("agent-{index}.bench")),
+                coord: master_coord,
+                work_dir: master_dir,
                 ..Default::default()
             };
-            config.resources.cpus = Some(4.0);
-            config.resources.mem_mb = Some(4096.0);
-            config.resources.disk_mb = Some(10240.0);
-            let shutdown = Shutdown::new();
-            // The handle is not needed: the agent stops on its shutdown signal.
-            on(&runtimes[3], {
-                let shutdown = shutdown.clone();
-                async move { marina_agent::spawn(config, TcpListener::from_std(listener)?, shutdown).await.map(drop) }
-            })
-            .await?;
-            shutdowns.push(shutdown);
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let gateway_address = listener.local_addr()?;
-        let config = marina_gateway::Config {
-            listen: gateway_address.to_string(),
-            coord: url,
-            work_dir: dir.path().join("gateway"),
-            ..Default::default()
-        };
-        let shutdown = Shutdown::new();
-        let listener = listener.into_std()?;
-        let gateway = on(&runtimes[2], {
-            let shutdown = shutdown.clone();
-            async move { marina_gateway::spawn(config, TcpListener::from_std(listener)?, shutdown).await }
+            Ok(marina_master::spawn(config, listener, shutdown).await?)
         })
         .await?;
-        shutdowns.push(shutdown);
-        let cluster = Self { coord: Some(coord), gateway_address, shutdowns, _dir: dir, runtimes };
+        for index in 0..agents {
+            let (coord, work_dir) = (url.clone(), agent_root.join(format!("agent-{index}")));
+            // The handle is not needed: the agent stops on its shutdown signal.
+            start_service(&runtimes.0[3], &mut shutdowns, move |listener, shutdown| async move {
+                let mut config = marina_agent::Config {
+                    listen: listener.local_addr()?.to_string(),
+                    coord,
+                    work_dir,
+                    runtime: marina_agent::RuntimeChoice::Sim,
+                    hostname: Some(format!("agent-{index}.bench")),
+                    ..Default::default()
+                };
+                config.resources.cpus = Some(4.0);
+                config.resources.mem_mb = Some(4096.0);
+                config.resources.disk_mb = Some(10240.0);
+                marina_agent::spawn(config, listener, shutdown).await?;
+                Ok(())
+            })
+            .await?;
+        }
+        let gateway_dir = dir.path().join("gateway");
+        let (gateway, gateway_address) =
+            start_service(&runtimes.0[2], &mut shutdowns, move |listener, shutdown| async move {
+                let config = marina_gateway::Config {
+                    listen: listener.local_addr()?.to_string(),
+                    coord: url,
+                    work_dir: gateway_dir,
+                    ..Default::default()
+                };
+                Ok(marina_gateway::spawn(config, listener, shutdown).await?)
+            })
+            .await?;
+        let cluster = Self { _runtimes: runtimes, _coord: coord, gateway_address, shutdowns, _dir: dir };
         // Registration of 1,000 agents is 1,000 coord writes: allow for it.
         let timeout = Duration::from_secs(30 + agents as u64 / 20);
         eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
@@ -332,12 +356,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for shutdown in &self.shutdowns {
             shutdown.trigger();
-        }
-        drop(self.coord.take());
-        // Their tasks are told to stop; the runtimes go without waiting for them (this may
-        // run inside the bench's own runtime, where blocking is not allowed).
-        for runtime in self.runtimes.drain(..) {
-            runtime.shutdown_background();
         }
     }
 }
