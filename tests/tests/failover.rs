@@ -233,3 +233,43 @@ async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
         .await;
     drop((coord, dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
+    let coord = CoordCluster::start(1).await;
+    let dir = marina_tests::TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    // Unreachable after 3 missed heartbeats of 200 ms.
+    let env = [("MARINA_MASTER_AGENT_PING_INTERVAL_MS", "200"), ("MARINA_MASTER_MAX_AGENT_PING_TIMEOUTS", "3")];
+    let master = Service::master("m0", &url, dir.path(), &env);
+    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
+    for service in [&master, &agent] {
+        service.wait_healthy().await;
+    }
+    let mut scheduler = TestScheduler::subscribe(std::slice::from_ref(&master.address), "silent", None).await;
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].clone();
+    scheduler
+        .accept(vec![offer.offer_id.clone()], vec![command_task("patient", "exec sleep 600", 0.1, 16.0)])
+        .await
+        .unwrap();
+    let running = |s: &TestScheduler| s.latest("patient").is_some_and(|t| t.state() == TaskState::TaskRunning);
+    scheduler.pump_until(WAIT, "the task to run", running).await;
+    let (_, containers_before) = agent_view(&agent).await.unwrap();
+
+    agent.freeze();
+    scheduler
+        .pump_until(WAIT, "TASK_UNREACHABLE while the agent is silent", |s| {
+            s.latest("patient").is_some_and(|t| t.state() == TaskState::TaskUnreachable)
+        })
+        .await;
+    agent.thaw();
+    // The agent notices the master dropped its link, re-registers, and the master tells the
+    // scheduler the task is running after all: the same process, never restarted.
+    scheduler.pump_until(WAIT, "TASK_RUNNING again once the agent is back", running).await;
+    let (_, containers_after) = agent_view(&agent).await.unwrap();
+    assert_eq!(containers_after, containers_before);
+    let state = master.get_json("/master/state").await.unwrap();
+    assert!(state["agents"].as_array().unwrap().iter().all(|a| a["status"] == "active"), "{state}");
+    drop((coord, dir));
+}

@@ -1,20 +1,32 @@
-//! The agent's work dir: what it must remember across restarts, written atomically before
-//! it acts on it.
+//! The agent's work dir: what it must remember across restarts, written durably before it
+//! acts on it.
 //!
 //! ```text
-//! <work_dir>/meta/agent.json           agent id, highest master epoch obeyed
-//! <work_dir>/meta/tasks/<id>.pb        one TaskCheckpoint per task not yet forgotten
-//! <work_dir>/meta/updates/<seq>.pb     status updates not yet acknowledged
-//! <work_dir>/sandboxes/<task_id>/      each task's sandbox (its output for file-based runtimes)
+//! <work_dir>/meta/agent.json    agent id, highest master epoch obeyed (replaced atomically)
+//! <work_dir>/meta/journal       tasks not yet forgotten and status updates not yet
+//!                               acknowledged, as an append-only journal of changes
+//! <work_dir>/sandboxes/<task_id>/   each task's sandbox (its output for file-based runtimes)
 //! ```
 //!
-//! A record that cannot be read is an error naming the file: starting fresh would orphan
-//! running tasks and lose unacknowledged updates.
+//! A change is one CRC-framed record ([`marina_daemon::record`]) appended and fdatasync'd:
+//! a task saved or forgotten, an update saved or acknowledged. That is a write and a sync
+//! where a file per record took eight system calls and three path lookups, two of them
+//! fsyncs; a launch of many tasks is one append. When the journal has grown to four times
+//! what is live in it, it is rewritten with only that (atomically, by rename).
+//!
+//! Recovery replays the journal. Only its final record can be incomplete (a crash during
+//! the append): it is cut off. Damage anywhere else is an error naming the file and the
+//! offset — starting fresh would orphan running tasks and lose unacknowledged updates.
+//! Work dirs of earlier agents (a file per record in `meta/tasks/` and `meta/updates/`)
+//! are read once and folded into a journal.
 
-use std::fs::{self, File};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use marina_daemon::record::{parse_framed, push_framed};
 use marina_proto::agent::v1::{TaskCheckpoint, UpdateCheckpoint};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -54,27 +66,47 @@ pub struct Recovered {
 pub struct Checkpoint {
     meta_dir: PathBuf,
     sandboxes: PathBuf,
+    journal: Arc<Mutex<Journal>>,
 }
+
+/// The kinds of journal record: the first byte of each payload.
+const TASK_SAVED: u8 = 1;
+const TASK_FORGOTTEN: u8 = 2;
+const UPDATE_SAVED: u8 = 3;
+const UPDATE_ACKNOWLEDGED: u8 = 4;
+
+/// A journal shorter than this is never rewritten.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
 
 impl Checkpoint {
     /// Opens the work dir, creating it if new, and reads what it holds.
     pub fn open(work_dir: &Path) -> Result<(Self, Recovered), CheckpointError> {
         let meta_dir = work_dir.join("meta");
         let sandboxes = work_dir.join("sandboxes");
-        for dir in [meta_dir.join("tasks"), meta_dir.join("updates"), sandboxes.clone()] {
-            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        for dir in [&meta_dir, &sandboxes] {
+            fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
-        let checkpoint = Self { meta_dir, sandboxes };
-        let meta_path = checkpoint.meta_dir.join("agent.json");
+        let meta_path = meta_dir.join("agent.json");
         let meta = match fs::read(&meta_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|error| CheckpointError::Corrupt { path: meta_path.clone(), reason: error.to_string() })?,
             Err(error) if error.kind() == io::ErrorKind::NotFound => AgentMeta::default(),
             Err(error) => return Err(CheckpointError::Io { path: meta_path, source: error }),
         };
-        let tasks = read_records::<TaskCheckpoint>(&checkpoint.meta_dir.join("tasks"))?;
-        let mut updates = read_records::<UpdateCheckpoint>(&checkpoint.meta_dir.join("updates"))?;
-        updates.sort_by_key(|update| update.sequence);
+        let journal = Journal::open(&meta_dir)?;
+        let tasks = journal
+            .live
+            .tasks
+            .values()
+            .map(|bytes| TaskCheckpoint::decode(bytes.as_slice()).expect("decoded when replayed"))
+            .collect();
+        let updates = journal
+            .live
+            .updates
+            .values()
+            .map(|bytes| UpdateCheckpoint::decode(bytes.as_slice()).expect("decoded when replayed"))
+            .collect();
+        let checkpoint = Self { meta_dir, sandboxes, journal: Arc::new(Mutex::new(journal)) };
         Ok((checkpoint, Recovered { meta, tasks, updates }))
     }
 
@@ -85,21 +117,26 @@ impl Checkpoint {
     }
 
     pub fn save_task(&self, task: &TaskCheckpoint) -> Result<(), CheckpointError> {
-        let path = self.task_path(task.info.as_ref().map_or("", |info| &info.task_id));
-        write_atomically(&path, &task.encode_to_vec()).map_err(io_error(&path))
+        self.save_tasks(std::slice::from_ref(task))
+    }
+
+    /// Several tasks in one append (and one sync).
+    pub fn save_tasks(&self, tasks: &[TaskCheckpoint]) -> Result<(), CheckpointError> {
+        let changes = tasks.iter().map(|task| Change::TaskSaved(task_id(task).to_owned(), task.encode_to_vec()));
+        self.journal.lock().expect("journal lock").append(changes)
     }
 
     pub fn remove_task(&self, task_id: &str) -> Result<(), CheckpointError> {
-        remove_if_present(&self.task_path(task_id))
+        self.journal.lock().expect("journal lock").append([Change::TaskForgotten(task_id.to_owned())])
     }
 
     pub fn save_update(&self, update: &UpdateCheckpoint) -> Result<(), CheckpointError> {
-        let path = self.update_path(update.sequence);
-        write_atomically(&path, &update.encode_to_vec()).map_err(io_error(&path))
+        let change = Change::UpdateSaved(update.sequence, update.encode_to_vec());
+        self.journal.lock().expect("journal lock").append([change])
     }
 
     pub fn remove_update(&self, sequence: u64) -> Result<(), CheckpointError> {
-        remove_if_present(&self.update_path(sequence))
+        self.journal.lock().expect("journal lock").append([Change::UpdateAcknowledged(sequence)])
     }
 
     /// A task's sandbox directory (created).
@@ -108,14 +145,186 @@ impl Checkpoint {
         fs::create_dir_all(&path).map_err(io_error(&path))?;
         Ok(path)
     }
+}
 
-    fn task_path(&self, task_id: &str) -> PathBuf {
-        self.meta_dir.join("tasks").join(format!("{}.pb", file_safe(task_id)))
+fn task_id(task: &TaskCheckpoint) -> &str {
+    task.info.as_ref().map_or("", |info| &info.task_id)
+}
+
+/// One change to what the agent remembers; encoded payloads, so a compaction rewrites them
+/// without encoding again.
+enum Change {
+    TaskSaved(String, Vec<u8>),
+    TaskForgotten(String),
+    UpdateSaved(u64, Vec<u8>),
+    UpdateAcknowledged(u64),
+}
+
+impl Change {
+    /// The record's payload: its kind, then its body.
+    fn payload(&self) -> Vec<u8> {
+        let (kind, body): (u8, &[u8]) = match self {
+            Change::TaskSaved(_, bytes) => (TASK_SAVED, bytes),
+            Change::TaskForgotten(task_id) => (TASK_FORGOTTEN, task_id.as_bytes()),
+            Change::UpdateSaved(_, bytes) => (UPDATE_SAVED, bytes),
+            Change::UpdateAcknowledged(sequence) => (UPDATE_ACKNOWLEDGED, &sequence.to_le_bytes()[..]),
+        };
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(kind);
+        payload.extend_from_slice(body);
+        payload
     }
 
-    fn update_path(&self, sequence: u64) -> PathBuf {
-        self.meta_dir.join("updates").join(format!("{sequence:020}.pb"))
+    /// The change a record's payload holds (its body decoded, to refuse what is not whole).
+    fn parse(payload: &[u8]) -> Result<Change, String> {
+        let (&kind, body) = payload.split_first().ok_or("empty record")?;
+        match kind {
+            TASK_SAVED => {
+                let task = TaskCheckpoint::decode(body).map_err(|e| format!("undecodable task: {e}"))?;
+                Ok(Change::TaskSaved(task_id(&task).to_owned(), body.to_vec()))
+            }
+            TASK_FORGOTTEN => {
+                let task_id = std::str::from_utf8(body).map_err(|_| "a task id that is not UTF-8")?;
+                Ok(Change::TaskForgotten(task_id.to_owned()))
+            }
+            UPDATE_SAVED => {
+                let update = UpdateCheckpoint::decode(body).map_err(|e| format!("undecodable update: {e}"))?;
+                Ok(Change::UpdateSaved(update.sequence, body.to_vec()))
+            }
+            UPDATE_ACKNOWLEDGED => {
+                let sequence = body.try_into().map_err(|_| "an acknowledgement without its sequence")?;
+                Ok(Change::UpdateAcknowledged(u64::from_le_bytes(sequence)))
+            }
+            other => Err(format!("unknown record kind {other}")),
+        }
     }
+}
+
+/// What the journal holds once replayed: each live record's encoded body.
+#[derive(Debug, Default)]
+struct Live {
+    tasks: HashMap<String, Vec<u8>>,
+    updates: BTreeMap<u64, Vec<u8>>,
+    /// The bytes a journal of only these would take (roughly: the framing is not counted).
+    bytes: u64,
+}
+
+impl Live {
+    fn apply(&mut self, change: Change) {
+        let (added, removed) = match change {
+            Change::TaskSaved(task_id, bytes) => (bytes.len(), self.tasks.insert(task_id, bytes)),
+            Change::TaskForgotten(task_id) => (0, self.tasks.remove(&task_id)),
+            Change::UpdateSaved(sequence, bytes) => (bytes.len(), self.updates.insert(sequence, bytes)),
+            Change::UpdateAcknowledged(sequence) => (0, self.updates.remove(&sequence)),
+        };
+        self.bytes = self.bytes + added as u64 - removed.map_or(0, |bytes| bytes.len() as u64);
+    }
+
+    /// A journal of exactly what is live.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.bytes as usize + 16 * (self.tasks.len() + self.updates.len()));
+        let tasks = self.tasks.iter().map(|(id, body)| Change::TaskSaved(id.clone(), body.clone()));
+        let updates = self.updates.iter().map(|(sequence, body)| Change::UpdateSaved(*sequence, body.clone()));
+        for change in tasks.chain(updates) {
+            push_framed(&mut bytes, &change.payload());
+        }
+        bytes
+    }
+}
+
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: File,
+    /// The journal file's length.
+    len: u64,
+    live: Live,
+}
+
+impl Journal {
+    /// Replays `<meta_dir>/journal` (cutting off an incomplete final record) and folds in
+    /// an earlier agent's record files.
+    fn open(meta_dir: &Path) -> Result<Self, CheckpointError> {
+        let path = meta_dir.join("journal");
+        let mut live = Live::default();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(CheckpointError::Io { path, source: error }),
+        };
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let record = parse_framed(&bytes[offset..]).and_then(|(payload, len)| Ok((Change::parse(payload)?, len)));
+            match record {
+                Ok((change, len)) => {
+                    live.apply(change);
+                    offset += len;
+                }
+                // Damage that ends the file is an append a crash cut short.
+                Err(reason) if !whole_record_after(&bytes, offset) => {
+                    tracing::warn!(path = %path.display(), offset, %reason, "cutting off an incomplete final journal record");
+                    break;
+                }
+                Err(reason) => {
+                    return Err(CheckpointError::Corrupt { path, reason: format!("{reason} at byte {offset}") });
+                }
+            }
+        }
+        let legacy = [meta_dir.join("tasks"), meta_dir.join("updates")];
+        let legacy_found = legacy.iter().any(|dir| dir.is_dir());
+        if legacy_found {
+            for task in read_records::<TaskCheckpoint>(&legacy[0])? {
+                live.apply(Change::TaskSaved(task_id(&task).to_owned(), task.encode_to_vec()));
+            }
+            for update in read_records::<UpdateCheckpoint>(&legacy[1])? {
+                live.apply(Change::UpdateSaved(update.sequence, update.encode_to_vec()));
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        let mut journal = Self { path, file, len: offset as u64, live };
+        if offset < bytes.len() || legacy_found {
+            // Rewritten whole: without the torn tail (an append after it would be lost
+            // behind it at the next replay), with the earlier agent's records.
+            journal.compact()?;
+            for dir in &legacy {
+                if dir.is_dir() {
+                    fs::remove_dir_all(dir).map_err(io_error(dir))?;
+                }
+            }
+        }
+        Ok(journal)
+    }
+
+    /// Appends `changes` and syncs them; compacts when mostly dead.
+    fn append(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), CheckpointError> {
+        let mut bytes = Vec::new();
+        for change in changes {
+            push_framed(&mut bytes, &change.payload());
+            self.live.apply(change);
+        }
+        self.file.write_all(&bytes).and_then(|()| self.file.sync_data()).map_err(io_error(&self.path))?;
+        self.len += bytes.len() as u64;
+        if self.len > COMPACT_MIN_BYTES && self.len > 4 * self.live.bytes {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the journal with one of only what is live.
+    fn compact(&mut self) -> Result<(), CheckpointError> {
+        let bytes = self.live.snapshot();
+        write_atomically(&self.path, &bytes).map_err(io_error(&self.path))?;
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io_error(&self.path))?;
+        self.len = bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Whether a whole, valid record starts anywhere after the damaged one at `damaged`: then
+/// the damage is not a torn final append (a scan only run when recovery meets damage).
+fn whole_record_after(bytes: &[u8], damaged: usize) -> bool {
+    (damaged + 1..bytes.len())
+        .any(|offset| parse_framed(&bytes[offset..]).is_ok_and(|(payload, _)| Change::parse(payload).is_ok()))
 }
 
 /// Task ids come from schedulers: keep them from escaping the directory.
@@ -123,9 +332,15 @@ fn file_safe(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
+/// An earlier agent's records: one file each in `dir` (which may not exist).
 fn read_records<T: Message + Default>(dir: &Path) -> Result<Vec<T>, CheckpointError> {
     let mut records = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(records),
+        Err(error) => return Err(CheckpointError::Io { path: dir.to_owned(), source: error }),
+    };
+    for entry in entries {
         let path = entry.map_err(io_error(dir))?.path();
         if path.extension().is_none_or(|ext| ext != "pb") {
             continue; // e.g. a `.tmp` left by a crash mid-write: its rename never happened
@@ -138,15 +353,7 @@ fn read_records<T: Message + Default>(dir: &Path) -> Result<Vec<T>, CheckpointEr
     Ok(records)
 }
 
-fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(CheckpointError::Io { path: path.to_owned(), source: error }),
-    }
-}
-
-/// tmp + fsync + rename + fsync(dir): a crash leaves the old or the new record, never half.
+/// tmp + fsync + rename + fsync(dir): a crash leaves the old or the new file, never half.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -164,29 +371,109 @@ mod tests {
 
     use super::*;
 
+    fn task(task_id: &str, message: &str) -> TaskCheckpoint {
+        TaskCheckpoint {
+            info: Some(TaskInfo { task_id: task_id.into(), ..Default::default() }),
+            status: Some(TaskStatus { message: message.into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn update(sequence: u64) -> UpdateCheckpoint {
+        UpdateCheckpoint {
+            sequence,
+            status: Some(TaskStatus { task_id: format!("t{sequence}"), ..Default::default() }),
+        }
+    }
+
+    fn sequences(recovered: &Recovered) -> Vec<u64> {
+        recovered.updates.iter().map(|u| u.sequence).collect()
+    }
+
     #[test]
-    fn records_round_trip_and_corruption_is_an_error() {
+    fn what_is_saved_and_not_forgotten_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let (checkpoint, recovered) = Checkpoint::open(dir.path()).unwrap();
         assert!(recovered.meta.agent_id.is_none() && recovered.tasks.is_empty());
         checkpoint.save_meta(&AgentMeta { agent_id: Some("agent-1".into()), highest_epoch: 7 }).unwrap();
-        let task = TaskCheckpoint {
-            info: Some(TaskInfo { task_id: "web.1/x".into(), ..Default::default() }),
-            status: Some(TaskStatus::default()),
-            ..Default::default()
-        };
-        checkpoint.save_task(&task).unwrap();
-        checkpoint.save_update(&UpdateCheckpoint { sequence: 2, status: None }).unwrap();
-        checkpoint.save_update(&UpdateCheckpoint { sequence: 1, status: None }).unwrap();
+        checkpoint.save_tasks(&[task("web.1/x", "staging"), task("gone", "")]).unwrap();
+        checkpoint.save_task(&task("web.1/x", "running")).unwrap();
+        checkpoint.remove_task("gone").unwrap();
+        checkpoint.remove_task("gone").unwrap();
+        for sequence in [2, 1, 3] {
+            checkpoint.save_update(&update(sequence)).unwrap();
+        }
+        checkpoint.remove_update(3).unwrap();
 
-        let (checkpoint, recovered) = Checkpoint::open(dir.path()).unwrap();
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(recovered.meta.highest_epoch, 7);
-        assert_eq!(recovered.tasks, vec![task]);
-        assert_eq!(recovered.updates.iter().map(|u| u.sequence).collect::<Vec<_>>(), vec![1, 2]);
-        checkpoint.remove_task("web.1/x").unwrap();
-        checkpoint.remove_task("web.1/x").unwrap();
+        assert_eq!(recovered.tasks, vec![task("web.1/x", "running")]);
+        assert_eq!(sequences(&recovered), [1, 2], "in sequence order");
+    }
 
-        std::fs::write(dir.path().join("meta/updates/00000000000000000009.pb"), b"\xff\xff\xff").unwrap();
+    #[test]
+    fn a_torn_final_append_is_cut_off_and_damage_before_the_end_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("meta/journal");
+        let (checkpoint, _) = Checkpoint::open(dir.path()).unwrap();
+        checkpoint.save_update(&update(1)).unwrap();
+        let whole = std::fs::metadata(&journal).unwrap().len();
+        checkpoint.save_update(&update(2)).unwrap();
+        drop(checkpoint);
+
+        // A crash in the middle of the second append.
+        let bytes = std::fs::read(&journal).unwrap();
+        std::fs::write(&journal, &bytes[..bytes.len() - 3]).unwrap();
+        let (checkpoint, recovered) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(sequences(&recovered), [1]);
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole, "the torn record is gone from the file");
+        checkpoint.save_update(&update(3)).unwrap();
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(sequences(&recovered), [1, 3], "what is appended after the cut is kept");
+
+        // A flipped byte in the first record, with a whole one after it, is not a torn write.
+        let mut bytes = std::fs::read(&journal).unwrap();
+        bytes[marina_daemon::record::HEADER_BYTES + 2] ^= 0xff;
+        std::fs::write(&journal, &bytes).unwrap();
+        let error = Checkpoint::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("meta/journal") && error.contains("corrupt") && error.contains("byte 0"), "{error}");
+    }
+
+    #[test]
+    fn a_journal_mostly_of_dead_records_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("meta/journal");
+        let (checkpoint, _) = Checkpoint::open(dir.path()).unwrap();
+        let mut big = task("big", "");
+        big.status.as_mut().unwrap().message = "x".repeat(4096);
+        for _ in 0..(2 * COMPACT_MIN_BYTES / 4096) {
+            checkpoint.save_task(&big).unwrap();
+        }
+        let len = std::fs::metadata(&journal).unwrap().len();
+        assert!(len < COMPACT_MIN_BYTES, "compacted to {len} bytes");
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(recovered.tasks, vec![big]);
+    }
+
+    #[test]
+    fn an_earlier_agents_record_files_are_folded_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, updates) = (dir.path().join("meta/tasks"), dir.path().join("meta/updates"));
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::create_dir_all(&updates).unwrap();
+        std::fs::write(tasks.join("web.pb"), task("web", "running").encode_to_vec()).unwrap();
+        std::fs::write(updates.join("00000000000000000004.pb"), update(4).encode_to_vec()).unwrap();
+        std::fs::write(updates.join("00000000000000000005.tmp"), b"half").unwrap();
+
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(recovered.tasks, vec![task("web", "running")]);
+        assert_eq!(sequences(&recovered), [4]);
+        assert!(!tasks.exists() && !updates.exists(), "the old layout is gone once folded in");
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!((recovered.tasks.len(), sequences(&recovered)), (1, vec![4]));
+
+        std::fs::create_dir_all(&updates).unwrap();
+        std::fs::write(updates.join("00000000000000000009.pb"), b"\xff\xff\xff").unwrap();
         let error = Checkpoint::open(dir.path()).unwrap_err().to_string();
         assert!(error.contains("00000000000000000009.pb") && error.contains("corrupt"), "{error}");
     }

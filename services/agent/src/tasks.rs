@@ -132,11 +132,13 @@ impl Tasks {
     /// Starts tasks the master sent. A task id already known is not launched twice.
     /// `trace` is the launch's trace context: each task's work is a span of that trace.
     pub fn launch(self: &Arc<Self>, framework_id: &str, tasks: Vec<TaskInfo>, trace: &marina_daemon::trace::Carrier) {
+        let mut entries = Vec::with_capacity(tasks.len());
         for mut info in tasks {
             if info.framework_id.is_empty() {
                 info.framework_id = framework_id.to_owned();
             }
-            if self.get(&info.task_id).is_some() {
+            if self.get(&info.task_id).is_some() || entries.iter().any(|e: &Arc<Entry>| e.info.task_id == info.task_id)
+            {
                 tracing::info!(task = %info.task_id, "launch of a known task ignored");
                 continue;
             }
@@ -148,16 +150,20 @@ impl Tasks {
                 }
             };
             let status = self.base_status(&info, TaskState::TaskStaging);
-            let entry = Arc::new(Entry {
+            entries.push(Arc::new(Entry {
                 info,
                 sandbox,
                 state: Mutex::new(EntryState { handle: None, status, killing: false, kill_reason: None }),
                 cancel: CancellationToken::new(),
-            });
-            if let Err(error) = self.checkpoint.save_task(&entry.checkpoint_record()) {
-                tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint the task; not launching it");
-                continue;
-            }
+            }));
+        }
+        // All in one append: a launch of a hundred tasks is one sync, not a hundred.
+        let records: Vec<_> = entries.iter().map(|entry| entry.checkpoint_record()).collect();
+        if let Err(error) = self.checkpoint.save_tasks(&records) {
+            tracing::error!(tasks = entries.len(), %error, "cannot checkpoint the tasks; not launching them");
+            return;
+        }
+        for entry in entries {
             self.entries.lock().expect("tasks lock").insert(entry.info.task_id.clone(), entry.clone());
             let span =
                 tracing::info_span!("agent.launch", task_id = %entry.info.task_id, trace_id = tracing::field::Empty);

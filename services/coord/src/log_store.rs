@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
+use marina_daemon::record::{parse_framed, push_framed};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
 use prometheus::Histogram;
@@ -31,8 +32,6 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
-/// Record framing: u32 length, u32 CRC-32 of the payload, both little-endian.
-const HEADER_BYTES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
@@ -330,10 +329,8 @@ impl DiskLog {
             if self.active.is_none() {
                 self.active = Some(OpenOptions::new().append(true).open(&segment.path)?);
             }
-            let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
-            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            frame.extend_from_slice(payload);
+            let mut frame = Vec::new();
+            push_framed(&mut frame, payload);
             self.active.as_mut().expect("opened above").write_all(&frame)?;
             segment.offsets.push(segment.len);
             segment.len += frame.len() as u64;
@@ -439,7 +436,7 @@ fn recover_segments(
         let mut segment = Segment { first_index, path: path.clone(), offsets: Vec::new(), len: 0 };
         let mut offset = 0usize;
         while offset < bytes.len() {
-            let damage = match parse_record(&bytes[offset..]) {
+            let damage = match parse_framed(&bytes[offset..]) {
                 Ok((payload, frame_len)) => match postcard::from_bytes::<Entry>(payload) {
                     Ok(entry) => {
                         let index = entry.get_log_id().index;
@@ -484,34 +481,18 @@ fn recover_segments(
 /// damaged record at `damaged` (a scan only run when recovery meets damage).
 fn valid_entry_after(bytes: &[u8], damaged: usize, expected: u64) -> bool {
     (damaged + 1..bytes.len()).any(|offset| {
-        parse_record(&bytes[offset..])
+        parse_framed(&bytes[offset..])
             .ok()
             .and_then(|(payload, _)| postcard::from_bytes::<Entry>(payload).ok())
             .is_some_and(|entry| entry.get_log_id().index >= expected)
     })
 }
 
-/// One framed record at the start of `bytes`: its payload and its whole length.
-fn parse_record(bytes: &[u8]) -> Result<(&[u8], usize), String> {
-    if bytes.len() < HEADER_BYTES {
-        return Err("truncated header".into());
-    }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len).ok_or("truncated payload")?;
-    if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
-    }
-    Ok((payload, HEADER_BYTES + len))
-}
-
 /// Small state files (vote, purge point): CRC-framed, replaced atomically via rename.
 pub(crate) fn write_small_file<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let payload = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    let mut frame = Vec::new();
+    push_framed(&mut frame, &payload);
     write_atomically(path, &frame)
 }
 
@@ -522,7 +503,7 @@ pub(crate) fn read_small_file<T: DeserializeOwned>(path: &Path) -> Result<Option
         Err(error) => return Err(LogStoreError::Io { path: path.to_owned(), source: error }),
     };
     let (payload, _) =
-        parse_record(&bytes).map_err(|reason| LogStoreError::Corrupt { path: path.to_owned(), offset: 0, reason })?;
+        parse_framed(&bytes).map_err(|reason| LogStoreError::Corrupt { path: path.to_owned(), offset: 0, reason })?;
     postcard::from_bytes(payload)
         .map(Some)
         .map_err(|error| LogStoreError::Decode { path: path.to_owned(), reason: error.to_string() })
@@ -634,7 +615,7 @@ mod tests {
         drop(disk);
         let path = segment_file(dir.path());
         let mut bytes = fs::read(&path).unwrap();
-        bytes[second + HEADER_BYTES] ^= 0xff; // entry 2's payload
+        bytes[second + marina_daemon::record::HEADER_BYTES] ^= 0xff; // entry 2's payload
         fs::write(&path, &bytes).unwrap();
         match open_disk(dir.path()) {
             Err(LogStoreError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),

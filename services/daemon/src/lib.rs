@@ -7,7 +7,8 @@
 //!   reflection) and HTTP (`/metrics`, `/health`, the service's JSON endpoints);
 //! - [`metrics`]: a Prometheus registry per service instance with RED metrics per request;
 //! - [`shutdown`]: SIGTERM/SIGINT handling and a bounded drain;
-//! - [`leader`]: how a non-leader tells a client where the leader is.
+//! - [`leader`]: how a non-leader tells a client where the leader is;
+//! - [`record`]: CRC-framed records for append-only files.
 
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod endpoint;
 pub mod ids;
 pub mod leader;
 pub mod metrics;
+pub mod record;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;

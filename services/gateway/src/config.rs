@@ -25,7 +25,8 @@ pub struct Config {
     /// Coord session backing the gateway's leadership.
     pub session_ttl_ms: u64,
     pub session_disconnect_grace_ms: u64,
-    /// How often the leader reconciles all its tasks with the master.
+    /// How often the leader reconciles all its tasks with the master (also on every new
+    /// subscription). Marathon's default: each round costs two answers per task.
     pub reconcile_interval_ms: u64,
     /// How often each app's desired and actual state are compared.
     pub converge_interval_ms: u64,
@@ -46,7 +47,7 @@ impl Default for Config {
             framework_name: "marathon".into(),
             session_ttl_ms: 5_000,
             session_disconnect_grace_ms: 300,
-            reconcile_interval_ms: 60_000,
+            reconcile_interval_ms: 600_000,
             converge_interval_ms: 200,
             task_launch_timeout_ms: 300_000,
             max_body_bytes: 1 << 20,

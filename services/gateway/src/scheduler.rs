@@ -10,7 +10,7 @@ use marina_daemon::leader::MemberInfo;
 use marina_proto::master::v1 as master;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use marina_proto::master::v1::scheduler_event::Kind;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::leader::{Leader, MasterSession};
@@ -96,8 +96,15 @@ async fn session(
     tracing::info!(framework = %subscribed.framework_id, master = %address, "subscribed to the leading master");
     let session = MasterSession { client: client.clone(), framework_id: subscribed.framework_id.clone() };
     leader.master.send_replace(Some(session.clone()));
-    reconcile(&session, leader).await;
-    let mut last_reconcile = Instant::now();
+    // Reconciliation runs beside this loop, which must keep reading the answers it asks for
+    // (and paces it: see `reconcile`); it stops with the session.
+    let (handled, handled_updates) = tokio::sync::watch::channel(0u64);
+    let reconciliation = CancellationToken::new();
+    let _stop_reconciling = reconciliation.clone().drop_guard();
+    tokio::spawn(
+        reconcile_periodically(session.clone(), leader.clone(), reconcile_every, handled_updates, reconciliation)
+            .in_current_span(),
+    );
     let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
     // Ends with the session, when `acks` goes.
     tokio::spawn(send_acknowledgements(client.clone(), session.framework_id.clone(), pending_acks).in_current_span());
@@ -117,10 +124,6 @@ async fn session(
                     let _ = client.revive(master::ReviveRequest { framework_id: session.framework_id.clone() }).await;
                 }
                 reviving = wants;
-                if last_reconcile.elapsed() >= reconcile_every {
-                    last_reconcile = Instant::now();
-                    reconcile(&session, leader).await;
-                }
             }
             event = events.message() => {
                 let event = match event {
@@ -158,6 +161,7 @@ async fn session(
                         }
                         .instrument(span)
                         .await;
+                        handled.send_modify(|count| *count += 1);
                     }
                     Some(Kind::Error(error)) => return Err(format!("the master ended the subscription: {}", error.message)),
                     Some(Kind::Rescind(_) | Kind::Heartbeat(_) | Kind::Subscribed(_)) | None => {}
@@ -198,19 +202,56 @@ async fn send_acknowledgements(
 /// Most acknowledgements per call.
 const ACKS_PER_CALL: usize = 4096;
 
+/// Reconciles at the session's start, then every `every`, until `stop`.
+async fn reconcile_periodically(
+    session: MasterSession,
+    leader: Arc<Leader>,
+    every: Duration,
+    mut handled: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let rounds = async {
+        loop {
+            reconcile(&session, &leader, &mut handled).await;
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::select! {
+        () = rounds => {}
+        () = stop.cancelled() => {}
+    }
+}
+
 /// Explicit reconciliation of every recorded instance, then implicit.
-async fn reconcile(session: &MasterSession, leader: &Leader) {
+///
+/// The master answers each request at once, into this session's event queue: the explicit
+/// requests go [`RECONCILE_CHUNK`] tasks at a time, each once the event loop has handled
+/// about as many updates as the previous one asked for (`handled` counts them), so a
+/// hundred thousand answers never pile up in that queue. A request whose answers wait for
+/// agents to re-register is followed after at most [`RECONCILE_CHUNK_WAIT`].
+async fn reconcile(session: &MasterSession, leader: &Leader, handled: &mut tokio::sync::watch::Receiver<u64>) {
     let tasks: Vec<master::reconcile_request::Task> = leader
         .reconcile_list()
         .into_iter()
         .map(|(task_id, agent_id)| master::reconcile_request::Task { task_id, agent_id })
         .collect();
     let mut client = session.client.clone();
-    for chunk in tasks.chunks(1000) {
+    for chunk in tasks.chunks(RECONCILE_CHUNK) {
+        let answered = *handled.borrow_and_update() + chunk.len() as u64;
         let request = master::ReconcileRequest { framework_id: session.framework_id.clone(), tasks: chunk.to_vec() };
-        let _ = client.reconcile(request).await;
+        if client.reconcile(request).await.is_err() {
+            // The session is ending; the next one reconciles from the start.
+            return;
+        }
+        let _ = tokio::time::timeout(RECONCILE_CHUNK_WAIT, handled.wait_for(|count| *count >= answered)).await;
     }
     let _ = client
         .reconcile(master::ReconcileRequest { framework_id: session.framework_id.clone(), tasks: Vec::new() })
         .await;
 }
+
+/// Tasks per explicit reconciliation request.
+const RECONCILE_CHUNK: usize = 1000;
+
+/// The longest wait for a request's answers before the next request.
+const RECONCILE_CHUNK_WAIT: Duration = Duration::from_secs(5);

@@ -207,6 +207,7 @@ async fn state_json(State(master): State<Arc<Master>>) -> axum::Json<serde_json:
                 "address": info.address,
                 "runtime": info.runtime,
                 "status": agent.status,
+                "last_heartbeat": agent.last_heartbeat,
                 "resources": { "cpus": total.cpus, "mem": total.mem_mb, "disk": total.disk_mb },
                 "used_resources": { "cpus": used.cpus, "mem": used.mem_mb, "disk": used.disk_mb },
                 "attributes": info.attributes.iter().map(|a| (a.name.clone(), a.value.clone())).collect::<std::collections::BTreeMap<_, _>>(),

@@ -29,9 +29,11 @@ use crate::resources::{add, contains_port, covers_scalars, subtract};
 pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
 pub type SchedulerSender = mpsc::Sender<Result<pb::SchedulerEvent, Status>>;
 
-/// Scheduler streams buffer this many events; a scheduler that stops reading loses offers
-/// (rescinded) and updates (the agent resends them), never the master's memory.
-pub const SCHEDULER_BUFFER: usize = 65_536;
+/// Scheduler streams buffer this many events: room for a reconciliation of 200,000 tasks
+/// while updates keep coming. A scheduler that stops reading loses its subscription (see
+/// `forward_update`), never the master's memory. (The queue grows as it fills: an idle
+/// stream holds no such buffer.)
+pub const SCHEDULER_BUFFER: usize = 262_144;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentStatus {
@@ -442,22 +444,26 @@ impl LeaderState {
     /// Sends a status to its framework's stream, if it is connected (an unacknowledged
     /// update is resent by the agent later; a status of the master's own, such as a
     /// reconciliation answer, is not: the scheduler's next reconciliation asks again).
+    ///
+    /// A status is never dropped from a connected stream: one that does not fit (the
+    /// scheduler stopped reading, or asked for more than [`SCHEDULER_BUFFER`] answers at
+    /// once) ends the subscription instead. The scheduler sees its stream end once it has
+    /// read what is queued, subscribes again and reconciles — so even the master's own
+    /// statuses, which nobody would resend, reach it.
     fn forward_update(&self, inner: &mut Inner, status: TaskStatus) {
         let Some(framework) = inner.frameworks.get_mut(&status.framework_id) else { return };
-        if let Some((_, stream)) = &framework.stream
-            && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
-                stream.try_send(self.scheduler_event(scheduler_event::Kind::Update(status)))
+        let Some((stream_id, stream)) = &framework.stream else { return };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+            stream.try_send(self.scheduler_event(scheduler_event::Kind::Update(status)))
         {
-            self.metrics.status_updates_dropped.inc();
-            let dropped = self.metrics.status_updates_dropped.get();
-            // Once per power of two: the first drop, then ever more rarely.
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    framework = %framework.info.framework_id,
-                    dropped,
-                    "the scheduler's event queue is full: status updates are being dropped"
-                );
-            }
+            let (framework_id, stream_id) = (framework.info.framework_id.clone(), *stream_id);
+            self.metrics.scheduler_overflows.inc();
+            tracing::error!(
+                framework = %framework_id,
+                queued = SCHEDULER_BUFFER,
+                "the scheduler's event queue is full: ending its subscription (it subscribes again and reconciles)"
+            );
+            self.end_subscription(inner, &framework_id, stream_id);
         }
     }
 
@@ -509,17 +515,21 @@ impl LeaderState {
 
     pub fn scheduler_disconnected(&self, framework_id: &str, stream_id: u64) {
         let mut inner = self.lock();
-        let Some(framework) = inner.frameworks.get_mut(framework_id) else { return };
+        if self.end_subscription(&mut inner, framework_id, stream_id) {
+            tracing::info!(framework = framework_id, "framework disconnected");
+        }
+    }
+
+    /// Forgets the framework's stream `stream_id` (if still its current one) and the offers
+    /// made on it; true if it was.
+    fn end_subscription(&self, inner: &mut Inner, framework_id: &str, stream_id: u64) -> bool {
+        let Some(framework) = inner.frameworks.get_mut(framework_id) else { return false };
         if framework.stream.as_ref().is_none_or(|(id, _)| *id != stream_id) {
-            return;
+            return false;
         }
         framework.stream = None;
-        tracing::info!(framework = framework_id, "framework disconnected");
-        let offers: Vec<String> =
-            inner.offers.iter().filter(|(_, o)| o.framework_id == framework_id).map(|(id, _)| id.clone()).collect();
-        for offer_id in offers {
-            inner.offers.remove(&offer_id);
-        }
+        inner.offers.retain(|_, offer| offer.framework_id != framework_id);
+        true
     }
 
     fn subscribed(&self, inner: &Inner, framework_id: &str) -> Result<(), Status> {

@@ -20,7 +20,7 @@ pub struct MasterMetrics {
     pub offers_rescinded: IntCounter,
     pub tasks_launched: IntCounter,
     pub status_updates: IntCounter,
-    pub status_updates_dropped: IntCounter,
+    pub scheduler_overflows: IntCounter,
     pub allocation_seconds: Histogram,
     pub accept_seconds: Histogram,
     pub elections_won: IntCounter,
@@ -69,9 +69,9 @@ impl MasterMetrics {
             offers_rescinded: counter("marina_master_offers_rescinded_total", "Offers rescinded."),
             tasks_launched: counter("marina_master_tasks_launched_total", "Tasks launched through accepted offers."),
             status_updates: counter("marina_master_status_updates_total", "Status updates received from agents."),
-            status_updates_dropped: counter(
-                "marina_master_status_updates_dropped_total",
-                "Status updates not forwarded because their scheduler's event queue was full.",
+            scheduler_overflows: counter(
+                "marina_master_scheduler_overflows_total",
+                "Subscriptions ended because the scheduler's event queue was full (it subscribes again and reconciles).",
             ),
             allocation_seconds: histogram("marina_master_allocation_duration_seconds", "Time of one allocation round."),
             accept_seconds: histogram(

@@ -54,6 +54,10 @@ pub struct Args {
     /// Give up when not every task runs after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_seconds: u64,
+    /// Log the services' events at this `tracing` filter (e.g. `warn`, or
+    /// `warn,marina_master=info`) to stderr. Default: no logs.
+    #[arg(long)]
+    log: Option<String>,
 }
 
 /// An app to submit: its id and instance count.
@@ -108,6 +112,16 @@ fn now_millis() -> i64 {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.agents > 0 && args.tasks > 0, "--agents and --tasks must be positive");
     let specs = app_mix(args.tasks, args.apps.unwrap_or((args.tasks / 50).max(2)));
+    let _telemetry = match &args.log {
+        Some(level) => {
+            let config = marina_daemon::telemetry::LogConfig { level: level.clone(), ..Default::default() };
+            Some(marina_daemon::telemetry::init(
+                &config,
+                marina_daemon::telemetry::Identity { service: "marina-bench", instance: "placement" },
+            )?)
+        }
+        None => None,
+    };
     // Hollow agents keep their checkpoints (every task and status update, fsync'd) in memory
     // when they can: otherwise this measures the disk's fsync latency, not placement. Coord
     // keeps its Raft log on disk, as in production.
@@ -154,7 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let submit_seconds = submit_started.elapsed().as_secs_f64();
     let submitted: HashMap<String, i64> = submitted.into_iter().collect();
 
-    wait_all_running(&http, &base, args.tasks, deadline).await?;
+    wait_all_running(&http, &base, &cluster.master_address, args.tasks, deadline).await?;
 
     // Every task's startedAt, from the gateway's own record.
     let apps: Value = http
@@ -220,6 +234,7 @@ struct Cluster {
     /// Held for its drop: stops the coord nodes and removes their data.
     _coord: CoordCluster,
     gateway_address: std::net::SocketAddr,
+    master_address: std::net::SocketAddr,
     shutdowns: Vec<Shutdown>,
     /// Master and gateway work dirs.
     _dir: tempfile::TempDir,
@@ -294,16 +309,17 @@ impl Cluster {
         let mut shutdowns = Vec::new();
         let master_dir = dir.path().join("master");
         let master_coord = url.clone();
-        let (master, _) = start_service(&runtimes.0[1], &mut shutdowns, move |listener, shutdown| async move {
-            let config = marina_master::Config {
-                listen: listener.local_addr()?.to_string(),
-                coord: master_coord,
-                work_dir: master_dir,
-                ..Default::default()
-            };
-            Ok(marina_master::spawn(config, listener, shutdown).await?)
-        })
-        .await?;
+        let (master, master_address) =
+            start_service(&runtimes.0[1], &mut shutdowns, move |listener, shutdown| async move {
+                let config = marina_master::Config {
+                    listen: listener.local_addr()?.to_string(),
+                    coord: master_coord,
+                    work_dir: master_dir,
+                    ..Default::default()
+                };
+                Ok(marina_master::spawn(config, listener, shutdown).await?)
+            })
+            .await?;
         for index in 0..agents {
             let (coord, work_dir) = (url.clone(), agent_root.join(format!("agent-{index}")));
             // The handle is not needed: the agent stops on its shutdown signal.
@@ -336,7 +352,8 @@ impl Cluster {
                 Ok(marina_gateway::spawn(config, listener, shutdown).await?)
             })
             .await?;
-        let cluster = Self { _runtimes: runtimes, _coord: coord, gateway_address, shutdowns, _dir: dir };
+        let cluster =
+            Self { _runtimes: runtimes, _coord: coord, gateway_address, master_address, shutdowns, _dir: dir };
         // Registration of 1,000 agents is 1,000 coord writes: allow for it.
         let timeout = Duration::from_secs(30 + agents as u64 / 20);
         eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
@@ -361,9 +378,18 @@ impl Drop for Cluster {
 }
 
 /// Polls the gateway's instance gauge until `tasks` instances are RUNNING (a progress line
-/// every ~5 s), or fails at `deadline` saying how far it got.
-async fn wait_all_running(http: &reqwest::Client, base: &str, tasks: usize, deadline: Instant) -> anyhow::Result<()> {
+/// every ~5 s), or fails at `deadline` saying how far it got. When the count stands still
+/// for [`STALL`], says once where the missing tasks are stuck (see [`diagnose_stall`]).
+async fn wait_all_running(
+    http: &reqwest::Client,
+    base: &str,
+    master: &std::net::SocketAddr,
+    tasks: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let mut last_report = Instant::now();
+    let mut last_change = (0, Instant::now());
+    let mut diagnosed = false;
     loop {
         let running = running_instances(http, base).await.unwrap_or(0);
         if running >= tasks {
@@ -372,6 +398,14 @@ async fn wait_all_running(http: &reqwest::Client, base: &str, tasks: usize, dead
         if Instant::now() >= deadline {
             bail!("timed out: {running} of {tasks} tasks RUNNING");
         }
+        if running != last_change.0 {
+            last_change = (running, Instant::now());
+        } else if !diagnosed && running > 0 && last_change.1.elapsed() >= STALL {
+            diagnosed = true;
+            if let Err(error) = diagnose_stall(http, base, master).await {
+                eprintln!("  (could not diagnose the stall: {error:#})");
+            }
+        }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
             eprintln!("  … {running} of {tasks} tasks RUNNING");
@@ -379,6 +413,48 @@ async fn wait_all_running(http: &reqwest::Client, base: &str, tasks: usize, dead
         // Not much more often: each poll makes the gateway count 100,000 instances.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// No progress for this long is a stall worth explaining.
+const STALL: Duration = Duration::from_secs(15);
+
+/// Prints the tasks that are not RUNNING by state, and for a few of them what the master
+/// knows: the agent's status and heartbeat, and the task's state there.
+async fn diagnose_stall(http: &reqwest::Client, base: &str, master: &std::net::SocketAddr) -> anyhow::Result<()> {
+    let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await?.error_for_status()?.json().await?;
+    let stuck: Vec<&Value> = tasks["tasks"]
+        .as_array()
+        .context("/v2/tasks lists no tasks")?
+        .iter()
+        .filter(|task| task["state"] != "TASK_RUNNING")
+        .collect();
+    let mut by_state: HashMap<&str, usize> = HashMap::new();
+    for task in &stuck {
+        *by_state.entry(task["state"].as_str().unwrap_or("?")).or_default() += 1;
+    }
+    eprintln!("  stalled for {}s; tasks not RUNNING, by state: {by_state:?}", STALL.as_secs());
+    let state: Value =
+        http.get(format!("http://{master}/master/state")).send().await?.error_for_status()?.json().await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let mut by_status: HashMap<&str, usize> = HashMap::new();
+    for agent in state["agents"].as_array().into_iter().flatten() {
+        *by_status.entry(agent["status"].as_str().unwrap_or("?")).or_default() += 1;
+    }
+    eprintln!("  the master's agents, by status: {by_status:?}");
+    for task in stuck.iter().take(5) {
+        let agent_id = task["slaveId"].as_str().unwrap_or_default();
+        let agent = state["agents"].as_array().into_iter().flatten().find(|a| a["id"] == agent_id);
+        let on_master = state["tasks"].as_array().into_iter().flatten().find(|t| t["id"] == task["id"]);
+        eprintln!(
+            "  {} {} on {agent_id}: agent {} (heartbeat {:.1}s ago); the master has it as {}",
+            task["id"].as_str().unwrap_or("?"),
+            task["state"].as_str().unwrap_or("?"),
+            agent.map_or("unknown", |a| a["status"].as_str().unwrap_or("?")),
+            agent.and_then(|a| a["last_heartbeat"].as_f64()).map_or(f64::NAN, |at| now - at),
+            on_master.map_or("unknown", |t| t["state"].as_str().unwrap_or("?")),
+        );
+    }
+    Ok(())
 }
 
 /// `marina_gateway_instances{state="TASK_RUNNING"}` from the gateway's `/metrics`.
