@@ -116,6 +116,20 @@ impl TestScheduler {
         }
     }
 
+    /// Handles events until the master ends the stream (or the deadline passes: panic).
+    pub async fn pump_until_closed(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the stream did not end within {timeout:?}"));
+            match event {
+                Some(Some(event)) => self.handle(event).await,
+                Some(None) | None => return,
+            }
+        }
+    }
+
     async fn handle(&mut self, event: pb::SchedulerEvent) {
         match event.kind {
             Some(scheduler_event::Kind::Offers(offers)) => self.offers.extend(offers.offers),

@@ -139,3 +139,32 @@ async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
     let drained = state.agents.iter().find(|a| a.info.as_ref().unwrap().agent_id == offer.agent_id).unwrap();
     assert_eq!(drained.status, "draining");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_whose_queue_overflows_is_unsubscribed_and_loses_nothing_by_reconciling() {
+    let cluster =
+        MarinaCluster::builder().masters(1).agents(1).master_config(|c| c.scheduler_queue_events = 16).start().await;
+    let masters = cluster.master_addresses();
+    let mut scheduler = TestScheduler::subscribe(&masters, "overflowing", None).await;
+    // Forty answers at once into a queue of sixteen: the master ends the subscription
+    // rather than drop the ones that do not fit (nobody would resend them).
+    let unknown: Vec<(String, String)> = (0..40).map(|i| (format!("unknown-{i}"), String::new())).collect();
+    scheduler.reconcile(&unknown).await;
+    scheduler.pump_until_closed(WAIT).await;
+    let answered = scheduler.updates.len();
+    assert!(answered < unknown.len(), "{answered} answers came through a queue of 16");
+    let metrics = reqwest::get(format!("http://{}/metrics", masters[0])).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("marina_master_scheduler_overflows_total 1"), "{metrics}");
+
+    // Subscribed again, the scheduler asks in pieces that fit, and gets every answer.
+    scheduler.resubscribe().await;
+    for piece in unknown.chunks(10) {
+        scheduler.reconcile(piece).await;
+        let wanted: Vec<String> = piece.iter().map(|(task_id, _)| task_id.clone()).collect();
+        scheduler
+            .pump_until(WAIT, "every answer of the piece", |s| {
+                wanted.iter().all(|id| s.latest(id).is_some_and(|t| t.state() == TaskState::TaskUnknown))
+            })
+            .await;
+    }
+}

@@ -18,7 +18,6 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use crate::Master;
-use crate::leader::SCHEDULER_BUFFER;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 type GrpcResult<T> = Result<GrpcResponse<T>, Status>;
@@ -97,7 +96,7 @@ impl pb::scheduler_server::Scheduler for SchedulerApi {
             .into_inner()
             .framework
             .ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
-        let (events, stream) = tokio::sync::mpsc::channel(SCHEDULER_BUFFER);
+        let (events, stream) = tokio::sync::mpsc::channel(self.master.config.scheduler_queue_events);
         let stream_id = leader.next_stream_id();
         let framework_id = leader.subscribe(info, events, stream_id).await?;
         let stream =

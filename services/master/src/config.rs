@@ -42,6 +42,11 @@ pub struct Config {
     pub default_refuse_seconds: f64,
     /// How often schedulers receive a heartbeat event.
     pub scheduler_heartbeat_ms: u64,
+    /// Events queued for a scheduler that has not read them yet. More ends its subscription
+    /// (it subscribes again and reconciles): nothing is dropped, and a scheduler that stops
+    /// reading cannot take the master's memory. The default holds a reconciliation of
+    /// 200,000 tasks with updates still coming; the queue takes memory only as it fills.
+    pub scheduler_queue_events: usize,
     pub log: LogConfig,
 }
 
@@ -61,6 +66,7 @@ impl Default for Config {
             offer_timeout_ms: 30_000,
             default_refuse_seconds: 5.0,
             scheduler_heartbeat_ms: 5_000,
+            scheduler_queue_events: 262_144,
             log: LogConfig::default(),
         }
     }
@@ -88,6 +94,9 @@ impl Config {
         }
         if self.session_disconnect_grace_ms > self.session_ttl_ms {
             return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
+        }
+        if self.scheduler_queue_events == 0 {
+            return Err(ConfigError::value("scheduler_queue_events", "must be greater than 0"));
         }
         if self.max_agent_ping_timeouts == 0 {
             return Err(ConfigError::value("max_agent_ping_timeouts", "must be greater than 0"));

@@ -29,12 +29,6 @@ use crate::resources::{add, contains_port, covers_scalars, subtract};
 pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
 pub type SchedulerSender = mpsc::Sender<Result<pb::SchedulerEvent, Status>>;
 
-/// Scheduler streams buffer this many events: room for a reconciliation of 200,000 tasks
-/// while updates keep coming. A scheduler that stops reading loses its subscription (see
-/// `forward_update`), never the master's memory. (The queue grows as it fills: an idle
-/// stream holds no such buffer.)
-pub const SCHEDULER_BUFFER: usize = 262_144;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentStatus {
     /// Known from the registry; waiting for it to come back after a failover.
@@ -446,10 +440,10 @@ impl LeaderState {
     /// reconciliation answer, is not: the scheduler's next reconciliation asks again).
     ///
     /// A status is never dropped from a connected stream: one that does not fit (the
-    /// scheduler stopped reading, or asked for more than [`SCHEDULER_BUFFER`] answers at
-    /// once) ends the subscription instead. The scheduler sees its stream end once it has
-    /// read what is queued, subscribes again and reconciles — so even the master's own
-    /// statuses, which nobody would resend, reach it.
+    /// scheduler stopped reading, or asked for more answers at once than its queue holds,
+    /// `scheduler_queue_events`) ends the subscription instead. The scheduler sees its
+    /// stream end once it has read what is queued, subscribes again and reconciles — so
+    /// even the master's own statuses, which nobody would resend, reach it.
     fn forward_update(&self, inner: &mut Inner, status: TaskStatus) {
         let Some(framework) = inner.frameworks.get_mut(&status.framework_id) else { return };
         let Some((stream_id, stream)) = &framework.stream else { return };
@@ -460,7 +454,7 @@ impl LeaderState {
             self.metrics.scheduler_overflows.inc();
             tracing::error!(
                 framework = %framework_id,
-                queued = SCHEDULER_BUFFER,
+                queued = self.config.scheduler_queue_events,
                 "the scheduler's event queue is full: ending its subscription (it subscribes again and reconciles)"
             );
             self.end_subscription(inner, &framework_id, stream_id);
