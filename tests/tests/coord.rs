@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use marina_coord_client::{CreateOptions, Election, Error, EventKind, OpResult, Txn};
 use marina_tests::{CoordCluster, eventually};
 
@@ -202,6 +204,40 @@ async fn sessions_and_watches_survive_a_leader_change() {
 
     assert!(session.is_alive(), "the session survived the leader change");
     assert!(client.get("/members/me").await.unwrap().is_some(), "and so did its ephemeral");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_misses_nothing_and_repeats_nothing() {
+    // A queue of 4: bursts of applied changes overflow it (and so does a client that reads
+    // nothing until the end, once the transport's buffers are full).
+    let cluster = CoordCluster::start_with(1, |config| config.limits.watch_queue = 4).await;
+    let client = cluster.client();
+    let mut watch = client.watch("/lag", true, 0).await.unwrap();
+    // Far more changes than the watch's queues hold while nobody reads it (and as many of
+    // a path it does not watch, interleaved).
+    let total = 3000usize;
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                client.put(&format!("/lag/{i:05}"), "x").await.unwrap();
+                client.put(&format!("/other/{i:05}"), "x").await.unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last_revision = 0;
+    while seen.len() < total {
+        let change = tokio::time::timeout(WAIT, watch.next()).await.expect("watch delivers").unwrap().unwrap();
+        assert!(change.revision > last_revision, "revision {} after {last_revision}", change.revision);
+        last_revision = change.revision;
+        for event in change.events {
+            assert!(event.node.path.starts_with("/lag/"), "{}", event.node.path);
+            assert!(seen.insert(event.node.path.clone()), "{} twice", event.node.path);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,7 @@ pub enum Op {
 }
 
 /// A node as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub data: Bytes,
     pub version: u64,

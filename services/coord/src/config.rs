@@ -79,6 +79,9 @@ pub struct Limits {
     pub session_ttl_max_ms: u64,
     /// Concurrent watch streams this node serves.
     pub max_watches: usize,
+    /// Changes queued for a watch whose client reads slower than they come; past this it
+    /// catches up from the history instead (nothing is missed while the history holds it).
+    pub watch_queue: usize,
     /// Change history kept for watches to resume from: at most this many revisions...
     pub history_revisions: usize,
     /// ...and at most this many bytes.
@@ -126,6 +129,7 @@ impl Default for Limits {
             session_ttl_min_ms: 200,
             session_ttl_max_ms: 300_000,
             max_watches: 10_000,
+            watch_queue: 1024,
             history_revisions: history.max_revisions,
             history_bytes: history.max_bytes,
         }
@@ -192,6 +196,9 @@ impl Config {
                 "limits.max_value_bytes",
                 format!("must be between 1 and {MAX_VALUE_BYTES_CEILING} (8 MiB)"),
             ));
+        }
+        if limits.watch_queue == 0 {
+            return Err(ConfigError::value("limits.watch_queue", "must be greater than 0"));
         }
         if limits.max_path_bytes < 2 {
             return Err(ConfigError::value("limits.max_path_bytes", "must be at least 2"));

@@ -17,7 +17,6 @@ use marina_proto::coord::v1::{Member, StatusRequest, StatusResponse};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use prometheus::{Histogram, HistogramOpts, IntGauge};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -28,8 +27,9 @@ use crate::log_store::{LogStore, LogStoreError};
 use crate::network::{self, MAX_DECODING_BYTES, Network, RaftService};
 use crate::proposer::{self, Proposer, ProposerMetrics, ReadBarrier};
 use crate::sessions::SessionTracker;
-use crate::state_machine::{Feed, SharedReplica, StateMachine};
+use crate::state_machine::{SharedReplica, StateMachine};
 use crate::types::{NodeId, Raft};
+use crate::watch::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,7 +56,7 @@ pub struct CoordNode {
     pub address: String,
     pub raft: Raft,
     pub replica: SharedReplica,
-    pub feed: broadcast::Sender<Feed>,
+    pub watch_hub: Arc<WatchHub>,
     pub proposer: Proposer,
     pub reads: ReadBarrier,
     pub sessions: SessionTracker,
@@ -225,7 +225,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         .map_or(0, |id| id.index);
     let state_machine = StateMachine::open(&raft_dir, config.limits.history())?;
     let replica = state_machine.replica();
-    let feed = state_machine.feed().clone();
+    let watch_hub = state_machine.watch_hub();
 
     let raft_config = openraft::Config {
         cluster_name: "marina-coord".into(),
@@ -260,7 +260,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         address: address.clone(),
         raft: raft.clone(),
         replica,
-        feed,
+        watch_hub,
         proposer: proposer.clone(),
         reads: reads.clone(),
         sessions: sessions.clone(),

@@ -13,21 +13,12 @@ use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use crate::command::CommandResult;
 use crate::log_store::{LogStoreError, read_small_file, write_small_file};
-use crate::store::{HistoryLimits, RevisionEvents, Store};
+use crate::store::{HistoryLimits, Store};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-
-/// What watchers receive from the state machine.
-#[derive(Debug, Clone)]
-pub enum Feed {
-    /// A revision was applied.
-    Changes(Arc<RevisionEvents>),
-    /// The store was replaced by an installed snapshot: re-read history from where you were.
-    Reset,
-}
+use crate::watch::WatchHub;
 
 /// The applied state: the store plus where in the log it stands.
 #[derive(Debug)]
@@ -44,7 +35,7 @@ pub type SharedReplica = Arc<RwLock<Replica>>;
 pub struct StateMachine {
     replica: SharedReplica,
     snapshot_path: PathBuf,
-    feed: broadcast::Sender<Feed>,
+    watch_hub: Arc<WatchHub>,
     limits: HistoryLimits,
 }
 
@@ -74,16 +65,15 @@ impl StateMachine {
             }
             None => Replica { store: Store::new(limits), last_applied: None, membership: StoredMembership::default() },
         };
-        let (feed, _) = broadcast::channel(4096);
-        Ok(Self { replica: Arc::new(RwLock::new(replica)), snapshot_path, feed, limits })
+        Ok(Self { replica: Arc::new(RwLock::new(replica)), snapshot_path, watch_hub: Arc::default(), limits })
     }
 
     pub fn replica(&self) -> SharedReplica {
         self.replica.clone()
     }
 
-    pub fn feed(&self) -> &broadcast::Sender<Feed> {
-        &self.feed
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        self.watch_hub.clone()
     }
 }
 
@@ -153,8 +143,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Published while the write lock is held, so a watcher that reads history and
         // subscribes under the read lock sees every revision exactly once.
-        for change in changes {
-            let _no_watchers = self.feed.send(Feed::Changes(change));
+        for change in &changes {
+            self.watch_hub.publish(change);
         }
         Ok(results)
     }
@@ -186,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         replica.store = store;
         replica.last_applied = meta.last_log_id;
         replica.membership = meta.last_membership.clone();
-        let _no_watchers = self.feed.send(Feed::Reset);
+        self.watch_hub.reset();
         Ok(())
     }
 

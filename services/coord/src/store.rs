@@ -382,7 +382,7 @@ impl Store {
 
 /// Whether `path` is `watched` or (for recursive watches) one of its descendants.
 pub fn path_matches(watched: &str, recursive: bool, path: &str) -> bool {
-    // Every watcher checks every change, so no allocation here: `path` is below `watched`
+    // Checked for every event a watch is sent, so no allocation here: `path` is below `watched`
     // when it starts with it followed by a `/` (the root's descendants are every path).
     path == watched
         || (recursive

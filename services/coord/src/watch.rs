@@ -1,25 +1,168 @@
 //! Watch streams: every change to a path (or its subtree) from a start revision, in
 //! revision order, each revision exactly once.
 //!
-//! A watch reads the history backlog and subscribes to the state machine's feed under the
-//! same read lock (the state machine publishes under its write lock), so nothing falls
-//! between the two. A watcher that falls behind the feed, or sees the store replaced by a
-//! snapshot, re-reads the history from where it was; if that part was compacted the stream
-//! ends with OUT_OF_RANGE and the client must re-read state.
+//! A watch reads the history backlog and subscribes to the [`WatchHub`] under the same read
+//! lock (the state machine publishes under its write lock), so nothing falls between the
+//! two. The hub indexes watches by path: a change wakes only the watches it matches, as
+//! ZooKeeper's watch manager does, not every watch to filter it (a thousand agents each
+//! watching the master election would otherwise all be woken by every write).
+//!
+//! A watcher whose queue is full misses nothing: the hub stops queueing for it and notes
+//! the first revision it did not queue; the watcher delivers what was queued, then re-reads
+//! the history from that revision. A watcher that sees the store replaced by a snapshot
+//! re-reads the history from where it was; if that part was compacted the stream ends with
+//! OUT_OF_RANGE and the client must re-read state.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use marina_proto::coord::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::api::node_to_pb;
 use crate::error::CoordError;
 use crate::node::CoordNode;
-use crate::state_machine::Feed;
 use crate::store::{EventKind, RevisionEvents, path_matches};
+
+/// What a watch is sent by the state machine.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// A revision that changed what the watch watches.
+    Changes(Arc<RevisionEvents>),
+    /// The store was replaced by an installed snapshot: re-read history from where you were.
+    Reset,
+}
+
+/// Every open watch, by the path it watches.
+#[derive(Default)]
+pub struct WatchHub {
+    watches: Mutex<HubWatches>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct HubWatches {
+    exact: HashMap<String, Vec<Arc<Subscription>>>,
+    recursive: HashMap<String, Vec<Arc<Subscription>>>,
+}
+
+impl HubWatches {
+    fn by_kind(&mut self, recursive: bool) -> &mut HashMap<String, Vec<Arc<Subscription>>> {
+        if recursive { &mut self.recursive } else { &mut self.exact }
+    }
+}
+
+/// One watch's queue in the hub.
+struct Subscription {
+    id: u64,
+    queue: mpsc::Sender<Feed>,
+    /// Set (under the replica's write lock) when a change did not fit the queue; from then
+    /// on nothing is queued until the watcher has caught up from history (and cleared it,
+    /// under the read lock).
+    lagged: AtomicBool,
+    /// The first revision not queued (0: re-read from where the watcher was, after a reset).
+    lagged_from: AtomicU64,
+}
+
+impl Subscription {
+    fn offer(&self, feed: Feed, revision: u64) {
+        if self.lagged.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(feed) {
+            self.lagged_from.store(revision, Ordering::Release);
+            self.lagged.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A watch's place in the hub and its queue; it leaves the hub when dropped.
+struct Subscribed {
+    hub: Arc<WatchHub>,
+    path: String,
+    recursive: bool,
+    subscription: Arc<Subscription>,
+    queue: mpsc::Receiver<Feed>,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        let mut watches = self.hub.watches.lock().expect("watch hub lock");
+        let by_path = watches.by_kind(self.recursive);
+        if let Some(subscriptions) = by_path.get_mut(&self.path) {
+            subscriptions.retain(|s| s.id != self.subscription.id);
+            if subscriptions.is_empty() {
+                by_path.remove(&self.path);
+            }
+        }
+    }
+}
+
+impl WatchHub {
+    /// Call under the replica's read lock, with the history read under it. At most `queued`
+    /// changes wait for the watcher (`limits.watch_queue`).
+    fn subscribe(self: &Arc<Self>, path: &str, recursive: bool, queued: usize) -> Subscribed {
+        let (queue, receiver) = mpsc::channel(queued);
+        let subscription = Arc::new(Subscription {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            queue,
+            lagged: AtomicBool::new(false),
+            lagged_from: AtomicU64::new(0),
+        });
+        let mut watches = self.watches.lock().expect("watch hub lock");
+        watches.by_kind(recursive).entry(path.to_owned()).or_default().push(subscription.clone());
+        Subscribed { hub: self.clone(), path: path.to_owned(), recursive, subscription, queue: receiver }
+    }
+
+    /// Queues `change` for the watches it matches. Call under the replica's write lock.
+    pub fn publish(&self, change: &Arc<RevisionEvents>) {
+        let watches = self.watches.lock().expect("watch hub lock");
+        if watches.exact.is_empty() && watches.recursive.is_empty() {
+            return;
+        }
+        let mut matched: Vec<&Arc<Subscription>> = Vec::new();
+        for event in &change.events {
+            let path = event.node.path.as_str();
+            matched.extend(watches.exact.get(path).into_iter().flatten());
+            for watched in self_and_ancestors(path) {
+                matched.extend(watches.recursive.get(watched).into_iter().flatten());
+            }
+        }
+        // A change of several paths under one watch wakes it once.
+        matched.sort_unstable_by_key(|s| s.id);
+        matched.dedup_by_key(|s| s.id);
+        for subscription in matched {
+            subscription.offer(Feed::Changes(change.clone()), change.revision);
+        }
+    }
+
+    /// Tells every watch the store was replaced. Call under the replica's write lock.
+    pub fn reset(&self) {
+        let watches = self.watches.lock().expect("watch hub lock");
+        for subscription in watches.exact.values().chain(watches.recursive.values()).flatten() {
+            subscription.offer(Feed::Reset, 0);
+        }
+    }
+}
+
+/// `path`, its parent, and so on up to the root: the paths whose recursive watches see a
+/// change of `path`.
+fn self_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            _ if current == "/" => None,
+            Some(0) => Some("/"),
+            Some(slash) => Some(&current[..slash]),
+            None => None,
+        };
+        Some(current)
+    })
+}
 
 /// Counts open watches; released when the stream's task ends.
 struct WatchSlot(Arc<AtomicUsize>);
@@ -81,7 +224,7 @@ pub fn open(
             events: Vec::new(),
             compact_revision: replica.store.oldest_revision().saturating_sub(1),
         };
-        (backlog, node.feed.subscribe(), (start, first))
+        (backlog, node.watch_hub.subscribe(&filter.path, filter.recursive, node.limits.watch_queue), (start, first))
     };
     let (sender, receiver) = mpsc::channel(256);
     let node = node.clone();
@@ -126,29 +269,52 @@ impl Watcher {
         }
     }
 
-    async fn follow(&mut self, node: &CoordNode, mut feed: broadcast::Receiver<Feed>) {
+    async fn follow(&mut self, node: &CoordNode, mut feed: Subscribed) {
         loop {
             let item = tokio::select! {
-                item = feed.recv() => item,
+                item = feed.queue.recv() => item,
                 () = self.sender.closed() => return,
                 () = node.shutdown.cancelled() => return,
             };
             let delivered = match item {
-                Ok(Feed::Changes(change)) => self.deliver(&change).await,
-                Ok(Feed::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up(node).await,
-                Err(broadcast::error::RecvError::Closed) => return,
+                Some(Feed::Changes(change)) => self.deliver(&change).await,
+                Some(Feed::Reset) => self.catch_up(node, None).await,
+                None => return,
             };
-            if !delivered {
+            if !delivered || (feed.subscription.lagged.load(Ordering::Acquire) && !self.recover(node, &mut feed).await)
+            {
                 return;
             }
         }
     }
 
-    /// Re-reads history from `next`; the feed's queued items that overlap are skipped.
-    async fn catch_up(&mut self, node: &CoordNode) -> bool {
+    /// After changes did not fit the queue: delivers what was queued (every revision before
+    /// the first one left out), then the history from that one on.
+    async fn recover(&mut self, node: &CoordNode, feed: &mut Subscribed) -> bool {
+        while let Ok(item) = feed.queue.try_recv() {
+            if let Feed::Changes(change) = item
+                && !self.deliver(&change).await
+            {
+                return false;
+            }
+        }
+        self.catch_up(node, Some(&feed.subscription)).await
+    }
+
+    /// Re-reads history from `next` (queued items that overlap are skipped), or, for a
+    /// `lagged` watch, from the first revision it was not queued. Its lag is cleared under
+    /// the same read lock: the hub queues for it again from the next revision on.
+    async fn catch_up(&mut self, node: &CoordNode, lagged: Option<&Subscription>) -> bool {
         let backlog: Result<Vec<Arc<RevisionEvents>>, _> = {
             let replica = node.replica.read().expect("replica lock");
-            replica.store.history_since(self.next).map(|history| history.cloned().collect())
+            let from = match lagged.map(|s| (s.lagged_from.load(Ordering::Acquire), s)) {
+                Some((from, subscription)) => {
+                    subscription.lagged.store(false, Ordering::Release);
+                    from.max(self.next)
+                }
+                None => self.next,
+            };
+            replica.store.history_since(from).map(|history| history.cloned().collect())
         };
         match backlog {
             Ok(backlog) => {
@@ -164,5 +330,71 @@ impl Watcher {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{NodeRecord, NodeView};
+    use crate::store::Event;
+
+    fn change(revision: u64, paths: &[&str]) -> Arc<RevisionEvents> {
+        let events = paths
+            .iter()
+            .map(|path| Event {
+                kind: EventKind::Put,
+                node: NodeView { path: (*path).to_owned(), record: NodeRecord::default() },
+            })
+            .collect();
+        Arc::new(RevisionEvents { revision, events })
+    }
+
+    fn queued(subscribed: &mut Subscribed) -> Vec<u64> {
+        std::iter::from_fn(|| subscribed.queue.try_recv().ok())
+            .map(|feed| match feed {
+                Feed::Changes(change) => change.revision,
+                Feed::Reset => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_is_queued_only_for_the_watches_it_matches_and_once_each() {
+        assert_eq!(self_and_ancestors("/a/b").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
+        assert_eq!(self_and_ancestors("/a").collect::<Vec<_>>(), ["/a", "/"]);
+        assert_eq!(self_and_ancestors("/").collect::<Vec<_>>(), ["/"]);
+
+        let hub = Arc::new(WatchHub::default());
+        let mut exact_a = hub.subscribe("/a", false, 8);
+        let mut under_a = hub.subscribe("/a", true, 8);
+        let mut exact_ax = hub.subscribe("/a/x", false, 8);
+        let mut under_b = hub.subscribe("/b", true, 8);
+        let mut everything = hub.subscribe("/", true, 8);
+        let mut sibling = hub.subscribe("/ab", true, 8);
+        hub.publish(&change(1, &["/a/x", "/a/y"]));
+        hub.publish(&change(2, &["/a"]));
+        hub.publish(&change(3, &["/b/z"]));
+        assert_eq!(queued(&mut exact_a), [2]);
+        assert_eq!(queued(&mut under_a), [1, 2], "two paths of one revision wake it once");
+        assert_eq!(queued(&mut exact_ax), [1]);
+        assert_eq!(queued(&mut under_b), [3]);
+        assert_eq!(queued(&mut everything), [1, 2, 3]);
+        assert!(queued(&mut sibling).is_empty(), "/ab is not under /a");
+
+        drop(under_b);
+        assert!(!hub.watches.lock().unwrap().recursive.contains_key("/b"), "a dropped watch leaves the hub");
+    }
+
+    #[test]
+    fn a_full_queue_stops_queueing_and_remembers_the_first_revision_left_out() {
+        let hub = Arc::new(WatchHub::default());
+        let mut watch = hub.subscribe("/a", true, 8);
+        for revision in 1..=11 {
+            hub.publish(&change(revision, &["/a/x"]));
+        }
+        assert!(watch.subscription.lagged.load(Ordering::Acquire));
+        assert_eq!(watch.subscription.lagged_from.load(Ordering::Acquire), 9);
+        assert_eq!(queued(&mut watch), (1..=8).collect::<Vec<u64>>(), "nothing after the first change left out");
     }
 }
