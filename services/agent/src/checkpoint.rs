@@ -295,14 +295,25 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Appends `changes` and syncs them; compacts when mostly dead.
+    /// Appends `changes` and syncs them; compacts when mostly dead. What failed to be
+    /// written is not remembered, and is cut off the file again (a half-written record with
+    /// whole ones after it would read as damage at the next start).
     fn append(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), CheckpointError> {
+        let changes: Vec<Change> = changes.into_iter().collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
         let mut bytes = Vec::new();
-        for change in changes {
+        for change in &changes {
             push_framed(&mut bytes, &change.payload());
+        }
+        if let Err(error) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
+            let _ = self.file.set_len(self.len);
+            return Err(CheckpointError::Io { path: self.path.clone(), source: error });
+        }
+        for change in changes {
             self.live.apply(change);
         }
-        self.file.write_all(&bytes).and_then(|()| self.file.sync_data()).map_err(io_error(&self.path))?;
         self.len += bytes.len() as u64;
         if self.len > COMPACT_MIN_BYTES && self.len > 4 * self.live.bytes {
             self.compact()?;

@@ -1,7 +1,9 @@
 //! The gateway as a framework on the leading master: subscribe (as the framework id kept in
 //! coord, so failovers of either side keep the same framework), reconcile every known task
-//! before acting, turn offers into launches and status updates into state, acknowledge
-//! updates once applied, and follow the master's leadership.
+//! (at each subscription and periodically, beside the event loop; until its state is known
+//! a recorded instance holds its slot, so nothing is launched twice meanwhile), turn offers
+//! into launches and status updates into state, acknowledge updates once applied, and
+//! follow the master's leadership.
 
 use std::sync::Arc;
 use std::time::Duration;
