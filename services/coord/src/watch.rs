@@ -143,7 +143,13 @@ impl WatchHub {
     pub fn reset(&self) {
         let watches = self.watches.lock().expect("watch hub lock");
         for subscription in watches.exact.values().chain(watches.recursive.values()).flatten() {
-            subscription.offer(Feed::Reset, 0);
+            if subscription.lagged.load(Ordering::Acquire) {
+                // It catches up anyway: from where it was, not from where it lagged (what
+                // the snapshot brought in between was never published).
+                subscription.lagged_from.store(0, Ordering::Release);
+            } else {
+                subscription.offer(Feed::Reset, 0);
+            }
         }
     }
 }
@@ -292,10 +298,15 @@ impl Watcher {
     /// the first one left out), then the history from that one on.
     async fn recover(&mut self, node: &CoordNode, feed: &mut Subscribed) -> bool {
         while let Ok(item) = feed.queue.try_recv() {
-            if let Feed::Changes(change) = item
-                && !self.deliver(&change).await
-            {
-                return false;
+            match item {
+                Feed::Changes(change) => {
+                    if !self.deliver(&change).await {
+                        return false;
+                    }
+                }
+                // The store was replaced before the lag: catch up from where this watch
+                // was, as a reset asks.
+                Feed::Reset => feed.subscription.lagged_from.store(0, Ordering::Release),
             }
         }
         self.catch_up(node, Some(&feed.subscription)).await
@@ -396,5 +407,9 @@ mod tests {
         assert!(watch.subscription.lagged.load(Ordering::Acquire));
         assert_eq!(watch.subscription.lagged_from.load(Ordering::Acquire), 9);
         assert_eq!(queued(&mut watch), (1..=8).collect::<Vec<u64>>(), "nothing after the first change left out");
+
+        // A snapshot installed while it lags: it catches up from where it was instead.
+        hub.reset();
+        assert_eq!(watch.subscription.lagged_from.load(Ordering::Acquire), 0);
     }
 }
