@@ -94,18 +94,8 @@ impl Checkpoint {
             Err(error) => return Err(CheckpointError::Io { path: meta_path, source: error }),
         };
         let journal = Journal::open(&meta_dir)?;
-        let tasks = journal
-            .live
-            .tasks
-            .values()
-            .map(|bytes| TaskCheckpoint::decode(bytes.as_slice()).expect("decoded when replayed"))
-            .collect();
-        let updates = journal
-            .live
-            .updates
-            .values()
-            .map(|bytes| UpdateCheckpoint::decode(bytes.as_slice()).expect("decoded when replayed"))
-            .collect();
+        let tasks = decode_all(journal.live.tasks.values());
+        let updates = decode_all(journal.live.updates.values());
         let checkpoint = Self { meta_dir, sandboxes, journal: Arc::new(Mutex::new(journal)) };
         Ok((checkpoint, Recovered { meta, tasks, updates }))
     }
@@ -147,6 +137,11 @@ impl Checkpoint {
     }
 }
 
+/// Records the replay already decoded once (to refuse damage), so they decode.
+fn decode_all<'a, T: Message + Default>(bodies: impl Iterator<Item = &'a Vec<u8>>) -> Vec<T> {
+    bodies.map(|body| T::decode(body.as_slice()).expect("decoded when replayed")).collect()
+}
+
 fn task_id(task: &TaskCheckpoint) -> &str {
     task.info.as_ref().map_or("", |info| &info.task_id)
 }
@@ -161,18 +156,14 @@ enum Change {
 }
 
 impl Change {
-    /// The record's payload: its kind, then its body.
-    fn payload(&self) -> Vec<u8> {
-        let (kind, body): (u8, &[u8]) = match self {
-            Change::TaskSaved(_, bytes) => (TASK_SAVED, bytes),
-            Change::TaskForgotten(task_id) => (TASK_FORGOTTEN, task_id.as_bytes()),
-            Change::UpdateSaved(_, bytes) => (UPDATE_SAVED, bytes),
-            Change::UpdateAcknowledged(sequence) => (UPDATE_ACKNOWLEDGED, &sequence.to_le_bytes()[..]),
-        };
-        let mut payload = Vec::with_capacity(1 + body.len());
-        payload.push(kind);
-        payload.extend_from_slice(body);
-        payload
+    /// Appends the change's record to `out`.
+    fn push_record(&self, out: &mut Vec<u8>) {
+        match self {
+            Change::TaskSaved(_, bytes) => push_record(out, TASK_SAVED, bytes),
+            Change::TaskForgotten(task_id) => push_record(out, TASK_FORGOTTEN, task_id.as_bytes()),
+            Change::UpdateSaved(_, bytes) => push_record(out, UPDATE_SAVED, bytes),
+            Change::UpdateAcknowledged(sequence) => push_record(out, UPDATE_ACKNOWLEDGED, &sequence.to_le_bytes()),
+        }
     }
 
     /// The change a record's payload holds (its body decoded, to refuse what is not whole).
@@ -200,6 +191,14 @@ impl Change {
     }
 }
 
+/// A record: its payload is its kind, then its body.
+fn push_record(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let mut payload = Vec::with_capacity(1 + body.len());
+    payload.push(kind);
+    payload.extend_from_slice(body);
+    push_framed(out, &payload);
+}
+
 /// What the journal holds once replayed: each live record's encoded body.
 #[derive(Debug, Default)]
 struct Live {
@@ -223,10 +222,11 @@ impl Live {
     /// A journal of exactly what is live.
     fn snapshot(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(self.bytes as usize + 16 * (self.tasks.len() + self.updates.len()));
-        let tasks = self.tasks.iter().map(|(id, body)| Change::TaskSaved(id.clone(), body.clone()));
-        let updates = self.updates.iter().map(|(sequence, body)| Change::UpdateSaved(*sequence, body.clone()));
-        for change in tasks.chain(updates) {
-            push_framed(&mut bytes, &change.payload());
+        for body in self.tasks.values() {
+            push_record(&mut bytes, TASK_SAVED, body);
+        }
+        for body in self.updates.values() {
+            push_record(&mut bytes, UPDATE_SAVED, body);
         }
         bytes
     }
@@ -305,7 +305,7 @@ impl Journal {
         }
         let mut bytes = Vec::new();
         for change in &changes {
-            push_framed(&mut bytes, &change.payload());
+            change.push_record(&mut bytes);
         }
         if let Err(error) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
             let _ = self.file.set_len(self.len);
