@@ -106,9 +106,14 @@ async fn followers_forward_writes_and_linearizable_reads() {
     let leader = cluster.leader().await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     let via_follower = cluster.client_of(follower);
+    assert_eq!(via_follower.preferred_endpoint(), cluster.address(follower).to_string());
     via_follower.put("/forwarded", "yes").await.unwrap();
+    // The relayed answer named the leader: the client goes there directly from now on.
+    assert_eq!(via_follower.preferred_endpoint(), cluster.address(leader).to_string());
     // A linearizable read through the follower sees the write at once.
+    let via_follower = cluster.client_of(follower);
     assert_eq!(&via_follower.get("/forwarded").await.unwrap().unwrap().data[..], b"yes");
+    let via_follower = cluster.client_of(follower);
     let session = via_follower.create_session(Duration::from_secs(5), Duration::ZERO).await.unwrap();
     via_follower.create("/eph", "", CreateOptions { session: Some(session.id()), sequential: false }).await.unwrap();
     session.close().await.unwrap();

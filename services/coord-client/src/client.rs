@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use marina_daemon::leader::LEADER_METADATA;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
 use marina_proto::coord::v1::coord_client::CoordClient as CoordGrpc;
@@ -297,6 +298,11 @@ impl CoordClient {
         self.inner.preferred.store(index, Ordering::Relaxed);
     }
 
+    /// Where requests go first: the last node known to lead (or the next to try).
+    pub fn preferred_endpoint(&self) -> String {
+        self.current().1
+    }
+
     /// Every endpoint's address (configured and learned).
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.lock().expect("endpoints lock").iter().map(|slot| slot.address.clone()).collect()
@@ -317,7 +323,16 @@ impl CoordClient {
         loop {
             let (index, address, channel) = self.current();
             let last_error = match tokio::time::timeout(options.request_timeout, op(channel)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    // A follower relayed this to the leader and says where it is: go there
+                    // directly from now on.
+                    if let Some(leader) = response.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok())
+                        && leader != address
+                    {
+                        self.prefer(leader);
+                    }
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => {
                     let hinted = marina_daemon::leader::leader_hint(&status);
                     let retry = never_sent(&status) || (!write && is_transport(&status));

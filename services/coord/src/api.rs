@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use marina_daemon::leader::LEADER_METADATA;
 use marina_daemon::trace::traced;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
@@ -20,7 +21,7 @@ use crate::command::{
     ApplyError, Command, CommandResult, Compare, CompareTarget, EndReason, NodeView, Op, OpOutcome, Txn, TxnOutcome,
 };
 use crate::error::CoordError;
-use crate::node::{CoordNode, Route};
+use crate::node::{CoordNode, Leader, Route};
 use crate::proposer::MAX_ENTRY_PAYLOAD_BYTES;
 use crate::sessions::KeepAlive;
 use crate::watch;
@@ -42,6 +43,26 @@ fn forward<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(FORWARDED_METADATA, MetadataValue::from_static("1"));
     request
+}
+
+impl Leader {
+    fn coord(&self) -> CoordClient<marina_daemon::trace::TracedChannel> {
+        CoordClient::new(traced(self.channel.clone()))
+    }
+
+    fn cluster(&self) -> ClusterClient<tonic::transport::Channel> {
+        ClusterClient::new(self.channel.clone())
+    }
+
+    /// The leader's answer, with its address for the client to go to directly next time.
+    fn relay<T>(&self, answer: ServiceResult<T>) -> ServiceResult<T> {
+        answer.map(|mut response| {
+            if let Ok(address) = MetadataValue::try_from(self.address.as_str()) {
+                response.metadata_mut().insert(LEADER_METADATA, address);
+            }
+            response
+        })
+    }
 }
 
 /// Checks a path: absolute, no trailing or doubled '/', no `.`/`..` segments, no control
@@ -155,7 +176,7 @@ impl CoordApi {
 
     /// Linearizable reads wait for the read barrier (or go to the leader); stale ones are
     /// served from this node's state as it is.
-    async fn read_route<T>(&self, request: &Request<T>, stale: bool) -> Result<Option<Channel>, CoordError> {
+    async fn read_route<T>(&self, request: &Request<T>, stale: bool) -> Result<Option<Leader>, CoordError> {
         if stale {
             return Ok(None);
         }
@@ -164,12 +185,10 @@ impl CoordApi {
                 self.node.reads.wait().await?;
                 Ok(None)
             }
-            Route::Forward(channel) => Ok(Some(channel)),
+            Route::Forward(leader) => Ok(Some(leader)),
         }
     }
 }
-
-type Channel = tonic::transport::Channel;
 
 pub fn node_to_pb(view: NodeView) -> pb::Node {
     pb::Node {
@@ -223,7 +242,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn get(&self, request: Request<pb::GetRequest>) -> ServiceResult<pb::GetResponse> {
         self.path("path", &request.get_ref().path)?;
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
-            return CoordClient::new(traced(leader)).get(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().get(forward(request.into_inner())).await);
         }
         let replica = self.node.replica.read().expect("replica lock");
         let node = replica.store.get(&request.get_ref().path).map(node_to_pb);
@@ -233,7 +252,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn list(&self, request: Request<pb::ListRequest>) -> ServiceResult<pb::ListResponse> {
         self.path("path", &request.get_ref().path)?;
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
-            return CoordClient::new(traced(leader)).list(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().list(forward(request.into_inner())).await);
         }
         let replica = self.node.replica.read().expect("replica lock");
         let children = replica.store.children(&request.get_ref().path);
@@ -243,7 +262,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn create(&self, request: Request<pb::CreateRequest>) -> ServiceResult<pb::CreateResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Create(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).create(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().create(forward(request.into_inner())).await);
         }
         match self.single(op).await? {
             (revision, OpOutcome::Created(node)) => {
@@ -256,7 +275,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn set(&self, request: Request<pb::SetRequest>) -> ServiceResult<pb::SetResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Set(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).set(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().set(forward(request.into_inner())).await);
         }
         match self.single(op).await? {
             (revision, OpOutcome::Set(node)) => {
@@ -269,7 +288,7 @@ impl pb::coord_server::Coord for CoordApi {
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> ServiceResult<pb::DeleteResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Delete(request.get_ref().clone())) })?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).delete(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().delete(forward(request.into_inner())).await);
         }
         match self.single(op).await? {
             (revision, OpOutcome::Deleted(deleted)) => {
@@ -304,7 +323,7 @@ impl pb::coord_server::Coord for CoordApi {
             .into());
         }
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).txn(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().txn(forward(request.into_inner())).await);
         }
         let outcome = self.txn(txn).await?;
         let revision = outcome.revision;
@@ -332,7 +351,7 @@ impl pb::coord_server::Coord for CoordApi {
             return Err(CoordError::invalid("disconnect_grace_ms", "must not exceed ttl_ms").into());
         }
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).create_session(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().create_session(forward(request.into_inner())).await);
         }
         let (ttl_ms, grace_ms) = (message.ttl_ms, message.disconnect_grace_ms);
         let command = Command::CreateSession { ttl_ms, disconnect_grace_ms: grace_ms };
@@ -360,7 +379,7 @@ impl pb::coord_server::Coord for CoordApi {
             // Relay the stream both ways: when the client goes away, the leader sees this
             // stream end (and applies the disconnect grace).
             let inbound = tokio_stream::StreamExt::map_while(request.into_inner(), |message| message.ok());
-            let response = CoordClient::new(traced(leader)).keep_alive(forward(inbound)).await?;
+            let response = leader.coord().keep_alive(forward(inbound)).await?;
             let shutdown = self.node.shutdown.clone();
             let relayed = response.into_inner().take_until(async move { shutdown.cancelled().await });
             return Ok(Response::new(Box::pin(relayed)));
@@ -405,7 +424,7 @@ impl pb::coord_server::Coord for CoordApi {
         request: Request<pb::CloseSessionRequest>,
     ) -> ServiceResult<pb::CloseSessionResponse> {
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return CoordClient::new(traced(leader)).close_session(forward(request.into_inner())).await;
+            return leader.relay(leader.coord().close_session(forward(request.into_inner())).await);
         }
         let session_id = request.get_ref().session_id;
         let command = Command::EndSession { session_id, reason: EndReason::Closed };
@@ -457,7 +476,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         crate::config::parse_peers(&format!("{}={}", message.id, message.address))
             .map_err(|error| CoordError::invalid("address", error.to_string()))?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return ClusterClient::new(leader).add_learner(forward(request.into_inner())).await;
+            return leader.relay(leader.cluster().add_learner(forward(request.into_inner())).await);
         }
         let message = request.into_inner();
         self.node.add_learner(message.id, message.address).await?;
@@ -469,7 +488,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         request: Request<pb::PromoteLearnerRequest>,
     ) -> ServiceResult<pb::MembershipResponse> {
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return ClusterClient::new(leader).promote_learner(forward(request.into_inner())).await;
+            return leader.relay(leader.cluster().promote_learner(forward(request.into_inner())).await);
         }
         self.node.promote(request.get_ref().id).await?;
         Ok(Response::new(self.members()))
@@ -477,7 +496,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn remove_member(&self, request: Request<pb::RemoveMemberRequest>) -> ServiceResult<pb::MembershipResponse> {
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
-            return ClusterClient::new(leader).remove_member(forward(request.into_inner())).await;
+            return leader.relay(leader.cluster().remove_member(forward(request.into_inner())).await);
         }
         self.node.remove(request.get_ref().id).await?;
         Ok(Response::new(self.members()))

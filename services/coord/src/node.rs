@@ -46,7 +46,15 @@ pub enum StartError {
 /// Where a request that needs the leader goes.
 pub enum Route {
     Local,
-    Forward(Channel),
+    Forward(Leader),
+}
+
+/// The leader a follower relays a request to.
+pub struct Leader {
+    pub channel: Channel,
+    /// Its client address, returned with the relayed answer so the client asks it directly
+    /// next time (one hop instead of two).
+    pub address: String,
 }
 
 /// Shared state of a running node, used by the API handlers and background tasks.
@@ -94,7 +102,7 @@ impl CoordNode {
         }
         match (leader, self.leader_address()) {
             (Some(leader), Some(address)) if leader != self.id && !already_forwarded => {
-                Ok(Route::Forward(self.channel(&address)))
+                Ok(Route::Forward(Leader { channel: self.channel(&address), address }))
             }
             (None, _) => Err(CoordError::NoLeader { node: self.id }),
             (_, hint) => Err(CoordError::NotLeader { leader: hint }),

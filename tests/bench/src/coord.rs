@@ -42,6 +42,9 @@ pub struct Args {
     /// not installed is reported as skipped.
     #[arg(long, value_delimiter = ',', default_value = "marina,etcd,zookeeper")]
     systems: Vec<System>,
+    /// Workloads to run: write, read, mixed (90 % reads, 10 % writes).
+    #[arg(long, value_delimiter = ',', default_value = "write,read,mixed")]
+    workloads: Vec<Workload>,
     /// Concurrent clients per workload.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
@@ -79,7 +82,7 @@ impl System {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
     Write,
     Read,
@@ -232,7 +235,7 @@ async fn compare(args: Args) -> anyhow::Result<()> {
         let cluster = Cluster::start(system).await.with_context(|| format!("starting {}", system.name()))?;
         descriptions.push(cluster.description());
         seed(&cluster, &args, &value).await.with_context(|| format!("seeding {}", system.name()))?;
-        for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
+        for &workload in &args.workloads {
             for &clients in &args.clients {
                 rows.push(measure(system, &cluster, workload, clients, &args, &value).await?);
             }
