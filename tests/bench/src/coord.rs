@@ -224,6 +224,8 @@ async fn compare(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut descriptions = Vec::new();
+    // The writes of each mixed row on their own: the rows' p99 is about their p90.
+    let mut mixed_writes = Vec::new();
     let mut systems = args.systems.clone();
     systems.dedup();
     for system in systems {
@@ -237,7 +239,11 @@ async fn compare(args: Args) -> anyhow::Result<()> {
         seed(&cluster, &args, &value).await.with_context(|| format!("seeding {}", system.name()))?;
         for &workload in &args.workloads {
             for &clients in &args.clients {
-                rows.push(measure(system, &cluster, workload, clients, &args, &value).await?);
+                let (row, writes) = measure(system, &cluster, workload, clients, &args, &value).await?;
+                if workload == Workload::Mixed {
+                    mixed_writes.push((row.system.clone(), clients, writes));
+                }
+                rows.push(row);
             }
         }
         // `cluster` is dropped here: its processes stop before the next system starts.
@@ -250,6 +256,14 @@ async fn compare(args: Args) -> anyhow::Result<()> {
             args.seconds
         );
         print_table(&rows);
+        for (system, clients, writes) in &mixed_writes {
+            println!(
+                "  writes within mixed 90r/10w, {system}, {clients} clients: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+                writes.ms(0.5),
+                writes.ms(0.9),
+                writes.ms(0.99)
+            );
+        }
     }
     println!("summary: {}", summary(&rows, &skipped));
     Ok(())
@@ -287,7 +301,7 @@ async fn measure(
     clients: usize,
     args: &Args,
     value: &Bytes,
-) -> anyhow::Result<Row> {
+) -> anyhow::Result<(Row, Latencies)> {
     // Connect every client before the clock starts: connection setup is not measured.
     let mut connected = Vec::new();
     for _ in 0..clients {
@@ -301,6 +315,7 @@ async fn measure(
         let keys = args.keys;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::new();
+            let mut write_latencies = Latencies::new();
             let mut errors = 0u64;
             let mut n = client_index;
             while !stop.load(Ordering::Relaxed) {
@@ -315,11 +330,17 @@ async fn measure(
                 let started = Instant::now();
                 let result = if write { client.write(&key, &value).await } else { client.read(&key).await };
                 match result {
-                    Ok(()) => latencies.record(started.elapsed()),
+                    Ok(()) => {
+                        let took = started.elapsed();
+                        latencies.record(took);
+                        if write {
+                            write_latencies.record(took);
+                        }
+                    }
                     Err(_) => errors += 1,
                 }
             }
-            (latencies, errors, client)
+            (latencies, write_latencies, errors, client)
         }));
     }
     let started = Instant::now();
@@ -327,24 +348,27 @@ async fn measure(
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Latencies::new();
     let mut errors = 0;
+    let mut write_latencies = Latencies::new();
     let mut clients_done = Vec::new();
     for task in tasks {
-        let (task_latencies, task_errors, client) = task.await.context("load task")?;
+        let (task_latencies, task_writes, task_errors, client) = task.await.context("load task")?;
         latencies.merge(&task_latencies);
+        write_latencies.merge(&task_writes);
         errors += task_errors;
         clients_done.push(client);
     }
     // Operations completed by the stop flag; the last ones finish slightly after `seconds`.
     let elapsed = started.elapsed().as_secs_f64();
     futures::future::join_all(clients_done.into_iter().map(Client::close)).await;
-    Ok(Row {
+    let row = Row {
         system: system.name().into(),
         workload: workload.name().into(),
         clients,
         ops_per_sec: latencies.count() as f64 / elapsed,
         latencies,
         errors,
-    })
+    };
+    Ok((row, write_latencies))
 }
 
 /// Every system's peaks, then per peer: the lowest ratio of Marina's ops/s to the peer's over
