@@ -58,7 +58,10 @@ pub struct RaftConfig {
     /// At most this many concurrent requests share one log entry.
     pub max_batch: usize,
     /// At most this many proposed entries await their commit at once; requests arriving
-    /// while the pipeline is full are batched into the next entry.
+    /// while the pipeline is full are batched into the next entry. One by default: openraft
+    /// sends a follower one message at a time, so a second entry would travel with the
+    /// first's successor anyway, only in a smaller batch (measured: more throughput with
+    /// 16 and 64 clients, and no more 50–170 ms write stalls at the p99.9).
     pub max_in_flight: usize,
     /// Linearizable reads rely on a leader lease for half the maximum election timeout
     /// after each quorum confirmation, instead of confirming leadership for every batch of
@@ -114,7 +117,7 @@ impl Default for RaftConfig {
             keep_entries_after_snapshot: 1_000,
             proposal_timeout_ms: 3_000,
             max_batch: 1024,
-            max_in_flight: 4,
+            max_in_flight: 1,
             lease_reads: true,
         }
     }

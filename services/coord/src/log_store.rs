@@ -267,6 +267,9 @@ impl DiskLog {
                     },
                     other => {
                         // Everything before a vote, truncate or purge is durable before it runs.
+                        // Safety rests on this order: a leader no longer waits for its own
+                        // appends (third_party/openraft-0.9.25.patch), so this is what keeps a
+                        // node from voting or answering a new leader before they are on disk.
                         self.complete(&mut flushed);
                         self.run_ordered(other);
                     }
