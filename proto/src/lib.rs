@@ -1,6 +1,8 @@
 //! Marina's protobuf APIs. Each package is versioned (`marina.coord.v1`, …): a breaking
 //! change is a new version beside the old one, never an edit in place.
 
+pub mod checks;
+
 /// Every Marina proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("marina_descriptor");
 

@@ -48,7 +48,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every service binary's `main`: load the configuration (printing it with
 /// `--print-config`), validate it, set up logs, bind, start the service with `start`, then
-/// on SIGTERM or SIGINT shut it down and wait for `wait`.
+/// on SIGTERM or SIGINT shut it down and wait for `wait`. A panic, or anything that calls
+/// [`crate::Shutdown::fail`], stops the service the same way and makes this an error (so the
+/// binary exits non-zero and its supervisor restarts it).
 pub async fn run<C, Start, Started, Wait>(
     flags: &ConfigFlags,
     overrides: &impl Serialize,
@@ -75,12 +77,28 @@ where
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen()))?;
     let shutdown = crate::Shutdown::new();
+    shutdown.fail_on_panic();
     let running = start(config, listener, shutdown.clone()).await?;
-    crate::shutdown::signal().await;
-    shutdown.trigger();
-    running.await?;
+    tokio::select! {
+        () = crate::shutdown::signal() => shutdown.trigger(),
+        () = shutdown.cancelled() => {}
+    }
+    // A failed service may not stop cleanly (its tasks may be the broken ones): its stop is
+    // bounded, and it exits non-zero whatever the stop did.
+    let stopped = match shutdown.failure() {
+        None => running.await,
+        Some(_) => tokio::time::timeout(FAILED_STOP_TIMEOUT, running).await.unwrap_or(Ok(())),
+    };
+    if let Some(reason) = shutdown.failure() {
+        return Err(format!("stopped after a fatal error: {reason}").into());
+    }
+    stopped?;
     Ok(())
 }
+
+/// How long a failed service may take to stop (resign, drain) before it exits anyway: the
+/// longest drain plus the longest resignation.
+const FAILED_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The process exit for [`run`]'s result: errors on stderr, prefixed with the binary name.
 pub fn exit(binary: &str, result: Result<(), BoxError>) -> std::process::ExitCode {

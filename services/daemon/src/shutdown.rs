@@ -1,12 +1,32 @@
 //! Graceful shutdown: a cancellation token every task of a service watches, triggered by
-//! SIGTERM or SIGINT in the binaries and by the harness in tests.
+//! SIGTERM or SIGINT in the binaries and by the harness in tests — or by a failure the
+//! service cannot go on from ([`Shutdown::fail`]): a panic, a poisoned lock, storage that no
+//! longer writes. A failed service stops the same graceful way (a leader resigns first, so a
+//! standby takes over at once) and its binary then exits non-zero for its supervisor to
+//! restart it: a fresh process with state reloaded beats one that holds on without acting.
+
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
 /// Cloneable; triggering any clone stops the service. [`Shutdown::child`] makes a token for a
 /// sub-task that the sub-task may cancel without stopping the parent.
-#[derive(Clone, Default, Debug)]
-pub struct Shutdown(CancellationToken);
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    token: CancellationToken,
+    /// The service's own token (`token` is a child of it in a [`Shutdown::child`]): a
+    /// failure anywhere stops the whole service.
+    service: CancellationToken,
+    /// Why the service failed, if it did (the first reason given is kept).
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        let token = CancellationToken::new();
+        Self { service: token.clone(), token, failure: Arc::default() }
+    }
+}
 
 impl Shutdown {
     pub fn new() -> Self {
@@ -14,23 +34,65 @@ impl Shutdown {
     }
 
     pub fn trigger(&self) {
-        self.0.cancel();
+        self.token.cancel();
+    }
+
+    /// Stops the service because it cannot go on: logged, remembered for [`Shutdown::failure`]
+    /// (the binary's exit status), and a graceful stop begins.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        // Never panic here: this runs inside the panic hook too.
+        let mut failure = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_none() {
+            tracing::error!(%reason, "fatal: stopping (a leader resigns first) to be restarted by the supervisor");
+            *failure = Some(reason);
+        }
+        drop(failure);
+        self.service.cancel();
+    }
+
+    /// Why the service failed, if [`Shutdown::fail`] was called.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.0.is_cancelled()
+        self.token.is_cancelled()
     }
 
     pub async fn cancelled(&self) {
-        self.0.cancelled().await
+        self.token.cancelled().await
     }
 
+    /// A token for a sub-task: cancelled with this one, cancellable on its own. Failing it
+    /// fails the service.
     pub fn child(&self) -> Shutdown {
-        Shutdown(self.0.child_token())
+        Shutdown { token: self.token.child_token(), service: self.service.clone(), failure: self.failure.clone() }
     }
 
     pub fn token(&self) -> CancellationToken {
-        self.0.clone()
+        self.token.clone()
+    }
+
+    /// Makes every panic in this process fail the service: the default hook still prints
+    /// the panic, then [`Shutdown::fail`] starts the graceful stop. A panic is a bug whose
+    /// damage (a half-applied change, a poisoned lock) cannot be known, and tokio would
+    /// otherwise just end the panicking task and keep a leader that no longer acts. For the
+    /// binaries; in-process test clusters keep the default behaviour.
+    pub fn fail_on_panic(&self) {
+        let shutdown = self.clone();
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            shutdown.fail(format!("panic{location}: {message}"));
+        }));
     }
 }
 
@@ -42,5 +104,21 @@ pub async fn signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received: shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT received: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_stops_the_service_and_keeps_the_first_reason() {
+        let shutdown = Shutdown::new();
+        let child = shutdown.child();
+        assert!(shutdown.failure().is_none());
+        child.fail("storage: no space left on device");
+        shutdown.fail("a later reason");
+        assert!(shutdown.is_triggered(), "failing a child stops the whole service");
+        assert_eq!(shutdown.failure().as_deref(), Some("storage: no space left on device"));
     }
 }
