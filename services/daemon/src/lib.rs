@@ -8,7 +8,8 @@
 //! - [`metrics`]: a Prometheus registry per service instance with RED metrics per request;
 //! - [`shutdown`]: SIGTERM/SIGINT handling and a bounded drain;
 //! - [`leader`]: how a non-leader tells a client where the leader is;
-//! - [`record`]: CRC-framed records for append-only files.
+//! - [`record`]: CRC-framed records for append-only files;
+//! - [`time`]: deadlines and durations from untrusted numbers, saturating.
 
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod record;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod time;
 pub mod trace;
 
 pub use endpoint::{Endpoint, Health};

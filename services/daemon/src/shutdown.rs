@@ -5,6 +5,7 @@
 //! standby takes over at once) and its binary then exits non-zero for its supervisor to
 //! restart it: a fresh process with state reloaded beats one that holds on without acting.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -83,17 +84,40 @@ impl Shutdown {
         let shutdown = self.clone();
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            default_hook(info);
             let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
+            let message = panic_message(info.payload());
+            if CONTAINED.get() {
+                tracing::error!("panic{location}: {message} (contained)");
+                return;
+            }
+            default_hook(info);
             shutdown.fail(format!("panic{location}: {message}"));
         }));
     }
+}
+
+thread_local! {
+    /// Set while [`contain`] runs a closure on this thread.
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into an error instead of a failure of the service.
+/// Only for pure code over borrowed state (a decision for one app, a task built from one
+/// definition): a panic there says that one input is bad, and the service goes on with the
+/// others. Code that changes shared state must not be contained.
+pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let outer = CONTAINED.replace(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.set(outer);
+    result.map_err(|payload| panic_message(&*payload))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -120,5 +144,13 @@ mod tests {
         shutdown.fail("a later reason");
         assert!(shutdown.is_triggered(), "failing a child stops the whole service");
         assert_eq!(shutdown.failure().as_deref(), Some("storage: no space left on device"));
+    }
+
+    #[test]
+    fn a_contained_panic_is_an_error() {
+        let result: Result<(), String> = contain(|| panic!("a bad definition"));
+        assert_eq!(result, Err("a bad definition".to_owned()));
+        assert_eq!(contain(|| 7), Ok(7));
+        assert!(!CONTAINED.get(), "the flag is reset after the panic");
     }
 }
