@@ -58,6 +58,73 @@ impl Health {
     }
 }
 
+/// What every port bounds, whoever calls it (each service's `[server]` section): how many
+/// requests it serves at once, how long one may take to be answered, and the largest gRPC
+/// message it reads and writes. A port with no bounds is one slow or greedy client away from
+/// starving every other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Requests being served at once; one more is refused at once (HTTP 503, gRPC
+    /// `UNAVAILABLE` marked retryable), not queued. A stream counts until it is answered,
+    /// not for its whole life.
+    pub max_concurrent_requests: usize,
+    /// A request not answered in this time (its body read and its response begun) fails
+    /// (HTTP 503, gRPC `DEADLINE_EXCEEDED`). Streams, once answered, are not cut.
+    pub request_timeout_ms: u64,
+    /// Largest gRPC message read.
+    pub max_decoding_message_bytes: usize,
+    /// Largest gRPC message written (offers to a large cluster's scheduler are big).
+    pub max_encoding_message_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_concurrent_requests: 1024,
+            request_timeout_ms: 30_000,
+            max_decoding_message_bytes: 4 << 20,
+            max_encoding_message_bytes: 64 << 20,
+        }
+    }
+}
+
+impl ServerLimits {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if self.max_concurrent_requests == 0 || self.max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::value("server.max_concurrent_requests", "must be at least 1"));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::value("server.request_timeout_ms", "must be greater than 0"));
+        }
+        for (key, value) in [
+            ("server.max_decoding_message_bytes", self.max_decoding_message_bytes),
+            ("server.max_encoding_message_bytes", self.max_encoding_message_bytes),
+        ] {
+            if value < 64 << 10 {
+                return Err(ConfigError::value(key, "must be at least 65536"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Applies [`ServerLimits`]' message sizes to a generated tonic server (each has the same
+/// two methods, but no trait for them).
+#[macro_export]
+macro_rules! bounded_grpc {
+    ($server:expr, $limits:expr) => {
+        $server
+            .max_decoding_message_size($limits.max_decoding_message_bytes)
+            .max_encoding_message_size($limits.max_encoding_message_bytes)
+    };
+}
+
 /// Builder for a service's single port.
 pub struct Endpoint {
     service: &'static str,
@@ -65,11 +132,25 @@ pub struct Endpoint {
     grpc_names: Vec<&'static str>,
     http: Router,
     metrics: Metrics,
+    limits: ServerLimits,
 }
 
 impl Endpoint {
     pub fn new(service: &'static str, metrics: Metrics) -> Self {
-        Self { service, grpc: Routes::default(), grpc_names: Vec::new(), http: Router::new(), metrics }
+        Self {
+            service,
+            grpc: Routes::default(),
+            grpc_names: Vec::new(),
+            http: Router::new(),
+            metrics,
+            limits: ServerLimits::default(),
+        }
+    }
+
+    /// The port's bounds (default: [`ServerLimits::default`]).
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Adds a gRPC service; its health is reported under its full name.
@@ -127,6 +208,7 @@ impl Endpoint {
             .merge(self.http)
             .merge(builtin)
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(Arc::new(Bounds::new(self.limits)), bound))
             .layer(axum::middleware::from_fn_with_state(self.metrics, crate::metrics::record));
         tracing::debug!(service = self.service, "endpoint built");
         (router, health)
@@ -152,6 +234,62 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) ->
     }
 }
 
+/// The shared state of [`bound`].
+struct Bounds {
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    timeout: Duration,
+}
+
+impl Bounds {
+    fn new(limits: ServerLimits) -> Self {
+        let limit = limits.max_concurrent_requests;
+        Bounds { slots: Arc::new(tokio::sync::Semaphore::new(limit)), limit, timeout: limits.request_timeout() }
+    }
+}
+
+/// Serves a request within the port's bounds: refused at once when the port is full (a
+/// queue would only make every caller wait), failed when not answered in time.
+async fn bound(State(bounds): State<Arc<Bounds>>, request: Request, next: axum::middleware::Next) -> Response {
+    let grpc = is_grpc(&request);
+    // Health and metrics answer even on a full port: that is when operators need them.
+    let exempt = matches!(request.uri().path(), "/health" | "/metrics" | "/grpc.health.v1.Health/Check");
+    let slot = bounds.slots.clone().try_acquire_owned();
+    if slot.is_err() && !exempt {
+        let message = format!(
+            "overloaded: {} requests in flight on this port (server.max_concurrent_requests); retry",
+            bounds.limit
+        );
+        tracing::warn!("{message}");
+        return if grpc {
+            // Not acted on: a Marina client may retry it here or elsewhere.
+            crate::leader::not_leader(message, None).into_http()
+        } else {
+            let body = serde_json::json!({ "message": message });
+            (StatusCode::SERVICE_UNAVAILABLE, [(http::header::RETRY_AFTER, "1")], axum::Json(body)).into_response()
+        };
+    }
+    match tokio::time::timeout(bounds.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let message = format!("not answered within {} ms (server.request_timeout_ms)", bounds.timeout.as_millis());
+            tracing::warn!("{message}");
+            if grpc {
+                tonic::Status::deadline_exceeded(message).into_http()
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "message": message }))).into_response()
+            }
+        }
+    }
+}
+
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
 async fn health_handler(State(health): State<Health>) -> Response {
     if health.is_serving() {
         (StatusCode::OK, "ok\n").into_response()
@@ -166,11 +304,7 @@ async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
 
 /// Unknown paths: gRPC clients get UNIMPLEMENTED the gRPC way, HTTP clients a JSON 404.
 async fn not_found(request: Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    if is_grpc {
+    if is_grpc(&request) {
         return tonic::Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http();
     }
     let body = serde_json::json!({ "message": format!("no route for {} {}", request.method(), request.uri().path()) });

@@ -24,7 +24,7 @@ pub mod telemetry;
 pub mod time;
 pub mod trace;
 
-pub use endpoint::{Endpoint, Health};
+pub use endpoint::{Endpoint, Health, ServerLimits};
 pub use metrics::Metrics;
 pub use shutdown::Shutdown;
 

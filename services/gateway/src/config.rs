@@ -4,11 +4,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marina_coord_client::CoordUrl;
+
+use crate::app::AppLimits;
+use marina_daemon::ServerLimits;
 use marina_daemon::config::ConfigError;
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PORT: u16 = 8080;
+
+/// Coord's default `limits.max_path_bytes`, which the gateway's paths must fit.
+const COORD_MAX_PATH_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +40,10 @@ pub struct Config {
     pub task_launch_timeout_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// What one app may ask for: `max_instances`, `min_cpus`, `min_mem_mb`.
+    pub limits: AppLimits,
+    /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
+    pub server: ServerLimits,
     pub log: LogConfig,
 }
 
@@ -51,6 +61,8 @@ impl Default for Config {
             converge_interval_ms: 200,
             task_launch_timeout_ms: 300_000,
             max_body_bytes: 1 << 20,
+            limits: AppLimits::default(),
+            server: ServerLimits::default(),
             log: LogConfig::default(),
         }
     }
@@ -82,6 +94,23 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::value("max_body_bytes", "must be at least 1024"));
+        }
+        self.server.validate()?;
+        if let Some((key, problem)) = self.limits.problem() {
+            return Err(ConfigError::value(key, problem));
+        }
+        // The longest coord path the gateway writes: an instance record named by a task id
+        // of the longest app id, or a version of that app. Checked here, once, rather than
+        // found out as a refused write that stops every launch.
+        let longest = crate::store::LONGEST_PATH_BELOW_ROOT + self.coord.root.len();
+        if longest > COORD_MAX_PATH_BYTES {
+            return Err(ConfigError::value(
+                "coord",
+                format!(
+                    "the root {:?} is too long: paths under it would reach {longest} bytes, beyond coord's {COORD_MAX_PATH_BYTES}",
+                    self.coord.root
+                ),
+            ));
         }
         Ok(())
     }

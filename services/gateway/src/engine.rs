@@ -164,8 +164,11 @@ pub fn backoff_delay(seconds: f64, factor: f64, max: f64, failures: u32) -> Dura
     if failures == 0 {
         return Duration::ZERO;
     }
+    // Any numbers give a delay: an overflowing product is infinite and capped by `max`
+    // (validation bounds the inputs, but stored definitions predate some of its rules).
     let delay = seconds * factor.powi(failures.saturating_sub(1).min(64) as i32);
-    Duration::from_secs_f64(delay.min(max).max(0.0))
+    let delay = if delay.is_nan() { max } else { delay.min(max) };
+    marina_daemon::time::seconds(delay)
 }
 
 #[cfg(test)]
@@ -301,5 +304,10 @@ mod tests {
         assert_eq!(backoff_delay(1.0, 2.0, 10.0, 1), Duration::from_secs(1));
         assert_eq!(backoff_delay(1.0, 2.0, 10.0, 3), Duration::from_secs(4));
         assert_eq!(backoff_delay(1.0, 2.0, 10.0, 10), Duration::from_secs(10));
+        // A stored definition from before the int32 bound: the delay saturates.
+        let huge = 9_223_372_036_854_775_807.0;
+        assert_eq!(backoff_delay(huge, 1.15, huge, 3), marina_daemon::time::NEVER);
+        assert_eq!(backoff_delay(1.0, f64::MAX, 3600.0, 40), Duration::from_secs(3600));
+        assert_eq!(backoff_delay(f64::INFINITY, 0.0, f64::NAN, 2), Duration::ZERO);
     }
 }

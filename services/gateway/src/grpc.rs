@@ -45,8 +45,8 @@ fn deploy_status(error: DeployError) -> Status {
         DeployError::NotFound(_) | DeployError::NoDeployment(_) => Status::not_found(error.to_string()),
         DeployError::Exists(_) => Status::already_exists(error.to_string()),
         DeployError::Locked(ref ids) => Status::failed_precondition(format!("{error} Deployments: {}", ids.join(", "))),
-        DeployError::Invalid(_) => Status::invalid_argument(error.to_string()),
-        DeployError::Store(_) => Status::unavailable(error.to_string()),
+        DeployError::Invalid(_) | DeployError::Refused(_) => Status::invalid_argument(error.to_string()),
+        DeployError::Deposed { .. } | DeployError::Unavailable(_) => Status::unavailable(error.to_string()),
     }
 }
 

@@ -265,6 +265,8 @@ struct State {
     /// launches join that trace.
     traces: HashMap<String, marina_daemon::trace::Carrier>,
     queue: HashMap<String, QueueStats>,
+    /// Each app's last failed launch (`lastTaskFailure`).
+    failures: HashMap<String, TaskFailure>,
 }
 
 /// The link to the master while subscribed.
@@ -286,10 +288,53 @@ pub enum DeployError {
     Locked(Vec<String>),
     #[error("DeploymentPlan {0} does not exist")]
     NoDeployment(String),
-    #[error("{0}")]
-    Invalid(String),
+    /// The change breaks a rule or a limit: Marathon's 422 with every problem at its path.
+    #[error("invalid app definition: {}", crate::app::describe(.0))]
+    Invalid(Vec<crate::app::Violation>),
+    /// Coord refused what the change would write (a path or a value it does not take).
+    #[error("coord refused the change: {0}")]
+    Refused(String),
+    /// This gateway lost its leadership while carrying out the change.
+    #[error("this gateway no longer leads (epoch {epoch} was deposed); retry, and the new leader answers")]
+    Deposed { epoch: u64 },
+    /// Coord could not be reached, or could not commit.
     #[error("coord is unavailable: {0}")]
-    Store(String),
+    Unavailable(String),
+}
+
+impl DeployError {
+    /// What a failed coord write means for the caller.
+    fn from_coord(error: CoordError, epoch: u64) -> Self {
+        match error {
+            CoordError::Deposed { .. } => DeployError::Deposed { epoch },
+            CoordError::InvalidArgument(message) => DeployError::Refused(message),
+            CoordError::Unavailable(_)
+            | CoordError::NoQuorum(_)
+            | CoordError::Indeterminate(_)
+            | CoordError::SessionExpired(_)
+            | CoordError::Other { .. } => DeployError::Unavailable(error.to_string()),
+            // Unconditional puts and recursive deletes meet none of these; if one does, it
+            // is the cluster's state, not the request, that is wrong.
+            CoordError::NodeExists(_)
+            | CoordError::NoNode(_)
+            | CoordError::BadVersion(_)
+            | CoordError::NotEmpty(_)
+            | CoordError::Compacted(_) => DeployError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+/// Why an app's last launch failed: Marathon's `lastTaskFailure` (a task that failed, a
+/// launch the master refused, or a definition the leader could not converge).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFailure {
+    pub task_id: String,
+    pub state: TaskState,
+    pub message: String,
+    pub host: String,
+    pub agent_id: String,
+    pub version: String,
+    pub timestamp: Timestamp,
 }
 
 /// One app change of a deployment.
@@ -329,6 +374,8 @@ pub struct Leader {
     deposed: CancellationToken,
     metrics: GatewayMetrics,
     prober: Prober,
+    /// The gateway's shutdown: failed when the leader state is found poisoned.
+    shutdown: marina_daemon::Shutdown,
 }
 
 fn now_ts() -> String {
@@ -404,6 +451,7 @@ impl Leader {
             deposed,
             metrics: gateway.metrics.clone(),
             prober: Prober::default(),
+            shutdown: gateway.shutdown.clone(),
         });
         tokio::spawn(leader.clone().converge_loop());
         tokio::spawn(leader.clone().readiness_loop());
@@ -422,8 +470,19 @@ impl marina_coord_client::Term for Leader {
 }
 
 impl Leader {
+    /// The state, or — if a panic poisoned it — a leader that steps down at once and a
+    /// service that stops (see [`marina_daemon::Shutdown::fail`]): state a panic left half
+    /// changed must not be acted on, and holding the leadership without acting would stall
+    /// every app.
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("gateway state lock")
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                self.deposed.cancel();
+                self.shutdown.fail("the gateway's leader state is poisoned (a panic while it was changed)");
+                panic!("gateway leader state poisoned");
+            }
+        }
     }
 
     fn check_deposed(&self, error: &CoordError) {
@@ -439,7 +498,7 @@ impl Leader {
         }
         self.store.apply(batch).await.map_err(|error| {
             self.check_deposed(&error);
-            DeployError::Store(error.to_string())
+            DeployError::from_coord(error, self.epoch)
         })
     }
 
@@ -519,6 +578,11 @@ impl Leader {
             .collect()
     }
 
+    /// The app's last failed launch, if any.
+    pub fn last_failure(&self, app_id: &str) -> Option<TaskFailure> {
+        self.lock().failures.get(app_id).cloned()
+    }
+
     pub fn reset_delay(&self, app_id: &str) -> bool {
         let mut state = self.lock();
         if !state.apps.contains_key(app_id) {
@@ -585,6 +649,10 @@ impl Leader {
                 let node = store::node_name(&id);
                 let stamped = match target {
                     Some(mut definition) => {
+                        let violations = self.config.limits.check_change(&definition, previous.as_ref());
+                        if !violations.is_empty() {
+                            return Err(DeployError::Invalid(violations));
+                        }
                         // Ports declared 0 get service ports no other app holds (nor one
                         // assigned earlier in this deployment); an update keeps its own.
                         let taken: std::collections::BTreeSet<u16> = state
@@ -596,9 +664,11 @@ impl Leader {
                             .flat_map(|(_, entry)| entry.definition.service_ports())
                             .chain(assigned.iter().copied())
                             .collect();
-                        definition
-                            .assign_service_ports(previous.as_ref(), &taken, app::SERVICE_PORTS)
-                            .map_err(|error| DeployError::Invalid(error.to_string()))?;
+                        definition.assign_service_ports(previous.as_ref(), &taken, app::SERVICE_PORTS).map_err(
+                            |error| {
+                                DeployError::Invalid(vec![app::Violation::new("/portDefinitions", error.to_string())])
+                            },
+                        )?;
                         assigned.extend(definition.service_ports());
                         Some(definition)
                     }
@@ -924,6 +994,7 @@ impl Leader {
             let mut guard = self.lock();
             let state = &mut *guard;
             let mut kills = Vec::new();
+            let mut undecidable = Vec::new();
             let full = state.next_full_round.is_none_or(|due| now >= due);
             let changed = std::mem::take(&mut state.instances.dirty);
             let ids: Vec<String> = if full {
@@ -943,11 +1014,26 @@ impl Leader {
                     state.pending.remove(&id);
                     state.queue.remove(&id);
                     state.converged.remove(&id);
+                    state.failures.remove(&id);
                     continue;
                 };
-                let plan = entry.active.as_ref().map(model::plan);
-                let views: Vec<InstanceView> = state.instances.of_app(&id).map(Instance::view).collect();
-                let decision = engine::decide(plan.as_ref(), &views, now);
+                // A decision is pure: if one app's definition makes it panic, that app is
+                // marked and waits, and every other app is still decided for (a definition
+                // that broke this leader would break the next one too).
+                let decided = marina_daemon::shutdown::contain(|| {
+                    let plan = entry.active.as_ref().map(model::plan);
+                    let views: Vec<InstanceView> = state.instances.of_app(&id).map(Instance::view).collect();
+                    engine::decide(plan.as_ref(), &views, now)
+                });
+                let decision = match decided {
+                    Ok(decision) => decision,
+                    Err(panic) => {
+                        state.pending.remove(&id);
+                        state.converged.remove(&id);
+                        undecidable.push((id, panic));
+                        continue;
+                    }
+                };
                 kills.extend(decision.kill);
                 if decision.launch > 0 {
                     // Apps in backoff stay pending (and show in /v2/queue with their delay);
@@ -964,6 +1050,18 @@ impl Leader {
                 } else {
                     state.converged.remove(&id);
                 }
+            }
+            for (id, panic) in undecidable {
+                let failure = TaskFailure {
+                    task_id: String::new(),
+                    state: TaskState::TaskError,
+                    message: format!("the gateway cannot converge this app: {panic}"),
+                    host: String::new(),
+                    agent_id: String::new(),
+                    version: state.apps.get(&id).map(|e| model::version(&e.definition)).unwrap_or_default(),
+                    timestamp: Timestamp::now(),
+                };
+                back_off(state, &id, failure, now);
             }
             if full {
                 // Launches that never started, and kills that were not acknowledged.
@@ -1028,7 +1126,7 @@ impl Leader {
         let session = self.master.borrow().clone();
         let Some(session) = session else { return };
         let now = Instant::now();
-        let (launches, unused, records) = {
+        let (launches, records) = {
             let mut guard = self.lock();
             let state = &mut *guard;
             let mut views: Vec<OfferView> = offers
@@ -1148,8 +1246,6 @@ impl Leader {
                 state.instances.insert(Instance::staging(record.clone(), now));
                 records.push(record);
             }
-            let unused: Vec<String> =
-                offers.iter().map(|o| o.offer_id.clone()).filter(|id| !launches.contains_key(id)).collect();
             // Each accept is traced as part of the deployment that asked for its tasks.
             let launches: BTreeMap<String, (Vec<TaskInfo>, marina_daemon::trace::Carrier)> = launches
                 .into_iter()
@@ -1158,26 +1254,23 @@ impl Leader {
                     (offer, (tasks, trace))
                 })
                 .collect();
-            (launches, unused, records)
+            (launches, records)
         };
-        if !records.is_empty() {
-            let mut batch = Batch::default();
-            for record in &records {
-                batch.put(format!("{}/{}", store::INSTANCES, record.task_id), record);
-            }
-            if let Err(error) = self.apply(batch).await {
-                tracing::warn!(%error, "cannot record instances; not launching them");
-                {
-                    let mut state = self.lock();
-                    for record in &records {
-                        state.instances.remove(&record.task_id);
-                    }
+        let mut launches = launches;
+        if let Err(error) = self.record_instances(&records, &mut launches).await {
+            tracing::warn!(%error, "cannot record instances; not launching them");
+            {
+                let mut state = self.lock();
+                for record in &records {
+                    state.instances.remove(&record.task_id);
                 }
-                let all: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
-                self.decline(&session, all, 1.0).await;
-                return;
             }
+            let all: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
+            self.decline(&session, all, 1.0).await;
+            return;
         }
+        let unused: Vec<String> =
+            offers.iter().map(|o| o.offer_id.clone()).filter(|id| !launches.contains_key(id)).collect();
         let launched: usize = launches.values().map(|(tasks, _)| tasks.len()).sum();
         let accepts = launches.into_iter().map(|(offer_id, (tasks, trace))| {
             let mut client = session.client.clone();
@@ -1208,6 +1301,21 @@ impl Leader {
         self.metrics.launches_refused.inc_by(refused as u64);
         for (ids, status) in failed {
             tracing::warn!(tasks = ids.len(), %status, "launch refused by the master; the instances will be replaced");
+            if status.code() == tonic::Code::InvalidArgument {
+                // The master found the tasks themselves wrong: their apps back off (and show
+                // why), instead of being refused again at once, round after round.
+                let mut state = self.lock();
+                let now = Instant::now();
+                let failed: Vec<TaskFailure> = ids
+                    .iter()
+                    .filter_map(|id| state.instances.get(id))
+                    .map(|instance| launch_failure(&instance.record, status.message()))
+                    .collect();
+                for failure in failed {
+                    let app_id = PathId::app_id_of_task(&failure.task_id).map(|p| p.to_string()).unwrap_or_default();
+                    back_off(&mut state, &app_id, failure, now);
+                }
+            }
             self.forget_instances(&ids).await;
         }
         if !unused.is_empty() {
@@ -1215,6 +1323,58 @@ impl Leader {
             self.decline(&session, unused, refuse).await;
         }
         self.converge_now.notify_one();
+    }
+
+    /// Records the instances about to be launched. If coord refuses what some app's records
+    /// hold (a path or value it does not take), only that app's launches are dropped — it
+    /// backs off, marked with coord's reason — and the others go ahead; any other failure
+    /// is returned, and nothing is launched.
+    async fn record_instances(
+        &self,
+        records: &[InstanceRecord],
+        launches: &mut BTreeMap<String, (Vec<TaskInfo>, marina_daemon::trace::Carrier)>,
+    ) -> Result<(), DeployError> {
+        let batch_of = |records: &mut dyn Iterator<Item = &InstanceRecord>| {
+            let mut batch = Batch::default();
+            for record in records {
+                batch.put(format!("{}/{}", store::INSTANCES, record.task_id), record);
+            }
+            batch
+        };
+        match self.apply(batch_of(&mut records.iter())).await {
+            Err(DeployError::Refused(_)) => {}
+            other => return other,
+        }
+        let mut by_app: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
+        for record in records {
+            by_app.entry(record.app_id.as_str()).or_default().push(record);
+        }
+        let attempts = by_app.into_iter().map(|(app_id, records)| async move {
+            (app_id, records.clone(), self.apply(batch_of(&mut records.into_iter())).await)
+        });
+        let mut refused: HashSet<String> = HashSet::new();
+        for (app_id, app_records, result) in futures::future::join_all(attempts).await {
+            match result {
+                Ok(()) => {}
+                Err(DeployError::Refused(reason)) => {
+                    tracing::error!(app = %app_id, %reason, "coord refuses this app's instance records; it backs off");
+                    let mut state = self.lock();
+                    let now = Instant::now();
+                    for record in &app_records {
+                        state.instances.remove(&record.task_id);
+                        refused.insert(record.task_id.clone());
+                    }
+                    let reason = format!("cannot record the instance: {reason}");
+                    back_off(&mut state, app_id, launch_failure(app_records[0], &reason), now);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        for (tasks, _) in launches.values_mut() {
+            tasks.retain(|task| !refused.contains(&task.task_id));
+        }
+        launches.retain(|_, (tasks, _)| !tasks.is_empty());
+        Ok(())
     }
 
     async fn decline(&self, session: &MasterSession, offer_ids: Vec<String>, refuse_seconds: f64) {
@@ -1382,21 +1542,19 @@ impl Leader {
                                 | TaskState::TaskDropped
                                 | TaskState::TaskUnknown
                         );
+                        let failure = TaskFailure {
+                            task_id: status.task_id.clone(),
+                            state: state_of,
+                            message: status.message.clone(),
+                            host: instance.record.host.clone(),
+                            agent_id: instance.record.agent_id.clone(),
+                            version: instance.record.version.clone(),
+                            timestamp: Timestamp::now(),
+                        };
                         state.instances.remove(&status.task_id);
                         batch.delete(format!("{}/{}", store::INSTANCES, status.task_id));
                         if failed && !killed_by_us {
-                            let app = state.apps.get(&app_id).and_then(|e| e.active.as_ref());
-                            let backoff = state.backoff.entry(app_id.clone()).or_default();
-                            backoff.failures += 1;
-                            if let Some(app) = app {
-                                let delay = engine::backoff_delay(
-                                    app.backoff_seconds as f64,
-                                    app.backoff_factor,
-                                    app.max_launch_delay_seconds as f64,
-                                    backoff.failures,
-                                );
-                                backoff.until = Some(now + delay);
-                            }
+                            back_off(state, &app_id, failure, now);
                         }
                     } else if state_of == TaskState::TaskRunning && instance.healthy != Some(false) {
                         state.backoff.remove(&app_id);
@@ -1429,6 +1587,38 @@ impl Leader {
     pub fn reconcile_list(&self) -> Vec<(String, String)> {
         self.lock().instances.values().map(|i| (i.record.task_id.clone(), i.record.agent_id.clone())).collect()
     }
+}
+
+/// A launch of `record`'s task that failed before it ran, for `lastTaskFailure`.
+fn launch_failure(record: &InstanceRecord, reason: &str) -> TaskFailure {
+    TaskFailure {
+        task_id: record.task_id.clone(),
+        state: TaskState::TaskError,
+        message: reason.to_owned(),
+        host: record.host.clone(),
+        agent_id: record.agent_id.clone(),
+        version: record.version.clone(),
+        timestamp: Timestamp::now(),
+    }
+}
+
+/// Counts a failed launch of `app_id` against it: its next launch waits out the backoff its
+/// definition asks for, and `failure` is what `lastTaskFailure` shows.
+fn back_off(state: &mut State, app_id: &str, failure: TaskFailure, now: Instant) {
+    tracing::info!(app = %app_id, task = %failure.task_id, reason = %failure.message, "launch failed; backing off");
+    let app = state.apps.get(app_id).and_then(|e| e.active.as_ref());
+    let backoff = state.backoff.entry(app_id.to_owned()).or_default();
+    backoff.failures = backoff.failures.saturating_add(1);
+    if let Some(app) = app {
+        let delay = engine::backoff_delay(
+            app.backoff_seconds as f64,
+            app.backoff_factor,
+            app.max_launch_delay_seconds as f64,
+            backoff.failures,
+        );
+        backoff.until = Some(marina_daemon::time::deadline(now, delay));
+    }
+    state.failures.insert(app_id.to_owned(), failure);
 }
 
 /// Reads a stored (validated and stamped when it was stored) app definition, without

@@ -161,7 +161,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     });
 
     let (router, health) = Endpoint::new("gateway", metrics)
-        .grpc(AppsServer::new(grpc::AppsApi::new(gateway.clone())))
+        .limits(config.server)
+        .grpc(marina_daemon::bounded_grpc!(AppsServer::new(grpc::AppsApi::new(gateway.clone())), config.server))
         .http(rest::routes(gateway.clone()))
         .http(ui::routes())
         .build()

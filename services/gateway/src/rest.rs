@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::app::{self, AppDefinition, AppError, PathId};
 use crate::engine::is_terminal;
-use crate::leader::{Change, DeployError, Deployed, Instance, Leader};
+use crate::leader::{Change, DeployError, Deployed, Instance, Leader, TaskFailure};
 
 /// Marathon's version this API follows.
 pub const MARATHON_VERSION: &str = "1.11.0";
@@ -65,8 +65,13 @@ fn deploy_error(error: DeployError) -> Response {
             })),
         )
             .into_response(),
-        DeployError::Invalid(_) => message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()),
-        DeployError::Store(_) => message(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        DeployError::Invalid(violations) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(app::invalid_body(violations))).into_response()
+        }
+        DeployError::Refused(_) => message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()),
+        DeployError::Deposed { .. } | DeployError::Unavailable(_) => {
+            message(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
     }
 }
 
@@ -309,9 +314,24 @@ fn app_json(app: &AppDefinition, instances: &[Instance], deployments: &[String],
     json
 }
 
+/// Marathon's `lastTaskFailure`.
+fn task_failure_json(app_id: &str, failure: &TaskFailure) -> Value {
+    json!({
+        "appId": app_id,
+        "host": failure.host,
+        "message": failure.message,
+        "state": failure.state.as_str_name(),
+        "taskId": failure.task_id,
+        "timestamp": failure.timestamp,
+        "version": failure.version,
+        "slaveId": failure.agent_id,
+    })
+}
+
 async fn list_apps(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>) -> Reply {
     let leader = leader(&gateway)?;
     let embed_tasks = flags.embed.as_deref().is_some_and(|e| e.contains("tasks"));
+    let embed_failures = flags.embed.as_deref().is_some_and(|e| e.contains("lastTaskFailure"));
     let apps: Vec<Value> = leader
         .apps()
         .iter()
@@ -325,7 +345,14 @@ async fn list_apps(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flag
                 None => app.labels.contains_key(label.trim()),
             })
         })
-        .map(|(app, instances, deployments)| app_json(app, instances, deployments, embed_tasks))
+        .map(|(app, instances, deployments)| {
+            let mut json = app_json(app, instances, deployments, embed_tasks);
+            let id = app.id.to_string();
+            if embed_failures && let Some(failure) = leader.last_failure(&id) {
+                json["lastTaskFailure"] = task_failure_json(&id, &failure);
+            }
+            json
+        })
         .collect();
     Ok(axum::Json(json!({ "apps": apps })).into_response())
 }
@@ -403,7 +430,11 @@ async fn get_app_path(
             let id = app_id(&raw)?.to_string();
             let (app, instances, deployments) = leader.app(&id).ok_or_else(|| not_found_app(&id))?;
             let _ = flags.embed;
-            Ok(axum::Json(json!({ "app": app_json(&app, &instances, &deployments, true) })).into_response())
+            let mut json = app_json(&app, &instances, &deployments, true);
+            if let Some(failure) = leader.last_failure(&id) {
+                json["lastTaskFailure"] = task_failure_json(&id, &failure);
+            }
+            Ok(axum::Json(json!({ "app": json })).into_response())
         }
         AppPath::Tasks(raw) => {
             let id = app_id(&raw)?.to_string();
@@ -715,9 +746,8 @@ fn group_json(base: &PathId, apps: &[(AppDefinition, Vec<Instance>, Vec<String>)
         if app.id.parent() == *base {
             own.push(app_json(app, instances, deployments, false));
         } else {
-            let depth = base.segments().len() + 1;
-            let child =
-                PathId::parse(&format!("/{}", app.id.segments()[..depth].join("/"))).expect("a prefix of a valid id");
+            // A group may have a name an app may not (`/tasks` of `/tasks/web`).
+            let child = app.id.ancestor(base.segments().len() + 1);
             subgroups.insert(child.to_string(), child);
         }
     }
@@ -732,7 +762,7 @@ async fn get_root_group(State(gateway): State<Arc<Gateway>>) -> Reply {
 
 async fn get_group(State(gateway): State<Arc<Gateway>>, Path(raw): Path<String>) -> Reply {
     let leader = leader(&gateway)?;
-    let id = PathId::parse(&format!("/{}", raw.trim_matches('/')))
+    let id = PathId::parse_group(&format!("/{}", raw.trim_matches('/')))
         .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
     let apps = leader.apps();
     if !apps.iter().any(|(app, _, _)| id.contains(&app.id) && app.id != id) {
@@ -758,11 +788,23 @@ fn group_apps(body: &Value, base: &PathId, out: &mut Vec<AppDefinition>) -> Resu
     Ok(())
 }
 
+/// One group request deploys at most [`app::MAX_ITEMS`] apps: each is validated, stored and
+/// planned in the same deployment.
+fn too_many_apps(apps: &[AppDefinition]) -> Result<(), Response> {
+    if apps.len() <= app::MAX_ITEMS {
+        return Ok(());
+    }
+    let violation =
+        app::Violation::new("/apps", format!("got {} apps, expected {} or less", apps.len(), app::MAX_ITEMS));
+    Err((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(app::invalid_body(&[violation]))).into_response())
+}
+
 async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
     let leader = leader(&gateway)?;
     let body: Value = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
     let mut apps = Vec::new();
     group_apps(&body, &PathId::root(), &mut apps)?;
+    too_many_apps(&apps)?;
     if apps.is_empty() {
         return Err(message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -794,6 +836,7 @@ async fn update_group(
     body["id"] = json!(base.to_string());
     let mut apps = Vec::new();
     group_apps(&body, &PathId::root(), &mut apps)?;
+    too_many_apps(&apps)?;
     let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
     let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
     Ok(deployed(StatusCode::OK, &result))
@@ -805,7 +848,7 @@ async fn delete_group(
     Query(flags): Query<Flags>,
 ) -> Reply {
     let leader = leader(&gateway)?;
-    let id = PathId::parse(&format!("/{}", raw.trim_matches('/')))
+    let id = PathId::parse_group(&format!("/{}", raw.trim_matches('/')))
         .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
     let changes: Vec<Change> = leader
         .apps()

@@ -22,6 +22,15 @@ pub const VERSIONS: &str = "/gateway/versions";
 pub const DEPLOYMENTS: &str = "/gateway/deployments";
 pub const INSTANCES: &str = "/gateway/instances";
 
+/// The longest path the gateway writes, below the coord root: a version of an app with the
+/// longest id (its node name, a `/`, a version timestamp) or an instance record named by
+/// the longest task id, whichever is longer.
+pub const LONGEST_PATH_BELOW_ROOT: usize = {
+    let version = VERSIONS.len() + 1 + crate::app::MAX_APP_ID_BYTES + 1 + "2026-12-06T11:56:26.123Z".len();
+    let instance = INSTANCES.len() + 1 + marina_proto::checks::MAX_ID_BYTES;
+    if version > instance { version } else { instance }
+};
+
 /// How many versions of an app are kept (Marathon's `zk_max_versions`).
 pub const MAX_VERSIONS: usize = 50;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use marina_coord_client::CoordUrl;
+use marina_daemon::ServerLimits;
 use marina_daemon::config::ConfigError;
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,8 @@ pub struct Config {
     /// reading cannot take the master's memory. The default holds a reconciliation of
     /// 200,000 tasks with updates still coming; the queue takes memory only as it fills.
     pub scheduler_queue_events: usize,
+    /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
+    pub server: ServerLimits,
     pub log: LogConfig,
 }
 
@@ -67,6 +70,7 @@ impl Default for Config {
             default_refuse_seconds: 5.0,
             scheduler_heartbeat_ms: 5_000,
             scheduler_queue_events: 262_144,
+            server: ServerLimits::default(),
             log: LogConfig::default(),
         }
     }
@@ -80,6 +84,7 @@ impl Config {
         if self.work_dir.as_os_str().is_empty() {
             return Err(ConfigError::value("work_dir", "must be set"));
         }
+        self.server.validate()?;
         for (key, value) in [
             ("session_ttl_ms", self.session_ttl_ms),
             ("agent_reregister_timeout_ms", self.agent_reregister_timeout_ms),

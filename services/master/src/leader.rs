@@ -26,6 +26,10 @@ use crate::metrics::MasterMetrics;
 use crate::registry::Registry;
 use crate::resources::{add, contains_port, covers_scalars, subtract};
 
+/// The longest a framework's refusal of an agent lasts: a year (any longer asks for never,
+/// and a deadline that far would overflow the clock's arithmetic).
+const MAX_REFUSE: Duration = Duration::from_secs(365 * 86_400);
+
 pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
 pub type SchedulerSender = mpsc::Sender<Result<pb::SchedulerEvent, Status>>;
 
@@ -166,6 +170,8 @@ pub struct LeaderState {
     /// Signalled (by the election) when a fenced write finds the leadership gone.
     deposed: CancellationToken,
     metrics: MasterMetrics,
+    /// The master's shutdown: failed when the state is found poisoned.
+    shutdown: marina_daemon::Shutdown,
     next_stream: AtomicU64,
     reregister_deadline: Instant,
     /// Runs an allocation round now rather than at the next tick (a framework revived: it
@@ -241,6 +247,7 @@ impl LeaderState {
             ended: CancellationToken::new(),
             deposed,
             metrics: master.metrics.clone(),
+            shutdown: master.shutdown.clone(),
             next_stream: AtomicU64::new(1),
             allocate_soon: tokio::sync::Notify::new(),
         });
@@ -255,15 +262,40 @@ impl LeaderState {
     pub fn end(&self) {
         self.ended.cancel();
         self.metrics.elected.set(0);
-        let mut inner = self.inner.lock().expect("leader lock");
+        // Dropping everything is right even for state a panic left half changed.
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.agents.clear();
         inner.task_index = TaskIndex::default();
         inner.frameworks.clear();
         inner.offers.clear();
     }
 
+    /// The state, or — if a panic poisoned it — a leader that steps down at once and a
+    /// service that stops (see [`marina_daemon::Shutdown::fail`]): state a panic left half
+    /// changed must not be acted on, and a leader that holds on without acting stalls the
+    /// whole cluster.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("leader lock")
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                self.deposed.cancel();
+                self.shutdown.fail("the master's leader state is poisoned (a panic while it was changed)");
+                panic!("master leader state poisoned");
+            }
+        }
+    }
+
+    /// How long a framework's refusal of an agent lasts: `filters.refuse_seconds`, or the
+    /// configured default. Not a number, infinite or negative is an error; longer than
+    /// [`MAX_REFUSE`] is [`MAX_REFUSE`] (Mesos, too, clamps it to its longest duration).
+    fn refusal(&self, filters: Option<&pb::Filters>) -> Result<Duration, Status> {
+        let seconds = filters.map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(Status::invalid_argument(format!(
+                "filters.refuse_seconds must be a finite number of seconds, at least 0; got {seconds}"
+            )));
+        }
+        Ok(marina_daemon::time::seconds(seconds).min(MAX_REFUSE))
     }
 
     fn agent_message(&self, kind: master_message::Kind) -> Result<pb::MasterMessage, Status> {
@@ -297,6 +329,7 @@ impl LeaderState {
         link_id: u64,
     ) -> Result<String, Status> {
         let mut info = register.info.ok_or_else(|| Status::invalid_argument("register without agent info"))?;
+        check_agent(&info).map_err(|problem| Status::invalid_argument(format!("agent info refused: {problem}")))?;
         if register.highest_epoch > self.epoch {
             return Err(Status::failed_precondition(format!(
                 "the agent obeyed epoch {} already; this master's epoch {} is older",
@@ -333,6 +366,12 @@ impl LeaderState {
         let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
         for TaskReport { task, status } in register.tasks {
             let (Some(task), Some(status)) = (task, status) else { continue };
+            // What the agent runs is what it runs, but a task this master would not have
+            // launched (an id or resources out of bounds) must not enter the accounts.
+            if let Err(problem) = marina_proto::checks::check_task(&task) {
+                tracing::warn!(agent = %info.agent_id, %problem, "a reported task is left out of the accounts");
+                continue;
+            }
             tasks.insert(task.task_id.clone(), TaskRecord { info: task, status });
         }
         // Tasks this master launched that the agent does not report were never started
@@ -537,6 +576,7 @@ impl LeaderState {
     /// Launches tasks on accepted offers, after checking them against the offers.
     pub fn accept(&self, request: pb::AcceptRequest) -> Result<(), Status> {
         let started = Instant::now();
+        let refuse = self.refusal(request.filters.as_ref())?;
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;
         if request.offer_ids.is_empty() {
@@ -563,11 +603,10 @@ impl LeaderState {
         for offer_id in &request.offer_ids {
             inner.offers.remove(offer_id);
         }
-        let refuse = request.filters.as_ref().map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
-        if refuse > 0.0
+        if !refuse.is_zero()
             && let Some(framework) = inner.frameworks.get_mut(&request.framework_id)
         {
-            framework.refused.insert(agent_id.clone(), Instant::now() + Duration::from_secs_f64(refuse));
+            framework.refused.insert(agent_id.clone(), Instant::now() + refuse);
         }
         if let Err(message) = validate_launch(&inner, &agent_id, &offered, &request.launch) {
             return Err(Status::invalid_argument(format!("launch refused: {message}")));
@@ -604,9 +643,9 @@ impl LeaderState {
     }
 
     pub fn decline(&self, request: pb::DeclineRequest) -> Result<(), Status> {
+        let refuse = self.refusal(request.filters.as_ref())?;
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;
-        let refuse = request.filters.as_ref().map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
         for offer_id in &request.offer_ids {
             let Some(offer) = inner.offers.get(offer_id) else { continue };
             if offer.framework_id != request.framework_id {
@@ -614,10 +653,10 @@ impl LeaderState {
             }
             let agent_id = offer.agent_id.clone();
             inner.offers.remove(offer_id);
-            if refuse > 0.0
+            if !refuse.is_zero()
                 && let Some(framework) = inner.frameworks.get_mut(&request.framework_id)
             {
-                framework.refused.insert(agent_id, Instant::now() + Duration::from_secs_f64(refuse));
+                framework.refused.insert(agent_id, Instant::now() + refuse);
             }
         }
         Ok(())
@@ -1210,15 +1249,41 @@ fn used_by(tasks: &HashMap<String, TaskRecord>) -> Resources {
     used
 }
 
+/// Most attributes an agent may advertise; each is matched by constraints for every offer.
+const MAX_AGENT_ATTRIBUTES: usize = 1000;
+
+/// Longest hostname, address, attribute name or value an agent may give (bytes).
+const MAX_AGENT_STRING: usize = 1024;
+
+/// What an agent describes of itself is used for placement arithmetic, offers and paths:
+/// its id, resources and attributes must be bounded.
+fn check_agent(info: &AgentInfo) -> Result<(), String> {
+    use marina_proto::checks;
+    if !info.agent_id.is_empty() {
+        checks::check_id(&info.agent_id).map_err(|error| format!("agent id {:?} {error}", info.agent_id))?;
+    }
+    checks::check_resources("resources", &info.resources.clone().unwrap_or_default())?;
+    if info.attributes.len() > MAX_AGENT_ATTRIBUTES {
+        return Err(format!("{} attributes; at most {MAX_AGENT_ATTRIBUTES} are allowed", info.attributes.len()));
+    }
+    let strings = [("hostname", &info.hostname), ("address", &info.address), ("runtime", &info.runtime)];
+    let attributes =
+        info.attributes.iter().flat_map(|a| [("an attribute name", &a.name), ("an attribute value", &a.value)]);
+    for (what, value) in strings.into_iter().chain(attributes) {
+        if value.len() > MAX_AGENT_STRING || value.chars().any(char::is_control) {
+            return Err(format!("{what} is longer than {MAX_AGENT_STRING} bytes or holds control characters"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks tasks against the resources of the accepted offers.
 fn validate_launch(inner: &Inner, agent_id: &str, offered: &Resources, tasks: &[TaskInfo]) -> Result<(), String> {
     let mut asked = Resources::default();
     let mut ports = HashSet::new();
     let mut ids = HashSet::new();
     for task in tasks {
-        if task.task_id.trim().is_empty() {
-            return Err("a task has an empty task_id".into());
-        }
+        marina_proto::checks::check_task(task)?;
         if !ids.insert(task.task_id.as_str()) {
             return Err(format!("task id {} appears twice", task.task_id));
         }
@@ -1233,11 +1298,6 @@ fn validate_launch(inner: &Inner, agent_id: &str, offered: &Resources, tasks: &[
             return Err(format!("task {} is already running", task.task_id));
         }
         let resources = task.resources.clone().unwrap_or_default();
-        for (name, value) in [("cpus", resources.cpus), ("mem", resources.mem_mb), ("disk", resources.disk_mb)] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(format!("task {}: {name} must be a non-negative number", task.task_id));
-            }
-        }
         asked = add(&asked, &Resources { ports: Vec::new(), ..resources });
         for mapping in task.container.as_ref().map(|c| c.port_mappings.as_slice()).unwrap_or_default() {
             let port = u64::from(mapping.host_port);

@@ -55,6 +55,8 @@ pub struct Master {
     /// The leader state while this master leads.
     pub role: watch::Sender<Option<Arc<LeaderState>>>,
     pub metrics: MasterMetrics,
+    /// The master's shutdown: failed when the leader state is found poisoned.
+    pub shutdown: Shutdown,
     observer: LeaderObserver,
 }
 
@@ -105,12 +107,23 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let master_metrics = MasterMetrics::new(&metrics);
     let (role, _) = watch::channel(None);
     let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
-    let master = Arc::new(Master { id, member, config, coord, role, metrics: master_metrics, observer });
+    let master = Arc::new(Master {
+        id,
+        member,
+        config,
+        coord,
+        role,
+        metrics: master_metrics,
+        shutdown: shutdown.clone(),
+        observer,
+    });
 
+    let limits = master.config.server;
     let (router, health) = Endpoint::new("master", metrics)
-        .grpc(AgentLinkServer::new(api::AgentLinkApi::new(master.clone())))
-        .grpc(SchedulerServer::new(api::SchedulerApi::new(master.clone())))
-        .grpc(OperatorServer::new(api::OperatorApi::new(master.clone())))
+        .limits(limits)
+        .grpc(marina_daemon::bounded_grpc!(AgentLinkServer::new(api::AgentLinkApi::new(master.clone())), limits))
+        .grpc(marina_daemon::bounded_grpc!(SchedulerServer::new(api::SchedulerApi::new(master.clone())), limits))
+        .grpc(marina_daemon::bounded_grpc!(OperatorServer::new(api::OperatorApi::new(master.clone())), limits))
         .http(api::http_routes(master.clone()))
         .build()
         .await;

@@ -68,7 +68,8 @@ pub fn contains_port(ranges: &[Range], port: u64) -> bool {
 }
 
 pub fn port_count(ranges: &[Range]) -> u64 {
-    ranges.iter().map(|r| r.end - r.begin + 1).sum()
+    // Saturating: ranges from the wire are checked, but arithmetic must not trust that.
+    ranges.iter().map(|r| r.end.saturating_sub(r.begin).saturating_add(1)).fold(0, u64::saturating_add)
 }
 
 /// `a + b` (ports merged).

@@ -71,9 +71,9 @@ pub(crate) fn decode_app(value: &Value, base: &PathId, id: Option<&PathId>) -> R
     app.store_urls = r.strings(obj, "", "storeUrls").unwrap_or_default();
     let port_definitions = port_definitions(&mut r, obj);
     app.require_ports = r.bool(obj, "", "requirePorts", false);
-    app.backoff_seconds = r.i64(obj, "", "backoffSeconds", DEFAULT_BACKOFF_SECONDS);
+    app.backoff_seconds = r.i32(obj, "", "backoffSeconds", DEFAULT_BACKOFF_SECONDS);
     app.backoff_factor = r.f64(obj, "", "backoffFactor", DEFAULT_BACKOFF_FACTOR);
-    app.max_launch_delay_seconds = r.i64(obj, "", "maxLaunchDelaySeconds", DEFAULT_MAX_LAUNCH_DELAY_SECONDS);
+    app.max_launch_delay_seconds = r.i32(obj, "", "maxLaunchDelaySeconds", DEFAULT_MAX_LAUNCH_DELAY_SECONDS);
     app.container = get(obj, "container").and_then(|v| container(&mut r, v, "/container"));
     app.health_checks = r
         .objects(obj, "", "healthChecks")
@@ -114,7 +114,9 @@ pub(crate) fn decode_app(value: &Value, base: &PathId, id: Option<&PathId>) -> R
     }
     app.kill_selection = r.enumeration(obj, "", "killSelection", &KILL_SELECTIONS).unwrap_or_default();
     app.unreachable_strategy = unreachable_strategy(&mut r, obj);
-    app.task_kill_grace_period_seconds = r.opt_i64(obj, "", "taskKillGracePeriodSeconds");
+    // Marathon's int32 fields (app.raml `format: int32`): a larger number is Marathon's
+    // `error.expected.int`, and never reaches the backoff or kill arithmetic.
+    app.task_kill_grace_period_seconds = r.opt_i32(obj, "", "taskKillGracePeriodSeconds");
     app.networks = r
         .objects(obj, "", "networks")
         .unwrap_or_default()

@@ -22,6 +22,7 @@ mod constraints;
 mod decode;
 mod definition;
 mod lenient;
+mod limits;
 mod path;
 mod service_ports;
 mod time;
@@ -43,11 +44,12 @@ pub use definition::{
     LABEL_SINGLE_INSTANCE_APP, Network, NetworkMode, PortDefinition, PortMapping, Protocol, ReadinessCheck,
     UnreachableStrategy, UpgradeStrategy, VersionInfo,
 };
+pub use limits::AppLimits;
 pub use path::{ID_SEGMENT_PATTERN, PathId, PathIdError, RESERVED_KEYWORDS};
 pub use service_ports::{SERVICE_PORTS, ServicePortsExhausted};
 pub use time::{Timestamp, TimestampError};
 pub use update::{apply_patch, config_equal, is_scale_only, rollback_version, stamp};
-pub use validate::validate;
+pub use validate::{MAX_APP_ID_BYTES, MAX_CONSTRAINTS, MAX_ITEMS, validate};
 pub use violation::{Violation, invalid_body};
 
 /// Why a request body is not an app: Marathon's error responses.
@@ -89,7 +91,8 @@ impl AppError {
     }
 }
 
-fn describe(violations: &[Violation]) -> String {
+/// `path: error, error; path: error`, for logs and gRPC messages.
+pub fn describe(violations: &[Violation]) -> String {
     let parts: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.path, v.errors.join(", "))).collect();
     parts.join("; ")
 }

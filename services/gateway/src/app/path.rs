@@ -73,6 +73,21 @@ impl PathId {
         PathId { segments }
     }
 
+    /// A group id from a URL: every segment valid, reserved words allowed (`/tasks` may be a
+    /// group of `/tasks/web`; only an app's own name may not be one).
+    pub fn parse_group(id: &str) -> Result<Self, PathIdError> {
+        let path = PathId::resolve_unchecked(id, &PathId::root());
+        match path.segments.iter().find(|s| !is_valid_segment(s)) {
+            Some(segment) => Err(PathIdError::InvalidSegment { id: id.to_owned(), segment: segment.clone() }),
+            None => Ok(path),
+        }
+    }
+
+    /// The ancestor `depth` segments deep (the root at 0; `self` at its own depth or more).
+    pub fn ancestor(&self, depth: usize) -> PathId {
+        PathId { segments: self.segments[..depth.min(self.segments.len())].to_vec() }
+    }
+
     /// Marathon's complaints about this id, worded as Marathon words them (empty if valid).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

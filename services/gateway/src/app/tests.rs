@@ -409,6 +409,43 @@ const BAD: &[(&str, &str, u16, &[&str])] = &[
     ),
     ("uris and fetch disagree", r#"{"id": "x", "cmd": "x", "uris": ["a"], "fetch": [{"uri": "b"}]}"#, 422, &["/uris"]),
     ("several at once", r#"{"id": "Bad", "cmd": "x", "cpus": -1, "mem": -2}"#, 422, &["/id", "/cpus", "/mem"]),
+    // What once panicked a leader or stalled every app, refused at the door instead.
+    (
+        "a backoff beyond int32",
+        r#"{"id": "x", "cmd": "false", "backoffSeconds": 9223372036854775807}"#,
+        422,
+        &["/backoffSeconds"],
+    ),
+    (
+        "a launch delay beyond int32",
+        r#"{"id": "x", "cmd": "x", "maxLaunchDelaySeconds": 2147483648}"#,
+        422,
+        &["/maxLaunchDelaySeconds"],
+    ),
+    (
+        "a kill grace beyond int32",
+        r#"{"id": "x", "cmd": "x", "taskKillGracePeriodSeconds": 1e12}"#,
+        422,
+        &["/taskKillGracePeriodSeconds"],
+    ),
+    ("instances beyond int32", r#"{"id": "x", "cmd": "x", "instances": 4294967296}"#, 422, &["/instances"]),
+    (
+        "an unreachable tolerance of centuries",
+        r#"{"id": "x", "cmd": "x", "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 9999999999}}"#,
+        422,
+        &["/unreachableStrategy/expungeAfterSeconds"],
+    ),
+    ("cpus beyond any machine", r#"{"id": "x", "cmd": "x", "cpus": 1e300}"#, 422, &["/cpus"]),
+    (
+        "a health check every 0 s",
+        r#"{"id": "x", "cmd": "x", "healthChecks": [{"protocol": "TCP", "intervalSeconds": 0}]}"#,
+        422,
+        &["/healthChecks(0)/intervalSeconds"],
+    ),
+    ("an env name with =", r#"{"id": "x", "cmd": "x", "env": {"A=B": "1"}}"#, 422, &["/env(A=B)"]),
+    ("an env name starting with a digit", r#"{"id": "x", "cmd": "x", "env": {"1A": "1"}}"#, 422, &["/env(1A)"]),
+    ("a NUL in an env value", "{\"id\": \"x\", \"cmd\": \"x\", \"env\": {\"A\": \"a\\u0000b\"}}", 422, &["/env(A)"]),
+    ("a NUL in the command", "{\"id\": \"x\", \"cmd\": \"a\\u0000b\"}", 422, &["/cmd"]),
 ];
 
 #[test]
@@ -425,6 +462,38 @@ fn bad_definitions_get_marathons_status_and_paths() {
             assert_eq!(body["details"].as_array().map(Vec::len), Some(paths.len()), "{what}: {body}");
         }
     }
+}
+
+#[test]
+fn ids_must_leave_room_for_their_task_ids() {
+    let longest = format!("/{}", "a".repeat(MAX_APP_ID_BYTES - 1));
+    let app = parse(&format!(r#"{{"id": "{longest}", "cmd": "x"}}"#));
+    let task_id = app.id.task_id("0c6f8c3e-1b5a-4e0b-9d6f-3e8a2b1c4d5e");
+    assert_eq!(task_id.len(), marina_proto::checks::MAX_ID_BYTES, "the longest id's task ids just fit");
+    assert!(marina_proto::checks::check_id(&task_id).is_ok());
+    let error = parse_err(&format!(r#"{{"id": "{longest}a", "cmd": "x"}}"#));
+    assert!(error.to_string().contains("expected 219 or less"), "{error}");
+    let thousand = format!("/{}", ["abcdefghi"; 100].join("/"));
+    let AppError::Invalid(violations) = parse_err(&format!(r#"{{"id": "{thousand}", "cmd": "x"}}"#)) else {
+        panic!("a 1,000-character id is a 422");
+    };
+    assert_eq!(violations[0].path, "/id");
+}
+
+#[test]
+fn lists_are_bounded() {
+    let many = |n: usize| vec![r#"["hostname", "UNIQUE"]"#; n].join(",");
+    let fits = parse(&format!(r#"{{"id": "x", "cmd": "x", "constraints": [{}]}}"#, many(MAX_CONSTRAINTS)));
+    assert_eq!(fits.constraints.len(), MAX_CONSTRAINTS);
+    let AppError::Invalid(violations) =
+        parse_err(&format!(r#"{{"id": "x", "cmd": "x", "constraints": [{}]}}"#, many(MAX_CONSTRAINTS + 1)))
+    else {
+        panic!("too many constraints is a 422");
+    };
+    assert_eq!(violations[0].path, "/constraints");
+    let env: Vec<String> = (0..=MAX_ITEMS).map(|i| format!(r#""V{i}": "x""#)).collect();
+    let error = parse_err(&format!(r#"{{"id": "x", "cmd": "x", "env": {{{}}}}}"#, env.join(",")));
+    assert!(error.to_string().contains("/env: got 1001 items"), "{error}");
 }
 
 #[test]

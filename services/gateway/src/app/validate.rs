@@ -1,5 +1,8 @@
-//! Marathon's rules for an app definition, reported at Marathon's paths in Marathon's words.
+//! Marathon's rules for an app definition, reported at Marathon's paths in Marathon's words,
+//! and the bounds Marina adds where a value would otherwise become an unbounded path,
+//! allocation, loop or arithmetic (each says why where it is checked).
 
+use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use regex::Regex;
@@ -9,6 +12,21 @@ use super::violation::{Problems, Violation, field_path, item_path};
 
 /// Marathon's pattern for `executor`, quoted as-is in its error message.
 const EXECUTOR_PATTERN: &str = "^(//cmd)|(/?[^/]+(/[^/]+)*)|$";
+
+/// The longest app id: its task ids (`<id with / as _>.<uuid>`) must fit Mesos' 255 bytes,
+/// which the master enforces and the agent's sandbox directory names need.
+pub const MAX_APP_ID_BYTES: usize =
+    marina_proto::checks::MAX_ID_BYTES - ".00000000-0000-0000-0000-000000000000".len() + 1;
+
+/// Most entries of any list or map in an app (ports, checks, fetch URIs, env, labels...).
+/// Each is walked per task launched; a 1 MiB body could otherwise hold tens of thousands.
+pub const MAX_ITEMS: usize = 1000;
+
+/// Most constraints: each is evaluated for every offer and every instance placed.
+pub const MAX_CONSTRAINTS: usize = 100;
+
+/// The largest number of seconds any duration field takes: Marathon's `int32`.
+const MAX_SECONDS: i64 = i32::MAX as i64;
 
 /// Checks `app` against Marathon's rules; on failure, every violation found.
 pub fn validate(app: &AppDefinition) -> Result<(), Vec<Violation>> {
@@ -33,17 +51,12 @@ pub fn validate(app: &AppDefinition) -> Result<(), Vec<Violation>> {
             p.add(&item_path("/dependencies", i), "Path must contain at least one path element");
         }
     }
-    for name in app.env.keys() {
-        if name.is_empty() {
-            p.add(&item_path("/env", name), "must not be empty");
-        } else if name.len() >= 255 {
-            p.add(&item_path("/env", name), "variable name must be 254 chars or less");
-        }
-    }
+    env_rules(app, &mut p);
     for name in app.labels.keys().filter(|k| k.is_empty()) {
         p.add(&item_path("/labels", name), "must not be empty");
     }
     scheduling_rules(app, &mut p);
+    size_rules(app, &mut p);
     p.into_result()
 }
 
@@ -53,6 +66,82 @@ fn id_rules(app: &AppDefinition, p: &mut Problems) {
     }
     for problem in app.id.problems() {
         p.add("/id", problem);
+    }
+    let length = app.id.to_string().len();
+    if length > MAX_APP_ID_BYTES {
+        p.add(
+            "/id",
+            format!(
+                "got {length} characters, expected {MAX_APP_ID_BYTES} or less (its task ids must fit in {} bytes)",
+                marina_proto::checks::MAX_ID_BYTES
+            ),
+        );
+    }
+}
+
+/// Names a process can be given: POSIX's portable names (letters, digits, `_`, not starting
+/// with a digit), which every shell can expand; values without NUL, which `execve` cannot
+/// pass.
+fn env_rules(app: &AppDefinition, p: &mut Problems) {
+    for (name, value) in &app.env {
+        let path = item_path("/env", name);
+        let portable = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if name.is_empty() {
+            p.add(&path, "must not be empty");
+        } else if name.len() >= 255 {
+            p.add(&path, "variable name must be 254 chars or less");
+        } else if !portable {
+            p.add(&path, "must contain only alphanumeric chars or underscore, and must not begin with a number");
+        }
+        if let EnvValue::Value(value) = value
+            && value.contains('\0')
+        {
+            p.add(&path, "must not contain a NUL character");
+        }
+    }
+}
+
+/// How many items each list may hold, and no NUL where a string becomes a process's
+/// argument, user or image.
+fn size_rules(app: &AppDefinition, p: &mut Problems) {
+    let counts = [
+        ("/constraints", app.constraints.len(), MAX_CONSTRAINTS),
+        ("/portDefinitions", app.port_definitions.len(), MAX_ITEMS),
+        ("/container/portMappings", app.port_mappings().map_or(0, <[PortMapping]>::len), MAX_ITEMS),
+        ("/healthChecks", app.health_checks.len(), MAX_ITEMS),
+        ("/fetch", app.fetch.len(), MAX_ITEMS),
+        ("/storeUrls", app.store_urls.len(), MAX_ITEMS),
+        ("/dependencies", app.dependencies.len(), MAX_ITEMS),
+        ("/env", app.env.len(), MAX_ITEMS),
+        ("/labels", app.labels.len(), MAX_ITEMS),
+        ("/args", app.args.as_ref().map_or(0, Vec::len), MAX_ITEMS),
+        ("/networks", app.networks.len(), MAX_ITEMS),
+        ("/acceptedResourceRoles", app.accepted_resource_roles.as_ref().map_or(0, Vec::len), MAX_ITEMS),
+        ("/container/volumes", app.container.as_ref().map_or(0, |c| c.volumes.len()), MAX_ITEMS),
+        (
+            "/container/docker/parameters",
+            app.container.as_ref().and_then(|c| c.docker.as_ref()).map_or(0, |d| d.parameters.len()),
+            MAX_ITEMS,
+        ),
+    ];
+    for (path, count, max) in counts {
+        if count > max {
+            p.add(path, format!("got {count} items, expected {max} or less"));
+        }
+    }
+    let nul = |s: &str| s.contains('\0');
+    if app.cmd.as_deref().is_some_and(nul) {
+        p.add("/cmd", "must not contain a NUL character");
+    }
+    if app.args.iter().flatten().any(|a| nul(a)) {
+        p.add("/args", "must not contain a NUL character");
+    }
+    if app.user.as_deref().is_some_and(nul) {
+        p.add("/user", "must not contain a NUL character");
+    }
+    if app.image().is_some_and(nul) {
+        p.add("/container/docker/image", "must not contain a NUL character");
     }
 }
 
@@ -72,11 +161,18 @@ fn command_rules(app: &AppDefinition, p: &mut Problems) {
 }
 
 fn resource_rules(app: &AppDefinition, p: &mut Problems) {
+    use marina_proto::checks::{MAX_CPUS, MAX_MEGABYTES};
     at_least(p, "/instances", app.instances, 0);
+    // Marathon's minimums; the maximums are Marina's, so that sums over every instance
+    // stay finite (the master refuses tasks beyond them anyway).
     at_least(p, "/cpus", app.cpus, 0.0);
+    at_most(p, "/cpus", app.cpus, MAX_CPUS);
     at_least(p, "/mem", app.mem, 0.0);
+    at_most(p, "/mem", app.mem, MAX_MEGABYTES);
     at_least(p, "/disk", app.disk, 0.0);
+    at_most(p, "/disk", app.disk, MAX_MEGABYTES);
     at_least(p, "/gpus", app.gpus, 0);
+    at_most(p, "/gpus", app.gpus, 1024);
     at_least(p, "/backoffSeconds", app.backoff_seconds, 0);
     at_least(p, "/backoffFactor", app.backoff_factor, 1.0);
     at_least(p, "/maxLaunchDelaySeconds", app.max_launch_delay_seconds, 0);
@@ -87,7 +183,10 @@ fn resource_rules(app: &AppDefinition, p: &mut Problems) {
     between(p, "/upgradeStrategy/minimumHealthCapacity", strategy.minimum_health_capacity, 0.0, 1.0);
     between(p, "/upgradeStrategy/maximumOverCapacity", strategy.maximum_over_capacity, 0.0, 1.0);
     if let UnreachableStrategy::Enabled { inactive_after_seconds, expunge_after_seconds } = app.unreachable_strategy {
+        // Marathon reads these as int64; beyond int32's seconds (68 years) they mean nothing.
         at_least(p, "/unreachableStrategy/inactiveAfterSeconds", inactive_after_seconds, 0);
+        at_most(p, "/unreachableStrategy/inactiveAfterSeconds", inactive_after_seconds, MAX_SECONDS);
+        at_most(p, "/unreachableStrategy/expungeAfterSeconds", expunge_after_seconds, MAX_SECONDS);
         if inactive_after_seconds > expunge_after_seconds {
             p.add(
                 "/unreachableStrategy/inactiveAfterSeconds",
@@ -138,6 +237,8 @@ fn health_check_rules(app: &AppDefinition, p: &mut Problems) {
     let port_count = app.port_count();
     for (i, check) in app.health_checks.iter().enumerate() {
         let path = item_path("/healthChecks", i);
+        // Marathon's minimum is 0, which would run the check in a tight loop.
+        at_least(p, &field_path(&path, "intervalSeconds"), i64::from(check.interval_seconds), 1);
         if check.protocol == HealthCheckProtocol::Command {
             if check.command.as_ref().is_none_or(|c| c.value.trim().is_empty()) {
                 p.add(&field_path(&path, "command"), "COMMAND health checks need a command with a non-empty value");
@@ -181,6 +282,12 @@ fn readiness_check_rules(app: &AppDefinition, p: &mut Problems) {
             // The gateway probes over plain HTTP only; refusing beats a deployment that can
             // never finish.
             p.add(&field_path(&path, "protocol"), "HTTPS readiness checks are not supported by Marina; use HTTP");
+        }
+        if check.http_status_codes_for_ready.len() > MAX_ITEMS {
+            p.add(
+                &field_path(&path, "httpStatusCodesForReady"),
+                format!("got {} items, expected {MAX_ITEMS} or less", check.http_status_codes_for_ready.len()),
+            );
         }
         if check.timeout_seconds >= check.interval_seconds {
             p.add(
@@ -229,16 +336,24 @@ impl Shown for i64 {
     }
 }
 
-/// `got -1.0, expected 0.0 or more`.
+/// `got -1.0, expected 0.0 or more`. A value that does not compare (NaN) is refused too.
 fn at_least<T: Shown>(p: &mut Problems, path: &str, value: T, min: T) {
-    if value < min {
+    if matches!(value.partial_cmp(&min), None | Some(Ordering::Less)) {
         p.add(path, format!("got {}, expected {} or more", value.shown(), min.shown()));
     }
 }
 
-/// `got 1.2, expected between 0.0 and 1.0`.
+/// `got 2000000.0, expected 1000000.0 or less`.
+fn at_most<T: Shown>(p: &mut Problems, path: &str, value: T, max: T) {
+    if value.partial_cmp(&max) == Some(Ordering::Greater) {
+        p.add(path, format!("got {}, expected {} or less", value.shown(), max.shown()));
+    }
+}
+
+/// `got 1.2, expected between 0.0 and 1.0`. A value that does not compare (NaN) is refused.
 fn between<T: Shown>(p: &mut Problems, path: &str, value: T, min: T, max: T) {
-    if value < min || value > max {
+    let below = matches!(value.partial_cmp(&min), None | Some(Ordering::Less));
+    if below || value.partial_cmp(&max) == Some(Ordering::Greater) {
         p.add(path, format!("got {}, expected between {} and {}", value.shown(), min.shown(), max.shown()));
     }
 }
