@@ -190,6 +190,16 @@ impl CoordProcesses {
 
     /// Like [`Self::start`], with environment variables for every node.
     pub async fn start_with_env(size: usize, envs: &[(&str, &str)]) -> Self {
+        Self::start_configured(size, envs, None).await
+    }
+
+    /// Like [`Self::start`], with node `id`'s data in `data_dir(id)` (a file system the test
+    /// mounted, say) instead of the cluster's temp dir.
+    pub async fn start_with_data_dirs(size: usize, data_dir: impl Fn(u64) -> PathBuf) -> Self {
+        Self::start_configured(size, &[], Some(&data_dir)).await
+    }
+
+    async fn start_configured(size: usize, envs: &[(&str, &str)], data_dir: Option<&dyn Fn(u64) -> PathBuf>) -> Self {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let binary = crate::binaries::binary("marina-coord");
@@ -197,7 +207,7 @@ impl CoordProcesses {
             .map(|id| ProcessNode {
                 id,
                 address: format!("127.0.0.1:{}", crate::free_port()),
-                data_dir: dir.path().join(format!("node-{id}")),
+                data_dir: data_dir.map_or_else(|| dir.path().join(format!("node-{id}")), |data_dir| data_dir(id)),
                 log: dir.path().join(format!("node-{id}.log")),
                 process: None,
             })
@@ -278,6 +288,22 @@ impl CoordProcesses {
     /// Node `id`'s process id while it runs (e.g. to read its `/proc` entries).
     pub fn pid(&self, id: u64) -> Option<nix::unistd::Pid> {
         self.nodes.iter().find(|n| n.id == id)?.process.as_ref()?.pid()
+    }
+
+    /// Waits up to `timeout` for node `id` to exit on its own; its exit status, or None if it
+    /// still runs (or was not running). An exited node counts as stopped (it can be
+    /// restarted).
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("no such node");
+        let status = node.process.as_mut()?.wait_exit(timeout).await?;
+        node.process = None;
+        Some(status)
+    }
+
+    /// Everything node `id` has logged (stdout and stderr, across restarts).
+    pub fn log(&self, id: u64) -> String {
+        let node = self.nodes.iter().find(|n| n.id == id).expect("no such node");
+        std::fs::read_to_string(&node.log).unwrap_or_default()
     }
 
     pub fn restart(&mut self, id: u64) {

@@ -67,6 +67,14 @@ impl TestProcess {
         child.wait().await.ok()
     }
 
+    /// Waits up to `timeout` for the process to exit on its own, and reaps it: its exit
+    /// status, or None if it still runs after `timeout` (or was already reaped).
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let status = tokio::time::timeout(timeout, self.child.as_mut()?.wait()).await.ok()?.ok()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGSTOP: the process freezes with its sockets open.
     pub fn freeze(&self) {
         if let Some(pid) = self.pid() {

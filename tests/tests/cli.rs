@@ -93,6 +93,13 @@ async fn the_tree_is_read_and_written_with_clear_failures() {
     let bad = coord_cli(&url, &["set", "relative", "x"]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must start with '/'"));
+
+    // `rm -r /` is refused, naming the path, and deletes nothing.
+    let everything = coord_cli(&url, &["rm", "-r", "/"]).await;
+    assert!(!everything.status.success());
+    let message = String::from_utf8_lossy(&everything.stderr);
+    assert!(message.contains("\"/\"") && message.contains("deleting the root is refused"), "{message}");
+    assert_eq!(stdout(&coord_cli(&url, &["ls", "/"]).await), "config\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,23 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use marina_coord_client::{CreateOptions, Election, Error, EventKind, OpResult, Txn};
+use marina_coord_client::{CoordClient, CoordUrl, CreateOptions, Election, Error, EventKind, OpResult, Txn};
+use marina_proto::coord::v1 as pb;
 use marina_tests::{CoordCluster, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A plain gRPC client of one node, with tonic's defaults (4 MiB decoding limit): what
+/// grpcurl, Python or another language's client sees.
+async fn raw_client(address: std::net::SocketAddr) -> pb::coord_client::CoordClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    pb::coord_client::CoordClient::new(channel)
+}
+
+fn error_kind(status: &tonic::Status) -> &str {
+    status.metadata().get("x-marina-error").and_then(|kind| kind.to_str().ok()).unwrap_or("")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_api_versions_revisions_and_errors() {
@@ -93,9 +106,20 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
         Err(Error::InvalidArgument(message)) => assert!(message.contains("exceed the limit of 1024"), "{message}"),
         other => panic!("expected a size error, got {other:?}"),
     }
-    match client.create_session(Duration::from_millis(10), Duration::ZERO).await {
-        Err(Error::InvalidArgument(message)) => assert!(message.contains("ttl_ms"), "{message}"),
-        other => panic!("expected a TTL error, got {:?}", other.map(|s| s.id())),
+    // Session TTLs stay within limits.session_ttl_min_ms..=max_ms (200..=300000), however
+    // large the asked duration (no truncation lands one in range).
+    for (ttl, grace, expected) in [
+        (Duration::from_millis(10), Duration::ZERO, "ttl_ms"),
+        (Duration::from_secs(3600), Duration::ZERO, "200..=300000"),
+        (Duration::MAX, Duration::ZERO, "200..=300000"),
+        // 2^64 + 1000 ms: cut to 64 bits it would read as one second.
+        (Duration::new(18_446_744_073_709_552, 616_000_000), Duration::ZERO, "200..=300000"),
+        (Duration::from_secs(1), Duration::from_secs(2), "disconnect_grace_ms"),
+    ] {
+        match client.create_session(ttl, grace).await {
+            Err(Error::InvalidArgument(message)) => assert!(message.contains(expected), "{ttl:?}: {message}"),
+            other => panic!("{ttl:?}: expected a TTL error, got {:?}", other.map(|s| s.id())),
+        }
     }
     assert!(client.list("/").await.unwrap().children.is_empty(), "nothing was stored");
 }
@@ -338,4 +362,313 @@ async fn a_fenced_write_tells_a_failed_compare_from_a_lost_leadership() {
     let after = Txn::new().when_value("/config", "v2").then_put("/config", "v3");
     assert!(matches!(client.fenced(&fence, after).await, Err(Error::Deposed { .. })));
     assert_eq!(client.get("/config").await.unwrap().unwrap().data, "v2");
+}
+
+/// A storage failure Raft itself meets (here: a snapshot whose file cannot be written, as on
+/// a full disk) fails the node with the reason, for its binary to exit non-zero (the
+/// multi-process test fills a real disk under the log instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_cannot_be_written_fails_the_node() {
+    let cluster = CoordCluster::start_with(1, |config| {
+        config.raft.snapshot_every_entries = 20;
+        // Snapshots are written through `current.tmp`: make it a device whose writes fail
+        // with ENOSPC.
+        let snapshots = config.data_dir.join("raft").join("snapshot");
+        std::fs::create_dir_all(&snapshots).unwrap();
+        std::os::unix::fs::symlink("/dev/full", snapshots.join("current.tmp")).unwrap();
+    })
+    .await;
+    // Short retries: once the node stops, nothing answers.
+    let options = marina_coord_client::ClientOptions { retry_for: Duration::from_secs(1), ..Default::default() };
+    let client = CoordClient::with_options(&cluster.url(), options);
+    let node = cluster.node(1);
+    for i in 0..40 {
+        if node.shutdown.failure().is_some() || client.put(&format!("/s/{i}"), "x").await.is_err() {
+            break;
+        }
+    }
+    let failure = eventually(WAIT, "the node to fail", || async { node.shutdown.failure() }).await;
+    assert!(failure.contains("current.tmp") && failure.contains("No space left on device"), "{failure}");
+    assert!(node.shutdown.is_triggered(), "the node stops");
+}
+
+/// `rm -r /` is refused, by the client (its root holds every service's state) and by the
+/// quorum itself (whoever asks, directly or in a transaction, on any node): nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_root_is_refused() {
+    let cluster = CoordCluster::start(3).await;
+    let client = cluster.client(); // rooted at /test
+    client.put("/keep", "x").await.unwrap();
+    let refusals = [
+        client.delete_recursive("/").await,
+        client.delete("/", None).await,
+        client.txn(Txn::new().then_delete("/", None, true)).await.map(|result| result.revision),
+    ];
+    for refusal in refusals {
+        match refusal {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains("\"/\"") && message.contains("/test"), "names the path: {message}")
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    let delete_root = |recursive| pb::DeleteRequest { path: "/".into(), expected_version: None, recursive };
+    for id in cluster.ids() {
+        let mut raw = raw_client(cluster.address(id)).await;
+        for recursive in [true, false] {
+            let status = raw.delete(delete_root(recursive)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "node {id}: {status:?}");
+            assert_eq!(error_kind(&status), "invalid_argument");
+            assert!(status.message().contains("\"/\""), "names the path: {}", status.message());
+        }
+        let txn = pb::TxnRequest {
+            compares: Vec::new(),
+            success: vec![
+                pb::Op {
+                    op: Some(pb::op::Op::Set(pb::SetRequest {
+                        path: "/other".into(),
+                        upsert: true,
+                        ..Default::default()
+                    })),
+                },
+                pb::Op { op: Some(pb::op::Op::Delete(delete_root(true))) },
+            ],
+            failure: Vec::new(),
+        };
+        let status = raw.txn(txn).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "node {id}: {status:?}");
+        assert!(status.message().contains("\"/\""), "{}", status.message());
+    }
+    assert_eq!(client.get("/keep").await.unwrap().unwrap().data, "x");
+    assert!(cluster.client().get_stale("/other").await.unwrap().is_none(), "nothing of the refused txn applied");
+}
+
+/// One client (one connection) gets `limits.max_watches_per_client` watch streams on a node;
+/// the next is refused with RESOURCE_EXHAUSTED naming the limit. Other clients keep theirs,
+/// and a closed watch frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_only_so_many_watches() {
+    let cluster = CoordCluster::start_with(1, |config| config.limits.max_watches_per_client = 3).await;
+    let greedy = cluster.client();
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        watches.push(greedy.watch(&format!("/w/{i}"), false, 0).await.unwrap());
+    }
+    match greedy.watch("/w/3", false, 0).await {
+        Err(Error::Other { code: tonic::Code::ResourceExhausted, message }) => {
+            assert!(message.contains("limits.max_watches_per_client = 3"), "names the limit: {message}")
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {:?}", other.map(|watch| watch.established_at)),
+    }
+
+    // As any gRPC client sees it, with the error kind the coord client maps.
+    let mut raw = raw_client(cluster.address(1)).await;
+    let request = || pb::WatchRequest { path: "/test/w".into(), recursive: true, ..Default::default() };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(raw.watch(request()).await.unwrap().into_inner());
+    }
+    let status = raw.watch(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(error_kind(&status), "too_many_watches");
+    assert!(status.message().contains("limits.max_watches_per_client = 3"), "{}", status.message());
+    assert_eq!(cluster.node(1).status().watches, 6);
+
+    // Another client is not affected; a closed watch frees its slot for its client.
+    let mut other = cluster.client().watch("/w/0", false, 0).await.unwrap();
+    drop(watches.pop());
+    let mut reopened =
+        eventually(WAIT, "the closed watch's slot to be free", || async { greedy.watch("/w/2", false, 0).await.ok() })
+            .await;
+    let written = greedy.put("/w/0", "x").await.unwrap().mod_revision;
+    for watch in [&mut other, &mut watches[0]] {
+        let change = tokio::time::timeout(WAIT, watch.next()).await.expect("watch delivers").unwrap().unwrap();
+        assert_eq!(change.revision, written);
+    }
+    greedy.put("/w/2", "y").await.unwrap();
+    let change = tokio::time::timeout(WAIT, reopened.next()).await.expect("watch delivers").unwrap().unwrap();
+    assert_eq!(change.events[0].node.path, "/w/2");
+}
+
+/// Creates `count` nodes `/big/00000`... of `value_bytes` each, `per_txn` to a transaction.
+async fn create_subtree(client: &CoordClient, count: usize, value_bytes: usize, per_txn: usize) {
+    let value = vec![b'v'; value_bytes];
+    for batch in (0..count).collect::<Vec<_>>().chunks(per_txn) {
+        let txn = batch.iter().fold(Txn::new(), |txn, i| txn.then_put(&format!("/big/{i:05}"), value.clone()));
+        client.txn(txn).await.unwrap();
+    }
+}
+
+/// Asserts `events` are the deletes of `/big/00000`... `/big/{count - 1}`, each once.
+fn assert_subtree_deleted(events: &[marina_coord_client::Event], count: usize) {
+    let paths: std::collections::BTreeSet<&str> = events.iter().map(|event| event.node.path.as_str()).collect();
+    assert_eq!(events.len(), count, "every event once");
+    assert_eq!(paths.len(), count, "no event twice");
+    assert!(events.iter().all(|event| event.kind == EventKind::Delete && event.node.path.starts_with("/big/")));
+}
+
+/// One revision larger than a gRPC message: a recursive delete of 5,000 nodes of 1 KiB
+/// (over 5 MiB of events; gRPC clients decode 4 MiB by default, the node's default
+/// `server.max_encoding_message_bytes`). The coord client gets it whole, once; a plain gRPC client
+/// with tonic's default limit reads every part; a watcher that takes no parts is told which
+/// limit it met instead of being fed a part as if it were everything. Watches go on after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_larger_than_a_message_reaches_watchers_whole() {
+    let cluster = CoordCluster::start(3).await;
+    let client = cluster.client();
+    let count = 5_000;
+    create_subtree(&client, count, 1024, 250).await;
+    let mut watch = client.watch("/big", true, 0).await.unwrap();
+    // On a follower: watches are served by whichever node the client reaches.
+    let leader = cluster.leader().await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let mut raw = raw_client(cluster.address(follower)).await;
+    let request =
+        |fragment| pb::WatchRequest { path: "/test/big".into(), recursive: true, start_revision: 0, fragment };
+    let mut parts = raw.watch(request(true)).await.unwrap().into_inner();
+    let mut whole = raw.watch(request(false)).await.unwrap().into_inner();
+    for stream in [&mut parts, &mut whole] {
+        let created = stream.message().await.unwrap().expect("the created message");
+        assert!(created.events.is_empty());
+    }
+
+    assert_eq!(client.delete_recursive("/big").await.unwrap(), count as u64);
+
+    let change = tokio::time::timeout(WAIT, watch.next()).await.expect("the watch delivers").unwrap().unwrap();
+    assert_subtree_deleted(&change.events, count);
+
+    let (mut received, mut messages) = (0, 0);
+    loop {
+        let part = tokio::time::timeout(WAIT, parts.message()).await.expect("a part").expect("decodes").unwrap();
+        assert_eq!(part.revision, change.revision);
+        received += part.events.len();
+        messages += 1;
+        if !part.fragment {
+            break;
+        }
+    }
+    assert_eq!(received, count);
+    assert!(messages >= 2, "{messages} message(s) for over 5 MiB of events");
+
+    let status = tokio::time::timeout(WAIT, whole.message()).await.expect("an answer").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("server.max_encoding_message_bytes") && status.message().contains("fragment"),
+        "{}",
+        status.message()
+    );
+
+    // Both watches that took the revision go on.
+    let after = client.put("/big/after", "x").await.unwrap().mod_revision;
+    let change = tokio::time::timeout(WAIT, watch.next()).await.expect("the watch delivers").unwrap().unwrap();
+    assert_eq!((change.revision, change.events.len()), (after, 1));
+    let next = tokio::time::timeout(WAIT, parts.message()).await.expect("a message").unwrap().unwrap();
+    assert_eq!((next.revision, next.events.len(), next.fragment), (after, 1, false));
+}
+
+/// A TCP proxy in front of one node that, once armed, cuts the connection that carries the
+/// next so many bytes from the node (once): a stream broken at a chosen point.
+struct CuttingProxy {
+    address: std::net::SocketAddr,
+    /// Bytes from the node still allowed through before the cut (armed by `cut_after`).
+    budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (task_budget, task_cut) = (budget.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (budget, cut) = (task_budget.clone(), task_cut.clone());
+                connections.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut node_read, mut node_write) = outbound.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut node_write);
+                    let down = async {
+                        let mut buffer = vec![0u8; 16 << 10];
+                        loop {
+                            let read = match node_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => read,
+                            };
+                            let left = budget.fetch_sub(read as i64, Ordering::SeqCst) - read as i64;
+                            if left <= 0 && !cut.swap(true, Ordering::SeqCst) {
+                                return;
+                            }
+                            if client_write.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    // Either way ends the connection: both sockets close here.
+                    tokio::select! {
+                        _ = up => {}
+                        () = down => {}
+                    }
+                });
+            }
+        });
+        Self { address, budget, cut, task }
+    }
+
+    fn cut_after(&self, bytes: i64) {
+        self.budget.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn was_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+/// A watch whose stream breaks between the parts of a revision drops the parts it has,
+/// resumes from that revision on another node, and hands the revision over once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_broken_mid_revision_resumes_it_whole() {
+    // Small messages: 2,000 nodes of 1 KiB make a revision of about nine parts.
+    let cluster = CoordCluster::start_with(3, |config| {
+        config.limits.max_value_bytes = 16 << 10;
+        config.server.max_decoding_message_bytes = 128 << 10;
+        config.server.max_encoding_message_bytes = 256 << 10;
+    })
+    .await;
+    let writer = cluster.client();
+    let count = 2_000;
+    create_subtree(&writer, count, 1024, 100).await;
+    let proxy = CuttingProxy::start(cluster.address(1)).await;
+    let url = CoordUrl {
+        endpoints: vec![proxy.address.to_string(), cluster.address(2).to_string(), cluster.address(3).to_string()],
+        root: "/test".into(),
+    };
+    let watcher = CoordClient::new(&url);
+    let mut watch = watcher.watch("/big", true, 0).await.unwrap();
+    // The watch's stream runs through the proxy: cut it halfway through the revision's
+    // bytes (over two megabytes of events).
+    proxy.cut_after(1 << 20);
+    writer.delete_recursive("/big").await.unwrap();
+
+    let change = tokio::time::timeout(WAIT, watch.next()).await.expect("the watch delivers").unwrap().unwrap();
+    assert!(proxy.was_cut(), "the stream was cut mid-revision");
+    assert_subtree_deleted(&change.events, count);
+    // Delivered once: the next change is the next revision.
+    let after = writer.put("/big/after", "x").await.unwrap().mod_revision;
+    let next = tokio::time::timeout(WAIT, watch.next()).await.expect("the watch delivers").unwrap().unwrap();
+    assert_eq!((next.revision, next.events.len()), (after, 1));
 }

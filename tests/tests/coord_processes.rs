@@ -1,8 +1,8 @@
-//! The coord quorum as real processes: SIGKILL, restart from disk, loss of quorum, and the
-//! election recipe across processes (SIGKILL and SIGSTOP of the leader).
+//! The coord quorum as real processes: SIGKILL, restart from disk, loss of quorum, a full
+//! disk, and the election recipe across processes (SIGKILL and SIGSTOP of the leader).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marina_coord_client::{ClientOptions, CoordClient, Error};
@@ -34,21 +34,7 @@ async fn sigkill_the_leader_then_two_nodes() {
     assert_ne!(new_leader, leader);
 
     // Restarted from its data dir, it rejoins and catches up; nothing acknowledged is lost.
-    cluster.restart(leader);
-    let target = cluster.status(new_leader).await.unwrap().applied_index;
-    eventually(WAIT, "the restarted node to catch up", || async {
-        let status = cluster.status(leader).await?;
-        (status.applied_index >= target && status.leader_id == new_leader).then_some(())
-    })
-    .await;
-    let restarted_only = CoordClient::new(&marina_coord_client::CoordUrl {
-        endpoints: vec![cluster.address(leader).to_owned()],
-        root: "/test".into(),
-    });
-    for i in 0..20 {
-        let node = restarted_only.get_stale(&format!("/acked/{i}")).await.unwrap();
-        assert_eq!(node.map(|n| n.data), Some(i.to_string().into()), "acked write {i} survived SIGKILL");
-    }
+    let restarted_only = restart_and_check_acked_writes(&mut cluster, leader, new_leader, "SIGKILL").await;
 
     // SIGKILL two of three: writes fail with a clear no-quorum error; stale reads still answer.
     let survivor = leader;
@@ -66,6 +52,120 @@ async fn sigkill_the_leader_then_two_nodes() {
     }
     let stale = restarted_only.get_stale("/after-kill").await.unwrap();
     assert_eq!(stale.map(|n| n.data), Some("x".into()));
+}
+
+/// Small tmpfs file systems for one test, unmounted when dropped whatever the test's
+/// outcome: lazily, so that a process still holding files on one (SIGKILLed, not yet
+/// reaped) cannot keep it mounted.
+struct Tmpfs {
+    mounts: Vec<PathBuf>,
+    /// Holds the mount points; removed after they are unmounted (fields drop after `drop`).
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new() -> Self {
+        Self { mounts: Vec::new(), dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) at a fresh directory.
+    fn mount(&mut self, name: &str, size: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a {size} tmpfs at {} failed (this test needs root)", path.display());
+        self.mounts.push(path.clone());
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for path in self.mounts.iter().rev() {
+            let unmounted = std::process::Command::new("umount").arg("--lazy").arg(path).status();
+            if !unmounted.is_ok_and(|status| status.success()) {
+                eprintln!("could not unmount the tmpfs at {}", path.display());
+            }
+        }
+    }
+}
+
+/// Fills the file system holding `dir` until a write fails (ENOSPC), with one file.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "filling {}: {error}", path.display());
+                break;
+            }
+        }
+    }
+    path
+}
+
+/// A coord node whose disk fills up does not idle as NOT_SERVING: it stops and exits
+/// non-zero for its supervisor to restart it, its log naming the file and the error. The
+/// others carry on; once there is space again, the node restarts from its data and catches
+/// up (its log's torn last record is cut off, nothing acknowledged is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_up_exits_non_zero_and_the_others_carry_on() {
+    // Declared first, dropped last: the processes die before their file systems go.
+    let mut disks = Tmpfs::new();
+    let data_dirs: Vec<PathBuf> = (1..=3).map(|id| disks.mount(&format!("node-{id}"), "16m")).collect();
+    let mut cluster = CoordProcesses::start_with_data_dirs(3, |id| data_dirs[id as usize - 1].clone()).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        client.put(&format!("/acked/{i}"), i.to_string()).await.unwrap();
+    }
+    let leader = cluster.leader().await;
+    let full_dir = &data_dirs[leader as usize - 1];
+    let filler = fill(full_dir);
+
+    // Writes go on until the leader's next log append finds no space.
+    let filled = Instant::now();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let _ = client.put(&format!("/after-full/{i}"), vec![b'x'; 4096]).await;
+            }
+        })
+    };
+    let status = cluster.wait_exit(leader, Duration::from_secs(30)).await;
+    writer.abort();
+    let log = cluster.log(leader);
+    let status = status.unwrap_or_else(|| panic!("the leader kept running with a full disk; its log:\n{log}"));
+    assert!(!status.success(), "a node whose storage failed must exit non-zero, got {status:?}");
+    let stopped = filled.elapsed();
+    assert!(stopped < Duration::from_secs(30), "the node took {stopped:?} to stop");
+    let reason = log
+        .lines()
+        .find(|line| line.contains("stopped after a fatal error"))
+        .unwrap_or_else(|| panic!("no final error line in the log:\n{log}"));
+    assert!(
+        reason.contains("No space left on device") && reason.contains(&full_dir.display().to_string()),
+        "the reason names the error and the file: {reason}"
+    );
+
+    // The other two elect a leader and take writes.
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    marina_coord_client::retry_idempotent(|| client.put("/after-failure", "x")).await.unwrap();
+
+    // With space again, the node starts from its data and catches up.
+    std::fs::remove_file(&filler).unwrap();
+    let restarted_only = restart_and_check_acked_writes(&mut cluster, leader, new_leader, "the full disk").await;
+    assert_eq!(restarted_only.get_stale("/after-failure").await.unwrap().map(|n| n.data), Some("x".into()));
 }
 
 /// A candidate process and the lines it prints.
@@ -227,4 +327,26 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
         }
     }
     assert!(answered > 0, "the thawed node answered no read at all");
+}
+
+/// Restarts node `id` from its data dir, waits until it follows `leader` and has applied
+/// what the leader had, and checks that the 20 writes under `/acked` acknowledged before
+/// `what` all survived on it. Returns a client of that node alone.
+async fn restart_and_check_acked_writes(cluster: &mut CoordProcesses, id: u64, leader: u64, what: &str) -> CoordClient {
+    cluster.restart(id);
+    let target = cluster.status(leader).await.unwrap().applied_index;
+    eventually(WAIT, "the restarted node to catch up", || async {
+        let status = cluster.status(id).await?;
+        (status.applied_index >= target && status.leader_id == leader).then_some(())
+    })
+    .await;
+    let restarted_only = CoordClient::new(&marina_coord_client::CoordUrl {
+        endpoints: vec![cluster.address(id).to_owned()],
+        root: "/test".into(),
+    });
+    for i in 0..20 {
+        let node = restarted_only.get_stale(&format!("/acked/{i}")).await.unwrap();
+        assert_eq!(node.map(|n| n.data), Some(i.to_string().into()), "acked write {i} survived {what}");
+    }
+    restarted_only
 }

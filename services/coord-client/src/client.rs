@@ -316,7 +316,9 @@ impl CoordClient {
         F: Future<Output = Result<Response<T>, Status>> + Send,
     {
         let options = &self.inner.options;
-        let deadline = Instant::now() + options.retry_for;
+        // Saturating: `retry_for` is the caller's, `Duration::MAX` meaning "for ever".
+        let now = Instant::now();
+        let deadline = now.checked_add(options.retry_for).unwrap_or_else(|| now + Duration::from_secs(1 << 30));
         let mut backoff = Duration::from_millis(10);
         // A node saying "no leader" explains more than the connection errors of dead ones.
         let mut saw_no_leader = None;
@@ -433,19 +435,29 @@ impl CoordClient {
         response.node.map(|node| self.node(node)).ok_or_else(|| missing("put"))
     }
 
-    /// Deletes a node without children (only at `expected_version`, when given).
+    /// Deletes a node without children (only at `expected_version`, when given). Deleting
+    /// `/` (this client's root) is refused with [`Error::InvalidArgument`], here, in
+    /// [`CoordClient::delete_recursive`] and in transactions.
     pub async fn delete(&self, path: &str, expected_version: Option<u64>) -> Result<u64, Error> {
+        self.refuse_root_delete(path)?;
         let request = pb::DeleteRequest { path: self.full(path), expected_version, recursive: false };
         Ok(self.call(true, rpc!(grpc, delete, request)).await?.deleted)
     }
 
-    /// Deletes a node and everything under it; 0 if nothing was there.
+    /// Deletes a node and everything under it; 0 if nothing was there. The root (`/`, this
+    /// client's root) is refused: see [`CoordClient::delete`].
     pub async fn delete_recursive(&self, path: &str) -> Result<u64, Error> {
+        self.refuse_root_delete(path)?;
         let request = pb::DeleteRequest { path: self.full(path), expected_version: None, recursive: true };
         Ok(self.call(true, rpc!(grpc, delete, request)).await?.deleted)
     }
 
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult, Error> {
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let Some(pb::op::Op::Delete(delete)) = &op.op {
+                self.refuse_root_delete(&delete.path)?;
+            }
+        }
         let root_op = |op: pb::Op| -> pb::Op {
             use pb::op::Op as O;
             let op = match op.op {
@@ -502,6 +514,23 @@ impl CoordClient {
         })
     }
 
+    /// Deleting `/` is refused before anything is sent. The quorum refuses to delete its own
+    /// root; a client's `/` is its URL's root (`coord://.../marina`), which holds every
+    /// service's state: `rm -r /` through it would wipe the cluster in one revision. A
+    /// client rooted higher up can still delete such a subtree by its name.
+    fn refuse_root_delete(&self, path: &str) -> Result<(), Error> {
+        if path != "/" {
+            return Ok(());
+        }
+        let root = match self.inner.root.as_str() {
+            "" => String::new(),
+            root => format!(" (this client's root, {root:?})"),
+        };
+        Err(Error::InvalidArgument(format!(
+            "invalid path: \"/\"{root}: deleting the root is refused (recursively it would delete every node under it)"
+        )))
+    }
+
     /// The status of one endpoint, asked directly (no forwarding).
     pub async fn node_status(&self, address: &str) -> Result<pb::StatusResponse, Error> {
         let mut request = tonic::Request::new(pb::StatusRequest {});
@@ -526,12 +555,19 @@ impl CoordClient {
     }
 }
 
-/// The data-API client on a channel, accepting node data up to the server's limits; calls
-/// carry the caller's trace context.
+/// The largest message this client decodes or encodes: the most a coord node may be
+/// configured to send (`server.max_encoding_message_bytes`, at most 64 MiB; 4 MiB by default) or
+/// to accept (`server.max_decoding_message_bytes`, likewise). Set explicitly because tonic's
+/// default decoding limit (4 MiB) would make a node configured above it unreadable. Watch
+/// messages stay within the node's limit however large a revision is: it is split.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The data-API client on a channel, accepting every message a node may send; calls carry
+/// the caller's trace context.
 pub(crate) fn grpc(channel: Channel) -> CoordGrpc<marina_daemon::trace::TracedChannel> {
     CoordGrpc::new(marina_daemon::trace::traced(channel))
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Runs an idempotent write again when its outcome is unknown (the connection broke after

@@ -211,7 +211,7 @@ async fn campaign(
             state.send_replace(ElectionState::Standby);
             format!("{dir}/{}", members[position - 1])
         };
-        let mut watch = match client.watch(&watched, false, listing.revision + 1).await {
+        let mut watch = match client.watch(&watched, false, listing.revision.saturating_add(1)).await {
             Ok(watch) => watch,
             Err(error) => {
                 tracing::warn!(%error, "election: cannot watch {watched}; retrying");
@@ -292,7 +292,7 @@ fn leader_of(node: Node) -> Leader {
 
 async fn observe(client: CoordClient, dir: String, mut revision: u64, leader: watch::Sender<Option<Leader>>) {
     loop {
-        let mut watch = match client.watch(&dir, true, revision + 1).await {
+        let mut watch = match client.watch(&dir, true, revision.saturating_add(1)).await {
             Ok(watch) => watch,
             Err(error) => {
                 tracing::debug!(%error, "leader observer: watch failed; re-reading");

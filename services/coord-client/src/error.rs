@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 
 /// Metadata key the coord service uses to name the error kind.
-const ERROR_KIND_METADATA: &str = "x-marina-error";
+pub(crate) const ERROR_KIND_METADATA: &str = "x-marina-error";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -34,6 +34,9 @@ pub enum Error {
     /// A fenced write found the leadership it was made under gone.
     #[error("deposed: the leadership (member {member}, epoch {epoch}) no longer holds")]
     Deposed { member: String, epoch: u64 },
+    /// Any other answer. RESOURCE_EXHAUSTED is a limit of the node, named in the message:
+    /// too many watches (`limits.max_watches`, `limits.max_watches_per_client`), or an answer
+    /// larger than one message (`server.max_encoding_message_bytes`).
     #[error("coord: {code:?}: {message}")]
     Other { code: Code, message: String },
 }

@@ -16,7 +16,8 @@ mod watch;
 
 pub use candidacy::{Candidacy, Term, run as run_candidacy};
 pub use client::{
-    ClientOptions, CoordClient, CreateOptions, Listing, Node, OpResult, Txn, TxnResult, retry_idempotent,
+    ClientOptions, CoordClient, CreateOptions, Listing, MAX_MESSAGE_BYTES, Node, OpResult, Txn, TxnResult,
+    retry_idempotent,
 };
 pub use election::{Election, ElectionState, Fence, Leader, LeaderObserver};
 pub use error::Error;

@@ -43,14 +43,13 @@ impl CoordClient {
     /// long after its keep-alive stream closes (a killed process) instead of after the TTL.
     pub async fn create_session(&self, ttl: Duration, disconnect_grace: Duration) -> Result<Session, Error> {
         let sent = Instant::now();
-        let request = pb::CreateSessionRequest {
-            ttl_ms: ttl.as_millis() as u64,
-            disconnect_grace_ms: disconnect_grace.as_millis() as u64,
-        };
+        // Saturating: a truncated huge duration could land inside the allowed range.
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let request = pb::CreateSessionRequest { ttl_ms: millis(ttl), disconnect_grace_ms: millis(disconnect_grace) };
         let response = self.call(true, rpc!(grpc, create_session, request)).await?;
         let id = response.session_id;
         let (state_tx, state) = watch::channel(SessionState::Alive);
-        let (valid_tx, valid_until) = watch::channel((sent + ttl, 0));
+        let (valid_tx, valid_until) = watch::channel((after(sent, ttl), 0));
         let keep_alive = tokio::spawn(keep_alive(self.clone(), id, ttl, state_tx, valid_tx));
         tracing::debug!(session = id, ?ttl, "session created");
         Ok(Session { id, ttl, client: self.clone(), state, valid_until, keep_alive })
@@ -107,6 +106,13 @@ impl Drop for Session {
     }
 }
 
+/// `at + duration`, saturating (about 30 years ahead) instead of overflowing: the TTL is
+/// the caller's, the renewed one the node's.
+fn after(at: Instant, duration: Duration) -> Instant {
+    const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(duration).or_else(|| at.checked_add(NEVER)).unwrap_or(at)
+}
+
 async fn keep_alive(
     client: CoordClient,
     session_id: u64,
@@ -158,7 +164,7 @@ async fn keep_alive(
                             tracing::warn!(session = session_id, "session expired on the quorum");
                             break 'connect;
                         }
-                        deadline = deadline.max(sent + Duration::from_millis(reply.ttl_ms.max(1)));
+                        deadline = deadline.max(after(sent, Duration::from_millis(reply.ttl_ms.max(1))));
                         valid_until.send_modify(|(until, acknowledged)| {
                             *until = deadline;
                             *acknowledged += 1;

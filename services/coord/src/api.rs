@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::command::{
     ApplyError, Command, CommandResult, Compare, CompareTarget, EndReason, NodeView, Op, OpOutcome, Txn, TxnOutcome,
 };
+use crate::config::{Limits, MAX_MESSAGE_BYTES_CEILING, MAX_TXN_OPS};
 use crate::error::CoordError;
 use crate::node::{CoordNode, Leader, Route};
 use crate::proposer::MAX_ENTRY_PAYLOAD_BYTES;
@@ -28,8 +29,6 @@ use crate::watch;
 
 /// Marks a request forwarded by a follower, so it is never forwarded twice.
 const FORWARDED_METADATA: &str = "x-marina-forwarded";
-/// Most operations one transaction may carry.
-const MAX_TXN_OPS: usize = 256;
 
 type ServiceResult<T> = Result<Response<T>, Status>;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -46,8 +45,13 @@ fn forward<T>(message: T) -> Request<T> {
 }
 
 impl Leader {
+    /// The leader's data API. A relayed answer is at most the leader's
+    /// `server.max_encoding_message_bytes`, and a relayed request at most this node's
+    /// `server.max_decoding_message_bytes`; both are within the ceiling configuration allows.
     fn coord(&self) -> CoordClient<marina_daemon::trace::TracedChannel> {
         CoordClient::new(traced(self.channel.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES_CEILING)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES_CEILING)
     }
 
     fn cluster(&self) -> ClusterClient<tonic::transport::Channel> {
@@ -95,6 +99,107 @@ pub fn validate_path(field: &'static str, path: &str, max_bytes: usize) -> Resul
     Ok(())
 }
 
+/// A path that names a node (not the root).
+fn node_path(field: &'static str, path: &str, limits: &Limits) -> Result<(), CoordError> {
+    validate_path(field, path, limits.max_path_bytes)?;
+    if path == "/" {
+        return Err(CoordError::invalid(field, "the root \"/\" is not a node"));
+    }
+    Ok(())
+}
+
+/// Checks a value against the size limit and copies it out of the request: the decoded
+/// `Bytes` is a slice of the whole receive buffer, which storing it would keep alive
+/// (a 256-byte value pinning kilobytes, per node, for as long as the node exists).
+fn request_data(data: &Bytes, limits: &Limits) -> Result<Bytes, CoordError> {
+    let limit = limits.max_value_bytes;
+    if data.len() > limit {
+        return Err(CoordError::invalid("data", format!("{} bytes exceed the limit of {limit}", data.len())));
+    }
+    Ok(Bytes::copy_from_slice(data))
+}
+
+/// One operation of a request, checked (paths, the root, value sizes) and made a command's:
+/// everything a request may ask the store to do passes here.
+pub fn request_op(op: pb::Op, limits: &Limits) -> Result<Op, CoordError> {
+    match op.op {
+        Some(pb::op::Op::Create(create)) => {
+            node_path("path", &create.path, limits)?;
+            let data = request_data(&create.data, limits)?;
+            Ok(Op::Create { path: create.path, data, session_id: create.session_id, sequential: create.sequential })
+        }
+        Some(pb::op::Op::Set(set)) => {
+            node_path("path", &set.path, limits)?;
+            let data = request_data(&set.data, limits)?;
+            Ok(Op::Set { path: set.path, data, expected_version: set.expected_version, upsert: set.upsert })
+        }
+        Some(pb::op::Op::Delete(delete)) => {
+            validate_path("path", &delete.path, limits.max_path_bytes)?;
+            // The root is no node (a plain delete finds nothing), and a recursive one
+            // would empty the whole tree: every service's state in one revision.
+            if delete.path == "/" {
+                return Err(CoordError::invalid(
+                    "path",
+                    "\"/\": deleting the root is refused (recursively it would delete every node)",
+                ));
+            }
+            Ok(Op::Delete { path: delete.path, expected_version: delete.expected_version, recursive: delete.recursive })
+        }
+        Some(pb::op::Op::Get(get)) => {
+            validate_path("path", &get.path, limits.max_path_bytes)?;
+            Ok(Op::Get { path: get.path })
+        }
+        None => Err(CoordError::invalid("op", "an operation is empty")),
+    }
+}
+
+/// A transaction request, checked (sizes, paths, values, what one log entry holds) and made
+/// the command's transaction.
+pub fn request_txn(message: &pb::TxnRequest, limits: &Limits) -> Result<Txn, CoordError> {
+    if message.success.len().max(message.failure.len()) > MAX_TXN_OPS {
+        return Err(CoordError::invalid("success", format!("more than {MAX_TXN_OPS} operations")));
+    }
+    if message.compares.len() > MAX_TXN_OPS {
+        return Err(CoordError::invalid("compares", format!("more than {MAX_TXN_OPS} compares")));
+    }
+    let mut compares = Vec::with_capacity(message.compares.len());
+    for compare in &message.compares {
+        node_path("compares.path", &compare.path, limits)?;
+        compares.push(compare_from_pb(compare.clone())?);
+    }
+    let success = message.success.iter().cloned().map(|op| request_op(op, limits)).collect::<Result<Vec<_>, _>>()?;
+    let failure = message.failure.iter().cloned().map(|op| request_op(op, limits)).collect::<Result<Vec<_>, _>>()?;
+    let txn = Txn { compares, success, failure };
+    // One transaction is one log entry, replicated in one message: it must fit.
+    if txn.payload_bytes() > MAX_ENTRY_PAYLOAD_BYTES {
+        return Err(CoordError::invalid(
+            "success",
+            format!(
+                "the transaction carries {} bytes, more than the {MAX_ENTRY_PAYLOAD_BYTES} one log entry holds",
+                txn.payload_bytes()
+            ),
+        ));
+    }
+    Ok(txn)
+}
+
+/// A session request, checked against the TTL bounds and made the command that creates it.
+pub fn request_session(message: &pb::CreateSessionRequest, limits: &Limits) -> Result<Command, CoordError> {
+    if !(limits.session_ttl_min_ms..=limits.session_ttl_max_ms).contains(&message.ttl_ms) {
+        return Err(CoordError::invalid(
+            "ttl_ms",
+            format!(
+                "{} is outside the allowed range {}..={} ms",
+                message.ttl_ms, limits.session_ttl_min_ms, limits.session_ttl_max_ms
+            ),
+        ));
+    }
+    if message.disconnect_grace_ms > message.ttl_ms {
+        return Err(CoordError::invalid("disconnect_grace_ms", "must not exceed ttl_ms"));
+    }
+    Ok(Command::CreateSession { ttl_ms: message.ttl_ms, disconnect_grace_ms: message.disconnect_grace_ms })
+}
+
 #[derive(Clone)]
 pub struct CoordApi {
     node: Arc<CoordNode>,
@@ -113,52 +218,8 @@ impl CoordApi {
         validate_path(field, path, self.node.limits.max_path_bytes)
     }
 
-    /// A path that names a node (not the root).
-    fn node_path(&self, field: &'static str, path: &str) -> Result<(), CoordError> {
-        self.path(field, path)?;
-        if path == "/" {
-            return Err(CoordError::invalid(field, "the root \"/\" is not a node"));
-        }
-        Ok(())
-    }
-
-    /// Checks a value against the size limit and copies it out of the request: the decoded
-    /// `Bytes` is a slice of the whole receive buffer, which storing it would keep alive
-    /// (a 256-byte value pinning kilobytes, per node, for as long as the node exists).
-    fn data(&self, data: &Bytes) -> Result<Bytes, CoordError> {
-        let limit = self.node.limits.max_value_bytes;
-        if data.len() > limit {
-            return Err(CoordError::invalid("data", format!("{} bytes exceed the limit of {limit}", data.len())));
-        }
-        Ok(Bytes::copy_from_slice(data))
-    }
-
     fn op(&self, op: pb::Op) -> Result<Op, CoordError> {
-        match op.op {
-            Some(pb::op::Op::Create(create)) => {
-                self.node_path("path", &create.path)?;
-                let data = self.data(&create.data)?;
-                Ok(Op::Create { path: create.path, data, session_id: create.session_id, sequential: create.sequential })
-            }
-            Some(pb::op::Op::Set(set)) => {
-                self.node_path("path", &set.path)?;
-                let data = self.data(&set.data)?;
-                Ok(Op::Set { path: set.path, data, expected_version: set.expected_version, upsert: set.upsert })
-            }
-            Some(pb::op::Op::Delete(delete)) => {
-                self.path("path", &delete.path)?;
-                Ok(Op::Delete {
-                    path: delete.path,
-                    expected_version: delete.expected_version,
-                    recursive: delete.recursive,
-                })
-            }
-            Some(pb::op::Op::Get(get)) => {
-                self.path("path", &get.path)?;
-                Ok(Op::Get { path: get.path })
-            }
-            None => Err(CoordError::invalid("op", "an operation is empty")),
-        }
+        request_op(op, &self.node.limits)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, CoordError> {
@@ -166,6 +227,18 @@ impl CoordApi {
             CommandResult::Txn(result) => Ok(result?),
             other => Err(CoordError::Raft(format!("unexpected result {other:?}"))),
         }
+    }
+
+    /// `response` if it fits one message (`server.max_encoding_message_bytes`), else an error saying
+    /// what did not fit: a client could not decode it, and tonic would only fail it later
+    /// with less to say.
+    fn bounded<T: prost::Message>(&self, response: T, what: impl FnOnce() -> String) -> ServiceResult<T> {
+        let limit = self.node.server.max_encoding_message_bytes;
+        let bytes = response.encoded_len();
+        if bytes > limit {
+            return Err(CoordError::ResponseTooLarge { what: what(), bytes, limit, hint: "" }.into());
+        }
+        Ok(Response::new(response))
     }
 
     async fn single(&self, op: Op) -> Result<(u64, OpOutcome), CoordError> {
@@ -244,9 +317,12 @@ impl pb::coord_server::Coord for CoordApi {
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
             return leader.relay(leader.coord().get(forward(request.into_inner())).await);
         }
-        let replica = self.node.replica.read().expect("replica lock");
-        let node = replica.store.get(&request.get_ref().path).map(node_to_pb);
-        Ok(Response::new(pb::GetResponse { header: self.header(replica.store.revision()), node }))
+        let response = {
+            let replica = self.node.replica.read().expect("replica lock");
+            let node = replica.store.get(&request.get_ref().path).map(node_to_pb);
+            pb::GetResponse { header: self.header(replica.store.revision()), node }
+        };
+        self.bounded(response, || format!("node {}", request.get_ref().path))
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> ServiceResult<pb::ListResponse> {
@@ -254,9 +330,13 @@ impl pb::coord_server::Coord for CoordApi {
         if let Some(leader) = self.read_route(&request, request.get_ref().stale).await? {
             return leader.relay(leader.coord().list(forward(request.into_inner())).await);
         }
-        let replica = self.node.replica.read().expect("replica lock");
-        let children = replica.store.children(&request.get_ref().path);
-        Ok(Response::new(pb::ListResponse { header: self.header(replica.store.revision()), children }))
+        let response = {
+            let replica = self.node.replica.read().expect("replica lock");
+            let children = replica.store.children(&request.get_ref().path);
+            pb::ListResponse { header: self.header(replica.store.revision()), children }
+        };
+        let count = response.children.len();
+        self.bounded(response, || format!("the listing of {} ({count} children)", request.get_ref().path))
     }
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> ServiceResult<pb::CreateResponse> {
@@ -299,62 +379,29 @@ impl pb::coord_server::Coord for CoordApi {
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> ServiceResult<pb::TxnResponse> {
-        let message = request.get_ref();
-        if message.success.len().max(message.failure.len()) > MAX_TXN_OPS {
-            return Err(CoordError::invalid("success", format!("more than {MAX_TXN_OPS} operations")).into());
-        }
-        let mut compares = Vec::with_capacity(message.compares.len());
-        for compare in &message.compares {
-            self.node_path("compares.path", &compare.path)?;
-            compares.push(compare_from_pb(compare.clone())?);
-        }
-        let success = message.success.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
-        let failure = message.failure.iter().cloned().map(|op| self.op(op)).collect::<Result<Vec<_>, _>>()?;
-        let txn = Txn { compares, success, failure };
-        // One transaction is one log entry, replicated in one message: it must fit.
-        if txn.payload_bytes() > MAX_ENTRY_PAYLOAD_BYTES {
-            return Err(CoordError::invalid(
-                "success",
-                format!(
-                    "the transaction carries {} bytes, more than the {MAX_ENTRY_PAYLOAD_BYTES} one log entry holds",
-                    txn.payload_bytes()
-                ),
-            )
-            .into());
-        }
+        let txn = request_txn(request.get_ref(), &self.node.limits)?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().txn(forward(request.into_inner())).await);
         }
         let outcome = self.txn(txn).await?;
         let revision = outcome.revision;
         let results = outcome.results.into_iter().map(|result| self.outcome_to_pb(revision, result)).collect();
-        Ok(Response::new(pb::TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, results }))
+        let response = pb::TxnResponse { header: self.header(revision), succeeded: outcome.succeeded, results };
+        // The results repeat what the transaction wrote: with `server.max_encoding_message_bytes` validated
+        // above the largest request, only reads (many large nodes) make them too large. Its
+        // writes (if any) stand, and the error says so.
+        self.bounded(response, || format!("the results of the transaction (committed at revision {revision})"))
     }
 
     async fn create_session(
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> ServiceResult<pb::CreateSessionResponse> {
-        let limits = &self.node.limits;
-        let message = request.get_ref();
-        if !(limits.session_ttl_min_ms..=limits.session_ttl_max_ms).contains(&message.ttl_ms) {
-            return Err(CoordError::invalid(
-                "ttl_ms",
-                format!(
-                    "{} is outside the allowed range {}..={} ms",
-                    message.ttl_ms, limits.session_ttl_min_ms, limits.session_ttl_max_ms
-                ),
-            )
-            .into());
-        }
-        if message.disconnect_grace_ms > message.ttl_ms {
-            return Err(CoordError::invalid("disconnect_grace_ms", "must not exceed ttl_ms").into());
-        }
+        let command = request_session(request.get_ref(), &self.node.limits)?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().create_session(forward(request.into_inner())).await);
         }
-        let (ttl_ms, grace_ms) = (message.ttl_ms, message.disconnect_grace_ms);
-        let command = Command::CreateSession { ttl_ms, disconnect_grace_ms: grace_ms };
+        let (ttl_ms, grace_ms) = (request.get_ref().ttl_ms, request.get_ref().disconnect_grace_ms);
         match self.node.proposer.propose(command).await? {
             CommandResult::Session(Ok(created)) => {
                 self.node.sessions.created(created.session_id, ttl_ms, grace_ms);
@@ -442,7 +489,9 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> ServiceResult<Self::WatchStream> {
         self.path("path", &request.get_ref().path)?;
-        let stream = watch::open(&self.node, request.into_inner())?;
+        // The client is its connection: see `limits.max_watches_per_client`.
+        let client = request.remote_addr();
+        let stream = watch::open(&self.node, request.into_inner(), client)?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

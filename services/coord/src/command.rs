@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// One replicated command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Command {
     /// Compares, then all-or-nothing operations. Single creates, sets and deletes are
     /// one-operation transactions.
@@ -22,6 +22,53 @@ pub enum Command {
     /// Several independent commands proposed together (the proposer batches concurrent
     /// requests into one log entry); each gets its own result and revision.
     Batch(Vec<Command>),
+}
+
+/// [`Command`] as it is decoded: the same variants in the same order, so the encoding is the
+/// same, but a batch holds only commands that are not batches. The proposer never nests
+/// batches, and decoding nested ones recurses once per level: a Raft message of batches
+/// nested thousands deep (16 KB) overflowed the stack (found by fuzzing).
+#[derive(Deserialize)]
+#[serde(rename = "Command")]
+enum DecodedCommand {
+    Txn(Txn),
+    CreateSession { ttl_ms: u64, disconnect_grace_ms: u64 },
+    EndSession { session_id: u64, reason: EndReason },
+    Batch(Vec<UnbatchedCommand>),
+}
+
+/// A command inside a batch: a batch here is refused as an unknown variant.
+#[derive(Deserialize)]
+#[serde(rename = "Command")]
+enum UnbatchedCommand {
+    Txn(Txn),
+    CreateSession { ttl_ms: u64, disconnect_grace_ms: u64 },
+    EndSession { session_id: u64, reason: EndReason },
+}
+
+impl From<UnbatchedCommand> for Command {
+    fn from(command: UnbatchedCommand) -> Self {
+        match command {
+            UnbatchedCommand::Txn(txn) => Command::Txn(txn),
+            UnbatchedCommand::CreateSession { ttl_ms, disconnect_grace_ms } => {
+                Command::CreateSession { ttl_ms, disconnect_grace_ms }
+            }
+            UnbatchedCommand::EndSession { session_id, reason } => Command::EndSession { session_id, reason },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match DecodedCommand::deserialize(deserializer)? {
+            DecodedCommand::Txn(txn) => Command::Txn(txn),
+            DecodedCommand::CreateSession { ttl_ms, disconnect_grace_ms } => {
+                Command::CreateSession { ttl_ms, disconnect_grace_ms }
+            }
+            DecodedCommand::EndSession { session_id, reason } => Command::EndSession { session_id, reason },
+            DecodedCommand::Batch(commands) => Command::Batch(commands.into_iter().map(Command::from).collect()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,5 +211,32 @@ impl Txn {
                 }
         });
         compares.chain(ops).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_decode_as_encoded_but_never_nested() {
+        let txn = Command::single(Op::Set {
+            path: "/a".into(),
+            data: Bytes::from_static(b"x"),
+            expected_version: None,
+            upsert: true,
+        });
+        let session = Command::CreateSession { ttl_ms: 1000, disconnect_grace_ms: 0 };
+        for command in [txn.clone(), session.clone(), Command::Batch(vec![txn.clone(), session.clone()])] {
+            let encoded = postcard::to_stdvec(&command).unwrap();
+            assert_eq!(postcard::from_bytes::<Command>(&encoded).unwrap(), command);
+        }
+        let nested = Command::Batch(vec![Command::Batch(vec![txn])]);
+        let encoded = postcard::to_stdvec(&nested).unwrap();
+        assert!(postcard::from_bytes::<Command>(&encoded).is_err(), "a batch inside a batch is refused");
+        // What once overflowed the stack: batches nested thousands deep, as bytes.
+        let mut deep = vec![3u8, 1].repeat(8_000);
+        deep.extend(postcard::to_stdvec(&session).unwrap());
+        assert!(postcard::from_bytes::<Command>(&deep).is_err());
     }
 }

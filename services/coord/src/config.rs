@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use marina_daemon::ServerLimits;
 use marina_daemon::config::ConfigError;
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,22 @@ pub struct Config {
     pub log: LogConfig,
     pub raft: RaftConfig,
     pub limits: Limits,
+    /// What the port bounds (every service has this section). Coord's messages:
+    /// `max_decoding_message_bytes` is the largest request (a transaction with all its
+    /// values; it must hold the largest node with its path); `max_encoding_message_bytes` the
+    /// largest answer or watch message. Its default is what gRPC clients decode by default
+    /// (4 MiB), so any client reads every answer: a larger revision reaches watchers split
+    /// over several messages. It must hold the answer to the largest request (which repeats
+    /// the nodes it wrote); at most 64 MiB, what Marina's coord client decodes. A
+    /// transaction that reads more is refused after its writes committed, saying so.
+    pub server: ServerLimits,
+}
+
+/// Coord's defaults for `[server]`: requests of twice the largest default value (small
+/// enough that the answer to the largest request, which repeats what it wrote, fits the
+/// default answer), answers of gRPC's default decoding limit in every language.
+fn default_server() -> ServerLimits {
+    ServerLimits { max_decoding_message_bytes: 2 << 20, max_encoding_message_bytes: 4 << 20, ..ServerLimits::default() }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +99,13 @@ pub struct Limits {
     pub session_ttl_max_ms: u64,
     /// Concurrent watch streams this node serves.
     pub max_watches: usize,
+    /// Concurrent watch streams this node serves to one client, so that one runaway client
+    /// (a watch leak, a loop) cannot take every slot of `max_watches`. A client is one
+    /// connection, named by its peer `ip:port`: every clone of a `CoordClient` shares one
+    /// connection per node, while separate processes (and separate `CoordClient`s) have
+    /// their own. Clients behind one proxy that multiplexes them over a single connection
+    /// share one allowance.
+    pub max_watches_per_client: usize,
     /// Changes queued for a watch whose client reads slower than they come; past this it
     /// catches up from the history instead (nothing is missed while the history holds it).
     pub watch_queue: usize,
@@ -102,6 +126,7 @@ impl Default for Config {
             log: LogConfig::default(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            server: default_server(),
         }
     }
 }
@@ -132,6 +157,9 @@ impl Default for Limits {
             session_ttl_min_ms: 200,
             session_ttl_max_ms: 300_000,
             max_watches: 10_000,
+            // A master or gateway opens a handful; a thousand is far past any legitimate
+            // client and still leaves most of `max_watches` to the others.
+            max_watches_per_client: 1_000,
             watch_queue: 1024,
             history_revisions: history.max_revisions,
             history_bytes: history.max_bytes,
@@ -143,7 +171,29 @@ impl Limits {
     pub fn history(&self) -> HistoryLimits {
         HistoryLimits { max_revisions: self.history_revisions, max_bytes: self.history_bytes }
     }
+
+    /// The smallest message that carries one node of the largest size: its value, its path,
+    /// and the fields and framing around them.
+    pub fn largest_node_message(&self) -> usize {
+        self.max_value_bytes.saturating_add(self.max_path_bytes).saturating_add(MESSAGE_OVERHEAD_BYTES)
+    }
 }
+
+/// Room for what travels with a node's value and path in one message (versions,
+/// revisions, headers, protobuf framing): a few hundred bytes, with margin.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 4 << 10;
+
+/// Most operations one transaction may carry (in each branch), and most compares.
+pub const MAX_TXN_OPS: usize = 256;
+
+/// How much larger than a request its answer may be besides the nodes it reads: each
+/// operation's result repeats the node it wrote, with a header, versions and revisions
+/// (under a hundred bytes more than the operation itself; 128 with margin), plus framing.
+pub const RESPONSE_OVERHEAD_BYTES: usize = MAX_TXN_OPS * 128 + MESSAGE_OVERHEAD_BYTES;
+
+/// The largest `server.max_decoding_message_bytes` and `server.max_encoding_message_bytes` accepted: what
+/// Marina's coord client decodes and encodes (`marina_coord_client::MAX_MESSAGE_BYTES`).
+pub const MAX_MESSAGE_BYTES_CEILING: usize = 64 << 20;
 
 impl Config {
     /// The parsed `peers` map, checked against `id`.
@@ -182,11 +232,16 @@ impl Config {
         if raft.snapshot_every_entries == 0 {
             return Err(ConfigError::value("raft.snapshot_every_entries", "must be greater than 0"));
         }
-        if raft.max_batch == 0 {
-            return Err(ConfigError::value("raft.max_batch", "must be greater than 0"));
+        // Upper bounds keep queue sizes derived from these (tokio channels, semaphores)
+        // within what tokio accepts, far above any useful value.
+        if raft.max_batch == 0 || raft.max_batch > MAX_QUEUE {
+            return Err(ConfigError::value("raft.max_batch", format!("must be between 1 and {MAX_QUEUE}")));
         }
-        if raft.max_in_flight == 0 {
-            return Err(ConfigError::value("raft.max_in_flight", "must be greater than 0"));
+        if raft.max_in_flight == 0 || raft.max_in_flight > MAX_QUEUE {
+            return Err(ConfigError::value("raft.max_in_flight", format!("must be between 1 and {MAX_QUEUE}")));
+        }
+        if raft.proposal_timeout_ms == 0 {
+            return Err(ConfigError::value("raft.proposal_timeout_ms", "must be greater than 0"));
         }
         let limits = &self.limits;
         if limits.session_ttl_min_ms == 0 || limits.session_ttl_min_ms > limits.session_ttl_max_ms {
@@ -200,15 +255,51 @@ impl Config {
                 format!("must be between 1 and {MAX_VALUE_BYTES_CEILING} (8 MiB)"),
             ));
         }
-        if limits.watch_queue == 0 {
-            return Err(ConfigError::value("limits.watch_queue", "must be greater than 0"));
+        if limits.watch_queue == 0 || limits.watch_queue > MAX_QUEUE {
+            return Err(ConfigError::value("limits.watch_queue", format!("must be between 1 and {MAX_QUEUE}")));
         }
         if limits.max_path_bytes < 2 {
             return Err(ConfigError::value("limits.max_path_bytes", "must be at least 2"));
         }
+        if limits.max_watches_per_client == 0 {
+            return Err(ConfigError::value("limits.max_watches_per_client", "must be greater than 0"));
+        }
+        // A request must carry the largest node there is, an answer the answer to the
+        // largest request; neither more than the coord client handles.
+        self.server.validate()?;
+        let (max_request, max_response) =
+            (self.server.max_decoding_message_bytes, self.server.max_encoding_message_bytes);
+        let smallest_request = limits.largest_node_message();
+        if !(smallest_request..=MAX_MESSAGE_BYTES_CEILING).contains(&max_request) {
+            return Err(ConfigError::value(
+                "server.max_decoding_message_bytes",
+                format!(
+                    "{} is outside {smallest_request}..={MAX_MESSAGE_BYTES_CEILING}: a request must hold the largest node \
+                     (limits.max_value_bytes {} + limits.max_path_bytes {} + {MESSAGE_OVERHEAD_BYTES} bytes of \
+                     framing), and the coord client sends at most 64 MiB",
+                    max_request, limits.max_value_bytes, limits.max_path_bytes
+                ),
+            ));
+        }
+        let smallest_response = max_request + RESPONSE_OVERHEAD_BYTES;
+        if !(smallest_response..=MAX_MESSAGE_BYTES_CEILING).contains(&max_response) {
+            return Err(ConfigError::value(
+                "server.max_encoding_message_bytes",
+                format!(
+                    "{} is outside {smallest_response}..={MAX_MESSAGE_BYTES_CEILING}: an answer must hold the answer to \
+                     the largest request (server.max_decoding_message_bytes {} + {RESPONSE_OVERHEAD_BYTES} bytes of results), \
+                     and the coord client decodes at most 64 MiB",
+                    max_response, max_request
+                ),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The largest queue-like setting accepted (`raft.max_batch`, `raft.max_in_flight`,
+/// `limits.watch_queue`).
+const MAX_QUEUE: usize = 1 << 20;
 
 /// The largest `limits.max_value_bytes` accepted.
 const MAX_VALUE_BYTES_CEILING: usize = 8 << 20;
@@ -290,5 +381,37 @@ mod tests {
         let config = Config { listen: "nowhere".into(), ..Config::default() };
         assert!(config.validate().unwrap_err().to_string().contains("`listen`"));
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn message_and_watch_limits_are_validated() {
+        let mut config = Config::default();
+        config.limits.max_watches_per_client = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("limits.max_watches_per_client"));
+
+        // A value of the largest size must fit a message both ways.
+        let mut config = Config::default();
+        config.limits.max_value_bytes = 8 << 20;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("server.max_decoding_message_bytes") && message.contains("limits.max_value_bytes"),
+            "{message}"
+        );
+        config.server.max_decoding_message_bytes = 9 << 20;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("server.max_encoding_message_bytes"), "{message}");
+        // The answer to the largest request, which repeats what it wrote, must fit too.
+        config.server.max_encoding_message_bytes = 9 << 20;
+        assert!(config.validate().unwrap_err().to_string().contains("server.max_decoding_message_bytes 9437184"));
+        config.server.max_encoding_message_bytes = (9 << 20) + RESPONSE_OVERHEAD_BYTES;
+        config.validate().unwrap();
+
+        // Never more than the coord client decodes.
+        config.server.max_encoding_message_bytes = MAX_MESSAGE_BYTES_CEILING + 1;
+        assert!(config.validate().unwrap_err().to_string().contains("64 MiB"));
+
+        let mut config = Config::default();
+        config.raft.proposal_timeout_ms = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("raft.proposal_timeout_ms"));
     }
 }

@@ -32,8 +32,20 @@ pub enum CoordError {
     NoLeader { node: u64 },
     #[error(transparent)]
     Compacted(#[from] Compacted),
-    #[error("too many watches on this node (limit {limit})")]
+    #[error("too many watches on this node (limits.max_watches = {limit})")]
     TooManyWatches { limit: usize },
+    /// One client (one connection) holds as many watch streams on this node as it may.
+    #[error(
+        "too many watches from client {client} on this node (limits.max_watches_per_client = {limit}); \
+         close some before opening more"
+    )]
+    TooManyClientWatches { client: std::net::SocketAddr, limit: usize },
+    /// An answer (a listing, a transaction's results, a revision sent whole to a watcher
+    /// that does not take fragments) would exceed `server.max_encoding_message_bytes`.
+    #[error(
+        "{what} takes {bytes} bytes, more than one message carries (server.max_encoding_message_bytes = {limit}){hint}"
+    )]
+    ResponseTooLarge { what: String, bytes: usize, limit: usize, hint: &'static str },
     #[error("session {session_id} has expired or was closed")]
     SessionExpired { session_id: u64 },
     #[error("membership change refused: {0}")]
@@ -63,7 +75,8 @@ impl CoordError {
             Self::Indeterminate(_) => "indeterminate",
             Self::NoLeader { .. } => "no_leader",
             Self::Compacted(_) => "compacted",
-            Self::TooManyWatches { .. } => "too_many_watches",
+            Self::TooManyWatches { .. } | Self::TooManyClientWatches { .. } => "too_many_watches",
+            Self::ResponseTooLarge { .. } => "response_too_large",
             Self::Membership(_) => "membership",
             Self::ShuttingDown => "shutting_down",
             Self::Raft(_) => "raft",
@@ -89,7 +102,9 @@ impl From<CoordError> for Status {
             }
             CoordError::NoQuorum(_) | CoordError::Indeterminate(_) => Status::unavailable(message),
             CoordError::Compacted(_) => Status::out_of_range(message),
-            CoordError::TooManyWatches { .. } => Status::resource_exhausted(message),
+            CoordError::TooManyWatches { .. }
+            | CoordError::TooManyClientWatches { .. }
+            | CoordError::ResponseTooLarge { .. } => Status::resource_exhausted(message),
             CoordError::Membership(_) => Status::failed_precondition(message),
             CoordError::Raft(_) => Status::new(Code::Internal, message),
         };

@@ -7,6 +7,12 @@
 //! single fsync (group commit): under load, many client writes share one disk flush.
 //! Entries not yet purged are also kept in memory, so replication reads never touch disk;
 //! snapshots bound how many that is.
+//!
+//! The first failed write (a full disk, an I/O error) stops the writer for good: every later
+//! request fails with it, and [`LogStore::failures`] reports it (naming the file) so the node
+//! can stop. Writing on after a failure could put good records after a torn one, which
+//! recovery rightly refuses to start from; stopping leaves the torn record at the very end,
+//! where recovery cuts it off.
 
 // openraft's `StorageError` is what its storage traits return; it is large, and not ours.
 #![allow(clippy::result_large_err)]
@@ -59,6 +65,8 @@ pub struct LogStore {
 struct Shared {
     memory: Mutex<MemoryLog>,
     writer: mpsc::Sender<WriteRequest>,
+    /// The writer's first failure, naming the file and the error (None while it writes).
+    failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
     /// The highest index openraft reported committed (for metrics; not persisted: a
     /// restarted node learns it again from the leader).
     committed: AtomicU64,
@@ -88,7 +96,16 @@ impl LogStore {
         let vote: Option<Vote> = read_small_file(&dir.join("vote"))?;
         let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
         let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
-        let mut disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds };
+        let failure = Arc::new(tokio::sync::watch::Sender::new(None));
+        let mut disk = DiskLog {
+            dir: dir.to_owned(),
+            segments_dir,
+            segments,
+            active: None,
+            fsync_seconds,
+            failed: None,
+            failures: failure.clone(),
+        };
         // A crash between recording a purge point and removing its segments leaves them
         // behind; appends after a purge past the log's end must start a fresh segment.
         if let Some(purged) = last_purged {
@@ -110,7 +127,15 @@ impl LogStore {
             .name("coord-log-writer".into())
             .spawn(move || disk.run(requests))
             .map_err(io_error(dir))?;
-        Ok(Self { shared: Arc::new(Shared { memory: Mutex::new(memory), writer, committed: AtomicU64::new(0) }) })
+        Ok(Self {
+            shared: Arc::new(Shared { memory: Mutex::new(memory), writer, failure, committed: AtomicU64::new(0) }),
+        })
+    }
+
+    /// The writer's first failure, once there is one ("<file>: <error>"): from then on no
+    /// write succeeds, and the node must stop.
+    pub fn failures(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.failure.subscribe()
     }
 
     /// Approximate bytes of log entries held in memory (drives extra snapshots).
@@ -251,6 +276,9 @@ struct DiskLog {
     /// The open file of the last segment, opened on first append.
     active: Option<File>,
     fsync_seconds: Option<Histogram>,
+    /// The first failure (its kind and "<file>: <error>"): nothing is written after it.
+    failed: Option<(io::ErrorKind, String)>,
+    failures: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl DiskLog {
@@ -260,10 +288,14 @@ impl DiskLog {
             let mut flushed = Vec::new();
             let mut pending = Some(first);
             while let Some(request) = pending.take().or_else(|| requests.try_recv().ok()) {
+                if let Some((kind, failure)) = &self.failed {
+                    refuse(request, *kind, failure);
+                    continue;
+                }
                 match request {
                     WriteRequest::Append { records, done } => match self.write_records(&records) {
                         Ok(()) => flushed.push(done),
-                        Err(error) => done.log_io_completed(Err(error)),
+                        Err(error) => done.log_io_completed(Err(self.fail(error))),
                     },
                     other => {
                         // Everything before a vote, truncate or purge is durable before it runs.
@@ -280,19 +312,32 @@ impl DiskLog {
         tracing::debug!("log writer stopped");
     }
 
+    /// Records the writer's first failure (logged, and reported to [`LogStore::failures`]);
+    /// returns the error for the request that met it.
+    fn fail(&mut self, error: io::Error) -> io::Error {
+        let (kind, message) = (error.kind(), error.to_string());
+        if self.failed.is_none() {
+            tracing::error!(error = %message, "raft log write failed: the log writer stops");
+            self.failed = Some((kind, message.clone()));
+            self.failures.send_replace(Some(message.clone()));
+        }
+        io::Error::new(kind, message)
+    }
+
     /// fsyncs the active segment and reports the appends it covers.
     fn complete(&mut self, flushed: &mut Vec<LogFlushed<TypeConfig>>) {
         if flushed.is_empty() {
             return;
         }
         let started = Instant::now();
-        let result = match &self.active {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
+        let result = match (&self.active, self.segments.last()) {
+            (Some(file), Some(segment)) => file.sync_data().map_err(at(&segment.path)),
+            _ => Ok(()),
         };
         if let Some(histogram) = &self.fsync_seconds {
             histogram.observe(started.elapsed().as_secs_f64());
         }
+        let result = result.map_err(|error| self.fail(error));
         for done in flushed.drain(..) {
             done.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
         }
@@ -302,13 +347,16 @@ impl DiskLog {
         match request {
             WriteRequest::Append { .. } => unreachable!("appends are grouped by run()"),
             WriteRequest::Truncate { from_index, done } => {
-                let _ = done.send(self.truncate(from_index));
+                let result = self.truncate(from_index).map_err(|error| self.fail(error));
+                let _ = done.send(result);
             }
             WriteRequest::Purge { upto, done } => {
-                let _ = done.send(self.purge(upto));
+                let result = self.purge(upto).map_err(|error| self.fail(error));
+                let _ = done.send(result);
             }
             WriteRequest::Vote { vote, done } => {
-                let _ = done.send(write_small_file(&self.dir.join("vote"), &vote));
+                let result = write_small_file(&self.dir.join("vote"), &vote).map_err(|error| self.fail(error));
+                let _ = done.send(result);
             }
         }
     }
@@ -326,15 +374,16 @@ impl DiskLog {
             let expected = segment.first_index + segment.offsets.len() as u64;
             if *index != expected {
                 return Err(io::Error::other(format!(
-                    "log hole: appending index {index} but the next index is {expected}"
+                    "{}: log hole: appending index {index} but the next index is {expected}",
+                    segment.path.display()
                 )));
             }
             if self.active.is_none() {
-                self.active = Some(OpenOptions::new().append(true).open(&segment.path)?);
+                self.active = Some(OpenOptions::new().append(true).open(&segment.path).map_err(at(&segment.path))?);
             }
             let mut frame = Vec::new();
             push_framed(&mut frame, payload);
-            self.active.as_mut().expect("opened above").write_all(&frame)?;
+            self.active.as_mut().expect("opened above").write_all(&frame).map_err(at(&segment.path))?;
             segment.offsets.push(segment.len);
             segment.len += frame.len() as u64;
         }
@@ -343,10 +392,11 @@ impl DiskLog {
 
     fn start_segment(&mut self, first_index: u64) -> io::Result<()> {
         if let Some(file) = self.active.take() {
-            file.sync_data()?;
+            let closed = self.segments.last().map(|segment| segment.path.as_path()).unwrap_or(&self.segments_dir);
+            file.sync_data().map_err(at(closed))?;
         }
         let path = self.segments_dir.join(format!("{first_index:020}.seg"));
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(at(&path))?;
         sync_dir(&self.segments_dir)?;
         self.active = Some(file);
         self.segments.push(Segment { first_index, path, offsets: Vec::new(), len: 0 });
@@ -357,16 +407,17 @@ impl DiskLog {
         self.active = None;
         while let Some(segment) = self.segments.last_mut() {
             if segment.first_index >= from_index {
-                fs::remove_file(&segment.path)?;
+                fs::remove_file(&segment.path).map_err(at(&segment.path))?;
                 self.segments.pop();
                 continue;
             }
             let keep = (from_index - segment.first_index) as usize;
             if keep < segment.offsets.len() {
                 let cut = segment.offsets[keep];
-                let file = OpenOptions::new().write(true).open(&segment.path)?;
-                file.set_len(cut)?;
-                file.sync_data()?;
+                let path = &segment.path;
+                let file = OpenOptions::new().write(true).open(path).map_err(at(path))?;
+                file.set_len(cut).map_err(at(path))?;
+                file.sync_data().map_err(at(path))?;
                 segment.offsets.truncate(keep);
                 segment.len = cut;
             }
@@ -399,7 +450,7 @@ impl DiskLog {
                 self.active = None;
             }
             let segment = self.segments.remove(0);
-            fs::remove_file(&segment.path)?;
+            fs::remove_file(&segment.path).map_err(at(&segment.path))?;
             removed = true;
         }
         if removed { sync_dir(&self.segments_dir) } else { Ok(()) }
@@ -513,19 +564,37 @@ pub(crate) fn read_small_file<T: DeserializeOwned>(path: &Path) -> Result<Option
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
+/// Errors name the file.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        let mut file = File::create(&tmp).map_err(at(&tmp))?;
+        file.write_all(bytes).map_err(at(&tmp))?;
+        file.sync_all().map_err(at(&tmp))?;
     }
-    fs::rename(&tmp, path)?;
+    fs::rename(&tmp, path).map_err(at(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir).and_then(|dir| dir.sync_all()).map_err(at(dir))
+}
+
+/// The error with the file it happened on in its message (the kind is kept).
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |error| io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+/// Fails a request that arrives after the writer stopped.
+fn refuse(request: WriteRequest, kind: io::ErrorKind, failure: &str) {
+    let error =
+        || io::Error::new(kind, format!("not written: the log writer stopped after a failed write ({failure})"));
+    match request {
+        WriteRequest::Append { done, .. } => done.log_io_completed(Err(error())),
+        WriteRequest::Truncate { done, .. } | WriteRequest::Purge { done, .. } | WriteRequest::Vote { done, .. } => {
+            let _ = done.send(Err(error()));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -553,11 +622,61 @@ mod tests {
         fs::create_dir_all(&segments_dir).unwrap();
         let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
         let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
-        let mut disk = DiskLog { dir: dir.to_owned(), segments_dir, segments, active: None, fsync_seconds: None };
+        let mut disk = DiskLog {
+            dir: dir.to_owned(),
+            segments_dir,
+            segments,
+            active: None,
+            fsync_seconds: None,
+            failed: None,
+            failures: Arc::new(tokio::sync::watch::Sender::new(None)),
+        };
         if let Some(purged) = last_purged {
             disk.drop_segments_upto(purged.index).unwrap();
         }
         Ok((disk, entries.into_keys().collect()))
+    }
+
+    fn vote(term: u64) -> Vote {
+        Vote::new(term, 1)
+    }
+
+    /// A write that fails stops the writer: the error names the file, the failure is
+    /// reported, and nothing is written after it even once the disk would take it again.
+    #[tokio::test]
+    async fn the_first_failed_write_stops_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = open_disk(dir.path()).unwrap();
+        let mut failures = disk.failures.subscribe();
+        let (requests, queue) = mpsc::channel();
+        let writer = std::thread::spawn(move || disk.run(queue));
+        let vote_request = |term| {
+            let (done, result) = tokio::sync::oneshot::channel();
+            requests.send(WriteRequest::Vote { vote: vote(term), done }).unwrap();
+            result
+        };
+        vote_request(1).await.unwrap().unwrap();
+
+        // The vote is written through "vote.tmp": make that a device whose writes fail
+        // with ENOSPC, as a full disk does.
+        let tmp = dir.path().join("vote.tmp");
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let error = vote_request(2).await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+        assert!(error.to_string().contains(&tmp.display().to_string()), "the error names the file: {error}");
+        let reported = failures.wait_for(Option::is_some).await.unwrap().clone().unwrap();
+        assert_eq!(reported, error.to_string());
+
+        // Space is back; the writer still refuses, and the vote on disk is the last good one.
+        fs::remove_file(&tmp).unwrap();
+        let refused = vote_request(3).await.unwrap().unwrap_err();
+        assert!(refused.to_string().contains("stopped after a failed write"), "{refused}");
+        let (done, result) = tokio::sync::oneshot::channel();
+        requests.send(WriteRequest::Truncate { from_index: 1, done }).unwrap();
+        assert!(result.await.unwrap().is_err(), "a truncate after the failure is refused too");
+        assert_eq!(read_small_file::<Vote>(&dir.path().join("vote")).unwrap(), Some(vote(1)));
+        drop(requests);
+        writer.join().unwrap();
     }
 
     fn segment_file(dir: &Path) -> PathBuf {

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use marina_proto::coord::v1::cluster_server::ClusterServer;
 use marina_proto::coord::v1::coord_server::CoordServer;
 use marina_proto::coord::v1::raft_server::RaftServer;
 use marina_proto::coord::v1::{Member, StatusRequest, StatusResponse};
+use openraft::error::Fatal;
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use prometheus::{Histogram, HistogramOpts, IntGauge};
 use tokio::net::TcpListener;
@@ -29,7 +29,7 @@ use crate::proposer::{self, Proposer, ProposerMetrics, ReadBarrier};
 use crate::sessions::SessionTracker;
 use crate::state_machine::{SharedReplica, StateMachine};
 use crate::types::{NodeId, Raft};
-use crate::watch::WatchHub;
+use crate::watch::{WatchHub, WatchSlots};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -69,8 +69,10 @@ pub struct CoordNode {
     pub reads: ReadBarrier,
     pub sessions: SessionTracker,
     pub limits: Limits,
-    /// Open watch streams on this node.
-    pub watches: Arc<AtomicUsize>,
+    /// The port's bounds, message sizes among them.
+    pub server: marina_daemon::ServerLimits,
+    /// Open watch streams on this node, in all and per client.
+    pub watches: Arc<WatchSlots>,
     pub shutdown: Shutdown,
     /// Connections to other nodes, for forwarding.
     channels: Mutex<HashMap<String, Channel>>,
@@ -155,7 +157,7 @@ impl CoordNode {
             members,
             revision,
             sessions,
-            watches: self.watches.load(Ordering::Relaxed) as u64,
+            watches: self.watches.open() as u64,
             version: marina_daemon::VERSION.into(),
         }
     }
@@ -273,17 +275,29 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         reads: reads.clone(),
         sessions: sessions.clone(),
         limits: config.limits.clone(),
-        watches: Arc::new(AtomicUsize::new(0)),
+        server: config.server,
+        watches: Arc::default(),
         shutdown: shutdown.clone(),
         channels: Mutex::default(),
     });
 
+    // Every message clients send or get is bounded by configuration: requests decoded
+    // beyond `server.max_decoding_message_bytes` are refused before they are read whole,
+    // and answers are kept within `server.max_encoding_message_bytes` (watches split large
+    // revisions to stay within it).
+    let server = config.server;
     let (router, health) = Endpoint::new("coord", metrics.clone())
+        .limits(server)
         .grpc(
             CoordServer::new(CoordApi::new(node.clone()))
-                .max_decoding_message_size(config.limits.max_value_bytes + (64 << 10)),
+                .max_decoding_message_size(server.max_decoding_message_bytes)
+                .max_encoding_message_size(server.max_encoding_message_bytes),
         )
-        .grpc(ClusterServer::new(ClusterApi::new(node.clone())))
+        .grpc(
+            ClusterServer::new(ClusterApi::new(node.clone()))
+                .max_decoding_message_size(server.max_decoding_message_bytes)
+                .max_encoding_message_size(server.max_encoding_message_bytes),
+        )
         .grpc(
             // A node that may have promised a leader not to vote (before a restart) keeps
             // that promise: it waits out the promise's length before voting again.
@@ -299,6 +313,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
 
     tokio::spawn(sessions.run(raft.clone(), proposer, reads, shutdown.clone()));
     tokio::spawn(bootstrap(node.clone(), peers, address.clone()));
+    tokio::spawn(watch_storage(node.clone(), log_store.failures()));
     tokio::spawn(watch_health(node.clone(), health, Gauges::new(&metrics), log_store, config.raft.clone()));
 
     tracing::info!(id = config.id, %address, listen = %local_address, data_dir = %config.data_dir.display(), "coord node started");
@@ -312,6 +327,40 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         served.map_err(StartError::from)
     });
     Ok(CoordHandle { local_address, node, task })
+}
+
+/// A node whose storage fails cannot go on: Raft stops at the first failed write (openraft
+/// reports it as a fatal storage error), and a node idling without Raft would only hold on
+/// to its clients. It stops (its clients move to the other nodes) and exits non-zero, for
+/// its supervisor to restart it once the disk is fixed: its log recovers from what reached
+/// the disk.
+///
+/// Two signals, whichever comes first: the log writer's own failure (which names the file
+/// and the error), and Raft stopping on any fatal error (a vote, a snapshot, a purge).
+async fn watch_storage(node: Arc<CoordNode>, mut log_failures: tokio::sync::watch::Receiver<Option<String>>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Some(failure) = log_failures.borrow_and_update().clone() {
+            node.shutdown.fail(format!("raft log storage failed: {failure}"));
+            return;
+        }
+        let fatal = match &metrics.borrow_and_update().running_state {
+            Ok(()) => None,
+            // Raft stopped because the node is stopping.
+            Err(Fatal::Stopped) => return,
+            Err(Fatal::StorageError(error)) => Some(format!("raft storage failed: {error}")),
+            Err(Fatal::Panicked) => Some("raft stopped: its core task panicked".to_owned()),
+        };
+        if let Some(reason) = fatal {
+            node.shutdown.fail(reason);
+            return;
+        }
+        tokio::select! {
+            changed = log_failures.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = node.shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// A fresh cluster initializes itself exactly once: the lowest-id peer does it after every
@@ -451,7 +500,7 @@ async fn watch_health(
             gauges.nodes.set(replica.store.node_count() as i64);
             gauges.sessions.set(replica.store.sessions().len() as i64);
         }
-        gauges.watches.set(node.watches.load(Ordering::Relaxed) as i64);
+        gauges.watches.set(node.watches.open() as i64);
         let log_bytes = log_store.memory_bytes();
         gauges.log_memory_bytes.set(log_bytes as i64);
         if log_bytes as u64 > raft_config.snapshot_every_bytes

@@ -27,6 +27,21 @@ use crate::types::Raft;
 /// How often the leader looks for expired sessions.
 const EXPIRY_TICK: Duration = Duration::from_millis(25);
 
+/// `now + duration`, saturating far in the future instead of overflowing. TTLs and graces
+/// come from the replicated store: the API keeps new ones within `limits.session_ttl_*`,
+/// but a session created under another node's (or an earlier) configuration keeps its own,
+/// and a deadline must never panic the leader.
+fn after(now: Instant, duration: Duration) -> Instant {
+    /// About 30 years: "never", while far from any overflow.
+    const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(duration).or_else(|| now.checked_add(NEVER)).unwrap_or(now)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Liveness {
     deadline: Instant,
@@ -79,8 +94,8 @@ impl SessionTracker {
                 if liveness.ending {
                     return Ok(KeepAlive::Expired);
                 }
-                liveness.deadline = Instant::now() + liveness.ttl;
-                return Ok(KeepAlive::Alive { ttl_ms: liveness.ttl.as_millis() as u64 });
+                liveness.deadline = after(Instant::now(), liveness.ttl);
+                return Ok(KeepAlive::Alive { ttl_ms: millis(liveness.ttl) });
             }
         }
         // Not tracked yet (created moments ago): ask the store. The tracker lock is not held
@@ -88,9 +103,9 @@ impl SessionTracker {
         let Some((ttl, grace)) = self.session_timing(session_id) else {
             return Ok(KeepAlive::Expired);
         };
-        let liveness = Liveness { deadline: Instant::now() + ttl, ttl, grace, attached: 0, ending: false };
+        let liveness = Liveness { deadline: after(Instant::now(), ttl), ttl, grace, attached: 0, ending: false };
         self.state.lock().expect("session tracker lock").sessions.entry(session_id).or_insert(liveness);
-        Ok(KeepAlive::Alive { ttl_ms: ttl.as_millis() as u64 })
+        Ok(KeepAlive::Alive { ttl_ms: millis(ttl) })
     }
 
     /// A keep-alive stream started carrying this session.
@@ -106,7 +121,7 @@ impl SessionTracker {
         if let Some(liveness) = state.sessions.get_mut(&session_id) {
             liveness.attached = liveness.attached.saturating_sub(1);
             if liveness.attached == 0 && !liveness.grace.is_zero() {
-                liveness.deadline = liveness.deadline.min(Instant::now() + liveness.grace);
+                liveness.deadline = liveness.deadline.min(after(Instant::now(), liveness.grace));
             }
         }
     }
@@ -115,7 +130,7 @@ impl SessionTracker {
     pub fn created(&self, session_id: u64, ttl_ms: u64, grace_ms: u64) {
         let ttl = Duration::from_millis(ttl_ms);
         let liveness = Liveness {
-            deadline: Instant::now() + ttl,
+            deadline: after(Instant::now(), ttl),
             ttl,
             grace: Duration::from_millis(grace_ms),
             attached: 0,
@@ -199,7 +214,7 @@ impl SessionTracker {
                 .map(|(id, session)| {
                     let ttl = Duration::from_millis(session.ttl_ms);
                     let grace = Duration::from_millis(session.disconnect_grace_ms);
-                    (*id, Liveness { deadline: now + ttl, ttl, grace, attached: 0, ending: false })
+                    (*id, Liveness { deadline: after(now, ttl), ttl, grace, attached: 0, ending: false })
                 })
                 .collect()
         };
@@ -221,7 +236,7 @@ impl SessionTracker {
             state.sessions.entry(*id).or_insert_with(|| {
                 let ttl = Duration::from_millis(session.ttl_ms);
                 let grace = Duration::from_millis(session.disconnect_grace_ms);
-                Liveness { deadline: now + ttl, ttl, grace, attached: 0, ending: false }
+                Liveness { deadline: after(now, ttl), ttl, grace, attached: 0, ending: false }
             });
         }
         let mut expired = Vec::new();
@@ -232,5 +247,23 @@ impl SessionTracker {
             }
         }
         expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::from_millis(500)), now + Duration::from_millis(500));
+        // A TTL no configuration allows today (`u64::MAX` ms, or `Duration::MAX`): far away,
+        // and no panic.
+        for huge in [Duration::from_millis(u64::MAX), Duration::MAX] {
+            assert!(after(now, huge) > now + Duration::from_secs(365 * 24 * 3600));
+        }
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
     }
 }

@@ -96,6 +96,9 @@ impl Store {
 
     pub fn set_limits(&mut self, limits: HistoryLimits) {
         self.limits = limits;
+        // Counted again rather than trusted: a snapshot carries the count beside the history
+        // it counts, and the two must agree for trimming to work.
+        self.history_bytes = self.history.iter().map(|entry| history_size(entry)).fold(0, usize::saturating_add);
         self.trim_history();
     }
 
@@ -105,7 +108,7 @@ impl Store {
 
     /// The oldest revision a watch can still start from.
     pub fn oldest_revision(&self) -> u64 {
-        self.compacted + 1
+        self.compacted.saturating_add(1)
     }
 
     pub fn node_count(&self) -> usize {
@@ -135,7 +138,7 @@ impl Store {
             Command::Txn(txn) => CommandResult::Txn(self.apply_txn(txn, changes)),
             Command::CreateSession { ttl_ms, disconnect_grace_ms } => {
                 let session_id = self.next_session_id.max(1);
-                self.next_session_id = session_id + 1;
+                self.next_session_id = session_id.saturating_add(1);
                 let record = SessionRecord { ttl_ms, disconnect_grace_ms, ephemerals: BTreeSet::new() };
                 self.sessions.insert(session_id, record);
                 CommandResult::Session(Ok(SessionCreated { session_id, ttl_ms }))
@@ -166,7 +169,7 @@ impl Store {
         changes: &mut Vec<Arc<RevisionEvents>>,
     ) -> Result<u64, ApplyError> {
         let session = self.sessions.remove(&session_id).ok_or(ApplyError::NoSession { session_id })?;
-        let revision = self.revision + 1;
+        let revision = next_revision(self.revision);
         let mut events = Vec::with_capacity(session.ephemerals.len());
         for path in session.ephemerals {
             if let Some(mut record) = self.nodes.remove(&path) {
@@ -183,7 +186,7 @@ impl Store {
     fn apply_txn(&mut self, txn: Txn, changes: &mut Vec<Arc<RevisionEvents>>) -> Result<TxnOutcome, ApplyError> {
         let succeeded = txn.compares.iter().all(|compare| self.holds(compare));
         let ops = if succeeded { txn.success } else { txn.failure };
-        let revision = self.revision + 1;
+        let revision = next_revision(self.revision);
         let mut undo = Vec::new();
         let mut events = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
@@ -216,7 +219,8 @@ impl Store {
     fn trim_history(&mut self) {
         while self.history.len() > self.limits.max_revisions.max(1) || self.history_bytes > self.limits.max_bytes {
             let Some(oldest) = self.history.pop_front() else { break };
-            self.history_bytes -= history_size(&oldest);
+            // Saturating: `history_bytes` comes from a snapshot, which may be damaged.
+            self.history_bytes = self.history_bytes.saturating_sub(history_size(&oldest));
             self.compacted = oldest.revision;
         }
     }
@@ -270,7 +274,7 @@ impl Store {
                     }
                     (Some(existing), _) => NodeRecord {
                         data,
-                        version: existing.version + 1,
+                        version: existing.version.saturating_add(1),
                         create_revision: existing.create_revision,
                         mod_revision: revision,
                         ephemeral_owner: existing.ephemeral_owner,
@@ -316,7 +320,7 @@ impl Store {
         let parent = parent_of(&prefix).to_owned();
         let previous = self.sequences.get(&parent).copied();
         let number = previous.unwrap_or(0);
-        self.sequences.insert(parent.clone(), number + 1);
+        self.sequences.insert(parent.clone(), number.saturating_add(1));
         undo.push(Undo::Sequence(parent, previous));
         format!("{prefix}{number:010}")
     }
@@ -378,6 +382,13 @@ impl Store {
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
     }
+}
+
+/// The revision after `revision`. Saturating, as every counter of the store (session ids,
+/// node versions, sequence numbers): 2^64 of anything is never reached, but a damaged (or
+/// forged) snapshot may claim the last one, and applying must not panic (found by fuzzing).
+fn next_revision(revision: u64) -> u64 {
+    revision.saturating_add(1)
 }
 
 /// Whether `path` is `watched` or (for recursive watches) one of its descendants.

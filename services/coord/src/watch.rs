@@ -12,8 +12,17 @@
 //! the history from that revision. A watcher that sees the store replaced by a snapshot
 //! re-reads the history from where it was; if that part was compacted the stream ends with
 //! OUT_OF_RANGE and the client must re-read state.
+//!
+//! No message exceeds `server.max_encoding_message_bytes`: a revision too large for one (a
+//! recursive delete of a large subtree) goes to a watcher that asked for fragments in
+//! consecutive parts, each but the last marked `fragment`. A client that sees its stream
+//! break mid-revision resumes from that revision and gets all of it again.
+//!
+//! Watch streams are bounded per node (`limits.max_watches`) and per client connection
+//! (`limits.max_watches_per_client`).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::api::node_to_pb;
+use crate::config::Limits;
 use crate::error::CoordError;
 use crate::node::CoordNode;
 use crate::store::{EventKind, RevisionEvents, path_matches};
@@ -170,65 +180,165 @@ fn self_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// Counts open watches; released when the stream's task ends.
-struct WatchSlot(Arc<AtomicUsize>);
+/// The watch streams open on this node, in all and by client connection.
+#[derive(Default)]
+pub struct WatchSlots {
+    /// Read lock-free by status and metrics; changed only under `by_client`'s lock.
+    open: AtomicUsize,
+    /// Open streams per client connection (peer `ip:port`); a client with none has no entry,
+    /// so the map holds only connections that have watches open.
+    by_client: Mutex<HashMap<SocketAddr, usize>>,
+}
 
-impl WatchSlot {
-    fn acquire(counter: &Arc<AtomicUsize>, limit: usize) -> Result<Self, CoordError> {
-        let previous = counter.fetch_add(1, Ordering::AcqRel);
-        if previous >= limit {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return Err(CoordError::TooManyWatches { limit });
-        }
-        Ok(Self(counter.clone()))
+impl WatchSlots {
+    /// Open watch streams on this node.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
+
+    /// Open watch streams of one client connection.
+    pub fn of_client(&self, client: SocketAddr) -> usize {
+        self.by_client.lock().expect("watch slots lock").get(&client).copied().unwrap_or(0)
+    }
+
+    /// A slot for one more watch of `client` (None: a connection whose peer address is
+    /// unknown, bounded by the node-wide limit alone), or the limit it would exceed.
+    fn acquire(self: &Arc<Self>, client: Option<SocketAddr>, limits: &Limits) -> Result<WatchSlot, CoordError> {
+        let mut by_client = self.by_client.lock().expect("watch slots lock");
+        if self.open.load(Ordering::Relaxed) >= limits.max_watches {
+            return Err(CoordError::TooManyWatches { limit: limits.max_watches });
+        }
+        if let Some(client) = client {
+            let count = by_client.entry(client).or_insert(0);
+            if *count >= limits.max_watches_per_client {
+                return Err(CoordError::TooManyClientWatches { client, limit: limits.max_watches_per_client });
+            }
+            *count += 1;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(WatchSlot { slots: self.clone(), client })
+    }
+}
+
+/// One open watch stream's place in [`WatchSlots`]; released when the stream's task ends.
+struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    client: Option<SocketAddr>,
 }
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut by_client = self.slots.by_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = self.client
+            && let Some(count) = by_client.get_mut(&client)
+        {
+            *count -= 1;
+            if *count == 0 {
+                by_client.remove(&client);
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Bytes of a `WatchResponse` besides its events: the revision and compact revision (at
+/// most 11 bytes each with their tags) and the fragment flag (2), rounded up.
+const RESPONSE_FIXED_BYTES: usize = 32;
 
 struct Filter {
     path: String,
     recursive: bool,
+    /// The client reassembles revisions sent in parts (`WatchRequest.fragment`).
+    fragment: bool,
+    /// The largest message sent (`server.max_encoding_message_bytes`).
+    max_message_bytes: usize,
 }
 
 impl Filter {
-    /// The events of `change` this watch reports, as a response (None if none match).
-    fn select(&self, change: &RevisionEvents) -> Option<pb::WatchResponse> {
-        let events: Vec<pb::Event> = change
-            .events
-            .iter()
-            .filter(|event| path_matches(&self.path, self.recursive, &event.node.path))
-            .map(|event| pb::Event {
+    /// The events of `change` this watch reports, as the messages to send: none if no event
+    /// matches, one if they fit, else (for a watcher that takes fragments) as many as it
+    /// takes to keep each within `max_message_bytes`.
+    fn select(&self, change: &RevisionEvents) -> Result<Vec<pb::WatchResponse>, CoordError> {
+        let mut parts = Vec::new();
+        let mut events = Vec::new();
+        let mut bytes = RESPONSE_FIXED_BYTES;
+        for event in change.events.iter().filter(|event| path_matches(&self.path, self.recursive, &event.node.path)) {
+            let event = pb::Event {
                 r#type: match event.kind {
                     EventKind::Put => pb::event::Type::Put,
                     EventKind::Delete => pb::event::Type::Delete,
                 } as i32,
                 node: Some(node_to_pb(event.node.clone())),
-            })
-            .collect();
-        (!events.is_empty()).then(|| pb::WatchResponse { revision: change.revision, events, compact_revision: 0 })
+            };
+            let size = prost::encoding::message::encoded_len(2, &event);
+            if self.fragment && !events.is_empty() && bytes + size > self.max_message_bytes {
+                parts.push(pb::WatchResponse {
+                    revision: change.revision,
+                    events: std::mem::take(&mut events),
+                    compact_revision: 0,
+                    fragment: true,
+                });
+                bytes = RESPONSE_FIXED_BYTES;
+            }
+            // One event alone larger than a message: only a node stored under a larger
+            // `max_value_bytes` than this node's can be (validation keeps the limit above
+            // the largest node).
+            if size + RESPONSE_FIXED_BYTES > self.max_message_bytes {
+                return Err(CoordError::ResponseTooLarge {
+                    what: format!("the event of {} at revision {}", event_path(&event), change.revision),
+                    bytes: size + RESPONSE_FIXED_BYTES,
+                    limit: self.max_message_bytes,
+                    hint: "",
+                });
+            }
+            bytes += size;
+            events.push(event);
+        }
+        if events.is_empty() {
+            return Ok(parts);
+        }
+        if bytes > self.max_message_bytes {
+            // Only a watcher that takes no fragments gets here: the revision goes whole or not
+            // at all (it would otherwise see a part as the whole revision).
+            return Err(CoordError::ResponseTooLarge {
+                what: format!("revision {} ({} events under {})", change.revision, events.len(), self.path),
+                bytes,
+                limit: self.max_message_bytes,
+                hint: "; watch with fragment = true to receive a revision this large in parts",
+            });
+        }
+        parts.push(pb::WatchResponse { revision: change.revision, events, compact_revision: 0, fragment: false });
+        Ok(parts)
     }
 }
 
+fn event_path(event: &pb::Event) -> &str {
+    event.node.as_ref().map_or("", |node| node.path.as_str())
+}
+
+/// Opens a watch stream for `client` (the peer address of its connection, when known).
 pub fn open(
     node: &Arc<CoordNode>,
     request: pb::WatchRequest,
+    client: Option<SocketAddr>,
 ) -> Result<ReceiverStream<Result<pb::WatchResponse, Status>>, CoordError> {
-    let slot = WatchSlot::acquire(&node.watches, node.limits.max_watches)?;
-    let filter = Filter { path: request.path, recursive: request.recursive };
+    let slot = node.watches.acquire(client, &node.limits)?;
+    let filter = Filter {
+        path: request.path,
+        recursive: request.recursive,
+        fragment: request.fragment,
+        max_message_bytes: node.server.max_encoding_message_bytes,
+    };
     let (backlog, feed, first) = {
         let replica = node.replica.read().expect("replica lock");
         let current = replica.store.revision();
-        let start = if request.start_revision == 0 { current + 1 } else { request.start_revision };
+        let start = if request.start_revision == 0 { current.saturating_add(1) } else { request.start_revision };
         let backlog: Vec<Arc<RevisionEvents>> = replica.store.history_since(start)?.cloned().collect();
         let first = pb::WatchResponse {
             revision: current,
             events: Vec::new(),
             compact_revision: replica.store.oldest_revision().saturating_sub(1),
+            fragment: false,
         };
         (backlog, node.watch_hub.subscribe(&filter.path, filter.recursive, node.limits.watch_queue), (start, first))
     };
@@ -263,15 +373,27 @@ impl Watcher {
         self.sender.send(Ok(response)).await.is_ok()
     }
 
-    /// Delivers one revision if it is new to this watcher; false when the client is gone.
+    /// Delivers one revision (in one message or several) if it is new to this watcher; false
+    /// when the client is gone or the stream ended.
     async fn deliver(&mut self, change: &RevisionEvents) -> bool {
         if change.revision < self.next {
             return true;
         }
-        self.next = change.revision + 1;
+        self.next = change.revision.saturating_add(1);
         match self.filter.select(change) {
-            Some(response) => self.send(response).await,
-            None => true,
+            Ok(parts) => {
+                for part in parts {
+                    if !self.send(part).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.filter.path, %error, "ending a watch: a revision does not fit a message");
+                let _ = self.sender.send(Err(Status::from(error))).await;
+                false
+            }
         }
     }
 
@@ -395,6 +517,86 @@ mod tests {
 
         drop(under_b);
         assert!(!hub.watches.lock().unwrap().recursive.contains_key("/b"), "a dropped watch leaves the hub");
+    }
+
+    fn filter(path: &str, fragment: bool, max_message_bytes: usize) -> Filter {
+        Filter { path: path.to_owned(), recursive: true, fragment, max_message_bytes }
+    }
+
+    #[test]
+    fn a_revision_larger_than_a_message_is_split_for_watchers_that_take_fragments() {
+        // 200 deletes of 100-byte nodes under /big, interleaved with 200 under /other.
+        let events: Vec<Event> = (0..400)
+            .map(|i| Event {
+                kind: EventKind::Delete,
+                node: NodeView {
+                    path: format!("/{}/{i:05}", if i % 2 == 0 { "big" } else { "other" }),
+                    record: NodeRecord { data: vec![7u8; 100].into(), mod_revision: 9, ..NodeRecord::default() },
+                },
+            })
+            .collect();
+        let change = RevisionEvents { revision: 9, events };
+        let parts = filter("/big", true, 2048).select(&change).unwrap();
+        assert!(parts.len() >= 10, "{} parts", parts.len());
+        for (index, part) in parts.iter().enumerate() {
+            assert_eq!(part.revision, 9);
+            assert!(
+                prost::Message::encoded_len(part) <= 2048,
+                "part {index} is {} bytes",
+                prost::Message::encoded_len(part)
+            );
+            assert_eq!(part.fragment, index + 1 < parts.len(), "every part but the last says more follow");
+        }
+        let delivered: Vec<String> =
+            parts.iter().flat_map(|part| &part.events).map(|event| event.node.as_ref().unwrap().path.clone()).collect();
+        let expected: Vec<String> = (0..400).step_by(2).map(|i| format!("/big/{i:05}")).collect();
+        assert_eq!(delivered, expected, "every matching event once, in order");
+
+        // Fitting in one message: one, unmarked, with or without fragments.
+        for fragment in [true, false] {
+            let parts = filter("/big", fragment, 1 << 20).select(&change).unwrap();
+            assert_eq!(parts.len(), 1);
+            assert!(!parts[0].fragment);
+        }
+        assert!(filter("/none", true, 2048).select(&change).unwrap().is_empty());
+
+        // A watcher that takes no fragments is never sent part of a revision as if it were all.
+        match filter("/big", false, 2048).select(&change) {
+            Err(error @ CoordError::ResponseTooLarge { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("server.max_encoding_message_bytes = 2048") && message.contains("fragment"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected ResponseTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn watch_slots_bound_each_client_and_the_node() {
+        let limits = Limits { max_watches: 4, max_watches_per_client: 2, ..Limits::default() };
+        let slots = Arc::new(WatchSlots::default());
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1000".parse().unwrap(), "127.0.0.1:1001".parse().unwrap());
+        let a1 = slots.acquire(Some(a), &limits).unwrap();
+        let _a2 = slots.acquire(Some(a), &limits).unwrap();
+        match slots.acquire(Some(a), &limits) {
+            Err(error @ CoordError::TooManyClientWatches { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("limits.max_watches_per_client = 2") && message.contains("127.0.0.1:1000"));
+            }
+            other => panic!("expected TooManyClientWatches, got {:?}", other.map(|_| ())),
+        }
+        // Another client still has its own allowance; one with no known address only the node's.
+        let _b1 = slots.acquire(Some(b), &limits).unwrap();
+        let _unknown = slots.acquire(None, &limits).unwrap();
+        assert!(matches!(slots.acquire(Some(b), &limits), Err(CoordError::TooManyWatches { limit: 4 })));
+        assert_eq!((slots.open(), slots.of_client(a), slots.of_client(b)), (4, 2, 1));
+        drop(a1);
+        assert_eq!((slots.open(), slots.of_client(a)), (3, 1));
+        let _a3 = slots.acquire(Some(a), &limits).unwrap();
+        drop(_b1);
+        assert!(!slots.by_client.lock().unwrap().contains_key(&b), "a client with no watches leaves the map");
     }
 
     #[test]

@@ -79,6 +79,16 @@ where
     let shutdown = crate::Shutdown::new();
     shutdown.fail_on_panic();
     let running = start(config, listener, shutdown.clone()).await?;
+    until_stopped(&shutdown, running).await
+}
+
+/// Runs a started service until SIGTERM, SIGINT or its failure ([`crate::Shutdown::fail`],
+/// a panic once [`crate::Shutdown::fail_on_panic`] is set), then stops it: an error if it
+/// failed, so that the binary exits non-zero.
+pub async fn until_stopped(
+    shutdown: &crate::Shutdown,
+    running: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), BoxError> {
     tokio::select! {
         () = crate::shutdown::signal() => shutdown.trigger(),
         () = shutdown.cancelled() => {}

@@ -216,14 +216,26 @@ impl Endpoint {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains for at most
-/// [`DRAIN_TIMEOUT`].
+/// [`DRAIN_TIMEOUT`]. Every request knows the connection it came on: the peer address is
+/// in its extensions both as axum's `ConnectInfo` and as tonic's `TcpConnectInfo`, so gRPC
+/// handlers read it with `Request::remote_addr()` (coord counts watches per client).
 pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    let router = router.layer(axum::middleware::map_request(|mut request: Request| async move {
+        if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().copied() {
+            request
+                .extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer) });
+        }
+        request
+    }));
     let listener = listener.tap_io(|stream| {
         // gRPC is latency-bound request/response traffic: never wait to coalesce segments.
         let _ = stream.set_nodelay(true);
     });
     let graceful = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = server => result,
