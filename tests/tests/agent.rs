@@ -1,10 +1,16 @@
 //! The agent as a real process: SIGKILL and restart re-adopt its tasks (process runtime,
 //! Docker and containerd), status updates produced while no master is reachable arrive later, health
-//! checks report and kill, a corrupt checkpoint stops it with a clear error.
+//! checks report and kill, a corrupt checkpoint stops it with a clear error, a full disk
+//! loses no status update, finished tasks' sandboxes are collected, task output rotates and
+//! its reads are bounded.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use marina_proto::agent::v1::{ContainerSpec, HealthCheck, PortMapping, TaskInfo, TaskState, health_check};
+use marina_proto::agent::v1::agent_client::AgentClient;
+use marina_proto::agent::v1::{
+    ContainerSpec, HealthCheck, PortMapping, ReadTaskLogRequest, TaskInfo, TaskState, health_check,
+};
 use marina_tests::docker::{DockerCleanup, ensure_test_images};
 use marina_tests::scheduler::{command_task, offered_ports};
 use marina_tests::services::Service;
@@ -114,21 +120,10 @@ async fn a_killed_agent_readopts_its_docker_containers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_readopts_its_containerd_tasks() {
     use marina_runtime::{LABEL_FRAMEWORK_ID, Runtime, TaskState as RuntimeState};
-    use marina_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
+    use marina_runtime_containerd::ContainerdRuntime;
 
-    ensure_test_images();
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("busybox.tar");
-    let saved = std::process::Command::new("docker")
-        .args(["save", "marina-test/busybox:latest", "-o"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(saved.status.success(), "docker save: {}", String::from_utf8_lossy(&saved.stderr));
-    // The agent's default namespace, which the containerd runtime tests share.
-    let config = ContainerdConfig { namespace: "marina".into(), ..ContainerdConfig::default() };
+    let config = import_test_image_into_containerd().await;
     let containerd = ContainerdRuntime::connect(&config).await.expect("containerd answers on this machine");
-    containerd.import_image(&archive).await.expect("importing the test image");
 
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
     let mut agent = Service::agent("agent", &cluster.coord_url(), "containerd", cluster.dir.path(), AGENT_ENV);
@@ -178,6 +173,26 @@ async fn a_killed_agent_readopts_its_containerd_tasks() {
         containerd.list(&labels).await.ok()?.is_empty().then_some(())
     })
     .await;
+}
+
+/// The test image, imported into containerd's `marina` namespace (the agent's default, which
+/// the containerd runtime tests share): no registry to pull from. Returns that config.
+async fn import_test_image_into_containerd() -> marina_runtime_containerd::ContainerdConfig {
+    use marina_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
+
+    ensure_test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["save", "marina-test/busybox:latest", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "docker save: {}", String::from_utf8_lossy(&saved.stderr));
+    let config = ContainerdConfig { namespace: "marina".into(), ..ContainerdConfig::default() };
+    let containerd = ContainerdRuntime::connect(&config).await.expect("containerd answers on this machine");
+    containerd.import_image(&archive).await.expect("importing the test image");
+    config
 }
 
 /// Removes, on drop, every containerd task of a test's framework (should the test fail).
@@ -317,4 +332,278 @@ fn a_corrupt_checkpoint_stops_the_agent_with_the_file_named() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("web.pb") && stderr.contains("corrupt"), "{stderr}");
+}
+
+/// `GET /metrics` on the agent: the value of `name` (a metric without labels).
+async fn metric(agent: &Service, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", agent.address)).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The last `tail_bytes` of a task's stdout through the agent's gRPC API.
+async fn read_task_log(agent: &Service, task_id: &str, tail_bytes: u64) -> Vec<u8> {
+    let mut client = AgentClient::connect(format!("http://{}", agent.address)).await.expect("the agent's API");
+    let request = ReadTaskLogRequest { task_id: task_id.into(), stream: "stdout".into(), tail_bytes };
+    client.read_task_log(request).await.expect("ReadTaskLog").into_inner().data.to_vec()
+}
+
+/// A small disk for real: a tmpfs mounted on `path` (created), for an agent's work dir.
+/// Dropping it kills whatever runs from it (task processes, supervisors) and unmounts it,
+/// even when the test fails.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, bytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "mount (this test needs root): {}", String::from_utf8_lossy(&output.stderr));
+        SmallDisk { path: path.to_owned() }
+    }
+
+    /// Writes to a file until the disk has no room left; returns it (remove it to make room).
+    /// Again, it takes up what was freed meanwhile.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::options().create(true).append(true).open(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(error) => panic!("filling {}: {error}", path.display()),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        marina_tests::testdir::kill_processes_under(&self.path);
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The agent's work dir on a full disk: a running task killed meanwhile still reports
+/// KILLED (its checkpoints fail and are counted, the update travels from memory); the
+/// sandboxes of finished, acknowledged tasks are collected at once although their week is
+/// not over (the disk is past the headroom), a running task's is not; a launch that cannot
+/// be checkpointed fails naming the error and starts nothing; with room again, what waited
+/// is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_no_status_update() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let disk = SmallDisk::mount(&cluster.dir.path().join("agent"), 4 * 1024 * 1024);
+    let mut env = AGENT_ENV.to_vec();
+    env.push(("MARINA_AGENT_GC__DISK_WATCH_INTERVAL_MS", "200"));
+    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    assert_eq!(agent.work_dir, disk.path);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "full-disk", None).await;
+    // Its every checkpoint is bigger than what is left of a page once the disk is full.
+    let big = |task_id: &str, command: &str| {
+        let mut task = command_task(task_id, command, 0.1, 16.0);
+        task.labels.insert("note".into(), "x".repeat(16 * 1024));
+        task
+    };
+    launch(&mut scheduler, |_| {
+        vec![
+            big("victim", "exec sleep 600"),
+            command_task("survivor", "exec sleep 600", 0.1, 16.0),
+            command_task("early", "while [ ! -f done ]; do sleep 0.05; done", 0.1, 16.0),
+        ]
+    })
+    .await;
+    let sandboxes = agent.work_dir.join("sandboxes");
+    std::fs::write(sandboxes.join("early/done"), b"").unwrap();
+    scheduler
+        .pump_until(WAIT, "early to finish", |s| {
+            s.latest("early").is_some_and(|t| t.state() == TaskState::TaskFinished)
+        })
+        .await;
+    eventually(WAIT, "the agent to forget the acknowledged task", || async {
+        agent_task(&agent, "early").await.is_none().then_some(())
+    })
+    .await;
+    assert!(sandboxes.join("early").exists(), "kept: a week to go on a disk with room");
+
+    let filler = disk.fill();
+    let agent_id = agent.get_json("/state").await.unwrap()["id"].as_str().unwrap().to_owned();
+    scheduler.kill("victim", &agent_id).await;
+    scheduler
+        .pump_until(WAIT, "victim to be killed", |s| {
+            s.latest("victim").is_some_and(|t| t.state() == TaskState::TaskKilled)
+        })
+        .await;
+    assert!(metric(&agent, "marina_agent_checkpoint_failures_total").await.unwrap() >= 1.0);
+
+    // Acknowledged, the killed task is forgotten, and on a disk this full its sandbox and
+    // the finished one's go at once, though their week is not over.
+    eventually(WAIT, "the finished tasks' sandboxes to be collected", || async {
+        let gone = agent_task(&agent, "victim").await.is_none()
+            && !sandboxes.join("early").exists()
+            && !sandboxes.join("victim").exists();
+        gone.then_some(())
+    })
+    .await;
+    assert!(sandboxes.join("survivor").exists(), "a running task's sandbox stays");
+    assert!(metric(&agent, "marina_agent_sandboxes_collected_total").await.unwrap() >= 2.0);
+
+    // What the collection and the killed task's removal freed is taken again.
+    disk.fill();
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = scheduler.offers[0].offer_id.clone();
+    scheduler.accept(vec![offer], vec![big("doomed", "exec sleep 600")]).await.expect("accepted");
+    scheduler
+        .pump_until(WAIT, "doomed to fail", |s| s.latest("doomed").is_some_and(|t| t.state() == TaskState::TaskFailed))
+        .await;
+    let failed = scheduler.latest("doomed").unwrap();
+    assert!(
+        failed.message.starts_with("cannot checkpoint the launch: No space left on device (os error 28) at ")
+            && failed.message.contains("meta/journal"),
+        "{}",
+        failed.message
+    );
+    assert!(!sandboxes.join("doomed").exists(), "nothing of it was made");
+    assert_eq!(starting_updates(&scheduler, "doomed"), 0, "nothing of it started");
+
+    std::fs::remove_file(filler).unwrap();
+    eventually(WAIT, "what waited in memory to be written", || async {
+        (metric(&agent, "marina_agent_checkpoint_backlog").await? == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(agent_task(&agent, "survivor").await.unwrap()["state"], "TASK_RUNNING");
+}
+
+/// Sandboxes of finished tasks go once their terminal update is acknowledged and they are
+/// older than the (here short) gc delay: not before the acknowledgement, never while the
+/// task runs, and sandboxes of tasks the agent does not know go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_sandboxes_are_collected_once_acknowledged() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut env = AGENT_ENV.to_vec();
+    env.extend([("MARINA_AGENT_GC__DELAY_SECONDS", "1"), ("MARINA_AGENT_GC__DISK_WATCH_INTERVAL_MS", "100")]);
+    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "gc", None).await;
+    launch(&mut scheduler, |_| {
+        vec![
+            command_task("keeper", "exec sleep 600", 0.1, 16.0),
+            command_task("waiter", "while [ ! -f done ]; do sleep 0.05; done", 0.1, 16.0),
+        ]
+    })
+    .await;
+    let sandboxes = agent.work_dir.join("sandboxes");
+    std::fs::write(sandboxes.join("waiter/done"), b"").unwrap();
+    // Finished, but its update not acknowledged: the scheduler is not reading.
+    eventually(WAIT, "waiter to finish", || async {
+        let task = agent_task(&agent, "waiter").await?;
+        (task["state"] == "TASK_FINISHED").then_some(())
+    })
+    .await;
+    // A sandbox no task owns, younger than the waiter's: once it is gone, the waiter's was
+    // old enough to go as well, had it been allowed to.
+    let orphan = sandboxes.join("orphan");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("stdout"), b"left by an earlier agent").unwrap();
+    eventually(WAIT, "the orphan sandbox to be collected", || async { (!orphan.exists()).then_some(()) }).await;
+    assert!(sandboxes.join("waiter").exists(), "kept until its end is acknowledged");
+    assert!(sandboxes.join("keeper").exists());
+
+    scheduler
+        .pump_until(WAIT, "the FINISHED update", |s| {
+            s.latest("waiter").is_some_and(|t| t.state() == TaskState::TaskFinished)
+        })
+        .await;
+    eventually(WAIT, "the acknowledged task's sandbox to be collected", || async {
+        (!sandboxes.join("waiter").exists()).then_some(())
+    })
+    .await;
+    assert!(sandboxes.join("keeper").exists(), "never while the task runs");
+    assert_eq!(agent_task(&agent, "keeper").await.unwrap()["state"], "TASK_RUNNING");
+}
+
+/// A task's output rotates (`task_logs.max_bytes`, `keep`); ReadTaskLog reads the current
+/// file, its end: the configured default when it asks for nothing in particular, never
+/// more than the configured maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_output_rotates_and_reads_of_it_are_bounded() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut env = AGENT_ENV.to_vec();
+    env.extend([
+        ("MARINA_AGENT_TASK_LOGS__MAX_BYTES", "10240"),
+        ("MARINA_AGENT_TASK_LOGS__KEEP", "1"),
+        ("MARINA_AGENT_TASK_LOGS__READ_DEFAULT_BYTES", "1000"),
+        ("MARINA_AGENT_TASK_LOGS__READ_MAX_BYTES", "5000"),
+    ]);
+    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "task-logs", None).await;
+    // 7,744 lines of 5 bytes: three full files of 10,240 bytes and 8,000 in the current one.
+    let script = "i=0; while [ $i -lt 7744 ]; do printf '%04d\\n' $((i % 10000)); i=$((i+1)); done; exec sleep 600";
+    launch(&mut scheduler, |_| vec![command_task("chatty", script, 0.1, 16.0)]).await;
+    let expected: String = (0..7744).map(|i| format!("{:04}\n", i % 10000)).collect();
+    eventually(WAIT, "all the output", || async {
+        read_task_log(&agent, "chatty", 5).await.ends_with(b"7743\n").then_some(())
+    })
+    .await;
+
+    let sandbox = agent.work_dir.join("sandboxes/chatty");
+    let current = std::fs::read(sandbox.join("stdout")).unwrap();
+    assert_eq!(current.len(), 8000);
+    assert_eq!(std::fs::metadata(sandbox.join("stdout.1")).unwrap().len(), 10240);
+    assert!(!sandbox.join("stdout.2").exists(), "one rotated file is kept");
+    let tail = |n: usize| expected.as_bytes()[expected.len() - n..].to_vec();
+    assert_eq!(read_task_log(&agent, "chatty", 0).await, tail(1000), "the default");
+    assert_eq!(read_task_log(&agent, "chatty", u64::MAX).await, tail(5000), "capped at the maximum");
+    assert_eq!(read_task_log(&agent, "chatty", 7).await, tail(7));
+}
+
+/// Through containerd, the agent has `marina-supervise` (next to it) write each task's
+/// output, rotated as a process task's is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_task_output_rotates() {
+    let config = import_test_image_into_containerd().await;
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let mut env = AGENT_ENV.to_vec();
+    env.extend([("MARINA_AGENT_TASK_LOGS__MAX_BYTES", "10240"), ("MARINA_AGENT_TASK_LOGS__KEEP", "1")]);
+    let agent = Service::agent("agent", &cluster.coord_url(), "containerd", cluster.dir.path(), &env);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "containerd-logs", None).await;
+    let _cleanup = ContainerdCleanup { config, framework_id: scheduler.framework_id.clone() };
+    // A name of its own: a run killed before its cleanup must not block the next.
+    let task_id = format!("ctr-chatty-{}", &marina_daemon::ids::uuid()[..8]);
+    let script = "i=0; while [ $i -lt 7744 ]; do printf '%04d\\n' $((i % 10000)); i=$((i+1)); done; exec sleep 600";
+    launch(&mut scheduler, |_| {
+        let mut task = command_task(&task_id, script, 0.1, 32.0);
+        task.container = Some(ContainerSpec { image: "docker:///marina-test/busybox".into(), ..Default::default() });
+        vec![task]
+    })
+    .await;
+    eventually(WAIT, "all the output", || async {
+        read_task_log(&agent, &task_id, 5).await.ends_with(b"7743\n").then_some(())
+    })
+    .await;
+    let sandbox = agent.work_dir.join("sandboxes").join(&task_id);
+    assert_eq!(std::fs::metadata(sandbox.join("stdout")).unwrap().len(), 8000);
+    assert_eq!(std::fs::metadata(sandbox.join("stdout.1")).unwrap().len(), 10240);
+    assert!(!sandbox.join("stdout.2").exists(), "one rotated file is kept");
+    let expected: String = (0..7744).map(|i| format!("{:04}\n", i % 10000)).collect();
+    assert_eq!(read_task_log(&agent, &task_id, 0).await, expected.as_bytes()[expected.len() - 8000..]);
+
+    let agent_id = agent.get_json("/state").await.unwrap()["id"].as_str().unwrap().to_owned();
+    scheduler.kill(&task_id, &agent_id).await;
+    scheduler
+        .pump_until(WAIT, "the task to be killed", |s| {
+            s.latest(&task_id).is_some_and(|t| t.state() == TaskState::TaskKilled)
+        })
+        .await;
 }

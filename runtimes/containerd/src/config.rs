@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1::version_client::VersionClient;
-use marina_runtime::{RuntimeError, RuntimeKind};
+use marina_runtime::{LogRotation, RuntimeError, RuntimeKind};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
@@ -46,6 +46,13 @@ pub struct ContainerdConfig {
     /// How long a pull may take before it is given up (so an unreachable registry fails the
     /// task with a clear message instead of hanging it).
     pub pull_timeout_secs: u64,
+    /// `marina-supervise`, run by containerd's shim as each task's logging binary (stdio
+    /// `binary://`), so a task's `stdout` and `stderr` rotate at `log_rotation` as a
+    /// process task's do. An absolute path the shim can execute (same host, same mount
+    /// namespace). `None`: the shim appends to the files itself, unrotated.
+    pub log_binary: Option<PathBuf>,
+    /// How a task's `stdout` and `stderr` rotate when `log_binary` is set.
+    pub log_rotation: LogRotation,
 }
 
 impl Default for ContainerdConfig {
@@ -59,6 +66,8 @@ impl Default for ContainerdConfig {
             state_dir: None,
             ctr: PathBuf::from("ctr"),
             pull_timeout_secs: 300,
+            log_binary: None,
+            log_rotation: LogRotation::default(),
         }
     }
 }
@@ -88,6 +97,12 @@ impl ContainerdConfig {
             if value.is_empty() {
                 return Err(RuntimeError::InvalidSpec(format!("containerd config: `{field}` is empty")));
             }
+        }
+        if let Some(binary) = self.log_binary.as_deref().filter(|binary| !binary.is_absolute()) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "containerd config: log_binary {} is not an absolute path (the shim runs it from its own directory)",
+                binary.display()
+            )));
         }
         // containerd's identifier rule, and a value that travels as gRPC metadata.
         if !crate::spec::is_valid_identifier(&self.namespace) {
@@ -165,5 +180,7 @@ mod tests {
         let config = ContainerdConfig { namespace: "bad namespace".into(), ..Default::default() };
         assert!(matches!(config.validate(), Err(RuntimeError::InvalidSpec(_))));
         ContainerdConfig::default().validate().expect("defaults are valid");
+        let relative = ContainerdConfig { log_binary: Some("marina-supervise".into()), ..Default::default() };
+        assert!(matches!(relative.validate(), Err(RuntimeError::InvalidSpec(m)) if m.contains("log_binary")));
     }
 }

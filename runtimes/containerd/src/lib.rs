@@ -20,6 +20,12 @@
 //! - no CNI: `Bridge` and `Host` tasks share the host's network and bind the host ports they
 //!   are given (no port mapping); `None` gets an isolated network namespace.
 //!
+//! A task's output is `stdout` and `stderr` in its sandbox. With
+//! [`ContainerdConfig::log_binary`] set (the agent sets it to the `marina-supervise` next to
+//! it), the shim hands both streams to that binary, which rotates them at
+//! [`ContainerdConfig::log_rotation`] as the process runtime does; without it the shim
+//! appends to the files itself and nothing bounds them.
+//!
 //! Also not supported: named image users (`USER nobody`; numeric ones work), a seccomp
 //! profile, host devices for privileged tasks, swap limits, `TaskSpec::parameters` (logged
 //! and ignored), compressed archives (`docker save | gzip`). Exit statuses: containerd

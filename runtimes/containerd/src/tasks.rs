@@ -4,9 +4,11 @@
 //! The container id is the task id (made valid for containerd when it is not), the
 //! snapshot key is the container id, and the container record carries what the handle
 //! needs (task id, sandbox) in an extension, so `list` rebuilds the very handle `start`
-//! returned. The task's stdout and stderr are files in its sandbox: containerd's shim
-//! appends to an existing regular file given as a plain path (a `file://` URI would send
-//! both streams to one file).
+//! returned. The task's stdout and stderr are files in its sandbox. With a logging binary
+//! configured (`marina-supervise`), the shim hands both streams to it (a `binary://` URI)
+//! and it writes them rotated, as the process runtime's supervisor does; without one, the
+//! shim appends to an existing regular file given as a plain path (a `file://` URI would
+//! send both streams to one file), unrotated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use containerd_client::services::v1::{
     GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest, WaitResponse,
 };
 use containerd_client::types::v1::Status as ProcessStatus;
+use marina_runtime::logs::ShimLogger;
 use marina_runtime::{ExitStatus, ListedTask, LogStream, RuntimeError, RuntimeKind, TaskHandle, TaskSpec, TaskState};
 use prost_types::Any;
 use serde::{Deserialize, Serialize};
@@ -47,6 +50,12 @@ pub(crate) struct TaskData {
     pub task_id: String,
     /// Where the task's `stdout` and `stderr` files are.
     pub sandbox: PathBuf,
+}
+
+/// Where the shim sends a task's output: file paths, or a logging binary's URI.
+struct Stdio {
+    stdout: String,
+    stderr: String,
 }
 
 /// How a signal (as a number) is sent.
@@ -84,6 +93,15 @@ impl ContainerdRuntime {
                 .await
                 .map_err(|e| backend_error(format!("start {id}: creating {}: {e}", file.display())))?;
         }
+        let stdio = match &self.config.log_binary {
+            Some(binary) => {
+                let uri = ShimLogger { dir: sandbox.clone(), rotation: self.config.log_rotation }.uri(binary);
+                Stdio { stdout: uri.clone(), stderr: uri }
+            }
+            None => {
+                Stdio { stdout: stdout.to_string_lossy().into_owned(), stderr: stderr.to_string_lossy().into_owned() }
+            }
+        };
         let data = TaskData { task_id: spec.task_id.clone(), sandbox };
         let data = serde_json::to_string(&data).map_err(|e| backend_error(format!("start {id}: {e}")))?;
 
@@ -96,11 +114,7 @@ impl ContainerdRuntime {
         lease.release().await;
         created?;
 
-        match self
-            .create_and_start_task(&id, &stdout, &stderr)
-            .instrument(tracing::info_span!("containerd.start_task"))
-            .await
-        {
+        match self.create_and_start_task(&id, stdio).instrument(tracing::info_span!("containerd.start_task")).await {
             Ok(pid) => {
                 tracing::debug!(task_id = %spec.task_id, container = %id, pid, "task started");
                 Ok(TaskHandle { runtime: RuntimeKind::Containerd, task_id: spec.task_id.clone(), id, data })
@@ -177,7 +191,7 @@ impl ContainerdRuntime {
         Err(backend_error(format!("snapshot prepare {id}: the key stays taken")))
     }
 
-    async fn create_and_start_task(&self, id: &str, stdout: &Path, stderr: &Path) -> Result<u32, RuntimeError> {
+    async fn create_and_start_task(&self, id: &str, stdio: Stdio) -> Result<u32, RuntimeError> {
         let cd = &self.cd;
         let mounts = MountsRequest { snapshotter: self.config.snapshotter.clone(), key: id.to_owned() };
         let rootfs = cd
@@ -190,8 +204,8 @@ impl ContainerdRuntime {
         let create = CreateTaskRequest {
             container_id: id.to_owned(),
             rootfs,
-            stdout: stdout.to_string_lossy().into_owned(),
-            stderr: stderr.to_string_lossy().into_owned(),
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
             ..Default::default()
         };
         cd.tasks().create(cd.request(create)).await.map_err(|s| rpc_error("task create", id, &s))?;

@@ -201,3 +201,65 @@ async fn remove_kills_a_task_that_still_runs() {
     assert_eq!(env.runtime.inspect(&handle).await.expect("inspect"), TaskState::NotFound);
     assert!(env.runtime.list(&spec.labels).await.expect("list").is_empty());
 }
+
+/// `marina-supervise`, built from the current sources (a no-op when it is up to date).
+fn supervisor_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "marina-runtime-process", "--bin", "marina-supervise"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("running cargo build");
+    assert!(status.success(), "building marina-supervise: {status}");
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile.join("marina-supervise").canonicalize().expect("marina-supervise was built")
+}
+
+/// With `marina-supervise` as the shim's logging binary, a task's output rotates as a process
+/// task's does: each file at most `max_bytes`, `keep` old ones, the newest output kept in
+/// order; `logs` reads the current file; and the logger ends with the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_rotates_through_marinas_logging_binary() {
+    let env = TestEnv::new("rotation").await;
+    let rotation = marina_runtime::LogRotation { max_bytes: 1000, keep: 2 };
+    let config = marina_runtime_containerd::ContainerdConfig {
+        log_binary: Some(supervisor_binary()),
+        log_rotation: rotation,
+        ..env.runtime.config().clone()
+    };
+    let runtime = ContainerdRuntime::connect(&config).await.expect("connect");
+    let script = "i=0; while [ $i -lt 2000 ]; do printf '%04d\\n' $i; printf '%04d\\n' $i >&2; i=$((i+1)); done";
+    let spec = env.fixture().spec("chatty", script);
+    let handle = runtime.start(&spec).await.unwrap_or_else(|e| panic!("start: {e}"));
+    assert!(runtime.wait(&handle).await.expect("wait").success());
+
+    let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).unwrap_or_default();
+    let expected: String = (0..2000).map(|i| format!("{i:04}\n")).collect();
+    eventually("the logger to write the last line", Duration::from_secs(30), || async {
+        read("stdout").ends_with("1999\n").then_some(())
+    })
+    .await;
+    for stream in ["stdout", "stderr"] {
+        for name in [stream.to_owned(), format!("{stream}.1"), format!("{stream}.2")] {
+            let len = read(&name).len();
+            assert!(len > 0 && len <= 1000, "{name} holds {len} bytes");
+        }
+        assert!(!spec.sandbox.join(format!("{stream}.3")).exists(), "only two rotated {stream} files are kept");
+        let kept = read(&format!("{stream}.2")) + &read(&format!("{stream}.1")) + &read(stream);
+        assert!(kept.len() > 2000 && expected.ends_with(&kept), "{stream}: the newest output, in order");
+    }
+    let logs = runtime.logs(&handle, LogStream::Stdout, None).await.expect("logs");
+    assert_eq!(String::from_utf8_lossy(&logs), read("stdout"), "logs read the current file");
+    runtime.remove(&handle).await.expect("remove");
+    let sandbox = spec.sandbox.display().to_string();
+    eventually("the logger to exit with its task", Duration::from_secs(30), || async {
+        let running = std::fs::read_dir("/proc").ok()?.flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&sandbox))
+        });
+        (!running).then_some(())
+    })
+    .await;
+}

@@ -14,6 +14,8 @@
 //! - The engine's exit codes are reported as codes; a code becomes a signal only when we know
 //!   the signal was sent (see the `status` module).
 //! - Docker tails logs by lines; the trait tails by bytes, so the output is trimmed here.
+//! - Containers' output is rotated by the engine (json-file `max-size`/`max-file`, from
+//!   [`DockerConfig::log_rotation`]): it lives on the engine's disk, not in a sandbox.
 
 mod errors;
 mod output;
@@ -38,8 +40,8 @@ use bollard::{API_DEFAULT_VERSION, Docker};
 use bytes::Bytes;
 use futures::StreamExt;
 use marina_runtime::{
-    Capabilities, ExecOutput, ExitStatus, LABEL_TASK_ID, ListedTask, LogStream, Result, Runtime, RuntimeError,
-    RuntimeKind, TaskHandle, TaskSpec, TaskState,
+    Capabilities, ExecOutput, ExitStatus, LABEL_TASK_ID, ListedTask, LogRotation, LogStream, Result, Runtime,
+    RuntimeError, RuntimeKind, TaskHandle, TaskSpec, TaskState,
 };
 use tracing::{Instrument, debug, info, warn};
 
@@ -74,6 +76,10 @@ pub struct DockerConfig {
     /// Bound on one image pull; past it the pull is abandoned as
     /// [`RuntimeError::ImageUnavailable`]. Default 60 s.
     pub pull_timeout: Duration,
+    /// How containers' output rotates: set at create as the json-file driver's `max-size`
+    /// and `max-file` (unless a task chose its own driver). `None` leaves the engine's
+    /// logging configuration alone. Default: [`LogRotation::default`].
+    pub log_rotation: Option<LogRotation>,
 }
 
 impl Default for DockerConfig {
@@ -83,6 +89,7 @@ impl Default for DockerConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
             pull_timeout: Duration::from_secs(60),
+            log_rotation: Some(LogRotation::default()),
         }
     }
 }
@@ -375,7 +382,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle> {
         let name = container_name(&spec.task_id);
-        let body = spec::container_body(spec)?;
+        let body = spec::container_body(spec, self.config.log_rotation)?;
         let id = self.create(&name, spec, body).instrument(tracing::info_span!("docker.create")).await?;
         let started = self.docker.start_container(&id, None).instrument(tracing::info_span!("docker.start")).await;
         if let Err(e) = started {
@@ -431,7 +438,7 @@ impl Runtime for DockerRuntime {
         if !self.signal(handle, SIGKILL).await? || self.exited_within(handle, KILL_WAIT).await? {
             return Ok(());
         }
-        Err(RuntimeError::Timeout { operation: "stop", after: grace + KILL_WAIT })
+        Err(RuntimeError::Timeout { operation: "stop", after: grace.saturating_add(KILL_WAIT) })
     }
 
     async fn remove(&self, handle: &TaskHandle) -> Result<()> {

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
-use marina_runtime::{Command, LABEL_TASK_ID, NetworkMode, Protocol, RuntimeError, RuntimeKind, TaskSpec};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding};
+use marina_runtime::{Command, LABEL_TASK_ID, LogRotation, NetworkMode, Protocol, RuntimeError, RuntimeKind, TaskSpec};
 
 use crate::parameters;
 
@@ -51,8 +51,11 @@ pub(crate) fn split_reference(image: &str) -> (String, String) {
     }
 }
 
-/// The container-create body for `spec`.
-pub(crate) fn container_body(spec: &TaskSpec) -> Result<ContainerCreateBody, RuntimeError> {
+/// The container-create body for `spec`; its output rotated at `log_rotation`, if given.
+pub(crate) fn container_body(
+    spec: &TaskSpec,
+    log_rotation: Option<LogRotation>,
+) -> Result<ContainerCreateBody, RuntimeError> {
     let image = spec.image.clone().ok_or_else(|| RuntimeError::Unsupported {
         runtime: RuntimeKind::Docker,
         reason: format!("task {} has no image; the docker runtime only runs images", spec.task_id),
@@ -101,8 +104,26 @@ pub(crate) fn container_body(spec: &TaskSpec) -> Result<ContainerCreateBody, Run
     };
     ports(spec, &mut body, &mut host)?;
     parameters::apply(&spec.parameters, &mut body, &mut host)?;
+    if let Some(rotation) = log_rotation {
+        rotate_logs(&mut host, rotation);
+    }
     body.host_config = Some(host);
     Ok(body)
+}
+
+/// The json-file driver's own rotation (`max-size`, `max-file` counting the current file), so
+/// a chatty task cannot fill the engine's disk whatever the engine's default driver keeps. A
+/// task that chose another driver in its `docker.parameters` keeps it (the json-file options
+/// would not be that driver's), and options it set itself win.
+fn rotate_logs(host: &mut HostConfig, rotation: LogRotation) {
+    let log = host.log_config.get_or_insert_with(HostConfigLogConfig::default);
+    if log.typ.as_deref().is_some_and(|driver| driver != "json-file") {
+        return;
+    }
+    log.typ = Some("json-file".to_owned());
+    let options = log.config.get_or_insert_with(Default::default);
+    options.entry("max-size".to_owned()).or_insert_with(|| rotation.max_bytes.max(1).to_string());
+    options.entry("max-file".to_owned()).or_insert_with(|| (u64::from(rotation.keep) + 1).to_string());
 }
 
 /// A container's `Entrypoint` and `Cmd`; `None` keeps the image's.
@@ -235,7 +256,7 @@ mod tests {
 
     #[test]
     fn translates_resources_ports_and_command() {
-        let body = container_body(&spec()).expect("valid");
+        let body = container_body(&spec(), None).expect("valid");
         let host = body.host_config.as_ref().expect("host config");
         assert_eq!(host.memory, Some(64 * 1024 * 1024));
         assert_eq!(host.nano_cpus, Some(500_000_000));
@@ -253,34 +274,55 @@ mod tests {
     fn argv_keeps_the_entrypoint() {
         let mut spec = spec();
         spec.command = Some(Command::Argv(vec!["echo".into(), "$HOME".into()]));
-        let body = container_body(&spec).expect("valid");
+        let body = container_body(&spec, None).expect("valid");
         assert_eq!(body.entrypoint, None);
         assert_eq!(body.cmd, Some(vec!["echo".to_owned(), "$HOME".to_owned()]));
         spec.command = Some(Command::Argv(Vec::new()));
-        assert!(matches!(container_body(&spec), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(container_body(&spec, None), Err(RuntimeError::InvalidSpec(_))));
     }
 
     #[test]
     fn refuses_what_it_cannot_honour() {
         let mut no_network = spec();
         no_network.network = NetworkMode::None;
-        assert!(matches!(container_body(&no_network), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(container_body(&no_network, None), Err(RuntimeError::InvalidSpec(_))));
         let mut no_image = spec();
         no_image.image = None;
-        assert!(matches!(container_body(&no_image), Err(RuntimeError::Unsupported { .. })));
+        assert!(matches!(container_body(&no_image, None), Err(RuntimeError::Unsupported { .. })));
         let mut wrong_label = spec();
         wrong_label.labels.insert(LABEL_TASK_ID.into(), "other".into());
-        assert!(matches!(container_body(&wrong_label), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(container_body(&wrong_label, None), Err(RuntimeError::InvalidSpec(_))));
         let mut nan = spec();
         nan.resources.cpus = f64::NAN;
-        assert!(matches!(container_body(&nan), Err(RuntimeError::InvalidSpec(_))));
+        assert!(matches!(container_body(&nan, None), Err(RuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn output_rotates_with_json_files_unless_the_task_chose_its_driver() {
+        let rotation = LogRotation { max_bytes: 4096, keep: 2 };
+        let log_config = |spec: &TaskSpec| container_body(spec, Some(rotation)).expect("valid").host_config?.log_config;
+        let log = log_config(&spec()).expect("a log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let options = log.config.expect("options");
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("4096", "3"));
+
+        let mut own_size = spec();
+        own_size.parameters = vec![("log-opt".into(), "max-size=1m".into())];
+        let options = log_config(&own_size).expect("a log config").config.expect("options");
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("1m", "3"));
+
+        let mut journald = spec();
+        journald.parameters = vec![("log-driver".into(), "journald".into())];
+        let log = log_config(&journald).expect("a log config");
+        assert_eq!((log.typ.as_deref(), log.config), (Some("journald"), None));
+        assert_eq!(container_body(&spec(), None).expect("valid").host_config.expect("host").log_config, None);
     }
 
     #[test]
     fn host_networking_maps_nothing() {
         let mut spec = spec();
         spec.network = NetworkMode::Host;
-        let body = container_body(&spec).expect("valid");
+        let body = container_body(&spec, None).expect("valid");
         assert_eq!(body.exposed_ports, None);
         assert_eq!(body.host_config.expect("host").port_bindings, None);
     }

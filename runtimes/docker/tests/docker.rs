@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bollard::models::ContainerInspectResponse;
 use common::{cleanup, env, wait_for_logs};
 use marina_runtime::{
-    Command, LABEL_AGENT_ID, LogStream, NetworkMode, PortMapping, Protocol, Runtime, RuntimeError, TaskHandle,
-    TaskSpec, TaskState,
+    Command, LABEL_AGENT_ID, LogRotation, LogStream, NetworkMode, PortMapping, Protocol, Runtime, RuntimeError,
+    TaskHandle, TaskSpec, TaskState,
 };
 use marina_runtime_docker::{DockerConfig, DockerRuntime, container_name};
 
@@ -177,6 +177,38 @@ async fn logs_tail_in_bytes_per_stream_after_exit() {
     assert_eq!(&tail(LogStream::Stderr, Some(6)).await.expect("tail")[..], b"stderr");
     cleanup(&*env.runtime, &handle).await;
     assert!(matches!(tail(LogStream::Stdout, None).await, Err(RuntimeError::NotFound { .. })));
+}
+
+/// The engine rotates a container's output (json-file `max-size`/`max-file`, the current file
+/// counted), and the runtime still reads its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_rotates_a_containers_output() {
+    let env = env("log_rotation").await;
+    let defaults = start(&*env.runtime, &env.fixture.spec("defaults", "exec sleep 300")).await;
+    let log = docker_inspect(&defaults).await.host_config.and_then(|host| host.log_config).expect("a log config");
+    let options = log.config.expect("log options");
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10485760", "4"));
+    cleanup(&*env.runtime, &defaults).await;
+
+    let rotation = LogRotation { max_bytes: 4096, keep: 1 };
+    let config = DockerConfig { log_rotation: Some(rotation), ..DockerConfig::default() };
+    let runtime = DockerRuntime::connect(&config).await.expect("the engine answers");
+    // About 50 bytes of JSON a line: 2,000 lines fill the two files many times over.
+    let script = "i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done";
+    let handle = start(&runtime, &env.fixture.spec("chatty", script)).await;
+    wait(&runtime, &handle).await;
+    let log_path = PathBuf::from(docker_inspect(&handle).await.log_path.expect("a log path"));
+    let rotated = PathBuf::from(format!("{}.1", log_path.display()));
+    for file in [&log_path, &rotated] {
+        let len = std::fs::metadata(file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).len();
+        // The engine rotates once a line has taken a file to the size, so by at most a line.
+        assert!(len > 0 && len <= rotation.max_bytes + 100, "{} holds {len} bytes", file.display());
+    }
+    assert!(!PathBuf::from(format!("{}.2", log_path.display())).exists(), "one rotated file is kept");
+    let tail = runtime.logs(&handle, LogStream::Stdout, Some(8)).await.expect("logs");
+    assert_eq!(&tail[..], b"ine1999\n");
+    cleanup(&runtime, &handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

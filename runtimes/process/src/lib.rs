@@ -20,7 +20,10 @@
 //!   supervisor is never in that group, so it always lives to record the status.
 //! - If a supervisor itself is killed, its task keeps running: it is reported `Running` while
 //!   its main process lives, can still be stopped (its group is still signalled), and ends as
-//!   `Exited` with an unknown status, since nobody could see how it ended.
+//!   `Exited` with an unknown status, since nobody could see how it ended. Its output went
+//!   through the supervisor, so its next write fails (`SIGPIPE`).
+//! - A task's `stdout` and `stderr` in its sandbox are rotated by its supervisor at
+//!   [`ProcessConfig::log_rotation`] ([`rotate`]); `logs` reads the current file.
 //! - Supervisors this instance starts are its children, and it reaps them (one small tokio
 //!   task each). Re-adopted supervisors are reaped by whoever inherited them (init).
 //!
@@ -39,6 +42,7 @@
 //! - Linux only: liveness and pid-reuse defence read `/proc`.
 
 pub mod cgroup;
+pub mod rotate;
 pub mod supervisor;
 
 mod procfs;
@@ -59,8 +63,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use marina_runtime::{
-    Capabilities, Command, ExecOutput, ExitStatus, ListedTask, LogStream, NetworkMode, Result, Runtime, RuntimeError,
-    RuntimeKind, TaskHandle, TaskSpec, TaskState,
+    Capabilities, Command, ExecOutput, ExitStatus, ListedTask, LogRotation, LogStream, NetworkMode, Result, Runtime,
+    RuntimeError, RuntimeKind, TaskHandle, TaskSpec, TaskState,
 };
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -98,12 +102,18 @@ pub struct ProcessConfig {
     pub state_dir: PathBuf,
     /// The `marina-supervise` binary (see [`default_supervisor`]).
     pub supervisor: PathBuf,
+    /// How each task's `stdout` and `stderr` rotate (its supervisor rotates them).
+    pub log_rotation: LogRotation,
 }
 
 impl ProcessConfig {
-    /// A config with the supervisor found by [`default_supervisor`].
+    /// A config with the supervisor found by [`default_supervisor`] and the default rotation.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self> {
-        Ok(ProcessConfig { state_dir: state_dir.into(), supervisor: default_supervisor()? })
+        Ok(ProcessConfig {
+            state_dir: state_dir.into(),
+            supervisor: default_supervisor()?,
+            log_rotation: LogRotation::default(),
+        })
     }
 }
 
@@ -149,6 +159,8 @@ pub struct ProcessRuntime {
     children: Mutex<HashMap<String, Supervised>>,
     /// Where task cgroups (limits) are made; `None` where this machine does not allow it.
     cgroups: Option<cgroup::Cgroups>,
+    /// Passed to each supervisor.
+    log_rotation: LogRotation,
 }
 
 /// A supervisor this instance started and reaps.
@@ -187,7 +199,13 @@ impl ProcessRuntime {
                 None
             }
         };
-        Ok(ProcessRuntime { store, supervisor: config.supervisor, children: Mutex::new(HashMap::new()), cgroups })
+        Ok(ProcessRuntime {
+            store,
+            supervisor: config.supervisor,
+            children: Mutex::new(HashMap::new()),
+            cgroups,
+            log_rotation: config.log_rotation,
+        })
     }
 
     /// Runs `f` on the state directory off the async workers.
@@ -502,8 +520,13 @@ impl Runtime for ProcessRuntime {
             }
             None => Vec::new(),
         };
-        let invocation =
-            Invocation { exit_file: self.store.exit_path(&spec.task_id), cgroups: cgroups.clone(), program, args };
+        let invocation = Invocation {
+            exit_file: self.store.exit_path(&spec.task_id),
+            cgroups: cgroups.clone(),
+            rotation: self.log_rotation,
+            program,
+            args,
+        };
         let launched = match self.launch(spec, &invocation, &env).await {
             Ok(launched) => launched,
             Err(e) => {
@@ -568,7 +591,7 @@ impl Runtime for ProcessRuntime {
         self.signal(&record, Signal::SIGKILL).await?;
         match tokio::time::timeout(KILL_TIMEOUT, self.wait(handle)).await {
             Ok(_) => Ok(()),
-            Err(_) => Err(RuntimeError::Timeout { operation: "stop", after: grace + KILL_TIMEOUT }),
+            Err(_) => Err(RuntimeError::Timeout { operation: "stop", after: grace.saturating_add(KILL_TIMEOUT) }),
         }
     }
 

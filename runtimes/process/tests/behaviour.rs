@@ -200,3 +200,38 @@ async fn limits_are_enforced_where_cgroups_allow_and_never_claimed_otherwise() {
     assert!(!status.success());
     runtime.remove(&handle).await.expect("remove");
 }
+
+/// A chatty task's output is rotated by its supervisor: each file at most `max_bytes`, `keep`
+/// old ones, the oldest output gone; what the task wrote last is on disk by the time its end
+/// is reported; `logs` reads the current file; stderr (with the supervisor's own messages)
+/// rotates the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_output_is_rotated_by_size_keeping_the_newest_files() {
+    let env = TestEnv::new("rotation");
+    let rotation = marina_runtime::LogRotation { max_bytes: 1000, keep: 2 };
+    let runtime = std::sync::Arc::new(
+        ProcessRuntime::new(ProcessConfig { log_rotation: rotation, ..env.config() }).expect("runtime"),
+    );
+    // 5 bytes a line: 10,000 bytes on each stream, then a last line after a pause.
+    let script = "i=0; while [ $i -lt 2000 ]; do printf '%04d\\n' $i; printf '%04d\\n' $i >&2; i=$((i+1)); done; \
+                  sleep 0.2; echo last";
+    let spec = env.fixture(runtime.clone()).spec("chatty", script);
+    let handle = runtime.start(&spec).await.expect("start");
+    assert!(wait(&runtime, &handle).await.success());
+
+    let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).unwrap_or_default();
+    for stream in ["stdout", "stderr"] {
+        for name in [stream.to_owned(), format!("{stream}.1"), format!("{stream}.2")] {
+            let len = read(&name).len();
+            assert!(len > 0 && len <= 1000, "{name} holds {len} bytes");
+        }
+        assert!(!spec.sandbox.join(format!("{stream}.3")).exists(), "only two rotated {stream} files are kept");
+    }
+    let expected: String = (0..2000).map(|i| format!("{i:04}\n")).collect::<String>() + "last\n";
+    let kept = read("stdout.2") + &read("stdout.1") + &read("stdout");
+    assert!(expected.ends_with(&kept), "the newest output, in order, without a gap");
+    assert!(kept.len() > 2000, "the kept files hold {} bytes", kept.len());
+    assert!(read("stdout").ends_with("last\n"), "written before the end was recorded");
+    assert_eq!(stdout(&runtime, &handle).await, read("stdout"), "logs read the current file");
+    runtime.remove(&handle).await.expect("remove");
+}

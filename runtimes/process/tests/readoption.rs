@@ -112,7 +112,11 @@ async fn agent_process_for_the_sigkill_test() {
     else {
         return;
     };
-    let config = ProcessConfig { state_dir: state_dir.into(), supervisor: common::SUPERVISOR.into() };
+    let config = ProcessConfig {
+        state_dir: state_dir.into(),
+        supervisor: common::SUPERVISOR.into(),
+        log_rotation: Default::default(),
+    };
     let runtime = ProcessRuntime::new(config).expect("runtime");
     let mut spec = env_spec(PathBuf::from(sandbox));
     spec.labels.insert(LABEL_AGENT_ID.into(), std::env::var("MARINA_TEST_AGENT_ID").expect("agent id"));

@@ -14,6 +14,9 @@
 //! [`LABEL_FRAMEWORK_ID`].
 
 pub mod conformance;
+pub mod logs;
+
+pub use crate::logs::LogRotation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

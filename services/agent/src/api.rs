@@ -1,6 +1,8 @@
 //! The agent's own API: its state and its tasks' output (gRPC), `/state` (HTTP JSON), and
 //! its metrics.
 
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,7 +12,7 @@ use marina_proto::agent::v1 as pb;
 use marina_runtime::LogStream;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGauge, Opts};
+use prometheus::{IntCounter, IntGauge, Opts};
 use tonic::{Request, Response, Status};
 
 use crate::Agent;
@@ -59,23 +61,51 @@ impl pb::agent_server::Agent for AgentApi {
             .tasks
             .get(&request.task_id)
             .ok_or_else(|| Status::not_found(format!("task {} is not on this agent", request.task_id)))?;
-        let tail = (request.tail_bytes > 0).then_some(request.tail_bytes as usize);
-        let data = match entry.handle() {
+        // 0 asks for the default; nothing gets more than the maximum, so a response always
+        // fits the server's encoding limit (set from the same maximum).
+        let limit = self.agent.task_logs.read_limit(request.tail_bytes);
+        let tail = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut data = match entry.handle() {
             Some(handle) => self
                 .agent
                 .tasks
                 .runtime()
-                .logs(&handle, stream, tail)
+                .logs(&handle, stream, Some(tail))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?,
             None => {
-                let name = if stream == LogStream::Stdout { "stdout" } else { "stderr" };
-                let bytes = std::fs::read(entry.sandbox.join(name)).unwrap_or_default();
-                let start = tail.map_or(0, |tail| bytes.len().saturating_sub(tail));
-                bytes[start..].to_vec().into()
+                let path = entry.sandbox.join(if stream == LogStream::Stdout { "stdout" } else { "stderr" });
+                tokio::task::spawn_blocking(move || read_tail(&path, limit))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .into()
             }
         };
+        // Whatever a runtime returns, the response stays within the limit.
+        if data.len() > tail {
+            data = data.slice(data.len() - tail..);
+        }
         Ok(Response::new(pb::ReadTaskLogResponse { data }))
+    }
+}
+
+/// The last `limit` bytes of the file at `path`; nothing if it was never written.
+fn read_tail(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(limit);
+        file.seek(SeekFrom::Start(start))?;
+        // The file may grow meanwhile: stop at the length measured.
+        let mut bytes = Vec::new();
+        file.take(len - start).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))),
+        read => read,
     }
 }
 
@@ -117,21 +147,26 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> axum::Json<serde_json::V
     }))
 }
 
-/// Agent gauges, read from the live state at scrape time.
+/// Agent gauges and counters, read from the live state at scrape time.
 struct AgentCollector {
     agent: Arc<Agent>,
     tasks_running: IntGauge,
     tasks_total: IntGauge,
     pending_updates: IntGauge,
     registered: IntGauge,
+    checkpoint_failures: IntCounter,
+    checkpoint_backlog: IntGauge,
+    sandboxes_collected: IntCounter,
 }
 
 impl Collector for AgentCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [&self.tasks_running, &self.tasks_total, &self.pending_updates, &self.registered]
-            .into_iter()
-            .flat_map(|gauge| gauge.desc())
-            .collect()
+        let gauges = [&self.tasks_running, &self.tasks_total, &self.pending_updates, &self.registered];
+        let mut descs: Vec<&Desc> = gauges.into_iter().flat_map(|gauge| gauge.desc()).collect();
+        descs.extend(self.checkpoint_failures.desc());
+        descs.extend(self.checkpoint_backlog.desc());
+        descs.extend(self.sandboxes_collected.desc());
+        descs
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -145,20 +180,43 @@ impl Collector for AgentCollector {
         self.tasks_total.set(active as i64);
         self.pending_updates.set(self.agent.updates.pending_count() as i64);
         self.registered.set(i64::from(self.agent.attached_master().registered));
-        [&self.tasks_running, &self.tasks_total, &self.pending_updates, &self.registered]
-            .into_iter()
-            .flat_map(|gauge| gauge.collect())
-            .collect()
+        self.checkpoint_backlog.set(i64::try_from(self.agent.checkpoint_backlog()).unwrap_or(i64::MAX));
+        // Counters kept elsewhere: catch up with them (they only grow).
+        for (counter, value) in [
+            (&self.checkpoint_failures, self.agent.checkpoint.failures()),
+            (&self.sandboxes_collected, self.agent.gc.collected()),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+        let gauges = [&self.tasks_running, &self.tasks_total, &self.pending_updates, &self.registered];
+        let mut families: Vec<MetricFamily> = gauges.into_iter().flat_map(|gauge| gauge.collect()).collect();
+        families.extend(self.checkpoint_failures.collect());
+        families.extend(self.checkpoint_backlog.collect());
+        families.extend(self.sandboxes_collected.collect());
+        families
     }
 }
 
 pub fn register_metrics(metrics: &marina_daemon::Metrics, agent: Arc<Agent>) {
     let gauge = |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help)).expect("static metric");
+    let counter = |name: &str, help: &str| IntCounter::with_opts(Opts::new(name, help)).expect("static metric");
     metrics.register(AgentCollector {
         agent,
         tasks_running: gauge("marina_agent_tasks_running", "Tasks in state RUNNING."),
         tasks_total: gauge("marina_agent_tasks_active", "Tasks not yet in a terminal state."),
         pending_updates: gauge("marina_agent_pending_status_updates", "Status updates not yet acknowledged."),
         registered: gauge("marina_agent_registered", "1 while registered with a leading master."),
+        checkpoint_failures: counter(
+            "marina_agent_checkpoint_failures_total",
+            "Checkpoint writes that failed (a full disk, an I/O error); what they held is kept in memory and written again.",
+        ),
+        checkpoint_backlog: gauge(
+            "marina_agent_checkpoint_backlog",
+            "Status updates, acknowledgements and tasks held in memory because their checkpoint failed, waiting to be written.",
+        ),
+        sandboxes_collected: counter(
+            "marina_agent_sandboxes_collected_total",
+            "Sandboxes of finished tasks removed by garbage collection.",
+        ),
     });
 }

@@ -5,7 +5,8 @@
 //! <work_dir>/meta/agent.json    agent id, highest master epoch obeyed (replaced atomically)
 //! <work_dir>/meta/journal       tasks not yet forgotten and status updates not yet
 //!                               acknowledged, as an append-only journal of changes
-//! <work_dir>/sandboxes/<task_id>/   each task's sandbox (its output for file-based runtimes)
+//! <work_dir>/sandboxes/<name>/  each task's sandbox (its output for file-based runtimes),
+//!                               named by [`sandbox_name`]: the task id, escaped
 //! ```
 //!
 //! A change is one CRC-framed record ([`marina_daemon::record`]) appended and fdatasync'd:
@@ -19,22 +20,32 @@
 //! offset — starting fresh would orphan running tasks and lose unacknowledged updates.
 //! Work dirs of earlier agents (a file per record in `meta/tasks/` and `meta/updates/`)
 //! are read once and folded into a journal.
+//!
+//! A write that fails (a full disk, an I/O error) leaves the journal as it was: what was
+//! half-appended is cut off again, and a compaction that fails leaves the old journal, only
+//! longer than it need be. The caller keeps what it could not write in memory and tries
+//! again ([`crate::updates`], [`crate::tasks`]); [`Checkpoint::failures`] counts failures.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use marina_daemon::record::{parse_framed, push_framed};
 use marina_proto::agent::v1::{TaskCheckpoint, UpdateCheckpoint};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint {path}: {source}")]
+    #[error("{source} at {path}")]
     Io { path: PathBuf, source: io::Error },
+    /// Escaped, the task id is longer than a file name may be.
+    #[error("task id {task_id:?} escapes to a sandbox name of {bytes} bytes; at most {MAX_NAME_BYTES} are allowed")]
+    SandboxNameTooLong { task_id: String, bytes: usize },
     #[error(
         "checkpoint {path} is corrupt ({reason}); refusing to start without it — move it away only if \
          its task and updates may be forgotten"
@@ -67,7 +78,14 @@ pub struct Checkpoint {
     meta_dir: PathBuf,
     sandboxes: PathBuf,
     journal: Arc<Mutex<Journal>>,
+    /// Writes that failed, for the metrics.
+    failures: Arc<AtomicU64>,
+    /// Signalled at each failed write: whoever writes again what failed waits on it.
+    failed: Arc<Notify>,
 }
+
+/// The longest file name (Linux' `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// The kinds of journal record: the first byte of each payload.
 const TASK_SAVED: u8 = 1;
@@ -96,14 +114,20 @@ impl Checkpoint {
         let journal = Journal::open(&meta_dir)?;
         let tasks = decode_all(journal.live.tasks.values());
         let updates = decode_all(journal.live.updates.values());
-        let checkpoint = Self { meta_dir, sandboxes, journal: Arc::new(Mutex::new(journal)) };
+        let checkpoint = Self {
+            meta_dir,
+            sandboxes,
+            journal: Arc::new(Mutex::new(journal)),
+            failures: Arc::default(),
+            failed: Arc::default(),
+        };
         Ok((checkpoint, Recovered { meta, tasks, updates }))
     }
 
     pub fn save_meta(&self, meta: &AgentMeta) -> Result<(), CheckpointError> {
         let path = self.meta_dir.join("agent.json");
         let bytes = serde_json::to_vec_pretty(meta).expect("agent meta serializes");
-        write_atomically(&path, &bytes).map_err(io_error(&path))
+        self.counted(write_atomically(&path, &bytes).map_err(io_error(&path)))
     }
 
     pub fn save_task(&self, task: &TaskCheckpoint) -> Result<(), CheckpointError> {
@@ -113,28 +137,81 @@ impl Checkpoint {
     /// Several tasks in one append (and one sync).
     pub fn save_tasks(&self, tasks: &[TaskCheckpoint]) -> Result<(), CheckpointError> {
         let changes = tasks.iter().map(|task| Change::TaskSaved(task_id(task).to_owned(), task.encode_to_vec()));
-        self.journal.lock().expect("journal lock").append(changes)
+        self.append(changes)
     }
 
     pub fn remove_task(&self, task_id: &str) -> Result<(), CheckpointError> {
-        self.journal.lock().expect("journal lock").append([Change::TaskForgotten(task_id.to_owned())])
+        self.append([Change::TaskForgotten(task_id.to_owned())])
     }
 
     pub fn save_update(&self, update: &UpdateCheckpoint) -> Result<(), CheckpointError> {
-        let change = Change::UpdateSaved(update.sequence, update.encode_to_vec());
-        self.journal.lock().expect("journal lock").append([change])
+        self.append([Change::UpdateSaved(update.sequence, update.encode_to_vec())])
     }
 
     pub fn remove_update(&self, sequence: u64) -> Result<(), CheckpointError> {
-        self.journal.lock().expect("journal lock").append([Change::UpdateAcknowledged(sequence)])
+        self.append([Change::UpdateAcknowledged(sequence)])
     }
 
-    /// A task's sandbox directory (created).
-    pub fn sandbox(&self, task_id: &str) -> Result<PathBuf, CheckpointError> {
-        let path = self.sandboxes.join(file_safe(task_id));
-        fs::create_dir_all(&path).map_err(io_error(&path))?;
-        Ok(path)
+    fn append(&self, changes: impl IntoIterator<Item = Change>) -> Result<(), CheckpointError> {
+        let appended = self.journal.lock().expect("journal lock").append(changes);
+        self.counted(appended)
     }
+
+    fn counted<T>(&self, result: Result<T, CheckpointError>) -> Result<T, CheckpointError> {
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.failed.notify_one();
+        }
+        result
+    }
+
+    /// Resolves after a write has failed (at once if one failed since the last call).
+    pub async fn failed(&self) {
+        self.failed.notified().await
+    }
+
+    /// How many checkpoint writes have failed since the agent started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Where sandboxes are.
+    pub fn sandboxes(&self) -> &Path {
+        &self.sandboxes
+    }
+
+    /// Where the sandbox of `task_id` is (not created: see [`Checkpoint::create_sandbox`]).
+    pub fn sandbox_path(&self, task_id: &str) -> Result<PathBuf, CheckpointError> {
+        Ok(self.sandboxes.join(sandbox_name(task_id)?))
+    }
+
+    /// Makes a sandbox directory (and the sandboxes directory, should it have gone).
+    pub fn create_sandbox(&self, path: &Path) -> Result<(), CheckpointError> {
+        fs::create_dir_all(path).map_err(io_error(path))
+    }
+}
+
+/// The directory name of a task's sandbox: the task id with every byte outside
+/// `[A-Za-z0-9_.-]`, `%` included, written `%XX`, and a leading `.` too (so `.` and `..`, and
+/// hidden names, cannot result). One-to-one, so no two task ids share a sandbox (`a/b`,
+/// `a_b` and `a%2Fb` are three), and every name is one plain path component. Ids made only of
+/// `[A-Za-z0-9_-]` and non-leading dots, Marathon's among them, are their own name, as they
+/// were before the escaping, so an agent upgraded in place finds their sandboxes. (The
+/// process runtime names its state directories alike.)
+pub fn sandbox_name(task_id: &str) -> Result<String, CheckpointError> {
+    let mut name = String::with_capacity(task_id.len());
+    for (index, byte) in task_id.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && index > 0);
+        if plain {
+            name.push(char::from(byte));
+        } else {
+            name.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(CheckpointError::SandboxNameTooLong { task_id: task_id.to_owned(), bytes: name.len() });
+    }
+    Ok(name)
 }
 
 /// Records the replay already decoded once (to refuse damage), so they decode.
@@ -216,12 +293,14 @@ impl Live {
             Change::UpdateSaved(sequence, bytes) => (bytes.len(), self.updates.insert(sequence, bytes)),
             Change::UpdateAcknowledged(sequence) => (0, self.updates.remove(&sequence)),
         };
-        self.bytes = self.bytes + added as u64 - removed.map_or(0, |bytes| bytes.len() as u64);
+        let removed = removed.map_or(0, |bytes| bytes.len() as u64);
+        self.bytes = self.bytes.saturating_add(added as u64).saturating_sub(removed);
     }
 
     /// A journal of exactly what is live.
     fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(self.bytes as usize + 16 * (self.tasks.len() + self.updates.len()));
+        let framing = (self.tasks.len() + self.updates.len()).saturating_mul(16);
+        let mut bytes = Vec::with_capacity(usize::try_from(self.bytes).unwrap_or(0).saturating_add(framing));
         for body in self.tasks.values() {
             push_record(&mut bytes, TASK_SAVED, body);
         }
@@ -239,6 +318,12 @@ struct Journal {
     /// The journal file's length.
     len: u64,
     live: Live,
+    /// A failed append could not be cut off the file: the next append cuts it first (a
+    /// record after a torn one would read as damage at the next start).
+    torn: bool,
+    /// No compaction is tried below this length: one failed, and trying again at every
+    /// append would rewrite the journal each time on a disk that is full anyway.
+    compact_after: u64,
 }
 
 impl Journal {
@@ -281,7 +366,7 @@ impl Journal {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
-        let mut journal = Self { path, file, len: offset as u64, live };
+        let mut journal = Self { path, file, len: offset as u64, live, torn: false, compact_after: 0 };
         if offset < bytes.len() || legacy_found {
             // Rewritten whole: without the torn tail (an append after it would be lost
             // behind it at the next replay), with the earlier agent's records.
@@ -297,35 +382,47 @@ impl Journal {
 
     /// Appends `changes` and syncs them; compacts when mostly dead. What failed to be
     /// written is not remembered, and is cut off the file again (a half-written record with
-    /// whole ones after it would read as damage at the next start).
+    /// whole ones after it would read as damage at the next start). Once the changes are
+    /// synced this succeeds, even if the compaction after them fails.
     fn append(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), CheckpointError> {
         let changes: Vec<Change> = changes.into_iter().collect();
         if changes.is_empty() {
             return Ok(());
+        }
+        if self.torn {
+            self.file.set_len(self.len).map_err(io_error(&self.path))?;
+            self.torn = false;
         }
         let mut bytes = Vec::new();
         for change in &changes {
             change.push_record(&mut bytes);
         }
         if let Err(error) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
-            let _ = self.file.set_len(self.len);
+            self.torn = self.file.set_len(self.len).is_err();
             return Err(CheckpointError::Io { path: self.path.clone(), source: error });
         }
         for change in changes {
             self.live.apply(change);
         }
-        self.len += bytes.len() as u64;
-        if self.len > COMPACT_MIN_BYTES && self.len > 4 * self.live.bytes {
-            self.compact()?;
+        self.len = self.len.saturating_add(bytes.len() as u64);
+        let mostly_dead = self.len > COMPACT_MIN_BYTES && self.len > self.live.bytes.saturating_mul(4);
+        if mostly_dead
+            && self.len >= self.compact_after
+            && let Err(error) = self.compact()
+        {
+            // The journal is whole, only longer than it need be.
+            tracing::warn!(%error, "cannot compact the checkpoint journal; trying again once it has grown");
+            self.compact_after = self.len.saturating_add(COMPACT_MIN_BYTES);
         }
         Ok(())
     }
 
-    /// Replaces the journal with one of only what is live.
+    /// Replaces the journal with one of only what is live. Appends go on through the new
+    /// file's own handle: opening it again could fail and leave them going to the old one,
+    /// unlinked.
     fn compact(&mut self) -> Result<(), CheckpointError> {
         let bytes = self.live.snapshot();
-        write_atomically(&self.path, &bytes).map_err(io_error(&self.path))?;
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io_error(&self.path))?;
+        self.file = replace_atomically(&self.path, &bytes).map_err(io_error(&self.path))?;
         self.len = bytes.len() as u64;
         Ok(())
     }
@@ -336,11 +433,6 @@ impl Journal {
 fn whole_record_after(bytes: &[u8], damaged: usize) -> bool {
     (damaged + 1..bytes.len())
         .any(|offset| parse_framed(&bytes[offset..]).is_ok_and(|(payload, _)| Change::parse(payload).is_ok()))
-}
-
-/// Task ids come from schedulers: keep them from escaping the directory.
-fn file_safe(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
 /// An earlier agent's records: one file each in `dir` (which may not exist).
@@ -364,16 +456,36 @@ fn read_records<T: Message + Default>(dir: &Path) -> Result<Vec<T>, CheckpointEr
     Ok(records)
 }
 
-/// tmp + fsync + rename + fsync(dir): a crash leaves the old or the new file, never half.
+/// tmp + fsync + rename + fsync(dir): a crash leaves the old or the new file, never half. A
+/// failure leaves the old file, and no temporary one to take space on a disk already full.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_atomically(path, bytes).map(drop)
+}
+
+/// [`write_atomically`], returning the new file open for writing at its end.
+fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut file| {
         file.write_all(bytes)?;
         file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        Ok(file)
+    });
+    match written {
+        Ok(file) => {
+            // The new file is in place: what follows must go to it, so a directory that will
+            // not sync is reported, not treated as a failed replacement.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if let Err(error) = File::open(dir).and_then(|dir| dir.sync_all()) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot sync the directory of a replaced checkpoint file");
+            }
+            Ok(file)
+        }
+        Err(error) => {
+            let _ = fs::remove_file(&tmp);
+            Err(error)
+        }
     }
-    fs::rename(&tmp, path)?;
-    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
@@ -464,6 +576,64 @@ mod tests {
         assert!(len < COMPACT_MIN_BYTES, "compacted to {len} bytes");
         let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(recovered.tasks, vec![big]);
+    }
+
+    #[test]
+    fn sandbox_names_are_one_to_one_and_plain_ids_keep_theirs() {
+        for id in ["prod_web.0c6f8c3e-1b5a-4e0b-9d6f-3e8a2b1c4d5e", "web", "a-b_c.d", "x..y", "a."] {
+            assert_eq!(sandbox_name(id).unwrap(), id, "unchanged, as before the escaping");
+        }
+        let tricky = [
+            "..", ".", "...", ".hidden", "a/b", "a_b", "a%2Fb", "a%b", "%", "%25", "a b", "a:b", "a\\b", "é", "a/../b",
+            "..%2F", "%2E%2E", "A", "a",
+        ];
+        let names: Vec<String> = tricky.iter().map(|id| sandbox_name(id).unwrap()).collect();
+        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), tricky.len(), "{names:?}");
+        for (id, name) in tricky.iter().zip(&names) {
+            assert!(!name.starts_with('.') && !name.contains('/'), "{id:?} → {name:?}");
+            // The escaping is undone exactly: no information is lost, so no two ids meet.
+            let mut bytes = Vec::new();
+            let mut rest = name.as_bytes();
+            while let Some((&byte, tail)) = rest.split_first() {
+                if byte == b'%' {
+                    bytes.push(u8::from_str_radix(std::str::from_utf8(&tail[..2]).unwrap(), 16).unwrap());
+                    rest = &tail[2..];
+                } else {
+                    bytes.push(byte);
+                    rest = tail;
+                }
+            }
+            assert_eq!(String::from_utf8(bytes).unwrap(), *id);
+        }
+        assert_eq!(sandbox_name("..").unwrap(), "%2E.");
+        assert_eq!(sandbox_name("a/b").unwrap(), "a%2Fb");
+        assert_eq!(sandbox_name("a%2Fb").unwrap(), "a%252Fb");
+        assert!(sandbox_name(&"x".repeat(MAX_NAME_BYTES)).is_ok());
+        let error = sandbox_name(&":".repeat(100)).unwrap_err().to_string();
+        assert!(error.contains("300 bytes"), "{error}");
+        assert!(sandbox_name("").is_err());
+    }
+
+    /// On a disk with no room left, an append fails naming the journal and the error, counts
+    /// as a failure, and leaves the journal whole: what follows once there is room again is
+    /// recovered with what came before.
+    #[test]
+    fn a_failed_append_on_a_full_disk_leaves_the_journal_whole() {
+        let disk = crate::test_disk::SmallDisk::mount(256 * 1024);
+        let (checkpoint, _) = Checkpoint::open(disk.path()).unwrap();
+        checkpoint.save_update(&update(1)).unwrap();
+        let filler = disk.fill();
+        let mut big = update(2);
+        big.status.as_mut().unwrap().message = "x".repeat(64 * 1024);
+        let error = checkpoint.save_update(&big).unwrap_err().to_string();
+        assert!(error.contains("No space left on device") && error.contains("meta/journal"), "{error}");
+        assert_eq!(checkpoint.failures(), 1);
+        std::fs::remove_file(filler).unwrap();
+        checkpoint.save_update(&update(3)).unwrap();
+        drop(checkpoint);
+        let (_, recovered) = Checkpoint::open(disk.path()).unwrap();
+        assert_eq!(sequences(&recovered), [1, 3]);
     }
 
     #[test]

@@ -4,12 +4,30 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marina_coord_client::CoordUrl;
+use marina_daemon::ServerLimits;
 use marina_daemon::config::ConfigError;
 use marina_daemon::telemetry::LogConfig;
 use marina_proto::agent::v1::{Attribute, Range};
+use marina_proto::checks::{MAX_CPUS, MAX_MEGABYTES, check_scalar};
+use marina_runtime::LogRotation;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PORT: u16 = 5051;
+
+/// The most `task_logs.read_max_bytes` may be: the agent's gRPC responses are sized to hold
+/// one read, and every client must accept a message that large.
+pub const MAX_TASK_LOG_READ_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What a ReadTaskLog response holds besides the output (protobuf and gRPC framing), so the
+/// server's encoding limit is set above the largest read by this much.
+pub const TASK_LOG_RESPONSE_OVERHEAD_BYTES: u64 = 4096;
+
+/// The largest `task_logs.max_bytes`: 1 TiB.
+pub const MAX_TASK_LOG_FILE_BYTES: u64 = 1 << 40;
+
+/// The longest `gc.delay_seconds`: ten years, far beyond any use, and short enough that no
+/// clock arithmetic on it can overflow.
+pub const MAX_GC_DELAY_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Which runtime runs the tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +71,79 @@ pub struct Config {
     /// link; too short, and a busy cluster (acknowledgements slower than this) receives
     /// every update twice and gets busier still. (Mesos waits 10 s.)
     pub update_retry_ms: u64,
+    pub task_logs: TaskLogsConfig,
+    pub gc: GcConfig,
+    /// What the port bounds: concurrent requests, request timeout, gRPC message sizes (the
+    /// largest answer is one task-log read of `task_logs.read_max_bytes`).
+    pub server: ServerLimits,
     pub log: LogConfig,
+}
+
+/// Tasks' output: how it is kept on disk and how much of it one read returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskLogsConfig {
+    /// A task's `stdout` or `stderr` is rotated when it reaches this size (`stdout` →
+    /// `stdout.1` → …): by the process runtime's supervisor, containerd's shim (through
+    /// `marina-supervise`), or Docker's json-file driver. Default 10 MiB.
+    pub max_bytes: u64,
+    /// Rotated files kept per stream besides the current one, so a stream takes at most
+    /// `(keep + 1) × max_bytes` of disk. Default 3 (40 MiB per stream by default).
+    pub keep: u32,
+    /// What ReadTaskLog returns when it asks for no particular amount (`tail_bytes` 0): the
+    /// last this many bytes. Default 1 MiB, the tail an operator reads.
+    pub read_default_bytes: u64,
+    /// The most one ReadTaskLog returns, whatever it asks for (the agent's gRPC responses are
+    /// sized to hold it, so clients must accept messages this large; tonic accepts 4 MiB by
+    /// default). Default 16 MiB, at most 64 MiB.
+    pub read_max_bytes: u64,
+}
+
+/// Removal of finished tasks' sandboxes (Mesos' `--gc_delay`, `--gc_disk_headroom`,
+/// `--disk_watch_interval`). A sandbox may go once its task is terminal and its terminal
+/// update was acknowledged (or the agent does not know the task), after it has not been
+/// written to for `delay × max(0, 1 − disk_headroom − disk usage)`: a week on an empty disk,
+/// sooner as the disk fills, at once when it is more than `1 − disk_headroom` full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How long a finished task's sandbox is kept on an empty disk. Default 604800 (a week,
+    /// Mesos' default).
+    pub delay_seconds: u64,
+    /// The fraction of the disk kept free: at this much free space or less, sandboxes go as
+    /// soon as they may. Default 0.1 (Mesos').
+    pub disk_headroom: f64,
+    /// How often the disk is looked at and old sandboxes removed. Default 60000 (Mesos' one
+    /// minute).
+    pub disk_watch_interval_ms: u64,
+}
+
+impl TaskLogsConfig {
+    pub fn rotation(&self) -> LogRotation {
+        LogRotation { max_bytes: self.max_bytes, keep: self.keep }
+    }
+
+    /// How many bytes a ReadTaskLog asking for `tail_bytes` gets at most.
+    pub fn read_limit(&self, tail_bytes: u64) -> u64 {
+        if tail_bytes == 0 { self.read_default_bytes } else { tail_bytes.min(self.read_max_bytes) }
+    }
+}
+
+impl Default for TaskLogsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: LogRotation::DEFAULT_MAX_BYTES,
+            keep: LogRotation::DEFAULT_KEEP,
+            read_default_bytes: 1024 * 1024,
+            read_max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self { delay_seconds: 7 * 24 * 3600, disk_headroom: 0.1, disk_watch_interval_ms: 60_000 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +187,9 @@ impl Default for Config {
             attributes: String::new(),
             kill_grace_seconds: 5,
             update_retry_ms: 2_000,
+            task_logs: TaskLogsConfig::default(),
+            gc: GcConfig::default(),
+            server: ServerLimits::default(),
             log: LogConfig::default(),
         }
     }
@@ -128,17 +221,76 @@ impl Config {
         if self.work_dir.as_os_str().is_empty() {
             return Err(ConfigError::value("work_dir", "must be set"));
         }
-        for (key, value) in [
-            ("resources.cpus", self.resources.cpus),
-            ("resources.mem_mb", self.resources.mem_mb),
-            ("resources.disk_mb", self.resources.disk_mb),
+        // The bounds every door checks (the master refuses an agent past them).
+        for (key, value, max) in [
+            ("resources.cpus", self.resources.cpus, MAX_CPUS),
+            ("resources.mem_mb", self.resources.mem_mb, MAX_MEGABYTES),
+            ("resources.disk_mb", self.resources.disk_mb, MAX_MEGABYTES),
         ] {
-            if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-                return Err(ConfigError::value(key, "must be a non-negative number"));
+            if let Some(value) = value {
+                check_scalar("the value", value, max).map_err(|problem| ConfigError::value(key, problem))?;
             }
         }
         parse_port_ranges(&self.resources.ports)?;
         parse_attributes(&self.attributes)?;
+        self.task_logs.validate()?;
+        self.gc.validate()?;
+        self.server.validate()?;
+        let largest_answer = self.task_logs.read_max_bytes.saturating_add(TASK_LOG_RESPONSE_OVERHEAD_BYTES);
+        if (self.server.max_encoding_message_bytes as u64) < largest_answer {
+            return Err(ConfigError::value(
+                "server.max_encoding_message_bytes",
+                format!(
+                    "must hold one task-log read: at least task_logs.read_max_bytes ({}) + {TASK_LOG_RESPONSE_OVERHEAD_BYTES}",
+                    self.task_logs.read_max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskLogsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Smaller files would rotate at every line; larger ones are past any disk (and
+        // Docker's `max-size`, an int64).
+        if !(1024..=MAX_TASK_LOG_FILE_BYTES).contains(&self.max_bytes) {
+            return Err(ConfigError::value(
+                "task_logs.max_bytes",
+                format!("must be between 1024 and {MAX_TASK_LOG_FILE_BYTES}"),
+            ));
+        }
+        if self.keep > 100 {
+            return Err(ConfigError::value("task_logs.keep", "must be at most 100"));
+        }
+        if !(1..=MAX_TASK_LOG_READ_BYTES).contains(&self.read_max_bytes) {
+            return Err(ConfigError::value(
+                "task_logs.read_max_bytes",
+                format!("must be between 1 and {MAX_TASK_LOG_READ_BYTES}"),
+            ));
+        }
+        if !(1..=self.read_max_bytes).contains(&self.read_default_bytes) {
+            return Err(ConfigError::value(
+                "task_logs.read_default_bytes",
+                format!("must be between 1 and task_logs.read_max_bytes ({})", self.read_max_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl GcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.delay_seconds > MAX_GC_DELAY_SECONDS {
+            return Err(ConfigError::value("gc.delay_seconds", format!("must be at most {MAX_GC_DELAY_SECONDS}")));
+        }
+        if !self.disk_headroom.is_finite() || !(0.0..=1.0).contains(&self.disk_headroom) {
+            return Err(ConfigError::value("gc.disk_headroom", "must be a fraction between 0 and 1"));
+        }
+        // Below 100 ms the watch would be busy work; above a day, the disk fills unwatched.
+        if !(100..=86_400_000).contains(&self.disk_watch_interval_ms) {
+            return Err(ConfigError::value("gc.disk_watch_interval_ms", "must be between 100 and 86400000"));
+        }
         Ok(())
     }
 }
@@ -205,5 +357,33 @@ mod tests {
         assert_eq!(attributes[1], Attribute { name: "zone".into(), value: "eu-1".into() });
         assert!(parse_attributes("rack").unwrap_err().to_string().contains("`attributes`"));
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn task_log_and_gc_settings_are_bounded() {
+        let invalid = |tune: fn(&mut Config), key: &str| {
+            let mut config = Config::default();
+            tune(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        };
+        invalid(|c| c.task_logs.max_bytes = 0, "task_logs.max_bytes");
+        invalid(|c| c.task_logs.max_bytes = u64::MAX, "task_logs.max_bytes");
+        invalid(|c| c.resources.cpus = Some(f64::INFINITY), "resources.cpus");
+        invalid(|c| c.resources.mem_mb = Some(1e300), "resources.mem_mb");
+        invalid(|c| c.task_logs.keep = 1000, "task_logs.keep");
+        invalid(|c| c.task_logs.read_max_bytes = 0, "task_logs.read_max_bytes");
+        invalid(|c| c.task_logs.read_max_bytes = u64::MAX, "task_logs.read_max_bytes");
+        invalid(|c| c.task_logs.read_default_bytes = 32 * 1024 * 1024, "task_logs.read_default_bytes");
+        invalid(|c| c.task_logs.read_default_bytes = 0, "task_logs.read_default_bytes");
+        invalid(|c| c.gc.delay_seconds = u64::MAX, "gc.delay_seconds");
+        invalid(|c| c.gc.disk_headroom = f64::NAN, "gc.disk_headroom");
+        invalid(|c| c.gc.disk_headroom = 1.5, "gc.disk_headroom");
+        invalid(|c| c.gc.disk_watch_interval_ms = 0, "gc.disk_watch_interval_ms");
+
+        let logs = TaskLogsConfig::default();
+        assert_eq!(logs.read_limit(0), 1024 * 1024, "0 asks for the default");
+        assert_eq!(logs.read_limit(10), 10);
+        assert_eq!(logs.read_limit(u64::MAX), 16 * 1024 * 1024, "capped");
     }
 }

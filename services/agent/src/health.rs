@@ -31,12 +31,43 @@ pub fn spawn(tasks: Arc<Tasks>, entry: Arc<Entry>, handle: TaskHandle) -> Cancel
     stop
 }
 
+/// The shortest interval and timeout: a check of 0 s would spin.
+const MIN_PERIOD: Duration = Duration::from_secs(1);
+/// The longest interval and timeout: a day, far past any use, and far from the clock
+/// arithmetic's limits.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// A check's timing, from the task's (unvalidated) seconds.
+#[derive(Debug, PartialEq)]
+struct Timing {
+    /// When failures start to count; `None`: never (a grace period past the clock's range).
+    grace_ends: Option<Instant>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Timing {
+    fn of(check: &HealthCheck, now: Instant) -> Timing {
+        let period = |seconds: u32| Duration::from_secs(u64::from(seconds)).clamp(MIN_PERIOD, MAX_PERIOD);
+        Timing {
+            grace_ends: now.checked_add(Duration::from_secs(u64::from(check.grace_period_seconds))),
+            interval: period(check.interval_seconds),
+            timeout: period(check.timeout_seconds),
+        }
+    }
+
+    fn in_grace(&self, now: Instant) -> bool {
+        self.grace_ends.is_none_or(|ends| now < ends)
+    }
+}
+
 async fn run(tasks: &Arc<Tasks>, entry: &Arc<Entry>, handle: &TaskHandle, check: &HealthCheck) {
-    let grace_ends = Instant::now() + Duration::from_secs(u64::from(check.grace_period_seconds));
-    let interval = Duration::from_secs(u64::from(check.interval_seconds.max(1)));
-    let timeout = Duration::from_secs(u64::from(check.timeout_seconds.max(1)));
+    let timing = Timing::of(check, Instant::now());
+    let (interval, timeout) = (timing.interval, timing.timeout);
     let mut failures = 0u32;
     let mut ticker = tokio::time::interval(interval);
+    // A probe that took long must not be followed by a burst of them.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let outcome = match tokio::time::timeout(timeout, probe(tasks, entry, handle, check, timeout)).await {
@@ -48,9 +79,9 @@ async fn run(tasks: &Arc<Tasks>, entry: &Arc<Entry>, handle: &TaskHandle, check:
                 failures = 0;
                 tasks.set_health(entry, true, "");
             }
-            Err(_) if Instant::now() < grace_ends => {}
+            Err(_) if timing.in_grace(Instant::now()) => {}
             Err(error) => {
-                failures += 1;
+                failures = failures.saturating_add(1);
                 tracing::info!(task = %entry.info.task_id, failures, %error, "health check failed");
                 tasks.set_health(entry, false, &format!("health check failed: {error}"));
                 if check.max_consecutive_failures > 0 && failures >= check.max_consecutive_failures {
@@ -108,4 +139,29 @@ async fn http_get(port: u16, path: &str) -> Result<(), String> {
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
     if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP {code}")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_and_huge_timings_neither_spin_nor_overflow() {
+        let now = Instant::now();
+        let check = |grace, interval, timeout| HealthCheck {
+            grace_period_seconds: grace,
+            interval_seconds: interval,
+            timeout_seconds: timeout,
+            ..Default::default()
+        };
+        let zero = Timing::of(&check(0, 0, 0), now);
+        assert_eq!((zero.interval, zero.timeout), (MIN_PERIOD, MIN_PERIOD), "a floor of a second");
+        assert!(!zero.in_grace(now), "no grace period");
+        let huge = Timing::of(&check(u32::MAX, u32::MAX, u32::MAX), now);
+        assert_eq!((huge.interval, huge.timeout), (MAX_PERIOD, MAX_PERIOD));
+        assert!(huge.in_grace(now + MAX_PERIOD), "136 years of grace");
+        let usual = Timing::of(&check(10, 5, 2), now);
+        assert_eq!((usual.interval, usual.timeout), (Duration::from_secs(5), Duration::from_secs(2)));
+        assert!(usual.in_grace(now + Duration::from_secs(9)) && !usual.in_grace(now + Duration::from_secs(10)));
+    }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`checkpoint`]: the work dir (agent id, tasks, unacknowledged updates);
 //! - [`tasks`]: launching, watching, killing and re-adopting tasks;
+//! - [`gc`]: removing the sandboxes of finished tasks;
 //! - [`health`]: HTTP, TCP and command health checks;
 //! - [`updates`]: at-least-once status updates;
 //! - [`master_link`]: following the leading master;
@@ -13,12 +14,16 @@
 pub mod api;
 pub mod checkpoint;
 pub mod config;
+pub mod gc;
 pub mod health;
 pub mod master_link;
 pub mod resources;
 pub mod runtime;
 pub mod tasks;
 pub mod updates;
+
+#[cfg(test)]
+mod test_disk;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,7 +38,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{AgentMeta, Checkpoint, CheckpointError};
+use crate::config::TaskLogsConfig;
 pub use crate::config::{Config, RuntimeChoice};
+use crate::gc::SandboxGc;
 use crate::master_link::AttachedMaster;
 use crate::tasks::{Identity, Tasks};
 use crate::updates::StatusUpdates;
@@ -41,11 +48,15 @@ use crate::updates::StatusUpdates;
 /// Where masters publish their candidacy (the election directory under the coord root).
 pub const MASTER_ELECTION_DIR: &str = "/master/members";
 
+/// How often checkpoints that failed are tried again: often enough that little waits in
+/// memory once the disk has room, seldom enough to cost nothing while it has none.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] marina_daemon::config::ConfigError),
-    #[error(transparent)]
+    #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
     #[error("runtime: {0}")]
     Runtime(#[from] marina_runtime::RuntimeError),
@@ -67,6 +78,9 @@ pub struct Agent {
     info: AgentInfo,
     pub update_retry: Duration,
     attached: watch::Receiver<AttachedMaster>,
+    /// How much of a task's output one read returns.
+    pub task_logs: TaskLogsConfig,
+    pub gc: Arc<SandboxGc>,
 }
 
 impl Agent {
@@ -82,6 +96,11 @@ impl Agent {
 
     pub fn attached_master(&self) -> AttachedMaster {
         self.attached.borrow().clone()
+    }
+
+    /// Updates, acknowledgements and tasks whose checkpoint failed and waits to be written.
+    pub fn checkpoint_backlog(&self) -> usize {
+        self.updates.backlog() + self.tasks.backlog()
     }
 
     /// Whether a command from a master at `epoch` may be obeyed; remembers (durably) a new
@@ -159,8 +178,10 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         updates.clone(),
         identity,
         Duration::from_secs(config.kill_grace_seconds),
+        usize::try_from(config.task_logs.max_bytes).unwrap_or(usize::MAX),
     ));
     tasks.recover(recovered.tasks).await?;
+    let gc = Arc::new(SandboxGc::new(tasks.clone(), checkpoint.sandboxes().to_owned(), config.gc.clone()));
     let (attached_tx, attached) = watch::channel(AttachedMaster::default());
     let agent = Arc::new(Agent {
         tasks,
@@ -170,15 +191,22 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         info,
         update_retry: Duration::from_millis(config.update_retry_ms.max(10)),
         attached,
+        task_logs: config.task_logs.clone(),
+        gc: gc.clone(),
     });
+    tokio::spawn(gc.run(shutdown.clone()));
+    tokio::spawn(retry_checkpoints(agent.clone(), shutdown.clone()));
 
     let coord = CoordClient::new(&config.coord);
     let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     tokio::spawn(master_link::run(agent.clone(), observer, attached_tx, shutdown.clone()));
 
     let metrics = Metrics::new("agent");
+    // The largest response is one task-log read at its maximum, which configuration
+    // validation keeps within `server.max_encoding_message_bytes`.
     let (router, health) = Endpoint::new("agent", metrics.clone())
-        .grpc(AgentServer::new(api::AgentApi::new(agent.clone())))
+        .limits(config.server)
+        .grpc(marina_daemon::bounded_grpc!(AgentServer::new(api::AgentApi::new(agent.clone())), config.server))
         .http(api::http_routes(agent.clone()))
         .build()
         .await;
@@ -195,4 +223,35 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         served
     });
     Ok(AgentHandle { local_address, agent, task })
+}
+
+/// Writes again what failed to be checkpointed (a full disk, an I/O error): from the first
+/// failure, every [`CHECKPOINT_RETRY`] until nothing waits; until `shutdown`. Idle while
+/// checkpoints succeed (a thousand agents share a process in scale tests).
+async fn retry_checkpoints(agent: Arc<Agent>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = agent.checkpoint.failed() => {}
+            () = shutdown.cancelled() => return,
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(CHECKPOINT_RETRY) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let waiting = agent.checkpoint_backlog();
+            if waiting == 0 {
+                break;
+            }
+            let retrying = agent.clone();
+            let left =
+                tokio::task::spawn_blocking(move || retrying.updates.retry_unsaved() + retrying.tasks.retry_unsaved())
+                    .await
+                    .unwrap_or(waiting);
+            if left == 0 {
+                tracing::info!(written = waiting, "checkpoints that had failed are written");
+                break;
+            }
+        }
+    }
 }

@@ -87,7 +87,7 @@ pub async fn run(
                     _ = leaders.changed() => {}
                     () = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = backoff.saturating_mul(2).min(Duration::from_secs(2));
             }
         }
     }
@@ -207,7 +207,7 @@ async fn deliver(
         let due = match sent.at.get(&status.uuid) {
             None => Some(first_retry),
             Some((at, backoff)) if now.duration_since(*at) >= *backoff => {
-                Some((*backoff * 2).min(Duration::from_secs(10)))
+                Some(backoff.saturating_mul(2).min(Duration::from_secs(10)))
             }
             Some(_) => None,
         };
@@ -218,7 +218,8 @@ async fn deliver(
         }
     }
     sent.seen_version = Some(version);
-    sent.next_due = sent.at.values().map(|(at, backoff)| *at + *backoff).min();
+    // A backoff past the clock's range is never due.
+    sent.next_due = sent.at.values().filter_map(|(at, backoff)| at.checked_add(*backoff)).min();
     Ok(())
 }
 
@@ -240,10 +241,8 @@ async fn handle(agent: &Arc<Agent>, message: MasterMessage, registered: &mut boo
             None
         }
         Kind::Acknowledge(ack) => {
-            match agent.updates.acknowledge(&ack.task_id, &ack.uuid) {
-                Ok(Some(status)) => agent.tasks.acknowledged(&status).await,
-                Ok(None) => {}
-                Err(error) => tracing::error!(%error, "cannot record an acknowledgement"),
+            if let Some(status) = agent.updates.acknowledge(&ack.task_id, &ack.uuid) {
+                agent.tasks.acknowledged(&status).await;
             }
             None
         }

@@ -34,20 +34,38 @@ pub async fn select(config: &Config) -> Result<Arc<dyn Runtime>, AgentError> {
 }
 
 async fn docker(config: &Config) -> Result<DockerRuntime, AgentError> {
-    let docker = DockerConfig { socket: config.docker.socket.clone(), ..DockerConfig::default() };
+    let docker = DockerConfig {
+        socket: config.docker.socket.clone(),
+        log_rotation: Some(config.task_logs.rotation()),
+        ..DockerConfig::default()
+    };
     Ok(DockerRuntime::connect(&docker).await?)
 }
 
 async fn containerd(config: &Config) -> Result<ContainerdRuntime, AgentError> {
+    // The shim hands each task's output to `marina-supervise`, which rotates it; without it
+    // (not shipped next to the agent) the shim writes the files itself, unrotated.
+    let log_binary = match marina_runtime_process::default_supervisor() {
+        Ok(binary) => std::path::absolute(&binary).ok(),
+        Err(error) => {
+            tracing::warn!(%error, "containerd tasks' output will not be rotated");
+            None
+        }
+    };
     let containerd = ContainerdConfig {
         socket: config.containerd.socket.clone(),
         namespace: config.containerd.namespace.clone(),
+        log_binary,
+        log_rotation: config.task_logs.rotation(),
         ..ContainerdConfig::default()
     };
     Ok(ContainerdRuntime::connect(&containerd).await?)
 }
 
 fn process(config: &Config) -> Result<ProcessRuntime, AgentError> {
-    let process = ProcessConfig::new(config.work_dir.join("process"))?;
+    let process = ProcessConfig {
+        log_rotation: config.task_logs.rotation(),
+        ..ProcessConfig::new(config.work_dir.join("process"))?
+    };
     Ok(ProcessRuntime::new(process)?)
 }

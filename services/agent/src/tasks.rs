@@ -3,9 +3,13 @@
 //! re-adopting them after the agent restarts.
 //!
 //! A task is checkpointed before anything is done for it, and again whenever its handle or
-//! status changes, so a restarted agent knows every task it may have started.
+//! status changes, so a restarted agent knows every task it may have started. A task is
+//! checked ([`marina_proto::checks::check_task`]) before that: one that fails is answered
+//! `TASK_ERROR` and nothing of it reaches the disk. A launch that cannot be checkpointed is
+//! answered `TASK_FAILED` and nothing of it starts; a later checkpoint that fails is kept in
+//! memory and written again ([`Tasks::retry_unsaved`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +22,7 @@ use marina_runtime::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::health;
 use crate::updates::StatusUpdates;
 
@@ -32,6 +36,8 @@ pub mod reason {
     pub const HEALTH_KILLED: &str = "REASON_HEALTH_CHECK_FAILED";
     pub const CONTAINER_GONE: &str = "REASON_CONTAINER_LOST";
     pub const TASK_UNKNOWN: &str = "REASON_TASK_UNKNOWN";
+    /// The task breaks the rules every door checks (its id, resources, ports, environment).
+    pub const TASK_INVALID: &str = "REASON_TASK_INVALID";
     pub const RECOVERED: &str = "REASON_AGENT_RESTARTED";
 }
 
@@ -49,6 +55,11 @@ pub struct Tasks {
     identity: Mutex<Identity>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     default_grace: Duration,
+    /// Tasks whose latest checkpoint (a save, or forgetting one) failed: written again by
+    /// [`Tasks::retry_unsaved`].
+    unsaved: Mutex<HashSet<String>>,
+    /// The most of a container's output [`Tasks::keep_output`] copies into its sandbox.
+    output_limit: usize,
 }
 
 /// One task.
@@ -98,14 +109,25 @@ impl Entry {
 }
 
 impl Tasks {
+    /// `output_limit`: the most of an image task's output kept in its sandbox once it ends.
     pub fn new(
         runtime: Arc<dyn Runtime>,
         checkpoint: Checkpoint,
         updates: Arc<StatusUpdates>,
         identity: Identity,
         default_grace: Duration,
+        output_limit: usize,
     ) -> Self {
-        Self { runtime, checkpoint, updates, identity: Mutex::new(identity), entries: Mutex::default(), default_grace }
+        Self {
+            runtime,
+            checkpoint,
+            updates,
+            identity: Mutex::new(identity),
+            entries: Mutex::default(),
+            default_grace,
+            unsaved: Mutex::default(),
+            output_limit,
+        }
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -118,6 +140,15 @@ impl Tasks {
 
     pub fn get(&self, task_id: &str) -> Option<Arc<Entry>> {
         self.entries.lock().expect("tasks lock").get(task_id).cloned()
+    }
+
+    /// The sandboxes of the tasks the agent knows (not yet acknowledged terminal): the ones
+    /// garbage collection leaves alone. `act` runs with the tasks locked, so no launch can
+    /// claim a sandbox it is about to remove.
+    pub fn with_known_sandboxes<T>(&self, act: impl FnOnce(&HashSet<PathBuf>) -> T) -> T {
+        let entries = self.entries.lock().expect("tasks lock");
+        let sandboxes: HashSet<PathBuf> = entries.values().map(|entry| entry.sandbox.clone()).collect();
+        act(&sandboxes)
     }
 
     /// Every task with its latest status, for (re-)registration and the agent's state.
@@ -137,18 +168,23 @@ impl Tasks {
             if info.framework_id.is_empty() {
                 info.framework_id = framework_id.to_owned();
             }
+            // The master checked the task already; the agent checks again before anything of
+            // it reaches its disk or its processes, which are the ones at stake (a task id
+            // becomes a path, an environment a system call's argument).
+            let checked = marina_proto::checks::check_task(&info)
+                .and_then(|()| self.checkpoint.sandbox_path(&info.task_id).map_err(|error| error.to_string()));
+            let sandbox = match checked {
+                Ok(sandbox) => sandbox,
+                Err(problem) => {
+                    self.refuse(&info, problem);
+                    continue;
+                }
+            };
             if self.get(&info.task_id).is_some() || entries.iter().any(|e: &Arc<Entry>| e.info.task_id == info.task_id)
             {
                 tracing::info!(task = %info.task_id, "launch of a known task ignored");
                 continue;
             }
-            let sandbox = match self.checkpoint.sandbox(&info.task_id) {
-                Ok(sandbox) => sandbox,
-                Err(error) => {
-                    tracing::error!(task = %info.task_id, %error, "cannot create the sandbox");
-                    continue;
-                }
-            };
             let status = self.base_status(&info, TaskState::TaskStaging);
             entries.push(Arc::new(Entry {
                 info,
@@ -157,10 +193,20 @@ impl Tasks {
                 cancel: CancellationToken::new(),
             }));
         }
+        if entries.is_empty() {
+            return;
+        }
         // All in one append: a launch of a hundred tasks is one sync, not a hundred.
         let records: Vec<_> = entries.iter().map(|entry| entry.checkpoint_record()).collect();
         if let Err(error) = self.checkpoint.save_tasks(&records) {
-            tracing::error!(tasks = entries.len(), %error, "cannot checkpoint the tasks; not launching them");
+            // A task started without its checkpoint could be orphaned by a restart: none is.
+            tracing::error!(tasks = entries.len(), %error, "cannot checkpoint the launch; failing its tasks");
+            for entry in entries {
+                let mut status = self.base_status(&entry.info, TaskState::TaskFailed);
+                status.reason = reason::LAUNCH_FAILED.to_owned();
+                status.message = format!("cannot checkpoint the launch: {error}");
+                self.updates.push(status);
+            }
             return;
         }
         for entry in entries {
@@ -177,6 +223,53 @@ impl Tasks {
                 }
             });
         }
+    }
+
+    /// Answers a task that fails the checks `TASK_ERROR`, naming the problem; nothing of it
+    /// is written, not even the answer.
+    fn refuse(&self, info: &TaskInfo, problem: String) {
+        // Debug-formatted: the id is what is wrong, and may hold anything.
+        tracing::warn!(task = ?info.task_id, %problem, "refusing an invalid task");
+        let mut status = self.base_status(info, TaskState::TaskError);
+        status.reason = reason::TASK_INVALID.to_owned();
+        status.message = problem;
+        self.updates.push_unsaved(status);
+    }
+
+    /// Checkpoints `entry` as it is now; a failure is remembered and written again later.
+    fn save(&self, entry: &Entry) {
+        let task_id = &entry.info.task_id;
+        match self.checkpoint.save_task(&entry.checkpoint_record()) {
+            Ok(()) => {
+                self.unsaved.lock().expect("unsaved lock").remove(task_id);
+            }
+            Err(error) => {
+                tracing::error!(task = %task_id, %error, "cannot checkpoint the task; writing it once the disk allows");
+                self.unsaved.lock().expect("unsaved lock").insert(task_id.clone());
+            }
+        }
+    }
+
+    /// Writes the tasks whose checkpoint failed as they are now (or forgets them, if the
+    /// agent has meanwhile), stopping at the first failure. Returns how many are left.
+    pub fn retry_unsaved(&self) -> usize {
+        let waiting: Vec<String> = self.unsaved.lock().expect("unsaved lock").iter().cloned().collect();
+        for task_id in waiting {
+            let written: Result<(), CheckpointError> = match self.get(&task_id) {
+                Some(entry) => self.checkpoint.save_task(&entry.checkpoint_record()),
+                None => self.checkpoint.remove_task(&task_id),
+            };
+            if written.is_err() {
+                break;
+            }
+            self.unsaved.lock().expect("unsaved lock").remove(&task_id);
+        }
+        self.backlog()
+    }
+
+    /// How many tasks wait to be checkpointed.
+    pub fn backlog(&self) -> usize {
+        self.unsaved.lock().expect("unsaved lock").len()
     }
 
     fn base_status(&self, info: &TaskInfo, state: TaskState) -> TaskStatus {
@@ -205,13 +298,9 @@ impl Tasks {
             guard.status = status.clone();
             status
         };
-        if let Err(error) = self.checkpoint.save_task(&entry.checkpoint_record()) {
-            tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint the task");
-        }
+        self.save(entry);
         tracing::info!(task = %entry.info.task_id, state = ?state, reason, detail = %status.message, "task status");
-        if let Err(error) = self.updates.push(status) {
-            tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint a status update");
-        }
+        self.updates.push(status);
     }
 
     /// A health check result changed: re-announce RUNNING with the new `healthy` flag.
@@ -230,6 +319,11 @@ impl Tasks {
     /// Starts a task: its image, then the runtime. `None` when it did not start (its status
     /// already says why).
     async fn start(&self, entry: &Entry) -> Option<TaskHandle> {
+        // Made now, not at the launch: a launch that cannot be checkpointed leaves nothing.
+        if let Err(error) = self.checkpoint.create_sandbox(&entry.sandbox) {
+            self.emit(entry, TaskState::TaskFailed, reason::LAUNCH_FAILED, format!("cannot make the sandbox: {error}"));
+            return None;
+        }
         self.emit(entry, TaskState::TaskStarting, "", "");
         let spec = match self.spec(entry) {
             Ok(spec) => spec,
@@ -313,15 +407,18 @@ impl Tasks {
         }
     }
 
-    /// Saves a container runtime's output into the sandbox before the container goes.
+    /// Saves the end of a container runtime's output (at most `output_limit` bytes a
+    /// stream, what one rotated file holds) into the sandbox before the container goes.
     async fn keep_output(&self, entry: &Entry, handle: &TaskHandle) {
         for (stream, name) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
             let path = entry.sandbox.join(name);
             if path.exists() {
                 continue;
             }
-            if let Ok(bytes) = self.runtime.logs(handle, stream, None).await {
-                let _ = std::fs::write(&path, &bytes);
+            if let Ok(bytes) = self.runtime.logs(handle, stream, Some(self.output_limit)).await
+                && let Err(error) = std::fs::write(&path, &bytes)
+            {
+                tracing::warn!(task = %entry.info.task_id, path = %path.display(), %error, "cannot keep the task's output");
             }
         }
     }
@@ -342,9 +439,7 @@ impl Tasks {
             let mut status = self.base_status(&info, TaskState::TaskLost);
             status.reason = reason::TASK_UNKNOWN.into();
             status.message = "the agent does not know this task".into();
-            if let Err(error) = self.updates.push(status) {
-                tracing::error!(task = task_id, %error, "cannot checkpoint a status update");
-            }
+            self.updates.push(status);
             return;
         };
         let (handle, already_killing, terminal) = {
@@ -390,9 +485,15 @@ impl Tasks {
         {
             tracing::warn!(task = %status.task_id, %error, "removing the finished task's container");
         }
-        if let Err(error) = self.checkpoint.remove_task(&status.task_id) {
-            tracing::warn!(task = %status.task_id, %error, "forgetting the finished task");
-        }
+        let mut unsaved = self.unsaved.lock().expect("unsaved lock");
+        match self.checkpoint.remove_task(&status.task_id) {
+            // Whatever of it waited to be written no longer matters.
+            Ok(()) => unsaved.remove(&status.task_id),
+            Err(error) => {
+                tracing::warn!(task = %status.task_id, %error, "cannot forget the finished task; trying again later");
+                unsaved.insert(status.task_id.clone())
+            }
+        };
     }
 
     /// Stops watching tasks (the agent is shutting down); the tasks themselves keep running.
@@ -430,9 +531,14 @@ impl Tasks {
             .port_mappings
             .iter()
             .map(|mapping| marina_runtime::PortMapping {
-                host_port: mapping.host_port as u16,
-                container_port: if mapping.container_port == 0 { mapping.host_port } else { mapping.container_port }
-                    as u16,
+                // Ports within 0..=65535: checked at the launch.
+                host_port: u16::try_from(mapping.host_port).unwrap_or_default(),
+                container_port: u16::try_from(if mapping.container_port == 0 {
+                    mapping.host_port
+                } else {
+                    mapping.container_port
+                })
+                .unwrap_or_default(),
                 protocol: if mapping.protocol.eq_ignore_ascii_case("udp") { Protocol::Udp } else { Protocol::Tcp },
                 name: (!mapping.name.is_empty()).then(|| mapping.name.clone()),
             })
@@ -503,10 +609,8 @@ impl Tasks {
                 // agent died after checkpointing the task but before queueing the update, or
                 // after the acknowledgement but before forgetting the task. Sending the same
                 // update again covers both: a duplicate is acknowledged like the original.
-                if !self.updates.has_pending(&entry.info.task_id)
-                    && let Err(error) = self.updates.push(status)
-                {
-                    tracing::error!(task = %entry.info.task_id, %error, "cannot checkpoint a status update");
+                if !self.updates.has_pending(&entry.info.task_id) {
+                    self.updates.push(status);
                 }
                 continue;
             }
@@ -605,11 +709,158 @@ fn add_task_environment(
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_image;
+    use std::path::Path;
+
+    use marina_proto::agent::v1::CommandSpec;
+    use marina_runtime_sim::{SimConfig, SimRuntime};
+
+    use super::*;
+    use crate::test_disk::SmallDisk;
 
     #[test]
     fn the_2014_image_syntax_is_understood() {
         assert_eq!(normalize_image("docker:///libmesos/ubuntu"), "libmesos/ubuntu");
         assert_eq!(normalize_image("busybox:1.36"), "busybox:1.36");
+    }
+
+    /// An agent's tasks on `work_dir`, running on the simulated runtime.
+    fn agent_tasks(work_dir: &Path) -> (Arc<Tasks>, Arc<StatusUpdates>, Arc<SimRuntime>) {
+        let (checkpoint, _) = Checkpoint::open(work_dir).unwrap();
+        let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), Vec::new()));
+        let runtime = Arc::new(SimRuntime::new(SimConfig::default()));
+        let identity = Identity { agent_id: "agent-1".into(), hostname: "host".into() };
+        let tasks = Tasks::new(runtime.clone(), checkpoint, updates.clone(), identity, Duration::from_secs(1), 1024);
+        (Arc::new(tasks), updates, runtime)
+    }
+
+    fn task(task_id: &str) -> TaskInfo {
+        TaskInfo {
+            task_id: task_id.to_owned(),
+            command: Some(CommandSpec { shell: true, value: "sleep 600".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    async fn started(runtime: &SimRuntime) -> usize {
+        runtime.list(&BTreeMap::new()).await.unwrap().len()
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    /// Defense in depth: whatever the master let through, a task that breaks the rules is
+    /// answered TASK_ERROR naming the problem, and nothing of it (sandbox, checkpoint, process)
+    /// comes to be.
+    #[tokio::test]
+    async fn invalid_tasks_are_refused_and_nothing_of_them_reaches_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, updates, runtime) = agent_tasks(dir.path());
+        let journal = dir.path().join("meta/journal");
+        let journal_before = std::fs::metadata(&journal).unwrap().len();
+        let mut bad_env = task("env");
+        bad_env.command.as_mut().unwrap().environment.insert("A=B".into(), "x".into());
+        let mut nul = task("nul");
+        nul.command.as_mut().unwrap().value = "echo a\0b".into();
+        let refused = [
+            (task(".."), "'..'"),
+            (task("a/b"), "'/'"),
+            (task(""), "empty"),
+            (task(&"x".repeat(256)), "256 bytes"),
+            (bad_env, "A=B"),
+            (nul, "NUL"),
+            // A valid id, but too long for a file name once escaped.
+            (task(&":".repeat(100)), "300 bytes"),
+        ];
+        let infos: Vec<TaskInfo> = refused.iter().map(|(info, _)| info.clone()).collect();
+        tasks.launch("framework-1", infos, &Default::default());
+
+        let answers = updates.deliverable();
+        assert_eq!(answers.len(), refused.len(), "{answers:?}");
+        for ((info, problem), answer) in refused.iter().zip(&answers) {
+            assert_eq!(answer.task_id, info.task_id);
+            assert_eq!((answer.state(), answer.reason.as_str()), (TaskState::TaskError, reason::TASK_INVALID));
+            assert!(answer.message.contains(problem), "{problem}: {}", answer.message);
+            assert!(tasks.get(&info.task_id).is_none());
+        }
+        assert!(entries(&dir.path().join("sandboxes")).is_empty(), "no sandbox");
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), journal_before, "no checkpoint");
+        assert_eq!(started(&runtime).await, 0, "nothing started");
+        assert!(entries(dir.path()).iter().all(|name| name == "meta" || name == "sandboxes"));
+    }
+
+    /// A launch whose checkpoint fails (a full disk, for real) is answered TASK_FAILED naming
+    /// the error and the file, leaves no sandbox and starts nothing; with room again, the
+    /// same task launches.
+    #[tokio::test]
+    async fn a_launch_that_cannot_be_checkpointed_fails_and_starts_nothing() {
+        let disk = SmallDisk::mount(256 * 1024);
+        let (tasks, updates, runtime) = agent_tasks(disk.path());
+        let filler = disk.fill();
+        let mut big = task("web.1");
+        // Bigger than what is left of the journal's last page.
+        big.labels.insert("note".into(), "x".repeat(16 * 1024));
+        tasks.launch("framework-1", vec![big.clone()], &Default::default());
+
+        let answers = updates.deliverable();
+        assert_eq!(answers.len(), 1);
+        let journal = disk.path().join("meta/journal");
+        let expected =
+            format!("cannot checkpoint the launch: No space left on device (os error 28) at {}", journal.display());
+        assert_eq!((answers[0].state(), answers[0].message.as_str()), (TaskState::TaskFailed, expected.as_str()));
+        assert_eq!(answers[0].reason, reason::LAUNCH_FAILED);
+        assert!(tasks.get("web.1").is_none());
+        assert!(entries(&disk.path().join("sandboxes")).is_empty(), "no sandbox");
+        assert_eq!(started(&runtime).await, 0, "nothing started");
+
+        std::fs::remove_file(filler).unwrap();
+        updates.acknowledge("web.1", &answers[0].uuid);
+        tasks.launch("framework-1", vec![big], &Default::default());
+        let entry = tasks.get("web.1").expect("launched");
+        wait_for("the task to run", || entry.status().state() == TaskState::TaskRunning).await;
+        assert_eq!(entries(&disk.path().join("sandboxes")), ["web.1"]);
+    }
+
+    /// A task checkpoint that fails on a full disk is kept and written once there is room:
+    /// after a restart, the task's state is the one it reached while the disk was full.
+    #[tokio::test]
+    async fn a_task_checkpoint_that_failed_is_written_later() {
+        let disk = SmallDisk::mount(256 * 1024);
+        let (tasks, updates, _runtime) = agent_tasks(disk.path());
+        let mut big = task("web.2");
+        big.labels.insert("note".into(), "x".repeat(16 * 1024));
+        tasks.launch("framework-1", vec![big], &Default::default());
+        let entry = tasks.get("web.2").expect("launched");
+        wait_for("the task to run", || entry.status().state() == TaskState::TaskRunning).await;
+
+        let filler = disk.fill();
+        tasks.kill("web.2", "framework-1", 0, None);
+        wait_for("the task to be killed", || entry.status().state() == TaskState::TaskKilled).await;
+        assert_eq!(tasks.backlog(), 1, "its checkpoint waits");
+        assert_eq!(tasks.retry_unsaved(), 1, "no room yet");
+        let (_, recovered) = Checkpoint::open(disk.path()).unwrap();
+        assert_eq!(recovered.tasks[0].status.as_ref().unwrap().state(), TaskState::TaskRunning, "as last written");
+
+        std::fs::remove_file(filler).unwrap();
+        assert_eq!(tasks.retry_unsaved(), 0);
+        updates.retry_unsaved();
+        let (_, recovered) = Checkpoint::open(disk.path()).unwrap();
+        assert_eq!(recovered.tasks[0].status.as_ref().unwrap().state(), TaskState::TaskKilled);
+        let states: Vec<TaskState> = recovered.updates.iter().map(|u| u.status.as_ref().unwrap().state()).collect();
+        assert!(states.contains(&TaskState::TaskKilled), "the KILLED update was written too: {states:?}");
     }
 }

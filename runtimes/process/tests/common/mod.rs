@@ -38,7 +38,11 @@ impl TestEnv {
     }
 
     pub fn config(&self) -> ProcessConfig {
-        ProcessConfig { state_dir: self.state_dir.clone(), supervisor: PathBuf::from(SUPERVISOR) }
+        ProcessConfig {
+            state_dir: self.state_dir.clone(),
+            supervisor: PathBuf::from(SUPERVISOR),
+            log_rotation: Default::default(),
+        }
     }
 
     /// A runtime on this agent's state dir: call again to simulate the agent's restart.
