@@ -152,6 +152,11 @@ impl TestScheduler {
         }
     }
 
+    /// The scheduler's gRPC client (for requests the helpers here do not make).
+    pub fn client(&self) -> SchedulerClient<Channel> {
+        self.client.clone()
+    }
+
     /// The latest update received for `task_id`.
     pub fn latest(&self, task_id: &str) -> Option<&TaskStatus> {
         self.updates.iter().rev().find(|status| status.task_id == task_id)

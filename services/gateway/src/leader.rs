@@ -942,7 +942,7 @@ impl Leader {
                 }
                 let record = &instance.record;
                 if let Some(probe) = Probe::of(active, &record.task_id, &record.host, &record.ports) {
-                    instance.next_probe = Some(now + interval);
+                    instance.next_probe = Some(marina_daemon::time::deadline(now, interval));
                     due.push(probe);
                 }
             }

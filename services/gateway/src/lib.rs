@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use marina_coord_client::{CoordClient, LeaderObserver};
 use marina_daemon::leader::MemberInfo;
 use marina_daemon::{Endpoint, Metrics, Shutdown};
@@ -114,6 +114,17 @@ async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, 
         return next.run(request).await;
     }
     let is_grpc = path.starts_with("/marina.apps.v1.");
+    // A body the leader would refuse is refused here: forwarded, the leader would close the
+    // connection while it is still being sent, and the caller would see a 503 instead.
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if !is_grpc && declared.is_some_and(|length| length > gateway.config.max_body_bytes as u64) {
+        let message = format!("the body is larger than max_body_bytes ({} bytes)", gateway.config.max_body_bytes);
+        return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({ "message": message })))
+            .into_response();
+    }
     match gateway.leader_address().filter(|address| *address != gateway.member.address) {
         Some(address) => {
             // The hop is a span of its own (this layer sits outside the per-request spans),

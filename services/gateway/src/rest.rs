@@ -395,6 +395,26 @@ enum AppPath {
     Restart(String),
 }
 
+/// Reads a request target (`/v2/apps/prod/web/tasks?force=true`) as the handlers do: its
+/// query flags, and under `/v2/apps/` or `/v2/groups/` the app or group path and its id. An
+/// error is what a handler would answer 400 for. (The handlers' own reading, exposed so the
+/// fuzzer can reach it.)
+pub fn read_request_target(target: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = target.parse().map_err(|e| format!("not a request target: {e}"))?;
+    Query::<Flags>::try_from_uri(&uri).map_err(|e| e.body_text())?;
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/v2/apps/") {
+        let raw = match split_app_path(rest) {
+            AppPath::App(id) | AppPath::Tasks(id) | AppPath::Versions(id) | AppPath::Restart(id) => id,
+            AppPath::Task(id, _) | AppPath::Version(id, _) => id,
+        };
+        PathId::parse(&raw).map_err(|e| e.to_string())?;
+    } else if let Some(rest) = path.strip_prefix("/v2/groups/") {
+        PathId::parse_group(&format!("/{}", rest.trim_matches('/'))).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn split_app_path(rest: &str) -> AppPath {
     let rest = format!("/{}", rest.trim_matches('/'));
     if let Some(id) = rest.strip_suffix("/restart") {
@@ -406,10 +426,16 @@ fn split_app_path(rest: &str) -> AppPath {
     if let Some(id) = rest.strip_suffix("/versions") {
         return AppPath::Versions(id.to_owned());
     }
-    if let Some((id, task)) = rest.rsplit_once("/tasks/") {
+    // `/tasks/web` is the app `/tasks/web` (only an app's last segment may not be a reserved
+    // word), not task `web` of the root.
+    if let Some((id, task)) = rest.rsplit_once("/tasks/")
+        && !id.is_empty()
+    {
         return AppPath::Task(id.to_owned(), task.to_owned());
     }
-    if let Some((id, version)) = rest.rsplit_once("/versions/") {
+    if let Some((id, version)) = rest.rsplit_once("/versions/")
+        && !id.is_empty()
+    {
         return AppPath::Version(id.to_owned(), version.to_owned());
     }
     AppPath::App(rest)
@@ -783,9 +809,26 @@ fn group_apps(body: &Value, base: &PathId, out: &mut Vec<AppDefinition>) -> Resu
         out.push(app::parse_app(&bytes, Some(&id)).map_err(app_error)?);
     }
     for group in body.get("groups").and_then(Value::as_array).into_iter().flatten() {
+        // A nested group lies in its parent, as Marathon requires: `PUT /v2/groups/prod`
+        // must not deploy `/other/x` (found by fuzzing).
+        let nested = group.get("id").and_then(Value::as_str).map(|child| PathId::resolve_lenient(child, &id));
+        if let Some(child) = nested
+            && (child.is_root() || child.parent() != id)
+        {
+            let error = format!("Group {child} is not a child of {id}. Hint: use relative paths.");
+            let violation = app::Violation::new("/groups", error);
+            return Err((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(app::invalid_body(&[violation]))).into_response());
+        }
         group_apps(group, &id, out)?;
     }
     Ok(())
+}
+
+/// Marathon's answer to a group body that is not a JSON object.
+fn group_not_object() -> Response {
+    let violation = app::Violation::new("/", "error.expected.jsobject");
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({ "message": "Invalid JSON", "details": [violation] })))
+        .into_response()
 }
 
 /// One group request deploys at most [`app::MAX_ITEMS`] apps: each is validated, stored and
@@ -799,12 +842,26 @@ fn too_many_apps(apps: &[AppDefinition]) -> Result<(), Response> {
     Err((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(app::invalid_body(&[violation]))).into_response())
 }
 
-async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
-    let leader = leader(&gateway)?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
+/// The apps of a group body (`POST /v2/groups` with `group` None, `PUT /v2/groups/{group}`
+/// with it: the body's id is then the URL's), each read and validated, ids resolved against
+/// their groups; or the answer that refuses the body.
+pub fn read_group(body: &[u8], group: Option<&PathId>) -> Result<Vec<AppDefinition>, Response> {
+    let mut body: Value = serde_json::from_slice(body).map_err(|e| invalid_json(&e))?;
+    if let Some(group) = group {
+        let Some(object) = body.as_object_mut() else {
+            return Err(group_not_object());
+        };
+        object.insert("id".to_owned(), json!(group.to_string()));
+    }
     let mut apps = Vec::new();
     group_apps(&body, &PathId::root(), &mut apps)?;
     too_many_apps(&apps)?;
+    Ok(apps)
+}
+
+async fn create_group(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>, body: Bytes) -> Reply {
+    let leader = leader(&gateway)?;
+    let apps = read_group(&body, None)?;
     if apps.is_empty() {
         return Err(message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -832,11 +889,7 @@ async fn update_group(
     let leader = leader(&gateway)?;
     let base = PathId::parse(&format!("/{}", raw.trim_matches('/')))
         .map_err(|e| message(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let mut body: Value = serde_json::from_slice(&body).map_err(|e| invalid_json(&e))?;
-    body["id"] = json!(base.to_string());
-    let mut apps = Vec::new();
-    group_apps(&body, &PathId::root(), &mut apps)?;
-    too_many_apps(&apps)?;
+    let apps = read_group(&body, Some(&base))?;
     let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
     let result = leader.deploy(changes, flags.force).await.map_err(deploy_error)?;
     Ok(deployed(StatusCode::OK, &result))

@@ -28,7 +28,7 @@ use crate::resources::{add, contains_port, covers_scalars, subtract};
 
 /// The longest a framework's refusal of an agent lasts: a year (any longer asks for never,
 /// and a deadline that far would overflow the clock's arithmetic).
-const MAX_REFUSE: Duration = Duration::from_secs(365 * 86_400);
+pub const MAX_REFUSE: Duration = Duration::from_secs(365 * 86_400);
 
 pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
 pub type SchedulerSender = mpsc::Sender<Result<pb::SchedulerEvent, Status>>;
@@ -240,7 +240,7 @@ impl LeaderState {
             epoch,
             master_id: master.id.clone(),
             address: master.member.address.clone(),
-            reregister_deadline: now + Config::ms(config.agent_reregister_timeout_ms),
+            reregister_deadline: marina_daemon::time::deadline(now, Config::ms(config.agent_reregister_timeout_ms)),
             config,
             registry,
             inner: Mutex::new(inner),
@@ -289,13 +289,7 @@ impl LeaderState {
     /// configured default. Not a number, infinite or negative is an error; longer than
     /// [`MAX_REFUSE`] is [`MAX_REFUSE`] (Mesos, too, clamps it to its longest duration).
     fn refusal(&self, filters: Option<&pb::Filters>) -> Result<Duration, Status> {
-        let seconds = filters.map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds);
-        if !seconds.is_finite() || seconds < 0.0 {
-            return Err(Status::invalid_argument(format!(
-                "filters.refuse_seconds must be a finite number of seconds, at least 0; got {seconds}"
-            )));
-        }
-        Ok(marina_daemon::time::seconds(seconds).min(MAX_REFUSE))
+        refusal(filters.map_or(self.config.default_refuse_seconds, |f| f.refuse_seconds))
     }
 
     fn agent_message(&self, kind: master_message::Kind) -> Result<pb::MasterMessage, Status> {
@@ -1249,6 +1243,17 @@ fn used_by(tasks: &HashMap<String, TaskRecord>) -> Resources {
     used
 }
 
+/// How long a refusal of `refuse_seconds` lasts: not a number, infinite or negative is an
+/// error; longer than [`MAX_REFUSE`] is [`MAX_REFUSE`].
+pub fn refusal(refuse_seconds: f64) -> Result<Duration, Status> {
+    if !refuse_seconds.is_finite() || refuse_seconds < 0.0 {
+        return Err(Status::invalid_argument(format!(
+            "filters.refuse_seconds must be a finite number of seconds, at least 0; got {refuse_seconds}"
+        )));
+    }
+    Ok(marina_daemon::time::seconds(refuse_seconds).min(MAX_REFUSE))
+}
+
 /// Most attributes an agent may advertise; each is matched by constraints for every offer.
 const MAX_AGENT_ATTRIBUTES: usize = 1000;
 
@@ -1257,7 +1262,7 @@ const MAX_AGENT_STRING: usize = 1024;
 
 /// What an agent describes of itself is used for placement arithmetic, offers and paths:
 /// its id, resources and attributes must be bounded.
-fn check_agent(info: &AgentInfo) -> Result<(), String> {
+pub fn check_agent(info: &AgentInfo) -> Result<(), String> {
     use marina_proto::checks;
     if !info.agent_id.is_empty() {
         checks::check_id(&info.agent_id).map_err(|error| format!("agent id {:?} {error}", info.agent_id))?;

@@ -193,6 +193,13 @@ fn constraints(r: &mut Reader, obj: &Map<String, Value>) -> Vec<Constraint> {
 /// written JSON does).
 fn fetch(r: &mut Reader, obj: &Map<String, Value>) -> Vec<FetchUri> {
     let uris = r.strings(obj, "", "uris");
+    // As `fetch[].uri`: an empty URI is Marathon's `error.minLength` (and would be written
+    // back as a fetch entry that does not read).
+    for (i, uri) in uris.iter().flatten().enumerate() {
+        if uri.is_empty() {
+            r.problem(&item_path("/uris", i), MIN_LENGTH);
+        }
+    }
     let fetch: Option<Vec<FetchUri>> = r.objects(obj, "", "fetch").map(|items| {
         items
             .into_iter()

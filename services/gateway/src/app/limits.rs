@@ -75,14 +75,15 @@ impl AppLimits {
                 ),
             ));
         }
-        // NaN never gets here (JSON has none), but would compare false: test the good case.
-        if !(app.cpus >= self.min_cpus) && !unchanged(|a| a.cpus) {
+        // NaN never gets here (JSON has none); were it to, it would not be at least the floor.
+        let below = |value: f64, floor: f64| value.partial_cmp(&floor).is_none_or(|o| o == std::cmp::Ordering::Less);
+        if below(app.cpus, self.min_cpus) && !unchanged(|a| a.cpus) {
             violations.push(Violation::new(
                 "/cpus",
                 format!("got {:?}, expected {:?} or more (this cluster's limits.min_cpus)", app.cpus, self.min_cpus),
             ));
         }
-        if !(app.mem >= self.min_mem_mb) && !unchanged(|a| a.mem) {
+        if below(app.mem, self.min_mem_mb) && !unchanged(|a| a.mem) {
             violations.push(Violation::new(
                 "/mem",
                 format!("got {:?}, expected {:?} or more (this cluster's limits.min_mem_mb)", app.mem, self.min_mem_mb),

@@ -73,6 +73,12 @@ impl PathId {
         PathId { segments }
     }
 
+    /// `id` resolved against `base` without checking its segments (to say where an id
+    /// points before saying what is wrong with it).
+    pub fn resolve_lenient(id: &str, base: &PathId) -> Self {
+        PathId::resolve_unchecked(id, base)
+    }
+
     /// A group id from a URL: every segment valid, reserved words allowed (`/tasks` may be a
     /// group of `/tasks/web`; only an app's own name may not be one).
     pub fn parse_group(id: &str) -> Result<Self, PathIdError> {
@@ -163,14 +169,17 @@ impl PathId {
     /// The app a Marathon task or instance id belongs to: `prod_web.4f1a…` → `/prod/web`.
     ///
     /// Understands the legacy `<app>.<uuid>` form and Marathon 1.x's `<app>.instance-<uuid>…`
-    /// and `<app>.marathon-<uuid>` forms. Since segments may contain dots, the id is split at
-    /// the first `.` followed by a UUID, or else at the last `.`.
+    /// and `<app>.marathon-<uuid>` forms. Since segments may contain dots — even a label that
+    /// looks like a UUID (`/b.0c6f8c3e-…` is a valid app id) — the id is split at the last `.`
+    /// followed by a UUID (what follows a run id, `._app.1`, holds none), or else at the last
+    /// `.`.
     pub fn app_id_of_task(task_id: &str) -> Option<PathId> {
         let split = task_id
             .char_indices()
             .filter(|&(_, c)| c == '.')
             .map(|(i, _)| i)
-            .find(|&i| starts_with_run_id(&task_id[i + 1..]))
+            .filter(|&i| starts_with_run_id(&task_id[i + 1..]))
+            .last()
             .or_else(|| task_id.rfind('.'))?;
         let app = PathId::from_safe_path(&task_id[..split]).ok()?;
         (!app.is_root()).then_some(app)

@@ -135,7 +135,12 @@ fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         _ => return None,
     };
     let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
-    Some(Timestamp::from_millis(seconds * 1000 + millis))
+    let millis = seconds * 1000 + millis;
+    // An offset may carry a time written in year 0 or 9999 out of the years a timestamp is
+    // written in (four digits): it would be written as something that does not read back
+    // (found by fuzzing).
+    let writable = days_from_civil(0, 1, 1) * 86_400_000..days_from_civil(10_000, 1, 1) * 86_400_000;
+    writable.contains(&millis).then(|| Timestamp::from_millis(millis))
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {
@@ -199,6 +204,9 @@ mod tests {
             "2014-03-01T00:00:00.Z",
             "2014-03-01T00:00:00",
             "yesterday",
+            // Before year 0 or after 9999 once the offset is applied: not writable in four digits.
+            "0000-01-01t03:00:50+15",
+            "9999-12-31T23:00:00-02:00",
         ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad:?} must not parse");
         }

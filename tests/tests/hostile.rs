@@ -1,0 +1,439 @@
+//! Hostile input against real processes: every request that once took a leader down (or
+//! could, by reading), and others in the same vein, answered with a 4xx or an
+//! INVALID_ARGUMENT — and the cluster still serving afterwards: the same leaders, both
+//! gateways deploying and scaling a new app, `GET /v2/groups` answering. And a leader whose
+//! term panics resigns at once and exits non-zero, so a standby takes over without waiting
+//! for its session to expire.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use marina_coord_client::CoordUrl;
+use marina_proto::agent::v1::{AgentInfo, CommandSpec, Resources};
+use marina_proto::master::v1 as master;
+use marina_tests::scheduler::command_task;
+use marina_tests::services::Service;
+use marina_tests::{CoordCluster, CoordProcesses, TestDir, TestProcess, TestScheduler, eventually};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PROCESS_AGENT: &[(&str, &str)] =
+    &[("MARINA_AGENT_RESOURCES__CPUS", "4"), ("MARINA_AGENT_RESOURCES__MEM_MB", "4096")];
+
+/// One hostile REST request: what it is, and what must come back.
+struct Case {
+    what: &'static str,
+    method: Method,
+    path: &'static str,
+    body: String,
+    status: u16,
+    /// Text the answer must contain (the field it names).
+    names: &'static str,
+}
+
+fn case(
+    what: &'static str,
+    method: Method,
+    path: &'static str,
+    body: impl Into<String>,
+    status: u16,
+    names: &'static str,
+) -> Case {
+    Case { what, method, path, body: body.into(), status, names }
+}
+
+fn rest_cases() -> Vec<Case> {
+    let long_id = format!("/{}", ["abcdefghi"; 100].join("/"));
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let too_big = json!({ "id": "big", "cmd": "x".repeat(2 << 20) }).to_string();
+    let many_apps: Vec<Value> = (0..1001).map(|i| json!({ "id": format!("a{i}"), "cmd": "sleep 1" })).collect();
+    vec![
+        case(
+            "a backoff of i64::MAX seconds (once panicked the leader)",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/crash", "cmd": "false", "backoffSeconds": 9_223_372_036_854_775_807u64 }).to_string(),
+            422,
+            "/backoffSeconds",
+        ),
+        case(
+            "a 1,000-character id (once stopped every launch)",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": long_id, "cmd": "sleep 1" }).to_string(),
+            422,
+            "/id",
+        ),
+        case(
+            "a million instances that ask for nothing (once ran the leader out of memory)",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/many", "cmd": "sleep 1", "instances": 1_000_000, "cpus": 0, "mem": 0, "disk": 0 })
+                .to_string(),
+            422,
+            "/instances",
+        ),
+        case(
+            "an env name with '='",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/env", "cmd": "sleep 1", "env": { "A=B": "c" } }).to_string(),
+            422,
+            "/env(A=B)",
+        ),
+        case(
+            "a NUL in the command",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/nul", "cmd": "sleep\u{0}1" }).to_string(),
+            422,
+            "/cmd",
+        ),
+        case(
+            "a health check every 0 seconds",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/spin", "cmd": "sleep 1", "healthChecks": [{ "protocol": "TCP", "intervalSeconds": 0 }] })
+                .to_string(),
+            422,
+            "intervalSeconds",
+        ),
+        case(
+            "not a number",
+            Method::POST,
+            "/v2/apps",
+            json!({ "id": "/nan", "cmd": "sleep 1", "cpus": "NaN" }).to_string(),
+            422,
+            "/cpus",
+        ),
+        case("not JSON", Method::POST, "/v2/apps", "{\"id\": ", 400, "Invalid JSON"),
+        case("JSON nested 100,000 deep", Method::POST, "/v2/apps", nested, 400, "Invalid JSON"),
+        case("a body over the limit", Method::POST, "/v2/apps", too_big, 413, ""),
+        case(
+            "a group of 1,001 apps",
+            Method::POST,
+            "/v2/groups",
+            json!({ "id": "/flood", "apps": many_apps }).to_string(),
+            422,
+            "/apps",
+        ),
+        case(
+            "a flag that is not a boolean",
+            Method::PUT,
+            "/v2/apps/tasks/web?force=maybe",
+            json!({ "instances": 1 }).to_string(),
+            400,
+            "",
+        ),
+        case(
+            "an app id that climbs out (folded to /etc, which is no app)",
+            Method::GET,
+            "/v2/apps/..%2F..%2Fetc",
+            "",
+            404,
+            "",
+        ),
+        case("a NUL in a group id", Method::DELETE, "/v2/groups/a%00b", "", 400, ""),
+        case(
+            "scaling beyond the cluster's cap",
+            Method::PUT,
+            "/v2/apps/tasks/web",
+            json!({ "instances": 2_147_483_647 }).to_string(),
+            422,
+            "limits.max_instances",
+        ),
+        case("an unknown app", Method::POST, "/v2/apps/nothing/restart", "", 404, ""),
+    ]
+}
+
+async fn leading_gateway(gateways: &[Service]) -> usize {
+    eventually(WAIT, "a leading gateway", || async {
+        for (index, gateway) in gateways.iter().enumerate() {
+            let info = gateway.get_json("/v2/info").await?;
+            if info["elected"] == true && info["leader"] == gateway.address.as_str() && info["frameworkId"].is_string()
+            {
+                return Some(index);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The address the masters agree leads.
+async fn leading_master(masters: &[Service]) -> String {
+    eventually(WAIT, "a leading master", || async {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().ok()?;
+        let response = client.get(format!("http://{}/master/redirect", masters[0].address)).send().await.ok()?;
+        let location = response.headers().get("location")?.to_str().ok()?;
+        Some(location.trim_start_matches("http://").trim_end_matches("/master/redirect").to_owned())
+    })
+    .await
+}
+
+async fn send(http: &reqwest::Client, gateway: &Service, method: Method, path: &str, body: String) -> (u16, String) {
+    let response = http
+        .request(method, format!("http://{}{path}", gateway.address))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
+    let coord = CoordProcesses::start(3).await;
+    let dir = TestDir::new();
+    let url = CoordUrl { root: "/marina".into(), ..coord.url() };
+    let masters: Vec<Service> =
+        (0..2).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), &[])).collect();
+    let agent = Service::agent("agent", &url, "process", dir.path(), PROCESS_AGENT);
+    let gateways: Vec<Service> =
+        (0..2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &[])).collect();
+    for service in masters.iter().chain([&agent]).chain(&gateways) {
+        service.wait_healthy().await;
+    }
+    let gateway_leader = leading_gateway(&gateways).await;
+    let master_leader = leading_master(&masters).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+    // An app whose group has a reserved word as its name: `GET /v2/groups` once panicked on it.
+    let (status, body) = send(
+        &http,
+        &gateways[0],
+        Method::POST,
+        "/v2/apps",
+        json!({ "id": "/tasks/web", "cmd": "sleep 1000", "cpus": 0.01, "mem": 16 }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for path in ["/v2/groups", "/v2/groups/tasks"] {
+        let (status, body) = send(&http, &gateways[1], Method::GET, path, String::new()).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        assert!(body.contains("/tasks/web"), "GET {path}: {body}");
+    }
+
+    // Each through either gateway: the standby forwards to the leader.
+    for (index, case) in rest_cases().into_iter().enumerate() {
+        let gateway = &gateways[index % 2];
+        let (status, body) = send(&http, gateway, case.method.clone(), case.path, case.body).await;
+        assert_eq!(status, case.status, "{}: {} {} answered {body}", case.what, case.method, case.path);
+        assert!(body.contains(case.names), "{}: the answer names {:?}: {body}", case.what, case.names);
+    }
+
+    // The gRPC apps API refuses what REST refuses.
+    let mut apps = marina_proto::apps::v1::apps_client::AppsClient::connect(format!("http://{}", gateways[1].address))
+        .await
+        .unwrap();
+    let json = json!({ "id": "/grpc", "cmd": "false", "backoffSeconds": 9_223_372_036_854_775_807u64 }).to_string();
+    let refused = apps.create_app(marina_proto::apps::v1::CreateAppRequest { json }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("/backoffSeconds"), "{refused:?}");
+
+    // A valid app at the very edge: it fails at once, and its backoff of 68 years must not
+    // overflow the leader's clock arithmetic.
+    let edge = json!({
+        "id": "/edge", "cmd": "exit 3", "cpus": 0.01, "mem": 16,
+        "backoffSeconds": 2_147_483_647, "maxLaunchDelaySeconds": 2_147_483_647, "backoffFactor": 1e308,
+    });
+    let (status, body) = send(&http, &gateways[1], Method::POST, "/v2/apps", edge.to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    let failure = eventually(WAIT, "the edge app's task to fail and be recorded", || async {
+        let app = gateways[gateway_leader].get_json("/v2/apps/edge").await?;
+        let failure = app["app"]["lastTaskFailure"].clone();
+        (failure["state"] == "TASK_FAILED").then_some(failure)
+    })
+    .await;
+    assert!(failure["taskId"].as_str().is_some_and(|id| id.starts_with("edge.")), "{failure}");
+    let queue = gateways[gateway_leader].get_json("/v2/queue").await.expect("the queue answers");
+    let delayed = queue["queue"].as_array().unwrap().iter().find(|q| q["app"]["id"] == "/edge").cloned();
+    assert!(delayed.is_some_and(|q| q["delay"]["timeLeftSeconds"].as_u64() > Some(86_400)), "{queue}");
+
+    hostile_master_requests(&masters).await;
+    hostile_coord_requests(&coord).await;
+
+    // Nothing above took a leader down.
+    for service in masters.iter().chain([&agent]).chain(&gateways) {
+        service.wait_healthy().await;
+    }
+    assert_eq!(leading_gateway(&gateways).await, gateway_leader, "the same gateway leads");
+    assert_eq!(leading_master(&masters).await, master_leader, "the same master leads");
+    for service in masters.iter().chain(&gateways) {
+        assert!(!service.log().contains("panicked"), "{} panicked:\n{}", service.name, service.log());
+    }
+
+    // Both gateways still deploy and scale.
+    let app = json!({ "id": "/after", "cmd": "sleep 1000", "cpus": 0.01, "mem": 16, "instances": 1 });
+    let (status, body) = send(&http, &gateways[0], Method::POST, "/v2/apps", app.to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    eventually(WAIT, "the new app to run", || async {
+        let app = gateways[1].get_json("/v2/apps/after").await?;
+        (app["app"]["tasksRunning"] == 1 && app["app"]["deployments"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let (status, body) =
+        send(&http, &gateways[1], Method::PUT, "/v2/apps/after", json!({ "instances": 2 }).to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(WAIT, "the new app to run 2 tasks", || async {
+        let app = gateways[0].get_json("/v2/apps/after").await?;
+        (app["app"]["tasksRunning"] == 2).then_some(())
+    })
+    .await;
+    for gateway in &gateways {
+        let (status, body) = send(&http, gateway, Method::GET, "/v2/groups", String::new()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("/after"), "{body}");
+    }
+    drop((coord, dir, agent));
+}
+
+/// The master's gRPC: non-finite refuse filters, tasks whose ids or environments no process
+/// could be given, an agent describing itself with numbers that are not.
+async fn hostile_master_requests(masters: &[Service]) {
+    let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
+    let mut scheduler = TestScheduler::subscribe(&addresses, "hostile", None).await;
+    let mut client = scheduler.client();
+    for refuse_seconds in [f64::NAN, f64::INFINITY, -1.0] {
+        let request = master::DeclineRequest {
+            framework_id: scheduler.framework_id.clone(),
+            offer_ids: vec!["offer-x".into()],
+            filters: Some(master::Filters { refuse_seconds }),
+        };
+        let refused = client.decline(request).await.expect_err("a refuse filter that is not a duration");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refuse_seconds}: {refused:?}");
+        assert!(refused.message().contains("refuse_seconds"), "{refused:?}");
+    }
+    let mut environment = std::collections::HashMap::new();
+    environment.insert("A=B".to_owned(), "c".to_owned());
+    let bad_tasks = [
+        command_task("../escape", "sleep 1", 0.01, 16.0),
+        command_task("nul\0id", "sleep 1", 0.01, 16.0),
+        command_task(&"x".repeat(256), "sleep 1", 0.01, 16.0),
+        marina_proto::agent::v1::TaskInfo {
+            command: Some(CommandSpec { shell: true, value: "sleep 1".into(), environment, ..Default::default() }),
+            ..command_task("env", "sleep 1", 0.01, 16.0)
+        },
+        command_task("nan", "sleep 1", f64::NAN, 16.0),
+    ];
+    for task in bad_tasks {
+        scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+        let offer = scheduler.offers[0].offer_id.clone();
+        let refused = scheduler.accept(vec![offer], vec![task.clone()]).await.expect_err("a task no agent could run");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{:?}: {refused:?}", task.task_id);
+    }
+    // A refusal for ever is a year: accepted, and this framework gets no more offers.
+    scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer_ids: Vec<String> = scheduler.offers.drain(..).map(|o| o.offer_id).collect();
+    let request = master::DeclineRequest {
+        framework_id: scheduler.framework_id.clone(),
+        offer_ids,
+        filters: Some(master::Filters { refuse_seconds: 1e300 }),
+    };
+    client.decline(request).await.expect("a very long refusal is capped, not refused");
+
+    // An agent whose resources are not numbers is refused at the door.
+    let leader = scheduler.leader.clone();
+    let mut link = master::agent_link_client::AgentLinkClient::connect(format!("http://{leader}")).await.unwrap();
+    let register = master::AgentMessage {
+        kind: Some(master::agent_message::Kind::Register(master::Register {
+            info: Some(AgentInfo {
+                hostname: "forged".into(),
+                address: "127.0.0.1:1".into(),
+                resources: Some(Resources { cpus: f64::NAN, mem_mb: f64::INFINITY, disk_mb: -1.0, ports: Vec::new() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    let refused = link.attach(futures::stream::iter([register])).await.expect_err("an agent of NaN cpus");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+}
+
+/// Coord's gRPC: `rm -r /`, a path beyond the limit, sessions of no or endless life.
+async fn hostile_coord_requests(coord: &CoordProcesses) {
+    use marina_proto::coord::v1 as pb;
+    let leader = coord.leader().await;
+    let mut client = pb::coord_client::CoordClient::connect(format!("http://{}", coord.address(leader))).await.unwrap();
+    let refused = client
+        .delete(pb::DeleteRequest { path: "/".into(), recursive: true, ..Default::default() })
+        .await
+        .expect_err("rm -r /");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let long = format!("/{}", "x".repeat(4096));
+    let refused = client
+        .set(pb::SetRequest { path: long, data: b"x".to_vec().into(), upsert: true, ..Default::default() })
+        .await
+        .expect_err("a path beyond the limit");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    for ttl_ms in [0, u64::MAX] {
+        let refused = client
+            .create_session(pb::CreateSessionRequest { ttl_ms, disconnect_grace_ms: u64::MAX })
+            .await
+            .expect_err("a session TTL out of bounds");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{ttl_ms}: {refused:?}");
+    }
+    // The marina tree is still there.
+    let listing = client.list(pb::ListRequest { path: "/marina".into(), ..Default::default() }).await.unwrap();
+    assert!(!listing.into_inner().children.is_empty());
+}
+
+/// Waits for a line of a fixture's stdout starting with `prefix`.
+async fn expect_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, prefix: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no line {prefix:?} within {WAIT:?}"))
+            .expect("reading the fixture's output")
+            .unwrap_or_else(|| panic!("the fixture exited before printing {prefix:?}"));
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_term_panics_resigns_at_once_and_exits_non_zero() {
+    const TTL_MS: u64 = 10_000;
+    let coord = CoordCluster::start(1).await;
+    let dir = TestDir::new();
+    let url = coord.url();
+    let panicking = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-panicking-leader"));
+    let args = |name: &str, last: &str| {
+        vec![url.to_string(), "/panic/members".into(), name.into(), TTL_MS.to_string(), last.into()]
+    };
+    let (mut leader, stdout) = TestProcess::spawn_piped(
+        "panicking",
+        &panicking,
+        &args("panicking", "1000"),
+        &dir.path().join("panicking.log"),
+    );
+    let mut leader_lines = BufReader::new(stdout).lines();
+    expect_line(&mut leader_lines, "leading").await;
+
+    let standby_binary = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-candidate"));
+    let standby_args =
+        vec![url.to_string(), "/panic/members".into(), "standby".into(), TTL_MS.to_string(), "300".into()];
+    let (_standby, stdout) =
+        TestProcess::spawn_piped("standby", &standby_binary, &standby_args, &dir.path().join("standby.log"));
+    let mut standby_lines = BufReader::new(stdout).lines();
+    expect_line(&mut standby_lines, "standby").await;
+
+    let status = leader.wait_exit(WAIT).await.expect("the panicking leader exits");
+    let exited = Instant::now();
+    assert_eq!(status.code(), Some(1), "a failed service exits non-zero: {status:?}\n{}", leader.log());
+    expect_line(&mut standby_lines, "leading").await;
+    let handover = exited.elapsed();
+    assert!(
+        handover < Duration::from_millis(TTL_MS / 2),
+        "the standby led {handover:?} after the exit: the panicking leader did not resign (its session's TTL is {TTL_MS} ms)"
+    );
+    let log = leader.log();
+    assert!(log.contains("a bug in the leader's term"), "the panic is logged:\n{log}");
+    assert!(log.contains("stopped after a fatal error"), "the exit says why:\n{log}");
+}
