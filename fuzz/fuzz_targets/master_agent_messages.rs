@@ -1,0 +1,3 @@
+#![no_main]
+// The body, and what it checks, is `marina_fuzz_targets::master_agent_messages` (tests/fuzz-targets).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| marina_fuzz_targets::master_agent_messages(data));
