@@ -51,6 +51,11 @@ impl TestProcess {
         self.child.is_some()
     }
 
+    /// How the process ended, if it has (reaping it); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("polling the child")
+    }
+
     /// SIGKILL, and reap.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -63,6 +63,11 @@ impl Service {
         self.process.is_some()
     }
 
+    /// How the process ended, if it has since it was started; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.as_mut()?.exit_status()
+    }
+
     /// The running process's id (e.g. to read its `/proc` entries).
     pub fn pid(&self) -> Option<nix::unistd::Pid> {
         self.process.as_ref()?.pid()

@@ -28,13 +28,14 @@ fn configuration_layers_flags_over_env_over_file_over_defaults() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed = String::from_utf8(output.stdout).unwrap();
     for expected in [
-        "id = 7",                               // flag over file
-        "listen = \"127.0.0.1:4000\"",          // env over file
-        "heartbeat_ms = 30",                    // file over default
-        "election_timeout_max_ms = 450",        // nested env key
-        "max_value_bytes = 1048576",            // default
-        "max_watches_per_client = 1000",        // default
-        "max_encoding_message_bytes = 4194304", // default
+        "id = 7",                                // flag over file
+        "listen = \"127.0.0.1:4000\"",           // env over file
+        "heartbeat_ms = 30",                     // file over default
+        "election_timeout_max_ms = 450",         // nested env key
+        "max_value_bytes = 1048576",             // default
+        "max_watches_per_client = 1000",         // default
+        "max_encoding_message_bytes = 67108864", // default
+        "max_watch_message_bytes = 4194304",     // default
     ] {
         assert!(printed.contains(expected), "missing {expected:?} in:\n{printed}");
     }
@@ -51,7 +52,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("coord.toml");
     std::fs::write(&file, "id = 1\nlisen = \"typo\"\n").unwrap();
-    // A value larger than a response may carry.
+    // A value larger than a watch message may carry.
     let limits = dir.path().join("limits.toml");
     std::fs::write(&limits, "[limits]\nmax_value_bytes = 8388608\n[server]\nmax_decoding_message_bytes = 16777216\n")
         .unwrap();
@@ -67,7 +68,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
             "`peers`",
         ),
         (vec!["--id".to_owned(), "0".to_owned()], "`id`"),
-        (vec!["--config".to_owned(), limits.display().to_string()], "server.max_encoding_message_bytes"),
+        (vec!["--config".to_owned(), limits.display().to_string()], "limits.max_watch_message_bytes"),
         (vec!["--config".to_owned(), "/no/such/file.toml".to_owned()], "not found"),
     ] {
         let output = Command::new(binary("marina-coord")).args(&args).output().unwrap();

@@ -314,14 +314,21 @@ async fn a_request_through_a_standby_gateway_is_one_trace() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The standby's request (continuing the caller's span), its hop to the leader, and the
+    // leader's request: one chain.
+    let requests = |trace: &[ReceivedSpan]| -> usize {
+        trace.iter().filter(|span| span.service == "marina-gateway" && span.name == "GET /v2/apps").count()
+    };
     let trace = otlp
         .wait_for_trace(&trace_id, WAIT, |trace| {
-            span(trace, "marina-gateway", "gateway.proxy").is_some()
-                && span(trace, "marina-gateway", "GET /v2/apps").is_some()
+            span(trace, "marina-gateway", "gateway.proxy").is_some() && requests(trace) == 2
         })
         .await;
+    let child_of =
+        |parent: &str| trace.iter().find(|span| span.name == "GET /v2/apps" && span.parent_span_id == parent).cloned();
+    let at_standby =
+        child_of(&client_span).unwrap_or_else(|| panic!("the standby continues the caller's span: {trace:#?}"));
     let hop = span(&trace, "marina-gateway", "gateway.proxy").unwrap();
-    assert_eq!(hop.parent_span_id, client_span, "the standby's hop continues the caller's span");
-    let at_leader = span(&trace, "marina-gateway", "GET /v2/apps").unwrap();
-    assert_eq!(at_leader.parent_span_id, hop.span_id, "the leader's request is the hop's child: {trace:#?}");
+    assert_eq!(hop.parent_span_id, at_standby.span_id, "the hop is the standby's request's child: {trace:#?}");
+    assert!(child_of(&hop.span_id).is_some(), "the leader's request is the hop's child: {trace:#?}");
 }

@@ -14,8 +14,10 @@
 //! - The engine's exit codes are reported as codes; a code becomes a signal only when we know
 //!   the signal was sent (see the `status` module).
 //! - Docker tails logs by lines; the trait tails by bytes, so the output is trimmed here.
-//! - Containers' output is rotated by the engine (json-file `max-size`/`max-file`, from
-//!   [`DockerConfig::log_rotation`]): it lives on the engine's disk, not in a sandbox.
+//! - Containers' output is rotated by the engine (`max-size`/`max-file`, from
+//!   [`DockerConfig::log_rotation`]) when it keeps it in files (json-file, local): it lives
+//!   on the engine's disk, not in a sandbox. An engine configured to ship output elsewhere
+//!   (journald, syslog, ...) keeps doing so.
 
 mod errors;
 mod output;
@@ -76,8 +78,9 @@ pub struct DockerConfig {
     /// Bound on one image pull; past it the pull is abandoned as
     /// [`RuntimeError::ImageUnavailable`]. Default 60 s.
     pub pull_timeout: Duration,
-    /// How containers' output rotates: set at create as the json-file driver's `max-size`
-    /// and `max-file` (unless a task chose its own driver). `None` leaves the engine's
+    /// How containers' output rotates: set at create as the `max-size` and `max-file` of the
+    /// driver the container uses (the task's own, else the engine's default) when it keeps
+    /// files (json-file, local); other drivers are left alone. `None` leaves the engine's
     /// logging configuration alone. Default: [`LogRotation::default`].
     pub log_rotation: Option<LogRotation>,
 }
@@ -94,12 +97,26 @@ impl Default for DockerConfig {
     }
 }
 
+/// The logging driver the engine gives containers that name none; Docker's own default
+/// (json-file) if the engine does not say.
+async fn read_engine_log_driver(docker: &Docker) -> String {
+    match docker.info().await {
+        Ok(info) => info.logging_driver.filter(|driver| !driver.is_empty()).unwrap_or_else(|| "json-file".to_owned()),
+        Err(error) => {
+            warn!(error = %errors::describe(&error), "cannot read the engine's logging driver; assuming json-file");
+            "json-file".to_owned()
+        }
+    }
+}
+
 /// The Docker backend of [`Runtime`]. Cheap to share behind an `Arc`; every method may run
 /// concurrently.
 #[derive(Debug)]
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
+    /// The rotation of containers' output, with the engine's default driver (read at connect).
+    output: Option<spec::OutputRotation>,
     /// The signals `stop` sent, to tell "killed by SIGKILL" from "exited with 137".
     signals: SignalLedger,
 }
@@ -121,7 +138,13 @@ impl DockerRuntime {
             .map_err(|e| unreachable(errors::describe(&e)))?;
         let version = docker.client_version();
         info!(socket, api = %format!("{}.{}", version.major_version, version.minor_version), "connected to the Docker Engine");
-        Ok(DockerRuntime { docker, config: config.clone(), signals: SignalLedger::default() })
+        let output = match config.log_rotation {
+            Some(rotation) => {
+                Some(spec::OutputRotation { rotation, engine_driver: read_engine_log_driver(&docker).await })
+            }
+            None => None,
+        };
+        Ok(DockerRuntime { docker, config: config.clone(), output, signals: SignalLedger::default() })
     }
 
     /// Checks that the engine still answers (cheap: `GET /_ping`).
@@ -382,7 +405,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle> {
         let name = container_name(&spec.task_id);
-        let body = spec::container_body(spec, self.config.log_rotation)?;
+        let body = spec::container_body(spec, self.output.as_ref())?;
         let id = self.create(&name, spec, body).instrument(tracing::info_span!("docker.create")).await?;
         let started = self.docker.start_container(&id, None).instrument(tracing::info_span!("docker.start")).await;
         if let Err(e) = started {

@@ -51,10 +51,10 @@ pub(crate) fn split_reference(image: &str) -> (String, String) {
     }
 }
 
-/// The container-create body for `spec`; its output rotated at `log_rotation`, if given.
+/// The container-create body for `spec`; its output rotated as `log_rotation` says, if given.
 pub(crate) fn container_body(
     spec: &TaskSpec,
-    log_rotation: Option<LogRotation>,
+    log_rotation: Option<&OutputRotation>,
 ) -> Result<ContainerCreateBody, RuntimeError> {
     let image = spec.image.clone().ok_or_else(|| RuntimeError::Unsupported {
         runtime: RuntimeKind::Docker,
@@ -111,17 +111,33 @@ pub(crate) fn container_body(
     Ok(body)
 }
 
-/// The json-file driver's own rotation (`max-size`, `max-file` counting the current file), so
-/// a chatty task cannot fill the engine's disk whatever the engine's default driver keeps. A
-/// task that chose another driver in its `docker.parameters` keeps it (the json-file options
-/// would not be that driver's), and options it set itself win.
-fn rotate_logs(host: &mut HostConfig, rotation: LogRotation) {
-    let log = host.log_config.get_or_insert_with(HostConfigLogConfig::default);
-    if log.typ.as_deref().is_some_and(|driver| driver != "json-file") {
+/// How containers' output rotates on an engine: the agent's rotation, and the logging
+/// driver the engine gives a container that names none.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputRotation {
+    pub rotation: LogRotation,
+    pub engine_driver: String,
+}
+
+/// The drivers that keep output in files on the engine's disk and rotate it themselves with
+/// `max-size` and `max-file`.
+const FILE_DRIVERS: [&str; 2] = ["json-file", "local"];
+
+/// The file drivers' own rotation (`max-size`, `max-file` counting the current file), so a
+/// chatty task cannot fill the engine's disk. Applied to the driver the container will use —
+/// the task's own (`docker.parameters`) or else the engine's default — when that driver keeps
+/// files; any other (journald, syslog, fluentd: where the operator ships output) is left as
+/// it is, since those options are not its own. Options a task set itself win.
+fn rotate_logs(host: &mut HostConfig, output: &OutputRotation) {
+    let chosen = host.log_config.as_ref().and_then(|log| log.typ.clone());
+    let driver = chosen.unwrap_or_else(|| output.engine_driver.clone());
+    if !FILE_DRIVERS.contains(&driver.as_str()) {
         return;
     }
-    log.typ = Some("json-file".to_owned());
+    let log = host.log_config.get_or_insert_with(HostConfigLogConfig::default);
+    log.typ = Some(driver);
     let options = log.config.get_or_insert_with(Default::default);
+    let rotation = output.rotation;
     options.entry("max-size".to_owned()).or_insert_with(|| rotation.max_bytes.max(1).to_string());
     options.entry("max-file".to_owned()).or_insert_with(|| (u64::from(rotation.keep) + 1).to_string());
 }
@@ -298,9 +314,14 @@ mod tests {
     }
 
     #[test]
-    fn output_rotates_with_json_files_unless_the_task_chose_its_driver() {
-        let rotation = LogRotation { max_bytes: 4096, keep: 2 };
-        let log_config = |spec: &TaskSpec| container_body(spec, Some(rotation)).expect("valid").host_config?.log_config;
+    fn output_rotates_in_files_and_other_drivers_are_left_alone() {
+        let rotation = |engine_driver: &str| OutputRotation {
+            rotation: LogRotation { max_bytes: 4096, keep: 2 },
+            engine_driver: engine_driver.to_owned(),
+        };
+        let json_file = rotation("json-file");
+        let log_config =
+            |spec: &TaskSpec| container_body(spec, Some(&json_file)).expect("valid").host_config?.log_config;
         let log = log_config(&spec()).expect("a log config");
         assert_eq!(log.typ.as_deref(), Some("json-file"));
         let options = log.config.expect("options");
@@ -316,6 +337,19 @@ mod tests {
         let log = log_config(&journald).expect("a log config");
         assert_eq!((log.typ.as_deref(), log.config), (Some("journald"), None));
         assert_eq!(container_body(&spec(), None).expect("valid").host_config.expect("host").log_config, None);
+
+        // An engine whose default driver ships output elsewhere keeps it; one that keeps
+        // files of its own format rotates them.
+        let engine_journald = rotation("journald");
+        let body = container_body(&spec(), Some(&engine_journald)).expect("valid");
+        assert_eq!(body.host_config.expect("host").log_config, None);
+        let mut json_task = spec();
+        json_task.parameters = vec![("log-driver".into(), "json-file".into())];
+        let log = container_body(&json_task, Some(&engine_journald)).expect("valid").host_config.unwrap().log_config;
+        assert_eq!(log.expect("a log config").config.expect("options")["max-file"], "3");
+        let engine_local = rotation("local");
+        let log = container_body(&spec(), Some(&engine_local)).expect("valid").host_config.unwrap().log_config.unwrap();
+        assert_eq!((log.typ.as_deref(), log.config.expect("options")["max-size"].as_str()), (Some("local"), "4096"));
     }
 
     #[test]

@@ -152,14 +152,18 @@ fn last_modified(dir: &Path) -> io::Result<SystemTime> {
     Ok(latest)
 }
 
-/// Renames each of `old` that is not `known` into `trash`; returns those moved.
+/// Renames each of `old` that is not `known` into `trash`; returns those moved. Sandboxes
+/// are matched by directory name: a known task's sandbox path may be spelled otherwise (a
+/// checkpoint's, written with the work directory as it was given then), and one name is
+/// one task ([`crate::checkpoint::sandbox_name`] is injective), so a name match keeps it.
 pub fn move_to_trash(old: &[(PathBuf, Duration)], known: &HashSet<PathBuf>, trash: &Path) -> Vec<(PathBuf, Duration)> {
+    let known: HashSet<&std::ffi::OsStr> = known.iter().filter_map(|sandbox| sandbox.file_name()).collect();
     let mut moved = Vec::new();
     for (sandbox, age) in old {
-        if known.contains(sandbox) {
+        let Some(name) = sandbox.file_name() else { continue };
+        if known.contains(name) {
             continue;
         }
-        let Some(name) = sandbox.file_name() else { continue };
         let renamed = fs::create_dir_all(trash).and_then(|()| fs::rename(sandbox, trash.join(name)));
         match renamed {
             Ok(()) => moved.push((sandbox.clone(), *age)),
@@ -228,7 +232,10 @@ mod tests {
         assert_eq!(names, ["old", "running"]);
 
         let trash = root.path().join(TRASH);
-        let moved = move_to_trash(&candidates, &HashSet::from([known.clone()]), &trash);
+        // A known sandbox as a checkpoint may spell it: the same directory, another path.
+        let spelled_otherwise = root.path().join("..").join(root.path().file_name().unwrap()).join("running");
+        assert_ne!(spelled_otherwise, known);
+        let moved = move_to_trash(&candidates, &HashSet::from([spelled_otherwise]), &trash);
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].0, old);
         assert!(moved[0].1 >= 3 * hour);

@@ -237,15 +237,19 @@ impl Tasks {
     }
 
     /// Checkpoints `entry` as it is now; a failure is remembered and written again later.
+    /// Every checkpoint write holds `unsaved` from reading the task to writing it, so the
+    /// writes of one task land in the order of its changes, and a retry never writes back a
+    /// state that is stale or a task the agent has forgotten.
     fn save(&self, entry: &Entry) {
         let task_id = &entry.info.task_id;
+        let mut unsaved = self.unsaved.lock().expect("unsaved lock");
         match self.checkpoint.save_task(&entry.checkpoint_record()) {
             Ok(()) => {
-                self.unsaved.lock().expect("unsaved lock").remove(task_id);
+                unsaved.remove(task_id);
             }
             Err(error) => {
                 tracing::error!(task = %task_id, %error, "cannot checkpoint the task; writing it once the disk allows");
-                self.unsaved.lock().expect("unsaved lock").insert(task_id.clone());
+                unsaved.insert(task_id.clone());
             }
         }
     }
@@ -255,6 +259,12 @@ impl Tasks {
     pub fn retry_unsaved(&self) -> usize {
         let waiting: Vec<String> = self.unsaved.lock().expect("unsaved lock").iter().cloned().collect();
         for task_id in waiting {
+            // Under the lock, as every checkpoint write (see `save`): the task is read as it
+            // is at the write, and one written meanwhile is not written again.
+            let mut unsaved = self.unsaved.lock().expect("unsaved lock");
+            if !unsaved.contains(&task_id) {
+                continue;
+            }
             let written: Result<(), CheckpointError> = match self.get(&task_id) {
                 Some(entry) => self.checkpoint.save_task(&entry.checkpoint_record()),
                 None => self.checkpoint.remove_task(&task_id),
@@ -262,7 +272,7 @@ impl Tasks {
             if written.is_err() {
                 break;
             }
-            self.unsaved.lock().expect("unsaved lock").remove(&task_id);
+            unsaved.remove(&task_id);
         }
         self.backlog()
     }

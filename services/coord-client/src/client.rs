@@ -556,10 +556,11 @@ impl CoordClient {
 }
 
 /// The largest message this client decodes or encodes: the most a coord node may be
-/// configured to send (`server.max_encoding_message_bytes`, at most 64 MiB; 4 MiB by default) or
-/// to accept (`server.max_decoding_message_bytes`, likewise). Set explicitly because tonic's
-/// default decoding limit (4 MiB) would make a node configured above it unreadable. Watch
-/// messages stay within the node's limit however large a revision is: it is split.
+/// configured to send (`server.max_encoding_message_bytes`, at most and by default 64 MiB: a
+/// listing has no paging) or to accept (`server.max_decoding_message_bytes`, at most 64 MiB).
+/// Set explicitly because tonic's default decoding limit (4 MiB) would make a large listing
+/// unreadable. Watch messages stay within the node's `limits.max_watch_message_bytes`
+/// however large a revision is: it is split.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The data-API client on a channel, accepting every message a node may send; calls carry

@@ -229,14 +229,23 @@ impl CoordApi {
         }
     }
 
-    /// `response` if it fits one message (`server.max_encoding_message_bytes`), else an error saying
-    /// what did not fit: a client could not decode it, and tonic would only fail it later
-    /// with less to say.
+    /// `response` if it fits one message (`server.max_encoding_message_bytes`; by default
+    /// 64 MiB, what Marina's coord client decodes, since `List` has no paging and must carry
+    /// a large directory whole), else an error saying what did not fit: a client could not
+    /// decode it, and tonic would only fail it later with less to say. Watches are bounded
+    /// apart (`limits.max_watch_message_bytes`): they split a revision instead.
     fn bounded<T: prost::Message>(&self, response: T, what: impl FnOnce() -> String) -> ServiceResult<T> {
         let limit = self.node.server.max_encoding_message_bytes;
         let bytes = response.encoded_len();
         if bytes > limit {
-            return Err(CoordError::ResponseTooLarge { what: what(), bytes, limit, hint: "" }.into());
+            return Err(CoordError::ResponseTooLarge {
+                what: what(),
+                bytes,
+                key: "server.max_encoding_message_bytes",
+                limit,
+                hint: "",
+            }
+            .into());
         }
         Ok(Response::new(response))
     }

@@ -235,7 +235,7 @@ mod tests {
         let encoded = postcard::to_stdvec(&nested).unwrap();
         assert!(postcard::from_bytes::<Command>(&encoded).is_err(), "a batch inside a batch is refused");
         // What once overflowed the stack: batches nested thousands deep, as bytes.
-        let mut deep = vec![3u8, 1].repeat(8_000);
+        let mut deep = [3u8, 1].repeat(8_000);
         deep.extend(postcard::to_stdvec(&session).unwrap());
         assert!(postcard::from_bytes::<Command>(&deep).is_err());
     }

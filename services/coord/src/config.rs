@@ -36,19 +36,26 @@ pub struct Config {
     /// What the port bounds (every service has this section). Coord's messages:
     /// `max_decoding_message_bytes` is the largest request (a transaction with all its
     /// values; it must hold the largest node with its path); `max_encoding_message_bytes` the
-    /// largest answer or watch message. Its default is what gRPC clients decode by default
-    /// (4 MiB), so any client reads every answer: a larger revision reaches watchers split
-    /// over several messages. It must hold the answer to the largest request (which repeats
-    /// the nodes it wrote); at most 64 MiB, what Marina's coord client decodes. A
-    /// transaction that reads more is refused after its writes committed, saying so.
+    /// largest answer. It must hold the answer to the largest request (which repeats the
+    /// nodes it wrote); its default is the most it may be, 64 MiB, what Marina's coord client
+    /// decodes: `List` has no paging, and a listing of a hundred thousand children (a
+    /// gateway's instance records) takes several megabytes. A transaction that reads more is
+    /// refused after its writes committed, saying so. A client left at gRPC's default
+    /// decoding limit (4 MiB) cannot decode a larger answer; lower this to have the node
+    /// refuse such answers itself, naming this key. Watch messages are bounded apart, by
+    /// `limits.max_watch_message_bytes`.
     pub server: ServerLimits,
 }
 
-/// Coord's defaults for `[server]`: requests of twice the largest default value (small
-/// enough that the answer to the largest request, which repeats what it wrote, fits the
-/// default answer), answers of gRPC's default decoding limit in every language.
+/// Coord's defaults for `[server]`: requests of twice the largest default value, answers of
+/// what Marina's coord client decodes (as large as answers were before they were bounded,
+/// so a gateway's listing of every instance record still fits).
 fn default_server() -> ServerLimits {
-    ServerLimits { max_decoding_message_bytes: 2 << 20, max_encoding_message_bytes: 4 << 20, ..ServerLimits::default() }
+    ServerLimits {
+        max_decoding_message_bytes: 2 << 20,
+        max_encoding_message_bytes: MAX_MESSAGE_BYTES_CEILING,
+        ..ServerLimits::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +113,13 @@ pub struct Limits {
     /// their own. Clients behind one proxy that multiplexes them over a single connection
     /// share one allowance.
     pub max_watches_per_client: usize,
+    /// The largest watch message: a revision larger than this reaches a watcher that takes
+    /// fragments (`WatchRequest.fragment`) in several messages, and ends the stream of one
+    /// that does not (RESOURCE_EXHAUSTED naming this key). Watches send at most
+    /// `min(this, server.max_encoding_message_bytes)`. Its default is what gRPC clients decode
+    /// by default in every language (4 MiB), so any client reads every watch message. It
+    /// must hold one event of the largest node; at most 64 MiB.
+    pub max_watch_message_bytes: usize,
     /// Changes queued for a watch whose client reads slower than they come; past this it
     /// catches up from the history instead (nothing is missed while the history holds it).
     pub watch_queue: usize,
@@ -160,6 +174,7 @@ impl Default for Limits {
             // A master or gateway opens a handful; a thousand is far past any legitimate
             // client and still leaves most of `max_watches` to the others.
             max_watches_per_client: 1_000,
+            max_watch_message_bytes: DEFAULT_MAX_WATCH_MESSAGE_BYTES,
             watch_queue: 1024,
             history_revisions: history.max_revisions,
             history_bytes: history.max_bytes,
@@ -177,7 +192,22 @@ impl Limits {
     pub fn largest_node_message(&self) -> usize {
         self.max_value_bytes.saturating_add(self.max_path_bytes).saturating_add(MESSAGE_OVERHEAD_BYTES)
     }
+
+    /// The largest watch message this node sends, and the key that sets it:
+    /// `min(limits.max_watch_message_bytes, server.max_encoding_message_bytes)` (the watch
+    /// key when they are equal).
+    pub fn watch_message_bytes(&self, server: &ServerLimits) -> (usize, &'static str) {
+        if server.max_encoding_message_bytes < self.max_watch_message_bytes {
+            (server.max_encoding_message_bytes, "server.max_encoding_message_bytes")
+        } else {
+            (self.max_watch_message_bytes, "limits.max_watch_message_bytes")
+        }
+    }
 }
+
+/// The default `limits.max_watch_message_bytes`: what gRPC clients decode by default in
+/// every language.
+pub const DEFAULT_MAX_WATCH_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Room for what travels with a node's value and path in one message (versions,
 /// revisions, headers, protobuf framing): a few hundred bytes, with margin.
@@ -191,8 +221,9 @@ pub const MAX_TXN_OPS: usize = 256;
 /// (under a hundred bytes more than the operation itself; 128 with margin), plus framing.
 pub const RESPONSE_OVERHEAD_BYTES: usize = MAX_TXN_OPS * 128 + MESSAGE_OVERHEAD_BYTES;
 
-/// The largest `server.max_decoding_message_bytes` and `server.max_encoding_message_bytes` accepted: what
-/// Marina's coord client decodes and encodes (`marina_coord_client::MAX_MESSAGE_BYTES`).
+/// The largest `server.max_decoding_message_bytes`, `server.max_encoding_message_bytes` and
+/// `limits.max_watch_message_bytes` accepted, and the default `server.max_encoding_message_bytes`:
+/// what Marina's coord client decodes and encodes (`marina_coord_client::MAX_MESSAGE_BYTES`).
 pub const MAX_MESSAGE_BYTES_CEILING: usize = 64 << 20;
 
 impl Config {
@@ -290,6 +321,19 @@ impl Config {
                      the largest request (server.max_decoding_message_bytes {} + {RESPONSE_OVERHEAD_BYTES} bytes of results), \
                      and the coord client decodes at most 64 MiB",
                     max_response, max_request
+                ),
+            ));
+        }
+        // A watch message must carry one event of the largest node: a revision is split
+        // between events, never inside one.
+        if !(smallest_request..=MAX_MESSAGE_BYTES_CEILING).contains(&limits.max_watch_message_bytes) {
+            return Err(ConfigError::value(
+                "limits.max_watch_message_bytes",
+                format!(
+                    "{} is outside {smallest_request}..={MAX_MESSAGE_BYTES_CEILING}: a watch message must hold one event \
+                     of the largest node (limits.max_value_bytes {} + limits.max_path_bytes {} + \
+                     {MESSAGE_OVERHEAD_BYTES} bytes of framing), and the coord client decodes at most 64 MiB",
+                    limits.max_watch_message_bytes, limits.max_value_bytes, limits.max_path_bytes
                 ),
             ));
         }
@@ -398,8 +442,11 @@ mod tests {
             "{message}"
         );
         config.server.max_decoding_message_bytes = 9 << 20;
+        // A watch message must carry one event of it.
         let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("server.max_encoding_message_bytes"), "{message}");
+        assert!(message.contains("limits.max_watch_message_bytes"), "{message}");
+        config.limits.max_watch_message_bytes = 9 << 20;
+        config.validate().unwrap();
         // The answer to the largest request, which repeats what it wrote, must fit too.
         config.server.max_encoding_message_bytes = 9 << 20;
         assert!(config.validate().unwrap_err().to_string().contains("server.max_decoding_message_bytes 9437184"));
@@ -409,6 +456,17 @@ mod tests {
         // Never more than the coord client decodes.
         config.server.max_encoding_message_bytes = MAX_MESSAGE_BYTES_CEILING + 1;
         assert!(config.validate().unwrap_err().to_string().contains("64 MiB"));
+        config.server.max_encoding_message_bytes = MAX_MESSAGE_BYTES_CEILING;
+        config.limits.max_watch_message_bytes = MAX_MESSAGE_BYTES_CEILING + 1;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("limits.max_watch_message_bytes") && message.contains("64 MiB"), "{message}");
+
+        // Watches send at most the smaller of the two limits, naming the one met.
+        let limits = Limits::default();
+        let mut server = Config::default().server;
+        assert_eq!(limits.watch_message_bytes(&server), (4 << 20, "limits.max_watch_message_bytes"));
+        server.max_encoding_message_bytes = 1 << 20;
+        assert_eq!(limits.watch_message_bytes(&server), (1 << 20, "server.max_encoding_message_bytes"));
 
         let mut config = Config::default();
         config.raft.proposal_timeout_ms = 0;

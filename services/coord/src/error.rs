@@ -40,12 +40,12 @@ pub enum CoordError {
          close some before opening more"
     )]
     TooManyClientWatches { client: std::net::SocketAddr, limit: usize },
-    /// An answer (a listing, a transaction's results, a revision sent whole to a watcher
-    /// that does not take fragments) would exceed `server.max_encoding_message_bytes`.
-    #[error(
-        "{what} takes {bytes} bytes, more than one message carries (server.max_encoding_message_bytes = {limit}){hint}"
-    )]
-    ResponseTooLarge { what: String, bytes: usize, limit: usize, hint: &'static str },
+    /// An answer (a listing, a transaction's results) would exceed
+    /// `server.max_encoding_message_bytes`, or a revision sent whole to a watcher that does
+    /// not take fragments the watch message limit (`limits.max_watch_message_bytes`, or
+    /// `server.max_encoding_message_bytes` if smaller); `key` names the limit met.
+    #[error("{what} takes {bytes} bytes, more than one message carries ({key} = {limit}){hint}")]
+    ResponseTooLarge { what: String, bytes: usize, key: &'static str, limit: usize, hint: &'static str },
     #[error("session {session_id} has expired or was closed")]
     SessionExpired { session_id: u64 },
     #[error("membership change refused: {0}")]

@@ -283,11 +283,14 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
 
     // Every message clients send or get is bounded by configuration: requests decoded
     // beyond `server.max_decoding_message_bytes` are refused before they are read whole,
-    // and answers are kept within `server.max_encoding_message_bytes` (watches split large
-    // revisions to stay within it).
+    // and answers are kept within `server.max_encoding_message_bytes` (watch messages also
+    // within `limits.max_watch_message_bytes`, splitting large revisions to stay within both).
     let server = config.server;
     let (router, health) = Endpoint::new("coord", metrics.clone())
         .limits(server)
+        // Nodes' own traffic: heartbeats must not queue behind (or be refused for) clients,
+        // and a snapshot may take longer than a client request.
+        .unbounded("/marina.coord.v1.Raft/")
         .grpc(
             CoordServer::new(CoordApi::new(node.clone()))
                 .max_decoding_message_size(server.max_decoding_message_bytes)

@@ -13,9 +13,11 @@
 //! re-reads the history from where it was; if that part was compacted the stream ends with
 //! OUT_OF_RANGE and the client must re-read state.
 //!
-//! No message exceeds `server.max_encoding_message_bytes`: a revision too large for one (a
-//! recursive delete of a large subtree) goes to a watcher that asked for fragments in
-//! consecutive parts, each but the last marked `fragment`. A client that sees its stream
+//! No watch message exceeds `limits.max_watch_message_bytes` (4 MiB by default, what every
+//! gRPC client decodes by default) or `server.max_encoding_message_bytes`, whichever is
+//! smaller: a revision too large for one (a recursive delete of a large subtree) goes to a
+//! watcher that asked for fragments in consecutive parts, each but the last marked
+//! `fragment`; one that did not is told which limit it met. A client that sees its stream
 //! break mid-revision resumes from that revision and gets all of it again.
 //!
 //! Watch streams are bounded per node (`limits.max_watches`) and per client connection
@@ -250,8 +252,11 @@ struct Filter {
     recursive: bool,
     /// The client reassembles revisions sent in parts (`WatchRequest.fragment`).
     fragment: bool,
-    /// The largest message sent (`server.max_encoding_message_bytes`).
+    /// The largest message sent: `min(limits.max_watch_message_bytes,
+    /// server.max_encoding_message_bytes)`.
     max_message_bytes: usize,
+    /// The key that sets `max_message_bytes`, for errors.
+    limit_key: &'static str,
 }
 
 impl Filter {
@@ -287,6 +292,7 @@ impl Filter {
                 return Err(CoordError::ResponseTooLarge {
                     what: format!("the event of {} at revision {}", event_path(&event), change.revision),
                     bytes: size + RESPONSE_FIXED_BYTES,
+                    key: self.limit_key,
                     limit: self.max_message_bytes,
                     hint: "",
                 });
@@ -303,6 +309,7 @@ impl Filter {
             return Err(CoordError::ResponseTooLarge {
                 what: format!("revision {} ({} events under {})", change.revision, events.len(), self.path),
                 bytes,
+                key: self.limit_key,
                 limit: self.max_message_bytes,
                 hint: "; watch with fragment = true to receive a revision this large in parts",
             });
@@ -323,11 +330,13 @@ pub fn open(
     client: Option<SocketAddr>,
 ) -> Result<ReceiverStream<Result<pb::WatchResponse, Status>>, CoordError> {
     let slot = node.watches.acquire(client, &node.limits)?;
+    let (max_message_bytes, limit_key) = node.limits.watch_message_bytes(&node.server);
     let filter = Filter {
         path: request.path,
         recursive: request.recursive,
         fragment: request.fragment,
-        max_message_bytes: node.server.max_encoding_message_bytes,
+        max_message_bytes,
+        limit_key,
     };
     let (backlog, feed, first) = {
         let replica = node.replica.read().expect("replica lock");
@@ -520,7 +529,9 @@ mod tests {
     }
 
     fn filter(path: &str, fragment: bool, max_message_bytes: usize) -> Filter {
-        Filter { path: path.to_owned(), recursive: true, fragment, max_message_bytes }
+        let limits = Limits { max_watch_message_bytes: max_message_bytes, ..Limits::default() };
+        let (max_message_bytes, limit_key) = limits.watch_message_bytes(&crate::config::Config::default().server);
+        Filter { path: path.to_owned(), recursive: true, fragment, max_message_bytes, limit_key }
     }
 
     #[test]
@@ -565,7 +576,7 @@ mod tests {
             Err(error @ CoordError::ResponseTooLarge { .. }) => {
                 let message = error.to_string();
                 assert!(
-                    message.contains("server.max_encoding_message_bytes = 2048") && message.contains("fragment"),
+                    message.contains("limits.max_watch_message_bytes = 2048") && message.contains("fragment"),
                     "{message}"
                 );
             }

@@ -133,6 +133,10 @@ pub struct Endpoint {
     http: Router,
     metrics: Metrics,
     limits: ServerLimits,
+    /// Path prefixes served outside the bounds (a cluster's own traffic between its nodes).
+    unbounded: Vec<&'static str>,
+    /// The service's own layers, applied inside the bounds and metrics (see [`Endpoint::wrap`]).
+    wrap: Option<Box<dyn FnOnce(Router) -> Router + Send>>,
 }
 
 impl Endpoint {
@@ -144,7 +148,25 @@ impl Endpoint {
             http: Router::new(),
             metrics,
             limits: ServerLimits::default(),
+            unbounded: Vec::new(),
+            wrap: None,
         }
+    }
+
+    /// Serves paths starting with `prefix` outside the bounds: no concurrency limit and no
+    /// timeout. For a cluster's traffic between its own nodes (coord's Raft), which slow or
+    /// many clients must not be able to starve, and whose snapshots may take long.
+    pub fn unbounded(mut self, prefix: &'static str) -> Self {
+        self.unbounded.push(prefix);
+        self
+    }
+
+    /// The service's own layers around everything the port serves, applied inside the
+    /// bounds and the metrics (so what they do — a standby forwarding to its leader — is
+    /// bounded and counted like any request).
+    pub fn wrap(mut self, layers: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
+        self.wrap = Some(Box::new(layers));
+        self
     }
 
     /// The port's bounds (default: [`ServerLimits::default`]).
@@ -203,12 +225,13 @@ impl Endpoint {
         let builtin = Router::new()
             .route("/health", get(health_handler).with_state(health.clone()))
             .route("/metrics", get(metrics_handler).with_state(self.metrics.clone()));
-        let router = grpc
-            .into_axum_router()
-            .merge(self.http)
-            .merge(builtin)
-            .fallback(not_found)
-            .layer(axum::middleware::from_fn_with_state(Arc::new(Bounds::new(self.limits)), bound))
+        let router = grpc.into_axum_router().merge(self.http).merge(builtin).fallback(not_found);
+        let router = match self.wrap {
+            Some(layers) => layers(router),
+            None => router,
+        };
+        let router = router
+            .layer(axum::middleware::from_fn_with_state(Arc::new(Bounds::new(self.limits, self.unbounded)), bound))
             .layer(axum::middleware::from_fn_with_state(self.metrics, crate::metrics::record));
         tracing::debug!(service = self.service, "endpoint built");
         (router, health)
@@ -251,18 +274,27 @@ struct Bounds {
     slots: Arc<tokio::sync::Semaphore>,
     limit: usize,
     timeout: Duration,
+    unbounded: Vec<&'static str>,
 }
 
 impl Bounds {
-    fn new(limits: ServerLimits) -> Self {
+    fn new(limits: ServerLimits, unbounded: Vec<&'static str>) -> Self {
         let limit = limits.max_concurrent_requests;
-        Bounds { slots: Arc::new(tokio::sync::Semaphore::new(limit)), limit, timeout: limits.request_timeout() }
+        Bounds {
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            timeout: limits.request_timeout(),
+            unbounded,
+        }
     }
 }
 
 /// Serves a request within the port's bounds: refused at once when the port is full (a
 /// queue would only make every caller wait), failed when not answered in time.
 async fn bound(State(bounds): State<Arc<Bounds>>, request: Request, next: axum::middleware::Next) -> Response {
+    if bounds.unbounded.iter().any(|prefix| request.uri().path().starts_with(prefix)) {
+        return next.run(request).await;
+    }
     let grpc = is_grpc(&request);
     // Health and metrics answer even on a full port: that is when operators need them.
     let exempt = matches!(request.uri().path(), "/health" | "/metrics" | "/grpc.health.v1.Health/Check");

@@ -367,7 +367,8 @@ pub struct Leader {
     pub events: EventBus,
     config: Config,
     state: Mutex<State>,
-    deploy_lock: tokio::sync::Mutex<()>,
+    /// Serializes deployments; owned by the task that commits one (see `deploy_derived`).
+    deploy_lock: Arc<tokio::sync::Mutex<()>>,
     pub converge_now: Notify,
     pub master: watch::Sender<Option<MasterSession>>,
     pub ended: CancellationToken,
@@ -444,7 +445,7 @@ impl Leader {
             events: gateway.events.clone(),
             config: gateway.config.clone(),
             state: Mutex::new(state),
-            deploy_lock: tokio::sync::Mutex::new(()),
+            deploy_lock: Arc::new(tokio::sync::Mutex::new(())),
             converge_now: Notify::new(),
             master: watch::channel(None).0,
             ended: CancellationToken::new(),
@@ -597,7 +598,7 @@ impl Leader {
     // ----- changing ---------------------------------------------------------------------------
 
     /// Carries out a set of app changes as one deployment. `target == None` deletes.
-    pub async fn deploy(&self, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
+    pub async fn deploy(self: &Arc<Self>, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
         self.deploy_derived(force, |_| Ok::<_, DeployError>(changes)).await
     }
 
@@ -606,13 +607,32 @@ impl Leader {
     /// starts from, whether an id is taken) is what the deployment replaces. Two concurrent
     /// partial updates of one app thus both apply, the second on top of the first.
     pub async fn deploy_derived<E: From<DeployError>>(
-        &self,
+        self: &Arc<Self>,
         force: bool,
         derive: impl FnOnce(&Self) -> Result<Vec<Change>, E>,
     ) -> Result<Deployed, E> {
-        let _serialized = self.deploy_lock.lock().await;
+        let serialized = self.deploy_lock.clone().lock_owned().await;
         let changes = derive(self)?;
-        Ok(self.deploy_serialized(changes, force).await?)
+        // Once its batch is on its way to coord, a deployment must also be recorded here:
+        // a caller that goes away (a client that disconnects, a request past the port's
+        // timeout) drops this future, and must not leave the apps committed in coord but
+        // unknown to this leader until the next one. So the commit runs on its own task,
+        // holding the deployment lock until it is done.
+        let leader = self.clone();
+        let commit = tokio::spawn(
+            async move {
+                let _serialized = serialized;
+                leader.deploy_serialized(changes, force).await
+            }
+            // Still the request's work: its trace goes on to the master and agents.
+            .in_current_span(),
+        );
+        match commit.await {
+            Ok(result) => Ok(result?),
+            // The panic has already failed the service (its hook); the caller unwinds too.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(DeployError::Unavailable("the gateway is shutting down".into()).into()),
+        }
     }
 
     /// The deployment itself; the caller holds `deploy_lock`.
@@ -765,7 +785,7 @@ impl Leader {
 
     /// Cancels a deployment: by default a rollback deployment restores the previous
     /// definitions; with `force` the deployment just stops where it is.
-    pub async fn cancel_deployment(&self, id: &str, force: bool) -> Result<Option<Deployed>, DeployError> {
+    pub async fn cancel_deployment(self: &Arc<Self>, id: &str, force: bool) -> Result<Option<Deployed>, DeployError> {
         let deployment =
             self.lock().deployments.get(id).cloned().ok_or_else(|| DeployError::NoDeployment(id.to_owned()))?;
         if force {
@@ -806,7 +826,7 @@ impl Leader {
     /// app. With `scale`, the app's instance count drops so they are not replaced (a
     /// deployment); otherwise they are replaced.
     pub async fn kill_tasks(
-        &self,
+        self: &Arc<Self>,
         app_id: Option<&str>,
         task_ids: &[String],
         host: Option<&str>,
@@ -1299,24 +1319,28 @@ impl Leader {
         let refused: usize = failed.iter().map(|(ids, _)| ids.len()).sum();
         self.metrics.tasks_launched.inc_by((launched - refused) as u64);
         self.metrics.launches_refused.inc_by(refused as u64);
+        // Apps whose tasks the master found wrong, with one of the failures: they back off
+        // (and show why) instead of being refused again at once, round after round — once
+        // per round, however many of their tasks were refused.
+        let mut wrong: BTreeMap<String, TaskFailure> = BTreeMap::new();
         for (ids, status) in failed {
             tracing::warn!(tasks = ids.len(), %status, "launch refused by the master; the instances will be replaced");
             if status.code() == tonic::Code::InvalidArgument {
-                // The master found the tasks themselves wrong: their apps back off (and show
-                // why), instead of being refused again at once, round after round.
-                let mut state = self.lock();
-                let now = Instant::now();
-                let failed: Vec<TaskFailure> = ids
-                    .iter()
-                    .filter_map(|id| state.instances.get(id))
-                    .map(|instance| launch_failure(&instance.record, status.message()))
-                    .collect();
-                for failure in failed {
-                    let app_id = PathId::app_id_of_task(&failure.task_id).map(|p| p.to_string()).unwrap_or_default();
-                    back_off(&mut state, &app_id, failure, now);
+                let state = self.lock();
+                for instance in ids.iter().filter_map(|id| state.instances.get(id)) {
+                    wrong
+                        .entry(instance.record.app_id.clone())
+                        .or_insert_with(|| launch_failure(&instance.record, status.message()));
                 }
             }
             self.forget_instances(&ids).await;
+        }
+        if !wrong.is_empty() {
+            let mut state = self.lock();
+            let now = Instant::now();
+            for (app_id, failure) in wrong {
+                back_off(&mut state, &app_id, failure, now);
+            }
         }
         if !unused.is_empty() {
             let refuse = if self.wants_offers() { 1.0 } else { 5.0 };

@@ -127,8 +127,8 @@ async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, 
     }
     match gateway.leader_address().filter(|address| *address != gateway.member.address) {
         Some(address) => {
-            // The hop is a span of its own (this layer sits outside the per-request spans),
-            // continuing the caller's trace; the leader's request span becomes its child.
+            // The hop is a span of its own, a child of this standby's request span (which
+            // continues the caller's trace); the leader's request span becomes its child.
             let span = tracing::info_span!(
                 "gateway.proxy",
                 otel.kind = "client",
@@ -136,7 +136,6 @@ async fn route_to_leader(State(gateway): State<Arc<Gateway>>, request: Request, 
                 path = %path,
                 trace_id = tracing::field::Empty
             );
-            marina_daemon::trace::set_parent_from_headers(&span, request.headers());
             gateway.proxy.forward(&address, &gateway.member.address, request).instrument(span).await
         }
         None if is_grpc => tonic::Status::unavailable("no leading gateway is known; retry").into_http(),
@@ -171,16 +170,21 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         metrics: gateway_metrics,
     });
 
+    let routing = gateway.clone();
+    let max_body_bytes = config.max_body_bytes;
     let (router, health) = Endpoint::new("gateway", metrics)
         .limits(config.server)
+        // Inside the port's bounds: what a standby forwards is bounded and counted too.
+        .wrap(move |router| {
+            router
+                .layer(axum::middleware::from_fn_with_state(routing, route_to_leader))
+                .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        })
         .grpc(marina_daemon::bounded_grpc!(AppsServer::new(grpc::AppsApi::new(gateway.clone())), config.server))
         .http(rest::routes(gateway.clone()))
         .http(ui::routes())
         .build()
         .await;
-    let router = router
-        .layer(axum::middleware::from_fn_with_state(gateway.clone(), route_to_leader))
-        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes));
     health.set_serving(true).await;
 
     let candidacy = marina_coord_client::Candidacy {

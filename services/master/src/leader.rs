@@ -359,12 +359,15 @@ impl LeaderState {
         let draining = previous.as_ref().is_some_and(|p| p.status == AgentStatus::Draining);
         let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
         for TaskReport { task, status } in register.tasks {
-            let (Some(task), Some(status)) = (task, status) else { continue };
-            // What the agent runs is what it runs, but a task this master would not have
-            // launched (an id or resources out of bounds) must not enter the accounts.
-            if let Err(problem) = marina_proto::checks::check_task(&task) {
-                tracing::warn!(agent = %info.agent_id, %problem, "a reported task is left out of the accounts");
-                continue;
+            let (Some(mut task), Some(status)) = (task, status) else { continue };
+            // What the agent runs is what it runs, and is kept (left out, a running task
+            // would be reported gone and replaced beside itself); but resources that are not
+            // numbers (an agent from before the checks) must not enter the accounts' sums.
+            if let Some(resources) = &task.resources
+                && let Err(problem) = marina_proto::checks::check_resources("resources", resources)
+            {
+                tracing::warn!(agent = %info.agent_id, task = ?task.task_id, %problem, "a reported task's resources are not counted");
+                task.resources = None;
             }
             tasks.insert(task.task_id.clone(), TaskRecord { info: task, status });
         }

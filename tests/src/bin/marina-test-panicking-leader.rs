@@ -1,11 +1,12 @@
 //! Test fixture: a leader whose term panics. It stands for leadership with the candidacy loop
 //! masters and gateways run, under the same panic handling as every service binary
 //! (`Shutdown::fail_on_panic`, `cli::until_stopped`); it prints `leading <epoch>` once it
-//! leads, then a task of its term panics while holding the term's state lock, as a bug in a
-//! leader would. It must resign at once — a standby leads without waiting for this
-//! candidate's session to expire — and exit non-zero.
+//! leads, and once PANIC_FILE exists (the test creates it when a standby waits) a task of
+//! its term panics while holding the term's state lock, as a bug in a leader would. It must
+//! resign at once — a standby leads without waiting for this candidate's session to expire
+//! — and exit non-zero.
 //!
-//! Usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_AFTER_MS
+//! Usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,13 +27,11 @@ impl Term for PanickingTerm {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, dir, name, ttl_ms, panic_after_ms] = args.as_slice() else {
-        eprintln!("usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_AFTER_MS");
+    let [_, url, dir, name, ttl_ms, panic_file] = args.as_slice() else {
+        eprintln!("usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE");
         return std::process::ExitCode::from(2);
     };
-    let (Ok(url), Ok(ttl_ms), Ok(panic_after_ms)) =
-        (url.parse::<CoordUrl>(), ttl_ms.parse::<u64>(), panic_after_ms.parse::<u64>())
-    else {
+    let (Ok(url), Ok(ttl_ms)) = (url.parse::<CoordUrl>(), ttl_ms.parse::<u64>()) else {
         eprintln!("marina-test-panicking-leader: bad arguments");
         return std::process::ExitCode::from(2);
     };
@@ -46,17 +45,22 @@ async fn main() -> std::process::ExitCode {
         // hands leadership over quickly.
         disconnect_grace: Duration::ZERO,
     };
-    let panic_after = Duration::from_millis(panic_after_ms);
-    let start = move |epoch: u64, _fence, _deposed| async move {
-        println!("leading {epoch}");
-        let term = Arc::new(PanickingTerm { state: Arc::new(Mutex::new(epoch)) });
-        let state = term.state.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(panic_after).await;
-            let _held = state.lock();
-            panic!("a bug in the leader's term");
-        });
-        Ok(term)
+    let panic_file = std::path::PathBuf::from(panic_file);
+    let start = move |epoch: u64, _fence, _deposed| {
+        let panic_file = panic_file.clone();
+        async move {
+            println!("leading {epoch}");
+            let term = Arc::new(PanickingTerm { state: Arc::new(Mutex::new(epoch)) });
+            let state = term.state.clone();
+            tokio::spawn(async move {
+                while !panic_file.exists() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let _held = state.lock();
+                panic!("a bug in the leader's term");
+            });
+            Ok(term)
+        }
     };
     let current = watch::channel(None).0;
     let running = tokio::spawn(marina_coord_client::run_candidacy(

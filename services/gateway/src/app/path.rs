@@ -176,10 +176,10 @@ impl PathId {
     pub fn app_id_of_task(task_id: &str) -> Option<PathId> {
         let split = task_id
             .char_indices()
+            .rev()
             .filter(|&(_, c)| c == '.')
             .map(|(i, _)| i)
-            .filter(|&i| starts_with_run_id(&task_id[i + 1..]))
-            .last()
+            .find(|&i| starts_with_run_id(&task_id[i + 1..]))
             .or_else(|| task_id.rfind('.'))?;
         let app = PathId::from_safe_path(&task_id[..split]).ok()?;
         (!app.is_root()).then_some(app)

@@ -79,20 +79,20 @@ fn id_rules(app: &AppDefinition, p: &mut Problems) {
     }
 }
 
-/// Names a process can be given: POSIX's portable names (letters, digits, `_`, not starting
-/// with a digit), which every shell can expand; values without NUL, which `execve` cannot
-/// pass.
+/// Names a process can be given. POSIX forbids only `=` in a name (and NUL, which ends it);
+/// it asks applications to tolerate other characters, and Marathon validates apps' names
+/// leniently (non-empty, under 255 characters; only pods are held to letters, digits and
+/// `_`), so `spring.profiles.active` keeps working. Values must not hold NUL, which `execve`
+/// cannot pass.
 fn env_rules(app: &AppDefinition, p: &mut Problems) {
     for (name, value) in &app.env {
         let path = item_path("/env", name);
-        let portable = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if name.is_empty() {
             p.add(&path, "must not be empty");
         } else if name.len() >= 255 {
             p.add(&path, "variable name must be 254 chars or less");
-        } else if !portable {
-            p.add(&path, "must contain only alphanumeric chars or underscore, and must not begin with a number");
+        } else if name.contains(['=', '\0']) {
+            p.add(&path, "must not contain '=' or a NUL character");
         }
         if let EnvValue::Value(value) = value
             && value.contains('\0')
