@@ -314,7 +314,7 @@ async fn health_checks_report_and_kill_unhealthy_tasks() {
         scheduler.updates.iter().any(|s| s.task_id == "sick" && s.healthy == Some(false)),
         "unhealthy was reported first"
     );
-    assert_eq!(scheduler.latest("sick").unwrap().reason, "REASON_HEALTH_CHECK_FAILED");
+    assert_eq!(scheduler.latest("sick").unwrap().reason, marina_proto::reason::HEALTH_KILLED);
     assert_eq!(scheduler.latest("web").unwrap().state(), TaskState::TaskRunning);
 }
 

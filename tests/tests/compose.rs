@@ -203,8 +203,25 @@ async fn the_seed_scenario_on_the_compose_deployment() {
         containers
     };
     let before_agent_kill = containers(&app);
-    project.kill("agent-1");
-    project.start("agent-1");
+    // The agent killed is one that runs a task, wherever the allocator put them (both may be
+    // on one agent): killing an agent with none would leave nothing to re-adopt.
+    let first_agent = app["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "TASK_RUNNING")
+        .and_then(|t| t["slaveId"].as_str())
+        .unwrap_or_else(|| panic!("a running task names its agent: {app}"))
+        .to_owned();
+    // The compose file gives each agent its service's name as its `host` attribute.
+    let busy_agent = eventually(WAIT, &format!("the master to name agent {first_agent}'s service"), || async {
+        let state = get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?;
+        let agent = state["agents"].as_array()?.iter().find(|agent| agent["id"] == first_agent.as_str())?;
+        agent["attributes"]["host"].as_str().map(str::to_owned)
+    })
+    .await;
+    project.kill(&busy_agent);
+    project.start(&busy_agent);
     eventually(WAIT, "both agents active again", || async {
         let state = get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?;
         let active = state["agents"].as_array()?.iter().filter(|agent| agent["status"] == "active").count();

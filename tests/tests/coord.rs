@@ -19,7 +19,7 @@ async fn raw_client(address: std::net::SocketAddr) -> pb::coord_client::CoordCli
 }
 
 fn error_kind(status: &tonic::Status) -> &str {
-    status.metadata().get("x-marina-error").and_then(|kind| kind.to_str().ok()).unwrap_or("")
+    status.metadata().get(marina_proto::coord::error_kind::METADATA).and_then(|kind| kind.to_str().ok()).unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,10 +289,27 @@ async fn watches_resume_from_a_revision_or_say_it_was_compacted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_a_full_restart_and_snapshots_compact_the_log() {
-    let mut cluster = CoordCluster::start_with(3, |config| config.raft.snapshot_every_entries = 50).await;
+    // No entries kept after a snapshot: once a node's log is compacted, the writes its
+    // snapshot covers exist nowhere else on it.
+    let mut cluster = CoordCluster::start_with(3, |config| {
+        config.raft.snapshot_every_entries = 50;
+        config.raft.keep_entries_after_snapshot = 0;
+    })
+    .await;
     let client = cluster.client();
     for i in 0..200 {
         client.put(&format!("/k/{i}"), i.to_string()).await.unwrap();
+    }
+    let mut compacted = Vec::new();
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let purged = eventually(WAIT, &format!("node {id} to snapshot and compact its log"), || async {
+            let metrics = node.metrics();
+            let (snapshot, purged) = (metrics.snapshot?.index, metrics.purged?.index);
+            (purged > 0 && snapshot >= purged).then_some(purged)
+        })
+        .await;
+        compacted.push((id, purged));
     }
     for id in cluster.ids() {
         cluster.stop(id).await;
@@ -301,6 +318,14 @@ async fn data_survives_a_full_restart_and_snapshots_compact_the_log() {
         cluster.restart(id).await;
     }
     cluster.leader().await;
+    // Restarted, each node starts from its snapshot: its log still begins past what it
+    // compacted, so what follows can only have come back through the snapshot.
+    for (id, purged) in compacted {
+        let metrics = cluster.node(id).metrics();
+        let restored = metrics.snapshot.map(|log_id| log_id.index);
+        assert!(restored >= Some(purged), "node {id} restarted without its snapshot: {metrics:?}");
+        assert!(metrics.purged.map(|log_id| log_id.index) >= Some(purged), "node {id}'s log: {metrics:?}");
+    }
     let listing = client.list("/k").await.unwrap();
     assert_eq!(listing.children.len(), 200);
     assert_eq!(&client.get("/k/199").await.unwrap().unwrap().data[..], b"199");
@@ -319,18 +344,35 @@ async fn members_can_be_added_promoted_and_removed() {
     for i in 0..50 {
         client.put(&format!("/before/{i}"), "x").await.unwrap();
     }
+    // Every member compacts its log first, so whichever leads cannot send the newcomer the
+    // log from its start.
+    let mut compacted = u64::MAX;
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let purged = eventually(WAIT, &format!("node {id} to compact its log"), || async {
+            node.metrics().purged.map(|log_id| log_id.index)
+        })
+        .await;
+        compacted = compacted.min(purged);
+    }
     let joiner = cluster.start_joiner(|_| {}).await;
     let address = cluster.address(joiner).to_string();
     let members = client.add_learner(joiner, &address).await.unwrap();
     assert!(members.iter().any(|m| m.id == joiner && m.kind == "learner"));
     let members = client.promote_learner(joiner).await.unwrap();
     assert!(members.iter().any(|m| m.id == joiner && m.kind == "voter"));
-    // The new voter caught up (through a snapshot: the log was compacted meanwhile).
+    // The new voter caught up, through a snapshot: it holds one reaching past where every
+    // log now begins, which only the leader's could be.
     let stale_from_joiner = cluster.client_of(joiner);
     eventually(WAIT, "the new member to hold the data", || async {
         stale_from_joiner.get_at("/before/49", true).await.ok()?.0.map(|_| ())
     })
     .await;
+    let metrics = cluster.node(joiner).metrics();
+    assert!(
+        metrics.snapshot.map(|log_id| log_id.index) >= Some(compacted),
+        "the new member caught up without the leader's snapshot (logs compacted up to {compacted}): {metrics:?}"
+    );
 
     let removed = cluster.ids().into_iter().find(|id| *id != joiner && *id != 1).unwrap();
     let members = client.remove_member(removed).await.unwrap();

@@ -314,7 +314,11 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
     marina_coord_client::retry_idempotent(|| survivors.put("/lease/k", "new")).await.unwrap();
     kill(pid, Signal::SIGCONT).unwrap();
 
-    // At once, and for a while after: the old leader gives the new value or an error.
+    // At once, and for a while after: the old leader gives the new value (it found its
+    // leadership gone and named the new leader, whom the client asked) or says it cannot
+    // serve the read as leader: it could not confirm its leadership with a majority
+    // (NoQuorum), or it no longer leads and knew no leader to name (Unavailable, once the
+    // client gave up). Any other error is not this test's outcome.
     let until = Instant::now() + Duration::from_secs(2);
     let mut answered = 0;
     while Instant::now() < until {
@@ -323,7 +327,8 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
                 assert_eq!(node.unwrap().data, "new", "a stale read from the thawed leader");
                 answered += 1;
             }
-            Err(error) => assert!(!error.to_string().is_empty()),
+            Err(Error::NoQuorum(_) | Error::Unavailable(_)) => {}
+            Err(other) => panic!("the thawed leader failed a read otherwise than by lost leadership: {other:?}"),
         }
     }
     assert!(answered > 0, "the thawed node answered no read at all");

@@ -130,10 +130,18 @@ async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
             s.latest("moving").is_some_and(|t| t.state() == TaskState::TaskKilled)
         })
         .await;
+    // Later offers only come from the other agent. Everything offered so far goes back
+    // (`decline_all` empties `offers`), so what `offers` holds from here on was offered
+    // after the drain. Declined without a filter, the other agent is offered again at the
+    // next allocation round; one round offers every free agent to the only framework at
+    // once, so that round would carry the drained agent (idle since its task was killed)
+    // too, were it still offered.
     scheduler.decline_all().await;
-    // Later offers only come from the other agent.
-    let seen = scheduler.updates.len();
-    scheduler.pump_until(WAIT, "new offers", |s| !s.offers.is_empty() && s.updates.len() >= seen).await;
+    scheduler
+        .pump_until(WAIT, "an offer of the other agent after the drain", |s| {
+            s.offers.iter().any(|o| o.agent_id != offer.agent_id)
+        })
+        .await;
     assert!(scheduler.offers.iter().all(|o| o.agent_id != offer.agent_id), "{:?}", scheduler.offers);
     let state = operator.get_state(marina_proto::master::v1::GetStateRequest {}).await.unwrap().into_inner();
     let drained = state.agents.iter().find(|a| a.info.as_ref().unwrap().agent_id == offer.agent_id).unwrap();

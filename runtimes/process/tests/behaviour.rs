@@ -155,10 +155,38 @@ async fn a_task_whose_supervisor_was_killed_can_still_be_stopped() {
     runtime.remove(&handle).await.expect("remove");
 }
 
-/// Where this machine lets the runtime make cgroups (root with writable cgroup v1 mounts, as
-/// on the CI machines), a task's CPU and memory limits are real: its cgroups carry them, the
-/// supervisor is not in them, a task outgrowing its memory is OOM-killed and reported so,
-/// and the cgroups go with the task. Where it cannot, the limits are not claimed.
+/// Whether this machine lets this process make cgroups in cgroup v1 `memory` and `cpu`
+/// hierarchies, which is what the runtime needs to enforce limits: found by trying, apart
+/// from the runtime's own probe, so that a probe failing where it should not fails the test
+/// instead of passing it as "cannot". `Err` says what is missing.
+fn machine_offers_cgroup_v1_limits() -> Result<(), String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+    for controller in ["memory", "cpu"] {
+        // `<id> <parent> <dev> <root> <mount point> <options> ... - <type> <source> <super options>`
+        let mount_point = mounts
+            .lines()
+            .find_map(|line| {
+                let (mount, filesystem) = line.split_once(" - ")?;
+                let mut filesystem = filesystem.split(' ');
+                let (kind, _source, options) = (filesystem.next()?, filesystem.next()?, filesystem.next()?);
+                let holds_controller = kind == "cgroup" && options.split(',').any(|option| option == controller);
+                holds_controller.then(|| mount.split(' ').nth(4).map(std::path::PathBuf::from)).flatten()
+            })
+            .ok_or_else(|| format!("no cgroup v1 `{controller}` hierarchy is mounted"))?;
+        let probe = mount_point.join(format!("marina-limits-test-{}", std::process::id()));
+        std::fs::create_dir(&probe)
+            .and_then(|()| std::fs::remove_dir(&probe))
+            .map_err(|e| format!("cannot make a cgroup in {}: {e}", mount_point.display()))?;
+    }
+    Ok(())
+}
+
+/// The runtime claims CPU and memory limits exactly where this machine lets it make cgroup
+/// v1 cgroups (root with writable mounts, as on this project's machines and CI), and there
+/// they are real: the task's cgroups carry them, the supervisor is not in them, a task
+/// outgrowing its memory is OOM-killed and reported so, and the cgroups go with the task.
+/// Elsewhere (cgroup v2 alone, say, which the runtime does not use) it claims none, and a
+/// task asking for limits runs without any, in its supervisor's cgroups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_enforced_where_cgroups_allow_and_never_claimed_otherwise() {
     use marina_runtime_process::cgroup;
@@ -166,9 +194,25 @@ async fn limits_are_enforced_where_cgroups_allow_and_never_claimed_otherwise() {
     let env = TestEnv::new("limits");
     let runtime = env.runtime();
     let capabilities = runtime.capabilities();
-    assert_eq!(capabilities.cpu_limit, capabilities.memory_limit);
-    if !capabilities.memory_limit {
-        eprintln!("this machine does not let the runtime make cgroups: limits are rightly not claimed");
+    let machine = machine_offers_cgroup_v1_limits();
+    assert_eq!(
+        (capabilities.cpu_limit, capabilities.memory_limit),
+        (machine.is_ok(), machine.is_ok()),
+        "the runtime's claim to enforce limits disagrees with this machine ({machine:?})"
+    );
+    if machine.is_err() {
+        let mut spec = env.fixture(runtime.clone()).spec("unlimited", "sleep 30");
+        spec.resources.cpus = 0.5;
+        spec.resources.mem_mb = 64.0;
+        let handle = runtime.start(&spec).await.expect("a task asking for limits still starts");
+        let TaskState::Running { pid: Some(pid), .. } = runtime.inspect(&handle).await.expect("inspect") else {
+            panic!("not running")
+        };
+        let cgroups_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("a live process");
+        let (supervisor, _) = supervisor_of(&handle);
+        assert_eq!(cgroups_of(pid), cgroups_of(supervisor), "no cgroup was made for the task");
+        runtime.stop(&handle, Duration::from_secs(5)).await.expect("stop");
+        runtime.remove(&handle).await.expect("remove");
         return;
     }
 

@@ -1,11 +1,10 @@
 //! `marina-agent` configuration: defaults < TOML (`--config`) < `MARINA_AGENT_*` < flags.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marina_coord_client::CoordUrl;
 use marina_daemon::ServerLimits;
-use marina_daemon::config::ConfigError;
+use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
 use marina_proto::agent::v1::{Attribute, Range};
 use marina_proto::checks::{MAX_CPUS, MAX_MEGABYTES, check_scalar};
@@ -215,12 +214,11 @@ impl Default for ResourcesConfig {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
-        if self.work_dir.as_os_str().is_empty() {
-            return Err(ConfigError::value("work_dir", "must be set"));
+        check::listen(&self.listen)?;
+        if let Some(advertise) = &self.advertise {
+            check::address("advertise", advertise)?;
         }
+        check::dir("work_dir", &self.work_dir)?;
         // The bounds every door checks (the master refuses an agent past them).
         for (key, value, max) in [
             ("resources.cpus", self.resources.cpus, MAX_CPUS),

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use marina_proto::agent::v1::HealthCheck;
 use marina_proto::agent::v1::health_check::Protocol;
+use marina_proto::reason;
 use marina_runtime::TaskHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::tasks::{Entry, Tasks, reason};
+use crate::tasks::{Entry, Tasks};
 
 /// Starts the task's checks; cancel the token to stop them.
 pub fn spawn(tasks: Arc<Tasks>, entry: Arc<Entry>, handle: TaskHandle) -> CancellationToken {

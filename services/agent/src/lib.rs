@@ -45,8 +45,7 @@ use crate::master_link::AttachedMaster;
 use crate::tasks::{Identity, Tasks};
 use crate::updates::StatusUpdates;
 
-/// Where masters publish their candidacy (the election directory under the coord root).
-pub const MASTER_ELECTION_DIR: &str = "/master/members";
+use marina_proto::layout::MASTER_ELECTION_DIR;
 
 /// How often checkpoints that failed are tried again: often enough that little waits in
 /// memory once the disk has room, seldom enough to cost nothing while it has none.

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use marina_coord_client::{Leader, LeaderObserver};
 use marina_daemon::Shutdown;
 use marina_daemon::leader::MemberInfo;
+use marina_daemon::link::{self, Liveness};
 use marina_proto::master::v1::agent_link_client::AgentLinkClient;
 use marina_proto::master::v1::master_message::Kind;
 use marina_proto::master::v1::{AgentMessage, Heartbeat, MasterMessage, Register, agent_message};
@@ -106,12 +107,8 @@ async fn attach(
     attached: &watch::Sender<AttachedMaster>,
     shutdown: &Shutdown,
 ) -> Result<Outcome, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", member.address))
+    let channel = link::endpoint(&member.address, Liveness::TO_LEADER)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
         .connect()
         .await
         .map_err(|e| format!("connect to {}: {e}", member.address))?;

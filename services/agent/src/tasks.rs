@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marina_proto::agent::v1::{PortMapping, TaskCheckpoint, TaskInfo, TaskReport, TaskState, TaskStatus};
+use marina_proto::reason;
 use marina_runtime::{
     Command, ExitStatus, LABEL_AGENT_ID, ListedTask, LogStream, NetworkMode, Protocol, Resources, Runtime,
     RuntimeError, TaskHandle, TaskSpec, TaskState as RuntimeState, marina_labels,
@@ -25,21 +26,6 @@ use tracing::Instrument;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::health;
 use crate::updates::StatusUpdates;
-
-/// Reasons carried by status updates (Mesos' names, so schedulers can tell causes apart).
-pub mod reason {
-    pub const IMAGE_UNAVAILABLE: &str = "REASON_IMAGE_UNAVAILABLE";
-    pub const LAUNCH_FAILED: &str = "REASON_CONTAINER_LAUNCH_FAILED";
-    pub const COMMAND_EXITED: &str = "REASON_COMMAND_EXECUTOR_FAILED";
-    pub const KILLED: &str = "REASON_TASK_KILLED";
-    pub const HEALTH_CHECK_FAILED: &str = "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED";
-    pub const HEALTH_KILLED: &str = "REASON_HEALTH_CHECK_FAILED";
-    pub const CONTAINER_GONE: &str = "REASON_CONTAINER_LOST";
-    pub const TASK_UNKNOWN: &str = "REASON_TASK_UNKNOWN";
-    /// The task breaks the rules every door checks (its id, resources, ports, environment).
-    pub const TASK_INVALID: &str = "REASON_TASK_INVALID";
-    pub const RECOVERED: &str = "REASON_AGENT_RESTARTED";
-}
 
 /// Who this agent is, as stamped on its status updates.
 #[derive(Debug, Clone)]

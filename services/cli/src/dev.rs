@@ -305,10 +305,10 @@ async fn wait_ready(coord_url: &CoordUrl, gateways: &[u16], agents: usize) -> an
     let mut reported: Vec<&str> = Vec::new();
     loop {
         let coord_ok = coord.list("/").await.is_ok();
-        let master = match coord.list("/master/members").await {
+        let master = match coord.list(marina_proto::layout::MASTER_ELECTION_DIR).await {
             Ok(listing) => match listing.children.iter().min() {
                 Some(first) => coord
-                    .get(&format!("/master/members/{first}"))
+                    .get(&format!("{}/{first}", marina_proto::layout::MASTER_ELECTION_DIR))
                     .await
                     .ok()
                     .flatten()

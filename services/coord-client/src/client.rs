@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use marina_daemon::leader::LEADER_METADATA;
+use marina_daemon::link::{self, Liveness};
+use marina_proto::coord::error_kind;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
 use marina_proto::coord::v1::coord_client::CoordClient as CoordGrpc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use crate::error::{Error, is_transport, never_sent};
@@ -208,14 +210,7 @@ pub struct CoordClient {
 }
 
 pub(crate) fn channel(address: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{address}"))
-        .expect("endpoints are validated host:port")
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy()
+    link::endpoint(address, Liveness::TO_COORD).expect("endpoints are validated host:port").connect_lazy()
 }
 
 impl CoordClient {
@@ -345,7 +340,7 @@ impl CoordClient {
                             Error::from(status)
                         });
                     }
-                    if status.metadata().get("x-marina-error").is_some_and(|kind| kind == "no_leader") {
+                    if status.metadata().get(error_kind::METADATA).is_some_and(|kind| kind == error_kind::NO_LEADER) {
                         saw_no_leader = Some(status.message().to_owned());
                     }
                     match hinted {

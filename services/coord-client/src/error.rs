@@ -1,9 +1,7 @@
 //! Typed errors, mapped back from the statuses the coord service returns.
 
+use marina_proto::coord::error_kind::{self as kind, METADATA as ERROR_KIND_METADATA};
 use tonic::{Code, Status};
-
-/// Metadata key the coord service uses to name the error kind.
-pub(crate) const ERROR_KIND_METADATA: &str = "x-marina-error";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -53,16 +51,16 @@ impl From<Status> for Error {
         let message = status.message().to_owned();
         let kind = status.metadata().get(ERROR_KIND_METADATA).and_then(|v| v.to_str().ok()).unwrap_or("");
         match kind {
-            "node_exists" => Error::NodeExists(message),
-            "no_node" => Error::NoNode(message),
-            "bad_version" => Error::BadVersion(message),
-            "not_empty" => Error::NotEmpty(message),
-            "session_expired" => Error::SessionExpired(message),
-            "compacted" => Error::Compacted(message),
-            "invalid_argument" => Error::InvalidArgument(message),
-            "no_quorum" => Error::NoQuorum(message),
-            "indeterminate" => Error::Indeterminate(message),
-            "not_leader" | "shutting_down" => Error::Unavailable(message),
+            kind::NODE_EXISTS => Error::NodeExists(message),
+            kind::NO_NODE => Error::NoNode(message),
+            kind::BAD_VERSION => Error::BadVersion(message),
+            kind::NOT_EMPTY => Error::NotEmpty(message),
+            kind::SESSION_EXPIRED => Error::SessionExpired(message),
+            kind::COMPACTED => Error::Compacted(message),
+            kind::INVALID_ARGUMENT => Error::InvalidArgument(message),
+            kind::NO_QUORUM => Error::NoQuorum(message),
+            kind::INDETERMINATE => Error::Indeterminate(message),
+            kind::NOT_LEADER | kind::SHUTTING_DOWN => Error::Unavailable(message),
             _ if status.code() == Code::InvalidArgument => Error::InvalidArgument(message),
             _ => Error::Other { code: status.code(), message },
         }
@@ -115,7 +113,7 @@ mod tests {
     #[test]
     fn a_node_answer_is_not_a_transport_failure() {
         let mut status = Status::unavailable("no quorum: could not connect to a majority");
-        status.metadata_mut().insert(ERROR_KIND_METADATA, "no_quorum".parse().unwrap());
+        status.metadata_mut().insert(ERROR_KIND_METADATA, kind::NO_QUORUM.parse().unwrap());
         assert!(!never_sent(&status));
         assert!(!is_transport(&status));
         // A connection that broke after the request went out may have delivered it.

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use marina_proto::coord::error_kind;
 use marina_proto::coord::v1 as pb;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -227,7 +228,7 @@ async fn follow(
 /// `max_value_bytes` than the serving node allows): resuming would meet it again.
 fn is_final(status: &tonic::Status) -> bool {
     matches!(Error::from(status.clone()), Error::Compacted(_))
-        || status.metadata().get(crate::error::ERROR_KIND_METADATA).is_some_and(|kind| kind == "response_too_large")
+        || status.metadata().get(error_kind::METADATA).is_some_and(|kind| kind == error_kind::RESPONSE_TOO_LARGE)
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! `marina-coord` configuration: defaults < TOML (`--config`) < `MARINA_COORD_*` < flags.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marina_daemon::ServerLimits;
-use marina_daemon::config::ConfigError;
+use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -240,16 +239,12 @@ impl Config {
         if self.id == 0 {
             return Err(ConfigError::value("id", "must be greater than 0"));
         }
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
+        check::listen(&self.listen)?;
         if let Some(advertise) = &self.advertise {
-            validate_address("advertise", advertise)?;
+            check::address("advertise", advertise)?;
         }
         self.peer_map()?;
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::value("data_dir", "must be set"));
-        }
+        check::dir("data_dir", &self.data_dir)?;
         let raft = &self.raft;
         if raft.heartbeat_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_ms * 2 {
             return Err(ConfigError::value(
@@ -359,20 +354,12 @@ pub fn parse_peers(peers: &str) -> Result<BTreeMap<NodeId, String>, ConfigError>
             id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
                 ConfigError::value("peers", format!("entry {entry:?}: id must be a positive integer"))
             })?;
-        validate_address("peers", address.trim())?;
+        check::address("peers", address.trim())?;
         if map.insert(id, address.trim().to_owned()).is_some() {
             return Err(ConfigError::value("peers", format!("id {id} is listed twice")));
         }
     }
     Ok(map)
-}
-
-/// `host:port` with a numeric port (the host may be a name).
-fn validate_address(key: &'static str, address: &str) -> Result<(), ConfigError> {
-    let valid = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
-    if valid { Ok(()) } else { Err(ConfigError::value(key, format!("{address:?} is not host:port"))) }
 }
 
 impl marina_daemon::cli::ServiceConfig for Config {

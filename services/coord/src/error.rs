@@ -1,14 +1,12 @@
 //! Errors of the coord service, and the one place they become gRPC statuses.
 
 use marina_daemon::leader;
+use marina_proto::coord::error_kind::{self as kind, METADATA as ERROR_KIND_METADATA};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::command::ApplyError;
 use crate::store::Compacted;
-
-/// Metadata key naming the error kind, so clients can map statuses back to typed errors.
-pub const ERROR_KIND_METADATA: &str = "x-marina-error";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CoordError {
@@ -64,22 +62,22 @@ impl CoordError {
     /// The short machine-readable kind carried in [`ERROR_KIND_METADATA`].
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidArgument { .. } => "invalid_argument",
-            Self::Apply(ApplyError::NodeExists { .. }) => "node_exists",
-            Self::Apply(ApplyError::NoNode { .. }) => "no_node",
-            Self::Apply(ApplyError::BadVersion { .. }) => "bad_version",
-            Self::Apply(ApplyError::NotEmpty { .. }) => "not_empty",
-            Self::Apply(ApplyError::NoSession { .. }) | Self::SessionExpired { .. } => "session_expired",
-            Self::NotLeader { .. } => "not_leader",
-            Self::NoQuorum(_) => "no_quorum",
-            Self::Indeterminate(_) => "indeterminate",
-            Self::NoLeader { .. } => "no_leader",
-            Self::Compacted(_) => "compacted",
-            Self::TooManyWatches { .. } | Self::TooManyClientWatches { .. } => "too_many_watches",
-            Self::ResponseTooLarge { .. } => "response_too_large",
-            Self::Membership(_) => "membership",
-            Self::ShuttingDown => "shutting_down",
-            Self::Raft(_) => "raft",
+            Self::InvalidArgument { .. } => kind::INVALID_ARGUMENT,
+            Self::Apply(ApplyError::NodeExists { .. }) => kind::NODE_EXISTS,
+            Self::Apply(ApplyError::NoNode { .. }) => kind::NO_NODE,
+            Self::Apply(ApplyError::BadVersion { .. }) => kind::BAD_VERSION,
+            Self::Apply(ApplyError::NotEmpty { .. }) => kind::NOT_EMPTY,
+            Self::Apply(ApplyError::NoSession { .. }) | Self::SessionExpired { .. } => kind::SESSION_EXPIRED,
+            Self::NotLeader { .. } => kind::NOT_LEADER,
+            Self::NoQuorum(_) => kind::NO_QUORUM,
+            Self::Indeterminate(_) => kind::INDETERMINATE,
+            Self::NoLeader { .. } => kind::NO_LEADER,
+            Self::Compacted(_) => kind::COMPACTED,
+            Self::TooManyWatches { .. } | Self::TooManyClientWatches { .. } => kind::TOO_MANY_WATCHES,
+            Self::ResponseTooLarge { .. } => kind::RESPONSE_TOO_LARGE,
+            Self::Membership(_) => kind::MEMBERSHIP,
+            Self::ShuttingDown => kind::SHUTTING_DOWN,
+            Self::Raft(_) => kind::RAFT,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use marina_daemon::link::{self, Liveness};
 use marina_proto::coord::v1::RaftPayload;
 use marina_proto::coord::v1::raft_client::RaftClient;
 use openraft::BasicNode;
@@ -19,7 +20,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -31,13 +32,7 @@ pub const MAX_DECODING_BYTES: usize = 64 << 20;
 
 /// A lazily connected channel to `address`, shared by everything that talks to that node.
 pub fn channel(address: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{address}"))
-        .expect("node addresses are validated host:port strings")
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy()
+    link::endpoint(address, Liveness::TO_PEER).expect("node addresses are validated host:port strings").connect_lazy()
 }
 
 /// Makes one connection per peer and reuses it across openraft's replication restarts.

@@ -30,6 +30,75 @@ impl ConfigError {
     }
 }
 
+/// The checks every service's configuration shares, written once so that the same mistake
+/// gets the same answer from every service, naming its key.
+pub mod check {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::ConfigError;
+
+    /// `listen`: an address to bind, `ip:port` (port 0 binds any free port).
+    pub fn listen(value: &str) -> Result<(), ConfigError> {
+        value
+            .parse::<SocketAddr>()
+            .map(drop)
+            .map_err(|e| ConfigError::value("listen", format!("{value:?} is not ip:port ({e})")))
+    }
+
+    /// An address others connect to (`advertise`, a peer's): `host:port` with a port above
+    /// 0; the host may be a name.
+    pub fn address(key: &'static str, value: &str) -> Result<(), ConfigError> {
+        let valid = value
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+        if valid { Ok(()) } else { Err(ConfigError::value(key, format!("{value:?} is not host:port"))) }
+    }
+
+    /// A directory the service keeps its state in: it must be given.
+    pub fn dir(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+        if path.as_os_str().is_empty() { Err(ConfigError::value(key, "must be set")) } else { Ok(()) }
+    }
+
+    /// Counts and intervals that mean nothing at 0 (a zero interval would spin).
+    pub fn positive(values: &[(&'static str, u64)]) -> Result<(), ConfigError> {
+        match values.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(ConfigError::value(key, "must be greater than 0")),
+            None => Ok(()),
+        }
+    }
+
+    /// A coord session: a TTL, and a grace for a broken connection that fits inside it.
+    pub fn session(ttl_ms: u64, disconnect_grace_ms: u64) -> Result<(), ConfigError> {
+        positive(&[("session_ttl_ms", ttl_ms)])?;
+        if disconnect_grace_ms > ttl_ms {
+            return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_check_names_its_key() {
+            assert!(listen("127.0.0.1:0").is_ok());
+            assert!(listen("nowhere").unwrap_err().to_string().contains("`listen`"));
+            assert!(address("advertise", "gw.example:8080").is_ok());
+            for bad in ["gw.example", ":8080", "gw:0", "gw:x"] {
+                assert!(address("advertise", bad).unwrap_err().to_string().contains("`advertise`"), "{bad}");
+            }
+            assert!(dir("work_dir", Path::new("")).unwrap_err().to_string().contains("`work_dir`"));
+            let zero = positive(&[("a_ms", 1), ("b_ms", 0)]).unwrap_err().to_string();
+            assert!(zero.contains("`b_ms`"), "{zero}");
+            assert!(session(0, 0).unwrap_err().to_string().contains("`session_ttl_ms`"));
+            assert!(session(100, 200).unwrap_err().to_string().contains("`session_disconnect_grace_ms`"));
+            session(100, 100).unwrap();
+        }
+    }
+}
+
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
         Self::Invalid(Box::new(error))

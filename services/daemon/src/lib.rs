@@ -8,6 +8,7 @@
 //! - [`metrics`]: a Prometheus registry per service instance with RED metrics per request;
 //! - [`shutdown`]: SIGTERM/SIGINT handling and a bounded drain;
 //! - [`leader`]: how a non-leader tells a client where the leader is;
+//! - [`link`]: links to peers, made alike so each notices a dead peer the same way;
 //! - [`record`]: CRC-framed records for append-only files;
 //! - [`time`]: deadlines and durations from untrusted numbers, saturating.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod endpoint;
 pub mod ids;
 pub mod leader;
+pub mod link;
 pub mod metrics;
 pub mod record;
 pub mod shutdown;

@@ -1,13 +1,12 @@
 //! `marina-gateway` configuration: defaults < TOML (`--config`) < `MARINA_GATEWAY_*` < flags.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use marina_coord_client::CoordUrl;
 
 use crate::app::AppLimits;
 use marina_daemon::ServerLimits;
-use marina_daemon::config::ConfigError;
+use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -70,28 +69,20 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
-        if self.work_dir.as_os_str().is_empty() {
-            return Err(ConfigError::value("work_dir", "must be set"));
+        check::listen(&self.listen)?;
+        if let Some(advertise) = &self.advertise {
+            check::address("advertise", advertise)?;
         }
+        check::dir("work_dir", &self.work_dir)?;
         if self.framework_name.trim().is_empty() {
             return Err(ConfigError::value("framework_name", "must not be empty"));
         }
-        for (key, value) in [
-            ("session_ttl_ms", self.session_ttl_ms),
+        check::session(self.session_ttl_ms, self.session_disconnect_grace_ms)?;
+        check::positive(&[
             ("reconcile_interval_ms", self.reconcile_interval_ms),
             ("converge_interval_ms", self.converge_interval_ms),
             ("task_launch_timeout_ms", self.task_launch_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::value(key, "must be greater than 0"));
-            }
-        }
-        if self.session_disconnect_grace_ms > self.session_ttl_ms {
-            return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
-        }
+        ])?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::value("max_body_bytes", "must be at least 1024"));
         }

@@ -11,6 +11,7 @@
 //! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward.
 
 pub mod app;
+pub mod apps;
 pub mod config;
 pub mod engine;
 pub mod events;
@@ -49,10 +50,7 @@ use crate::metrics::GatewayMetrics;
 use crate::proxy::Proxy;
 use crate::store::Store;
 
-/// The gateways' election directory (under the coord root).
-pub const GATEWAY_ELECTION_DIR: &str = "/gateway/members";
-/// Where masters publish their candidacy.
-pub const MASTER_ELECTION_DIR: &str = "/master/members";
+use marina_proto::layout::{GATEWAY_ELECTION_DIR, MASTER_ELECTION_DIR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

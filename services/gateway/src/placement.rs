@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use marina_proto::agent::v1::Range;
+use marina_proto::resources::{EPSILON, contains_port, subtract_ports};
 
 /// An offer's remaining resources, as placement consumes them.
 #[derive(Debug, Clone)]
@@ -84,15 +85,12 @@ pub struct RoundStats {
     pub rejected: BTreeMap<Reject, u64>,
 }
 
-const EPSILON: f64 = 1e-9;
-
 fn take_ports(ranges: &[Range], count: usize, fixed: &[u32]) -> Option<Vec<u32>> {
-    let contains = |port: u64| ranges.iter().any(|r| r.begin <= port && port <= r.end);
     let mut chosen: Vec<u32> = Vec::with_capacity(count);
     for index in 0..count {
         let wanted = fixed.get(index).copied().unwrap_or(0);
         if wanted != 0 {
-            if !contains(u64::from(wanted)) || chosen.contains(&wanted) {
+            if !contains_port(ranges, u64::from(wanted)) || chosen.contains(&wanted) {
                 return None;
             }
             chosen.push(wanted);
@@ -115,26 +113,6 @@ fn take_ports(ranges: &[Range], count: usize, fixed: &[u32]) -> Option<Vec<u32>>
     (found == dynamic).then_some(chosen)
 }
 
-fn remove_ports(ranges: &mut Vec<Range>, ports: &[u32]) {
-    for &port in ports {
-        let port = u64::from(port);
-        let mut next = Vec::with_capacity(ranges.len() + 1);
-        for range in ranges.drain(..) {
-            if port < range.begin || port > range.end {
-                next.push(range);
-                continue;
-            }
-            if port > range.begin {
-                next.push(Range { begin: range.begin, end: port - 1 });
-            }
-            if port < range.end {
-                next.push(Range { begin: port + 1, end: range.end });
-            }
-        }
-        *ranges = next;
-    }
-}
-
 /// Fits one instance of `demand` on `offer`, consuming its resources; why not otherwise.
 fn fit(demand: &Demand<'_>, offer: &mut OfferView) -> Result<Vec<u32>, Reject> {
     if offer.cpus + EPSILON < demand.cpus {
@@ -153,7 +131,7 @@ fn fit(demand: &Demand<'_>, offer: &mut OfferView) -> Result<Vec<u32>, Reject> {
     offer.cpus -= demand.cpus;
     offer.mem -= demand.mem;
     offer.disk -= demand.disk;
-    remove_ports(&mut offer.ports, &ports);
+    offer.ports = subtract_ports(&offer.ports, ports.iter().map(|&port| u64::from(port)));
     Ok(ports)
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use marina_daemon::leader::MemberInfo;
+use marina_daemon::link::{self, Liveness};
 use marina_proto::master::v1 as master;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use marina_proto::master::v1::scheduler_event::Kind;
@@ -66,12 +67,8 @@ async fn session(
     reconcile_every: Duration,
     leaders: &mut tokio::sync::watch::Receiver<Option<marina_coord_client::Leader>>,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    let channel = link::endpoint(address, Liveness::TO_LEADER)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;

@@ -1,12 +1,6 @@
-//! What the gateway keeps in coord, every write fenced by its leadership epoch:
-//!
-//! ```text
-//! /gateway/framework                  the framework id the master gave us
-//! /gateway/apps/<app>                 each app's current definition (Marathon JSON)
-//! /gateway/versions/<app>/<version>   every stored version of each app
-//! /gateway/deployments/<id>           deployments in progress
-//! /gateway/instances/<task id>        every task launched and not yet gone
-//! ```
+//! What the gateway keeps in coord (under `/gateway`, see [`marina_proto::layout`]), every
+//! write fenced by its leadership epoch: the framework id, apps, their versions,
+//! deployments in progress and instance records.
 //!
 //! An instance is recorded before its launch is sent, so a gateway that takes over knows
 //! every task its predecessor may have started: nothing is launched twice or forgotten.
@@ -16,11 +10,10 @@ use marina_coord_client::{CoordClient, Error, Fence, Txn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub const FRAMEWORK: &str = "/gateway/framework";
-pub const APPS: &str = "/gateway/apps";
-pub const VERSIONS: &str = "/gateway/versions";
-pub const DEPLOYMENTS: &str = "/gateway/deployments";
-pub const INSTANCES: &str = "/gateway/instances";
+pub use marina_proto::layout::{
+    GATEWAY_APPS as APPS, GATEWAY_DEPLOYMENTS as DEPLOYMENTS, GATEWAY_FRAMEWORK as FRAMEWORK,
+    GATEWAY_INSTANCES as INSTANCES, GATEWAY_VERSIONS as VERSIONS,
+};
 
 /// The longest path the gateway writes, below the coord root: a version of an app with the
 /// longest id (its node name, a `/`, a version timestamp) or an instance record named by
@@ -68,6 +61,17 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The batch as lines `put <path>` and `delete <path>`, in order (for tests and logs).
+    pub fn describe(&self) -> Vec<String> {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(path, _) => format!("put {path}"),
+                Op::Delete(path) => format!("delete {path}"),
+            })
+            .collect()
     }
 
     /// True if no path is written twice and none lies under another (a recursive delete):

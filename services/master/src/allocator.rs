@@ -9,8 +9,7 @@
 use std::collections::HashSet;
 
 use marina_proto::agent::v1::Resources;
-
-use crate::resources::{add, is_allocatable};
+use marina_proto::resources::{add, is_allocatable};
 
 #[derive(Debug, Clone)]
 pub struct FreeAgent {

@@ -1,12 +1,11 @@
 //! `marina-master` configuration: defaults < TOML (`--config`) < `MARINA_MASTER_*` < flags.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use marina_coord_client::CoordUrl;
 use marina_daemon::ServerLimits;
-use marina_daemon::config::ConfigError;
+use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -78,34 +77,22 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::value("listen", format!("{:?} is not host:port ({e})", self.listen)))?;
-        if self.work_dir.as_os_str().is_empty() {
-            return Err(ConfigError::value("work_dir", "must be set"));
+        check::listen(&self.listen)?;
+        if let Some(advertise) = &self.advertise {
+            check::address("advertise", advertise)?;
         }
+        check::dir("work_dir", &self.work_dir)?;
         self.server.validate()?;
-        for (key, value) in [
-            ("session_ttl_ms", self.session_ttl_ms),
+        check::session(self.session_ttl_ms, self.session_disconnect_grace_ms)?;
+        check::positive(&[
             ("agent_reregister_timeout_ms", self.agent_reregister_timeout_ms),
             ("agent_ping_interval_ms", self.agent_ping_interval_ms),
             ("allocation_interval_ms", self.allocation_interval_ms),
             ("offer_timeout_ms", self.offer_timeout_ms),
             ("scheduler_heartbeat_ms", self.scheduler_heartbeat_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::value(key, "must be greater than 0"));
-            }
-        }
-        if self.session_disconnect_grace_ms > self.session_ttl_ms {
-            return Err(ConfigError::value("session_disconnect_grace_ms", "must not exceed session_ttl_ms"));
-        }
-        if self.scheduler_queue_events == 0 {
-            return Err(ConfigError::value("scheduler_queue_events", "must be greater than 0"));
-        }
-        if self.max_agent_ping_timeouts == 0 {
-            return Err(ConfigError::value("max_agent_ping_timeouts", "must be greater than 0"));
-        }
+            ("scheduler_queue_events", self.scheduler_queue_events as u64),
+            ("max_agent_ping_timeouts", u64::from(self.max_agent_ping_timeouts)),
+        ])?;
         if !self.default_refuse_seconds.is_finite() || self.default_refuse_seconds < 0.0 {
             return Err(ConfigError::value("default_refuse_seconds", "must be a non-negative number"));
         }

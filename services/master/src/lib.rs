@@ -11,10 +11,10 @@
 pub mod allocator;
 pub mod api;
 pub mod config;
+mod error;
 pub mod leader;
 pub mod metrics;
 pub mod registry;
-pub mod resources;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,18 +34,9 @@ pub use crate::config::Config;
 use crate::leader::LeaderState;
 use crate::metrics::MasterMetrics;
 
-/// The masters' election directory (under the coord root).
-pub const MASTER_ELECTION_DIR: &str = "/master/members";
+use marina_proto::layout::MASTER_ELECTION_DIR;
 
-#[derive(Debug, thiserror::Error)]
-pub enum MasterError {
-    #[error(transparent)]
-    Config(#[from] marina_daemon::config::ConfigError),
-    #[error("coord: {0}")]
-    Coord(#[from] marina_coord_client::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
+pub use crate::error::MasterError;
 
 pub struct Master {
     pub id: String,

@@ -7,8 +7,7 @@ use marina_proto::agent::v1::AgentInfo;
 use marina_proto::master::v1::FrameworkInfo;
 use prost::Message;
 
-pub const AGENTS_DIR: &str = "/master/registry/agents";
-pub const FRAMEWORKS_DIR: &str = "/master/frameworks";
+pub use marina_proto::layout::{MASTER_AGENTS_DIR as AGENTS_DIR, MASTER_FRAMEWORKS_DIR as FRAMEWORKS_DIR};
 
 pub struct Registry {
     coord: CoordClient,

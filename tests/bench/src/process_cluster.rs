@@ -13,8 +13,8 @@ use serde_json::Value;
 /// Bound for the cluster to come up or settle between measurements (a loaded 2-core VM).
 pub const SETTLE: Duration = Duration::from_secs(60);
 
-/// The masters' election directory under the coord root (`marina_master::MASTER_ELECTION_DIR`).
-pub const MASTER_MEMBERS: &str = marina_master::MASTER_ELECTION_DIR;
+/// The masters' election directory under the coord root.
+pub const MASTER_MEMBERS: &str = marina_proto::layout::MASTER_ELECTION_DIR;
 
 /// What to start.
 pub struct Topology {

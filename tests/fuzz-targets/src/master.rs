@@ -8,12 +8,12 @@ use std::path::{Component, Path};
 use std::time::{Duration, Instant};
 
 use marina_master::allocator::{Candidate, FreeAgent, allocate};
-use marina_master::resources::{
-    add, contains_port, covers_scalars, normalize, port_count, subtract, subtract_ports, subtract_ranges,
-};
 use marina_proto::agent::v1::{Range, Resources, TaskInfo};
 use marina_proto::checks::{MAX_PORT, check_id, check_resources, check_task};
 use marina_proto::master::v1 as pb;
+use marina_proto::resources::{
+    add, contains_port, covers_scalars, normalize, port_count, subtract, subtract_ports, subtract_ranges,
+};
 use prost::Message;
 
 use crate::support::chunks;

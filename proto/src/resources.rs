@@ -1,9 +1,12 @@
-//! Resource arithmetic: scalars (cpus, mem, disk) and port ranges.
+//! Resource arithmetic, one home for every service that counts: scalars (cpus, mem, disk)
+//! and port ranges. The master keeps its accounts with it; the gateway places instances on
+//! offers with it.
 
-use marina_proto::agent::v1::{Range, Resources};
+use crate::agent::v1::{Range, Resources};
 
-/// Slack for floating-point sums of cpus and memory.
-const EPSILON: f64 = 1e-6;
+/// Slack for floating-point sums of cpus and memory: what an offer is short by and still
+/// covers a demand (the master accepts what the gateway placed with the same slack).
+pub const EPSILON: f64 = 1e-6;
 
 /// Normalizes ranges: sorted, merged, empty ones dropped.
 pub fn normalize(mut ranges: Vec<Range>) -> Vec<Range> {

@@ -1,0 +1,399 @@
+//! The apps service: every operation on apps, their tasks, groups and deployments, carried
+//! out once for both doors. REST ([`crate::rest`]) and gRPC ([`crate::grpc`]) read their
+//! request, call one method here and write its answer in their own shape; what an operation
+//! does — its checks, the deployment it makes, the events it publishes — lives here alone, so
+//! the two doors cannot drift apart. Errors are one type, [`AppsError`], which each door maps
+//! to its statuses in one place.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::Gateway;
+use crate::app::{self, AppDefinition, AppError, PathId, Timestamp};
+use crate::engine::is_terminal;
+use crate::events::MarathonEvent;
+use crate::leader::{Change, DeployError, Deployed, Deployment, Instance, Leader, QueueStats, TaskFailure};
+
+/// Why an operation was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum AppsError {
+    /// This gateway does not lead (a standby forwards requests before they get here).
+    #[error("this gateway does not lead; retry (it forwards to the leader once one is known)")]
+    NotLeading,
+    /// An id in the request's target that is no app (or group) id.
+    #[error("invalid {kind} id {raw:?}: {reason}")]
+    BadId { kind: &'static str, raw: String, reason: String },
+    /// A body that is not JSON, or not a valid app: Marathon's 400 and 422 bodies.
+    #[error(transparent)]
+    Definition(#[from] AppError),
+    /// What the body asks cannot be carried out as asked (an id in a list of apps that is no
+    /// app id, a group with no apps).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The deployment could not be made (an app missing or taken, a lock, a limit, coord).
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error("Task '{0}' does not exist")]
+    NoTask(String),
+    #[error("App '{app}' does not exist in version {version}")]
+    NoVersion { app: String, version: String },
+    #[error("Group '{0}' does not exist")]
+    NoGroup(String),
+    #[error("Application {0} not found in tasks queue.")]
+    NotQueued(String),
+}
+
+/// An app as both doors show it: its definition, its instances, the deployments touching it.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    pub app: AppDefinition,
+    pub instances: Vec<Instance>,
+    pub deployments: Vec<String>,
+}
+
+impl AppView {
+    fn new((app, instances, deployments): (AppDefinition, Vec<Instance>, Vec<String>)) -> Self {
+        AppView { app, instances, deployments }
+    }
+
+    /// The instances that are not over.
+    pub fn live(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().filter(|instance| !is_terminal(instance.state))
+    }
+}
+
+/// How an update reads its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Only the fields given change, and the app must exist (`PATCH`, gRPC `partial`).
+    Patch,
+    /// The fields given change; a missing app is created from the body (`PUT`, Marathon's
+    /// default `partialUpdate=true`).
+    PatchOrCreate,
+    /// The body is the whole app, created if missing (`PUT ?partialUpdate=false`, gRPC
+    /// without `partial`).
+    Replace,
+}
+
+/// The outcome of an update.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub deployed: Deployed,
+    /// The app did not exist: the update created it.
+    pub created: bool,
+}
+
+/// Which tasks to kill.
+#[derive(Debug, Clone, Default)]
+pub struct KillRequest {
+    /// Tasks of this app (all of them unless `task_ids` names some); else exactly `task_ids`.
+    pub app: Option<PathId>,
+    pub task_ids: Vec<String>,
+    /// Only tasks on this host.
+    pub host: Option<String>,
+    /// Lower the apps' instance counts so the tasks are not replaced (a deployment).
+    pub scale: bool,
+    pub force: bool,
+}
+
+/// The outcome of a kill: the tasks killed, and the deployment that scaled their apps down
+/// (with `scale`).
+#[derive(Debug, Clone)]
+pub struct Killed {
+    pub tasks: Vec<Instance>,
+    pub deployment: Option<Deployed>,
+}
+
+/// The apps service of the leading gateway.
+pub struct Apps {
+    leader: Arc<Leader>,
+}
+
+/// Reads an app id from a request's target.
+pub fn app_id(raw: &str) -> Result<PathId, AppsError> {
+    PathId::parse(raw).map_err(|error| AppsError::BadId { kind: "app", raw: raw.to_owned(), reason: error.to_string() })
+}
+
+/// Reads a group id from a request's target (`prod/web`, with or without slashes around it).
+pub fn group_id(raw: &str) -> Result<PathId, AppsError> {
+    let path = format!("/{}", raw.trim_matches('/'));
+    PathId::parse_group(&path).map_err(|error| AppsError::BadId {
+        kind: "group",
+        raw: raw.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+impl Apps {
+    /// The service, if this gateway leads.
+    pub fn of(gateway: &Gateway) -> Result<Self, AppsError> {
+        gateway.leader().map(|leader| Apps { leader }).ok_or(AppsError::NotLeading)
+    }
+
+    // ----- reading ----------------------------------------------------------------------------
+
+    pub fn list(&self) -> Vec<AppView> {
+        self.leader.apps().into_iter().map(AppView::new).collect()
+    }
+
+    pub fn get(&self, id: &PathId) -> Result<AppView, AppsError> {
+        let id = id.to_string();
+        self.leader.app(&id).map(AppView::new).ok_or(AppsError::Deploy(DeployError::NotFound(id)))
+    }
+
+    /// The app's last failed launch, if any (Marathon's `lastTaskFailure`).
+    pub fn last_failure(&self, id: &PathId) -> Option<TaskFailure> {
+        self.leader.last_failure(&id.to_string())
+    }
+
+    /// The tasks that are not over, of one app or of all, in task id order.
+    pub fn tasks(&self, app: Option<&PathId>) -> Vec<Instance> {
+        let app = app.map(PathId::to_string);
+        self.leader
+            .instances()
+            .into_iter()
+            .filter(|instance| !is_terminal(instance.state))
+            .filter(|instance| app.as_ref().is_none_or(|app| &instance.record.app_id == app))
+            .collect()
+    }
+
+    /// The app's stored versions, newest first.
+    pub async fn versions(&self, id: &PathId) -> Result<Vec<String>, AppsError> {
+        self.get(id)?;
+        let mut versions = self.leader.store.versions(&id.to_string()).await.map_err(|e| self.coord_error(e))?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// One stored version of the app, as stored (Marathon JSON).
+    pub async fn version(&self, id: &PathId, version: &str) -> Result<Value, AppsError> {
+        let app = id.to_string();
+        let stored: Option<Value> = self.leader.store.version(&app, version).await.map_err(|e| self.coord_error(e))?;
+        stored.ok_or_else(|| AppsError::NoVersion { app, version: version.to_owned() })
+    }
+
+    /// Every app of the group `id` and of the groups below it.
+    pub fn group(&self, id: &PathId) -> Result<Vec<AppView>, AppsError> {
+        let apps = self.list();
+        if !id.is_root() && !apps.iter().any(|view| id.contains(&view.app.id) && view.app.id != *id) {
+            return Err(AppsError::NoGroup(id.to_string()));
+        }
+        Ok(apps)
+    }
+
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.leader.deployments()
+    }
+
+    /// Marathon's JSON of every deployment in progress, with its readiness results.
+    pub fn deployments_json(&self) -> Vec<Value> {
+        self.leader.deployments_json()
+    }
+
+    /// Apps waiting for resources: (app, count waiting, delay left, offer statistics).
+    pub fn queue(&self) -> Vec<(AppDefinition, u32, std::time::Duration, QueueStats)> {
+        self.leader.queue()
+    }
+
+    // ----- changing ---------------------------------------------------------------------------
+
+    /// Creates an app from its definition (Marathon JSON); it must not exist yet. Publishes
+    /// `api_post_event` with the stored definition.
+    pub async fn create(&self, body: &[u8], force: bool) -> Result<(Deployed, AppView), AppsError> {
+        let app = app::parse_app(body, None)?;
+        let id = app.id.clone();
+        let key = id.to_string();
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| match leader.app(&key) {
+                Some(_) => Err(DeployError::Exists(key.clone())),
+                None => Ok(vec![Change::to(&key, Some(app))]),
+            })
+            .await?;
+        // Deleted meanwhile by another request: what the caller created is gone.
+        let view = self.get(&id)?;
+        self.leader.events.publish(MarathonEvent::ApiPost {
+            client_ip: None,
+            uri: format!("/v2/apps{id}"),
+            app_definition: view.app.to_json(),
+        });
+        Ok((deployed, view))
+    }
+
+    /// Updates the app `id` from `body` as `mode` reads it; with `PatchOrCreate` and
+    /// `Replace`, a body `{"version": V}` rolls the app back to its stored version V.
+    pub async fn update(&self, id: &PathId, body: &[u8], mode: UpdateMode, force: bool) -> Result<Updated, AppsError> {
+        let key = id.to_string();
+        if mode != UpdateMode::Patch
+            && let Some(version) = app::rollback_version(body)?
+        {
+            let deployed = self.rollback(id, version, force).await?;
+            return Ok(Updated { deployed, created: false });
+        }
+        let mut created = false;
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| {
+                let existing = leader.app(&key).map(|(app, _, _)| app);
+                let target = match (existing, mode) {
+                    (None, UpdateMode::Patch) => return Err(AppsError::Deploy(DeployError::NotFound(key.clone()))),
+                    (Some(existing), UpdateMode::Patch | UpdateMode::PatchOrCreate) => {
+                        app::apply_patch(&existing, body)?
+                    }
+                    (existing, _) => {
+                        created = existing.is_none();
+                        app::parse_app_at(body, id)?
+                    }
+                };
+                Ok(vec![Change::to(&key, Some(target))])
+            })
+            .await?;
+        Ok(Updated { deployed, created })
+    }
+
+    /// Puts the app back to its stored version `version`.
+    async fn rollback(&self, id: &PathId, version: Timestamp, force: bool) -> Result<Deployed, AppsError> {
+        let stored = self.version(id, &version.to_string()).await?;
+        let target = app::parse_app(&serde_json::to_vec(&stored).unwrap_or_default(), None)?;
+        Ok(self.leader.deploy(vec![Change::to(&id.to_string(), Some(target))], force).await?)
+    }
+
+    /// Updates (or creates) several apps in one deployment (`PUT /v2/apps`); each item is
+    /// a patch of an existing app when `partial`, else a whole app.
+    pub async fn update_many(&self, items: Vec<Value>, partial: bool, force: bool) -> Result<Deployed, AppsError> {
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| {
+                let mut changes = Vec::with_capacity(items.len());
+                for item in &items {
+                    let bytes = serde_json::to_vec(item).unwrap_or_default();
+                    let id = item
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(PathId::parse)
+                        .transpose()
+                        .map_err(|e| AppsError::Unprocessable(e.to_string()))?;
+                    let existing = id.and_then(|id| leader.app(&id.to_string())).map(|(app, _, _)| app);
+                    let target = match existing {
+                        Some(existing) if partial => app::apply_patch(&existing, &bytes)?,
+                        _ => app::parse_app(&bytes, None)?,
+                    };
+                    changes.push(Change::to(&target.id.to_string(), Some(target)));
+                }
+                Ok::<_, AppsError>(changes)
+            })
+            .await?;
+        Ok(deployed)
+    }
+
+    /// Sets the app's instance count.
+    pub async fn scale(&self, id: &PathId, instances: i64, force: bool) -> Result<Deployed, AppsError> {
+        let key = id.to_string();
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| {
+                let (mut app, _, _) = leader.app(&key).ok_or_else(|| DeployError::NotFound(key.clone()))?;
+                app.instances = instances;
+                Ok::<_, AppsError>(vec![Change::to(&key, Some(app))])
+            })
+            .await?;
+        Ok(deployed)
+    }
+
+    /// Replaces every task of the app by a new one, the definition unchanged.
+    pub async fn restart(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
+        let key = id.to_string();
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| {
+                let (app, _, _) = leader.app(&key).ok_or_else(|| DeployError::NotFound(key.clone()))?;
+                Ok::<_, AppsError>(vec![Change { id: key.clone(), target: Some(app), restart: true }])
+            })
+            .await?;
+        Ok(deployed)
+    }
+
+    /// Deletes the app (its tasks are killed by the deployment).
+    pub async fn delete(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
+        let key = id.to_string();
+        self.get(id)?;
+        Ok(self.leader.deploy(vec![Change::to(&key, None)], force).await?)
+    }
+
+    /// Kills tasks, replaced unless `scale`. With an app and task ids, each must be one of
+    /// the app's tasks.
+    pub async fn kill(&self, request: KillRequest) -> Result<Killed, AppsError> {
+        let app = request.app.as_ref().map(PathId::to_string);
+        if let Some(id) = &request.app
+            && !request.task_ids.is_empty()
+        {
+            let view = self.get(id)?;
+            if let Some(missing) =
+                request.task_ids.iter().find(|task| !view.instances.iter().any(|i| &&i.record.task_id == task))
+            {
+                return Err(AppsError::NoTask(missing.clone()));
+            }
+        }
+        let (tasks, deployment) = self
+            .leader
+            .kill_tasks(app.as_deref(), &request.task_ids, request.host.as_deref(), request.scale, request.force)
+            .await?;
+        Ok(Killed { tasks, deployment })
+    }
+
+    /// Creates the apps of a group (`POST /v2/groups`); none of them may exist yet.
+    pub async fn create_group(&self, apps: Vec<AppDefinition>, force: bool) -> Result<Deployed, AppsError> {
+        if apps.is_empty() {
+            return Err(AppsError::Unprocessable(
+                "the group has no apps (groups are implicit in Marina: they exist through their apps)".into(),
+            ));
+        }
+        let deployed = self
+            .leader
+            .deploy_derived(force, |leader| {
+                if let Some(existing) = apps.iter().find(|app| leader.app(&app.id.to_string()).is_some()) {
+                    return Err(DeployError::Exists(existing.id.to_string()));
+                }
+                Ok(apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect())
+            })
+            .await?;
+        Ok(deployed)
+    }
+
+    /// Updates (or creates) the apps of a group in one deployment (`PUT /v2/groups/{id}`).
+    pub async fn update_group(&self, apps: Vec<AppDefinition>, force: bool) -> Result<Deployed, AppsError> {
+        let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
+        Ok(self.leader.deploy(changes, force).await?)
+    }
+
+    /// Deletes every app of the group and of the groups below it.
+    pub async fn delete_group(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
+        let changes: Vec<Change> = self
+            .list()
+            .into_iter()
+            .filter(|view| id.contains(&view.app.id))
+            .map(|view| Change::to(&view.app.id.to_string(), None))
+            .collect();
+        if changes.is_empty() {
+            return Err(AppsError::NoGroup(id.to_string()));
+        }
+        Ok(self.leader.deploy(changes, force).await?)
+    }
+
+    /// Cancels a deployment: by default rolled back (the deployment that does so is
+    /// returned); with `force` it just stops.
+    pub async fn cancel_deployment(&self, id: &str, force: bool) -> Result<Option<Deployed>, AppsError> {
+        Ok(self.leader.cancel_deployment(id, force).await?)
+    }
+
+    /// Lets a backed-off app launch again at once.
+    pub fn reset_delay(&self, id: &PathId) -> Result<(), AppsError> {
+        let key = id.to_string();
+        if self.leader.reset_delay(&key) { Ok(()) } else { Err(AppsError::NotQueued(key)) }
+    }
+
+    fn coord_error(&self, error: marina_coord_client::Error) -> AppsError {
+        AppsError::Deploy(DeployError::from_coord(error, self.leader.epoch))
+    }
+}

@@ -1,0 +1,109 @@
+//! Killing tasks on request: which ones, the deployment that scales their apps down, and
+//! the kills sent to the master.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use marina_proto::master::v1 as master;
+use tokio::time::Instant;
+
+use crate::engine::is_terminal;
+
+use super::{Change, DeployError, Deployed, Instance, Leader};
+
+impl Leader {
+    /// Kills tasks: those of `app_id` (all of them when `task_ids` is empty), or, with no
+    /// app, exactly `task_ids` — an empty list then kills nothing, never every task of every
+    /// app. With `scale`, the app's instance count drops so they are not replaced (a
+    /// deployment); otherwise they are replaced.
+    pub async fn kill_tasks(
+        self: &Arc<Self>,
+        app_id: Option<&str>,
+        task_ids: &[String],
+        host: Option<&str>,
+        scale: bool,
+        force: bool,
+    ) -> Result<(Vec<Instance>, Option<Deployed>), DeployError> {
+        if app_id.is_none() && task_ids.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let chosen: Vec<Instance> = {
+            let state = self.lock();
+            if let Some(app_id) = app_id
+                && state.apps.get(app_id).is_none_or(|e| e.deleting)
+            {
+                return Err(DeployError::NotFound(app_id.to_owned()));
+            }
+            state
+                .instances
+                .values()
+                .filter(|i| app_id.is_none_or(|app| i.record.app_id == app))
+                .filter(|i| task_ids.is_empty() || task_ids.contains(&i.record.task_id))
+                .filter(|i| host.is_none_or(|host| i.record.host == host))
+                .filter(|i| !is_terminal(i.state))
+                .cloned()
+                .collect()
+        };
+        let mut deployed = None;
+        if scale {
+            let mut per_app: BTreeMap<String, i64> = BTreeMap::new();
+            for instance in &chosen {
+                *per_app.entry(instance.record.app_id.clone()).or_default() += 1;
+            }
+            if !per_app.is_empty() {
+                // Scaled from the definition under the deployment lock, so a concurrent
+                // update is kept rather than overwritten.
+                let scaled = self.deploy_derived(force, |leader| {
+                    let state = leader.lock();
+                    Ok::<_, DeployError>(
+                        per_app
+                            .into_iter()
+                            .filter_map(|(id, count)| {
+                                let mut scaled = state.apps.get(&id).filter(|e| !e.deleting)?.definition.clone();
+                                scaled.instances = (scaled.instances - count).max(0);
+                                Some(Change::to(&id, Some(scaled)))
+                            })
+                            .collect(),
+                    )
+                });
+                deployed = Some(scaled.await?);
+            }
+        }
+        let ids: Vec<String> = chosen.iter().map(|i| i.record.task_id.clone()).collect();
+        {
+            let mut state = self.lock();
+            for id in &ids {
+                if let Some(instance) = state.instances.get_mut(id) {
+                    instance.killing = true;
+                    instance.kill_sent = Some(Instant::now());
+                }
+            }
+        }
+        self.send_kills(&ids).await;
+        self.converge_now.notify_one();
+        Ok((chosen, deployed))
+    }
+
+    pub(super) async fn send_kills(&self, task_ids: &[String]) {
+        let session = self.master.borrow().clone();
+        let Some(session) = session else { return };
+        let agents: HashMap<String, String> = {
+            let state = self.lock();
+            task_ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), state.instances.get(id)?.record.agent_id.clone())))
+                .collect()
+        };
+        for task_id in task_ids {
+            let request = master::KillRequest {
+                framework_id: session.framework_id.clone(),
+                task_id: task_id.clone(),
+                agent_id: agents.get(task_id).cloned().unwrap_or_default(),
+                grace_period_seconds: 0,
+            };
+            if let Err(status) = session.client.clone().kill(request).await {
+                tracing::warn!(task = %task_id, %status, "kill not delivered; will retry");
+            }
+        }
+    }
+}
