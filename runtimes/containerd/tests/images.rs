@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{IMAGE, TestEnv, eventually, unique};
+use common::{IMAGE, TestEnv, unique};
 use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
 use containerd_client::services::v1::{
     CreateRequest as CreateLeaseRequest, DeleteImageRequest, DeleteRequest as DeleteLeaseRequest, ListContentRequest,
@@ -17,6 +17,7 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::Request;
 use containerd_client::with_namespace;
 use futures::StreamExt;
+use marina_runtime::conformance::eventually;
 use marina_runtime::{Runtime, RuntimeError, TaskHandle};
 use marina_runtime_containerd::{ContainerdConfig, ContainerdRuntime, DOCKER_MANAGED_SOCKET, SYSTEM_SOCKET};
 use sha2::{Digest, Sha256};
@@ -111,7 +112,7 @@ async fn garbage_collection_keeps_imports_and_reimport_after_collection_works() 
     // Deleting the image lets the collector take everything: nothing else pins it.
     let delete = DeleteImageRequest { name: format!("docker.io/{IMAGE}"), sync: true, target: None };
     client.images().delete(with_namespace!(delete, ns.as_str())).await.expect("image delete");
-    eventually("the collector removes the image's blobs and snapshots", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "the collector removes the image's blobs and snapshots", || async {
         collect_garbage(&client, &ns).await;
         (stored(&client, &ns, &snapshotter).await == (0, 0)).then_some(())
     })

@@ -7,7 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use common::TestEnv;
+use marina_runtime::conformance::eventually;
 use marina_runtime::{Command, LogStream, NetworkMode, Runtime, RuntimeError, TaskHandle, TaskSpec, TaskState};
 use marina_runtime_containerd::ContainerdRuntime;
 
@@ -107,7 +108,7 @@ async fn network_none_is_isolated_and_bridge_shares_the_host_network() {
     let seen = |handle: TaskHandle| {
         let runtime = env.runtime.clone();
         async move {
-            eventually("the interfaces are listed", Duration::from_secs(30), || {
+            eventually(Duration::from_secs(30), "the interfaces are listed", || {
                 let (runtime, handle) = (runtime.clone(), handle.clone());
                 async move {
                     let logs = runtime.logs(&handle, LogStream::Stdout, None).await.expect("logs");
@@ -177,7 +178,7 @@ async fn a_fresh_connection_manages_tasks_from_their_handles() {
     assert!(matches!(restarted.inspect(&handle).await.expect("inspect"), TaskState::Running { .. }));
     // Even a handle that lost its data finds the task's logs through the container.
     let bare = TaskHandle { data: String::new(), ..handle.clone() };
-    eventually("stdout through a bare handle", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "stdout through a bare handle", || async {
         let logs = restarted.logs(&bare, LogStream::Stdout, None).await.expect("logs");
         String::from_utf8_lossy(&logs).contains("before").then_some(())
     })
@@ -237,7 +238,7 @@ async fn output_rotates_through_marinas_logging_binary() {
 
     let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).unwrap_or_default();
     let expected: String = (0..2000).map(|i| format!("{i:04}\n")).collect();
-    eventually("the logger to write the last line", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "the logger to write the last line", || async {
         read("stdout").ends_with("1999\n").then_some(())
     })
     .await;
@@ -254,7 +255,7 @@ async fn output_rotates_through_marinas_logging_binary() {
     assert_eq!(String::from_utf8_lossy(&logs), read("stdout"), "logs read the current file");
     runtime.remove(&handle).await.expect("remove");
     let sandbox = spec.sandbox.display().to_string();
-    eventually("the logger to exit with its task", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "the logger to exit with its task", || async {
         let running = std::fs::read_dir("/proc").ok()?.flatten().any(|entry| {
             std::fs::read(entry.path().join("cmdline"))
                 .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&sandbox))

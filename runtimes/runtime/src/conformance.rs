@@ -15,6 +15,24 @@ use crate::{
     TaskSpec, TaskState, marina_labels,
 };
 
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` naming
+/// `what`: the one way Marina's tests wait on a condition, never a fixed sleep (the runtimes'
+/// tests call it from here, the cluster's as `marina_tests::eventually`).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a backend's tests provide.
 pub struct Fixture {
     pub runtime: Arc<dyn Runtime>,
@@ -62,16 +80,12 @@ impl Fixture {
 
     /// Waits until `logs` of `stream` contain `needle`.
     async fn wait_for_output(&self, handle: &TaskHandle, stream: LogStream, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), &format!("{needle:?} in {stream:?}"), || async {
             let logs = self.runtime.logs(handle, stream, None).await.expect("logs");
             let text = String::from_utf8_lossy(&logs).into_owned();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "{needle:?} never appeared in {stream:?}; got {text:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            text.contains(needle).then_some(text)
+        })
+        .await
     }
 }
 

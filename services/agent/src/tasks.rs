@@ -750,13 +750,11 @@ mod tests {
     }
 
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        marina_runtime::conformance::eventually(Duration::from_secs(10), what, || {
+            let holds = done();
+            async move { holds.then_some(()) }
         })
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     /// Defense in depth: whatever the master let through, a task that breaks the rules is

@@ -107,11 +107,11 @@ pub fn is_running(pid: u32, start_time: u64) -> bool {
     read_start_time(pid).is_some_and(|(start, zombie)| start == start_time && !zombie)
 }
 
-/// Waits up to 30 s for `condition`.
+/// Waits up to 30 s until `condition` holds.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    marina_runtime::conformance::eventually(Duration::from_secs(30), what, || {
+        let holds = condition();
+        async move { holds.then_some(()) }
+    })
+    .await
 }

@@ -139,6 +139,14 @@ fn method_not_allowed() -> Response {
     message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
+/// The app a target names when it must name the app itself (not its tasks or versions).
+fn the_app(rest: &str) -> Result<PathId, Response> {
+    match AppPath::read(rest) {
+        target @ AppPath::App(_) => Ok(target.id()?),
+        _ => Err(method_not_allowed()),
+    }
+}
+
 // ----- handlers ---------------------------------------------------------------------------------
 
 pub(super) async fn list(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>) -> Reply {
@@ -233,12 +241,8 @@ pub(super) async fn put(
     body: Bytes,
 ) -> Reply {
     let apps = service(&gateway)?;
-    let target = AppPath::read(&rest);
-    let AppPath::App(_) = target else {
-        return Err(method_not_allowed());
-    };
     let mode = if flags.partial_update.unwrap_or(true) { UpdateMode::PatchOrCreate } else { UpdateMode::Replace };
-    let updated = apps.update(&target.id()?, &body, mode, flags.force).await?;
+    let updated = apps.update(&the_app(&rest)?, &body, mode, flags.force).await?;
     Ok(deployed(if updated.created { StatusCode::CREATED } else { StatusCode::OK }, &updated.deployed))
 }
 
@@ -249,11 +253,7 @@ pub(super) async fn patch(
     body: Bytes,
 ) -> Reply {
     let apps = service(&gateway)?;
-    let target = AppPath::read(&rest);
-    let AppPath::App(_) = target else {
-        return Err(method_not_allowed());
-    };
-    let updated = apps.update(&target.id()?, &body, UpdateMode::Patch, flags.force).await?;
+    let updated = apps.update(&the_app(&rest)?, &body, UpdateMode::Patch, flags.force).await?;
     Ok(deployed(StatusCode::OK, &updated.deployed))
 }
 
