@@ -12,7 +12,8 @@
 //! - `convergence`: the rounds that decide what to launch and kill ([`crate::engine`]);
 //! - `offers`: placing waiting instances on offers ([`crate::placement`]), recording them,
 //!   accepting and declining;
-//! - `updates`: status updates from the master, as instance transitions and events;
+//! - `updates`: status updates from the master: `transition` (pure, unit-tested) changes
+//!   the instances and returns what to write, publish and kill;
 //! - `kills`: tasks killed on request; `probing`: readiness probes of new instances.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

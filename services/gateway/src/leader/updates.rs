@@ -11,158 +11,16 @@ use crate::events::MarathonEvent;
 use crate::model;
 use crate::store::{self, Batch};
 
-use super::{DeployError, Instance, InstanceRecord, Leader, TaskFailure, back_off, condition_name, now_ts};
+use super::{DeployError, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts};
 
 impl Leader {
     /// A status update from the master. Returns once it is applied (so it may be
     /// acknowledged).
     pub async fn handle_update(&self, status: TaskStatus) -> Result<(), DeployError> {
         self.metrics.status_updates.inc();
-        let state_of = status.state();
         let now = Instant::now();
-        let mut batch = Batch::default();
-        let mut events: Vec<MarathonEvent> = Vec::new();
-        let mut kill_orphan = false;
-        {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            match state.instances.get_mut(&status.task_id) {
-                None => {
-                    if !is_terminal(state_of) {
-                        // A task we do not know: adopt it if its app exists, kill it otherwise.
-                        let app_id = PathId::app_id_of_task(&status.task_id).map(|p| p.to_string());
-                        match app_id.as_ref().and_then(|id| state.apps.get(id).map(|e| (id.clone(), e))) {
-                            Some((id, entry)) if !entry.deleting => {
-                                let definition = entry.active.clone().unwrap_or_else(|| entry.definition.clone());
-                                let record = InstanceRecord {
-                                    task_id: status.task_id.clone(),
-                                    app_id: id,
-                                    version: model::version(&definition),
-                                    config_version: model::config_version(&definition),
-                                    agent_id: status.agent_id.clone(),
-                                    host: status.host.clone(),
-                                    ports: status.ports.iter().map(|p| p.host_port).collect(),
-                                    staged_at: now_ts(),
-                                };
-                                batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
-                                tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
-                                state.instances.insert(Instance {
-                                    state: state_of,
-                                    healthy: status.healthy,
-                                    message: status.message.clone(),
-                                    ..Instance::staging(record, now)
-                                });
-                            }
-                            _ => kill_orphan = true,
-                        }
-                    }
-                }
-                Some(instance) => {
-                    let previous_health = instance.healthy;
-                    let previous_state = instance.state;
-                    instance.state = state_of;
-                    instance.message = status.message.clone();
-                    if status.healthy.is_some() {
-                        instance.healthy = status.healthy;
-                    }
-                    if !status.host.is_empty() {
-                        instance.record.host = status.host.clone();
-                    }
-                    if !status.agent_id.is_empty() {
-                        instance.record.agent_id = status.agent_id.clone();
-                    }
-                    instance.unreachable_since = match state_of {
-                        TaskState::TaskUnreachable => instance.unreachable_since.or(Some(now)),
-                        _ => None,
-                    };
-                    if state_of == TaskState::TaskRunning && instance.started_at.is_none() {
-                        instance.started_at = Some(now_ts());
-                    }
-                    let app_id = instance.record.app_id.clone();
-                    let watched = self.events.is_watched();
-                    if watched {
-                        events.push(MarathonEvent::StatusUpdate {
-                            slave_id: instance.record.agent_id.clone(),
-                            task_id: status.task_id.clone(),
-                            task_status: state_of.as_str_name(),
-                            message: status.message.clone(),
-                            app_id: app_id.clone(),
-                            host: instance.record.host.clone(),
-                            ip_addresses: Vec::new(),
-                            ports: instance.record.ports.clone(),
-                            version: instance.record.version.clone(),
-                        });
-                    }
-                    if watched && previous_state != state_of {
-                        events.push(MarathonEvent::InstanceChanged {
-                            instance_id: status.task_id.clone(),
-                            condition: condition_name(state_of),
-                            run_spec_id: app_id.clone(),
-                            agent_id: instance.record.agent_id.clone(),
-                            host: instance.record.host.clone(),
-                            run_spec_version: instance.record.version.clone(),
-                        });
-                    }
-                    if status.reason == marina_proto::reason::HEALTH_KILLED && is_terminal(state_of) {
-                        events.push(MarathonEvent::UnhealthyInstanceKill {
-                            app_id: app_id.clone(),
-                            task_id: status.task_id.clone(),
-                            instance_id: status.task_id.clone(),
-                            version: instance.record.version.clone(),
-                            reason: status.message.clone(),
-                            host: instance.record.host.clone(),
-                            slave_id: instance.record.agent_id.clone(),
-                        });
-                    }
-                    if instance.healthy != previous_health
-                        && let Some(alive) = instance.healthy
-                    {
-                        events.push(MarathonEvent::HealthStatusChanged {
-                            app_id: app_id.clone(),
-                            task_id: status.task_id.clone(),
-                            instance_id: status.task_id.clone(),
-                            version: instance.record.version.clone(),
-                            alive,
-                        });
-                        if !alive {
-                            events.push(MarathonEvent::FailedHealthCheck {
-                                app_id: app_id.clone(),
-                                task_id: status.task_id.clone(),
-                                instance_id: status.task_id.clone(),
-                            });
-                        }
-                    }
-                    if is_terminal(state_of) {
-                        let killed_by_us = instance.killing;
-                        let failed = matches!(
-                            state_of,
-                            TaskState::TaskFailed
-                                | TaskState::TaskError
-                                | TaskState::TaskLost
-                                | TaskState::TaskGone
-                                | TaskState::TaskDropped
-                                | TaskState::TaskUnknown
-                        );
-                        let failure = TaskFailure {
-                            task_id: status.task_id.clone(),
-                            state: state_of,
-                            message: status.message.clone(),
-                            host: instance.record.host.clone(),
-                            agent_id: instance.record.agent_id.clone(),
-                            version: instance.record.version.clone(),
-                            timestamp: Timestamp::now(),
-                        };
-                        state.instances.remove(&status.task_id);
-                        batch.delete(format!("{}/{}", store::INSTANCES, status.task_id));
-                        if failed && !killed_by_us {
-                            back_off(state, &app_id, failure, now);
-                        }
-                    } else if state_of == TaskState::TaskRunning && instance.healthy != Some(false) {
-                        state.backoff.remove(&app_id);
-                    }
-                }
-            }
-        }
+        let Transition { batch, events, kill_orphan } =
+            transition(&mut self.lock(), &status, now, self.events.is_watched());
         if kill_orphan {
             tracing::warn!(task = %status.task_id, "killing a task of no known app");
             let session = self.master.borrow().clone();
@@ -187,5 +45,272 @@ impl Leader {
     /// What to reconcile: every instance with the agent it was placed on.
     pub fn reconcile_list(&self) -> Vec<(String, String)> {
         self.lock().instances.values().map(|i| (i.record.task_id.clone(), i.record.agent_id.clone())).collect()
+    }
+}
+
+/// What a status update does beyond the state it changes: coord writes, events to publish,
+/// and whether the task must be killed (it belongs to no app).
+#[derive(Default)]
+pub(super) struct Transition {
+    pub batch: Batch,
+    pub events: Vec<MarathonEvent>,
+    pub kill_orphan: bool,
+}
+
+/// Applies `status` to the instances in `state` at `now`: a task unknown here is adopted
+/// (its app exists) or marked for killing; a known one takes the new state, health and
+/// place; a terminal one is forgotten, and a failure the gateway did not cause backs its
+/// app off. Events are built only when someone `watched`. Decides without I/O: the caller
+/// writes the batch, publishes the events and kills the orphan.
+pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, watched: bool) -> Transition {
+    let state_of = status.state();
+    let mut batch = Batch::default();
+    let mut events: Vec<MarathonEvent> = Vec::new();
+    let mut kill_orphan = false;
+    match state.instances.get_mut(&status.task_id) {
+        None => {
+            if !is_terminal(state_of) {
+                // A task we do not know: adopt it if its app exists, kill it otherwise.
+                let app_id = PathId::app_id_of_task(&status.task_id).map(|p| p.to_string());
+                match app_id.as_ref().and_then(|id| state.apps.get(id).map(|e| (id.clone(), e))) {
+                    Some((id, entry)) if !entry.deleting => {
+                        let definition = entry.active.clone().unwrap_or_else(|| entry.definition.clone());
+                        let record = InstanceRecord {
+                            task_id: status.task_id.clone(),
+                            app_id: id,
+                            version: model::version(&definition),
+                            config_version: model::config_version(&definition),
+                            agent_id: status.agent_id.clone(),
+                            host: status.host.clone(),
+                            ports: status.ports.iter().map(|p| p.host_port).collect(),
+                            staged_at: now_ts(),
+                        };
+                        batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
+                        tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
+                        state.instances.insert(Instance {
+                            state: state_of,
+                            healthy: status.healthy,
+                            message: status.message.clone(),
+                            ..Instance::staging(record, now)
+                        });
+                    }
+                    _ => kill_orphan = true,
+                }
+            }
+        }
+        Some(instance) => {
+            let previous_health = instance.healthy;
+            let previous_state = instance.state;
+            instance.state = state_of;
+            instance.message = status.message.clone();
+            if status.healthy.is_some() {
+                instance.healthy = status.healthy;
+            }
+            if !status.host.is_empty() {
+                instance.record.host = status.host.clone();
+            }
+            if !status.agent_id.is_empty() {
+                instance.record.agent_id = status.agent_id.clone();
+            }
+            instance.unreachable_since = match state_of {
+                TaskState::TaskUnreachable => instance.unreachable_since.or(Some(now)),
+                _ => None,
+            };
+            if state_of == TaskState::TaskRunning && instance.started_at.is_none() {
+                instance.started_at = Some(now_ts());
+            }
+            let app_id = instance.record.app_id.clone();
+            if watched {
+                events.push(MarathonEvent::StatusUpdate {
+                    slave_id: instance.record.agent_id.clone(),
+                    task_id: status.task_id.clone(),
+                    task_status: state_of.as_str_name(),
+                    message: status.message.clone(),
+                    app_id: app_id.clone(),
+                    host: instance.record.host.clone(),
+                    ip_addresses: Vec::new(),
+                    ports: instance.record.ports.clone(),
+                    version: instance.record.version.clone(),
+                });
+            }
+            if watched && previous_state != state_of {
+                events.push(MarathonEvent::InstanceChanged {
+                    instance_id: status.task_id.clone(),
+                    condition: condition_name(state_of),
+                    run_spec_id: app_id.clone(),
+                    agent_id: instance.record.agent_id.clone(),
+                    host: instance.record.host.clone(),
+                    run_spec_version: instance.record.version.clone(),
+                });
+            }
+            if status.reason == marina_proto::reason::HEALTH_KILLED && is_terminal(state_of) {
+                events.push(MarathonEvent::UnhealthyInstanceKill {
+                    app_id: app_id.clone(),
+                    task_id: status.task_id.clone(),
+                    instance_id: status.task_id.clone(),
+                    version: instance.record.version.clone(),
+                    reason: status.message.clone(),
+                    host: instance.record.host.clone(),
+                    slave_id: instance.record.agent_id.clone(),
+                });
+            }
+            if instance.healthy != previous_health
+                && let Some(alive) = instance.healthy
+            {
+                events.push(MarathonEvent::HealthStatusChanged {
+                    app_id: app_id.clone(),
+                    task_id: status.task_id.clone(),
+                    instance_id: status.task_id.clone(),
+                    version: instance.record.version.clone(),
+                    alive,
+                });
+                if !alive {
+                    events.push(MarathonEvent::FailedHealthCheck {
+                        app_id: app_id.clone(),
+                        task_id: status.task_id.clone(),
+                        instance_id: status.task_id.clone(),
+                    });
+                }
+            }
+            if is_terminal(state_of) {
+                let killed_by_us = instance.killing;
+                let failed = matches!(
+                    state_of,
+                    TaskState::TaskFailed
+                        | TaskState::TaskError
+                        | TaskState::TaskLost
+                        | TaskState::TaskGone
+                        | TaskState::TaskDropped
+                        | TaskState::TaskUnknown
+                );
+                let failure = TaskFailure {
+                    task_id: status.task_id.clone(),
+                    state: state_of,
+                    message: status.message.clone(),
+                    host: instance.record.host.clone(),
+                    agent_id: instance.record.agent_id.clone(),
+                    version: instance.record.version.clone(),
+                    timestamp: Timestamp::now(),
+                };
+                state.instances.remove(&status.task_id);
+                batch.delete(format!("{}/{}", store::INSTANCES, status.task_id));
+                if failed && !killed_by_us {
+                    back_off(state, &app_id, failure, now);
+                }
+            } else if state_of == TaskState::TaskRunning && instance.healthy != Some(false) {
+                state.backoff.remove(&app_id);
+            }
+        }
+    }
+    Transition { batch, events, kill_orphan }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{self, AppDefinition};
+    use crate::leader::AppEntry;
+
+    const TASK: &str = "web.8f14e45f-ceea-467f-a0e6-0d1e8b2b7a10";
+
+    fn web() -> AppDefinition {
+        let json = r#"{"id": "/web", "cmd": "x", "cpus": 0.1, "mem": 32, "backoffSeconds": 60}"#;
+        let mut definition = app::parse_app(json.as_bytes(), None).unwrap();
+        app::stamp(&mut definition, Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(), None);
+        definition
+    }
+
+    /// A leader's state holding `/web` (converging to its definition).
+    fn state() -> State {
+        let mut state = State::default();
+        let definition = web();
+        state.apps.insert("/web".into(), AppEntry { active: Some(definition.clone()), definition, deleting: false });
+        state
+    }
+
+    fn status(task_id: &str, state: TaskState) -> TaskStatus {
+        TaskStatus {
+            task_id: task_id.into(),
+            state: state as i32,
+            agent_id: "agent-1".into(),
+            host: "h1".into(),
+            message: "why".into(),
+            ..Default::default()
+        }
+    }
+
+    /// `state` with `TASK` launched and running.
+    fn running() -> State {
+        let mut state = state();
+        let adopted = transition(&mut state, &status(TASK, TaskState::TaskRunning), Instant::now(), false);
+        assert!(!adopted.kill_orphan);
+        state
+    }
+
+    fn types(transition: &Transition) -> Vec<&'static str> {
+        transition.events.iter().map(MarathonEvent::event_type).collect()
+    }
+
+    #[test]
+    fn a_running_task_of_a_known_app_is_adopted_and_recorded() {
+        let mut state = state();
+        let adopted = transition(&mut state, &status(TASK, TaskState::TaskRunning), Instant::now(), true);
+        assert!(!adopted.kill_orphan);
+        assert_eq!(adopted.batch.describe(), [format!("put /gateway/instances/{TASK}")]);
+        let instance = state.instances.get(TASK).expect("adopted");
+        assert_eq!((instance.record.app_id.as_str(), instance.state), ("/web", TaskState::TaskRunning));
+        assert_eq!(instance.record.host, "h1");
+    }
+
+    #[test]
+    fn a_task_of_no_app_is_to_be_killed_and_a_finished_one_is_let_be() {
+        let mut state = state();
+        let orphan = "gone.8f14e45f-ceea-467f-a0e6-0d1e8b2b7a10";
+        let running = transition(&mut state, &status(orphan, TaskState::TaskRunning), Instant::now(), true);
+        assert!(running.kill_orphan && running.batch.is_empty() && running.events.is_empty());
+        let finished = transition(&mut state, &status(orphan, TaskState::TaskFinished), Instant::now(), true);
+        assert!(!finished.kill_orphan && finished.batch.is_empty());
+        assert!(state.instances.get(orphan).is_none());
+    }
+
+    #[test]
+    fn a_failure_the_gateway_did_not_cause_is_forgotten_and_backs_the_app_off() {
+        let mut state = running();
+        let now = Instant::now();
+        let failed = transition(&mut state, &status(TASK, TaskState::TaskFailed), now, true);
+        assert_eq!(failed.batch.describe(), [format!("delete /gateway/instances/{TASK}")]);
+        assert_eq!(types(&failed), ["status_update_event", "instance_changed_event"]);
+        assert!(state.instances.get(TASK).is_none(), "a terminal task is forgotten");
+        let backoff = &state.backoff["/web"];
+        assert_eq!(backoff.failures, 1);
+        assert!(backoff.until.is_some_and(|until| until >= now + std::time::Duration::from_secs(59)));
+        let failure = &state.failures["/web"];
+        assert_eq!((failure.task_id.as_str(), failure.message.as_str()), (TASK, "why"));
+    }
+
+    #[test]
+    fn a_task_the_gateway_killed_does_not_back_its_app_off() {
+        let mut state = running();
+        state.instances.get_mut(TASK).unwrap().killing = true;
+        let killed = transition(&mut state, &status(TASK, TaskState::TaskKilled), Instant::now(), false);
+        assert!(killed.events.is_empty(), "no one watches: no events are built");
+        assert!(state.instances.get(TASK).is_none());
+        assert!(!state.backoff.contains_key("/web") && !state.failures.contains_key("/web"));
+    }
+
+    #[test]
+    fn health_changes_are_announced_and_a_health_kill_is_named() {
+        let mut state = running();
+        let mut sick = status(TASK, TaskState::TaskRunning);
+        sick.healthy = Some(false);
+        let unhealthy = transition(&mut state, &sick, Instant::now(), true);
+        assert_eq!(
+            types(&unhealthy),
+            ["status_update_event", "health_status_changed_event", "failed_health_check_event"]
+        );
+        let mut killed = status(TASK, TaskState::TaskKilled);
+        killed.reason = marina_proto::reason::HEALTH_KILLED.into();
+        let health_kill = transition(&mut state, &killed, Instant::now(), true);
+        assert!(types(&health_kill).contains(&"unhealthy_instance_kill_event"), "{:?}", types(&health_kill));
     }
 }

@@ -10,7 +10,8 @@
 //! By concern, each a file of `impl LeaderState` over the state defined here:
 //! - `agents`: registration, heartbeats, links, status updates, what an agent may claim;
 //! - `frameworks`: subscriptions, kills, acknowledgements, reconciliation, teardown;
-//! - `offers`: accept and decline (checked against the offers), allocation rounds, refusals;
+//! - `offers`: accept and decline (checked against the offers), refusals, allocation rounds:
+//!   the books (`ledger`, pure and unit-tested), then DRF ([`crate::allocator`]), then sending;
 //! - `liveness`: unreachable agents (with the mass-silence hold), scheduler heartbeats;
 //! - `operators`: draining, the cluster's state.
 //!

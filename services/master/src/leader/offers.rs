@@ -140,50 +140,7 @@ impl LeaderState {
             framework.refused.retain(|_, until| *until > now);
         }
         let inner = &mut *inner;
-        let mut offered_per_agent: HashMap<&str, Resources> = HashMap::new();
-        let mut offered_per_framework: HashMap<&str, Resources> = HashMap::new();
-        for offer in inner.offers.values() {
-            let agent = offered_per_agent.entry(&offer.agent_id).or_default();
-            *agent = add(agent, &offer.resources);
-            let framework = offered_per_framework.entry(&offer.framework_id).or_default();
-            *framework = add(framework, &offer.resources);
-        }
-        let mut total = Resources::default();
-        let mut free_agents = Vec::new();
-        let mut running_per_framework: HashMap<String, Resources> = HashMap::new();
-        for (agent_id, agent) in inner.agents.iter_mut() {
-            let usage = agent.usage();
-            for (framework_id, resources) in &usage.per_framework {
-                let entry = running_per_framework.entry(framework_id.clone()).or_default();
-                *entry = add(entry, resources);
-            }
-            let used = usage.used.clone();
-            if agent.status != AgentStatus::Active || agent.link.is_none() {
-                continue;
-            }
-            let agent_total = agent.info.resources.clone().unwrap_or_default();
-            total = add(&total, &agent_total);
-            let mut free = subtract(&agent_total, &used);
-            if let Some(offered) = offered_per_agent.get(agent_id.as_str()) {
-                free = subtract(&free, offered);
-            }
-            free_agents.push(FreeAgent { agent_id: agent_id.clone(), free });
-        }
-        let mut candidates: Vec<Candidate> = inner
-            .frameworks
-            .values()
-            .filter(|f| f.stream.is_some() && !f.suppressed)
-            .map(|f| {
-                let id = f.info.framework_id.as_str();
-                let running = running_per_framework.get(id).cloned().unwrap_or_default();
-                let offered = offered_per_framework.get(id).cloned().unwrap_or_default();
-                Candidate {
-                    framework_id: id.to_owned(),
-                    allocated: add(&running, &offered),
-                    refused: f.refused.keys().cloned().collect::<HashSet<_>>(),
-                }
-            })
-            .collect();
+        let Ledger { total, mut free_agents, mut candidates } = ledger(inner);
         if candidates.is_empty() || free_agents.is_empty() {
             return;
         }
@@ -253,6 +210,69 @@ impl LeaderState {
     }
 }
 
+/// What an allocation round works from, as the books stand: the cluster's total, what each
+/// agent offerable now has free, and each framework that takes offers with what it holds.
+pub(super) struct Ledger {
+    /// Every active, linked agent's resources.
+    pub total: Resources,
+    /// Each active, linked agent: its resources less what its live tasks use and what is
+    /// offered of it already.
+    pub free_agents: Vec<FreeAgent>,
+    /// Each subscribed, unsuppressed framework: what it runs plus what it has been offered
+    /// (its share for DRF), and the agents it refuses for now.
+    pub candidates: Vec<Candidate>,
+}
+
+/// The books for an allocation round. Pure but for the agents' usage caches (worked out
+/// again where tasks changed): no offer is made or rescinded here.
+pub(super) fn ledger(inner: &mut Inner) -> Ledger {
+    let mut offered_per_agent: HashMap<&str, Resources> = HashMap::new();
+    let mut offered_per_framework: HashMap<&str, Resources> = HashMap::new();
+    for offer in inner.offers.values() {
+        let agent = offered_per_agent.entry(&offer.agent_id).or_default();
+        *agent = add(agent, &offer.resources);
+        let framework = offered_per_framework.entry(&offer.framework_id).or_default();
+        *framework = add(framework, &offer.resources);
+    }
+    let mut total = Resources::default();
+    let mut free_agents = Vec::new();
+    let mut running_per_framework: HashMap<String, Resources> = HashMap::new();
+    for (agent_id, agent) in inner.agents.iter_mut() {
+        let usage = agent.usage();
+        for (framework_id, resources) in &usage.per_framework {
+            let entry = running_per_framework.entry(framework_id.clone()).or_default();
+            *entry = add(entry, resources);
+        }
+        let used = usage.used.clone();
+        if agent.status != AgentStatus::Active || agent.link.is_none() {
+            continue;
+        }
+        let agent_total = agent.info.resources.clone().unwrap_or_default();
+        total = add(&total, &agent_total);
+        let mut free = subtract(&agent_total, &used);
+        if let Some(offered) = offered_per_agent.get(agent_id.as_str()) {
+            free = subtract(&free, offered);
+        }
+        free_agents.push(FreeAgent { agent_id: agent_id.clone(), free });
+    }
+    let candidates = inner
+        .frameworks
+        .values()
+        .filter(|f| f.stream.is_some() && !f.suppressed)
+        .map(|f| {
+            let id = f.info.framework_id.as_str();
+            let running = running_per_framework.get(id).cloned().unwrap_or_default();
+            let offered = offered_per_framework.get(id).cloned().unwrap_or_default();
+            Candidate {
+                framework_id: id.to_owned(),
+                allocated: add(&running, &offered),
+                refused: f.refused.keys().cloned().collect::<HashSet<_>>(),
+            }
+        })
+        .collect();
+    Ledger { total, free_agents, candidates }
+}
+
 /// How long a refusal of `refuse_seconds` lasts: not a number, infinite or negative is an
 /// error; longer than [`MAX_REFUSE`] is [`MAX_REFUSE`].
 pub fn refusal(refuse_seconds: f64) -> Result<Duration, MasterError> {
@@ -304,4 +324,82 @@ pub(super) fn validate_launch(
     covers_scalars(offered, &asked)
         .map_err(|shortfall| format!("the tasks exceed the offers on agent {agent_id}: {shortfall}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use marina_proto::agent::v1::{AgentInfo, Range, TaskStatus};
+
+    use super::super::{AgentRecord, FrameworkRecord};
+    use super::*;
+
+    fn resources(cpus: f64, mem_mb: f64) -> Resources {
+        Resources { cpus, mem_mb, disk_mb: 0.0, ports: vec![Range { begin: 31000, end: 31009 }] }
+    }
+
+    fn agent(id: &str, status: AgentStatus, linked: bool) -> AgentRecord {
+        let info = AgentInfo { agent_id: id.into(), resources: Some(resources(4.0, 4096.0)), ..Default::default() };
+        let link = linked.then(|| (1, tokio::sync::mpsc::unbounded_channel().0));
+        AgentRecord::new(info, status, link, HashMap::new())
+    }
+
+    fn task(id: &str, framework: &str, cpus: f64, state: TaskState) -> (String, TaskRecord) {
+        let info = TaskInfo {
+            task_id: id.into(),
+            framework_id: framework.into(),
+            resources: Some(Resources { cpus, mem_mb: 256.0, disk_mb: 0.0, ports: Vec::new() }),
+            ..Default::default()
+        };
+        let status = TaskStatus { task_id: id.into(), state: state as i32, ..Default::default() };
+        (id.to_owned(), TaskRecord { info, status })
+    }
+
+    fn framework(id: &str, subscribed: bool, suppressed: bool) -> FrameworkRecord {
+        let info = pb::FrameworkInfo { framework_id: id.into(), name: id.into(), ..Default::default() };
+        let stream = subscribed.then(|| (1, tokio::sync::mpsc::channel(1).0));
+        FrameworkRecord { info, stream, suppressed, refused: HashMap::new() }
+    }
+
+    /// The books: only active, linked agents count and are offerable; what live tasks use
+    /// and what is already offered is not free; a framework's share is what it runs plus
+    /// what it holds in offers; frameworks not subscribed or suppressed get nothing.
+    #[test]
+    fn the_ledger_counts_what_runs_and_what_is_offered() {
+        let mut inner = Inner::default();
+        let mut busy = agent("busy", AgentStatus::Active, true);
+        busy.tasks
+            .extend([task("t1", "web", 1.0, TaskState::TaskRunning), task("t2", "web", 0.5, TaskState::TaskFinished)]);
+        inner.agents.insert("busy".into(), busy);
+        inner.agents.insert("offered".into(), agent("offered", AgentStatus::Active, true));
+        inner.agents.insert("draining".into(), agent("draining", AgentStatus::Draining, true));
+        inner.agents.insert("unlinked".into(), agent("unlinked", AgentStatus::Active, false));
+        let mut batch = framework("batch", true, false);
+        batch.refused.insert("busy".into(), Instant::now() + Duration::from_secs(60));
+        inner.frameworks.extend([
+            ("web".to_owned(), framework("web", true, false)),
+            ("batch".to_owned(), batch),
+            ("gone".to_owned(), framework("gone", false, false)),
+            ("quiet".to_owned(), framework("quiet", true, true)),
+        ]);
+        let offer = OfferRecord {
+            framework_id: "batch".into(),
+            agent_id: "offered".into(),
+            resources: resources(3.0, 1024.0),
+            created: Instant::now(),
+        };
+        inner.offers.insert("o1".into(), offer);
+
+        let Ledger { total, free_agents, candidates } = ledger(&mut inner);
+        assert_eq!((total.cpus, total.mem_mb), (8.0, 8192.0), "two offerable agents");
+        let free: HashMap<&str, &Resources> = free_agents.iter().map(|a| (a.agent_id.as_str(), &a.free)).collect();
+        assert_eq!(free.len(), 2, "neither a draining nor an unlinked agent is offered: {free:?}");
+        assert_eq!((free["busy"].cpus, free["busy"].mem_mb), (3.0, 3840.0), "the finished task frees its share");
+        assert_eq!((free["offered"].cpus, free["offered"].mem_mb), (1.0, 3072.0));
+        assert!(free["offered"].ports.is_empty(), "the offered ports are not free");
+        let held: HashMap<&str, &Candidate> = candidates.iter().map(|c| (c.framework_id.as_str(), c)).collect();
+        assert_eq!(held.keys().copied().collect::<HashSet<_>>(), HashSet::from(["web", "batch"]));
+        assert_eq!(held["web"].allocated.cpus, 1.0, "what it runs");
+        assert_eq!(held["batch"].allocated.cpus, 3.0, "what it was offered");
+        assert!(held["batch"].refused.contains("busy"));
+    }
 }
