@@ -32,11 +32,16 @@ struct Setup {
 }
 
 async fn setup(masters: usize) -> Setup {
+    setup_with(masters, MASTER_ENV).await
+}
+
+/// Like [`setup`], the masters configured with `master_env`.
+async fn setup_with(masters: usize, master_env: &[(&str, &str)]) -> Setup {
     let coord = CoordCluster::start(3).await;
     let dir = marina_tests::TestDir::new();
     let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
     let masters: Vec<Service> =
-        (0..masters).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), MASTER_ENV)).collect();
+        (0..masters).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), master_env)).collect();
     let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
     for service in masters.iter().chain([&agent]) {
         service.wait_healthy().await;
@@ -145,16 +150,25 @@ async fn sigkill_of_the_leader_hands_agents_and_tasks_to_a_standby() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_hands_over_at_once() {
-    let mut setup = setup(2).await;
+    // A long session, and as long a grace for a dropped connection: only a resignation can
+    // hand over quickly (with the default 300 ms grace, a process that merely exited would
+    // lose its session about as fast, and the test could not tell).
+    const TTL_MS: u64 = 10_000;
+    let env = [
+        ("MARINA_MASTER_AGENT_REREGISTER_TIMEOUT_MS", "10000"),
+        ("MARINA_MASTER_SESSION_TTL_MS", "10000"),
+        ("MARINA_MASTER_SESSION_DISCONNECT_GRACE_MS", "10000"),
+    ];
+    let mut setup = setup_with(2, &env).await;
     let (old, _) = leader(&setup.masters).await;
-    let stopped_at = Instant::now();
     let status = setup.masters[old].terminate().await.unwrap();
+    let stopped_at = Instant::now();
     assert!(status.success(), "{status:?}");
     let (new, _) = leader(&setup.masters).await;
     let handover = stopped_at.elapsed();
     assert_ne!(new, old);
     // Resigning deletes the member node first: no session timeout is waited for.
-    assert!(handover < Duration::from_millis(1500), "handover took {handover:?}");
+    assert!(handover < Duration::from_millis(TTL_MS / 2), "handover took {handover:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

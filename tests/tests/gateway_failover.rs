@@ -1,5 +1,6 @@
 //! Gateway failover with real processes: SIGKILL the leading gateway in the middle of a
-//! deployment; the other takes over and finishes it, with no task duplicated or lost.
+//! deployment; the other takes over and finishes it, with no task duplicated or lost. And
+//! SIGTERM of the leading gateway: it resigns on its way out, so the standby leads at once.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use marina_tests::services::Service;
 use marina_tests::{CoordCluster, TestDir, eventually};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);
 const SIM_AGENT: &[(&str, &str)] = &[("MARINA_AGENT_RESOURCES__CPUS", "8"), ("MARINA_AGENT_RESOURCES__MEM_MB", "8192")];
@@ -79,5 +81,89 @@ async fn a_killed_gateway_leader_is_replaced_mid_deployment() {
     assert_eq!(master_tasks, gateway_tasks);
     let all: Vec<&Value> = state["tasks"].as_array().unwrap().iter().collect();
     assert_eq!(all.len(), 6, "no other task was ever launched: {all:?}");
+    drop((coord, dir, agents));
+}
+
+/// The ids of `/steady`'s tasks as gateway `gateway` reports them, once `count` run and no
+/// deployment is in progress.
+async fn steady_tasks(gateway: &Service, count: usize) -> BTreeSet<String> {
+    eventually(WAIT, &format!("/steady to run {count} tasks with no deployment"), || async {
+        let app = gateway.get_json("/v2/apps/steady").await?["app"].clone();
+        let tasks: BTreeSet<String> =
+            app["tasks"].as_array()?.iter().filter_map(|t| Some(t["id"].as_str()?.to_owned())).collect();
+        (app["tasksRunning"] == count && tasks.len() == count && app["deployments"].as_array()?.is_empty())
+            .then_some(tasks)
+    })
+    .await
+}
+
+/// Every task the master has ever known, by id, with its state.
+async fn master_tasks(master: &Service) -> Vec<(String, String)> {
+    let state = master.get_json("/master/state").await.expect("the master answers");
+    let tasks = state["tasks"].as_array().expect("a task list");
+    tasks.iter().map(|t| (t["id"].as_str().unwrap().to_owned(), t["state"].as_str().unwrap().to_owned())).collect()
+}
+
+/// A leading gateway stopped with SIGTERM resigns before it exits: it exits 0, and the
+/// standby leads well inside the coord session's TTL (10 s here, and as long a disconnect
+/// grace, so that only a resignation — never the session's end — explains a quick
+/// handover). The app's running tasks are untouched (the same ids, none launched again, the
+/// master knowing no other), and the apps API works through the new leader: scaling the app
+/// up launches only the new tasks. A rolling restart of gateways must cost neither a TTL of
+/// unavailability nor a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_gateway_leader_hands_over_at_once_and_leaves_tasks_alone() {
+    const SESSION_TTL: Duration = Duration::from_secs(10);
+    let coord = CoordCluster::start(1).await;
+    let dir = TestDir::new();
+    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
+    let master = Service::master("master", &url, dir.path(), &[]);
+    let agents: Vec<Service> =
+        (0..2).map(|i| Service::agent(&format!("agent-{i}"), &url, "sim", dir.path(), SIM_AGENT)).collect();
+    let ttl = SESSION_TTL.as_millis().to_string();
+    // The disconnect grace as long as the TTL: a process that exits without resigning
+    // closes its coord connection, and with the default grace (300 ms) coord would end its
+    // session almost as fast as a resignation does.
+    let gateway_env =
+        [("MARINA_GATEWAY_SESSION_TTL_MS", ttl.as_str()), ("MARINA_GATEWAY_SESSION_DISCONNECT_GRACE_MS", ttl.as_str())];
+    let mut gateways: Vec<Service> =
+        (0..2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &gateway_env)).collect();
+    for service in [&master].into_iter().chain(&agents).chain(&gateways) {
+        service.wait_healthy().await;
+    }
+    let old = leading(&gateways).await;
+    let other = 1 - old;
+    let info = gateways[other].get_json("/v2/info").await.unwrap();
+    assert_eq!(info["zookeeper_config"]["zk_session_timeout"], SESSION_TTL.as_millis() as u64, "the TTL took");
+    let http = reqwest::Client::new();
+    let app = json!({ "id": "/steady", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 3 });
+    let created = http.post(format!("http://{}/v2/apps", gateways[old].address)).json(&app).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let before = steady_tasks(&gateways[old], 3).await;
+
+    let status = gateways[old].terminate().await.expect("the gateway ran");
+    let exited_at = Instant::now();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let new = leading(&gateways).await;
+    let handover = exited_at.elapsed();
+    assert_eq!(new, other);
+    assert!(handover < SESSION_TTL / 2, "the standby took {handover:?} to lead: the old leader did not resign");
+
+    // The new leader knows the same tasks; the master ran no other.
+    let after = steady_tasks(&gateways[new], 3).await;
+    assert_eq!(after, before, "nothing was restarted or duplicated");
+    let known = master_tasks(&master).await;
+    assert_eq!(known.len(), 3, "no task was launched again: {known:?}");
+    assert!(known.iter().all(|(id, state)| before.contains(id) && state == "TASK_RUNNING"), "{known:?}");
+
+    // The apps API works through the new leader: scaling up keeps the three, adds two.
+    let scaled =
+        http.put(format!("http://{}/v2/apps/steady", gateways[new].address)).json(&json!({ "instances": 5 })).send();
+    let scaled = scaled.await.unwrap();
+    assert_eq!(scaled.status(), 200);
+    let scaled_tasks = steady_tasks(&gateways[new], 5).await;
+    assert!(scaled_tasks.is_superset(&before), "the running tasks stay: {before:?} -> {scaled_tasks:?}");
+    let known = master_tasks(&master).await;
+    assert_eq!(known.len(), 5, "only the two new tasks were launched: {known:?}");
     drop((coord, dir, agents));
 }

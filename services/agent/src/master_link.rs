@@ -148,11 +148,15 @@ async fn attach(
                     None => return Err("the master closed the stream".into()),
                 };
                 if !agent.accept_epoch(message.epoch) {
-                    return Err(format!(
+                    // Worth an operator's attention on its own line: a deposed master still
+                    // believes it leads (a partition, a paused process).
+                    let refused = format!(
                         "refused a command from a deposed master (epoch {} < {})",
                         message.epoch,
                         agent.highest_epoch()
-                    ));
+                    );
+                    tracing::warn!(master = %member.address, "{refused}");
+                    return Err(refused);
                 }
                 if let Some(interval) = handle(agent, message, &mut registered).await {
                     heartbeat = tokio::time::interval(interval);
