@@ -10,6 +10,7 @@ pub mod docker;
 pub mod events;
 pub mod otlp;
 pub mod process;
+pub mod processes;
 pub mod python;
 pub mod scheduler;
 pub mod services;
@@ -19,6 +20,7 @@ pub mod wait;
 pub use cluster::MarinaCluster;
 pub use coord::{CoordCluster, CoordProcesses};
 pub use process::TestProcess;
+pub use processes::{ProcessCluster, Topology};
 pub use scheduler::TestScheduler;
 pub use testdir::TestDir;
 pub use wait::eventually;
@@ -34,10 +36,21 @@ pub fn init_logging() {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for processes that must be told their port up front).
+/// A free TCP port on 127.0.0.1 (for processes that must be told their port up front),
+/// never one this test process was given before: the port is released before its user binds
+/// it, and the kernel may hand the same ephemeral port to the next bind — two calls in a row
+/// once gave a ZooKeeper its client and election port alike. (Another process may still
+/// take it meanwhile; binding port 0 where a service can is the cure.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("binding an ephemeral port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("binding an ephemeral port");
+        if GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
 }

@@ -260,5 +260,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     let refusal = format!("refused a command from a deposed master (epoch {deposed_epoch} < {epoch})");
     let warned = agent.log().lines().filter(|line| line.contains("WARN") && line.contains(&refusal)).count();
     assert_eq!(warned, 2, "each refusal is a warning of its own: {refusal}");
+    let metrics = reqwest::get(format!("http://{}/metrics", agent.address)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|line| line == "marina_agent_stale_commands_refused_total 2"), "counted:\n{metrics}");
     drop((scripted, agent, dir, coord));
 }

@@ -6,41 +6,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use marina_tests::services::Service;
-use marina_tests::{CoordCluster, TestDir, eventually};
+use marina_tests::{ProcessCluster, Topology, eventually};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);
-const SIM_AGENT: &[(&str, &str)] = &[("MARINA_AGENT_RESOURCES__CPUS", "8"), ("MARINA_AGENT_RESOURCES__MEM_MB", "8192")];
-
-async fn leading(gateways: &[Service]) -> usize {
-    eventually(WAIT, "a leading gateway", || async {
-        for (index, gateway) in gateways.iter().enumerate().filter(|(_, g)| g.is_running()) {
-            let info = gateway.get_json("/v2/info").await?;
-            if info["elected"] == true && info["leader"] == gateway.address.as_str() && info["frameworkId"].is_string()
-            {
-                return Some(index);
-            }
-        }
-        None
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_leader_is_replaced_mid_deployment() {
-    let coord = CoordCluster::start(1).await;
-    let dir = TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let master = Service::master("master", &url, dir.path(), &[]);
-    let agents: Vec<Service> =
-        (0..2).map(|i| Service::agent(&format!("agent-{i}"), &url, "sim", dir.path(), SIM_AGENT)).collect();
-    let mut gateways: Vec<Service> =
-        (0..2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &[])).collect();
-    for service in [&master].into_iter().chain(&agents).chain(&gateways) {
-        service.wait_healthy().await;
-    }
-    let old = leading(&gateways).await;
+    let mut cluster = ProcessCluster::start(Topology::new(1, 2, "sim", 2)).await;
+    let old = cluster.leading_gateway().await;
     let other = 1 - old;
     let http = reqwest::Client::new();
     // Health checks every second keep the deployment going for a while.
@@ -48,20 +23,21 @@ async fn a_killed_gateway_leader_is_replaced_mid_deployment() {
         "id": "/steady", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 6,
         "healthChecks": [{ "protocol": "COMMAND", "command": { "value": "true" }, "gracePeriodSeconds": 0, "intervalSeconds": 2 }],
     });
-    let created = http.post(format!("http://{}/v2/apps", gateways[other].address)).json(&app).send().await.unwrap();
+    let created =
+        http.post(format!("http://{}/v2/apps", cluster.gateways[other].address)).json(&app).send().await.unwrap();
     assert_eq!(created.status(), 201, "a standby forwards the request");
     eventually(WAIT, "some tasks to be launched", || async {
-        let body = gateways[old].get_json("/v2/apps/steady").await?;
+        let body = cluster.gateways[old].get_json("/v2/apps/steady").await?;
         (body["app"]["tasks"].as_array()?.len() >= 2 && !body["app"]["deployments"].as_array()?.is_empty())
             .then_some(())
     })
     .await;
 
-    gateways[old].kill().await;
-    let new = leading(&gateways).await;
+    cluster.gateways[old].kill().await;
+    let new = cluster.leading_gateway().await;
     assert_eq!(new, other);
     let app = eventually(WAIT, "the new leader to finish the deployment", || async {
-        let body = gateways[new].get_json("/v2/apps/steady").await?;
+        let body = cluster.gateways[new].get_json("/v2/apps/steady").await?;
         let app = body["app"].clone();
         (app["tasksHealthy"] == 6 && app["deployments"].as_array()?.is_empty()).then_some(app)
     })
@@ -70,7 +46,7 @@ async fn a_killed_gateway_leader_is_replaced_mid_deployment() {
         app["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(gateway_tasks.len(), 6);
     // The master knows exactly these tasks: nothing launched twice, nothing lost.
-    let state: Value = master.get_json("/master/state").await.unwrap();
+    let state: Value = cluster.masters[0].get_json("/master/state").await.unwrap();
     let master_tasks: BTreeSet<String> = state["tasks"]
         .as_array()
         .unwrap()
@@ -81,7 +57,6 @@ async fn a_killed_gateway_leader_is_replaced_mid_deployment() {
     assert_eq!(master_tasks, gateway_tasks);
     let all: Vec<&Value> = state["tasks"].as_array().unwrap().iter().collect();
     assert_eq!(all.len(), 6, "no other task was ever launched: {all:?}");
-    drop((coord, dir, agents));
 }
 
 /// The ids of `/steady`'s tasks as gateway `gateway` reports them, once `count` run and no
@@ -114,56 +89,48 @@ async fn master_tasks(master: &Service) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_gateway_leader_hands_over_at_once_and_leaves_tasks_alone() {
     const SESSION_TTL: Duration = Duration::from_secs(10);
-    let coord = CoordCluster::start(1).await;
-    let dir = TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let master = Service::master("master", &url, dir.path(), &[]);
-    let agents: Vec<Service> =
-        (0..2).map(|i| Service::agent(&format!("agent-{i}"), &url, "sim", dir.path(), SIM_AGENT)).collect();
     let ttl = SESSION_TTL.as_millis().to_string();
     // The disconnect grace as long as the TTL: a process that exits without resigning
     // closes its coord connection, and with the default grace (300 ms) coord would end its
     // session almost as fast as a resignation does.
     let gateway_env =
         [("MARINA_GATEWAY_SESSION_TTL_MS", ttl.as_str()), ("MARINA_GATEWAY_SESSION_DISCONNECT_GRACE_MS", ttl.as_str())];
-    let mut gateways: Vec<Service> =
-        (0..2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &gateway_env)).collect();
-    for service in [&master].into_iter().chain(&agents).chain(&gateways) {
-        service.wait_healthy().await;
-    }
-    let old = leading(&gateways).await;
+    let mut cluster = ProcessCluster::start(Topology::new(1, 2, "sim", 2).gateway_env(&gateway_env)).await;
+    let old = cluster.leading_gateway().await;
     let other = 1 - old;
-    let info = gateways[other].get_json("/v2/info").await.unwrap();
+    let info = cluster.gateways[other].get_json("/v2/info").await.unwrap();
     assert_eq!(info["zookeeper_config"]["zk_session_timeout"], SESSION_TTL.as_millis() as u64, "the TTL took");
     let http = reqwest::Client::new();
     let app = json!({ "id": "/steady", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 3 });
-    let created = http.post(format!("http://{}/v2/apps", gateways[old].address)).json(&app).send().await.unwrap();
+    let created =
+        http.post(format!("http://{}/v2/apps", cluster.gateways[old].address)).json(&app).send().await.unwrap();
     assert_eq!(created.status(), 201);
-    let before = steady_tasks(&gateways[old], 3).await;
+    let before = steady_tasks(&cluster.gateways[old], 3).await;
 
-    let status = gateways[old].terminate().await.expect("the gateway ran");
+    let status = cluster.gateways[old].terminate().await.expect("the gateway ran");
     let exited_at = Instant::now();
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
-    let new = leading(&gateways).await;
+    let new = cluster.leading_gateway().await;
     let handover = exited_at.elapsed();
     assert_eq!(new, other);
     assert!(handover < SESSION_TTL / 2, "the standby took {handover:?} to lead: the old leader did not resign");
 
     // The new leader knows the same tasks; the master ran no other.
-    let after = steady_tasks(&gateways[new], 3).await;
+    let after = steady_tasks(&cluster.gateways[new], 3).await;
     assert_eq!(after, before, "nothing was restarted or duplicated");
-    let known = master_tasks(&master).await;
+    let known = master_tasks(&cluster.masters[0]).await;
     assert_eq!(known.len(), 3, "no task was launched again: {known:?}");
     assert!(known.iter().all(|(id, state)| before.contains(id) && state == "TASK_RUNNING"), "{known:?}");
 
     // The apps API works through the new leader: scaling up keeps the three, adds two.
-    let scaled =
-        http.put(format!("http://{}/v2/apps/steady", gateways[new].address)).json(&json!({ "instances": 5 })).send();
+    let scaled = http
+        .put(format!("http://{}/v2/apps/steady", cluster.gateways[new].address))
+        .json(&json!({ "instances": 5 }))
+        .send();
     let scaled = scaled.await.unwrap();
     assert_eq!(scaled.status(), 200);
-    let scaled_tasks = steady_tasks(&gateways[new], 5).await;
+    let scaled_tasks = steady_tasks(&cluster.gateways[new], 5).await;
     assert!(scaled_tasks.is_superset(&before), "the running tasks stay: {before:?} -> {scaled_tasks:?}");
-    let known = master_tasks(&master).await;
+    let known = master_tasks(&cluster.masters[0]).await;
     assert_eq!(known.len(), 5, "only the two new tasks were launched: {known:?}");
-    drop((coord, dir, agents));
 }

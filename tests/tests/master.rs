@@ -13,10 +13,14 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn two_schedulers_get_fair_shares_of_offers() {
     let cluster = MarinaCluster::builder().masters(1).agents(4).start().await;
     let masters = cluster.master_addresses();
+    // The first, alone, is offered every agent; once the second has subscribed it hands them
+    // back (no refusal), and the next round splits them between two frameworks that hold
+    // nothing. (Subscribed at once, a round between the two subscriptions could give the
+    // first everything, and the second would wait for offers to time out.)
     let mut first = TestScheduler::subscribe(&masters, "first", None).await;
+    first.pump_until(WAIT, "every agent offered to the first", |s| s.offers.len() == 4).await;
     let mut second = TestScheduler::subscribe(&masters, "second", None).await;
-    first.pump_until(WAIT, "offers for the first", |s| !s.offers.is_empty()).await;
-    second.pump_until(WAIT, "offers for the second", |s| !s.offers.is_empty()).await;
+    first.decline_all().await;
     // Four equal agents, two equal frameworks: two each (DRF).
     first.pump_until(WAIT, "two offers", |s| s.offers.len() >= 2).await;
     second.pump_until(WAIT, "two offers", |s| s.offers.len() >= 2).await;
@@ -85,9 +89,13 @@ async fn standbys_redirect_to_the_leader() {
     let leader = cluster.leading_master().await;
     let standby = 1 - leader;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let response =
-        http.get(format!("http://{}/master/redirect", cluster.masters[standby].address)).send().await.unwrap();
-    assert_eq!(response.status(), 307);
+    // The standby learns who leads from the election, a moment after the leader knows.
+    let response = marina_tests::eventually(WAIT, "the standby to redirect to the leader", || async {
+        let url = format!("http://{}/master/redirect", cluster.masters[standby].address);
+        let response = http.get(url).send().await.ok()?;
+        (response.status() == 307).then_some(response)
+    })
+    .await;
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains(&cluster.masters[leader].address.to_string()), "{location}");
 

@@ -157,6 +157,7 @@ struct AgentCollector {
     checkpoint_failures: IntCounter,
     checkpoint_backlog: IntGauge,
     sandboxes_collected: IntCounter,
+    stale_commands: IntCounter,
 }
 
 impl Collector for AgentCollector {
@@ -166,6 +167,7 @@ impl Collector for AgentCollector {
         descs.extend(self.checkpoint_failures.desc());
         descs.extend(self.checkpoint_backlog.desc());
         descs.extend(self.sandboxes_collected.desc());
+        descs.extend(self.stale_commands.desc());
         descs
     }
 
@@ -185,6 +187,7 @@ impl Collector for AgentCollector {
         for (counter, value) in [
             (&self.checkpoint_failures, self.agent.checkpoint.failures()),
             (&self.sandboxes_collected, self.agent.gc.collected()),
+            (&self.stale_commands, self.agent.stale_commands()),
         ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
@@ -193,6 +196,7 @@ impl Collector for AgentCollector {
         families.extend(self.checkpoint_failures.collect());
         families.extend(self.checkpoint_backlog.collect());
         families.extend(self.sandboxes_collected.collect());
+        families.extend(self.stale_commands.collect());
         families
     }
 }
@@ -217,6 +221,10 @@ pub fn register_metrics(metrics: &marina_daemon::Metrics, agent: Arc<Agent>) {
         sandboxes_collected: counter(
             "marina_agent_sandboxes_collected_total",
             "Sandboxes of finished tasks removed by garbage collection.",
+        ),
+        stale_commands: counter(
+            "marina_agent_stale_commands_refused_total",
+            "Commands refused because they came from a deposed master (an epoch older than one obeyed).",
         ),
     });
 }

@@ -80,6 +80,8 @@ pub struct Agent {
     /// How much of a task's output one read returns.
     pub task_logs: TaskLogsConfig,
     pub gc: Arc<SandboxGc>,
+    /// Commands refused because they came from a deposed master (an older epoch).
+    stale_commands: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -87,6 +89,11 @@ impl Agent {
         let mut info = self.info.clone();
         info.agent_id = self.meta.lock().expect("meta lock").agent_id.clone().unwrap_or_default();
         info
+    }
+
+    /// How many commands from deposed masters were refused.
+    pub fn stale_commands(&self) -> u64 {
+        self.stale_commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn highest_epoch(&self) -> u64 {
@@ -107,6 +114,7 @@ impl Agent {
     pub fn accept_epoch(&self, epoch: u64) -> bool {
         let mut meta = self.meta.lock().expect("meta lock");
         if epoch < meta.highest_epoch {
+            self.stale_commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return false;
         }
         if epoch > meta.highest_epoch {
@@ -192,6 +200,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         attached,
         task_logs: config.task_logs.clone(),
         gc: gc.clone(),
+        stale_commands: Default::default(),
     });
     tokio::spawn(gc.run(shutdown.clone()));
     tokio::spawn(retry_checkpoints(agent.clone(), shutdown.clone()));

@@ -563,7 +563,28 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_path;
+    use super::{MAX_TXN_OPS, pb, request_txn, validate_path};
+    use crate::config::Limits;
+
+    /// A transaction's size is bounded before anything of it is read: its compares as well
+    /// as its operations (each compare is evaluated against the store under its lock).
+    #[test]
+    fn a_transaction_with_too_many_compares_or_operations_is_refused() {
+        let compare =
+            pb::Compare { path: "/a".into(), target: Some(pb::compare::Target::Exists(true)), ..Default::default() };
+        let get = pb::Op { op: Some(pb::op::Op::Get(pb::GetRequest { path: "/a".into(), stale: false })) };
+        let txn = |compares: usize, ops: usize| pb::TxnRequest {
+            compares: vec![compare.clone(); compares],
+            success: vec![get.clone(); ops],
+            ..Default::default()
+        };
+        let limits = Limits::default();
+        request_txn(&txn(MAX_TXN_OPS, MAX_TXN_OPS), &limits).expect("at the limits");
+        let refused = request_txn(&txn(MAX_TXN_OPS + 1, 1), &limits).unwrap_err().to_string();
+        assert!(refused.contains("compares") && refused.contains(&MAX_TXN_OPS.to_string()), "{refused}");
+        let refused = request_txn(&txn(1, MAX_TXN_OPS + 1), &limits).unwrap_err().to_string();
+        assert!(refused.contains("operations"), "{refused}");
+    }
 
     #[test]
     fn paths_are_validated_with_reasons() {

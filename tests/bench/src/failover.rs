@@ -20,9 +20,10 @@ use marina_daemon::leader::MemberInfo;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::process_cluster::{AppsApi, MASTER_MEMBERS, ProcessCluster, SETTLE, Topology, leader_with_agents};
 use crate::report::verdict;
 use crate::stats::Latencies;
+use marina_proto::layout::MASTER_ELECTION_DIR as MASTER_MEMBERS;
+use marina_tests::processes::{AppsApi, Coord, ProcessCluster, SETTLE, Topology, leader_with_agents};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -87,9 +88,10 @@ impl Series {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let topology = Topology { masters: MASTERS, agents: args.agents, runtime: args.runtime.clone(), gateway: true };
+    // Production-like: coord as processes, no timing overrides.
+    let topology = Topology::new(MASTERS, args.agents, &args.runtime, 1).coord(Coord::Processes(3));
     let mut cluster = ProcessCluster::start(topology).await;
-    let apps = cluster.gateway_api();
+    let apps = cluster.gateway_api(0);
     let mut instances = args.agents;
     let app = json!({ "id": APP_ID, "cmd": "sleep 100000", "cpus": 0.1, "mem": 16, "instances": instances });
     apps.create(&app).await?;
@@ -123,7 +125,7 @@ async fn round(
     let survivors: Vec<String> =
         cluster.masters.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.address.clone()).collect();
     let agents = cluster.agents.len();
-    let apps = cluster.gateway_api();
+    let apps = cluster.gateway_api(0);
     let mut leaders = observer.receiver();
 
     let started = Instant::now();

@@ -23,8 +23,8 @@ use nix::unistd::Pid;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::process_cluster::{ProcessCluster, SETTLE, Topology};
 use crate::report::verdict;
+use marina_tests::processes::{Coord, ProcessCluster, SETTLE, Topology};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The idle agent, then the master once `args.agents` more (sim) agents are registered.
 async fn agent_and_master(args: &Args, window: Duration) -> anyhow::Result<Vec<Row>> {
-    let topology = Topology { masters: 1, agents: 1, runtime: "process".into(), gateway: false };
+    let topology = Topology::new(1, 1, "process", 0).coord(Coord::Processes(3));
     let cluster = ProcessCluster::start(topology).await;
     let agent = sample(pid(cluster.agents[0].pid())?, window).await?;
     let agent_row = Row {

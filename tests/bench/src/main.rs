@@ -14,7 +14,6 @@ mod etcd;
 mod failover;
 mod footprint;
 mod placement;
-mod process_cluster;
 mod report;
 mod start;
 mod stats;

@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
-use crate::process_cluster::{AppsApi, ProcessCluster, SETTLE, Topology};
 use crate::report::verdict;
 use crate::stats::Latencies;
+use marina_tests::processes::{AppsApi, Coord, ProcessCluster, SETTLE, Topology};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,13 +51,13 @@ struct Start {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure_test_images();
-    let topology = Topology { masters: 1, agents: 1, runtime: "docker".into(), gateway: true };
+    let topology = Topology::new(1, 1, "docker", 1).coord(Coord::Processes(3));
     let cluster = ProcessCluster::start(topology).await;
     // Whatever happens below, every container either side started is removed on return.
     let _marina_containers = DockerCleanup { label: "marina.framework_id".into(), value: cluster.framework_id().await };
     let docker_label = format!("start-{}", std::process::id());
     let _docker_containers = DockerCleanup { label: LABEL.into(), value: docker_label.clone() };
-    let apps = cluster.gateway_api();
+    let apps = cluster.gateway_api(0);
     let mut events = marina_tests::events::subscribe(&apps.events_url()).await;
 
     let (mut marina, mut scheduled, mut docker) = (Latencies::new(), Latencies::new(), Latencies::new());
