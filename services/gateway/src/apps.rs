@@ -161,7 +161,7 @@ impl Apps {
     /// The app's stored versions, newest first.
     pub async fn versions(&self, id: &PathId) -> Result<Vec<String>, AppsError> {
         self.get(id)?;
-        let mut versions = self.leader.store.versions(&id.to_string()).await.map_err(|e| self.coord_error(e))?;
+        let mut versions = self.leader.store.versions(&id.to_string()).await.map_err(|e| self.read_error(e))?;
         versions.reverse();
         Ok(versions)
     }
@@ -169,8 +169,15 @@ impl Apps {
     /// One stored version of the app, as stored (Marathon JSON).
     pub async fn version(&self, id: &PathId, version: &str) -> Result<Value, AppsError> {
         let app = id.to_string();
-        let stored: Option<Value> = self.leader.store.version(&app, version).await.map_err(|e| self.coord_error(e))?;
-        stored.ok_or_else(|| AppsError::NoVersion { app, version: version.to_owned() })
+        let no_version = || AppsError::NoVersion { app: app.clone(), version: version.to_owned() };
+        let stored: Option<Value> = match self.leader.store.version(&app, version).await {
+            Ok(stored) => stored,
+            // A version no path can hold (it is whatever the caller typed) is one that
+            // does not exist.
+            Err(marina_coord_client::Error::InvalidArgument(_)) => return Err(no_version()),
+            Err(error) => return Err(self.read_error(error)),
+        };
+        stored.ok_or_else(no_version)
     }
 
     /// Every app of the group `id` and of the groups below it.
@@ -393,7 +400,8 @@ impl Apps {
         if self.leader.reset_delay(&key) { Ok(()) } else { Err(AppsError::NotQueued(key)) }
     }
 
-    fn coord_error(&self, error: marina_coord_client::Error) -> AppsError {
-        AppsError::Deploy(DeployError::from_coord(error, self.leader.epoch))
+    /// A read from coord that failed: the store could not answer (503), whatever it said.
+    fn read_error(&self, error: marina_coord_client::Error) -> AppsError {
+        AppsError::Deploy(DeployError::Unavailable(error.to_string()))
     }
 }

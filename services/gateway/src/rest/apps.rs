@@ -195,6 +195,9 @@ pub(super) async fn get_path(
 ) -> Reply {
     let apps = service(&gateway)?;
     let target = AppPath::read(&rest);
+    if let AppPath::Task(..) | AppPath::Restart(_) = target {
+        return Err(method_not_allowed());
+    }
     let id = target.id()?;
     match target {
         AppPath::App(_) => {
@@ -272,6 +275,9 @@ pub(super) async fn delete_path(
 ) -> Reply {
     let apps = service(&gateway)?;
     let target = AppPath::read(&rest);
+    if let AppPath::Versions(_) | AppPath::Version(..) | AppPath::Restart(_) = target {
+        return Err(method_not_allowed());
+    }
     let id = target.id()?;
     match target {
         AppPath::App(_) => Ok(deployed(StatusCode::OK, &apps.delete(&id, flags.force).await?)),
