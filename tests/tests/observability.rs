@@ -96,16 +96,22 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
         ("marina-master", "master.status_update"),
         ("marina-gateway", "gateway.status_update"),
     ];
+    // One tree: every span's parent is the client's span or another span of the trace. Each
+    // service exports in batches, so a span may arrive before its parent: the tree is
+    // awaited whole (a span whose parent never comes fails the wait, naming the trace).
+    let one_tree = |trace: &[ReceivedSpan]| {
+        let ids: std::collections::HashSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+        trace.iter().all(|s| s.parent_span_id == client_span || ids.contains(s.parent_span_id.as_str()))
+    };
     let trace = otlp
         .wait_for_trace(&trace_id, WAIT, |trace| {
             expected.iter().all(|(service, name)| span(trace, service, name).is_some())
                 && trace.iter().filter(|s| s.name == "agent.launch").count() == 2
                 // STARTING and RUNNING of both tasks, each routed and handled.
                 && trace.iter().filter(|s| s.name == "gateway.status_update").count() == 4
+                && one_tree(trace)
         })
         .await;
-
-    // One tree: every span's parent is the client's span or another span of the trace.
     let by_id: HashMap<&str, &ReceivedSpan> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
     for span in &trace {
         assert!(

@@ -238,8 +238,10 @@ async fn output_rotates_through_marinas_logging_binary() {
 
     let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).unwrap_or_default();
     let expected: String = (0..2000).map(|i| format!("{i:04}\n")).collect();
-    eventually(Duration::from_secs(30), "the logger to write the last line", || async {
-        read("stdout").ends_with("1999\n").then_some(())
+    // Both streams to their last line: until then a rotation may be under way, its files
+    // between two renames.
+    eventually(Duration::from_secs(30), "the logger to write the last line of both streams", || async {
+        (read("stdout").ends_with("1999\n") && read("stderr").ends_with("1999\n")).then_some(())
     })
     .await;
     for stream in ["stdout", "stderr"] {
