@@ -78,14 +78,7 @@ pub fn coord_log_segment(data: &[u8]) {
                 open_log(dir.path()).unwrap_or_else(|e| panic!("a log recovered once does not open again: {e}"));
             assert_eq!(encode_all(&again), encode_all(&entries), "reopened, the log holds other entries");
             assert_eq!(fs::read(&path).expect("segment"), kept, "reopening cut more off");
-            let commands: Vec<Command> = entries
-                .into_iter()
-                .filter_map(|entry| match entry.payload {
-                    EntryPayload::Normal(command) => Some(command),
-                    _ => None,
-                })
-                .collect();
-            apply_on_replicas(&commands);
+            apply_on_replicas(&commands_of(entries));
         }
     }
 }
@@ -136,15 +129,7 @@ pub fn coord_snapshot(data: &[u8]) {
 pub fn coord_raft_messages(data: &[u8]) {
     if let Ok(append) = postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(data) {
         postcard_fixed_point("AppendEntries request", &append);
-        let commands: Vec<Command> = append
-            .entries
-            .into_iter()
-            .filter_map(|entry| match entry.payload {
-                EntryPayload::Normal(command) => Some(command),
-                _ => None,
-            })
-            .collect();
-        apply_on_replicas(&commands);
+        apply_on_replicas(&commands_of(append.entries));
     }
     if let Ok(vote) = postcard::from_bytes::<VoteRequest<NodeId>>(data) {
         postcard_fixed_point("Vote request", &vote);
@@ -264,6 +249,18 @@ fn checked_path(path: &str, max_bytes: usize) -> Option<&str> {
     }
     assert!(!path.chars().any(char::is_control), "accepted {path:?}");
     Some(path)
+}
+
+/// The commands log entries carry (what the state machine applies; blank and membership
+/// entries carry none).
+fn commands_of(entries: impl IntoIterator<Item = Entry>) -> Vec<Command> {
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry.payload {
+            EntryPayload::Normal(command) => Some(command),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Applies `commands` to two fresh stores: every replica must reach the same results and the

@@ -281,41 +281,30 @@ pub(super) async fn delete_path(
     let id = target.id()?;
     match target {
         AppPath::App(_) => Ok(deployed(StatusCode::OK, &apps.delete(&id, flags.force).await?)),
-        AppPath::Tasks(_) => {
+        AppPath::Tasks(_) | AppPath::Task(..) => {
             let view = apps.get(&id)?;
             let _ = flags.wipe;
+            // `/tasks` kills every task of the app (on `host`, if given); `/tasks/{id}` one.
+            let one = match target {
+                AppPath::Task(_, task_id) => Some(task_id),
+                _ => None,
+            };
             let request = KillRequest {
                 app: Some(id),
-                host: flags.host.clone(),
+                task_ids: one.iter().cloned().collect(),
+                host: if one.is_none() { flags.host.clone() } else { None },
                 scale: flags.scale,
                 force: flags.force,
-                ..KillRequest::default()
             };
             let killed = apps.kill(request).await?;
-            Ok(match killed.deployment {
-                Some(result) => deployed(StatusCode::OK, &result),
-                None => {
-                    let tasks: Vec<Value> = killed.tasks.iter().map(|i| task_json(i, Some(&view.app))).collect();
+            let answer = |instance: &Instance| task_json(instance, Some(&view.app));
+            Ok(match (killed.deployment, one) {
+                (Some(result), _) => deployed(StatusCode::OK, &result),
+                (None, None) => {
+                    let tasks: Vec<Value> = killed.tasks.iter().map(answer).collect();
                     axum::Json(json!({ "tasks": tasks })).into_response()
                 }
-            })
-        }
-        AppPath::Task(_, task_id) => {
-            let view = apps.get(&id)?;
-            let request = KillRequest {
-                app: Some(id),
-                task_ids: vec![task_id],
-                scale: flags.scale,
-                force: flags.force,
-                ..KillRequest::default()
-            };
-            let killed = apps.kill(request).await?;
-            Ok(match killed.deployment {
-                Some(result) => deployed(StatusCode::OK, &result),
-                None => {
-                    let task = killed.tasks.first().map(|i| task_json(i, Some(&view.app)));
-                    axum::Json(json!({ "task": task })).into_response()
-                }
+                (None, Some(_)) => axum::Json(json!({ "task": killed.tasks.first().map(answer) })).into_response(),
             })
         }
         AppPath::Versions(_) | AppPath::Version(..) | AppPath::Restart(_) => Err(method_not_allowed()),
