@@ -63,35 +63,7 @@ impl Leader {
         let Plan { deployment, batch, superseded } =
             plan(&self.lock(), &self.config.limits, changes, force, deployment_id, now)?;
         self.apply(batch).await?;
-        let plan_json = {
-            let mut state = self.lock();
-            for id in &superseded {
-                state.deployments.remove(id);
-            }
-            for (id, target) in &deployment.targets {
-                let target = target.as_ref().and_then(parse_stored);
-                match (target, state.apps.get_mut(id)) {
-                    (Some(definition), Some(entry)) => {
-                        entry.definition = definition;
-                        entry.deleting = false;
-                    }
-                    (Some(definition), None) => {
-                        state.apps.insert(id.clone(), AppEntry { definition, active: None, deleting: false });
-                    }
-                    (None, Some(entry)) => entry.deleting = true,
-                    (None, None) => {}
-                }
-                state.backoff.remove(id);
-                state.instances.touch(id);
-            }
-            activate_step(&mut state, &deployment, 0);
-            let trace = marina_daemon::trace::carrier();
-            for id in &deployment.affected_apps {
-                state.traces.insert(id.clone(), trace.clone());
-            }
-            state.deployments.insert(deployment.id.clone(), deployment.clone());
-            deployment_json(&deployment, &state)
-        };
+        let plan_json = adopt(&mut self.lock(), &deployment, &superseded, marina_daemon::trace::carrier());
         for id in &superseded {
             let reason = "superseded by a forced deployment";
             self.events.publish(MarathonEvent::DeploymentFailed { id: id.clone(), plan: None, reason });
@@ -315,6 +287,43 @@ pub(super) fn order_steps(actions: Vec<(Action, Vec<String>)>) -> Vec<Vec<Action
     ordered
 }
 
+/// Takes a committed deployment into the state: its targets become the apps' definitions
+/// (deleted apps are hidden until their instances are gone), the deployments it supersedes
+/// go, its first step starts, and its apps' launches join the `trace` of the request behind
+/// it. Returns the deployment's JSON for its events.
+pub(super) fn adopt(
+    state: &mut State,
+    deployment: &Deployment,
+    superseded: &[String],
+    trace: marina_daemon::trace::Carrier,
+) -> Value {
+    for id in superseded {
+        state.deployments.remove(id);
+    }
+    for (id, target) in &deployment.targets {
+        let target = target.as_ref().and_then(parse_stored);
+        match (target, state.apps.get_mut(id)) {
+            (Some(definition), Some(entry)) => {
+                entry.definition = definition;
+                entry.deleting = false;
+            }
+            (Some(definition), None) => {
+                state.apps.insert(id.clone(), AppEntry { definition, active: None, deleting: false });
+            }
+            (None, Some(entry)) => entry.deleting = true,
+            (None, None) => {}
+        }
+        state.backoff.remove(id);
+        state.instances.touch(id);
+    }
+    activate_step(state, deployment, 0);
+    for id in &deployment.affected_apps {
+        state.traces.insert(id.clone(), trace.clone());
+    }
+    state.deployments.insert(deployment.id.clone(), deployment.clone());
+    deployment_json(deployment, state)
+}
+
 /// Makes the apps of step `index` converge to their targets.
 pub(super) fn activate_step(state: &mut State, deployment: &Deployment, index: usize) {
     let Some(step) = deployment.steps.get(index) else { return };
@@ -422,27 +431,7 @@ pub(super) fn deployment_json(deployment: &Deployment, state: &State) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::AppDefinition;
-
-    fn app(json: &str) -> AppDefinition {
-        app::parse_app(json.as_bytes(), None).expect("a valid app")
-    }
-
-    fn web(instances: i64, cmd: &str) -> AppDefinition {
-        app(&json!({ "id": "/web", "cmd": cmd, "cpus": 0.1, "mem": 32, "instances": instances }).to_string())
-    }
-
-    /// The state after `apps` were deployed (and converged): what a leader holds.
-    fn state_with(apps: &[AppDefinition]) -> State {
-        let mut state = State::default();
-        for definition in apps {
-            let mut definition = definition.clone();
-            app::stamp(&mut definition, Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(), None);
-            let entry = AppEntry { definition: definition.clone(), active: Some(definition), deleting: false };
-            state.apps.insert(entry.definition.id.to_string(), entry);
-        }
-        state
-    }
+    use crate::leader::fixtures::{app, state_with, web};
 
     fn planned(state: &State, changes: Vec<Change>, force: bool) -> Result<Plan, DeployError> {
         let now = Timestamp::parse("2026-12-06T12:00:00.000Z").unwrap();

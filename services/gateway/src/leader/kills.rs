@@ -1,15 +1,15 @@
 //! Killing tasks on request: which ones, the deployment that scales their apps down, and
 //! the kills sent to the master.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use marina_proto::master::v1 as master;
 use tokio::time::Instant;
 
 use crate::engine::is_terminal;
 
-use super::{Change, DeployError, Deployed, Instance, Leader};
+use super::effects::{Effects, Kill};
+use super::{Change, DeployError, Deployed, Instance, Leader, State};
 
 impl Leader {
     /// Kills tasks: those of `app_id` (all of them when `task_ids` is empty), or, with no
@@ -70,40 +70,24 @@ impl Leader {
             }
         }
         let ids: Vec<String> = chosen.iter().map(|i| i.record.task_id.clone()).collect();
-        {
-            let mut state = self.lock();
-            for id in &ids {
-                if let Some(instance) = state.instances.get_mut(id) {
-                    instance.killing = true;
-                    instance.kill_sent = Some(Instant::now());
-                }
-            }
-        }
-        self.send_kills(&ids).await;
+        let kills = mark_killing(&mut self.lock(), &ids, Instant::now());
+        // Kills write nothing to coord: this cannot fail.
+        let _ = self.execute(Effects { kills, ..Effects::default() }).await;
         self.converge_now.notify_one();
         Ok((chosen, deployed))
     }
+}
 
-    pub(super) async fn send_kills(&self, task_ids: &[String]) {
-        let session = self.master.borrow().clone();
-        let Some(session) = session else { return };
-        let agents: HashMap<String, String> = {
-            let state = self.lock();
-            task_ids
-                .iter()
-                .filter_map(|id| Some((id.clone(), state.instances.get(id)?.record.agent_id.clone())))
-                .collect()
-        };
-        for task_id in task_ids {
-            let request = master::KillRequest {
-                framework_id: session.framework_id.clone(),
-                task_id: task_id.clone(),
-                agent_id: agents.get(task_id).cloned().unwrap_or_default(),
-                grace_period_seconds: 0,
-            };
-            if let Err(status) = session.client.clone().kill(request).await {
-                tracing::warn!(task = %task_id, %status, "kill not delivered; will retry");
-            }
-        }
-    }
+/// Marks the instances `task_ids` (those still known) as being killed at `now`, and returns
+/// their kills. One whose kill goes unanswered is killed again by a later convergence round.
+pub(super) fn mark_killing(state: &mut State, task_ids: &[String], now: Instant) -> Vec<Kill> {
+    task_ids
+        .iter()
+        .filter_map(|task_id| {
+            let instance = state.instances.get_mut(task_id)?;
+            instance.killing = true;
+            instance.kill_sent = Some(now);
+            Some(Kill { task_id: task_id.clone(), agent_id: instance.record.agent_id.clone() })
+        })
+        .collect()
 }

@@ -6,15 +6,18 @@
 //! async lock, so two concurrent API calls cannot both claim an app.
 //!
 //! By concern, each a file of `impl Leader` over the state defined here (which also answers
-//! the reads the apps service makes):
-//! - `deployments`: planning a change ([`deployments::plan`], pure and unit-tested), its
-//!   commit, cancellation, and steps advancing as apps converge;
-//! - `convergence`: the rounds that decide what to launch and kill ([`crate::engine`]);
-//! - `offers`: placing waiting instances on offers ([`crate::placement`]), recording them,
-//!   accepting and declining;
-//! - `updates`: status updates from the master: `transition` (pure, unit-tested) changes
-//!   the instances and returns what to write, publish and kill;
-//! - `kills`: tasks killed on request; `probing`: readiness probes of new instances.
+//! the reads the apps service makes). Each decision is a pure function over the state that
+//! returns [`effects::Effects`] (kills, coord writes, events, declines), unit-tested without
+//! a cluster; `Leader::execute` is the one place that carries effects out:
+//! - `deployments`: planning a change (`plan`), taking a committed one in (`adopt`),
+//!   cancellation, and steps advancing as apps converge (`advance_deployments`);
+//! - `convergence`: the rounds that decide what to launch and kill (`round`, over
+//!   [`crate::engine`]);
+//! - `offers`: placing waiting instances on offers (`decide`, over [`crate::placement`]),
+//!   recording them, accepting, and what refused launches mean (`after_accepts`);
+//! - `updates`: status updates from the master (`transition`);
+//! - `kills`: tasks killed on request (`mark_killing`); `probing`: readiness probes of new
+//!   instances.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,9 @@ use crate::store::{self, Batch, Store};
 
 mod convergence;
 mod deployments;
+mod effects;
+#[cfg(test)]
+mod fixtures;
 mod kills;
 mod offers;
 mod probing;
@@ -49,7 +55,7 @@ use self::deployments::deployment_json;
 pub use self::deployments::step_json;
 
 /// What is persisted of an instance: enough to find it again after a failover.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub task_id: String,
     pub app_id: String,
@@ -201,6 +207,7 @@ impl Instances {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, task_id: &str) -> Option<&Instance> {
         self.all.get(task_id)
     }

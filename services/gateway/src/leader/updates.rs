@@ -2,7 +2,6 @@
 //! the gateway does not know, events, backoff.
 
 use marina_proto::agent::v1::{TaskState, TaskStatus};
-use marina_proto::master::v1 as master;
 use tokio::time::Instant;
 
 use crate::app::{PathId, Timestamp};
@@ -11,6 +10,7 @@ use crate::events::MarathonEvent;
 use crate::model;
 use crate::store::{self, Batch};
 
+use super::effects::{Effects, Kill};
 use super::{DeployError, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts};
 
 impl Leader {
@@ -19,25 +19,11 @@ impl Leader {
     pub async fn handle_update(&self, status: TaskStatus) -> Result<(), DeployError> {
         self.metrics.status_updates.inc();
         let now = Instant::now();
-        let Transition { batch, events, kill_orphan } =
-            transition(&mut self.lock(), &status, now, self.events.is_watched());
-        if kill_orphan {
+        let effects = transition(&mut self.lock(), &status, now, self.events.is_watched());
+        if !effects.kills.is_empty() {
             tracing::warn!(task = %status.task_id, "killing a task of no known app");
-            let session = self.master.borrow().clone();
-            if let Some(session) = session {
-                let request = master::KillRequest {
-                    framework_id: session.framework_id.clone(),
-                    task_id: status.task_id.clone(),
-                    agent_id: status.agent_id.clone(),
-                    grace_period_seconds: 0,
-                };
-                let _ = session.client.clone().kill(request).await;
-            }
         }
-        self.apply(batch).await?;
-        for event in events {
-            self.events.publish(event);
-        }
+        self.execute(effects).await?;
         self.converge_now.notify_one();
         Ok(())
     }
@@ -48,25 +34,16 @@ impl Leader {
     }
 }
 
-/// What a status update does beyond the state it changes: coord writes, events to publish,
-/// and whether the task must be killed (it belongs to no app).
-#[derive(Default)]
-pub(super) struct Transition {
-    pub batch: Batch,
-    pub events: Vec<MarathonEvent>,
-    pub kill_orphan: bool,
-}
-
 /// Applies `status` to the instances in `state` at `now`: a task unknown here is adopted
 /// (its app exists) or marked for killing; a known one takes the new state, health and
 /// place; a terminal one is forgotten, and a failure the gateway did not cause backs its
-/// app off. Events are built only when someone `watched`. Decides without I/O: the caller
-/// writes the batch, publishes the events and kills the orphan.
-pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, watched: bool) -> Transition {
+/// app off. Events are built only when someone `watched`. Decides without I/O: returns the
+/// coord writes, the events, and the kill of a task of no app.
+pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, watched: bool) -> Effects {
     let state_of = status.state();
     let mut batch = Batch::default();
     let mut events: Vec<MarathonEvent> = Vec::new();
-    let mut kill_orphan = false;
+    let mut kills = Vec::new();
     match state.instances.get_mut(&status.task_id) {
         None => {
             if !is_terminal(state_of) {
@@ -94,7 +71,7 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
                             ..Instance::staging(record, now)
                         });
                     }
-                    _ => kill_orphan = true,
+                    _ => kills.push(Kill { task_id: status.task_id.clone(), agent_id: status.agent_id.clone() }),
                 }
             }
         }
@@ -202,61 +179,34 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
             }
         }
     }
-    Transition { batch, events, kill_orphan }
+    Effects { kills, writes: batch, events, ..Effects::default() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{self, AppDefinition};
-    use crate::leader::AppEntry;
+    use crate::leader::fixtures::{state_with, status, web};
 
     const TASK: &str = "web.8f14e45f-ceea-467f-a0e6-0d1e8b2b7a10";
 
-    fn web() -> AppDefinition {
-        let json = r#"{"id": "/web", "cmd": "x", "cpus": 0.1, "mem": 32, "backoffSeconds": 60}"#;
-        let mut definition = app::parse_app(json.as_bytes(), None).unwrap();
-        app::stamp(&mut definition, Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(), None);
-        definition
-    }
-
-    /// A leader's state holding `/web` (converging to its definition).
-    fn state() -> State {
-        let mut state = State::default();
-        let definition = web();
-        state.apps.insert("/web".into(), AppEntry { active: Some(definition.clone()), definition, deleting: false });
-        state
-    }
-
-    fn status(task_id: &str, state: TaskState) -> TaskStatus {
-        TaskStatus {
-            task_id: task_id.into(),
-            state: state as i32,
-            agent_id: "agent-1".into(),
-            host: "h1".into(),
-            message: "why".into(),
-            ..Default::default()
-        }
-    }
-
     /// `state` with `TASK` launched and running.
     fn running() -> State {
-        let mut state = state();
+        let mut state = state_with(&[web(1, "x")]);
         let adopted = transition(&mut state, &status(TASK, TaskState::TaskRunning), Instant::now(), false);
-        assert!(!adopted.kill_orphan);
+        assert!(adopted.kills.is_empty());
         state
     }
 
-    fn types(transition: &Transition) -> Vec<&'static str> {
+    fn types(transition: &Effects) -> Vec<&'static str> {
         transition.events.iter().map(MarathonEvent::event_type).collect()
     }
 
     #[test]
     fn a_running_task_of_a_known_app_is_adopted_and_recorded() {
-        let mut state = state();
+        let mut state = state_with(&[web(1, "x")]);
         let adopted = transition(&mut state, &status(TASK, TaskState::TaskRunning), Instant::now(), true);
-        assert!(!adopted.kill_orphan);
-        assert_eq!(adopted.batch.describe(), [format!("put /gateway/instances/{TASK}")]);
+        assert!(adopted.kills.is_empty());
+        assert_eq!(adopted.writes.describe(), [format!("put /gateway/instances/{TASK}")]);
         let instance = state.instances.get(TASK).expect("adopted");
         assert_eq!((instance.record.app_id.as_str(), instance.state), ("/web", TaskState::TaskRunning));
         assert_eq!(instance.record.host, "h1");
@@ -264,12 +214,13 @@ mod tests {
 
     #[test]
     fn a_task_of_no_app_is_to_be_killed_and_a_finished_one_is_let_be() {
-        let mut state = state();
+        let mut state = state_with(&[web(1, "x")]);
         let orphan = "gone.8f14e45f-ceea-467f-a0e6-0d1e8b2b7a10";
         let running = transition(&mut state, &status(orphan, TaskState::TaskRunning), Instant::now(), true);
-        assert!(running.kill_orphan && running.batch.is_empty() && running.events.is_empty());
+        assert_eq!(running.kills, [Kill { task_id: orphan.into(), agent_id: "agent-1".into() }]);
+        assert!(running.writes.is_empty() && running.events.is_empty());
         let finished = transition(&mut state, &status(orphan, TaskState::TaskFinished), Instant::now(), true);
-        assert!(!finished.kill_orphan && finished.batch.is_empty());
+        assert!(finished.is_empty(), "nothing to do for a finished task of no app");
         assert!(state.instances.get(orphan).is_none());
     }
 
@@ -278,7 +229,7 @@ mod tests {
         let mut state = running();
         let now = Instant::now();
         let failed = transition(&mut state, &status(TASK, TaskState::TaskFailed), now, true);
-        assert_eq!(failed.batch.describe(), [format!("delete /gateway/instances/{TASK}")]);
+        assert_eq!(failed.writes.describe(), [format!("delete /gateway/instances/{TASK}")]);
         assert_eq!(types(&failed), ["status_update_event", "instance_changed_event"]);
         assert!(state.instances.get(TASK).is_none(), "a terminal task is forgotten");
         let backoff = &state.backoff["/web"];
