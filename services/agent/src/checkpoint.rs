@@ -124,7 +124,7 @@ impl Checkpoint {
         Ok((checkpoint, Recovered { meta, tasks, updates }))
     }
 
-    pub fn save_meta(&self, meta: &AgentMeta) -> Result<(), CheckpointError> {
+    pub(crate) fn save_meta(&self, meta: &AgentMeta) -> Result<(), CheckpointError> {
         let path = self.meta_dir.join("agent.json");
         let bytes = serde_json::to_vec_pretty(meta).expect("agent meta serializes");
         self.counted(write_atomically(&path, &bytes).map_err(io_error(&path)))
@@ -166,12 +166,12 @@ impl Checkpoint {
     }
 
     /// Resolves after a write has failed (at once if one failed since the last call).
-    pub async fn failed(&self) {
+    pub(crate) async fn failed(&self) {
         self.failed.notified().await
     }
 
     /// How many checkpoint writes have failed since the agent started.
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 

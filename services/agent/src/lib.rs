@@ -11,16 +11,16 @@
 //! - [`runtime`]: choosing and connecting the runtime;
 //! - [`api`]: the agent's own gRPC API (state, task output).
 
-pub mod api;
+mod api;
 pub mod checkpoint;
-pub mod config;
-pub mod gc;
-pub mod health;
-pub mod master_link;
-pub mod resources;
-pub mod runtime;
+mod config;
+mod gc;
+mod health;
+mod master_link;
+mod resources;
+mod runtime;
 pub mod tasks;
-pub mod updates;
+mod updates;
 
 #[cfg(test)]
 mod test_disk;
@@ -85,33 +85,33 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn info(&self) -> AgentInfo {
+    pub(crate) fn info(&self) -> AgentInfo {
         let mut info = self.info.clone();
         info.agent_id = self.meta.lock().expect("meta lock").agent_id.clone().unwrap_or_default();
         info
     }
 
     /// How many commands from deposed masters were refused.
-    pub fn stale_commands(&self) -> u64 {
+    pub(crate) fn stale_commands(&self) -> u64 {
         self.stale_commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn highest_epoch(&self) -> u64 {
+    pub(crate) fn highest_epoch(&self) -> u64 {
         self.meta.lock().expect("meta lock").highest_epoch
     }
 
-    pub fn attached_master(&self) -> AttachedMaster {
+    pub(crate) fn attached_master(&self) -> AttachedMaster {
         self.attached.borrow().clone()
     }
 
     /// Updates, acknowledgements and tasks whose checkpoint failed and waits to be written.
-    pub fn checkpoint_backlog(&self) -> usize {
+    pub(crate) fn checkpoint_backlog(&self) -> usize {
         self.updates.backlog() + self.tasks.backlog()
     }
 
     /// Whether a command from a master at `epoch` may be obeyed; remembers (durably) a new
     /// highest epoch.
-    pub fn accept_epoch(&self, epoch: u64) -> bool {
+    pub(crate) fn accept_epoch(&self, epoch: u64) -> bool {
         let mut meta = self.meta.lock().expect("meta lock");
         if epoch < meta.highest_epoch {
             self.stale_commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -127,7 +127,7 @@ impl Agent {
     }
 
     /// The master registered us under `agent_id`.
-    pub fn registered(&self, agent_id: &str) {
+    pub(crate) fn registered(&self, agent_id: &str) {
         let mut meta = self.meta.lock().expect("meta lock");
         if meta.agent_id.as_deref() != Some(agent_id) {
             meta.agent_id = Some(agent_id.to_owned());

@@ -16,16 +16,16 @@
 pub mod api;
 pub mod command;
 pub mod config;
-pub mod error;
+mod error;
 pub mod log_store;
-pub mod network;
-pub mod node;
-pub mod proposer;
-pub mod sessions;
-pub mod state_machine;
+mod network;
+mod node;
+mod proposer;
+mod sessions;
+mod state_machine;
 pub mod store;
 pub mod types;
-pub mod watch;
+mod watch;
 
 pub use config::Config;
 pub use error::CoordError;

@@ -84,7 +84,7 @@ impl CoordNode {
     }
 
     /// The leader's address, if one is known.
-    pub fn leader_address(&self) -> Option<String> {
+    pub(crate) fn leader_address(&self) -> Option<String> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
@@ -93,7 +93,7 @@ impl CoordNode {
 
     /// Requests that need the leader run here if this node leads, are forwarded once
     /// otherwise (a forwarded request that lands on a non-leader is refused with a hint).
-    pub fn route(&self, already_forwarded: bool) -> Result<Route, CoordError> {
+    pub(crate) fn route(&self, already_forwarded: bool) -> Result<Route, CoordError> {
         let (state, leader) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -111,7 +111,7 @@ impl CoordNode {
         }
     }
 
-    pub fn channel(&self, address: &str) -> Channel {
+    pub(crate) fn channel(&self, address: &str) -> Channel {
         self.channels
             .lock()
             .expect("channel cache lock")
@@ -162,7 +162,7 @@ impl CoordNode {
         }
     }
 
-    pub async fn add_learner(&self, id: NodeId, address: String) -> Result<(), CoordError> {
+    pub(crate) async fn add_learner(&self, id: NodeId, address: String) -> Result<(), CoordError> {
         self.raft
             .add_learner(id, BasicNode::new(address), true)
             .await
@@ -170,7 +170,7 @@ impl CoordNode {
             .map_err(|error| CoordError::Membership(error.to_string()))
     }
 
-    pub async fn promote(&self, id: NodeId) -> Result<(), CoordError> {
+    pub(crate) async fn promote(&self, id: NodeId) -> Result<(), CoordError> {
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -178,7 +178,7 @@ impl CoordNode {
             .map_err(|error| CoordError::Membership(error.to_string()))
     }
 
-    pub async fn remove(&self, id: NodeId) -> Result<(), CoordError> {
+    pub(crate) async fn remove(&self, id: NodeId) -> Result<(), CoordError> {
         let is_voter = self.metrics().membership_config.membership().voter_ids().any(|voter| voter == id);
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))

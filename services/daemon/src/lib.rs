@@ -18,7 +18,7 @@ pub mod endpoint;
 pub mod ids;
 pub mod leader;
 pub mod link;
-pub mod metrics;
+mod metrics;
 pub mod record;
 pub mod shutdown;
 pub mod stream;

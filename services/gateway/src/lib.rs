@@ -11,21 +11,21 @@
 //! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward.
 
 pub mod app;
-pub mod apps;
-pub mod config;
+mod apps;
+mod config;
 pub mod engine;
-pub mod events;
-pub mod grpc;
-pub mod leader;
-pub mod metrics;
+mod events;
+mod grpc;
+mod leader;
+mod metrics;
 pub mod model;
 pub mod placement;
-pub mod proxy;
-pub mod readiness;
+mod proxy;
+mod readiness;
 pub mod rest;
-pub mod scheduler;
-pub mod store;
-pub mod ui;
+mod scheduler;
+mod store;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

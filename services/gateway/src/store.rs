@@ -35,10 +35,6 @@ pub fn node_name(app_id: &str) -> String {
     app_id.trim_start_matches('/').replace('/', "_")
 }
 
-pub fn app_id_of_node(name: &str) -> String {
-    format!("/{}", name.replace('_', "/"))
-}
-
 /// A batch of writes applied together (in as few transactions as the size limit allows).
 #[derive(Default)]
 pub struct Batch {

@@ -9,12 +9,12 @@
 //! - [`api`]: gRPC and HTTP; [`metrics`].
 
 pub mod allocator;
-pub mod api;
-pub mod config;
+mod api;
+mod config;
 mod error;
 pub mod leader;
-pub mod metrics;
-pub mod registry;
+mod metrics;
+mod registry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

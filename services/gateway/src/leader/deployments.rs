@@ -397,7 +397,7 @@ pub(super) fn advance_deployments(
     (batch, events, removed_apps)
 }
 
-pub fn step_json(deployment: &Deployment, index: usize) -> Value {
+pub(super) fn step_json(deployment: &Deployment, index: usize) -> Value {
     let actions = deployment.steps.get(index).cloned().unwrap_or_default();
     json!({ "actions": actions.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })
 }

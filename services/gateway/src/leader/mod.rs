@@ -52,7 +52,6 @@ mod probing;
 mod updates;
 
 use self::deployments::deployment_json;
-pub use self::deployments::step_json;
 
 /// What is persisted of an instance: enough to find it again after a failover.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use crate::error::MasterError;
 impl LeaderState {
     /// An agent attached and registered (new) or re-registered (known, with its tasks).
     /// Returns its id; the `Registered` message has been queued on `link`.
-    pub async fn register_agent(
+    pub(crate) async fn register_agent(
         &self,
         register: pb::Register,
         link: AgentSender,
@@ -103,7 +103,7 @@ impl LeaderState {
         Ok(agent_id)
     }
 
-    pub fn heartbeat(&self, agent_id: &str, link_id: u64) {
+    pub(crate) fn heartbeat(&self, agent_id: &str, link_id: u64) {
         let mut inner = self.lock();
         if let Some(agent) = inner.agents.get_mut(agent_id)
             && agent.link.as_ref().is_some_and(|(id, _)| *id == link_id)
@@ -112,7 +112,7 @@ impl LeaderState {
         }
     }
 
-    pub fn agent_disconnected(&self, agent_id: &str, link_id: u64) {
+    pub(crate) fn agent_disconnected(&self, agent_id: &str, link_id: u64) {
         let mut inner = self.lock();
         if let Some(agent) = inner.agents.get_mut(agent_id)
             && agent.link.as_ref().is_some_and(|(id, _)| *id == link_id)
@@ -129,7 +129,7 @@ impl LeaderState {
     }
 
     /// A status update from an agent: recorded, then routed to its framework.
-    pub fn status_update(&self, agent_id: &str, mut status: TaskStatus) {
+    pub(crate) fn status_update(&self, agent_id: &str, mut status: TaskStatus) {
         self.metrics.status_updates.inc();
         // Routing continues the trace the agent sent the update in; the framework gets this
         // span's context.

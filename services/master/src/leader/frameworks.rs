@@ -13,7 +13,7 @@ use crate::error::MasterError;
 
 impl LeaderState {
     /// Subscribes (or re-subscribes) a framework; its stream replaces any previous one.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         mut info: pb::FrameworkInfo,
         stream: SchedulerSender,
@@ -56,7 +56,7 @@ impl LeaderState {
         Ok(framework_id)
     }
 
-    pub fn scheduler_disconnected(&self, framework_id: &str, stream_id: u64) {
+    pub(crate) fn scheduler_disconnected(&self, framework_id: &str, stream_id: u64) {
         let mut inner = self.lock();
         if self.end_subscription(&mut inner, framework_id, stream_id) {
             tracing::info!(framework = framework_id, "framework disconnected");
@@ -83,7 +83,7 @@ impl LeaderState {
         }
     }
 
-    pub fn kill(&self, request: pb::KillRequest) -> Result<(), MasterError> {
+    pub(crate) fn kill(&self, request: pb::KillRequest) -> Result<(), MasterError> {
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;
         let found = inner
@@ -127,7 +127,7 @@ impl LeaderState {
 
     /// Acknowledgements of status updates: each goes to its agent (which then forgets the
     /// update); a terminal task whose last update is acknowledged is forgotten here too.
-    pub fn acknowledge(&self, request: pb::AcknowledgeRequest) -> Result<(), MasterError> {
+    pub(crate) fn acknowledge(&self, request: pb::AcknowledgeRequest) -> Result<(), MasterError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         self.subscribed(inner, &request.framework_id)?;
@@ -163,7 +163,7 @@ impl LeaderState {
         }
     }
 
-    pub fn reconcile(&self, request: pb::ReconcileRequest) -> Result<(), MasterError> {
+    pub(crate) fn reconcile(&self, request: pb::ReconcileRequest) -> Result<(), MasterError> {
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;
         let framework_id = request.framework_id.clone();
@@ -250,7 +250,7 @@ impl LeaderState {
         }
     }
 
-    pub fn revive(&self, framework_id: &str) -> Result<(), MasterError> {
+    pub(crate) fn revive(&self, framework_id: &str) -> Result<(), MasterError> {
         let mut inner = self.lock();
         self.subscribed(&inner, framework_id)?;
         let framework = inner.frameworks.get_mut(framework_id).expect("checked above");
@@ -260,7 +260,7 @@ impl LeaderState {
         Ok(())
     }
 
-    pub fn suppress(&self, framework_id: &str) -> Result<(), MasterError> {
+    pub(crate) fn suppress(&self, framework_id: &str) -> Result<(), MasterError> {
         let mut inner = self.lock();
         self.subscribed(&inner, framework_id)?;
         inner.frameworks.get_mut(framework_id).expect("checked above").suppressed = true;
@@ -273,7 +273,7 @@ impl LeaderState {
     }
 
     /// Removes a framework: its tasks are killed and its record deleted.
-    pub async fn teardown(&self, framework_id: &str) -> Result<(), MasterError> {
+    pub(crate) async fn teardown(&self, framework_id: &str) -> Result<(), MasterError> {
         {
             let inner = self.lock();
             if !inner.frameworks.contains_key(framework_id) {

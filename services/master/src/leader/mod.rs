@@ -225,7 +225,7 @@ fn master_status(task_id: &str, framework_id: &str, agent_id: &str, state: TaskS
 impl LeaderState {
     /// `master` takes over (for `epoch`, writing under `fence`): loads the registry from
     /// coord and starts the leader's loops.
-    pub async fn start(
+    pub(crate) async fn start(
         master: &crate::Master,
         epoch: u64,
         fence: Fence,
@@ -274,7 +274,7 @@ impl LeaderState {
 
     /// Ends this leadership: every link and stream closes (their clients reconnect to the
     /// next leader).
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         self.ended.cancel();
         self.metrics.elected.set(0);
         // Dropping everything is right even for state a panic left half changed.
@@ -323,7 +323,7 @@ impl LeaderState {
         }
     }
 
-    pub fn next_stream_id(&self) -> u64 {
+    pub(crate) fn next_stream_id(&self) -> u64 {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
     }
 }

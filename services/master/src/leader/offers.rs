@@ -21,7 +21,7 @@ pub const MAX_REFUSE: Duration = Duration::from_secs(365 * 86_400);
 
 impl LeaderState {
     /// Launches tasks on accepted offers, after checking them against the offers.
-    pub fn accept(&self, request: pb::AcceptRequest) -> Result<(), MasterError> {
+    pub(crate) fn accept(&self, request: pb::AcceptRequest) -> Result<(), MasterError> {
         let started = Instant::now();
         let refuse = self.refusal(request.filters.as_ref())?;
         let mut inner = self.lock();
@@ -87,7 +87,7 @@ impl LeaderState {
         Ok(())
     }
 
-    pub fn decline(&self, request: pb::DeclineRequest) -> Result<(), MasterError> {
+    pub(crate) fn decline(&self, request: pb::DeclineRequest) -> Result<(), MasterError> {
         let refuse = self.refusal(request.filters.as_ref())?;
         let mut inner = self.lock();
         self.subscribed(&inner, &request.framework_id)?;

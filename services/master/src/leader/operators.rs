@@ -7,7 +7,7 @@ use crate::error::MasterError;
 
 impl LeaderState {
     /// Stops offering an agent and kills its tasks so their schedulers move them.
-    pub fn drain(&self, agent_id: &str) -> Result<(), MasterError> {
+    pub(crate) fn drain(&self, agent_id: &str) -> Result<(), MasterError> {
         let mut inner = self.lock();
         let Some(agent) = inner.agents.get_mut(agent_id) else {
             return Err(MasterError::unknown_agent(agent_id));
