@@ -1,6 +1,7 @@
 //! A whole Marina cluster in one process: a coord quorum, masters and agents, each the
 //! production `spawn` on a loopback listener with its own temp dir. Fast, and the real code
-//! paths; tests needing SIGKILL use [`crate::services`] instead.
+//! paths. Any node can be stopped (as SIGTERM stops it) and restarted from its work dir;
+//! tests needing SIGKILL or SIGSTOP use processes ([`crate::ProcessCluster`]) instead.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,10 +13,85 @@ use tokio::net::TcpListener;
 use crate::coord::CoordCluster;
 use crate::wait::eventually;
 
-pub struct Running<H> {
+/// A service the in-process cluster runs: how to start one from its configuration and a
+/// bound listener, and how to wait for it to stop.
+pub trait Node: Sized {
+    type Config: Clone;
+    fn spawn(config: Self::Config, listener: TcpListener, shutdown: Shutdown) -> impl Future<Output = Self>;
+    fn wait(self) -> impl Future<Output = ()>;
+}
+
+impl Node for marina_master::MasterHandle {
+    type Config = marina_master::Config;
+    async fn spawn(config: Self::Config, listener: TcpListener, shutdown: Shutdown) -> Self {
+        marina_master::spawn(config, listener, shutdown).await.expect("starting a master")
+    }
+    async fn wait(self) {
+        let _ = marina_master::MasterHandle::wait(self).await;
+    }
+}
+
+impl Node for marina_agent::AgentHandle {
+    type Config = marina_agent::Config;
+    async fn spawn(config: Self::Config, listener: TcpListener, shutdown: Shutdown) -> Self {
+        marina_agent::spawn(config, listener, shutdown).await.expect("starting an agent")
+    }
+    async fn wait(self) {
+        let _ = marina_agent::AgentHandle::wait(self).await;
+    }
+}
+
+impl Node for marina_gateway::GatewayHandle {
+    type Config = marina_gateway::Config;
+    async fn spawn(config: Self::Config, listener: TcpListener, shutdown: Shutdown) -> Self {
+        marina_gateway::spawn(config, listener, shutdown).await.expect("starting a gateway")
+    }
+    async fn wait(self) {
+        let _ = marina_gateway::GatewayHandle::wait(self).await;
+    }
+}
+
+/// One node of the cluster: stopped and restarted (from its work dir, on its address) as
+/// an operator would stop and restart the service.
+pub struct Running<H: Node> {
     pub address: SocketAddr,
     pub handle: Option<H>,
     shutdown: Shutdown,
+    config: H::Config,
+}
+
+impl<H: Node> Running<H> {
+    /// Starts a node on a port of its own (bound here, so no other process can take it).
+    async fn start(config: impl FnOnce(SocketAddr) -> H::Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let config = config(address);
+        let shutdown = Shutdown::new();
+        let handle = H::spawn(config.clone(), listener, shutdown.clone()).await;
+        Self { address, handle: Some(handle), shutdown, config }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Stops the node as SIGTERM would (a leader resigns, connections drain) and waits.
+    pub async fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(handle) = self.handle.take() {
+            handle.wait().await;
+        }
+    }
+
+    /// Starts the stopped node again with its configuration: same address, same work dir.
+    pub async fn restart(&mut self) {
+        assert!(self.handle.is_none(), "the node at {} is running", self.address);
+        // The port was this node's until it stopped; listeners reuse addresses, so it can
+        // be bound again at once.
+        let listener = TcpListener::bind(self.address).await.expect("binding the node's address again");
+        self.shutdown = Shutdown::new();
+        self.handle = Some(H::spawn(self.config.clone(), listener, self.shutdown.clone()).await);
+    }
 }
 
 pub struct MarinaCluster {
@@ -94,12 +170,10 @@ impl MarinaCluster {
         format!("http://{}", self.gateways[index].address)
     }
 
-    pub async fn stop_master(&mut self, index: usize) {
-        let master = &mut self.masters[index];
-        master.shutdown.trigger();
-        if let Some(handle) = master.handle.take() {
-            let _ = handle.wait().await;
-        }
+    /// The index of the gateway that leads and is subscribed to the master.
+    pub async fn leading_gateway_index(&self) -> usize {
+        let address = self.leading_gateway().await;
+        self.gateways.iter().position(|g| g.address == address).expect("a gateway of this cluster")
     }
 }
 
@@ -145,52 +219,47 @@ impl Builder {
         let coord_url = CoordUrl { root: "/marina".into(), ..coord.url() };
         let mut masters = Vec::new();
         for index in 0..self.masters {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("addr");
-            let mut config = marina_master::Config {
-                listen: address.to_string(),
-                coord: coord_url.clone(),
-                work_dir: dir.path().join(format!("master-{index}")),
-                ..Default::default()
-            };
-            (self.master_config)(&mut config);
-            let shutdown = Shutdown::new();
-            let handle = marina_master::spawn(config, listener, shutdown.clone()).await.expect("starting a master");
-            masters.push(Running { address, handle: Some(handle), shutdown });
+            let tune = &self.master_config;
+            let master = Running::start(|address| {
+                let mut config = marina_master::Config {
+                    listen: address.to_string(),
+                    coord: coord_url.clone(),
+                    work_dir: dir.path().join(format!("master-{index}")),
+                    ..Default::default()
+                };
+                tune(&mut config);
+                config
+            });
+            masters.push(master.await);
         }
         let mut agents = Vec::new();
         for index in 0..self.agents {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("addr");
-            let mut config = marina_agent::Config {
-                listen: address.to_string(),
-                coord: coord_url.clone(),
-                work_dir: dir.path().join(format!("agent-{index}")),
-                runtime: self.runtime,
-                hostname: Some(format!("agent-{index}.test")),
-                ..Default::default()
-            };
-            config.resources.cpus = Some(4.0);
-            config.resources.mem_mb = Some(4096.0);
-            config.resources.disk_mb = Some(10240.0);
-            (self.agent_config)(index, &mut config);
-            let shutdown = Shutdown::new();
-            let handle = marina_agent::spawn(config, listener, shutdown.clone()).await.expect("starting an agent");
-            agents.push(Running { address, handle: Some(handle), shutdown });
+            let agent = Running::start(|address| {
+                let mut config = marina_agent::Config {
+                    listen: address.to_string(),
+                    coord: coord_url.clone(),
+                    work_dir: dir.path().join(format!("agent-{index}")),
+                    runtime: self.runtime,
+                    hostname: Some(format!("agent-{index}.test")),
+                    ..Default::default()
+                };
+                config.resources.cpus = Some(4.0);
+                config.resources.mem_mb = Some(4096.0);
+                config.resources.disk_mb = Some(10240.0);
+                (self.agent_config)(index, &mut config);
+                config
+            });
+            agents.push(agent.await);
         }
         let mut gateways = Vec::new();
         for index in 0..self.gateways {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("addr");
-            let config = marina_gateway::Config {
+            let gateway = Running::start(|address| marina_gateway::Config {
                 listen: address.to_string(),
                 coord: coord_url.clone(),
                 work_dir: dir.path().join(format!("gateway-{index}")),
                 ..Default::default()
-            };
-            let shutdown = Shutdown::new();
-            let handle = marina_gateway::spawn(config, listener, shutdown.clone()).await.expect("starting a gateway");
-            gateways.push(Running { address, handle: Some(handle), shutdown });
+            });
+            gateways.push(gateway.await);
         }
         let cluster = MarinaCluster { coord, masters, agents, gateways, dir };
         if !cluster.masters.is_empty() {

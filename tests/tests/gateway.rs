@@ -591,3 +591,50 @@ async fn events_report_instance_changes_and_unhealthy_kills() {
     })
     .await;
 }
+
+/// The in-process harness stops and restarts every kind of node: a stopped leading gateway
+/// hands over and comes back as a standby; a stopped master leaves the standby leading; a
+/// restarted agent comes back as the same agent. The app keeps its instance throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_stops_and_restarts_in_process() {
+    let mut cluster = MarinaCluster::builder().masters(2).agents(1).gateways(2).start().await;
+    let http = reqwest::Client::new();
+    let app = json!({ "id": "/web", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32, "instances": 1 });
+    let first = cluster.leading_gateway_index().await;
+    let created = http.post(format!("{}/v2/apps", cluster.gateway_url(first))).json(&app).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    running(&http, &cluster.gateway_url(first), "/web", 1).await;
+
+    cluster.gateways[first].stop().await;
+    let second = cluster.leading_gateway_index().await;
+    assert_ne!(second, first, "the standby gateway took over");
+    cluster.gateways[first].restart().await;
+    let leader = cluster.gateways[second].address.to_string();
+    eventually(WAIT, "the restarted gateway to follow the leader", || async {
+        let url = format!("{}/v2/leader", cluster.gateway_url(first));
+        let reported: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        (reported["leader"] == leader.as_str()).then_some(())
+    })
+    .await;
+
+    let master = cluster.leading_master().await;
+    cluster.masters[master].stop().await;
+    let other = cluster.leading_master().await;
+    assert_ne!(other, master, "the standby master took over");
+    cluster.masters[master].restart().await;
+    assert!(cluster.masters[master].is_running());
+
+    let agent_id = |cluster: &MarinaCluster| {
+        let leader = cluster.masters[other].handle.as_ref().unwrap().master.leader().ok()?;
+        let state = leader.state();
+        state.agents.iter().find(|a| a.status == "active").and_then(|a| Some(a.info.as_ref()?.agent_id.clone()))
+    };
+    let before = eventually(WAIT, "the agent active at the new master", || async { agent_id(&cluster) }).await;
+    cluster.agents[0].stop().await;
+    eventually(WAIT, "the master to see the agent gone", || async { agent_id(&cluster).is_none().then_some(()) }).await;
+    cluster.agents[0].restart().await;
+    cluster.wait_for_agents(1).await;
+    assert_eq!(agent_id(&cluster), Some(before), "the agent came back with its identity");
+    let app = running(&http, &cluster.gateway_url(second), "/web", 1).await;
+    assert_eq!(app["instances"], 1);
+}
