@@ -36,11 +36,13 @@ pub fn init_logging() {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for processes that must be told their port up front),
-/// never one this test process was given before: the port is released before its user binds
-/// it, and the kernel may hand the same ephemeral port to the next bind — two calls in a row
-/// once gave a ZooKeeper its client and election port alike. (Another process may still
-/// take it meanwhile; binding port 0 where a service can is the cure.)
+/// A free TCP port on 127.0.0.1, for processes that must be told their port up front
+/// (coord peers, which name each other; etcd and ZooKeeper in the benchmarks): the port is
+/// released before its user binds it, so another process may take it meanwhile. Marina's
+/// other services bind port 0 and report the port they got ([`crate::services`]). Never a
+/// port this test process was given before: the kernel may hand the same ephemeral port to
+/// the next bind — two calls in a row once gave a ZooKeeper its client and election port
+/// alike.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());

@@ -19,22 +19,32 @@ pub struct Service {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log: PathBuf,
+    /// Where the process writes the address it bound.
+    address_file: PathBuf,
     process: Option<TestProcess>,
 }
 
 impl Service {
+    /// Starts `binary` on a port it binds itself (port 0) and reports through its address
+    /// file: no port is chosen here and freed for another process to take first.
     fn start(name: &str, binary: &str, mut args: Vec<String>, envs: &[(&str, &str)], dir: &Path) -> Self {
-        let address = format!("127.0.0.1:{}", crate::free_port());
         let work_dir = dir.join(name);
-        args.extend(["--listen".into(), address.clone(), "--work-dir".into(), work_dir.display().to_string()]);
+        let address_file = dir.join(format!("{name}.address"));
+        args.extend([
+            "--work-dir".into(),
+            work_dir.display().to_string(),
+            "--address-file".into(),
+            address_file.display().to_string(),
+        ]);
         let mut service = Self {
             name: name.to_owned(),
-            address,
+            address: "127.0.0.1:0".into(),
             work_dir,
             binary: crate::binaries::binary(binary),
             args,
             envs: envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             log: dir.join(format!("{name}.log")),
+            address_file,
             process: None,
         };
         service.restart();
@@ -73,11 +83,35 @@ impl Service {
         self.process.as_ref()?.pid()
     }
 
-    /// (Re)starts the process with its original command line.
+    /// (Re)starts the process with its original command line. The first start binds any
+    /// free port; a restart binds the port the service had (as a restarted service keeps its
+    /// address), which it released only when it stopped. Returns once it listens.
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "{} is running", self.name);
+        let _ = std::fs::remove_file(&self.address_file);
         let envs: Vec<(&str, &str)> = self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.process = Some(TestProcess::spawn(&self.name, &self.binary, &self.args, &envs, &self.log));
+        let mut args = self.args.clone();
+        args.extend(["--listen".to_owned(), self.address.clone()]);
+        let mut process = TestProcess::spawn(&self.name, &self.binary, &args, &envs, &self.log);
+        self.address = self.bound_address(&mut process);
+        self.process = Some(process);
+    }
+
+    /// Waits for the address `process` bound (it writes it once listening, before anything
+    /// else it does, so this takes as long as the binary's start).
+    fn bound_address(&self, process: &mut TestProcess) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(address) = std::fs::read_to_string(&self.address_file) {
+                return address;
+            }
+            if let Some(status) = process.exit_status() {
+                panic!("{} exited ({status}) before listening:\n{}", self.name, process.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "{} did not listen within 30 s", self.name);
+            // Polled, not awaited: starting is synchronous for the tests that call it.
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub async fn kill(&mut self) {

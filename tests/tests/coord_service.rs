@@ -148,14 +148,22 @@ async fn assert_reflection_lists(channel: tonic::transport::Channel, expected: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let address = format!("127.0.0.1:{}", marina_tests::free_port());
+    // A single node binds any free port and says which it got.
+    let address_file = dir.path().join("address");
     let args = vec![
         "--listen".to_owned(),
-        address.clone(),
+        "127.0.0.1:0".to_owned(),
+        "--address-file".to_owned(),
+        address_file.display().to_string(),
         "--data-dir".to_owned(),
         dir.path().join("data").display().to_string(),
     ];
     let mut process = TestProcess::spawn("coord", &binary("marina-coord"), &args, &[], &dir.path().join("coord.log"));
+    let address = eventually(Duration::from_secs(10), "the node's bound address", || async {
+        std::fs::read_to_string(&address_file).ok()
+    })
+    .await;
+    assert!(!address.ends_with(":0"), "the address bound, not the one asked for: {address}");
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(10), "the single node to serve", || async {
         http.get(format!("http://{address}/health")).send().await.ok()?.status().is_success().then_some(())

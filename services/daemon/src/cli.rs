@@ -14,6 +14,10 @@ pub struct ConfigFlags {
     /// Print the effective configuration (defaults < file < environment < flags) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Once listening, write the address bound (`ip:port`) to this file: with `listen` on
+    /// port 0, how a supervisor or a test learns the port the service got.
+    #[arg(long)]
+    pub address_file: Option<PathBuf>,
 }
 
 /// The `[log]` section as flags.
@@ -68,18 +72,30 @@ where
         return Ok(());
     }
     config.validate()?;
-    let service = format!("marina-{}", C::SERVICE);
-    let _telemetry = crate::telemetry::init(
-        config.log(),
-        crate::telemetry::Identity { service: &service, instance: config.listen() },
-    )?;
     let listener = tokio::net::TcpListener::bind(config.listen())
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen()))?;
+    let bound = listener.local_addr()?.to_string();
+    let service = format!("marina-{}", C::SERVICE);
+    let _telemetry =
+        crate::telemetry::init(config.log(), crate::telemetry::Identity { service: &service, instance: &bound })?;
+    tracing::info!(address = %bound, "listening");
+    if let Some(path) = &flags.address_file {
+        write_address(path, &bound).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    }
     let shutdown = crate::Shutdown::new();
     shutdown.fail_on_panic();
     let running = start(config, listener, shutdown.clone()).await?;
     until_stopped(&shutdown, running).await
+}
+
+/// Writes `address` to `path` whole or not at all (through a file beside it, renamed), so a
+/// reader never sees half an address.
+fn write_address(path: &std::path::Path, address: &str) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, address)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Runs a started service until SIGTERM, SIGINT or its failure ([`crate::Shutdown::fail`],
