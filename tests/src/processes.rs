@@ -152,6 +152,14 @@ impl ProcessCluster {
         cluster
     }
 
+    /// The quorum's processes (for a cluster started with [`Coord::Processes`]).
+    pub fn coord_processes(&mut self) -> &mut CoordProcesses {
+        match &mut self.quorum {
+            Quorum::Processes(coord) => coord,
+            Quorum::InProcess(_) => panic!("this cluster's quorum runs in the test process"),
+        }
+    }
+
     /// A client of the quorum rooted like the services.
     pub fn coord_client(&self) -> CoordClient {
         CoordClient::new(&self.url)
@@ -168,6 +176,20 @@ impl ProcessCluster {
         let addresses: Vec<String> = self.masters.iter().map(|m| m.address.clone()).collect();
         let address = leader_with_agents(&addresses, agents, after).await;
         self.masters.iter().position(|m| m.address == address).expect("a known master")
+    }
+
+    /// The index of the running master that says it leads, with its epoch.
+    pub async fn leading_master(&self) -> (usize, u64) {
+        eventually(SETTLE, "a master to lead", || async {
+            for (index, master) in self.masters.iter().enumerate().filter(|(_, m)| m.is_running()) {
+                let state = master.get_json("/master/state").await?;
+                if state["elected"] == true {
+                    return Some((index, state["epoch"].as_u64()?));
+                }
+            }
+            None
+        })
+        .await
     }
 
     /// The index of the gateway that leads, subscribed to the master (its framework id

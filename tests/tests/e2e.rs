@@ -6,38 +6,12 @@
 use std::time::Duration;
 
 use marina_tests::docker::{DockerCleanup, ensure_test_images};
+use marina_tests::processes::Coord;
 use marina_tests::services::Service;
-use marina_tests::{CoordProcesses, TestDir, eventually};
+use marina_tests::{ProcessCluster, TestDir, Topology, eventually};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn leading_master(masters: &[Service]) -> (usize, u64) {
-    eventually(WAIT, "a leading master", || async {
-        for (index, master) in masters.iter().enumerate().filter(|(_, m)| m.is_running()) {
-            let state = master.get_json("/master/state").await?;
-            if state["elected"] == true {
-                return Some((index, state["epoch"].as_u64()?));
-            }
-        }
-        None
-    })
-    .await
-}
-
-async fn leading_gateway(gateways: &[Service]) -> usize {
-    eventually(WAIT, "a leading gateway", || async {
-        for (index, gateway) in gateways.iter().enumerate().filter(|(_, g)| g.is_running()) {
-            let info = gateway.get_json("/v2/info").await?;
-            if info["elected"] == true && info["leader"] == gateway.address.as_str() && info["frameworkId"].is_string()
-            {
-                return Some(index);
-            }
-        }
-        None
-    })
-    .await
-}
 
 /// The app's running tasks (id → host) through `gateway`, once exactly `count` run and no
 /// deployment is left.
@@ -72,19 +46,10 @@ fn container_of(task_id: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_journey_survives_every_failure() {
     ensure_test_images();
-    let mut coord = CoordProcesses::start(3).await;
-    let dir = TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let mut masters: Vec<Service> =
-        (1..=2).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), &[])).collect();
-    let mut agent = Service::agent("agent", &url, "docker", dir.path(), &[]);
-    let mut gateways: Vec<Service> =
-        (1..=2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &[])).collect();
-    for service in masters.iter().chain([&agent]).chain(&gateways) {
-        service.wait_healthy().await;
-    }
-    let gateway = leading_gateway(&gateways).await;
-    let framework = gateways[gateway].get_json("/v2/info").await.unwrap()["frameworkId"].as_str().unwrap().to_owned();
+    let topology = Topology::new(2, 1, "docker", 2).coord(Coord::Processes(3));
+    let mut cluster = ProcessCluster::start(topology).await;
+    let gateway = cluster.leading_gateway().await;
+    let framework = cluster.framework_id().await;
     let _cleanup = DockerCleanup { label: "marina.framework_id".into(), value: framework };
     let http = reqwest::Client::new();
 
@@ -95,63 +60,65 @@ async fn the_seed_journey_survives_every_failure() {
         "container": { "type": "DOCKER", "docker": { "image": "marina-test/busybox" } },
         "cpus": 0.1, "mem": 32, "instances": 1,
     });
-    let created = http.post(format!("http://{}/v2/apps", gateways[gateway].address)).json(&app).send().await.unwrap();
+    let created =
+        http.post(format!("http://{}/v2/apps", cluster.gateways[gateway].address)).json(&app).send().await.unwrap();
     assert_eq!(created.status(), 201);
-    let tasks = running(&gateways[gateway], 1).await;
+    let tasks = running(&cluster.gateways[gateway], 1).await;
     let task_id = tasks[0]["id"].as_str().unwrap().to_owned();
     let (container, created_at) = container_of(&task_id);
 
     // SIGKILL the leading master: a new one leads; the container is the same, never restarted.
-    let (old_master, old_epoch) = leading_master(&masters).await;
-    masters[old_master].kill().await;
-    let (new_master, new_epoch) = leading_master(&masters).await;
+    let (old_master, old_epoch) = cluster.leading_master().await;
+    cluster.masters[old_master].kill().await;
+    let (new_master, new_epoch) = cluster.leading_master().await;
     assert_ne!(new_master, old_master);
     assert!(new_epoch > old_epoch);
     assert_eq!(container_of(&task_id), (container.clone(), created_at.clone()), "the container was not touched");
 
     // Scale to 3 through the new leader.
     let scaled = http
-        .put(format!("http://{}/v2/apps/seed", gateways[gateway].address))
+        .put(format!("http://{}/v2/apps/seed", cluster.gateways[gateway].address))
         .json(&json!({ "instances": 3 }))
         .send()
         .await
         .unwrap();
     assert_eq!(scaled.status(), 200);
-    let tasks = running(&gateways[gateway], 3).await;
+    let tasks = running(&cluster.gateways[gateway], 3).await;
     assert!(tasks.iter().any(|t| t["id"] == task_id.as_str()), "the original task still runs");
-    let state = masters[new_master].get_json("/master/state").await.unwrap();
+    let state = cluster.masters[new_master].get_json("/master/state").await.unwrap();
     assert_eq!(state["tasks"].as_array().unwrap().iter().filter(|t| t["state"] == "TASK_RUNNING").count(), 3);
 
     // The killed master comes back as a standby.
-    masters[old_master].restart();
-    masters[old_master].wait_healthy().await;
-    let state = masters[old_master].get_json("/master/state").await.unwrap();
+    cluster.masters[old_master].restart();
+    cluster.masters[old_master].wait_healthy().await;
+    let state = cluster.masters[old_master].get_json("/master/state").await.unwrap();
     assert_eq!(state["elected"], false);
-    assert_eq!(leading_master(&masters).await.0, new_master);
+    assert_eq!(cluster.leading_master().await.0, new_master);
 
     // SIGKILL a coord node: the cluster keeps working (a scale goes through).
+    let coord = cluster.coord_processes();
     let coord_leader = coord.leader().await;
     coord.kill(coord_leader).await;
     let scaled = http
-        .put(format!("http://{}/v2/apps/seed", gateways[gateway].address))
+        .put(format!("http://{}/v2/apps/seed", cluster.gateways[gateway].address))
         .json(&json!({ "instances": 2 }))
         .send()
         .await
         .unwrap();
     assert_eq!(scaled.status(), 200);
-    let tasks = running(&gateways[gateway], 2).await;
+    let tasks = running(&cluster.gateways[gateway], 2).await;
 
     // SIGKILL the agent and restart it: its containers are re-adopted, not relaunched.
     let before: Vec<(String, String)> = tasks.iter().map(|t| container_of(t["id"].as_str().unwrap())).collect();
-    agent.kill().await;
-    agent.restart();
-    agent.wait_healthy().await;
+    cluster.agents[0].kill().await;
+    cluster.agents[0].restart();
+    cluster.agents[0].wait_healthy().await;
     eventually(WAIT, "the agent to re-register with its tasks", || async {
-        let state = agent.get_json("/state").await?;
+        let state = cluster.agents[0].get_json("/state").await?;
         (state["master"]["registered"] == true && state["tasks"].as_array()?.len() == 2).then_some(())
     })
     .await;
-    let tasks = running(&gateways[gateway], 2).await;
+    let tasks = running(&cluster.gateways[gateway], 2).await;
     let mut task_ids: Vec<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
     task_ids.sort();
     let after: Vec<(String, String)> = task_ids.iter().map(|id| container_of(id)).collect();
@@ -161,14 +128,14 @@ async fn the_seed_journey_survives_every_failure() {
     }
 
     // SIGKILL the leading gateway: the other serves, with the same tasks.
-    gateways[gateway].kill().await;
-    let other = leading_gateway(&gateways).await;
+    cluster.gateways[gateway].kill().await;
+    let other = cluster.leading_gateway().await;
     assert_ne!(other, gateway);
-    let tasks = running(&gateways[other], 2).await;
+    let tasks = running(&cluster.gateways[other], 2).await;
     let mut ids: Vec<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
     ids.sort();
     assert_eq!(ids, task_ids, "the new leading gateway knows exactly the same tasks");
-    let deleted = http.delete(format!("http://{}/v2/apps/seed", gateways[other].address)).send().await.unwrap();
+    let deleted = http.delete(format!("http://{}/v2/apps/seed", cluster.gateways[other].address)).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
     eventually(WAIT, "the app's containers to be gone", || async {
         let output = std::process::Command::new("docker")

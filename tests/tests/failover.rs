@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use marina_proto::agent::v1::TaskState;
+use marina_tests::processes::Coord;
 use marina_tests::scheduler::command_task;
 use marina_tests::services::Service;
-use marina_tests::{CoordCluster, TestScheduler, eventually};
+use marina_tests::{ProcessCluster, TestScheduler, Topology, eventually};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,43 +25,19 @@ const AGENT_ENV: &[(&str, &str)] = &[
     ("MARINA_AGENT_RESOURCES__DISK_MB", "1024"),
 ];
 
-struct Setup {
-    coord: CoordCluster,
-    masters: Vec<Service>,
-    agent: Service,
-    dir: marina_tests::TestDir,
+/// A coord quorum in this process, `masters` masters (the first test's defaults unless
+/// `master_env` says otherwise) and one agent of the process runtime.
+async fn setup(masters: usize) -> ProcessCluster {
+    setup_with(masters, MASTER_ENV, 3).await
 }
 
-async fn setup(masters: usize) -> Setup {
-    setup_with(masters, MASTER_ENV).await
-}
-
-/// Like [`setup`], the masters configured with `master_env`.
-async fn setup_with(masters: usize, master_env: &[(&str, &str)]) -> Setup {
-    let coord = CoordCluster::start(3).await;
-    let dir = marina_tests::TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let masters: Vec<Service> =
-        (0..masters).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), master_env)).collect();
-    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
-    for service in masters.iter().chain([&agent]) {
-        service.wait_healthy().await;
-    }
-    Setup { coord, masters, agent, dir }
-}
-
-/// The index of the master that says it leads, with its epoch.
-async fn leader(masters: &[Service]) -> (usize, u64) {
-    eventually(WAIT, "a master to lead", || async {
-        for (index, master) in masters.iter().enumerate().filter(|(_, m)| m.is_running()) {
-            let state = master.get_json("/master/state").await?;
-            if state["elected"] == true {
-                return Some((index, state["epoch"].as_u64()?));
-            }
-        }
-        None
-    })
-    .await
+/// Like [`setup`], the masters configured with `master_env`, on `coords` coord nodes.
+async fn setup_with(masters: usize, master_env: &[(&str, &str)], coords: usize) -> ProcessCluster {
+    let topology = Topology::new(masters, 1, "process", 0)
+        .coord(Coord::InProcess(coords))
+        .master_env(master_env)
+        .agent_env(AGENT_ENV);
+    ProcessCluster::start(topology).await
 }
 
 /// The agent's view: (master epoch it follows, its tasks' container ids by task id).
@@ -76,7 +53,7 @@ async fn agent_view(agent: &Service) -> Option<(u64, std::collections::BTreeMap<
     Some((state["master"]["epoch"].as_u64()?, tasks))
 }
 
-async fn launch_two_tasks(setup: &Setup) -> (TestScheduler, String) {
+async fn launch_two_tasks(setup: &ProcessCluster) -> (TestScheduler, String) {
     let addresses: Vec<String> = setup.masters.iter().map(|m| m.address.clone()).collect();
     let mut scheduler = TestScheduler::subscribe(&addresses, "failover-test", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
@@ -100,12 +77,12 @@ async fn launch_two_tasks(setup: &Setup) -> (TestScheduler, String) {
 async fn sigkill_of_the_leader_hands_agents_and_tasks_to_a_standby() {
     let mut setup = setup(2).await;
     let (mut scheduler, agent_id) = launch_two_tasks(&setup).await;
-    let (old, old_epoch) = leader(&setup.masters).await;
-    let (_, containers_before) = agent_view(&setup.agent).await.unwrap();
+    let (old, old_epoch) = setup.leading_master().await;
+    let (_, containers_before) = agent_view(&setup.agents[0]).await.unwrap();
 
     let killed_at = Instant::now();
     setup.masters[old].kill().await;
-    let (new, new_epoch) = leader(&setup.masters).await;
+    let (new, new_epoch) = setup.leading_master().await;
     let elected_after = killed_at.elapsed();
     assert_ne!(new, old);
     assert!(new_epoch > old_epoch);
@@ -113,7 +90,7 @@ async fn sigkill_of_the_leader_hands_agents_and_tasks_to_a_standby() {
 
     // The agent re-registers with the new leader, with its tasks still running, untouched.
     let (epoch, containers_after) = eventually(WAIT, "the agent to follow the new leader", || async {
-        agent_view(&setup.agent).await.filter(|(epoch, _)| *epoch == new_epoch)
+        agent_view(&setup.agents[0]).await.filter(|(epoch, _)| *epoch == new_epoch)
     })
     .await;
     assert_eq!(epoch, new_epoch);
@@ -142,10 +119,8 @@ async fn sigkill_of_the_leader_hands_agents_and_tasks_to_a_standby() {
     // The killed master comes back as a standby.
     setup.masters[old].restart();
     setup.masters[old].wait_healthy().await;
-    let (leading, _) = leader(&setup.masters).await;
+    let (leading, _) = setup.leading_master().await;
     assert_eq!(leading, new);
-    let _ = &setup.coord;
-    let _ = &setup.dir;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,12 +134,12 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
         ("MARINA_MASTER_SESSION_TTL_MS", "10000"),
         ("MARINA_MASTER_SESSION_DISCONNECT_GRACE_MS", "10000"),
     ];
-    let mut setup = setup_with(2, &env).await;
-    let (old, _) = leader(&setup.masters).await;
+    let mut setup = setup_with(2, &env, 3).await;
+    let (old, _) = setup.leading_master().await;
     let status = setup.masters[old].terminate().await.unwrap();
     let stopped_at = Instant::now();
     assert!(status.success(), "{status:?}");
-    let (new, _) = leader(&setup.masters).await;
+    let (new, _) = setup.leading_master().await;
     let handover = stopped_at.elapsed();
     assert_ne!(new, old);
     // Resigning deletes the member node first: no session timeout is waited for.
@@ -175,7 +150,7 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
 async fn a_frozen_leader_is_fenced_and_returns_as_a_standby() {
     let setup = setup(2).await;
     let (_scheduler, _) = launch_two_tasks(&setup).await;
-    let (old, old_epoch) = leader(&setup.masters).await;
+    let (old, old_epoch) = setup.leading_master().await;
     let other = 1 - old;
 
     setup.masters[old].freeze();
@@ -187,7 +162,7 @@ async fn a_frozen_leader_is_fenced_and_returns_as_a_standby() {
     .await;
     assert!(new_epoch > old_epoch);
     eventually(WAIT, "the agent to follow the new leader", || async {
-        agent_view(&setup.agent).await.filter(|(epoch, _)| *epoch == new_epoch)
+        agent_view(&setup.agents[0]).await.filter(|(epoch, _)| *epoch == new_epoch)
     })
     .await;
 
@@ -199,27 +174,19 @@ async fn a_frozen_leader_is_fenced_and_returns_as_a_standby() {
         (state["elected"] == false).then_some(())
     })
     .await;
-    let (epoch, tasks) = agent_view(&setup.agent).await.unwrap();
+    let (epoch, tasks) = agent_view(&setup.agents[0]).await.unwrap();
     assert_eq!(epoch, new_epoch, "the agent still follows the new leader");
     assert_eq!(tasks.len(), 2);
-    let (leading, epoch) = leader(&setup.masters).await;
+    let (leading, epoch) = setup.leading_master().await;
     assert_eq!((leading, epoch), (other, new_epoch));
     assert!(setup.masters[old].log().contains("leadership ended"), "the old leader logged its step-down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
-    let coord = CoordCluster::start(1).await;
-    let dir = marina_tests::TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
     let env = [("MARINA_MASTER_AGENT_REREGISTER_TIMEOUT_MS", "1500")];
-    let mut masters =
-        vec![Service::master("m0", &url, dir.path(), &env), Service::master("m1", &url, dir.path(), &env)];
-    let mut agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
-    for service in masters.iter().chain([&agent]) {
-        service.wait_healthy().await;
-    }
-    let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
+    let mut cluster = setup_with(2, &env, 1).await;
+    let addresses: Vec<String> = cluster.masters.iter().map(|m| m.address.clone()).collect();
     let mut scheduler = TestScheduler::subscribe(&addresses, "unreachable", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
@@ -234,10 +201,10 @@ async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
         .await;
 
     // The agent dies, then the leading master: the new leader never hears from the agent.
-    agent.kill().await;
-    let (old, _) = leader(&masters).await;
-    masters[old].kill().await;
-    leader(&masters).await;
+    cluster.agents[0].kill().await;
+    let (old, _) = cluster.leading_master().await;
+    cluster.masters[old].kill().await;
+    cluster.leading_master().await;
     scheduler.resubscribe().await;
     scheduler.reconcile(&[("orphan".to_owned(), offer.agent_id.clone())]).await;
     scheduler
@@ -245,21 +212,14 @@ async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
             s.latest("orphan").is_some_and(|t| t.state() == TaskState::TaskUnreachable)
         })
         .await;
-    drop((coord, dir));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
-    let coord = CoordCluster::start(1).await;
-    let dir = marina_tests::TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
     // Unreachable after 3 missed heartbeats of 200 ms.
     let env = [("MARINA_MASTER_AGENT_PING_INTERVAL_MS", "200"), ("MARINA_MASTER_MAX_AGENT_PING_TIMEOUTS", "3")];
-    let master = Service::master("m0", &url, dir.path(), &env);
-    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
-    for service in [&master, &agent] {
-        service.wait_healthy().await;
-    }
+    let cluster = setup_with(1, &env, 1).await;
+    let (master, agent) = (&cluster.masters[0], &cluster.agents[0]);
     let mut scheduler = TestScheduler::subscribe(std::slice::from_ref(&master.address), "silent", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
@@ -285,5 +245,4 @@ async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
     assert_eq!(containers_after, containers_before);
     let state = master.get_json("/master/state").await.unwrap();
     assert!(state["agents"].as_array().unwrap().iter().all(|a| a["status"] == "active"), "{state}");
-    drop((coord, dir));
 }

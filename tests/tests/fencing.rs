@@ -21,7 +21,7 @@ use marina_proto::master::v1::{
 };
 use marina_tests::scheduler::command_task;
 use marina_tests::services::Service;
-use marina_tests::{CoordCluster, TestDir, eventually};
+use marina_tests::{ProcessCluster, Topology, eventually};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -185,13 +185,10 @@ fn checkpointed_epoch(agent: &Service) -> Option<u64> {
 /// the current leader counts as running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
-    let coord = CoordCluster::start(1).await;
-    let dir = TestDir::new();
-    let url = CoordUrl { root: "/marina".into(), ..coord.url() };
-    let mut master = Service::master("master", &url, dir.path(), &[]);
-    let agent = Service::agent("agent", &url, "sim", dir.path(), SIM_AGENT);
-    master.wait_healthy().await;
-    agent.wait_healthy().await;
+    let mut cluster = ProcessCluster::start(Topology::new(1, 1, "sim", 0).agent_env(SIM_AGENT)).await;
+    let url = cluster.url.clone();
+    let ProcessCluster { masters, agents, .. } = &mut cluster;
+    let (master, agent) = (&mut masters[0], &agents[0]);
 
     // The agent obeys the real master: its epoch becomes the deposed one below.
     let deposed_epoch = eventually(WAIT, "the agent to register with the real master", || async {
@@ -262,5 +259,5 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     assert_eq!(warned, 2, "each refusal is a warning of its own: {refusal}");
     let metrics = reqwest::get(format!("http://{}/metrics", agent.address)).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|line| line == "marina_agent_stale_commands_refused_total 2"), "counted:\n{metrics}");
-    drop((scripted, agent, dir, coord));
+    drop(scripted);
 }

@@ -9,12 +9,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use marina_coord_client::CoordUrl;
 use marina_proto::agent::v1::{AgentInfo, CommandSpec, Resources};
 use marina_proto::master::v1 as master;
+use marina_tests::processes::Coord;
 use marina_tests::scheduler::command_task;
 use marina_tests::services::Service;
-use marina_tests::{CoordCluster, CoordProcesses, TestDir, TestProcess, TestScheduler, eventually};
+use marina_tests::{
+    CoordCluster, CoordProcesses, ProcessCluster, TestDir, TestProcess, TestScheduler, Topology, eventually,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -150,31 +152,6 @@ fn rest_cases() -> Vec<Case> {
     ]
 }
 
-async fn leading_gateway(gateways: &[Service]) -> usize {
-    eventually(WAIT, "a leading gateway", || async {
-        for (index, gateway) in gateways.iter().enumerate() {
-            let info = gateway.get_json("/v2/info").await?;
-            if info["elected"] == true && info["leader"] == gateway.address.as_str() && info["frameworkId"].is_string()
-            {
-                return Some(index);
-            }
-        }
-        None
-    })
-    .await
-}
-
-/// The address the masters agree leads.
-async fn leading_master(masters: &[Service]) -> String {
-    eventually(WAIT, "a leading master", || async {
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().ok()?;
-        let response = client.get(format!("http://{}/master/redirect", masters[0].address)).send().await.ok()?;
-        let location = response.headers().get("location")?.to_str().ok()?;
-        Some(location.trim_start_matches("http://").trim_end_matches("/master/redirect").to_owned())
-    })
-    .await
-}
-
 async fn send(http: &reqwest::Client, gateway: &Service, method: Method, path: &str, body: String) -> (u16, String) {
     try_send(http, gateway, method, path, body).await.expect("the gateway answers")
 }
@@ -197,25 +174,15 @@ async fn try_send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
-    let coord = CoordProcesses::start(3).await;
-    let dir = TestDir::new();
-    let url = CoordUrl { root: "/marina".into(), ..coord.url() };
-    let mut masters: Vec<Service> =
-        (0..2).map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), &[])).collect();
-    let mut agent = Service::agent("agent", &url, "process", dir.path(), PROCESS_AGENT);
-    let mut gateways: Vec<Service> =
-        (0..2).map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &[])).collect();
-    for service in masters.iter().chain([&agent]).chain(&gateways) {
-        service.wait_healthy().await;
-    }
-    let gateway_leader = leading_gateway(&gateways).await;
-    leading_master(&masters).await;
+    let topology = Topology::new(2, 1, "process", 2).coord(Coord::Processes(3)).agent_env(PROCESS_AGENT);
+    let mut cluster = ProcessCluster::start(topology).await;
+    let gateway_leader = cluster.leading_gateway().await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
 
     // An app whose group has a reserved word as its name: `GET /v2/groups` once panicked on it.
     let (status, body) = send(
         &http,
-        &gateways[0],
+        &cluster.gateways[0],
         Method::POST,
         "/v2/apps",
         json!({ "id": "/tasks/web", "cmd": "sleep 1000", "cpus": 0.01, "mem": 16 }).to_string(),
@@ -223,14 +190,14 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
     .await;
     assert_eq!(status, 201, "{body}");
     for path in ["/v2/groups", "/v2/groups/tasks"] {
-        let (status, body) = send(&http, &gateways[1], Method::GET, path, String::new()).await;
+        let (status, body) = send(&http, &cluster.gateways[1], Method::GET, path, String::new()).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         assert!(body.contains("/tasks/web"), "GET {path}: {body}");
     }
 
     // Each through either gateway: the standby forwards to the leader.
     for (index, case) in rest_cases().into_iter().enumerate() {
-        let gateway = &gateways[index % 2];
+        let gateway = &cluster.gateways[index % 2];
         // Each on a connection of its own: one whose body was cut short (a 413 is answered
         // as soon as the size is known, the rest never read) may fail the next request sent
         // on it, were it pooled.
@@ -247,9 +214,10 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
     }
 
     // The gRPC apps API refuses what REST refuses.
-    let mut apps = marina_proto::apps::v1::apps_client::AppsClient::connect(format!("http://{}", gateways[1].address))
-        .await
-        .unwrap();
+    let mut apps =
+        marina_proto::apps::v1::apps_client::AppsClient::connect(format!("http://{}", cluster.gateways[1].address))
+            .await
+            .unwrap();
     let json = json!({ "id": "/grpc", "cmd": "false", "backoffSeconds": 9_223_372_036_854_775_807u64 }).to_string();
     let refused = apps.create_app(marina_proto::apps::v1::CreateAppRequest { json }).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
@@ -261,10 +229,10 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
         "id": "/edge", "cmd": "exit 3", "cpus": 0.01, "mem": 16,
         "backoffSeconds": 2_147_483_647, "maxLaunchDelaySeconds": 2_147_483_647, "backoffFactor": 1e308,
     });
-    let (status, body) = send(&http, &gateways[1], Method::POST, "/v2/apps", edge.to_string()).await;
+    let (status, body) = send(&http, &cluster.gateways[1], Method::POST, "/v2/apps", edge.to_string()).await;
     assert_eq!(status, 201, "{body}");
     let failure = eventually(WAIT, "the edge app's task to fail and be recorded", || async {
-        let app = gateways[gateway_leader].get_json("/v2/apps/edge").await?;
+        let app = cluster.gateways[gateway_leader].get_json("/v2/apps/edge").await?;
         let failure = app["app"]["lastTaskFailure"].clone();
         (failure["state"] == "TASK_FAILED").then_some(failure)
     })
@@ -272,48 +240,47 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
     assert!(failure["taskId"].as_str().is_some_and(|id| id.starts_with("edge.")), "{failure}");
     // Its replacement waits in the queue (once the next round sees the instance missing).
     let delayed = eventually(WAIT, "the edge app to wait in the queue", || async {
-        let queue = gateways[gateway_leader].get_json("/v2/queue").await?;
+        let queue = cluster.gateways[gateway_leader].get_json("/v2/queue").await?;
         queue["queue"].as_array()?.iter().find(|q| q["app"]["id"] == "/edge").cloned()
     })
     .await;
     assert!(delayed["delay"]["timeLeftSeconds"].as_u64() > Some(86_400), "{delayed}");
 
-    hostile_master_requests(&masters).await;
-    hostile_coord_requests(&coord).await;
+    hostile_master_requests(&cluster.masters).await;
+    hostile_coord_requests(cluster.coord_processes()).await;
 
     // Nothing above took a service down: every process runs, none panicked, each answers,
     // and a gateway and a master lead (leadership itself may move: that is not a failure).
-    for service in masters.iter_mut().chain([&mut agent]).chain(gateways.iter_mut()) {
+    for service in cluster.masters.iter_mut().chain(cluster.agents.iter_mut()).chain(cluster.gateways.iter_mut()) {
         assert_eq!(service.exit_status(), None, "{} exited:\n{}", service.name, service.log());
         assert!(!service.log().contains("panicked"), "{} panicked:\n{}", service.name, service.log());
         service.wait_healthy().await;
     }
-    leading_gateway(&gateways).await;
-    leading_master(&masters).await;
+    cluster.leading_gateway().await;
+    cluster.leader_with_agents(1, 0).await;
 
     // Both gateways still deploy and scale.
     let app = json!({ "id": "/after", "cmd": "sleep 1000", "cpus": 0.01, "mem": 16, "instances": 1 });
-    let (status, body) = send(&http, &gateways[0], Method::POST, "/v2/apps", app.to_string()).await;
+    let (status, body) = send(&http, &cluster.gateways[0], Method::POST, "/v2/apps", app.to_string()).await;
     assert_eq!(status, 201, "{body}");
     eventually(WAIT, "the new app to run", || async {
-        let app = gateways[1].get_json("/v2/apps/after").await?;
+        let app = cluster.gateways[1].get_json("/v2/apps/after").await?;
         (app["app"]["tasksRunning"] == 1 && app["app"]["deployments"].as_array()?.is_empty()).then_some(())
     })
     .await;
     let (status, body) =
-        send(&http, &gateways[1], Method::PUT, "/v2/apps/after", json!({ "instances": 2 }).to_string()).await;
+        send(&http, &cluster.gateways[1], Method::PUT, "/v2/apps/after", json!({ "instances": 2 }).to_string()).await;
     assert_eq!(status, 200, "{body}");
     eventually(WAIT, "the new app to run 2 tasks", || async {
-        let app = gateways[0].get_json("/v2/apps/after").await?;
+        let app = cluster.gateways[0].get_json("/v2/apps/after").await?;
         (app["app"]["tasksRunning"] == 2).then_some(())
     })
     .await;
-    for gateway in &gateways {
+    for gateway in &cluster.gateways {
         let (status, body) = send(&http, gateway, Method::GET, "/v2/groups", String::new()).await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("/after"), "{body}");
     }
-    drop((coord, dir, agent));
 }
 
 /// The master's gRPC: non-finite refuse filters, tasks whose ids or environments no process
