@@ -34,6 +34,8 @@ pub struct Topology {
     /// The agents' runtime: `sim`, `process` or `docker`.
     pub runtime: String,
     pub gateways: usize,
+    /// Set on coord's processes ([`Coord::Processes`]).
+    pub coord_env: Vec<(String, String)>,
     pub master_env: Vec<(String, String)>,
     pub agent_env: Vec<(String, String)>,
     pub gateway_env: Vec<(String, String)>,
@@ -57,6 +59,7 @@ impl Topology {
             agents,
             runtime: runtime.to_owned(),
             gateways,
+            coord_env: Vec::new(),
             master_env: Vec::new(),
             agent_env: owned(AGENT_RESOURCES),
             gateway_env: Vec::new(),
@@ -65,6 +68,11 @@ impl Topology {
 
     pub fn coord(mut self, coord: Coord) -> Self {
         self.coord = coord;
+        self
+    }
+
+    pub fn coord_env(mut self, env: &[(&str, &str)]) -> Self {
+        self.coord_env.extend(owned(env));
         self
     }
 
@@ -121,7 +129,7 @@ impl ProcessCluster {
                 (Quorum::InProcess(coord), url)
             }
             Coord::Processes(size) => {
-                let coord = CoordProcesses::start(size).await;
+                let coord = CoordProcesses::start_with_env(size, &borrowed(&topology.coord_env)).await;
                 let url = coord.url();
                 (Quorum::Processes(coord), url)
             }
@@ -153,7 +161,15 @@ impl ProcessCluster {
     }
 
     /// The quorum's processes (for a cluster started with [`Coord::Processes`]).
-    pub fn coord_processes(&mut self) -> &mut CoordProcesses {
+    pub fn coord_processes(&self) -> &CoordProcesses {
+        match &self.quorum {
+            Quorum::Processes(coord) => coord,
+            Quorum::InProcess(_) => panic!("this cluster's quorum runs in the test process"),
+        }
+    }
+
+    /// The quorum's processes, to kill or restart one.
+    pub fn coord_processes_mut(&mut self) -> &mut CoordProcesses {
         match &mut self.quorum {
             Quorum::Processes(coord) => coord,
             Quorum::InProcess(_) => panic!("this cluster's quorum runs in the test process"),

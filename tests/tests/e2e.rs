@@ -96,7 +96,7 @@ async fn the_seed_journey_survives_every_failure() {
     assert_eq!(cluster.leading_master().await.0, new_master);
 
     // SIGKILL a coord node: the cluster keeps working (a scale goes through).
-    let coord = cluster.coord_processes();
+    let coord = cluster.coord_processes_mut();
     let coord_leader = coord.leader().await;
     coord.kill(coord_leader).await;
     let scaled = http

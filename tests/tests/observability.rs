@@ -10,23 +10,16 @@ use std::io::Write;
 use std::time::Duration;
 
 use marina_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use marina_tests::processes::Coord;
 use marina_tests::services::Service;
-use marina_tests::{CoordProcesses, TestDir, eventually};
+use marina_tests::{ProcessCluster, Topology, eventually};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A coord node, a master, a sim agent and a gateway, all exporting to `otlp` (when given),
 /// spans flushed every 100 ms rather than every 5 s.
-struct Cluster {
-    coord: CoordProcesses,
-    master: Service,
-    agent: Service,
-    gateway: Service,
-    _dir: TestDir,
-}
-
-async fn cluster(otlp: Option<&OtlpReceiver>) -> Cluster {
+async fn cluster(otlp: Option<&OtlpReceiver>) -> ProcessCluster {
     let endpoint = otlp.map(OtlpReceiver::endpoint).unwrap_or_default();
     // Without an exporter, trace ids are asked for (`log.trace_ids`) so logs still carry them.
     let trace_ids = if otlp.is_none() { "true" } else { "false" };
@@ -38,25 +31,14 @@ async fn cluster(otlp: Option<&OtlpReceiver>) -> Cluster {
         ("MARINA_AGENT_LOG__TRACE_IDS", trace_ids),
         ("MARINA_GATEWAY_LOG__TRACE_IDS", trace_ids),
     ];
-    let coord = CoordProcesses::start_with_env(1, &export).await;
-    let dir = TestDir::new();
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
-        export.iter().copied().chain(extra.iter().copied()).collect()
-    };
-    let master = Service::master("master", &url, dir.path(), &with(&[]));
-    let agent = Service::agent(
-        "agent",
-        &url,
-        "sim",
-        dir.path(),
-        &with(&[("MARINA_AGENT_LOG__FORMAT", "json"), ("MARINA_AGENT_RESOURCES__CPUS", "4")]),
-    );
-    let gateway = Service::gateway("gateway", &url, dir.path(), &with(&[]));
-    for service in [&master, &agent, &gateway] {
-        service.wait_healthy().await;
-    }
-    Cluster { coord, master, agent, gateway, _dir: dir }
+    let topology = Topology::new(1, 1, "sim", 1)
+        .coord(Coord::Processes(1))
+        .coord_env(&export)
+        .master_env(&export)
+        .agent_env(&export)
+        .agent_env(&[("MARINA_AGENT_LOG__FORMAT", "json"), ("MARINA_AGENT_RESOURCES__CPUS", "4")])
+        .gateway_env(&export);
+    ProcessCluster::start(topology).await
 }
 
 fn span<'a>(trace: &'a [ReceivedSpan], service: &str, name: &str) -> Option<&'a ReceivedSpan> {
@@ -68,7 +50,7 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     let otlp = OtlpReceiver::start().await;
     let cluster = cluster(Some(&otlp)).await;
     eventually(WAIT, "the gateway to lead with a master", || async {
-        let info = cluster.gateway.get_json("/v2/info").await?;
+        let info = cluster.gateways[0].get_json("/v2/info").await?;
         (info["elected"] == true && info["frameworkId"].is_string()).then_some(())
     })
     .await;
@@ -77,7 +59,7 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     let trace_id = format!("{:032x}", fastrand::u128(1..));
     let client_span = format!("{:016x}", fastrand::u64(1..));
     let response = reqwest::Client::new()
-        .post(format!("http://{}/v2/apps", cluster.gateway.address))
+        .post(format!("http://{}/v2/apps", cluster.gateways[0].address))
         .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
         .json(&json!({ "id": "/traced", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16, "instances": 2 }))
         .send()
@@ -181,7 +163,7 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     // The same deployment, as the metrics tell it.
     for (service, lines) in [
         (
-            &cluster.gateway,
+            &cluster.gateways[0],
             &[
                 "marina_gateway_elected 1",
                 "marina_gateway_master_connected 1",
@@ -192,7 +174,7 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
                 "marina_gateway_tasks_launched_total 2",
             ][..],
         ),
-        (&cluster.master, &["marina_master_elected 1", "marina_master_tasks_launched_total 2"][..]),
+        (&cluster.masters[0], &["marina_master_elected 1", "marina_master_tasks_launched_total 2"][..]),
     ] {
         let http = reqwest::Client::new();
         eventually(WAIT, &format!("{} metrics to show the deployment", service.name), || async {
@@ -204,7 +186,7 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
     }
 
     // The agent's JSON log lines about the tasks carry the trace id, so logs and traces join.
-    let log = cluster.agent.log();
+    let log = cluster.agents[0].log();
     let correlated = log
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -216,12 +198,15 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_serves_valid_metrics_health_and_reflection() {
     let cluster = cluster(None).await;
-    let coord = cluster.coord.address(1).to_owned();
+    let coord = cluster.coord_processes().address(1).to_owned();
     let ports = [
         (coord.as_str(), "marina.coord.v1.Coord,marina.coord.v1.Cluster,marina.coord.v1.Raft"),
-        (&cluster.master.address, "marina.master.v1.Scheduler,marina.master.v1.AgentLink,marina.master.v1.Operator"),
-        (&cluster.agent.address, "marina.agent.v1.Agent"),
-        (&cluster.gateway.address, "marina.apps.v1.Apps"),
+        (
+            &cluster.masters[0].address,
+            "marina.master.v1.Scheduler,marina.master.v1.AgentLink,marina.master.v1.Operator",
+        ),
+        (&cluster.agents[0].address, "marina.agent.v1.Agent"),
+        (&cluster.gateways[0].address, "marina.apps.v1.Apps"),
     ];
 
     let http = reqwest::Client::new();
@@ -267,13 +252,13 @@ async fn every_service_serves_valid_metrics_health_and_reflection() {
 async fn logs_carry_the_callers_trace_id_without_an_exporter() {
     let cluster = cluster(None).await;
     eventually(WAIT, "the gateway to lead with a master", || async {
-        let info = cluster.gateway.get_json("/v2/info").await?;
+        let info = cluster.gateways[0].get_json("/v2/info").await?;
         (info["elected"] == true && info["frameworkId"].is_string()).then_some(())
     })
     .await;
     let trace_id = format!("{:032x}", fastrand::u128(1..));
     let response = reqwest::Client::new()
-        .post(format!("http://{}/v2/apps", cluster.gateway.address))
+        .post(format!("http://{}/v2/apps", cluster.gateways[0].address))
         .header("traceparent", format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..)))
         .json(&json!({ "id": "/logged", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16 }))
         .send()
@@ -281,7 +266,7 @@ async fn logs_carry_the_callers_trace_id_without_an_exporter() {
         .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     eventually(WAIT, "an agent log line with the caller's trace id", || async {
-        let log = cluster.agent.log();
+        let log = cluster.agents[0].log();
         log.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .any(|line| line["message"] == "task status" && line.to_string().contains(&trace_id))
@@ -297,17 +282,16 @@ async fn a_request_through_a_standby_gateway_is_one_trace() {
     let otlp = OtlpReceiver::start().await;
     let cluster = cluster(Some(&otlp)).await;
     eventually(WAIT, "the first gateway to lead", || async {
-        (cluster.gateway.get_json("/v2/info").await?["elected"] == true).then_some(())
+        (cluster.gateways[0].get_json("/v2/info").await?["elected"] == true).then_some(())
     })
     .await;
-    let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..cluster.coord.url() };
     let endpoint = otlp.endpoint();
     let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let standby = Service::gateway("gateway-2", &url, cluster._dir.path(), &export);
+    let standby = Service::gateway("gateway-2", &cluster.url, cluster.dir.path(), &export);
     standby.wait_healthy().await;
     eventually(WAIT, "the standby to know the leader", || async {
         let leader = standby.get_json("/v2/leader").await?;
-        (leader["leader"] == cluster.gateway.address.as_str()).then_some(())
+        (leader["leader"] == cluster.gateways[0].address.as_str()).then_some(())
     })
     .await;
 
