@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod layout;
+pub mod policy;
 pub mod reason;
 pub mod resources;
 

@@ -113,6 +113,7 @@ pub struct Builder {
     runtime: marina_agent::RuntimeChoice,
     master_config: Box<dyn Fn(&mut marina_master::Config)>,
     agent_config: AgentConfigTuner,
+    gateway_config: Box<dyn Fn(&mut marina_gateway::Config)>,
 }
 
 impl MarinaCluster {
@@ -125,6 +126,7 @@ impl MarinaCluster {
             runtime: marina_agent::RuntimeChoice::Sim,
             master_config: Box::new(|_| {}),
             agent_config: Box::new(|_, _| {}),
+            gateway_config: Box::new(|_| {}),
         }
     }
 
@@ -213,6 +215,11 @@ impl Builder {
         self
     }
 
+    pub fn gateway_config(mut self, tune: impl Fn(&mut marina_gateway::Config) + 'static) -> Self {
+        self.gateway_config = Box::new(tune);
+        self
+    }
+
     pub async fn start(self) -> MarinaCluster {
         let coord = CoordCluster::start(self.coords).await;
         let dir = crate::TestDir::new();
@@ -253,11 +260,15 @@ impl Builder {
         }
         let mut gateways = Vec::new();
         for index in 0..self.gateways {
-            let gateway = Running::start(|address| marina_gateway::Config {
-                listen: address.to_string(),
-                coord: coord_url.clone(),
-                work_dir: dir.path().join(format!("gateway-{index}")),
-                ..Default::default()
+            let gateway = Running::start(|address| {
+                let mut config = marina_gateway::Config {
+                    listen: address.to_string(),
+                    coord: coord_url.clone(),
+                    work_dir: dir.path().join(format!("gateway-{index}")),
+                    ..Default::default()
+                };
+                (self.gateway_config)(&mut config);
+                config
             });
             gateways.push(gateway.await);
         }

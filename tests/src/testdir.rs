@@ -13,8 +13,14 @@ pub struct TestDir {
 }
 
 impl TestDir {
+    /// A new temp dir, searchable by every user whatever the umask (as `/var/lib` is): agents
+    /// that run as root run process tasks as `nobody`, who must reach a sandbox below it.
+    /// Its contents keep their own modes.
     pub fn new() -> Self {
-        Self { dir: Some(tempfile::tempdir().expect("temp dir")) }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let searchable = std::os::unix::fs::PermissionsExt::from_mode(0o711);
+        std::fs::set_permissions(dir.path(), searchable).expect("making the temp dir searchable");
+        Self { dir: Some(dir) }
     }
 
     pub fn path(&self) -> &Path {

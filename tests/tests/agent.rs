@@ -334,6 +334,34 @@ fn a_corrupt_checkpoint_stops_the_agent_with_the_file_named() {
     assert!(stderr.contains("web.pb") && stderr.contains("corrupt"), "{stderr}");
 }
 
+/// A root agent of the process runtime runs tasks as `nobody`: a work dir `nobody` cannot
+/// reach, or a default user the host does not have, stops it at start with the key named,
+/// instead of failing every task later.
+#[test]
+fn a_root_agent_whose_tasks_could_not_reach_their_sandboxes_does_not_start() {
+    assert!(nix::unistd::geteuid().is_root(), "a root agent is what this tests: run the tests as root, as CI does");
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+    std::fs::set_permissions(dir.path(), closed).unwrap();
+    let agent = |work: &str, envs: &[(&str, &str)]| {
+        std::process::Command::new(marina_tests::binaries::binary("marina-agent"))
+            .args(["--listen", "127.0.0.1:0", "--runtime", "process", "--coord", "coord://127.0.0.1:1/marina"])
+            .arg("--work-dir")
+            .arg(dir.path().join(work))
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let closed = agent("work", &[]);
+    assert!(!closed.status.success());
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(stderr.contains("`work_dir`") && stderr.contains("not searchable"), "{stderr}");
+    let unknown = agent("other", &[("MARINA_AGENT_POLICY__DEFAULT_USER", "no-such-user-here")]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("`policy.default_user`") && stderr.contains("no-such-user-here"), "{stderr}");
+}
+
 /// `GET /metrics` on the agent: the value of `name` (a metric without labels).
 async fn metric(agent: &Service, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{}/metrics", agent.address)).await.ok()?.text().await.ok()?;

@@ -229,7 +229,7 @@ async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
         .unwrap();
     let running = |s: &TestScheduler| s.latest("patient").is_some_and(|t| t.state() == TaskState::TaskRunning);
     scheduler.pump_until(WAIT, "the task to run", running).await;
-    let (_, containers_before) = agent_view(&agent).await.unwrap();
+    let (_, containers_before) = agent_view(agent).await.unwrap();
 
     agent.freeze();
     scheduler
@@ -241,7 +241,7 @@ async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
     // The agent notices the master dropped its link, re-registers, and the master tells the
     // scheduler the task is running after all: the same process, never restarted.
     scheduler.pump_until(WAIT, "TASK_RUNNING again once the agent is back", running).await;
-    let (_, containers_after) = agent_view(&agent).await.unwrap();
+    let (_, containers_after) = agent_view(agent).await.unwrap();
     assert_eq!(containers_after, containers_before);
     let state = master.get_json("/master/state").await.unwrap();
     assert!(state["agents"].as_array().unwrap().iter().all(|a| a["status"] == "active"), "{state}");

@@ -196,7 +196,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
         (state["master"]["registered"] == true).then(|| state["master"]["epoch"].as_u64()).flatten()
     })
     .await;
-    assert_eq!(checkpointed_epoch(&agent), Some(deposed_epoch));
+    assert_eq!(checkpointed_epoch(agent), Some(deposed_epoch));
     // SIGTERM: the real master resigns, and the scripted one leads with a newer epoch.
     let status = master.terminate().await.expect("the master ran");
     assert!(status.success(), "{status:?}");
@@ -212,8 +212,8 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     link.send(epoch, registered(&agent_id));
     link.send(epoch, launch("kept"));
     eventually(WAIT, "the agent to run `kept` under the new epoch", || async {
-        let tasks = agent_tasks(&agent).await?;
-        (tasks.get("kept")? == "TASK_RUNNING" && checkpointed_epoch(&agent)? == epoch).then_some(())
+        let tasks = agent_tasks(agent).await?;
+        (tasks.get("kept")? == "TASK_RUNNING" && checkpointed_epoch(agent)? == epoch).then_some(())
     })
     .await;
 
@@ -244,7 +244,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     link.send(epoch, registered(&agent_id));
     link.send(epoch, launch("welcome"));
     let tasks = eventually(WAIT, "the agent to run `welcome`", || async {
-        let tasks = agent_tasks(&agent).await?;
+        let tasks = agent_tasks(agent).await?;
         (tasks.get("welcome")? == "TASK_RUNNING").then_some(tasks)
     })
     .await;
@@ -253,7 +253,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     let expected: std::collections::BTreeMap<String, String> =
         [("kept", "TASK_RUNNING"), ("welcome", "TASK_RUNNING")].map(|(id, state)| (id.into(), state.into())).into();
     assert_eq!(tasks, expected, "neither stale command was obeyed");
-    assert_eq!(checkpointed_epoch(&agent), Some(epoch), "a refused epoch is never recorded");
+    assert_eq!(checkpointed_epoch(agent), Some(epoch), "a refused epoch is never recorded");
     let refusal = format!("refused a command from a deposed master (epoch {deposed_epoch} < {epoch})");
     let warned = agent.log().lines().filter(|line| line.contains("WARN") && line.contains(&refusal)).count();
     assert_eq!(warned, 2, "each refusal is a warning of its own: {refusal}");

@@ -328,6 +328,7 @@ mod tests {
             privileged: false,
             labels: BTreeMap::new(),
             parameters: Vec::new(),
+            user: None,
         }
     }
 

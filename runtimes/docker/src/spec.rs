@@ -248,6 +248,7 @@ mod tests {
             privileged: false,
             labels: marina_labels("app.1", "agent", "fw"),
             parameters: Vec::new(),
+            user: None,
         }
     }
 

@@ -38,7 +38,9 @@
 //!   memory limit.
 //! - Network isolation: tasks share the host's network, so `NetworkMode::None` is refused;
 //!   `Bridge` (the runtime's default) and `Host` both mean the host's network.
-//! - Privileges: a task runs as the agent's user; `privileged` changes nothing.
+//! - Privileges: a task runs as its spec's `user` (its sandbox handed to that user, its
+//!   supplementary groups dropped), else as the agent's user; the agent decides who may be
+//!   asked for (its container policy). `privileged` changes nothing.
 //! - Linux only: liveness and pid-reuse defence read `/proc`.
 
 pub mod cgroup;
@@ -413,6 +415,27 @@ fn command_line(spec: &TaskSpec) -> Result<(OsString, Vec<OsString>)> {
     Ok((program, argv.collect()))
 }
 
+/// The (uid, gid) of `user` (a name, or a numeric uid), to whom the `sandbox` is handed so
+/// the task can write in it (as Mesos' `switch_user` does).
+fn switch_to(user: &str, sandbox: &Path) -> Result<(u32, u32)> {
+    let invalid = |why: String| RuntimeError::InvalidSpec(format!("running the task as {user:?}: {why}"));
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    let (uid, gid) = match (entry, user.parse::<u32>()) {
+        (Ok(Some(entry)), _) => (entry.uid.as_raw(), entry.gid.as_raw()),
+        // A uid with no account still names a user: its group is its own number.
+        (Ok(None), Ok(uid)) => (uid, uid),
+        (Ok(None), Err(_)) => return Err(invalid("no such user on this host".into())),
+        (Err(e), _) => return Err(invalid(format!("reading the user database: {e}"))),
+    };
+    let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+    nix::unistd::chown(sandbox, owner.0, owner.1)
+        .map_err(|e| invalid(format!("giving it the sandbox {}: {e}", sandbox.display())))?;
+    Ok((uid, gid))
+}
+
 /// The task's whole environment: defaults, the spec's, then the sandbox variables (which the
 /// spec cannot override, as they must tell the truth). The agent's own environment is not
 /// inherited: tasks see the same environment whoever started the agent.
@@ -488,6 +511,10 @@ impl Runtime for ProcessRuntime {
                 spec.sandbox.display()
             )));
         }
+        let user = match &spec.user {
+            Some(user) => Some(switch_to(user, &spec.sandbox)?),
+            None => None,
+        };
         let task_id = spec.task_id.clone();
         let previous = self
             .blocking(move |store| match store.load(&task_id)? {
@@ -524,6 +551,7 @@ impl Runtime for ProcessRuntime {
             exit_file: self.store.exit_path(&spec.task_id),
             cgroups: cgroups.clone(),
             rotation: self.log_rotation,
+            user,
             program,
             args,
         };
@@ -718,6 +746,7 @@ mod tests {
             privileged: false,
             labels: BTreeMap::new(),
             parameters: Vec::new(),
+            user: None,
         }
     }
 

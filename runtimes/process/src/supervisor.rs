@@ -82,6 +82,9 @@ pub struct Invocation {
     pub cgroups: Vec<PathBuf>,
     /// How the task's `stdout` and `stderr` rotate ([`LogRotation::UNBOUNDED`] when not given).
     pub rotation: LogRotation,
+    /// Who the task runs as (uid, gid), when not the supervisor's own user: it gets that
+    /// user's group and no supplementary groups.
+    pub user: Option<(u32, u32)>,
     pub program: OsString,
     pub args: Vec<OsString>,
 }
@@ -97,6 +100,9 @@ impl Invocation {
             args.extend(["--log-max-bytes".into(), self.rotation.max_bytes.to_string().into()]);
             args.extend(["--log-keep".into(), self.rotation.keep.to_string().into()]);
         }
+        if let Some((uid, gid)) = self.user {
+            args.extend(["--user".into(), format!("{uid}:{gid}").into()]);
+        }
         args.push("--".into());
         args.push(self.program.clone());
         args.extend(self.args.iter().cloned());
@@ -108,6 +114,7 @@ impl Invocation {
         let mut exit_file = None;
         let mut cgroups = Vec::new();
         let mut rotation = LogRotation::UNBOUNDED;
+        let mut user = None;
         let number = |flag: &str, value: Option<OsString>| {
             let value = value.ok_or_else(|| format!("{flag} needs a number"))?;
             value
@@ -124,13 +131,21 @@ impl Invocation {
                 Some(flag @ "--log-keep") => {
                     rotation.keep = u32::try_from(number(flag, args.next())?).map_err(|_| "--log-keep is too large")?;
                 }
+                Some("--user") => {
+                    let value = args.next().ok_or("--user needs UID:GID")?;
+                    let ids = value
+                        .to_str()
+                        .and_then(|v| v.split_once(':'))
+                        .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)));
+                    user = Some(ids.ok_or_else(|| format!("--user: {value:?} is not UID:GID"))?);
+                }
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
         }
         let exit_file = exit_file.ok_or("--exit-file is required")?;
         let program = args.next().ok_or("missing the program to run after `--`")?;
-        Ok(Invocation { exit_file, cgroups, rotation, program, args: args.collect() })
+        Ok(Invocation { exit_file, cgroups, rotation, user, program, args: args.collect() })
     }
 }
 
@@ -265,6 +280,11 @@ fn start(invocation: &Invocation) -> io::Result<(tokio::process::Child, ProcessI
         // Should the supervisor fail before the task ends, the task ends too: a task whose
         // end nobody can record must not run on.
         .kill_on_drop(true);
+    if let Some((uid, gid)) = invocation.user {
+        // Set just before exec, group first; setting the uid also drops every
+        // supplementary group the supervisor (root) has.
+        command.uid(uid).gid(gid);
+    }
     // In the task's cgroups for the spawn only: the task inherits them from its first
     // instruction, the supervisor goes back home (it must outlive an OOM kill of the task).
     for dir in &invocation.cgroups {
@@ -368,6 +388,7 @@ mod tests {
             exit_file: "/state/tasks/t/exit.json".into(),
             cgroups: vec!["/sys/fs/cgroup/memory/marina/s/t".into(), "/sys/fs/cgroup/cpu/marina/s/t".into()],
             rotation: LogRotation { max_bytes: 4096, keep: 2 },
+            user: Some((65534, 65534)),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo -- --exit-file".into()],
         };

@@ -279,3 +279,35 @@ async fn task_output_is_rotated_by_size_keeping_the_newest_files() {
     assert_eq!(stdout(&runtime, &handle).await, read("stdout"), "logs read the current file");
     runtime.remove(&handle).await.expect("remove");
 }
+
+/// A task runs as its spec's user, with that user's group alone (none of root's
+/// supplementary groups), in a sandbox handed to that user; an unknown user is refused by
+/// name. Switching users needs root, as CI runs the tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_as_its_user_with_its_sandbox_handed_over() {
+    assert!(nix::unistd::geteuid().is_root(), "switching users needs root: run the tests as root, as CI does");
+    let env = TestEnv::new("user");
+    // The test's temp dir is private (0700): `nobody` must be able to reach the sandbox.
+    let root = env.sandbox_root.parent().expect("the test dir");
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let runtime = env.runtime();
+    let mut spec =
+        env.fixture(runtime.clone()).spec("as-nobody", "id -u; id -G; touch made-here && stat -c %u made-here");
+    spec.user = Some("nobody".into());
+    let handle = runtime.start(&spec).await.expect("start");
+    let status = wait(&runtime, &handle).await;
+    let output = stdout(&runtime, &handle).await;
+    assert!(status.success(), "{status:?}: {output}");
+    let nobody = nix::unistd::User::from_name("nobody").expect("passwd").expect("nobody exists");
+    let (uid, gid) = (nobody.uid.as_raw().to_string(), nobody.gid.as_raw().to_string());
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines, [uid.as_str(), gid.as_str(), uid.as_str()], "uid, groups, the owner of a file it made");
+    runtime.remove(&handle).await.expect("remove");
+
+    let mut unknown = env.fixture(runtime.clone()).spec("as-nobody-known", "true");
+    unknown.user = Some("no-such-user-here".into());
+    match runtime.start(&unknown).await {
+        Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("no such user"), "{message}"),
+        other => panic!("expected InvalidSpec naming the user, got {other:?}"),
+    }
+}

@@ -139,6 +139,7 @@ fn env_spec(sandbox: PathBuf) -> marina_runtime::TaskSpec {
         privileged: false,
         labels: BTreeMap::new(),
         parameters: Vec::new(),
+        user: None,
     }
 }
 

@@ -63,6 +63,7 @@ impl Fixture {
             privileged: false,
             labels: marina_labels(&task_id, &self.agent_id, "conformance"),
             parameters: Vec::new(),
+            user: None,
         }
     }
 

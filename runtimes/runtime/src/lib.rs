@@ -140,6 +140,10 @@ pub struct TaskSpec {
     pub labels: BTreeMap<String, String>,
     /// Backend-specific options passed through (Marathon's `docker.parameters`).
     pub parameters: Vec<(String, String)>,
+    /// Who a command task runs as (a user name or numeric uid; the process runtime switches
+    /// to it, as Mesos' `switch_user` did); `None`: the agent's own user. Image runtimes run
+    /// the image's user and are never given one.
+    pub user: Option<String>,
 }
 
 /// What the agent checkpoints to find a task again after its own restart.

@@ -29,6 +29,7 @@ fn spec(agent: &str, task: &str, command: &str) -> TaskSpec {
         privileged: false,
         labels: marina_labels(&task_id, agent, "sim-test"),
         parameters: Vec::new(),
+        user: None,
     }
 }
 

@@ -8,6 +8,7 @@ use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
 use marina_proto::agent::v1::{Attribute, Range};
 use marina_proto::checks::{MAX_CPUS, MAX_MEGABYTES, check_scalar};
+use marina_proto::policy::ContainerPolicy;
 use marina_runtime::LogRotation;
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,10 @@ pub struct Config {
     pub update_retry_ms: u64,
     pub task_logs: TaskLogsConfig,
     pub gc: GcConfig,
+    /// What tasks may ask of this host beyond the default confinement (privileged, added
+    /// capabilities, security options, sysctls, devices, host namespaces and volumes, root
+    /// for process tasks), and who process tasks run as by default. Enforced at every launch.
+    pub policy: ContainerPolicy,
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes (the
     /// largest answer is one task-log read of `task_logs.read_max_bytes`).
     pub server: ServerLimits,
@@ -188,6 +193,7 @@ impl Default for Config {
             update_retry_ms: 2_000,
             task_logs: TaskLogsConfig::default(),
             gc: GcConfig::default(),
+            policy: ContainerPolicy::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
         }
@@ -219,6 +225,12 @@ impl Config {
             check::address("advertise", advertise)?;
         }
         check::dir("work_dir", &self.work_dir)?;
+        if self.policy.default_user.trim().is_empty() {
+            return Err(ConfigError::value(
+                "policy.default_user",
+                "must name a user (tasks run as it when the agent is root)",
+            ));
+        }
         // The bounds every door checks (the master refuses an agent past them).
         for (key, value, max) in [
             ("resources.cpus", self.resources.cpus, MAX_CPUS),

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marina_coord_client::CoordClient;
+use marina_daemon::config::ConfigError;
 use marina_daemon::{Endpoint, Metrics, Shutdown};
 use marina_proto::agent::v1::AgentInfo;
 use marina_proto::agent::v1::agent_server::AgentServer;
@@ -152,6 +153,37 @@ impl AgentHandle {
     }
 }
 
+/// Tasks of a root agent run as `default_user` (or their app's user): that user must exist,
+/// and must be able to reach the sandboxes (every directory above them searchable by
+/// others). Found at start, with the key to change, rather than as tasks failing one by one.
+fn check_task_users(default_user: &str, sandboxes: &std::path::Path) -> Result<(), ConfigError> {
+    match nix::unistd::User::from_name(default_user) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(ConfigError::value("policy.default_user", format!("no user {default_user:?} on this host")));
+        }
+        Err(error) => {
+            return Err(ConfigError::value("policy.default_user", format!("reading the user database: {error}")));
+        }
+    }
+    for dir in sandboxes.ancestors() {
+        let Ok(metadata) = std::fs::metadata(dir) else { continue };
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+        if mode & 0o001 == 0 {
+            return Err(ConfigError::value(
+                "work_dir",
+                format!(
+                    "tasks run as {default_user:?} (policy.default_user), who cannot reach their sandboxes: {} is not \
+                     searchable by other users (mode {:o}); make it so (chmod o+x) or choose another work_dir",
+                    dir.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Starts an agent on `listener` until `shutdown`. Tasks keep running when it stops.
 pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<AgentHandle, AgentError> {
     config.validate()?;
@@ -161,6 +193,11 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
 
     let (checkpoint, recovered) = Checkpoint::open(&config.work_dir)?;
     let runtime = runtime::select(&config).await?;
+    // Only the process runtime runs command tasks, as their users.
+    let switches_users = runtime.kind() == marina_runtime::RuntimeKind::Process;
+    if switches_users && nix::unistd::geteuid().is_root() && !config.policy.allow_root {
+        check_task_users(&config.policy.default_user, checkpoint.sandboxes())?;
+    }
     let resources = resources::detect(&config)?;
     let mut attributes = config::parse_attributes(&config.attributes)?;
     // Schedulers place image tasks only where a runtime can run images.
@@ -186,6 +223,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         identity,
         Duration::from_secs(config.kill_grace_seconds),
         usize::try_from(config.task_logs.max_bytes).unwrap_or(usize::MAX),
+        config.policy.clone(),
     ));
     tasks.recover(recovered.tasks).await?;
     let gc = Arc::new(SandboxGc::new(tasks.clone(), checkpoint.sandboxes().to_owned(), config.gc.clone()));

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marina_proto::agent::v1::{PortMapping, TaskCheckpoint, TaskInfo, TaskReport, TaskState, TaskStatus};
+use marina_proto::policy::ContainerPolicy;
 use marina_proto::reason;
 use marina_runtime::{
     Command, ExitStatus, LABEL_AGENT_ID, ListedTask, LogStream, NetworkMode, Protocol, Resources, Runtime,
@@ -46,6 +47,10 @@ pub struct Tasks {
     unsaved: Mutex<HashSet<String>>,
     /// The most of a container's output [`Tasks::keep_output`] copies into its sandbox.
     output_limit: usize,
+    /// What tasks may ask of the host, checked at every launch.
+    policy: ContainerPolicy,
+    /// Whether the agent runs as root (then process tasks run as the policy's user).
+    is_root: bool,
 }
 
 /// One task.
@@ -103,6 +108,7 @@ impl Tasks {
         identity: Identity,
         default_grace: Duration,
         output_limit: usize,
+        policy: ContainerPolicy,
     ) -> Self {
         Self {
             runtime,
@@ -113,6 +119,8 @@ impl Tasks {
             default_grace,
             unsaved: Mutex::default(),
             output_limit,
+            policy,
+            is_root: nix::unistd::geteuid().is_root(),
         }
     }
 
@@ -522,6 +530,23 @@ impl Tasks {
         if command.is_none() && image.is_none() {
             return Err("the task has neither a command nor an image".into());
         }
+        let parameters = container.parameters.iter().map(|p| (p.key.as_str(), p.value.as_str()));
+        let mut violations = self.policy.check_container(container.privileged, parameters);
+        // Image tasks run as their image says; command tasks as the policy decides.
+        let user = match image {
+            Some(_) => None,
+            None => {
+                let asked = Some(command_spec.user.as_str()).filter(|user| !user.is_empty());
+                self.policy.task_user(asked, self.is_root).unwrap_or_else(|violation| {
+                    violations.push(violation);
+                    None
+                })
+            }
+        };
+        if !violations.is_empty() {
+            let each: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(format!("the agent's container policy refuses the task: {}", each.join("; ")));
+        }
         let mut env: BTreeMap<String, String> = command_spec.environment.clone().into_iter().collect();
         let ports: Vec<marina_runtime::PortMapping> = container
             .port_mappings
@@ -562,6 +587,7 @@ impl Tasks {
             privileged: container.privileged,
             labels,
             parameters: container.parameters.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+            user,
         })
     }
 
@@ -725,7 +751,9 @@ mod tests {
         let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), Vec::new()));
         let runtime = Arc::new(SimRuntime::new(SimConfig::default()));
         let identity = Identity { agent_id: "agent-1".into(), hostname: "host".into() };
-        let tasks = Tasks::new(runtime.clone(), checkpoint, updates.clone(), identity, Duration::from_secs(1), 1024);
+        let policy = ContainerPolicy { allow_root: true, ..ContainerPolicy::default() };
+        let tasks =
+            Tasks::new(runtime.clone(), checkpoint, updates.clone(), identity, Duration::from_secs(1), 1024, policy);
         (Arc::new(tasks), updates, runtime)
     }
 

@@ -37,7 +37,13 @@ pub struct DevArgs {
     log_level: String,
 }
 
+/// `$XDG_DATA_HOME/marina/dev` (`~/.local/share/marina/dev`); for root `/var/lib/marina/dev`:
+/// a root agent runs command tasks as `nobody`, who must reach their sandboxes, and root's
+/// home is closed to other users.
 fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/marina/dev");
+    }
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))

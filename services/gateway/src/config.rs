@@ -8,6 +8,7 @@ use crate::app::AppLimits;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
+use marina_proto::policy::ContainerPolicy;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PORT: u16 = 8080;
@@ -41,6 +42,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// What one app may ask for: `max_instances`, `min_cpus`, `min_mem_mb`.
     pub limits: AppLimits,
+    /// What containers may ask of their hosts beyond the default confinement (the agents'
+    /// `policy`, so that an app no agent would run is refused with a 422).
+    pub policy: ContainerPolicy,
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
     pub server: ServerLimits,
     pub log: LogConfig,
@@ -61,6 +65,7 @@ impl Default for Config {
             task_launch_timeout_ms: 300_000,
             max_body_bytes: 1 << 20,
             limits: AppLimits::default(),
+            policy: ContainerPolicy::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
         }

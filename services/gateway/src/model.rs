@@ -100,17 +100,13 @@ pub fn task_info(app: &AppDefinition, task_id: &str, host_ports: &[u32]) -> agen
     if let Some(image) = app.image() {
         environment.insert("MARATHON_APP_DOCKER_IMAGE".into(), image.to_owned());
     }
-    let command = match (&app.cmd, &app.args) {
-        (Some(cmd), _) => {
-            Some(agent::CommandSpec { shell: true, value: cmd.clone(), arguments: Vec::new(), environment })
-        }
-        (None, Some(args)) => {
-            Some(agent::CommandSpec { shell: false, value: String::new(), arguments: args.clone(), environment })
-        }
-        (None, None) => {
-            Some(agent::CommandSpec { shell: false, value: String::new(), arguments: Vec::new(), environment })
-        }
+    let (shell, value, arguments) = match (&app.cmd, &app.args) {
+        (Some(cmd), _) => (true, cmd.clone(), Vec::new()),
+        (None, Some(args)) => (false, String::new(), args.clone()),
+        (None, None) => (false, String::new(), Vec::new()),
     };
+    let user = app.user.clone().unwrap_or_default();
+    let command = Some(agent::CommandSpec { shell, value, arguments, environment, user });
     let port_mappings: Vec<agent::PortMapping> = match app.port_mappings() {
         Some(mappings) => mappings
             .iter()

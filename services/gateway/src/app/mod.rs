@@ -24,6 +24,7 @@ mod definition;
 mod lenient;
 mod limits;
 mod path;
+mod policy;
 mod service_ports;
 mod time;
 mod update;
@@ -46,6 +47,7 @@ pub use definition::{
 };
 pub use limits::AppLimits;
 pub use path::{ID_SEGMENT_PATTERN, PathId, PathIdError, RESERVED_KEYWORDS};
+pub use policy::check_policy;
 pub use service_ports::{SERVICE_PORTS, ServicePortsExhausted};
 pub use time::{Timestamp, TimestampError};
 pub use update::{apply_patch, config_equal, is_scale_only, rollback_version, stamp};

@@ -223,7 +223,8 @@ mod tests {
         let now = Timestamp::parse("2026-12-06T12:00:00.000Z").unwrap();
         let changes = vec![Change::to("/web", Some(web(0, "x")))];
         let Plan { deployment, superseded, .. } =
-            plan(&state, &AppLimits::default(), changes, false, "d-1".into(), now).expect("planned");
+            plan(&state, &AppLimits::default(), &Default::default(), changes, false, "d-1".into(), now)
+                .expect("planned");
         adopt(&mut state, &deployment, &superseded, Default::default());
         let effects = round(&mut state, Instant::now(), TIMEOUT);
         assert_eq!(effects.writes.describe(), ["delete /gateway/deployments/d-1"]);
@@ -239,7 +240,8 @@ mod tests {
         let now = Timestamp::parse("2026-12-06T12:00:00.000Z").unwrap();
         let changes = vec![Change::to("/web", None)];
         let Plan { deployment, superseded, .. } =
-            plan(&state, &AppLimits::default(), changes, false, "d-2".into(), now).expect("planned");
+            plan(&state, &AppLimits::default(), &Default::default(), changes, false, "d-2".into(), now)
+                .expect("planned");
         adopt(&mut state, &deployment, &superseded, Default::default());
         let stopping = round(&mut state, Instant::now(), TIMEOUT);
         assert_eq!(stopping.kills.len(), 1, "its instance is killed first");

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use marina_proto::policy::ContainerPolicy;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -61,7 +62,7 @@ impl Leader {
         let version = now.to_string();
         let deployment_id = marina_daemon::ids::uuid();
         let Plan { deployment, batch, superseded } =
-            plan(&self.lock(), &self.config.limits, changes, force, deployment_id, now)?;
+            plan(&self.lock(), &self.config.limits, &self.config.policy, changes, force, deployment_id, now)?;
         self.apply(batch).await?;
         let plan_json = adopt(&mut self.lock(), &deployment, &superseded, marina_daemon::trace::carrier());
         for id in &superseded {
@@ -139,7 +140,8 @@ pub(super) struct Plan {
 }
 
 /// Plans `changes` as deployment `deployment_id` at `now`: each app's action (start, stop,
-/// scale, restart), its definition checked against `limits` and stamped with its version,
+/// scale, restart), its definition checked against `limits` and the container `policy` and
+/// stamped with its version,
 /// service ports assigned, the steps ordered by dependencies. Pure: the state is only read,
 /// and the caller supplies the id and the time. Refused if an app to stop or change does
 /// not exist, if another deployment holds an app and `force` is not given, or if a
@@ -147,6 +149,7 @@ pub(super) struct Plan {
 pub(super) fn plan(
     state: &State,
     limits: &AppLimits,
+    policy: &ContainerPolicy,
     changes: Vec<Change>,
     force: bool,
     deployment_id: String,
@@ -180,7 +183,8 @@ pub(super) fn plan(
         let node = store::node_name(&id);
         let stamped = match target {
             Some(mut definition) => {
-                let violations = limits.check_change(&definition, previous.as_ref());
+                let mut violations = limits.check_change(&definition, previous.as_ref());
+                violations.extend(app::check_policy(policy, &definition, previous.as_ref()));
                 if !violations.is_empty() {
                     return Err(DeployError::Invalid(violations));
                 }
@@ -435,7 +439,7 @@ mod tests {
 
     fn planned(state: &State, changes: Vec<Change>, force: bool) -> Result<Plan, DeployError> {
         let now = Timestamp::parse("2026-12-06T12:00:00.000Z").unwrap();
-        plan(state, &AppLimits::default(), changes, force, "d-new".into(), now)
+        plan(state, &AppLimits::default(), &ContainerPolicy::default(), changes, force, "d-new".into(), now)
     }
 
     fn actions(plan: &Plan) -> Vec<Vec<(String, String)>> {
