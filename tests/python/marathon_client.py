@@ -1,5 +1,7 @@
 """Drives a Marina gateway with Marathon's own Python client (PyPI `marathon`), as a user
-of Marathon would. Usage: python marathon_client.py http://gateway:port
+of Marathon would. Usage: python marathon_client.py http://gateway:port [user:password]
+With credentials, first checks that a client without them is refused (401), then logs in
+as Marathon's users do (`MarathonClient(url, username=..., password=...)`).
 Prints one line per step; exits non-zero on the first failure."""
 
 import collections
@@ -13,6 +15,7 @@ collections.Iterable = collections.abc.Iterable
 collections.Mapping = collections.abc.Mapping
 
 from marathon import MarathonClient
+from marathon.exceptions import MarathonHttpError
 from marathon.models import MarathonApp, MarathonHealthCheck
 
 
@@ -26,8 +29,18 @@ def wait_for(what, check, timeout=60):
     raise AssertionError("timed out waiting for " + what)
 
 
-def main(url):
-    client = MarathonClient(url)
+def main(url, credentials=None):
+    if credentials:
+        user, password = credentials.split(":", 1)
+        try:
+            MarathonClient(url).list_apps()
+            raise AssertionError("a client without credentials was let in")
+        except MarathonHttpError as error:
+            assert error.status_code == 401, error.status_code
+        print("refused without credentials")
+        client = MarathonClient(url, username=user, password=password)
+    else:
+        client = MarathonClient(url)
     info = client.get_info()
     assert info.name == "marathon", info.name
     print("info", info.version)
@@ -78,4 +91,4 @@ def main(url):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

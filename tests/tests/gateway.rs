@@ -328,7 +328,7 @@ async fn bad_definitions_are_refused_with_marathons_errors() {
     // On a connection of its own: one whose body was cut short may fail the next request
     // sent on it, were it pooled.
     let once = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    match once.post(format!("{base}/v2/apps")).body(too_big).send().await {
+    match once.post(format!("{base}/v2/apps")).header("content-type", "application/json").body(too_big).send().await {
         Ok(response) => assert_eq!(response.status(), 413),
         // The gateway answers 413 as soon as the size is known and closes the connection
         // without reading the rest; a client still sending may see the close (a reset, as

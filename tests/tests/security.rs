@@ -182,3 +182,178 @@ async fn process_tasks_run_as_their_user_and_never_as_root_by_default() {
         .await;
     }
 }
+
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
+const READER_TOKEN: &str = "0123456789abcdef0123456789abcdef-reader";
+
+/// Two gateways that require Marathon-style credentials (`ops:s3cret`) or a bearer token.
+async fn guarded_cluster() -> MarinaCluster {
+    MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .gateways(2)
+        .gateway_config(|config| {
+            config.auth.http_credentials = vec!["ops:s3cret".into()];
+            config.auth.tokens = vec![
+                marina_gateway::Token { token: ADMIN_TOKEN.into(), role: marina_gateway::Role::Admin },
+                marina_gateway::Token { token: READER_TOKEN.into(), role: marina_gateway::Role::ReadOnly },
+            ];
+        })
+        .start()
+        .await
+}
+
+fn app(id: &str) -> Value {
+    json!({ "id": id, "cmd": "sleep 1000", "cpus": 0.1, "mem": 16 })
+}
+
+/// With credentials configured, every REST call but `/ping` and `/health` needs them: none
+/// or wrong ones are a 401 that asks for Basic (as Marathon answers, so clients and browsers
+/// prompt), a read-only token reads but may not write (403); a standby checks them too and
+/// forwards the caller's credentials to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_callers_need_credentials_and_read_only_ones_only_read() {
+    let cluster = guarded_cluster().await;
+    let leader = cluster.leading_gateway_index().await;
+    let standby = 1 - leader;
+    let http = reqwest::Client::new();
+    for gateway in [leader, standby] {
+        let base = cluster.gateway_url(gateway);
+        for open in ["/ping", "/health"] {
+            assert_eq!(http.get(format!("{base}{open}")).send().await.unwrap().status(), 200, "{open} stays open");
+        }
+        let anonymous = http.get(format!("{base}/v2/apps")).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let challenge = anonymous.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Basic "), "{challenge}");
+        let wrong = http.get(format!("{base}/v2/apps")).basic_auth("ops", Some("guess")).send().await.unwrap();
+        assert_eq!(wrong.status(), 401);
+        let bad_token = http.get(format!("{base}/v2/apps")).bearer_auth("not-a-token").send().await.unwrap();
+        assert_eq!(bad_token.status(), 401);
+        let reader = http.get(format!("{base}/v2/apps")).bearer_auth(READER_TOKEN).send().await.unwrap();
+        assert_eq!(reader.status(), 200, "a read-only token reads");
+        let refused = http.post(format!("{base}/v2/apps")).bearer_auth(READER_TOKEN).json(&app("/nope")).send();
+        assert_eq!(refused.await.unwrap().status(), 403, "a read-only token may not write");
+    }
+    let created = http
+        .post(format!("{}/v2/apps", cluster.gateway_url(standby)))
+        .basic_auth("ops", Some("s3cret"))
+        .json(&app("/through-standby"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "the standby forwards the caller's credentials to the leader");
+    let created = http
+        .post(format!("{}/v2/apps", cluster.gateway_url(leader)))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&app("/by-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let listed: Value = http
+        .get(format!("{}/v2/apps", cluster.gateway_url(leader)))
+        .basic_auth("ops", Some("s3cret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["apps"].as_array().unwrap().iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids, ["/by-token", "/through-standby"]);
+}
+
+/// A web page cannot make an operator's browser change apps: whatever the credentials, a
+/// write whose body is not JSON (a form, `text/plain`, no type) is 415, and a write from
+/// another origin is 403; the same request from the gateway's own origin (the web UI) goes
+/// through. With no credentials configured the same holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_cannot_be_made_to_write_across_sites() {
+    let guarded = guarded_cluster().await;
+    let open = MarinaCluster::builder().masters(1).agents(1).gateways(1).start().await;
+    let http = reqwest::Client::new();
+    for (base, login) in [(guarded.gateway_url(0), true), (open.gateway_url(0), false)] {
+        let authorized = |request: reqwest::RequestBuilder| {
+            if login { request.basic_auth("ops", Some("s3cret")) } else { request }
+        };
+        let body = app("/csrf").to_string();
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+            let request = http.post(format!("{base}/v2/apps")).header("content-type", content_type).body(body.clone());
+            let status = authorized(request).send().await.unwrap().status();
+            assert_eq!(status, 415, "{content_type} at {base}");
+        }
+        let untyped = authorized(http.post(format!("{base}/v2/apps")).body(body.clone())).send().await.unwrap();
+        assert_eq!(untyped.status(), 415, "a body of no type");
+        let host = base.trim_start_matches("http://");
+        let cross = http
+            .post(format!("{base}/v2/apps"))
+            .header("content-type", "application/json")
+            .header("origin", "http://attacker.example")
+            .body(body.clone());
+        assert_eq!(authorized(cross).send().await.unwrap().status(), 403);
+        let same = http
+            .post(format!("{base}/v2/apps"))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("origin", format!("http://{host}"))
+            .body(body.clone());
+        assert_eq!(authorized(same).send().await.unwrap().status(), 201, "the web UI's own origin");
+        // Writes without a body need no type (Marathon's restart, a delete).
+        let restart = authorized(http.post(format!("{base}/v2/apps/csrf/restart?force=true"))).send();
+        assert_eq!(restart.await.unwrap().status(), 200);
+    }
+}
+
+/// A gRPC request carrying `authorization` metadata.
+fn with<T>(authorization: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", authorization.parse().unwrap());
+    request
+}
+
+/// The gRPC apps API takes the same credentials as `authorization` metadata: none is
+/// UNAUTHENTICATED, a read-only token may list but not create (PERMISSION_DENIED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_need_the_same_credentials() {
+    use marina_proto::apps::v1 as pb;
+    use marina_proto::apps::v1::apps_client::AppsClient;
+    use tonic::Code;
+
+    let cluster = guarded_cluster().await;
+    let leader = cluster.leading_gateway_index().await;
+    let mut client = AppsClient::connect(cluster.gateway_url(leader)).await.unwrap();
+    let create = || pb::CreateAppRequest { json: app("/grpc").to_string() };
+    let refused = client.create_app(create()).await.expect_err("no credentials");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let reader = format!("Bearer {READER_TOKEN}");
+    client.list_apps(with(&reader, pb::ListAppsRequest::default())).await.expect("a read-only token lists");
+    let refused = client.create_app(with(&reader, create())).await.expect_err("a read-only token");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let basic = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops:s3cret"));
+    client.create_app(with(&basic, create())).await.expect("Marathon's credentials");
+    // Health stays open for load balancers and orchestrators.
+    let channel =
+        tonic::transport::Endpoint::from_shared(cluster.gateway_url(leader)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health is open");
+}
+
+/// Marathon's Python client with a username and password, unchanged: refused without them,
+/// and its whole journey (create, list, scale, kill, versions, delete) with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marathons_python_client_logs_in_with_http_credentials() {
+    let cluster = guarded_cluster().await;
+    let python = marina_tests::python::interpreter();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
+    let url = cluster.gateway_url(cluster.leading_gateway_index().await);
+    let output = tokio::process::Command::new(python).args([script, &url, "ops:s3cret"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Marathon client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in ["refused without credentials", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"] {
+        assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
+    }
+}

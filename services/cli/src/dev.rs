@@ -32,6 +32,10 @@ pub struct DevArgs {
     /// `<data-dir>/endpoints.json`.
     #[arg(long, default_value = "fixed", value_parser = ["fixed", "auto"])]
     ports: String,
+    /// `user:password` the gateways require of REST and gRPC callers (Marathon's
+    /// --http_credentials). Without it the gateways, on loopback, answer anyone.
+    #[arg(long)]
+    http_credentials: Option<String>,
     /// The services' log filter.
     #[arg(long, default_value = "info,openraft=warn")]
     log_level: String,
@@ -125,7 +129,16 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn spawn(name: &str, program: &Path, args: Vec<String>, logs: &Path, log_level: &str) -> anyhow::Result<Service> {
+/// Starts service `name`. `secrets` go in its environment, not on its command line: a
+/// command line is visible to every user of the machine, and recorded in `commands.txt`.
+fn spawn(
+    name: &str,
+    program: &Path,
+    args: Vec<String>,
+    secrets: &[(String, String)],
+    logs: &Path,
+    log_level: &str,
+) -> anyhow::Result<Service> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{name}.log")))?;
     // Its own process group: a Ctrl-C in the terminal reaches `marina dev` only, which then
     // stops the services in order (gateways and masters hand over while coord still runs).
@@ -134,6 +147,7 @@ fn spawn(name: &str, program: &Path, args: Vec<String>, logs: &Path, log_level: 
         .args(&args)
         .env("RUST_LOG", "")
         .env(format!("MARINA_{}_LOG__LEVEL", service_kind(name).to_ascii_uppercase()), log_level)
+        .envs(secrets.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -180,7 +194,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "--data-dir".into(),
             dir(&name),
         ];
-        services.push(spawn(&name, &coord_binary, coord_args, &logs, &args.log_level)?);
+        services.push(spawn(&name, &coord_binary, coord_args, &[], &logs, &args.log_level)?);
     }
     let common = |name: &str, port: u16| -> Vec<String> {
         vec![
@@ -195,19 +209,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let master_binary = binary("marina-master")?;
     for (index, port) in master_ports.iter().enumerate() {
         let name = format!("master-{}", index + 1);
-        services.push(spawn(&name, &master_binary, common(&name, *port), &logs, &args.log_level)?);
+        services.push(spawn(&name, &master_binary, common(&name, *port), &[], &logs, &args.log_level)?);
     }
     let agent_binary = binary("marina-agent")?;
     for (index, port) in agent_ports.iter().enumerate() {
         let name = format!("agent-{}", index + 1);
         let mut agent_args = common(&name, *port);
         agent_args.extend(["--runtime".into(), args.runtime.clone()]);
-        services.push(spawn(&name, &agent_binary, agent_args, &logs, &args.log_level)?);
+        services.push(spawn(&name, &agent_binary, agent_args, &[], &logs, &args.log_level)?);
     }
     let gateway_binary = binary("marina-gateway")?;
+    let gateway_secrets: Vec<(String, String)> = args
+        .http_credentials
+        .iter()
+        .map(|credentials| ("MARINA_GATEWAY_AUTH__HTTP_CREDENTIALS".to_owned(), credentials.clone()))
+        .collect();
     for (index, port) in gateway_ports.iter().enumerate() {
         let name = format!("gateway-{}", index + 1);
-        services.push(spawn(&name, &gateway_binary, common(&name, *port), &logs, &args.log_level)?);
+        services.push(spawn(&name, &gateway_binary, common(&name, *port), &gateway_secrets, &logs, &args.log_level)?);
     }
 
     let commands: Vec<String> = services.iter().map(|s| format!("{}: {}", s.name, s.command.join(" "))).collect();
@@ -234,13 +253,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // One listener for the whole run, so no Ctrl-C falls between two of them.
     let mut interrupted = std::pin::pin!(marina_daemon::shutdown::signal());
     let outcome = tokio::select! {
-        ready = wait_ready(&coord_url, &gateway_ports, args.agents) => ready.map(|()| true),
+        ready = wait_ready(&coord_url, &gateway_ports, args.agents, args.http_credentials.as_deref()) => ready.map(|()| true),
         () = &mut interrupted => Ok(false),
     };
     match outcome {
         Ok(true) => {
+            // The user's own credentials, on their own terminal; the password stays a placeholder.
+            let login = match args.http_credentials.as_deref().and_then(|pair| pair.split_once(':')) {
+                Some((user, _)) => format!("-u {user}:PASSWORD "),
+                None => String::new(),
+            };
             println!(
-                "ready: deploy with `curl -X POST -H 'Content-Type: application/json' http://127.0.0.1:{}/v2/apps -d@app.json`",
+                "ready: deploy with `curl {login}-X POST -H 'Content-Type: application/json' http://127.0.0.1:{}/v2/apps -d@app.json`",
                 gateway_ports[0]
             );
             supervise(&mut services, interrupted).await;
@@ -300,14 +324,25 @@ async fn stop(services: &mut [Service]) {
 
 /// Coord has a leader, a master leads with every agent registered, a gateway leads and is
 /// subscribed to the master.
-async fn wait_ready(coord_url: &CoordUrl, gateways: &[u16], agents: usize) -> anyhow::Result<()> {
+async fn wait_ready(
+    coord_url: &CoordUrl,
+    gateways: &[u16],
+    agents: usize,
+    credentials: Option<&str>,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let coord = CoordClient::with_options(
         coord_url,
         marina_coord_client::ClientOptions { retry_for: Duration::from_millis(500), ..Default::default() },
     );
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-    let get = async |url: String| -> Option<serde_json::Value> { http.get(url).send().await.ok()?.json().await.ok() };
+    let get = async |url: String| -> Option<serde_json::Value> {
+        let mut request = http.get(url);
+        if let Some((user, password)) = credentials.and_then(|pair| pair.split_once(':')) {
+            request = request.basic_auth(user, Some(password));
+        }
+        request.send().await.ok()?.json().await.ok()
+    };
     let mut reported: Vec<&str> = Vec::new();
     loop {
         let coord_ok = coord.list("/").await.is_ok();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use marina_coord_client::CoordUrl;
 
 use crate::app::AppLimits;
+use crate::auth::AuthConfig;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
@@ -45,6 +46,10 @@ pub struct Config {
     /// What containers may ask of their hosts beyond the default confinement (the agents'
     /// `policy`, so that an app no agent would run is refused with a 422).
     pub policy: ContainerPolicy,
+    /// Who may call the API: `http_credentials` (`user:password`, Marathon's
+    /// `--http_credentials`) and bearer `tokens` with a role. None: anyone who reaches the
+    /// port (a gateway on loopback).
+    pub auth: AuthConfig,
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
     pub server: ServerLimits,
     pub log: LogConfig,
@@ -66,6 +71,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             limits: AppLimits::default(),
             policy: ContainerPolicy::default(),
+            auth: AuthConfig::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
         }
@@ -93,6 +99,9 @@ impl Config {
         }
         self.server.validate()?;
         if let Some((key, problem)) = self.limits.problem() {
+            return Err(ConfigError::value(key, problem));
+        }
+        if let Some((key, problem)) = self.auth.problem() {
             return Err(ConfigError::value(key, problem));
         }
         // The longest coord path the gateway writes: an instance record named by a task id

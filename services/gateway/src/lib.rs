@@ -12,6 +12,7 @@
 
 pub mod app;
 mod apps;
+mod auth;
 mod config;
 pub mod engine;
 mod events;
@@ -43,6 +44,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use crate::auth::{AuthConfig, Role, Token};
 pub use crate::config::Config;
 use crate::events::EventBus;
 use crate::leader::Leader;
@@ -170,6 +172,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
 
     let routing = gateway.clone();
     let max_body_bytes = config.max_body_bytes;
+    let auth = Arc::new(config.auth.clone());
     let (router, health) = Endpoint::new("gateway", metrics)
         .limits(config.server)
         // Inside the port's bounds: what a standby forwards is bounded and counted too.
@@ -177,6 +180,9 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
             router
                 .layer(axum::middleware::from_fn_with_state(routing, route_to_leader))
                 .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+                // First: a standby checks its callers before it forwards them (the leader
+                // checks them again).
+                .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         })
         .grpc(marina_daemon::bounded_grpc!(AppsServer::new(grpc::AppsApi::new(gateway.clone())), config.server))
         .http(rest::routes(gateway.clone()))

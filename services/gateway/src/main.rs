@@ -15,6 +15,25 @@ struct Flags {
     #[command(flatten)]
     #[serde(flatten)]
     member: MemberFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "AuthFlags::is_empty")]
+    auth: AuthFlags,
+}
+
+/// The `[auth]` section as flags.
+#[derive(clap::Args, Serialize, Default)]
+struct AuthFlags {
+    /// `user:password` allowed to call the API (Marathon's --http_credentials); repeat it, or
+    /// separate pairs with commas. Without any, anyone who reaches the port may.
+    #[arg(long = "http-credentials", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    http_credentials: Vec<String>,
+}
+
+impl AuthFlags {
+    fn is_empty(&self) -> bool {
+        self.http_credentials.is_empty()
+    }
 }
 
 #[tokio::main]
