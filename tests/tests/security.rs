@@ -357,3 +357,34 @@ async fn marathons_python_client_logs_in_with_http_credentials() {
         assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
     }
 }
+
+/// Every service refuses to serve plaintext beyond loopback unless told so with
+/// `--insecure`, which it then warns about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_beyond_loopback_needs_insecure() {
+    let dir = marina_tests::TestDir::new();
+    for service in ["marina-coord", "marina-master", "marina-agent", "marina-gateway"] {
+        let binary = marina_tests::binaries::binary(service);
+        let work = dir.path().join(service);
+        let mut args: Vec<String> = vec!["--listen".into(), "0.0.0.0:0".into()];
+        let dir_flag = if service == "marina-coord" { "--data-dir" } else { "--work-dir" };
+        args.extend([dir_flag.into(), work.display().to_string()]);
+        if service == "marina-agent" {
+            args.extend(["--runtime".into(), "sim".into()]);
+        }
+        let refused = std::process::Command::new(&binary).args(&args).output().unwrap();
+        assert!(!refused.status.success(), "{service} served plaintext on 0.0.0.0");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("without TLS") && stderr.contains("--insecure"), "{service}: {stderr}");
+
+        let address_file = dir.path().join(format!("{service}.address"));
+        args.extend(["--insecure".into(), "--address-file".into(), address_file.display().to_string()]);
+        let log = dir.path().join(format!("{service}.log"));
+        let process = marina_tests::TestProcess::spawn(service, &binary, &args, &[], &log);
+        eventually(WAIT, &format!("{service} to listen with --insecure"), || async {
+            let listening = std::fs::read_to_string(&address_file).is_ok_and(|a| a.starts_with("0.0.0.0:"));
+            (listening && process.log().contains("--insecure: serving plaintext beyond loopback")).then_some(())
+        })
+        .await;
+    }
+}

@@ -18,6 +18,12 @@ pub struct ConfigFlags {
     /// port 0, how a supervisor or a test learns the port the service got.
     #[arg(long)]
     pub address_file: Option<PathBuf>,
+    /// Serve plaintext on an address other machines can reach. Without it a service that
+    /// would listen beyond loopback without TLS refuses to start: anyone who reaches such a
+    /// port could act as any service or client. A flag, never a file setting, so that it
+    /// shows in `ps` and in the log.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The `[log]` section as flags.
@@ -72,6 +78,15 @@ where
         return Ok(());
     }
     config.validate()?;
+    let exposed = exposed_without_tls(config.listen());
+    if exposed && !flags.insecure {
+        return Err(format!(
+            "refusing to listen on {} without TLS: anyone who can reach it could act as any service or client. \
+             Listen on a loopback address, or pass --insecure to accept that",
+            config.listen()
+        )
+        .into());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen())
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen()))?;
@@ -80,6 +95,9 @@ where
     let _telemetry =
         crate::telemetry::init(config.log(), crate::telemetry::Identity { service: &service, instance: &bound })?;
     tracing::info!(address = %bound, "listening");
+    if exposed {
+        tracing::warn!(address = %bound, "--insecure: serving plaintext beyond loopback; anyone who can reach this port can act as any service or client");
+    }
     if let Some(path) = &flags.address_file {
         write_address(path, &bound).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
     }
@@ -87,6 +105,12 @@ where
     shutdown.fail_on_panic();
     let running = start(config, listener, shutdown.clone()).await?;
     until_stopped(&shutdown, running).await
+}
+
+/// Whether `listen` (`ip:port`, validated) reaches beyond this machine: every service is
+/// plaintext until it has TLS, so that is exposed.
+fn exposed_without_tls(listen: &str) -> bool {
+    listen.parse::<std::net::SocketAddr>().is_ok_and(|address| !address.ip().is_loopback())
 }
 
 /// Writes `address` to `path` whole or not at all (through a file beside it, renamed), so a
