@@ -168,6 +168,36 @@ async fn ephemerals_go_when_keep_alives_stop() {
     assert!(stopped.elapsed() >= ttl / 2, "expired after about the TTL, not at once ({:?})", stopped.elapsed());
 }
 
+/// Only a session's owner keeps it alive or ends it: its id is public (every ephemeral node
+/// names its owner), so a keep-alive or close that does not carry the session's secret is
+/// refused, and the session and its nodes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_sessions_owner_keeps_it_alive_or_closes_it() {
+    let cluster = CoordCluster::start(3).await;
+    let client = cluster.client();
+    let session = client.create_session(Duration::from_secs(10), Duration::ZERO).await.unwrap();
+    let options = CreateOptions { session: Some(session.id()), sequential: false };
+    client.create("/owned", "", options).await.unwrap();
+    let owner = client.get("/owned").await.unwrap().expect("created").ephemeral_owner;
+    assert_eq!(owner, session.id(), "anyone can read whose node it is");
+
+    let leader = cluster.address(cluster.leader().await);
+    let mut intruder = raw_client(leader).await;
+    for secret in [bytes::Bytes::new(), bytes::Bytes::from_static(&[0; 16])] {
+        let close = pb::CloseSessionRequest { session_id: owner, secret: secret.clone() };
+        let refused = intruder.close_session(close).await.expect_err("a close without the secret");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let keep_alive = pb::KeepAliveRequest { session_id: owner, secret };
+        let mut replies = intruder.keep_alive(futures::stream::iter([keep_alive])).await.unwrap().into_inner();
+        let refused = replies.message().await.expect_err("a keep-alive without the secret");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    assert!(session.is_alive());
+    assert!(client.get("/owned").await.unwrap().is_some(), "the session and its node stay");
+    session.close().await.expect("its owner closes it");
+    assert!(client.get("/owned").await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_session_ends_after_its_grace() {
     let cluster = CoordCluster::start(3).await;

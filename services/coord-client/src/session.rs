@@ -31,6 +31,8 @@ pub enum SessionState {
 /// TTL, or the disconnect grace); [`Session::close`] ends it at once.
 pub struct Session {
     id: u64,
+    /// What proves this client owns the session (to keep it alive, and to close it).
+    secret: bytes::Bytes,
     ttl: Duration,
     client: CoordClient,
     state: watch::Receiver<SessionState>,
@@ -47,12 +49,13 @@ impl CoordClient {
         let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let request = pb::CreateSessionRequest { ttl_ms: millis(ttl), disconnect_grace_ms: millis(disconnect_grace) };
         let response = self.call(true, rpc!(grpc, create_session, request)).await?;
-        let id = response.session_id;
+        let (id, secret) = (response.session_id, response.secret);
         let (state_tx, state) = watch::channel(SessionState::Alive);
         let (valid_tx, valid_until) = watch::channel((after(sent, ttl), 0));
-        let keep_alive = tokio::spawn(keep_alive(self.clone(), id, ttl, state_tx, valid_tx));
+        let request = pb::KeepAliveRequest { session_id: id, secret: secret.clone() };
+        let keep_alive = tokio::spawn(keep_alive(self.clone(), request, ttl, state_tx, valid_tx));
         tracing::debug!(session = id, ?ttl, "session created");
-        Ok(Session { id, ttl, client: self.clone(), state, valid_until, keep_alive })
+        Ok(Session { id, secret, ttl, client: self.clone(), state, valid_until, keep_alive })
     }
 }
 
@@ -94,7 +97,7 @@ impl Session {
     /// Ends the session now: its ephemeral nodes are deleted in one revision.
     pub async fn close(self) -> Result<(), Error> {
         self.keep_alive.abort();
-        let request = pb::CloseSessionRequest { session_id: self.id };
+        let request = pb::CloseSessionRequest { session_id: self.id, secret: self.secret.clone() };
         self.client.call(true, rpc!(grpc, close_session, request)).await?;
         Ok(())
     }
@@ -115,14 +118,14 @@ fn after(at: Instant, duration: Duration) -> Instant {
 
 async fn keep_alive(
     client: CoordClient,
-    session_id: u64,
+    request: pb::KeepAliveRequest,
     ttl: Duration,
     state: watch::Sender<SessionState>,
     valid_until: watch::Sender<(Instant, u64)>,
 ) {
     let mut deadline = valid_until.borrow().0;
     let period = (ttl / 3).max(Duration::from_millis(10));
-    let request = pb::KeepAliveRequest { session_id };
+    let session_id = request.session_id;
     'connect: loop {
         if Instant::now() >= deadline {
             break;
@@ -131,7 +134,7 @@ async fn keep_alive(
         let (requests, outbound) = mpsc::channel(8);
         let mut pending: VecDeque<Instant> = VecDeque::new();
         // Queued before the stream opens, so the node has something to answer at once.
-        let _ = requests.try_send(request);
+        let _ = requests.try_send(request.clone());
         pending.push_back(Instant::now());
         let mut keep_alive_client = grpc(channel);
         let open = keep_alive_client.keep_alive(ReceiverStream::new(outbound));
@@ -152,7 +155,7 @@ async fn keep_alive(
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break 'connect,
                 _ = ticker.tick() => {
-                    if requests.send(request).await.is_err() {
+                    if requests.send(request.clone()).await.is_err() {
                         continue 'connect;
                     }
                     pending.push_back(Instant::now());

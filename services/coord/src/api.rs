@@ -18,7 +18,8 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{
-    ApplyError, Command, CommandResult, Compare, CompareTarget, EndReason, NodeView, Op, OpOutcome, Txn, TxnOutcome,
+    ApplyError, Command, CommandResult, Compare, CompareTarget, EndReason, NodeView, Op, OpOutcome, SessionSecret, Txn,
+    TxnOutcome,
 };
 use crate::config::{Limits, MAX_MESSAGE_BYTES_CEILING, MAX_TXN_OPS};
 use crate::error::CoordError;
@@ -183,8 +184,19 @@ pub fn request_txn(message: &pb::TxnRequest, limits: &Limits) -> Result<Txn, Coo
     Ok(txn)
 }
 
-/// A session request, checked against the TTL bounds and made the command that creates it.
-pub fn request_session(message: &pb::CreateSessionRequest, limits: &Limits) -> Result<Command, CoordError> {
+/// A keep-alive or close of a session by someone who does not know its secret: only the
+/// session's owner keeps it alive or ends it.
+fn not_the_owner(session_id: u64) -> Status {
+    Status::permission_denied(format!("session {session_id} belongs to another client (its secret does not match)"))
+}
+
+/// A session request, checked against the TTL bounds and made the command that opens it
+/// with `secret` (what its owner will present).
+pub fn request_session(
+    message: &pb::CreateSessionRequest,
+    limits: &Limits,
+    secret: SessionSecret,
+) -> Result<Command, CoordError> {
     if !(limits.session_ttl_min_ms..=limits.session_ttl_max_ms).contains(&message.ttl_ms) {
         return Err(CoordError::invalid(
             "ttl_ms",
@@ -197,7 +209,7 @@ pub fn request_session(message: &pb::CreateSessionRequest, limits: &Limits) -> R
     if message.disconnect_grace_ms > message.ttl_ms {
         return Err(CoordError::invalid("disconnect_grace_ms", "must not exceed ttl_ms"));
     }
-    Ok(Command::CreateSession { ttl_ms: message.ttl_ms, disconnect_grace_ms: message.disconnect_grace_ms })
+    Ok(Command::OpenSession { ttl_ms: message.ttl_ms, disconnect_grace_ms: message.disconnect_grace_ms, secret })
 }
 
 #[derive(Clone)]
@@ -406,7 +418,10 @@ impl pb::coord_server::Coord for CoordApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> ServiceResult<pb::CreateSessionResponse> {
-        let command = request_session(request.get_ref(), &self.node.limits)?;
+        let mut secret = SessionSecret::default();
+        getrandom::fill(&mut secret)
+            .map_err(|error| Status::unavailable(format!("no randomness for a session secret: {error}")))?;
+        let command = request_session(request.get_ref(), &self.node.limits, secret)?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().create_session(forward(request.into_inner())).await);
         }
@@ -419,6 +434,7 @@ impl pb::coord_server::Coord for CoordApi {
                     header: self.header(revision),
                     session_id: created.session_id,
                     ttl_ms: created.ttl_ms,
+                    secret: bytes::Bytes::copy_from_slice(&secret),
                 }))
             }
             other => Err(Status::internal(format!("unexpected result {other:?}"))),
@@ -452,7 +468,10 @@ impl pb::coord_server::Coord for CoordApi {
                 };
                 let Some(Ok(message)) = message else { break };
                 let session_id = message.session_id;
+                let owned =
+                    node.replica.read().expect("replica lock").store.session_owned_by(session_id, &message.secret);
                 let reply = match node.sessions.keep_alive(session_id) {
+                    _ if owned == Some(false) => Err(not_the_owner(session_id)),
                     Ok(KeepAlive::Alive { ttl_ms }) => {
                         if !attached.contains(&session_id) {
                             attached.push(session_id);
@@ -483,6 +502,16 @@ impl pb::coord_server::Coord for CoordApi {
             return leader.relay(leader.coord().close_session(forward(request.into_inner())).await);
         }
         let session_id = request.get_ref().session_id;
+        let owned = self
+            .node
+            .replica
+            .read()
+            .expect("replica lock")
+            .store
+            .session_owned_by(session_id, &request.get_ref().secret);
+        if owned == Some(false) {
+            return Err(not_the_owner(session_id));
+        }
         let command = Command::EndSession { session_id, reason: EndReason::Closed };
         match self.node.proposer.propose(command).await? {
             // Closing is idempotent: an already ended session is simply gone.

@@ -22,7 +22,17 @@ pub enum Command {
     /// Several independent commands proposed together (the proposer batches concurrent
     /// requests into one log entry); each gets its own result and revision.
     Batch(Vec<Command>),
+    /// A session whose keep-alives and close must present `secret` (what `CreateSession`
+    /// became; that one stays for logs written before).
+    OpenSession {
+        ttl_ms: u64,
+        disconnect_grace_ms: u64,
+        secret: SessionSecret,
+    },
 }
+
+/// What only a session's owner knows.
+pub type SessionSecret = [u8; 16];
 
 /// [`Command`] as it is decoded: the same variants in the same order, so the encoding is the
 /// same, but a batch holds only commands that are not batches. The proposer never nests
@@ -35,6 +45,7 @@ enum DecodedCommand {
     CreateSession { ttl_ms: u64, disconnect_grace_ms: u64 },
     EndSession { session_id: u64, reason: EndReason },
     Batch(Vec<UnbatchedCommand>),
+    OpenSession { ttl_ms: u64, disconnect_grace_ms: u64, secret: SessionSecret },
 }
 
 /// A command inside a batch: a batch here is refused as an unknown variant.
@@ -42,8 +53,32 @@ enum DecodedCommand {
 #[serde(rename = "Command")]
 enum UnbatchedCommand {
     Txn(Txn),
-    CreateSession { ttl_ms: u64, disconnect_grace_ms: u64 },
-    EndSession { session_id: u64, reason: EndReason },
+    CreateSession {
+        ttl_ms: u64,
+        disconnect_grace_ms: u64,
+    },
+    EndSession {
+        session_id: u64,
+        reason: EndReason,
+    },
+    /// Never decoded: it holds the place of `Command::Batch`, so that the variants after it
+    /// keep their indexes.
+    #[allow(dead_code)]
+    Batch(Unbatchable),
+    OpenSession {
+        ttl_ms: u64,
+        disconnect_grace_ms: u64,
+        secret: SessionSecret,
+    },
+}
+
+/// Decodes nothing: a batch inside a batch is refused.
+enum Unbatchable {}
+
+impl<'de> Deserialize<'de> for Unbatchable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("a batch inside a batch"))
+    }
 }
 
 impl From<UnbatchedCommand> for Command {
@@ -54,6 +89,10 @@ impl From<UnbatchedCommand> for Command {
                 Command::CreateSession { ttl_ms, disconnect_grace_ms }
             }
             UnbatchedCommand::EndSession { session_id, reason } => Command::EndSession { session_id, reason },
+            UnbatchedCommand::Batch(never) => match never {},
+            UnbatchedCommand::OpenSession { ttl_ms, disconnect_grace_ms, secret } => {
+                Command::OpenSession { ttl_ms, disconnect_grace_ms, secret }
+            }
         }
     }
 }
@@ -67,6 +106,9 @@ impl<'de> Deserialize<'de> for Command {
             }
             DecodedCommand::EndSession { session_id, reason } => Command::EndSession { session_id, reason },
             DecodedCommand::Batch(commands) => Command::Batch(commands.into_iter().map(Command::from).collect()),
+            DecodedCommand::OpenSession { ttl_ms, disconnect_grace_ms, secret } => {
+                Command::OpenSession { ttl_ms, disconnect_grace_ms, secret }
+            }
         })
     }
 }
@@ -187,7 +229,7 @@ impl Command {
         const PER_ITEM: usize = 16;
         match self {
             Command::Txn(txn) => txn.payload_bytes(),
-            Command::CreateSession { .. } | Command::EndSession { .. } => PER_ITEM,
+            Command::CreateSession { .. } | Command::OpenSession { .. } | Command::EndSession { .. } => PER_ITEM,
             Command::Batch(commands) => commands.iter().map(Command::payload_bytes).sum(),
         }
     }

@@ -55,7 +55,7 @@ impl StateMachine {
         let snapshot_path = snapshot_dir.join("current.snap");
         let replica = match read_small_file::<SnapshotFile>(&snapshot_path)? {
             Some(file) => {
-                let mut store: Store = postcard::from_bytes(&file.data).map_err(|error| LogStoreError::Decode {
+                let mut store = Store::decode(&file.data).map_err(|error| LogStoreError::Decode {
                     path: snapshot_path.clone(),
                     reason: error.to_string(),
                 })?;
@@ -163,7 +163,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = Bytes::from(snapshot.into_inner());
-        let mut store: Store = postcard::from_bytes(&data).map_err(snapshot_error)?;
+        let mut store = Store::decode(&data).map_err(snapshot_error)?;
         store.set_limits(self.limits);
         let path = self.snapshot_path.clone();
         let file = SnapshotFile { meta: meta.clone(), data };

@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{
     ApplyError, Command, CommandResult, Compare, CompareTarget, EndReason, NodeRecord, NodeView, Op, OpOutcome,
-    SessionCreated, Txn, TxnOutcome,
+    SessionCreated, SessionSecret, Txn, TxnOutcome,
 };
+
+/// Equal secrets, compared in a time that does not depend on where they differ.
+fn same_secret(expected: &SessionSecret, given: &[u8]) -> bool {
+    given.len() == expected.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -77,8 +82,24 @@ pub struct Store {
     history_bytes: usize,
     /// The newest revision no longer in `history` (0: nothing compacted yet).
     compacted: u64,
+    /// The secret of each session opened with one (sessions from before secrets have none).
+    session_secrets: BTreeMap<u64, SessionSecret>,
     #[serde(skip)]
     limits: HistoryLimits,
+}
+
+/// [`Store`] as snapshots written before session secrets hold it (postcard is not
+/// self-describing, so the older layout is read as itself).
+#[derive(Deserialize)]
+struct StoreWithoutSecrets {
+    nodes: BTreeMap<String, NodeRecord>,
+    sessions: BTreeMap<u64, SessionRecord>,
+    sequences: BTreeMap<String, u64>,
+    revision: u64,
+    next_session_id: u64,
+    history: VecDeque<Arc<RevisionEvents>>,
+    history_bytes: usize,
+    compacted: u64,
 }
 
 /// One step to undo when a later operation of the same transaction fails.
@@ -92,6 +113,35 @@ enum Undo {
 impl Store {
     pub fn new(limits: HistoryLimits) -> Self {
         Self { limits, next_session_id: 1, ..Self::default() }
+    }
+
+    /// A store from a snapshot's bytes, of this layout or the one before session secrets.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        match postcard::from_bytes::<Store>(bytes) {
+            Ok(store) => Ok(store),
+            Err(error) => match postcard::from_bytes::<StoreWithoutSecrets>(bytes) {
+                Ok(old) => Ok(Store {
+                    nodes: old.nodes,
+                    sessions: old.sessions,
+                    sequences: old.sequences,
+                    revision: old.revision,
+                    next_session_id: old.next_session_id,
+                    history: old.history,
+                    history_bytes: old.history_bytes,
+                    compacted: old.compacted,
+                    session_secrets: BTreeMap::new(),
+                    limits: HistoryLimits::default(),
+                }),
+                Err(_) => Err(error),
+            },
+        }
+    }
+
+    /// Whether `secret` may act for session `session_id`: `None` if there is no such
+    /// session; a session opened before secrets existed takes any.
+    pub fn session_owned_by(&self, session_id: u64, secret: &[u8]) -> Option<bool> {
+        self.sessions.get(&session_id)?;
+        Some(self.session_secrets.get(&session_id).is_none_or(|expected| same_secret(expected, secret)))
     }
 
     pub fn set_limits(&mut self, limits: HistoryLimits) {
@@ -137,11 +187,12 @@ impl Store {
         match command {
             Command::Txn(txn) => CommandResult::Txn(self.apply_txn(txn, changes)),
             Command::CreateSession { ttl_ms, disconnect_grace_ms } => {
-                let session_id = self.next_session_id.max(1);
-                self.next_session_id = session_id.saturating_add(1);
-                let record = SessionRecord { ttl_ms, disconnect_grace_ms, ephemerals: BTreeSet::new() };
-                self.sessions.insert(session_id, record);
-                CommandResult::Session(Ok(SessionCreated { session_id, ttl_ms }))
+                CommandResult::Session(Ok(self.open_session(ttl_ms, disconnect_grace_ms)))
+            }
+            Command::OpenSession { ttl_ms, disconnect_grace_ms, secret } => {
+                let created = self.open_session(ttl_ms, disconnect_grace_ms);
+                self.session_secrets.insert(created.session_id, secret);
+                CommandResult::Session(Ok(created))
             }
             Command::EndSession { session_id, reason } => {
                 CommandResult::SessionEnded(self.end_session(session_id, reason, changes))
@@ -162,6 +213,14 @@ impl Store {
         Ok(self.history.range(start..))
     }
 
+    fn open_session(&mut self, ttl_ms: u64, disconnect_grace_ms: u64) -> SessionCreated {
+        let session_id = self.next_session_id.max(1);
+        self.next_session_id = session_id.saturating_add(1);
+        let record = SessionRecord { ttl_ms, disconnect_grace_ms, ephemerals: BTreeSet::new() };
+        self.sessions.insert(session_id, record);
+        SessionCreated { session_id, ttl_ms }
+    }
+
     fn end_session(
         &mut self,
         session_id: u64,
@@ -169,6 +228,7 @@ impl Store {
         changes: &mut Vec<Arc<RevisionEvents>>,
     ) -> Result<u64, ApplyError> {
         let session = self.sessions.remove(&session_id).ok_or(ApplyError::NoSession { session_id })?;
+        self.session_secrets.remove(&session_id);
         let revision = next_revision(self.revision);
         let mut events = Vec::with_capacity(session.ephemerals.len());
         for path in session.ephemerals {
@@ -640,5 +700,33 @@ mod tests {
         assert!(!path_matches("/", false, "/x"));
         assert!(!path_matches("/a/b", true, "/a"));
         assert!(path_matches("/a/b", true, "/a/b/c"));
+    }
+
+    #[test]
+    fn only_a_sessions_secret_acts_for_it_and_snapshots_of_either_layout_load() {
+        let mut store = Store::new(HistoryLimits::default());
+        let open = Command::OpenSession { ttl_ms: 1000, disconnect_grace_ms: 0, secret: [9; 16] };
+        let CommandResult::Session(Ok(session)) = store.apply(open, &mut Vec::new()) else { panic!() };
+        let id = session.session_id;
+        assert_eq!(store.session_owned_by(id, &[9; 16]), Some(true));
+        assert_eq!(store.session_owned_by(id, &[8; 16]), Some(false));
+        assert_eq!(store.session_owned_by(id, &[9; 15]), Some(false), "a prefix of the secret is not the secret");
+        assert_eq!(store.session_owned_by(id + 1, &[9; 16]), None, "no such session");
+        let restored = Store::decode(&postcard::to_stdvec(&store).unwrap()).unwrap();
+        assert_eq!(restored.session_owned_by(id, &[8; 16]), Some(false), "the secret survives a snapshot");
+
+        // A session from a log written before secrets takes any.
+        let legacy = Command::CreateSession { ttl_ms: 1000, disconnect_grace_ms: 0 };
+        let CommandResult::Session(Ok(old)) = store.apply(legacy, &mut Vec::new()) else { panic!() };
+        assert_eq!(store.session_owned_by(old.session_id, b""), Some(true));
+        store.apply(Command::EndSession { session_id: id, reason: EndReason::Closed }, &mut Vec::new());
+        assert_eq!(store.session_owned_by(id, &[9; 16]), None);
+
+        // The layout before secrets is this one without the (here empty) map at its end.
+        let image = postcard::to_stdvec(&store).unwrap();
+        let before_secrets = &image[..image.len() - 1];
+        let loaded = Store::decode(before_secrets).expect("a snapshot written before session secrets");
+        assert_eq!(loaded.sessions(), store.sessions());
+        assert_eq!(loaded.revision(), store.revision());
     }
 }

@@ -344,7 +344,7 @@ fn coord_requests() -> Seeds {
             coord::WatchRequest { path: "/marina/gateway/members".into(), recursive: true, ..Default::default() }
                 .encode_to_vec(),
         ),
-        (8, coord::CloseSessionRequest { session_id: 1 }.encode_to_vec()),
+        (8, coord::CloseSessionRequest { session_id: 1, ..Default::default() }.encode_to_vec()),
         (4, coord::GetRequest { path: "/marina/gateway/members/g-0000000000".into(), stale: true }.encode_to_vec()),
     ]);
     let fenced = coord::TxnRequest {

@@ -100,7 +100,7 @@ fn encode_all(entries: &[Entry]) -> Vec<Vec<u8>> {
 /// from the leader or this node's own disk (CRC-checked), so a crash here is less urgent
 /// than one on a client's door; it still stops a node that meets such a snapshot.
 pub fn coord_snapshot(data: &[u8]) {
-    let Ok(mut store) = postcard::from_bytes::<Store>(data) else { return };
+    let Ok(mut store) = Store::decode(data) else { return };
     store.set_limits(HISTORY);
     let _ = (store.get("/"), store.children("/"), store.node_count(), store.revision(), store.oldest_revision());
     let mut changes = Vec::new();
@@ -230,7 +230,7 @@ fn request_command(kind: u8, body: &[u8], limits: &Limits, store: &Store) -> Opt
         }
         7 => {
             let request = pb::CreateSessionRequest::decode(body).ok()?;
-            request_session(&request, limits).ok()
+            request_session(&request, limits, [7; 16]).ok()
         }
         _ => {
             let request = pb::CloseSessionRequest::decode(body).ok()?;
