@@ -1,5 +1,6 @@
 //! `marina`: the operator CLI.
 
+mod certs;
 mod coord;
 mod dev;
 
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make the cluster's CA and the certificates of its services and operators.
+    Certs(certs::CertsArgs),
     /// Inspect and change the coord quorum.
     Coord(coord::CoordArgs),
     /// Run a whole HA cluster on this machine: 3 coord nodes, 2 masters, agents, 2 gateways.
@@ -23,6 +26,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Command::Certs(args) => certs::run(args),
         Command::Coord(args) => coord::run(args).await,
         Command::Dev(args) => dev::run(args).await,
     };
