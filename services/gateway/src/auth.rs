@@ -164,7 +164,7 @@ pub async fn guard(State(auth): State<Arc<AuthConfig>>, request: Request, next: 
     };
     if writes
         && !grpc
-        && let Some(refusal) = cross_site(request.headers())
+        && let Some(refusal) = cross_site(&request)
     {
         return refusal;
     }
@@ -180,9 +180,15 @@ pub async fn guard(State(auth): State<Arc<AuthConfig>>, request: Request, next: 
 }
 
 /// Why a write is refused as one a web page could have made a browser send, if it is.
-fn cross_site(headers: &HeaderMap) -> Option<Response> {
+fn cross_site(request: &Request) -> Option<Response> {
+    let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        // HTTP/1.1 names the host in `Host`, HTTP/2 in the request's authority.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
         let origin = origin.to_str().unwrap_or_default();
         let same = origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
         if !same {
