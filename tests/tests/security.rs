@@ -109,7 +109,7 @@ async fn each_agent_enforces_its_policy_and_runs_what_it_allows() {
         value: info["frameworkId"].as_str().unwrap().to_owned(),
     };
     let net_admin_on = |id: &str, host: &str| {
-        json!({ "id": id, "cmd": "grep CapEff /proc/self/status; exec sleep 1000", "cpus": 0.1, "mem": 16,
+        json!({ "id": id, "cmd": "sleep 1000", "cpus": 0.1, "mem": 16,
                 "constraints": [["hostname", "CLUSTER", host]],
                 "container": { "type": "DOCKER", "docker": { "image": "marina-test/busybox",
                     "parameters": [{ "key": "cap-add", "value": "NET_ADMIN" }] } } })
@@ -146,8 +146,13 @@ async fn each_agent_enforces_its_policy_and_runs_what_it_allows() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&added.stdout).trim(), r#"["NET_ADMIN"]"#);
-    let logs = std::process::Command::new("docker").args(["logs", &container]).output().unwrap();
-    let effective = String::from_utf8_lossy(&logs.stdout);
+    // The container's first process: its capabilities are the container's (read with exec,
+    // not from the task's output, which may not have reached the log yet).
+    let status = std::process::Command::new("docker")
+        .args(["exec", &container, "grep", "CapEff", "/proc/1/status"])
+        .output()
+        .unwrap();
+    let effective = String::from_utf8_lossy(&status.stdout);
     let bits = effective.trim().trim_start_matches("CapEff:").trim();
     let bits = u64::from_str_radix(bits, 16).unwrap_or_else(|_| panic!("CapEff in {effective:?}"));
     assert_ne!(bits & (1 << 12), 0, "CAP_NET_ADMIN (12) is effective in the task: {effective}");
