@@ -184,3 +184,44 @@ async fn a_scheduler_whose_queue_overflows_is_unsubscribed_and_loses_nothing_by_
             .await;
     }
 }
+
+/// Task ids name tasks within a framework, as in Mesos: another framework can neither kill
+/// a task nor learn its state by naming its id — the master answers as for a task it does
+/// not have — and the owner's task runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_acts_only_on_its_own_tasks() {
+    let cluster = MarinaCluster::builder().masters(1).agents(1).start().await;
+    let masters = cluster.master_addresses();
+    let mut owner = TestScheduler::subscribe(&masters, "owner", None).await;
+    owner.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
+    let offer = owner.offers[0].clone();
+    owner.accept(vec![offer.offer_id.clone()], vec![command_task("guarded", "sleep 1000", 0.5, 64.0)]).await.unwrap();
+    let running = |s: &TestScheduler| s.latest("guarded").is_some_and(|t| t.state() == TaskState::TaskRunning);
+    owner.pump_until(WAIT, "the owner's task running", running).await;
+
+    let mut intruder = TestScheduler::subscribe(&masters, "intruder", None).await;
+    intruder.kill("guarded", &offer.agent_id).await;
+    intruder
+        .pump_until(WAIT, "the kill answered as of an unknown task", |s| {
+            s.latest("guarded").is_some_and(|t| t.state() == TaskState::TaskUnknown)
+        })
+        .await;
+    intruder.reconcile(&[("guarded".to_owned(), offer.agent_id.clone())]).await;
+    intruder
+        .pump_until(WAIT, "reconciliation telling nothing of another's task", |s| {
+            s.updates.iter().filter(|u| u.task_id == "guarded").count() >= 2
+        })
+        .await;
+    // As of any task the agent does not run for it: gone, never the owner's running state.
+    let told: Vec<TaskState> = intruder.updates.iter().filter(|u| u.task_id == "guarded").map(|u| u.state()).collect();
+    assert_eq!(told, [TaskState::TaskUnknown, TaskState::TaskGone]);
+
+    // The owner's task was not touched: reconciliation says it runs, and no kill came.
+    owner.reconcile(&[("guarded".to_owned(), offer.agent_id.clone())]).await;
+    owner
+        .pump_until(WAIT, "the owner's reconciliation", |s| {
+            s.updates.iter().filter(|u| u.task_id == "guarded" && u.state() == TaskState::TaskRunning).count() >= 2
+        })
+        .await;
+    assert!(owner.updates.iter().all(|u| u.state() != TaskState::TaskKilled), "{:?}", owner.updates);
+}

@@ -446,6 +446,12 @@ impl Tasks {
             self.updates.push(status);
             return;
         };
+        // A kill names a task of its framework (the master checks this too): another
+        // framework's task of the same id is left alone.
+        if !framework_id.is_empty() && !entry.info.framework_id.is_empty() && entry.info.framework_id != framework_id {
+            tracing::warn!(task = %task_id, framework = %framework_id, owner = %entry.info.framework_id, "a kill of another framework's task refused");
+            return;
+        }
         let (handle, already_killing, terminal) = {
             let mut guard = entry.state.lock().expect("task lock");
             let already = guard.killing;

@@ -91,7 +91,11 @@ impl LeaderState {
             .agents(&request.task_id)
             .iter()
             .filter(|id| request.agent_id.is_empty() || **id == request.agent_id)
-            .find_map(|id| inner.agents.get(id).map(|agent| (id.clone(), agent.status, agent.link.clone())));
+            .filter_map(|id| Some((id, inner.agents.get(id)?)))
+            // Another framework's task of that id is, for this one, no task at all.
+            .filter(|(_, agent)| agent.tasks.get(&request.task_id).is_none_or(|t| t.belongs_to(&request.framework_id)))
+            .map(|(id, agent)| (id.clone(), agent.status, agent.link.clone()))
+            .next();
         let answer = match found {
             Some((_, _, Some((_, link)))) => {
                 let kill = pb::KillTask {
@@ -142,6 +146,12 @@ impl LeaderState {
                 unknown_agent = Some(ack.agent_id);
                 continue;
             };
+            // Only a task's own framework acknowledges its updates (an acknowledgement makes
+            // the agent forget the update, so another's would lose it for its owner).
+            if agent.tasks.get(&ack.task_id).is_some_and(|task| !task.belongs_to(&request.framework_id)) {
+                tracing::warn!(task = %ack.task_id, framework = %request.framework_id, "acknowledgement of another framework's task ignored");
+                continue;
+            }
             // A terminal task whose last update is acknowledged is done with.
             if agent
                 .tasks
@@ -212,7 +222,7 @@ impl LeaderState {
             if !agent_hint.is_empty() && agent_id != agent_hint {
                 continue;
             }
-            if let Some(task) = agent.tasks.get(task_id) {
+            if let Some(task) = agent.tasks.get(task_id).filter(|task| task.belongs_to(framework_id)) {
                 if agent.status == AgentStatus::Unreachable {
                     return master_status(
                         task_id,

@@ -73,6 +73,17 @@ struct TaskRecord {
     status: TaskStatus,
 }
 
+impl TaskRecord {
+    /// Whether the task is `framework_id`'s. Task ids name tasks within a framework (as in
+    /// Mesos): another framework's task of the same id is not this one's to kill,
+    /// acknowledge or ask about. A task whose framework is not known (none was recorded)
+    /// is anyone's, as before frameworks were recorded.
+    fn belongs_to(&self, framework_id: &str) -> bool {
+        let owner = if self.info.framework_id.is_empty() { &self.status.framework_id } else { &self.info.framework_id };
+        owner.is_empty() || owner == framework_id
+    }
+}
+
 struct AgentRecord {
     info: AgentInfo,
     status: AgentStatus,
