@@ -235,6 +235,11 @@ async fn rest_callers_need_credentials_and_read_only_ones_only_read() {
         assert_eq!(wrong.status(), 401);
         let bad_token = http.get(format!("{base}/v2/apps")).bearer_auth("not-a-token").send().await.unwrap();
         assert_eq!(bad_token.status(), 401);
+        // The web UI: a browser is asked to log in, and then served.
+        assert_eq!(http.get(format!("{base}/")).send().await.unwrap().status(), 401);
+        let ui = http.get(format!("{base}/")).basic_auth("ops", Some("s3cret")).send().await.unwrap();
+        assert_eq!(ui.status(), 200);
+        assert!(ui.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
         let reader = http.get(format!("{base}/v2/apps")).bearer_auth(READER_TOKEN).send().await.unwrap();
         assert_eq!(reader.status(), 200, "a read-only token reads");
         let refused = http.post(format!("{base}/v2/apps")).bearer_auth(READER_TOKEN).json(&app("/nope")).send();
