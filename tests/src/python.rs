@@ -14,3 +14,22 @@ pub fn interpreter() -> PathBuf {
         })
         .clone()
 }
+
+/// Runs `tests/python/marathon_client.py` (Marathon's own Python client driving a whole app
+/// journey) against the gateway at `url`, logging in with `credentials` (`user:password`)
+/// if given; asserts it succeeded and printed each of `steps`.
+pub async fn run_marathon_client(url: &str, credentials: Option<&str>, steps: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
+    let mut command = tokio::process::Command::new(interpreter());
+    command.args([script, url]).args(credentials);
+    let output = command.output().await.expect("running the Marathon client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Marathon client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in steps {
+        assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
+    }
+}

@@ -270,18 +270,8 @@ async fn a_rolling_upgrade_keeps_the_minimum_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marathons_python_client_works_unchanged() {
     let cluster = MarinaCluster::builder().masters(1).agents(2).gateways(1).start().await;
-    let python = marina_tests::python::interpreter();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
-    let output = tokio::process::Command::new(python).arg(script).arg(cluster.gateway_url(0)).output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the Marathon client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for step in ["info", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"] {
-        assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
-    }
+    let steps = ["info", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"];
+    marina_tests::python::run_marathon_client(&cluster.gateway_url(0), None, &steps).await;
 }
 
 /// Bad definitions get Marathon's status and error paths; nothing is stored.

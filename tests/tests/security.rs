@@ -353,19 +353,9 @@ async fn grpc_callers_need_the_same_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marathons_python_client_logs_in_with_http_credentials() {
     let cluster = guarded_cluster().await;
-    let python = marina_tests::python::interpreter();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
     let url = cluster.gateway_url(cluster.leading_gateway_index().await);
-    let output = tokio::process::Command::new(python).args([script, &url, "ops:s3cret"]).output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the Marathon client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for step in ["refused without credentials", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"] {
-        assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
-    }
+    let steps = ["refused without credentials", "created /py-app", "listed 1", "scaled 3", "killed", "deleted"];
+    marina_tests::python::run_marathon_client(&url, Some("ops:s3cret"), &steps).await;
 }
 
 /// Every service refuses to serve plaintext beyond loopback unless told so with

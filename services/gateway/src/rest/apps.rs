@@ -191,7 +191,8 @@ pub(super) async fn create(State(gateway): State<Arc<Gateway>>, Query(flags): Qu
 pub(super) async fn get_path(
     State(gateway): State<Arc<Gateway>>,
     Path(rest): Path<String>,
-    Query(flags): Query<Flags>,
+    // Read so that a malformed query is a 400 here too; reading one app takes no flags.
+    Query(_): Query<Flags>,
 ) -> Reply {
     let apps = service(&gateway)?;
     let target = AppPath::read(&rest);
@@ -202,7 +203,6 @@ pub(super) async fn get_path(
     match target {
         AppPath::App(_) => {
             let view = apps.get(&id)?;
-            let _ = flags.embed;
             let mut json = app_json(&view, true);
             if let Some(failure) = apps.last_failure(&id) {
                 json["lastTaskFailure"] = task_failure_json(&id.to_string(), &failure);
