@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::coord::CoordCluster;
 use crate::wait::eventually;
+use marina_daemon::tls::Role;
 
 /// A service the in-process cluster runs: how to start one from its configuration and a
 /// bound listener, and how to wait for it to stop.
@@ -130,6 +131,11 @@ impl MarinaCluster {
         }
     }
 
+    /// The cluster's CA (its services' certificates, and clients calling as any role).
+    pub fn ca(&self) -> &crate::TestCa {
+        self.coord.ca()
+    }
+
     /// The coord URL every service uses (rooted at `/marina`).
     pub fn coord_url(&self) -> CoordUrl {
         CoordUrl { root: "/marina".into(), ..self.coord.url() }
@@ -224,6 +230,7 @@ impl Builder {
         let coord = CoordCluster::start(self.coords).await;
         let dir = crate::TestDir::new();
         let coord_url = CoordUrl { root: "/marina".into(), ..coord.url() };
+        let ca = coord.ca().clone();
         let mut masters = Vec::new();
         for index in 0..self.masters {
             let tune = &self.master_config;
@@ -232,6 +239,7 @@ impl Builder {
                     listen: address.to_string(),
                     coord: coord_url.clone(),
                     work_dir: dir.path().join(format!("master-{index}")),
+                    tls: ca.config(Role::Master, Some(&index.to_string())),
                     ..Default::default()
                 };
                 tune(&mut config);
@@ -248,6 +256,7 @@ impl Builder {
                     work_dir: dir.path().join(format!("agent-{index}")),
                     runtime: self.runtime,
                     hostname: Some(format!("agent-{index}.test")),
+                    tls: ca.config(Role::Agent, Some(&index.to_string())),
                     ..Default::default()
                 };
                 config.resources.cpus = Some(4.0);
@@ -265,6 +274,12 @@ impl Builder {
                     listen: address.to_string(),
                     coord: coord_url.clone(),
                     work_dir: dir.path().join(format!("gateway-{index}")),
+                    // Plain `http://` REST on loopback as in `marina dev`; everything else
+                    // (coord, the masters, the standbys' forwarding) over mutual TLS.
+                    tls: marina_daemon::tls::TlsConfig {
+                        accept_plaintext: true,
+                        ..ca.config(Role::Gateway, Some(&index.to_string()))
+                    },
                     ..Default::default()
                 };
                 (self.gateway_config)(&mut config);

@@ -14,7 +14,9 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 use crate::process::TestProcess;
+use crate::tls::TestCa;
 use crate::wait::eventually;
+use marina_daemon::tls::Role;
 
 /// Generous bound for elections and catch-up on a loaded 2-core CI machine.
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,6 +30,8 @@ struct InProcessNode {
 
 pub struct CoordCluster {
     nodes: Vec<InProcessNode>,
+    /// The cluster's CA: every node, service and client of it has a certificate from it.
+    ca: TestCa,
     _dir: TempDir,
 }
 
@@ -41,6 +45,7 @@ impl CoordCluster {
     pub async fn start_with(size: usize, tune: impl Fn(&mut Config)) -> Self {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
+        let ca = TestCa::new(&dir.path().join("tls"));
         let mut listeners = Vec::new();
         for _ in 0..size {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("binding loopback"));
@@ -56,6 +61,7 @@ impl CoordCluster {
                 listen: addresses[index].to_string(),
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("node-{id}")),
+                tls: ca.config(Role::Coord, Some(&id.to_string())),
                 ..Config::default()
             };
             tune(&mut config);
@@ -64,9 +70,21 @@ impl CoordCluster {
                 marina_coord::spawn(config.clone(), listener, shutdown.clone()).await.expect("starting coord node");
             nodes.push(InProcessNode { id, address: addresses[index], config, running: Some((shutdown, handle)) });
         }
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self { nodes, ca, _dir: dir };
         cluster.leader().await;
         cluster
+    }
+
+    /// The cluster's CA.
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
+    }
+
+    /// A client of `url` (some of this cluster's nodes) with `options`, calling as an
+    /// operator unless they say how to call.
+    pub fn client_at(&self, url: &CoordUrl, mut options: ClientOptions) -> CoordClient {
+        options.tls = options.tls.or_else(|| Some(self.ca.operator()));
+        CoordClient::with_options(url, options)
     }
 
     /// `coord://` URL of every node, rooted at `/test`.
@@ -74,14 +92,17 @@ impl CoordCluster {
         CoordUrl { endpoints: self.nodes.iter().map(|n| n.address.to_string()).collect(), root: "/test".into() }
     }
 
+    /// A client calling as an operator.
     pub fn client(&self) -> CoordClient {
-        CoordClient::new(&self.url())
+        CoordClient::with_tls(&self.url(), Some(self.ca.operator()))
     }
 
     /// A client that only knows node `id`'s endpoint (to exercise forwarding).
     pub fn client_of(&self, id: u64) -> CoordClient {
         let url = CoordUrl { endpoints: vec![self.address(id).to_string()], root: "/test".into() };
-        CoordClient::with_options(&url, ClientOptions { retry_for: Duration::from_secs(5), ..Default::default() })
+        let options =
+            ClientOptions { retry_for: Duration::from_secs(5), tls: Some(self.ca.operator()), ..Default::default() };
+        CoordClient::with_options(&url, options)
     }
 
     pub fn address(&self, id: u64) -> SocketAddr {
@@ -146,6 +167,7 @@ impl CoordCluster {
             listen: address.to_string(),
             peers: peers.join(","),
             data_dir: self._dir.path().join(format!("node-{id}")),
+            tls: self.ca.config(Role::Coord, Some(&id.to_string())),
             ..self.nodes[0].config.clone()
         };
         tune(&mut config);
@@ -180,6 +202,7 @@ pub struct CoordProcesses {
     peers: String,
     binary: PathBuf,
     envs: Vec<(String, String)>,
+    ca: TestCa,
     dir: TempDir,
 }
 
@@ -214,7 +237,8 @@ impl CoordProcesses {
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
         let envs = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let mut cluster = Self { nodes, peers, binary, envs, dir };
+        let ca = TestCa::new(&dir.path().join("tls"));
+        let mut cluster = Self { nodes, peers, binary, envs, ca, dir };
         for id in 1..=size as u64 {
             cluster.launch(id);
         }
@@ -236,7 +260,9 @@ impl CoordProcesses {
             "--data-dir".into(),
             node.data_dir.display().to_string(),
         ];
-        let envs: Vec<(&str, &str)> = self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut envs = self.ca.env("coord", Role::Coord, Some(&id.to_string()));
+        envs.extend(self.envs.iter().cloned());
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         node.process = Some(TestProcess::spawn(&format!("coord-{id}"), &binary, &args, &envs, &node.log));
     }
 
@@ -244,12 +270,27 @@ impl CoordProcesses {
         CoordUrl { endpoints: self.nodes.iter().map(|n| n.address.clone()).collect(), root: "/test".into() }
     }
 
+    /// A client calling as an operator.
     pub fn client(&self) -> CoordClient {
-        CoordClient::new(&self.url())
+        CoordClient::with_tls(&self.url(), Some(self.ca.operator()))
     }
 
-    pub fn client_with(&self, options: ClientOptions) -> CoordClient {
+    /// A client with `options`, calling as an operator unless they say how to call.
+    pub fn client_with(&self, mut options: ClientOptions) -> CoordClient {
+        options.tls = options.tls.or_else(|| Some(self.ca.operator()));
         CoordClient::with_options(&self.url(), options)
+    }
+
+    /// The cluster's CA.
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
+    }
+
+    /// A client of `url` (some of this cluster's nodes) with `options`, calling as an
+    /// operator unless they say how to call.
+    pub fn client_at(&self, url: &CoordUrl, mut options: ClientOptions) -> CoordClient {
+        options.tls = options.tls.or_else(|| Some(self.ca.operator()));
+        CoordClient::with_options(url, options)
     }
 
     pub fn address(&self, id: u64) -> &str {

@@ -15,6 +15,7 @@ pub mod python;
 pub mod scheduler;
 pub mod services;
 pub mod testdir;
+pub mod tls;
 pub mod wait;
 
 pub use cluster::MarinaCluster;
@@ -23,6 +24,7 @@ pub use process::TestProcess;
 pub use processes::{ProcessCluster, Topology};
 pub use scheduler::TestScheduler;
 pub use testdir::TestDir;
+pub use tls::TestCa;
 pub use wait::eventually;
 
 /// Installs a test log subscriber once (`MARINA_TEST_LOG=debug` for more).

@@ -11,7 +11,7 @@ use marina_coord_client::{CoordClient, CoordUrl};
 use serde_json::Value;
 
 use crate::services::Service;
-use crate::{CoordCluster, CoordProcesses, TestDir, eventually};
+use crate::{CoordCluster, CoordProcesses, TestCa, TestDir, eventually};
 
 /// Bound for the cluster to come up or settle between measurements (a loaded 2-core VM).
 pub const SETTLE: Duration = Duration::from_secs(60);
@@ -106,6 +106,16 @@ pub enum Quorum {
     Processes(CoordProcesses),
 }
 
+impl Quorum {
+    /// The cluster's CA.
+    pub fn ca(&self) -> &TestCa {
+        match self {
+            Quorum::InProcess(coord) => coord.ca(),
+            Quorum::Processes(coord) => coord.ca(),
+        }
+    }
+}
+
 pub struct ProcessCluster {
     /// Coord's URL rooted where the services keep their state (`/marina`).
     pub url: CoordUrl,
@@ -135,17 +145,18 @@ impl ProcessCluster {
             }
         };
         let url = CoordUrl { root: "/marina".into(), ..url };
+        let ca = quorum.ca().clone();
         let dir = TestDir::new();
         let (master_env, agent_env, gateway_env) =
             (borrowed(&topology.master_env), borrowed(&topology.agent_env), borrowed(&topology.gateway_env));
         let masters: Vec<Service> = (0..topology.masters)
-            .map(|i| Service::master(&format!("master-{i}"), &url, dir.path(), &master_env))
+            .map(|i| Service::master(&format!("master-{i}"), &url, &ca, dir.path(), &master_env))
             .collect();
         let agents: Vec<Service> = (0..topology.agents)
-            .map(|i| Service::agent(&format!("agent-{i}"), &url, &topology.runtime, dir.path(), &agent_env))
+            .map(|i| Service::agent(&format!("agent-{i}"), &url, &ca, &topology.runtime, dir.path(), &agent_env))
             .collect();
         let gateways: Vec<Service> = (0..topology.gateways)
-            .map(|i| Service::gateway(&format!("gateway-{i}"), &url, dir.path(), &gateway_env))
+            .map(|i| Service::gateway(&format!("gateway-{i}"), &url, &ca, dir.path(), &gateway_env))
             .collect();
         for service in masters.iter().chain(&agents).chain(&gateways) {
             service.wait_healthy().await;
@@ -176,9 +187,14 @@ impl ProcessCluster {
         }
     }
 
-    /// A client of the quorum rooted like the services.
+    /// A client of the quorum rooted like the services, calling as an operator.
     pub fn coord_client(&self) -> CoordClient {
-        CoordClient::new(&self.url)
+        CoordClient::with_tls(&self.url, Some(self.ca().operator()))
+    }
+
+    /// The cluster's CA.
+    pub fn ca(&self) -> &TestCa {
+        self.quorum.ca()
     }
 
     /// The Marathon API of gateway `index` (a standby forwards to the leader).
@@ -190,7 +206,7 @@ impl ProcessCluster {
     /// agents.
     pub async fn leader_with_agents(&self, agents: usize, after: u64) -> usize {
         let addresses: Vec<String> = self.masters.iter().map(|m| m.address.clone()).collect();
-        let address = leader_with_agents(&addresses, agents, after).await;
+        let address = leader_with_agents(self.ca(), &addresses, agents, after).await;
         self.masters.iter().position(|m| m.address == address).expect("a known master")
     }
 
@@ -232,14 +248,15 @@ impl ProcessCluster {
     }
 }
 
-/// The address of the master (among `addresses`) that leads with an epoch above `after`,
-/// once `agents` agents are active with it. Polls each master's `/master/state`.
-pub async fn leader_with_agents(addresses: &[String], agents: usize, after: u64) -> String {
-    let http = http_client();
+/// The address of the master (among `addresses`, with certificates from `ca`) that leads
+/// with an epoch above `after`, once `agents` agents are active with it. Polls each
+/// master's `/master/state`.
+pub async fn leader_with_agents(ca: &TestCa, addresses: &[String], agents: usize, after: u64) -> String {
+    let http = crate::tls::http_client(&ca.operator());
     let what = format!("a master leading after epoch {after} with {agents} active agents");
     eventually(SETTLE, &what, || async {
         for address in addresses {
-            let Some(state) = get_json(&http, &format!("http://{address}/master/state")).await else { continue };
+            let Some(state) = get_json(&http, &format!("https://{address}/master/state")).await else { continue };
             if state["elected"] != true || state["epoch"].as_u64().is_none_or(|epoch| epoch <= after) {
                 continue;
             }

@@ -1,7 +1,10 @@
 //! A minimal scheduler (framework) for master tests: subscribes to whichever master leads,
 //! collects offers and status updates, acknowledges updates, accepts and reconciles.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use marina_daemon::tls::{Role, Tls};
 
 use marina_proto::agent::v1::{TaskInfo, TaskStatus};
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
@@ -10,7 +13,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::TestCa;
+
 pub struct TestScheduler {
+    /// What it calls the masters with: a framework certificate of the cluster's CA.
+    tls: Arc<Tls>,
     masters: Vec<String>,
     name: String,
     pub framework_id: String,
@@ -24,18 +31,20 @@ pub struct TestScheduler {
     pub offers: Vec<pb::Offer>,
 }
 
-fn channel(address: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("address").connect_lazy()
-}
-
 impl TestScheduler {
-    /// Subscribes (as a new framework, or as `framework_id`) with the leading master.
-    pub async fn subscribe(masters: &[String], name: &str, framework_id: Option<String>) -> Self {
+    /// Subscribes (as a new framework, or as `framework_id`) with the leading master, with a
+    /// framework certificate from `ca` (its id is `name`).
+    pub async fn subscribe(ca: &TestCa, masters: &[String], name: &str, framework_id: Option<String>) -> Self {
+        Self::subscribe_as(ca.tls(Role::Framework, Some(name)), masters, name, framework_id).await
+    }
+
+    /// Like [`subscribe`](Self::subscribe), calling with `tls`.
+    pub async fn subscribe_as(tls: Arc<Tls>, masters: &[String], name: &str, framework_id: Option<String>) -> Self {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut target = masters[0].clone();
         let mut index = 0;
         loop {
-            let mut client = SchedulerClient::new(channel(&target));
+            let mut client = SchedulerClient::new(crate::tls::channel(&tls, &target));
             let request = pb::SubscribeRequest {
                 framework: Some(pb::FrameworkInfo {
                     framework_id: framework_id.clone().unwrap_or_default(),
@@ -43,6 +52,7 @@ impl TestScheduler {
                     role: "*".into(),
                     failover_timeout_seconds: 3600.0,
                     hostname: "test".into(),
+                    principal: String::new(),
                 }),
             };
             match client.subscribe(request).await {
@@ -64,6 +74,7 @@ impl TestScheduler {
                         let _ = sender.send(None);
                     });
                     return Self {
+                        tls,
                         masters: masters.to_vec(),
                         name: name.to_owned(),
                         framework_id: subscribed.framework_id,
@@ -92,7 +103,7 @@ impl TestScheduler {
 
     /// Subscribes again (after a failover) as the same framework.
     pub async fn resubscribe(&mut self) {
-        *self = Self::subscribe(&self.masters, &self.name, Some(self.framework_id.clone())).await;
+        *self = Self::subscribe_as(self.tls.clone(), &self.masters, &self.name, Some(self.framework_id.clone())).await;
     }
 
     /// Handles events until `done` returns true (or the deadline passes: panic). Updates

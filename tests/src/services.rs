@@ -8,7 +8,9 @@ use std::time::Duration;
 use marina_coord_client::CoordUrl;
 
 use crate::process::TestProcess;
+use crate::tls::TestCa;
 use crate::wait::eventually;
+use marina_daemon::tls::Role;
 
 pub struct Service {
     pub name: String,
@@ -22,12 +24,23 @@ pub struct Service {
     /// Where the process writes the address it bound.
     address_file: PathBuf,
     process: Option<TestProcess>,
+    /// Calls its HTTP side over TLS, as an operator.
+    http: reqwest::Client,
+    operator: std::sync::Arc<marina_daemon::tls::Tls>,
 }
 
 impl Service {
     /// Starts `binary` on a port it binds itself (port 0) and reports through its address
     /// file: no port is chosen here and freed for another process to take first.
-    fn start(name: &str, binary: &str, mut args: Vec<String>, envs: &[(&str, &str)], dir: &Path) -> Self {
+    fn start(
+        name: &str,
+        binary: &str,
+        mut args: Vec<String>,
+        tls: Vec<(String, String)>,
+        envs: &[(&str, &str)],
+        ca: &TestCa,
+        dir: &Path,
+    ) -> Self {
         let work_dir = dir.join(name);
         let address_file = dir.join(format!("{name}.address"));
         args.extend([
@@ -42,31 +55,41 @@ impl Service {
             work_dir,
             binary: crate::binaries::binary(binary),
             args,
-            envs: envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            // The test's own settings last: they may replace the TLS ones.
+            envs: tls.into_iter().chain(envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).collect(),
             log: dir.join(format!("{name}.log")),
             address_file,
             process: None,
+            http: crate::tls::http_client(&ca.operator()),
+            operator: ca.operator(),
         };
         service.restart();
         service
     }
 
-    /// A `marina-master` on `coord`; `envs` set configuration (`MARINA_MASTER_*`).
-    pub fn master(name: &str, coord: &CoordUrl, dir: &Path, envs: &[(&str, &str)]) -> Self {
+    /// A `marina-master` on `coord` with a certificate from `ca`; `envs` set configuration
+    /// (`MARINA_MASTER_*`).
+    pub fn master(name: &str, coord: &CoordUrl, ca: &TestCa, dir: &Path, envs: &[(&str, &str)]) -> Self {
         let args = vec!["--coord".to_owned(), coord.to_string()];
-        Self::start(name, "marina-master", args, envs, dir)
+        let tls = ca.env("master", Role::Master, Some(name));
+        Self::start(name, "marina-master", args, tls, envs, ca, dir)
     }
 
-    /// A `marina-gateway` on `coord`; `envs` set configuration (`MARINA_GATEWAY_*`).
-    pub fn gateway(name: &str, coord: &CoordUrl, dir: &Path, envs: &[(&str, &str)]) -> Self {
+    /// A `marina-gateway` on `coord` with a certificate from `ca`, also taking plaintext
+    /// REST on loopback (as in `marina dev`); `envs` set configuration (`MARINA_GATEWAY_*`).
+    pub fn gateway(name: &str, coord: &CoordUrl, ca: &TestCa, dir: &Path, envs: &[(&str, &str)]) -> Self {
         let args = vec!["--coord".to_owned(), coord.to_string()];
-        Self::start(name, "marina-gateway", args, envs, dir)
+        let mut tls = ca.env("gateway", Role::Gateway, Some(name));
+        tls.push(("MARINA_GATEWAY_TLS__ACCEPT_PLAINTEXT".into(), "true".into()));
+        Self::start(name, "marina-gateway", args, tls, envs, ca, dir)
     }
 
-    /// A `marina-agent` on `coord` with `runtime`; `envs` set configuration (`MARINA_AGENT_*`).
-    pub fn agent(name: &str, coord: &CoordUrl, runtime: &str, dir: &Path, envs: &[(&str, &str)]) -> Self {
+    /// A `marina-agent` on `coord` with `runtime` and a certificate from `ca`; `envs` set
+    /// configuration (`MARINA_AGENT_*`).
+    pub fn agent(name: &str, coord: &CoordUrl, ca: &TestCa, runtime: &str, dir: &Path, envs: &[(&str, &str)]) -> Self {
         let args = vec!["--coord".to_owned(), coord.to_string(), "--runtime".to_owned(), runtime.to_owned()];
-        Self::start(name, "marina-agent", args, envs, dir)
+        let tls = ca.env("agent", Role::Agent, Some(name));
+        Self::start(name, "marina-agent", args, tls, envs, ca, dir)
     }
 
     pub fn is_running(&self) -> bool {
@@ -137,17 +160,35 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The URL of `path` on the service's port (`https://`).
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.address)
+    }
+
+    /// An HTTP client calling the service as an operator (over mutual TLS).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A gRPC channel to the service, calling as an operator.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        crate::tls::channel(&self.operator, &self.address)
+    }
+
     /// GET `path` on the service's HTTP port, as JSON.
     pub async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-        client.get(format!("http://{}{path}", self.address)).send().await.ok()?.json().await.ok()
+        self.http.get(self.url(path)).send().await.ok()?.json().await.ok()
+    }
+
+    /// GET `path` on the service's HTTP port, as text.
+    pub async fn get_text(&self, path: &str) -> Option<String> {
+        self.http.get(self.url(path)).send().await.ok()?.text().await.ok()
     }
 
     /// Waits until `/health` answers 200.
     pub async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
         eventually(Duration::from_secs(30), &format!("{} to be healthy", self.name), || async {
-            let response = client.get(format!("http://{}/health", self.address)).send().await.ok()?;
+            let response = self.http.get(self.url("/health")).send().await.ok()?;
             response.status().is_success().then_some(())
         })
         .await;

@@ -56,9 +56,10 @@ fn starting_updates(scheduler: &TestScheduler, task_id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_readopts_its_processes() {
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
-    let mut agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), AGENT_ENV);
+    let mut agent =
+        Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), AGENT_ENV);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "readopt", None).await;
     launch(&mut scheduler, |_| vec![command_task("long", "exec sleep 600", 0.1, 16.0)]).await;
     let before = agent_task(&agent, "long").await.unwrap();
     let container = before["container_id"].as_str().unwrap().to_owned();
@@ -89,9 +90,11 @@ async fn a_killed_agent_readopts_its_processes() {
 async fn a_killed_agent_readopts_its_docker_containers() {
     ensure_test_images();
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
-    let mut agent = Service::agent("agent", &cluster.coord_url(), "docker", cluster.dir.path(), AGENT_ENV);
+    let mut agent =
+        Service::agent("agent", &cluster.coord_url(), cluster.ca(), "docker", cluster.dir.path(), AGENT_ENV);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt-docker", None).await;
+    let mut scheduler =
+        TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "readopt-docker", None).await;
     let _cleanup = DockerCleanup { label: "marina.framework_id".into(), value: scheduler.framework_id.clone() };
     launch(&mut scheduler, |_| {
         let mut task = command_task("web", "exec sleep 600", 0.1, 32.0);
@@ -126,9 +129,11 @@ async fn a_killed_agent_readopts_its_containerd_tasks() {
     let containerd = ContainerdRuntime::connect(&config).await.expect("containerd answers on this machine");
 
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
-    let mut agent = Service::agent("agent", &cluster.coord_url(), "containerd", cluster.dir.path(), AGENT_ENV);
+    let mut agent =
+        Service::agent("agent", &cluster.coord_url(), cluster.ca(), "containerd", cluster.dir.path(), AGENT_ENV);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "readopt-containerd", None).await;
+    let mut scheduler =
+        TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "readopt-containerd", None).await;
     let _cleanup = ContainerdCleanup { config, framework_id: scheduler.framework_id.clone() };
     launch(&mut scheduler, |_| {
         let mut task = command_task("ctr-web", "exec sleep 600", 0.1, 32.0);
@@ -235,11 +240,12 @@ async fn updates_made_while_no_master_answers_arrive_later() {
     let coord = marina_tests::CoordCluster::start(1).await;
     let dir = marina_tests::TestDir::new();
     let url = marina_coord_client::CoordUrl { root: "/marina".into(), ..coord.url() };
-    let mut master = Service::master("master", &url, dir.path(), &[]);
-    let agent = Service::agent("agent", &url, "process", dir.path(), AGENT_ENV);
+    let mut master = Service::master("master", &url, coord.ca(), dir.path(), &[]);
+    let agent = Service::agent("agent", &url, coord.ca(), "process", dir.path(), AGENT_ENV);
     master.wait_healthy().await;
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(std::slice::from_ref(&master.address), "retry", None).await;
+    let mut scheduler =
+        TestScheduler::subscribe(coord.ca(), std::slice::from_ref(&master.address), "retry", None).await;
     // The task finishes when the test creates `done` in its sandbox.
     launch(&mut scheduler, |_| vec![command_task("waiter", "while [ ! -f done ]; do sleep 0.05; done", 0.1, 16.0)])
         .await;
@@ -272,9 +278,9 @@ async fn updates_made_while_no_master_answers_arrive_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_report_and_kill_unhealthy_tasks() {
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
-    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), AGENT_ENV);
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), AGENT_ENV);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "health", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "health", None).await;
     launch(&mut scheduler, |offer| {
         let port = offered_ports(offer, 1)[0];
         let mut web = command_task("web", "echo ok > index.html; exec busybox httpd -f -p $PORT0 -h .", 0.1, 16.0);
@@ -364,13 +370,13 @@ fn a_root_agent_whose_tasks_could_not_reach_their_sandboxes_does_not_start() {
 
 /// `GET /metrics` on the agent: the value of `name` (a metric without labels).
 async fn metric(agent: &Service, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", agent.address)).await.ok()?.text().await.ok()?;
+    let text = agent.get_text("/metrics").await?;
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The last `tail_bytes` of a task's stdout through the agent's gRPC API.
 async fn read_task_log(agent: &Service, task_id: &str, tail_bytes: u64) -> Vec<u8> {
-    let mut client = AgentClient::connect(format!("http://{}", agent.address)).await.expect("the agent's API");
+    let mut client = AgentClient::new(agent.channel());
     let request = ReadTaskLogRequest { task_id: task_id.into(), stream: "stdout".into(), tail_bytes };
     client.read_task_log(request).await.expect("ReadTaskLog").into_inner().data.to_vec()
 }
@@ -432,10 +438,10 @@ async fn a_full_disk_loses_no_status_update() {
     let disk = SmallDisk::mount(&cluster.dir.path().join("agent"), 4 * 1024 * 1024);
     let mut env = AGENT_ENV.to_vec();
     env.push(("MARINA_AGENT_GC__DISK_WATCH_INTERVAL_MS", "200"));
-    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), &env);
     assert_eq!(agent.work_dir, disk.path);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "full-disk", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "full-disk", None).await;
     // Its every checkpoint is bigger than what is left of a page once the disk is full.
     let big = |task_id: &str, command: &str| {
         let mut task = command_task(task_id, command, 0.1, 16.0);
@@ -519,9 +525,9 @@ async fn finished_tasks_sandboxes_are_collected_once_acknowledged() {
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
     let mut env = AGENT_ENV.to_vec();
     env.extend([("MARINA_AGENT_GC__DELAY_SECONDS", "1"), ("MARINA_AGENT_GC__DISK_WATCH_INTERVAL_MS", "100")]);
-    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), &env);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "gc", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "gc", None).await;
     launch(&mut scheduler, |_| {
         vec![
             command_task("keeper", "exec sleep 600", 0.1, 16.0),
@@ -572,9 +578,9 @@ async fn task_output_rotates_and_reads_of_it_are_bounded() {
         ("MARINA_AGENT_TASK_LOGS__READ_DEFAULT_BYTES", "1000"),
         ("MARINA_AGENT_TASK_LOGS__READ_MAX_BYTES", "5000"),
     ]);
-    let agent = Service::agent("agent", &cluster.coord_url(), "process", cluster.dir.path(), &env);
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), &env);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "task-logs", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "task-logs", None).await;
     // 7,744 lines of 5 bytes: three full files of 10,240 bytes and 8,000 in the current one.
     let script = "i=0; while [ $i -lt 7744 ]; do printf '%04d\\n' $((i % 10000)); i=$((i+1)); done; exec sleep 600";
     launch(&mut scheduler, |_| vec![command_task("chatty", script, 0.1, 16.0)]).await;
@@ -603,9 +609,10 @@ async fn containerd_task_output_rotates() {
     let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
     let mut env = AGENT_ENV.to_vec();
     env.extend([("MARINA_AGENT_TASK_LOGS__MAX_BYTES", "10240"), ("MARINA_AGENT_TASK_LOGS__KEEP", "1")]);
-    let agent = Service::agent("agent", &cluster.coord_url(), "containerd", cluster.dir.path(), &env);
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "containerd", cluster.dir.path(), &env);
     agent.wait_healthy().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "containerd-logs", None).await;
+    let mut scheduler =
+        TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "containerd-logs", None).await;
     let _cleanup = ContainerdCleanup { config, framework_id: scheduler.framework_id.clone() };
     // A name of its own: a run killed before its cleanup must not block the next.
     let task_id = format!("ctr-chatty-{}", &marina_daemon::ids::uuid()[..8]);

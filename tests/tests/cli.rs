@@ -11,14 +11,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `marina coord --coord URL ARGS...` to completion.
-async fn coord_cli(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(binary("marina"))
-        .args(["coord", "--coord", url])
-        .args(args)
-        .output()
-        .await
-        .expect("marina runs")
+/// Runs `marina coord --coord URL ARGS...` to completion, as an operator of `cluster` (with
+/// its certificate), or in plaintext without one.
+async fn coord_cli(cluster: Option<&CoordCluster>, url: &str, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(binary("marina"));
+    command.args(["coord", "--coord", url]).args(args);
+    match cluster {
+        Some(cluster) => command.env("MARINA_TLS_DIR", cluster.ca().operator_dir()),
+        None => command.arg("--plaintext"),
+    };
+    command.output().await.expect("marina runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -35,13 +37,13 @@ async fn status_and_members_show_every_node() {
     let cluster = CoordCluster::start(3).await;
     let url = cluster.url().to_string();
 
-    let table = stdout(&coord_cli(&url, &["status"]).await);
+    let table = stdout(&coord_cli(Some(&cluster), &url, &["status"]).await);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("ROLE") && lines[0].contains("APPLIED"), "{table}");
     assert_eq!(lines.len(), 4, "a header and one row per node:\n{table}");
     assert_eq!(lines.iter().filter(|line| line.contains(" leader ")).count(), 1, "{table}");
 
-    let rows = json(&coord_cli(&url, &["status", "--json"]).await);
+    let rows = json(&coord_cli(Some(&cluster), &url, &["status", "--json"]).await);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let leader = cluster.leader().await;
@@ -51,7 +53,7 @@ async fn status_and_members_show_every_node() {
         assert!(row["term"].as_u64().unwrap() >= 1 && row["applied_index"].as_u64().is_some(), "{row}");
     }
 
-    let members = json(&coord_cli(&url, &["members", "--json"]).await);
+    let members = json(&coord_cli(Some(&cluster), &url, &["members", "--json"]).await);
     let mut ids: Vec<u64> = members.as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, [1, 2, 3]);
@@ -62,50 +64,51 @@ async fn the_tree_is_read_and_written_with_clear_failures() {
     let cluster = CoordCluster::start(3).await;
     let url = cluster.url().to_string();
 
-    assert_eq!(stdout(&coord_cli(&url, &["set", "/config/web", "v1"]).await), "v1\n");
-    let node = json(&coord_cli(&url, &["get", "/config/web", "--json"]).await);
+    assert_eq!(stdout(&coord_cli(Some(&cluster), &url, &["set", "/config/web", "v1"]).await), "v1\n");
+    let node = json(&coord_cli(Some(&cluster), &url, &["get", "/config/web", "--json"]).await);
     assert_eq!((node["data"].as_str(), node["version"].as_u64()), (Some("v1"), Some(1)));
-    stdout(&coord_cli(&url, &["set", "/config/web", "v2", "--version", "1"]).await);
+    stdout(&coord_cli(Some(&cluster), &url, &["set", "/config/web", "v2", "--version", "1"]).await);
 
     // A stale version is refused, says why, and changes nothing.
-    let refused = coord_cli(&url, &["set", "/config/web", "v3", "--version", "1"]).await;
+    let refused = coord_cli(Some(&cluster), &url, &["set", "/config/web", "v3", "--version", "1"]).await;
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("version"), "{message}");
     assert_eq!(cluster.client().get("/config/web").await.unwrap().unwrap().data, "v2");
 
-    let sequential = json(&coord_cli(&url, &["create", "--sequential", "/jobs/job-", "x", "--json"]).await);
+    let sequential =
+        json(&coord_cli(Some(&cluster), &url, &["create", "--sequential", "/jobs/job-", "x", "--json"]).await);
     let path = sequential["path"].as_str().unwrap().to_owned();
     assert!(path.starts_with("/jobs/job-") && path["/jobs/job-".len()..].chars().all(|c| c.is_ascii_digit()), "{path}");
 
-    let listing = stdout(&coord_cli(&url, &["ls", "/"]).await);
+    let listing = stdout(&coord_cli(Some(&cluster), &url, &["ls", "/"]).await);
     assert_eq!(listing.lines().collect::<Vec<_>>(), ["config", "jobs"]);
-    assert_eq!(stdout(&coord_cli(&url, &["ls", "/config", "--stale"]).await), "web\n");
+    assert_eq!(stdout(&coord_cli(Some(&cluster), &url, &["ls", "/config", "--stale"]).await), "web\n");
 
     // Parents are implicit: the subtree holds the one sequential node.
-    assert_eq!(stdout(&coord_cli(&url, &["rm", "-r", "/jobs"]).await), "deleted 1 node(s)\n");
-    assert_eq!(stdout(&coord_cli(&url, &["ls", "/"]).await), "config\n");
-    let missing = coord_cli(&url, &["get", &path]).await;
+    assert_eq!(stdout(&coord_cli(Some(&cluster), &url, &["rm", "-r", "/jobs"]).await), "deleted 1 node(s)\n");
+    assert_eq!(stdout(&coord_cli(Some(&cluster), &url, &["ls", "/"]).await), "config\n");
+    let missing = coord_cli(Some(&cluster), &url, &["get", &path]).await;
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains(&format!("{path}: no such node")));
 
     // Bad input is named.
-    let bad = coord_cli(&url, &["set", "relative", "x"]).await;
+    let bad = coord_cli(Some(&cluster), &url, &["set", "relative", "x"]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must start with '/'"));
 
     // `rm -r /` is refused, naming the path, and deletes nothing.
-    let everything = coord_cli(&url, &["rm", "-r", "/"]).await;
+    let everything = coord_cli(Some(&cluster), &url, &["rm", "-r", "/"]).await;
     assert!(!everything.status.success());
     let message = String::from_utf8_lossy(&everything.stderr);
     assert!(message.contains("\"/\"") && message.contains("deleting the root is refused"), "{message}");
-    assert_eq!(stdout(&coord_cli(&url, &["ls", "/"]).await), "config\n");
+    assert_eq!(stdout(&coord_cli(Some(&cluster), &url, &["ls", "/"]).await), "config\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_quorum_is_reported() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let output = coord_cli(&format!("coord://{closed}"), &["status"]).await;
+    let output = coord_cli(None, &format!("coord://{closed}"), &["status"]).await;
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("no coord endpoint answered") && message.contains(&closed.to_string()), "{message}");
@@ -119,6 +122,7 @@ async fn an_ephemeral_node_lives_as_long_as_the_command_and_watch_prints_changes
 
     let mut watch = tokio::process::Command::new(binary("marina"))
         .args(["coord", "--coord", &url, "--json", "watch", "/locks"])
+        .env("MARINA_TLS_DIR", cluster.ca().operator_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -132,6 +136,7 @@ async fn an_ephemeral_node_lives_as_long_as_the_command_and_watch_prints_changes
 
     let mut holder = tokio::process::Command::new(binary("marina"))
         .args(["coord", "--coord", &url, "create", "--ephemeral", "/locks/holder", "me"])
+        .env("MARINA_TLS_DIR", cluster.ca().operator_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -12,10 +12,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A plain gRPC client of one node, with tonic's defaults (4 MiB decoding limit): what
 /// grpcurl, Python or another language's client sees.
-async fn raw_client(address: std::net::SocketAddr) -> pb::coord_client::CoordClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
-    pb::coord_client::CoordClient::new(channel)
+async fn raw_client(
+    cluster: &CoordCluster,
+    address: std::net::SocketAddr,
+) -> pb::coord_client::CoordClient<tonic::transport::Channel> {
+    pb::coord_client::CoordClient::new(marina_tests::tls::channel(&cluster.ca().operator(), address))
 }
 
 fn error_kind(status: &tonic::Status) -> &str {
@@ -182,7 +183,7 @@ async fn only_a_sessions_owner_keeps_it_alive_or_closes_it() {
     assert_eq!(owner, session.id(), "anyone can read whose node it is");
 
     let leader = cluster.address(cluster.leader().await);
-    let mut intruder = raw_client(leader).await;
+    let mut intruder = raw_client(&cluster, leader).await;
     for secret in [bytes::Bytes::new(), bytes::Bytes::from_static(&[0; 16])] {
         let close = pb::CloseSessionRequest { session_id: owner, secret: secret.clone() };
         let refused = intruder.close_session(close).await.expect_err("a close without the secret");
@@ -451,7 +452,11 @@ async fn a_snapshot_that_cannot_be_written_fails_the_node() {
     })
     .await;
     // Short retries: once the node stops, nothing answers.
-    let options = marina_coord_client::ClientOptions { retry_for: Duration::from_secs(1), ..Default::default() };
+    let options = marina_coord_client::ClientOptions {
+        retry_for: Duration::from_secs(1),
+        tls: Some(cluster.ca().operator()),
+        ..Default::default()
+    };
     let client = CoordClient::with_options(&cluster.url(), options);
     let node = cluster.node(1);
     for i in 0..40 {
@@ -489,7 +494,7 @@ async fn deleting_the_root_is_refused() {
 
     let delete_root = |recursive| pb::DeleteRequest { path: "/".into(), expected_version: None, recursive };
     for id in cluster.ids() {
-        let mut raw = raw_client(cluster.address(id)).await;
+        let mut raw = raw_client(&cluster, cluster.address(id)).await;
         for recursive in [true, false] {
             let status = raw.delete(delete_root(recursive)).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "node {id}: {status:?}");
@@ -537,7 +542,7 @@ async fn a_client_gets_only_so_many_watches() {
     }
 
     // As any gRPC client sees it, with the error kind the coord client maps.
-    let mut raw = raw_client(cluster.address(1)).await;
+    let mut raw = raw_client(&cluster, cluster.address(1)).await;
     let request = || pb::WatchRequest { path: "/test/w".into(), recursive: true, ..Default::default() };
     let mut streams = Vec::new();
     for _ in 0..3 {
@@ -597,7 +602,7 @@ async fn a_revision_larger_than_a_message_reaches_watchers_whole() {
     // On a follower: watches are served by whichever node the client reaches.
     let leader = cluster.leader().await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
-    let mut raw = raw_client(cluster.address(follower)).await;
+    let mut raw = raw_client(&cluster, cluster.address(follower)).await;
     let request =
         |fragment| pb::WatchRequest { path: "/test/big".into(), recursive: true, start_revision: 0, fragment };
     let mut parts = raw.watch(request(true)).await.unwrap().into_inner();
@@ -765,7 +770,7 @@ async fn a_watch_broken_mid_revision_resumes_it_whole() {
         endpoints: vec![proxy.address.to_string(), cluster.address(2).to_string(), cluster.address(3).to_string()],
         root: "/test".into(),
     };
-    let watcher = CoordClient::new(&url);
+    let watcher = CoordClient::with_tls(&url, Some(cluster.ca().operator()));
     let mut watch = watcher.watch("/big", true, 0).await.unwrap();
     // The watch's stream runs through the proxy: cut it halfway through the revision's
     // bytes (over two megabytes of events).

@@ -178,8 +178,14 @@ struct Candidate {
 impl Candidate {
     fn start(cluster: &CoordProcesses, name: &str, log_dir: PathBuf) -> Self {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-candidate"));
-        let args =
-            vec![cluster.url().to_string(), "/election/members".into(), name.into(), "1500".into(), "300".into()];
+        let args = vec![
+            cluster.url().to_string(),
+            "/election/members".into(),
+            name.into(),
+            "1500".into(),
+            "300".into(),
+            cluster.ca().operator_dir(),
+        ];
         let log = log_dir.join(format!("{name}.log"));
         let (process, stdout) = TestProcess::spawn_piped(name, &binary, &args, &log);
         Self { process, lines: BufReader::new(stdout).lines(), name: name.into() }
@@ -288,15 +294,16 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
     let on_leader = |id: u64| {
         let url =
             marina_coord_client::CoordUrl { endpoints: vec![cluster.address(id).to_owned()], root: "/test".into() };
-        CoordClient::with_options(&url, ClientOptions { retry_for: Duration::from_secs(5), ..Default::default() })
+        cluster.client_at(&url, ClientOptions { retry_for: Duration::from_secs(5), ..Default::default() })
     };
     let old_leader = on_leader(leader);
     // Reads on the leader: it now answers them under a lease.
     for _ in 0..20 {
         assert_eq!(old_leader.get("/lease/k").await.unwrap().unwrap().data, "old");
     }
-    let metrics =
-        reqwest::get(format!("http://{}/metrics", cluster.address(leader))).await.unwrap().text().await.unwrap();
+    let operator = marina_tests::tls::http_client(&cluster.ca().operator());
+    let url = format!("https://{}/metrics", cluster.address(leader));
+    let metrics = operator.get(url).send().await.unwrap().text().await.unwrap();
     let lease_reads: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("marina_coord_lease_reads_total "))
@@ -307,10 +314,13 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
     let pid = cluster.pid(leader).unwrap();
     kill(pid, Signal::SIGSTOP).unwrap();
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-    let survivors = CoordClient::new(&marina_coord_client::CoordUrl {
-        endpoints: others.iter().map(|id| cluster.address(*id).to_owned()).collect(),
-        root: "/test".into(),
-    });
+    let survivors = cluster.client_at(
+        &marina_coord_client::CoordUrl {
+            endpoints: others.iter().map(|id| cluster.address(*id).to_owned()).collect(),
+            root: "/test".into(),
+        },
+        ClientOptions::default(),
+    );
     marina_coord_client::retry_idempotent(|| survivors.put("/lease/k", "new")).await.unwrap();
     kill(pid, Signal::SIGCONT).unwrap();
 
@@ -345,10 +355,10 @@ async fn restart_and_check_acked_writes(cluster: &mut CoordProcesses, id: u64, l
         (status.applied_index >= target && status.leader_id == leader).then_some(())
     })
     .await;
-    let restarted_only = CoordClient::new(&marina_coord_client::CoordUrl {
-        endpoints: vec![cluster.address(id).to_owned()],
-        root: "/test".into(),
-    });
+    let restarted_only = cluster.client_at(
+        &marina_coord_client::CoordUrl { endpoints: vec![cluster.address(id).to_owned()], root: "/test".into() },
+        ClientOptions::default(),
+    );
     for i in 0..20 {
         let node = restarted_only.get_stale(&format!("/acked/{i}")).await.unwrap();
         assert_eq!(node.map(|n| n.data), Some(i.to_string().into()), "acked write {i} survived {what}");

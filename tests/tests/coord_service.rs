@@ -81,16 +81,15 @@ fn bad_configuration_is_refused_with_the_key_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_reflection_on_the_one_port() {
     let cluster = CoordCluster::start(3).await;
-    let http = reqwest::Client::new();
+    let http = marina_tests::tls::http_client(&cluster.ca().operator());
     for id in cluster.ids() {
         let address = cluster.address(id);
         eventually(Duration::from_secs(10), "HTTP /health to report serving", || async {
-            let response = http.get(format!("http://{address}/health")).send().await.ok()?;
+            let response = http.get(format!("https://{address}/health")).send().await.ok()?;
             response.status().is_success().then_some(())
         })
         .await;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let channel = marina_tests::tls::channel(&cluster.ca().operator(), address);
         assert_reflection_lists(channel.clone(), &["marina.coord.v1.Coord", "grpc.health.v1.Health"]).await;
         let mut health = HealthClient::new(channel.clone());
         for service in ["", "marina.coord.v1.Coord", "marina.coord.v1.Cluster"] {
@@ -102,7 +101,7 @@ async fn health_metrics_and_reflection_on_the_one_port() {
     client.put("/m", "x").await.unwrap();
     let leader = cluster.leader().await;
     let metrics =
-        http.get(format!("http://{}/metrics", cluster.address(leader))).send().await.unwrap().text().await.unwrap();
+        http.get(format!("https://{}/metrics", cluster.address(leader))).send().await.unwrap().text().await.unwrap();
     for expected in [
         "marina_coord_is_leader 1",
         "marina_coord_term ",
@@ -118,7 +117,7 @@ async fn health_metrics_and_reflection_on_the_one_port() {
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in /metrics:\n{metrics}");
     }
-    let missing = http.get(format!("http://{}/nope", cluster.address(leader))).send().await.unwrap();
+    let missing = http.get(format!("https://{}/nope", cluster.address(leader))).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
 

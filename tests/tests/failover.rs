@@ -55,7 +55,7 @@ async fn agent_view(agent: &Service) -> Option<(u64, std::collections::BTreeMap<
 
 async fn launch_two_tasks(setup: &ProcessCluster) -> (TestScheduler, String) {
     let addresses: Vec<String> = setup.masters.iter().map(|m| m.address.clone()).collect();
-    let mut scheduler = TestScheduler::subscribe(&addresses, "failover-test", None).await;
+    let mut scheduler = TestScheduler::subscribe(setup.ca(), &addresses, "failover-test", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
     let tasks = vec![
@@ -187,7 +187,7 @@ async fn agents_missing_after_a_failover_become_unreachable_with_their_tasks() {
     let env = [("MARINA_MASTER_AGENT_REREGISTER_TIMEOUT_MS", "1500")];
     let mut cluster = setup_with(2, &env, 1).await;
     let addresses: Vec<String> = cluster.masters.iter().map(|m| m.address.clone()).collect();
-    let mut scheduler = TestScheduler::subscribe(&addresses, "unreachable", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &addresses, "unreachable", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
     scheduler
@@ -220,7 +220,8 @@ async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
     let env = [("MARINA_MASTER_AGENT_PING_INTERVAL_MS", "200"), ("MARINA_MASTER_MAX_AGENT_PING_TIMEOUTS", "3")];
     let cluster = setup_with(1, &env, 1).await;
     let (master, agent) = (&cluster.masters[0], &cluster.agents[0]);
-    let mut scheduler = TestScheduler::subscribe(std::slice::from_ref(&master.address), "silent", None).await;
+    let mut scheduler =
+        TestScheduler::subscribe(cluster.ca(), std::slice::from_ref(&master.address), "silent", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
     scheduler

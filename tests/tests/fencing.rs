@@ -13,6 +13,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use marina_coord_client::{CoordClient, CoordUrl, Election, ElectionState, Session};
 use marina_daemon::leader::MemberInfo;
+use marina_daemon::tls::Role;
 use marina_daemon::{Endpoint, Metrics, Shutdown};
 use marina_proto::layout::MASTER_ELECTION_DIR;
 use marina_proto::master::v1::agent_link_server::{AgentLink, AgentLinkServer};
@@ -76,16 +77,22 @@ impl AgentLink for Links {
 impl ScriptedMaster {
     /// Serves the agent link on a port of its own and leads the master election (once no
     /// other master does).
-    async fn elect(coord: &CoordUrl) -> Self {
+    async fn elect(coord: &CoordUrl, ca: &marina_tests::TestCa) -> Self {
         let (sender, links) = mpsc::unbounded_channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address").to_string();
-        let (router, _health) =
-            Endpoint::new("master", Metrics::new("master")).grpc(AgentLinkServer::new(Links(sender))).build().await;
+        // A master certificate: the agent checks whom it attaches to.
+        let tls = ca.tls(Role::Master, Some("scripted"));
+        let (port, _health) = Endpoint::new("master", Metrics::new("master"))
+            .tls(Some(tls.clone()))
+            .allow("/marina.master.v1.AgentLink/", &[Role::Agent])
+            .grpc(AgentLinkServer::new(Links(sender)))
+            .build()
+            .await;
         let shutdown = Shutdown::new();
-        tokio::spawn(marina_daemon::endpoint::serve(listener, router, shutdown.clone()));
+        tokio::spawn(marina_daemon::endpoint::serve(listener, port, shutdown.clone()));
 
-        let client = CoordClient::new(coord);
+        let client = CoordClient::with_tls(coord, Some(tls));
         let session =
             client.create_session(Duration::from_secs(10), Duration::from_millis(300)).await.expect("session");
         let member = MemberInfo { id: "scripted-master".into(), address, version: marina_daemon::VERSION.into() };
@@ -187,6 +194,7 @@ fn checkpointed_epoch(agent: &Service) -> Option<u64> {
 async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     let mut cluster = ProcessCluster::start(Topology::new(1, 1, "sim", 0).agent_env(SIM_AGENT)).await;
     let url = cluster.url.clone();
+    let ca = cluster.ca().clone();
     let ProcessCluster { masters, agents, .. } = &mut cluster;
     let (master, agent) = (&mut masters[0], &agents[0]);
 
@@ -200,7 +208,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     // SIGTERM: the real master resigns, and the scripted one leads with a newer epoch.
     let status = master.terminate().await.expect("the master ran");
     assert!(status.success(), "{status:?}");
-    let mut scripted = ScriptedMaster::elect(&url).await;
+    let mut scripted = ScriptedMaster::elect(&url, &ca).await;
     let epoch = scripted.epoch;
     assert!(epoch > deposed_epoch, "coord orders leaderships: {epoch} after {deposed_epoch}");
 
@@ -257,7 +265,7 @@ async fn an_agent_refuses_commands_stamped_with_a_deposed_masters_epoch() {
     let refusal = format!("refused a command from a deposed master (epoch {deposed_epoch} < {epoch})");
     let warned = agent.log().lines().filter(|line| line.contains("WARN") && line.contains(&refusal)).count();
     assert_eq!(warned, 2, "each refusal is a warning of its own: {refusal}");
-    let metrics = reqwest::get(format!("http://{}/metrics", agent.address)).await.unwrap().text().await.unwrap();
+    let metrics = agent.get_text("/metrics").await.unwrap();
     assert!(metrics.lines().any(|line| line == "marina_agent_stale_commands_refused_total 2"), "counted:\n{metrics}");
     drop(scripted);
 }

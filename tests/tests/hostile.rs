@@ -246,7 +246,7 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
     .await;
     assert!(delayed["delay"]["timeLeftSeconds"].as_u64() > Some(86_400), "{delayed}");
 
-    hostile_master_requests(&cluster.masters).await;
+    hostile_master_requests(cluster.ca(), &cluster.masters).await;
     hostile_coord_requests(cluster.coord_processes()).await;
 
     // Nothing above took a service down: every process runs, none panicked, each answers,
@@ -285,9 +285,9 @@ async fn hostile_requests_are_refused_and_the_cluster_keeps_serving() {
 
 /// The master's gRPC: non-finite refuse filters, tasks whose ids or environments no process
 /// could be given, an agent describing itself with numbers that are not.
-async fn hostile_master_requests(masters: &[Service]) {
+async fn hostile_master_requests(ca: &marina_tests::TestCa, masters: &[Service]) {
     let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
-    let mut scheduler = TestScheduler::subscribe(&addresses, "hostile", None).await;
+    let mut scheduler = TestScheduler::subscribe(ca, &addresses, "hostile", None).await;
     let mut client = scheduler.client();
     for refuse_seconds in [f64::NAN, f64::INFINITY, -1.0] {
         let request = master::DeclineRequest {
@@ -329,7 +329,8 @@ async fn hostile_master_requests(masters: &[Service]) {
 
     // An agent whose resources are not numbers is refused at the door.
     let leader = scheduler.leader.clone();
-    let mut link = master::agent_link_client::AgentLinkClient::connect(format!("http://{leader}")).await.unwrap();
+    let forged = ca.tls(marina_daemon::tls::Role::Agent, Some("forged"));
+    let mut link = master::agent_link_client::AgentLinkClient::new(marina_tests::tls::channel(&forged, &leader));
     let register = master::AgentMessage {
         kind: Some(master::agent_message::Kind::Register(master::Register {
             info: Some(AgentInfo {
@@ -349,7 +350,8 @@ async fn hostile_master_requests(masters: &[Service]) {
 async fn hostile_coord_requests(coord: &CoordProcesses) {
     use marina_proto::coord::v1 as pb;
     let leader = coord.leader().await;
-    let mut client = pb::coord_client::CoordClient::connect(format!("http://{}", coord.address(leader))).await.unwrap();
+    let mut client =
+        pb::coord_client::CoordClient::new(marina_tests::tls::channel(&coord.ca().operator(), coord.address(leader)));
     let refused = client
         .delete(pb::DeleteRequest { path: "/".into(), recursive: true, ..Default::default() })
         .await
@@ -396,7 +398,14 @@ async fn a_leader_whose_term_panics_resigns_at_once_and_exits_non_zero() {
     let url = coord.url();
     let panicking = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-panicking-leader"));
     let args = |name: &str, last: &str| {
-        vec![url.to_string(), "/panic/members".into(), name.into(), TTL_MS.to_string(), last.into()]
+        vec![
+            url.to_string(),
+            "/panic/members".into(),
+            name.into(),
+            TTL_MS.to_string(),
+            last.into(),
+            coord.ca().operator_dir(),
+        ]
     };
     let panic_file = dir.path().join("panic");
     let (mut leader, stdout) = TestProcess::spawn_piped(
@@ -409,8 +418,14 @@ async fn a_leader_whose_term_panics_resigns_at_once_and_exits_non_zero() {
     expect_line(&mut leader_lines, "leading").await;
 
     let standby_binary = PathBuf::from(env!("CARGO_BIN_EXE_marina-test-candidate"));
-    let standby_args =
-        vec![url.to_string(), "/panic/members".into(), "standby".into(), TTL_MS.to_string(), "300".into()];
+    let standby_args = vec![
+        url.to_string(),
+        "/panic/members".into(),
+        "standby".into(),
+        TTL_MS.to_string(),
+        "300".into(),
+        coord.ca().operator_dir(),
+    ];
     let (_standby, stdout) =
         TestProcess::spawn_piped("standby", &standby_binary, &standby_args, &dir.path().join("standby.log"));
     let mut standby_lines = BufReader::new(stdout).lines();

@@ -17,9 +17,9 @@ async fn two_schedulers_get_fair_shares_of_offers() {
     // back (no refusal), and the next round splits them between two frameworks that hold
     // nothing. (Subscribed at once, a round between the two subscriptions could give the
     // first everything, and the second would wait for offers to time out.)
-    let mut first = TestScheduler::subscribe(&masters, "first", None).await;
+    let mut first = TestScheduler::subscribe(cluster.ca(), &masters, "first", None).await;
     first.pump_until(WAIT, "every agent offered to the first", |s| s.offers.len() == 4).await;
-    let mut second = TestScheduler::subscribe(&masters, "second", None).await;
+    let mut second = TestScheduler::subscribe(cluster.ca(), &masters, "second", None).await;
     first.decline_all().await;
     // Four equal agents, two equal frameworks: two each (DRF).
     first.pump_until(WAIT, "two offers", |s| s.offers.len() >= 2).await;
@@ -34,7 +34,7 @@ async fn two_schedulers_get_fair_shares_of_offers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launches_are_validated_against_the_offer_and_run() {
     let cluster = MarinaCluster::builder().masters(1).agents(1).start().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "launcher", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "launcher", None).await;
     scheduler.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = scheduler.offers[0].clone();
     let offered = offer.resources.clone().unwrap();
@@ -88,10 +88,14 @@ async fn standbys_redirect_to_the_leader() {
     let cluster = MarinaCluster::builder().masters(2).agents(0).start().await;
     let leader = cluster.leading_master().await;
     let standby = 1 - leader;
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(cluster.ca().operator().http1_client_config(marina_tests::tls::ANY_SERVER).unwrap())
+        .build()
+        .unwrap();
     // The standby learns who leads from the election, a moment after the leader knows.
     let response = marina_tests::eventually(WAIT, "the standby to redirect to the leader", || async {
-        let url = format!("http://{}/master/redirect", cluster.masters[standby].address);
+        let url = format!("https://{}/master/redirect", cluster.masters[standby].address);
         let response = http.get(url).send().await.ok()?;
         (response.status() == 307).then_some(response)
     })
@@ -99,11 +103,10 @@ async fn standbys_redirect_to_the_leader() {
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains(&cluster.masters[leader].address.to_string()), "{location}");
 
-    let mut client = marina_proto::master::v1::operator_client::OperatorClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.masters[standby].address))
-            .unwrap()
-            .connect_lazy(),
-    );
+    let mut client = marina_proto::master::v1::operator_client::OperatorClient::new(marina_tests::tls::channel(
+        &cluster.ca().operator(),
+        cluster.masters[standby].address,
+    ));
     let status = client.get_state(marina_proto::master::v1::GetStateRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(marina_daemon::leader::leader_hint(&status), Some(cluster.masters[leader].address.to_string()));
@@ -112,7 +115,7 @@ async fn standbys_redirect_to_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
     let cluster = MarinaCluster::builder().masters(1).agents(2).start().await;
-    let mut scheduler = TestScheduler::subscribe(&cluster.master_addresses(), "drain", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "drain", None).await;
     scheduler.pump_until(WAIT, "offers from both agents", |s| s.offers.len() >= 2).await;
     let offer = scheduler.offers[0].clone();
     scheduler
@@ -126,9 +129,10 @@ async fn a_drained_agent_gets_no_offers_and_its_tasks_are_killed() {
         .await;
 
     let leader = cluster.masters[cluster.leading_master().await].address;
-    let mut operator = marina_proto::master::v1::operator_client::OperatorClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{leader}")).unwrap().connect_lazy(),
-    );
+    let mut operator = marina_proto::master::v1::operator_client::OperatorClient::new(marina_tests::tls::channel(
+        &cluster.ca().operator(),
+        leader,
+    ));
     operator
         .drain_agent(marina_proto::master::v1::DrainAgentRequest { agent_id: offer.agent_id.clone() })
         .await
@@ -161,7 +165,7 @@ async fn a_scheduler_whose_queue_overflows_is_unsubscribed_and_loses_nothing_by_
     let cluster =
         MarinaCluster::builder().masters(1).agents(1).master_config(|c| c.scheduler_queue_events = 16).start().await;
     let masters = cluster.master_addresses();
-    let mut scheduler = TestScheduler::subscribe(&masters, "overflowing", None).await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &masters, "overflowing", None).await;
     // Forty answers at once into a queue of sixteen: the master ends the subscription
     // rather than drop the ones that do not fit (nobody would resend them).
     let unknown: Vec<(String, String)> = (0..40).map(|i| (format!("unknown-{i}"), String::new())).collect();
@@ -169,7 +173,8 @@ async fn a_scheduler_whose_queue_overflows_is_unsubscribed_and_loses_nothing_by_
     scheduler.pump_until_closed(WAIT).await;
     let answered = scheduler.updates.len();
     assert!(answered < unknown.len(), "{answered} answers came through a queue of 16");
-    let metrics = reqwest::get(format!("http://{}/metrics", masters[0])).await.unwrap().text().await.unwrap();
+    let operator = marina_tests::tls::http_client(&cluster.ca().operator());
+    let metrics = operator.get(format!("https://{}/metrics", masters[0])).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("marina_master_scheduler_overflows_total 1"), "{metrics}");
 
     // Subscribed again, the scheduler asks in pieces that fit, and gets every answer.
@@ -192,14 +197,14 @@ async fn a_scheduler_whose_queue_overflows_is_unsubscribed_and_loses_nothing_by_
 async fn a_framework_acts_only_on_its_own_tasks() {
     let cluster = MarinaCluster::builder().masters(1).agents(1).start().await;
     let masters = cluster.master_addresses();
-    let mut owner = TestScheduler::subscribe(&masters, "owner", None).await;
+    let mut owner = TestScheduler::subscribe(cluster.ca(), &masters, "owner", None).await;
     owner.pump_until(WAIT, "an offer", |s| !s.offers.is_empty()).await;
     let offer = owner.offers[0].clone();
     owner.accept(vec![offer.offer_id.clone()], vec![command_task("guarded", "sleep 1000", 0.5, 64.0)]).await.unwrap();
     let running = |s: &TestScheduler| s.latest("guarded").is_some_and(|t| t.state() == TaskState::TaskRunning);
     owner.pump_until(WAIT, "the owner's task running", running).await;
 
-    let mut intruder = TestScheduler::subscribe(&masters, "intruder", None).await;
+    let mut intruder = TestScheduler::subscribe(cluster.ca(), &masters, "intruder", None).await;
     intruder.kill("guarded", &offer.agent_id).await;
     intruder
         .pump_until(WAIT, "the kill answered as of an unknown task", |s| {

@@ -176,10 +176,8 @@ async fn a_deployment_is_one_trace_across_gateway_master_and_agent() {
         ),
         (&cluster.masters[0], &["marina_master_elected 1", "marina_master_tasks_launched_total 2"][..]),
     ] {
-        let http = reqwest::Client::new();
         eventually(WAIT, &format!("{} metrics to show the deployment", service.name), || async {
-            let metrics =
-                http.get(format!("http://{}/metrics", service.address)).send().await.ok()?.text().await.ok()?;
+            let metrics = service.get_text("/metrics").await?;
             lines.iter().all(|line| metrics.lines().any(|l| l == *line)).then_some(())
         })
         .await;
@@ -209,9 +207,9 @@ async fn every_service_serves_valid_metrics_health_and_reflection() {
         (&cluster.gateways[0].address, "marina.apps.v1.Apps"),
     ];
 
-    let http = reqwest::Client::new();
+    let http = marina_tests::tls::http_client(&cluster.ca().operator());
     for (address, _) in &ports {
-        let metrics = http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
+        let metrics = http.get(format!("https://{address}/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("process_resident_memory_bytes"), "{address}: {metrics}");
         let mut promtool = std::process::Command::new("promtool")
             .args(["check", "metrics"])
@@ -234,6 +232,7 @@ async fn every_service_serves_valid_metrics_health_and_reflection() {
     let arguments = ports.iter().map(|(address, services)| format!("{address}=grpc.health.v1.Health,{services}"));
     let output = std::process::Command::new(marina_tests::python::interpreter())
         .arg(script)
+        .args(["--tls-dir", &cluster.ca().operator_dir()])
         .args(arguments)
         .output()
         .expect("running grpc_check.py");
@@ -287,7 +286,7 @@ async fn a_request_through_a_standby_gateway_is_one_trace() {
     .await;
     let endpoint = otlp.endpoint();
     let export = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let standby = Service::gateway("gateway-2", &cluster.url, cluster.dir.path(), &export);
+    let standby = Service::gateway("gateway-2", &cluster.url, cluster.ca(), cluster.dir.path(), &export);
     standby.wait_healthy().await;
     eventually(WAIT, "the standby to know the leader", || async {
         let leader = standby.get_json("/v2/leader").await?;

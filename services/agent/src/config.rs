@@ -6,6 +6,7 @@ use marina_coord_client::CoordUrl;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
+use marina_daemon::tls::TlsConfig;
 use marina_proto::agent::v1::{Attribute, Range};
 use marina_proto::checks::{MAX_CPUS, MAX_MEGABYTES, check_scalar};
 use marina_proto::policy::ContainerPolicy;
@@ -81,6 +82,8 @@ pub struct Config {
     /// largest answer is one task-log read of `task_logs.read_max_bytes`).
     pub server: ServerLimits,
     pub log: LogConfig,
+    /// Mutual TLS: the cluster CA, this service's certificate and key (`marina certs`).
+    pub tls: TlsConfig,
 }
 
 /// Tasks' output: how it is kept on disk and how much of it one read returns.
@@ -196,6 +199,7 @@ impl Default for Config {
             policy: ContainerPolicy::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ impl Default for ResourcesConfig {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         check::listen(&self.listen)?;
         if let Some(advertise) = &self.advertise {
             check::address("advertise", advertise)?;
@@ -350,6 +355,10 @@ impl marina_daemon::cli::ServiceConfig for Config {
 
     fn listen(&self) -> &str {
         &self.listen
+    }
+
+    fn tls(&self) -> &TlsConfig {
+        &self.tls
     }
 }
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use marina_coord_client::CoordClient;
 use marina_daemon::config::ConfigError;
+use marina_daemon::tls::{Role, Tls};
 use marina_daemon::{Endpoint, Metrics, Shutdown};
 use marina_proto::agent::v1::AgentInfo;
 use marina_proto::agent::v1::agent_server::AgentServer;
@@ -66,6 +67,8 @@ pub enum AgentError {
     Coord(#[from] marina_coord_client::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] marina_daemon::tls::TlsError),
 }
 
 /// The agent's shared state.
@@ -187,6 +190,7 @@ fn check_task_users(default_user: &str, sandboxes: &std::path::Path) -> Result<(
 /// Starts an agent on `listener` until `shutdown`. Tasks keep running when it stops.
 pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<AgentHandle, AgentError> {
     config.validate()?;
+    let tls = Tls::load(&config.tls)?;
     let local_address = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
     let hostname = config.hostname.clone().unwrap_or_else(resources::hostname);
@@ -213,6 +217,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         attributes,
         runtime: runtime.kind().to_string(),
         version: marina_daemon::VERSION.into(),
+        // Set by the master from this agent's certificate.
+        principal: String::new(),
     };
     let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), recovered.updates));
     let identity = Identity { agent_id: recovered.meta.agent_id.clone().unwrap_or_default(), hostname };
@@ -243,15 +249,20 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     tokio::spawn(gc.run(shutdown.clone()));
     tokio::spawn(retry_checkpoints(agent.clone(), shutdown.clone()));
 
-    let coord = CoordClient::new(&config.coord);
+    let coord = CoordClient::with_tls(&config.coord, tls.clone());
     let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
-    tokio::spawn(master_link::run(agent.clone(), observer, attached_tx, shutdown.clone()));
+    tokio::spawn(master_link::run(agent.clone(), observer, tls.clone(), attached_tx, shutdown.clone()));
 
     let metrics = Metrics::new("agent");
     // The largest response is one task-log read at its maximum, which configuration
     // validation keeps within `server.max_encoding_message_bytes`.
-    let (router, health) = Endpoint::new("agent", metrics.clone())
+    let (port, health) = Endpoint::new("agent", metrics.clone())
         .limits(config.server)
+        .tls(tls)
+        // What the agent runs and its tasks' output: for operators and the services that
+        // show them.
+        .allow("/marina.agent.v1.Agent/", &[Role::Operator, Role::Gateway, Role::Master])
+        .allow("/state", &[Role::Operator, Role::Gateway, Role::Master])
         .grpc(marina_daemon::bounded_grpc!(AgentServer::new(api::AgentApi::new(agent.clone())), config.server))
         .http(api::http_routes(agent.clone()))
         .build()
@@ -262,7 +273,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
 
     let task_agent = agent.clone();
     let task = tokio::spawn(async move {
-        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let served = marina_daemon::endpoint::serve(listener, port, shutdown).await;
         // Tasks keep running: a restarted agent re-adopts them.
         task_agent.tasks.detach_all();
         tracing::info!("agent stopped; its tasks keep running");

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use marina_coord_client::{Leader, LeaderObserver};
 use marina_daemon::Shutdown;
 use marina_daemon::leader::MemberInfo;
-use marina_daemon::link::{self, Liveness};
+use marina_daemon::link::{Link, Liveness};
+use marina_daemon::tls::{Role, Tls};
 use marina_proto::master::v1::agent_link_client::AgentLinkClient;
 use marina_proto::master::v1::master_message::Kind;
 use marina_proto::master::v1::{AgentMessage, Heartbeat, MasterMessage, Register, agent_message};
@@ -32,6 +33,7 @@ pub struct AttachedMaster {
 pub async fn run(
     agent: Arc<Agent>,
     observer: LeaderObserver,
+    tls: Option<Arc<Tls>>,
     attached: watch::Sender<AttachedMaster>,
     shutdown: Shutdown,
 ) {
@@ -73,7 +75,7 @@ pub async fn run(
             backing_off_from = Some(leadership);
         }
         let started = Instant::now();
-        let outcome = attach(&agent, &leader, &member, &mut leaders, &attached, &shutdown).await;
+        let outcome = attach(&agent, &leader, &member, tls.as_ref(), &mut leaders, &attached, &shutdown).await;
         attached.send_replace(AttachedMaster::default());
         match outcome {
             Ok(Outcome::Shutdown) => return,
@@ -103,11 +105,12 @@ async fn attach(
     agent: &Arc<Agent>,
     leader: &Leader,
     member: &MemberInfo,
+    tls: Option<&Arc<Tls>>,
     leaders: &mut watch::Receiver<Option<Leader>>,
     attached: &watch::Sender<AttachedMaster>,
     shutdown: &Shutdown,
 ) -> Result<Outcome, String> {
-    let channel = link::endpoint(&member.address, Liveness::TO_LEADER)
+    let channel = Link::new(&member.address, Liveness::TO_LEADER, tls, &[Role::Master])
         .map_err(|e| e.to_string())?
         .connect()
         .await

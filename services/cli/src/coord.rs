@@ -18,6 +18,8 @@ pub struct CoordArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    tls: crate::operator::OperatorTls,
     #[command(subcommand)]
     command: CoordCommand,
 }
@@ -89,7 +91,11 @@ enum CoordCommand {
 }
 
 pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
-    let options = ClientOptions { request_timeout: Duration::from_secs(5), retry_for: Duration::from_secs(5) };
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(5),
+        retry_for: Duration::from_secs(5),
+        tls: args.tls.load()?,
+    };
     let client = CoordClient::with_options(&args.coord, options);
     let json = args.json;
     match args.command {

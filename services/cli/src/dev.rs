@@ -14,6 +14,10 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+use marina_daemon::tls::issue::Request;
+use marina_daemon::tls::{Role, Tls};
+use std::sync::Arc;
+
 #[derive(Args)]
 pub struct DevArgs {
     /// Where every service keeps its data and logs (reused across runs). Default:
@@ -44,7 +48,7 @@ pub struct DevArgs {
 /// `$XDG_DATA_HOME/marina/dev` (`~/.local/share/marina/dev`); for root `/var/lib/marina/dev`:
 /// a root agent runs command tasks as `nobody`, who must reach their sandboxes, and root's
 /// home is closed to other users.
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/marina/dev");
     }
@@ -179,6 +183,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let coord_url =
         CoordUrl { endpoints: coord_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(), root: "/marina".into() };
     let dir = |name: &str| data_dir.join(name).display().to_string();
+    let tls_dir = data_dir.join("tls");
+    let certificates = Certificates::make(&tls_dir, &coord_ports, &master_ports, &agent_ports, &gateway_ports)?;
+    let operator = crate::operator::load_dir(&tls_dir)?.context("the operator certificate")?;
 
     let mut services = Vec::new();
     let coord_binary = binary("marina-coord")?;
@@ -194,6 +201,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "--data-dir".into(),
             dir(&name),
         ];
+        let coord_args = certificates.flags(&name, coord_args);
         services.push(spawn(&name, &coord_binary, coord_args, &[], &logs, &args.log_level)?);
     }
     let common = |name: &str, port: u16| -> Vec<String> {
@@ -209,24 +217,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let master_binary = binary("marina-master")?;
     for (index, port) in master_ports.iter().enumerate() {
         let name = format!("master-{}", index + 1);
-        services.push(spawn(&name, &master_binary, common(&name, *port), &[], &logs, &args.log_level)?);
+        let master_args = certificates.flags(&name, common(&name, *port));
+        services.push(spawn(&name, &master_binary, master_args, &[], &logs, &args.log_level)?);
     }
     let agent_binary = binary("marina-agent")?;
     for (index, port) in agent_ports.iter().enumerate() {
         let name = format!("agent-{}", index + 1);
         let mut agent_args = common(&name, *port);
         agent_args.extend(["--runtime".into(), args.runtime.clone()]);
+        let agent_args = certificates.flags(&name, agent_args);
         services.push(spawn(&name, &agent_binary, agent_args, &[], &logs, &args.log_level)?);
     }
     let gateway_binary = binary("marina-gateway")?;
-    let gateway_secrets: Vec<(String, String)> = args
+    let mut gateway_env: Vec<(String, String)> = args
         .http_credentials
         .iter()
         .map(|credentials| ("MARINA_GATEWAY_AUTH__HTTP_CREDENTIALS".to_owned(), credentials.clone()))
         .collect();
+    // REST in plain `http://` on loopback, as the seed's curl calls it; the gateways' own
+    // links (coord, masters, each other) stay mutual TLS.
+    gateway_env.push(("MARINA_GATEWAY_TLS__ACCEPT_PLAINTEXT".to_owned(), "true".to_owned()));
     for (index, port) in gateway_ports.iter().enumerate() {
         let name = format!("gateway-{}", index + 1);
-        services.push(spawn(&name, &gateway_binary, common(&name, *port), &gateway_secrets, &logs, &args.log_level)?);
+        let gateway_args = certificates.flags(&name, common(&name, *port));
+        services.push(spawn(&name, &gateway_binary, gateway_args, &gateway_env, &logs, &args.log_level)?);
     }
 
     let commands: Vec<String> = services.iter().map(|s| format!("{}: {}", s.name, s.command.join(" "))).collect();
@@ -238,6 +252,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "agents": agent_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
         "gateways": gateway_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>(),
         "gateway_grpc": gateway_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
+        "tls": tls_dir,
     });
     std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?)?;
     let join = |ports: &[u16], scheme: &str| {
@@ -249,11 +264,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  masters        {}", join(&master_ports, ""));
     println!("  agents         {} (runtime: {})", join(&agent_ports, ""), args.runtime);
     println!("  coord          {coord_url}");
+    println!(
+        "  mutual TLS     CA {}/ca.pem; `marina coord` calls as {}/operator.pem",
+        tls_dir.display(),
+        tls_dir.display()
+    );
 
     // One listener for the whole run, so no Ctrl-C falls between two of them.
     let mut interrupted = std::pin::pin!(marina_daemon::shutdown::signal());
     let outcome = tokio::select! {
-        ready = wait_ready(&coord_url, &gateway_ports, args.agents, args.http_credentials.as_deref()) => ready.map(|()| true),
+        ready = wait_ready(&coord_url, &operator, &gateway_ports, args.agents, args.http_credentials.as_deref()) => ready.map(|()| true),
         () = &mut interrupted => Ok(false),
     };
     match outcome {
@@ -326,6 +346,7 @@ async fn stop(services: &mut [Service]) {
 /// subscribed to the master.
 async fn wait_ready(
     coord_url: &CoordUrl,
+    operator: &Arc<Tls>,
     gateways: &[u16],
     agents: usize,
     credentials: Option<&str>,
@@ -333,9 +354,16 @@ async fn wait_ready(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let coord = CoordClient::with_options(
         coord_url,
-        marina_coord_client::ClientOptions { retry_for: Duration::from_millis(500), ..Default::default() },
+        marina_coord_client::ClientOptions {
+            retry_for: Duration::from_millis(500),
+            tls: Some(operator.clone()),
+            ..Default::default()
+        },
     );
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(operator.http1_client_config(&[Role::Master, Role::Gateway])?)
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let get = async |url: String| -> Option<serde_json::Value> {
         let mut request = http.get(url);
         if let Some((user, password)) = credentials.and_then(|pair| pair.split_once(':')) {
@@ -359,7 +387,7 @@ async fn wait_ready(
             Err(_) => None,
         };
         let state = match &master {
-            Some(member) => get(format!("http://{}/master/state", member.address)).await,
+            Some(member) => get(format!("https://{}/master/state", member.address)).await,
             None => None,
         };
         let active = state
@@ -386,5 +414,54 @@ async fn wait_ready(
             bail!("not ready after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The dev cluster's certificates, in `<data-dir>/tls/`: a CA kept across runs (`ca.pem`,
+/// `ca-key.pem`), and every process's certificate (plus `operator.pem` for the CLI) issued
+/// afresh from it at each start, valid for loopback.
+struct Certificates {
+    dir: PathBuf,
+}
+
+impl Certificates {
+    fn make(dir: &Path, coords: &[u16], masters: &[u16], agents: &[u16], gateways: &[u16]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = if dir.join("ca-key.pem").exists() {
+            crate::certs::read_ca(dir)?
+        } else {
+            let ca = marina_daemon::tls::issue::new_ca(3650)?;
+            marina_daemon::tls::issue::write(&dir.join("ca-key.pem"), &ca.key, true)?;
+            marina_daemon::tls::issue::write(&dir.join("ca.pem"), &ca.cert, false)?;
+            ca
+        };
+        let mut holders = vec![(Role::Operator, None)];
+        for (role, count) in [
+            (Role::Coord, coords.len()),
+            (Role::Master, masters.len()),
+            (Role::Agent, agents.len()),
+            (Role::Gateway, gateways.len()),
+        ] {
+            holders.extend((1..=count).map(|n| (role, Some(n.to_string()))));
+        }
+        for (role, id) in holders {
+            let request = Request { role, id: id.as_deref(), dns: &[], ip: &[], days: 365 };
+            crate::certs::issue_into(&ca, &request, dir)?;
+        }
+        Ok(Certificates { dir: dir.to_owned() })
+    }
+
+    /// `args` with the TLS flags of process `name` (`coord-1`: `coord-1.pem`).
+    fn flags(&self, name: &str, mut args: Vec<String>) -> Vec<String> {
+        let path = |file: String| self.dir.join(file).display().to_string();
+        args.extend([
+            "--tls-ca".into(),
+            path("ca.pem".into()),
+            "--tls-cert".into(),
+            path(format!("{name}.pem")),
+            "--tls-key".into(),
+            path(format!("{name}-key.pem")),
+        ]);
+        args
     }
 }

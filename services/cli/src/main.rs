@@ -3,6 +3,7 @@
 mod certs;
 mod coord;
 mod dev;
+mod operator;
 
 use clap::{Parser, Subcommand};
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use marina_daemon::leader::LEADER_METADATA;
-use marina_daemon::link::{self, Liveness};
+use marina_daemon::link::{Link, Liveness};
+use marina_daemon::tls::{Role, Tls};
 use marina_proto::coord::error_kind;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
@@ -38,11 +39,14 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long to keep retrying (other endpoints, leader elections) before giving up.
     pub retry_for: Duration,
+    /// Mutual TLS with the quorum (its nodes must present coord certificates); `None`:
+    /// plaintext.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(5), retry_for: Duration::from_secs(10) }
+        Self { request_timeout: Duration::from_secs(5), retry_for: Duration::from_secs(10), tls: None }
     }
 }
 
@@ -209,8 +213,10 @@ pub struct CoordClient {
     inner: Arc<Inner>,
 }
 
-pub(crate) fn channel(address: &str) -> Channel {
-    link::endpoint(address, Liveness::TO_COORD).expect("endpoints are validated host:port").connect_lazy()
+pub(crate) fn channel(address: &str, tls: Option<&Arc<Tls>>) -> Channel {
+    Link::new(address, Liveness::TO_COORD, tls, &[Role::Coord])
+        .expect("endpoints are validated host:port")
+        .connect_lazy()
 }
 
 impl CoordClient {
@@ -219,11 +225,16 @@ impl CoordClient {
         Self::with_options(url, ClientOptions::default())
     }
 
+    /// A client with the default options, over mutual TLS with `tls`.
+    pub fn with_tls(url: &CoordUrl, tls: Option<Arc<Tls>>) -> Self {
+        Self::with_options(url, ClientOptions { tls, ..ClientOptions::default() })
+    }
+
     pub fn with_options(url: &CoordUrl, options: ClientOptions) -> Self {
         let endpoints = url
             .endpoints
             .iter()
-            .map(|address| EndpointSlot { address: address.clone(), channel: channel(address) })
+            .map(|address| EndpointSlot { address: address.clone(), channel: channel(address, options.tls.as_ref()) })
             .collect();
         let root = if url.root == "/" { String::new() } else { url.root.clone() };
         Self {
@@ -286,7 +297,10 @@ impl CoordClient {
         let index = match endpoints.iter().position(|slot| slot.address == address) {
             Some(index) => index,
             None => {
-                endpoints.push(EndpointSlot { address: address.to_owned(), channel: channel(address) });
+                endpoints.push(EndpointSlot {
+                    address: address.to_owned(),
+                    channel: channel(address, self.inner.options.tls.as_ref()),
+                });
                 endpoints.len() - 1
             }
         };
@@ -530,7 +544,7 @@ impl CoordClient {
     pub async fn node_status(&self, address: &str) -> Result<pb::StatusResponse, Error> {
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(self.inner.options.request_timeout);
-        let response = ClusterClient::new(channel(address)).status(request).await?;
+        let response = ClusterClient::new(channel(address, self.inner.options.tls.as_ref())).status(request).await?;
         Ok(response.into_inner())
     }
 

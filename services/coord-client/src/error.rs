@@ -101,7 +101,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_is_never_sent() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let status = grpc(channel(&closed.to_string()))
+        let status = grpc(channel(&closed.to_string(), None))
             .set(pb::SetRequest { path: "/x".into(), ..Default::default() })
             .await
             .expect_err("nothing listens there");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use marina_daemon::leader::LEADER_METADATA;
+use marina_daemon::tls::Caller;
 use marina_daemon::trace::traced;
 use marina_proto::coord::v1 as pb;
 use marina_proto::coord::v1::cluster_client::ClusterClient;
@@ -362,6 +363,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> ServiceResult<pb::CreateResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Create(request.get_ref().clone())) })?;
+        crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().create(forward(request.into_inner())).await);
         }
@@ -375,6 +377,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn set(&self, request: Request<pb::SetRequest>) -> ServiceResult<pb::SetResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Set(request.get_ref().clone())) })?;
+        crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().set(forward(request.into_inner())).await);
         }
@@ -388,6 +391,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> ServiceResult<pb::DeleteResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Delete(request.get_ref().clone())) })?;
+        crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().delete(forward(request.into_inner())).await);
         }
@@ -401,6 +405,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> ServiceResult<pb::TxnResponse> {
         let txn = request_txn(request.get_ref(), &self.node.limits)?;
+        crate::access::check_ops(&Caller::of(&request), txn.success.iter().chain(&txn.failure))?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().txn(forward(request.into_inner())).await);
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
+use marina_daemon::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::store::HistoryLimits;
@@ -30,6 +31,8 @@ pub struct Config {
     /// Raft log, vote and snapshots.
     pub data_dir: PathBuf,
     pub log: LogConfig,
+    /// Mutual TLS: the cluster CA, this service's certificate and key (`marina certs`).
+    pub tls: TlsConfig,
     pub raft: RaftConfig,
     pub limits: Limits,
     /// What the port bounds (every service has this section). Coord's messages:
@@ -137,6 +140,7 @@ impl Default for Config {
             peers: String::new(),
             data_dir: PathBuf::from("/var/lib/marina/coord"),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
             server: default_server(),
@@ -236,6 +240,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         if self.id == 0 {
             return Err(ConfigError::value("id", "must be greater than 0"));
         }
@@ -375,6 +380,10 @@ impl marina_daemon::cli::ServiceConfig for Config {
 
     fn listen(&self) -> &str {
         &self.listen
+    }
+
+    fn tls(&self) -> &TlsConfig {
+        &self.tls
     }
 }
 

@@ -10,9 +10,10 @@
 //! - [`network`]: Raft messages between nodes over gRPC;
 //! - [`proposer`]: batching of writes into log entries and of reads into read-index rounds;
 //! - [`sessions`]: the leader's keep-alive tracking and expiry;
-//! - [`watch`], [`api`]: the gRPC services;
+//! - [`watch`], [`api`]: the gRPC services; `access`: which paths each role may write;
 //! - [`node`]: everything wired together, started by [`spawn`].
 
+mod access;
 pub mod api;
 pub mod command;
 pub mod config;

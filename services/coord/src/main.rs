@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use marina_coord::Config;
-use marina_daemon::cli::{ConfigFlags, LogFlags};
+use marina_daemon::cli::{ConfigFlags, LogFlags, TlsFlags};
 use serde::Serialize;
 
 /// Every request allocates (decoding, the Raft entry, the answer): with glibc's allocator
@@ -40,6 +40,9 @@ struct Flags {
     #[command(flatten)]
     #[serde(skip_serializing_if = "LogFlags::is_empty")]
     log: LogFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "TlsFlags::is_empty")]
+    tls: TlsFlags,
 }
 
 #[tokio::main]

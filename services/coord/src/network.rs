@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use marina_daemon::link::{self, Liveness};
+use marina_daemon::link::{Link, Liveness};
+use marina_daemon::tls::{Caller, Role, Tls};
 use marina_proto::coord::v1::RaftPayload;
 use marina_proto::coord::v1::raft_client::RaftClient;
 use openraft::BasicNode;
@@ -30,15 +31,25 @@ const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// Both ends accept messages up to this size (a split message plus framing).
 pub const MAX_DECODING_BYTES: usize = 64 << 20;
 
-/// A lazily connected channel to `address`, shared by everything that talks to that node.
-pub fn channel(address: &str) -> Channel {
-    link::endpoint(address, Liveness::TO_PEER).expect("node addresses are validated host:port strings").connect_lazy()
+/// A lazily connected channel to the coord node at `address` (over mutual TLS with `tls`),
+/// shared by everything that talks to that node.
+pub fn channel(address: &str, tls: Option<&Arc<Tls>>) -> Channel {
+    Link::new(address, Liveness::TO_PEER, tls, &[Role::Coord])
+        .expect("node addresses are validated host:port strings")
+        .connect_lazy()
 }
 
 /// Makes one connection per peer and reuses it across openraft's replication restarts.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl Network {
+    pub fn new(tls: Option<Arc<Tls>>) -> Self {
+        Network { channels: Arc::default(), tls }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -50,7 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .lock()
             .expect("channel cache lock")
             .entry((target, node.addr.clone()))
-            .or_insert_with(|| channel(&node.addr))
+            .or_insert_with(|| channel(&node.addr, self.tls.as_ref()))
             .clone();
         let client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_DECODING_BYTES)
@@ -153,6 +164,29 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Raft messages come only from the cluster's members. The port lets only coord
+    /// certificates call Raft; this checks that the certificate's id is a member's (a
+    /// removed node, or a node of another cluster signed by the same CA, is refused).
+    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(identity) = Caller::of(request).identity().cloned() else {
+            return Ok(()); // a node without TLS
+        };
+        // A node not yet part of a cluster (empty membership: before bootstrap, or a new
+        // node about to be added as a learner) takes the first leader that calls it.
+        let member = identity.id.as_deref().and_then(|id| id.parse::<NodeId>().ok()).filter(|id| {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership.nodes().next().is_none() || membership.get_node(id).is_some()
+        });
+        match member {
+            Some(_) => Ok(()),
+            None => Err(Status::permission_denied(format!("{identity} is not a member of this cluster"))),
+        }
+    }
+}
+
 fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
     postcard::from_bytes(&request.into_inner().data)
         .map_err(|error| Status::invalid_argument(format!("undecodable raft message: {error}")))
@@ -166,11 +200,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl marina_proto::coord::v1::raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let request: AppendEntriesRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.append_entries(request).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let request: VoteRequest<NodeId> = decode(request)?;
         let wait = self.votes_from.saturating_duration_since(std::time::Instant::now());
         if !wait.is_zero() {
@@ -185,6 +221,7 @@ impl marina_proto::coord::v1::raft_server::Raft for RaftService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let request: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(request).await)
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marina_daemon::config::ConfigError;
+use marina_daemon::tls::{Role, Tls};
 use marina_daemon::{Endpoint, Health, Metrics, Shutdown};
 use marina_proto::coord::v1::cluster_client::ClusterClient;
 use marina_proto::coord::v1::cluster_server::ClusterServer;
@@ -41,6 +42,8 @@ pub enum StartError {
     Raft(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] marina_daemon::tls::TlsError),
 }
 
 /// Where a request that needs the leader goes.
@@ -76,6 +79,8 @@ pub struct CoordNode {
     pub shutdown: Shutdown,
     /// Connections to other nodes, for forwarding.
     channels: Mutex<HashMap<String, Channel>>,
+    /// This node's TLS: what it serves with and calls its peers with.
+    tls: Option<Arc<Tls>>,
 }
 
 impl CoordNode {
@@ -116,7 +121,7 @@ impl CoordNode {
             .lock()
             .expect("channel cache lock")
             .entry(address.to_owned())
-            .or_insert_with(|| network::channel(address))
+            .or_insert_with(|| network::channel(address, self.tls.as_ref()))
             .clone()
     }
 
@@ -207,6 +212,10 @@ impl CoordHandle {
     }
 }
 
+/// Who may use the data API: the services, operators, and coord nodes relaying a request
+/// they checked (a follower forwarding to its leader).
+const COORD_CLIENTS: &[Role] = &[Role::Coord, Role::Master, Role::Gateway, Role::Agent, Role::Operator];
+
 /// Starts a node serving on `listener` until `shutdown` fires.
 pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<CoordHandle, StartError> {
     config.validate()?;
@@ -218,6 +227,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         .or_else(|| peers.get(&config.id).cloned())
         .unwrap_or_else(|| local_address.to_string());
 
+    let tls = Tls::load(&config.tls)?;
     let metrics = Metrics::new("coord");
     let fsync_seconds = Histogram::with_opts(
         HistogramOpts::new("marina_coord_fsync_duration_seconds", "Time to fsync a group of log appends.")
@@ -249,7 +259,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     }
     .validate()
     .map_err(|error| StartError::Raft(error.to_string()))?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), Network::default(), log_store.clone(), state_machine)
+    let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(tls.clone()), log_store.clone(), state_machine)
         .await
         .map_err(|error| StartError::Raft(error.to_string()))?;
 
@@ -279,6 +289,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         watches: Arc::default(),
         shutdown: shutdown.clone(),
         channels: Mutex::default(),
+        tls: tls.clone(),
     });
 
     // Every message clients send or get is bounded by configuration: requests decoded
@@ -286,8 +297,15 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     // and answers are kept within `server.max_encoding_message_bytes` (watch messages also
     // within `limits.max_watch_message_bytes`, splitting large revisions to stay within both).
     let server = config.server;
-    let (router, health) = Endpoint::new("coord", metrics.clone())
+    let (port, health) = Endpoint::new("coord", metrics.clone())
         .limits(server)
+        .tls(tls)
+        // Raft only from coord nodes (and, checked per message, only from members); the
+        // data API from the services that use it; membership changes from operators.
+        .allow("/marina.coord.v1.Raft/", &[Role::Coord])
+        .allow("/marina.coord.v1.Coord/", COORD_CLIENTS)
+        .allow("/marina.coord.v1.Cluster/Status", COORD_CLIENTS)
+        .allow("/marina.coord.v1.Cluster/", &[Role::Coord, Role::Operator])
         // Nodes' own traffic: heartbeats must not queue behind (or be refused for) clients,
         // and a snapshot may take longer than a client request.
         .unbounded("/marina.coord.v1.Raft/")
@@ -322,7 +340,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     tracing::info!(id = config.id, %address, listen = %local_address, data_dir = %config.data_dir.display(), "coord node started");
     let task_node = node.clone();
     let task = tokio::spawn(async move {
-        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let served = marina_daemon::endpoint::serve(listener, port, shutdown).await;
         if let Err(error) = task_node.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }

@@ -45,6 +45,29 @@ impl LogFlags {
     }
 }
 
+/// The `[tls]` section as flags.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct TlsFlags {
+    /// The cluster CA (PEM).
+    #[arg(long = "tls-ca")]
+    #[serde(rename = "ca", skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This service's certificate (PEM), made with `marina certs issue`.
+    #[arg(long = "tls-cert")]
+    #[serde(rename = "cert", skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "tls-key")]
+    #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+}
+
 /// What the shared `main` needs from a service's configuration.
 pub trait ServiceConfig: serde::de::DeserializeOwned + Serialize + Default {
     /// The environment prefix: `coord` reads `MARINA_COORD_*`.
@@ -52,6 +75,7 @@ pub trait ServiceConfig: serde::de::DeserializeOwned + Serialize + Default {
     fn validate(&self) -> Result<(), crate::config::ConfigError>;
     fn log(&self) -> &crate::telemetry::LogConfig;
     fn listen(&self) -> &str;
+    fn tls(&self) -> &crate::tls::TlsConfig;
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -78,11 +102,12 @@ where
         return Ok(());
     }
     config.validate()?;
-    let exposed = exposed_without_tls(config.listen());
+    let exposed = exposed_without_tls(config.listen(), config.tls());
     if exposed && !flags.insecure {
         return Err(format!(
-            "refusing to listen on {} without TLS: anyone who can reach it could act as any service or client. \
-             Listen on a loopback address, or pass --insecure to accept that",
+            "refusing to listen on {} without TLS (or with tls.accept_plaintext): anyone who can reach it could act \
+             as any service or client. Configure [tls] (see `marina certs`), listen on a loopback address, or pass \
+             --insecure to accept that",
             config.listen()
         )
         .into());
@@ -107,10 +132,11 @@ where
     until_stopped(&shutdown, running).await
 }
 
-/// Whether `listen` (`ip:port`, validated) reaches beyond this machine: every service is
-/// plaintext until it has TLS, so that is exposed.
-fn exposed_without_tls(listen: &str) -> bool {
-    listen.parse::<std::net::SocketAddr>().is_ok_and(|address| !address.ip().is_loopback())
+/// Whether `listen` (`ip:port`, validated) reaches beyond this machine while taking
+/// plaintext: that is exposed.
+fn exposed_without_tls(listen: &str, tls: &crate::tls::TlsConfig) -> bool {
+    let plaintext = !tls.enabled() || tls.accept_plaintext;
+    plaintext && listen.parse::<std::net::SocketAddr>().is_ok_and(|address| !address.ip().is_loopback())
 }
 
 /// Writes `address` to `path` whole or not at all (through a file beside it, renamed), so a
@@ -181,4 +207,7 @@ pub struct MemberFlags {
     #[command(flatten)]
     #[serde(skip_serializing_if = "LogFlags::is_empty")]
     pub log: LogFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "TlsFlags::is_empty")]
+    pub tls: TlsFlags,
 }

@@ -12,7 +12,6 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
@@ -23,6 +22,7 @@ use tower::Service;
 
 use crate::Metrics;
 use crate::shutdown::Shutdown;
+use crate::tls::{Caller, Peer, Role, SecureListener, Tls};
 
 /// How long in-flight requests may take to finish after shutdown begins; long-lived streams
 /// (watches, keep-alives, event streams) are cut at this point.
@@ -137,6 +137,8 @@ pub struct Endpoint {
     unbounded: Vec<&'static str>,
     /// The service's own layers, applied inside the bounds and metrics (see [`Endpoint::wrap`]).
     wrap: Option<Box<dyn FnOnce(Router) -> Router + Send>>,
+    tls: Option<Arc<Tls>>,
+    access: Vec<(&'static str, Rule)>,
 }
 
 impl Endpoint {
@@ -150,7 +152,35 @@ impl Endpoint {
             limits: ServerLimits::default(),
             unbounded: Vec::new(),
             wrap: None,
+            tls: None,
+            access: Vec::new(),
         }
+    }
+
+    /// Serves over TLS (`None`: plaintext). With TLS, every caller must present a
+    /// certificate signed by the cluster CA, unless the port has [`open`](Self::open) paths,
+    /// and what it may call is set by [`allow`](Self::allow).
+    pub fn tls(mut self, tls: Option<Arc<Tls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Paths starting with `prefix` may be called by certificates of `roles` (when the port
+    /// has TLS; without it, anyone who reaches the port may call anything). The longest
+    /// matching prefix decides; a path no prefix matches is for operators only, except
+    /// `/health`, `/metrics`, gRPC health and reflection, which any certificate may call.
+    pub fn allow(mut self, prefix: &'static str, roles: &'static [Role]) -> Self {
+        self.access.push((prefix, Rule::Roles(roles)));
+        self
+    }
+
+    /// Paths starting with `prefix` may be called by anyone who reaches the port, with a
+    /// certificate or without (the gateway's REST and apps API, whose callers authenticate
+    /// with credentials). A port with an open path asks for client certificates without
+    /// requiring them.
+    pub fn open(mut self, prefix: &'static str) -> Self {
+        self.access.push((prefix, Rule::Anyone));
+        self
     }
 
     /// Serves paths starting with `prefix` outside the bounds: no concurrency limit and no
@@ -197,9 +227,9 @@ impl Endpoint {
         self
     }
 
-    /// Builds the router and the health handle (initially NOT_SERVING: the service flips it
+    /// Builds the port and the health handle (initially NOT_SERVING: the service flips it
     /// once it can do its job).
-    pub async fn build(self) -> (Router, Health) {
+    pub async fn build(self) -> (Port, Health) {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (serving, _) = watch::channel(false);
         let health = Health { reporter, services: Arc::new(self.grpc_names), serving };
@@ -230,34 +260,133 @@ impl Endpoint {
             Some(layers) => layers(router),
             None => router,
         };
+        let client_certificate_required = !self.access.iter().any(|(_, rule)| matches!(rule, Rule::Anyone));
+        let access = Access { enforced: self.tls.is_some(), rules: self.access };
         let router = router
+            .layer(axum::middleware::from_fn_with_state(Arc::new(access), check_access))
             .layer(axum::middleware::from_fn_with_state(Arc::new(Bounds::new(self.limits, self.unbounded)), bound))
             .layer(axum::middleware::from_fn_with_state(self.metrics, crate::metrics::record));
         tracing::debug!(service = self.service, "endpoint built");
-        (router, health)
+        (Port { router, tls: self.tls, client_certificate_required }, health)
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then drains for at most
-/// [`DRAIN_TIMEOUT`]. Every request knows the connection it came on: the peer address is
-/// in its extensions both as axum's `ConnectInfo` and as tonic's `TcpConnectInfo`, so gRPC
-/// handlers read it with `Request::remote_addr()` (coord counts watches per client).
-pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+/// A built port, ready to [`serve`].
+pub struct Port {
+    pub router: Router,
+    tls: Option<Arc<Tls>>,
+    client_certificate_required: bool,
+}
+
+/// Who may call a path.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// Anyone who reaches the port.
+    Anyone,
+    /// A certificate of the cluster CA naming one of these roles.
+    Roles(&'static [Role]),
+    /// Any certificate of the cluster CA.
+    AnyCertificate,
+}
+
+/// The port's access rules (see [`Endpoint::allow`]).
+struct Access {
+    /// Whether the port has TLS: without it there is no identity to check.
+    enforced: bool,
+    rules: Vec<(&'static str, Rule)>,
+}
+
+/// What any certificate may call: health and metrics (so any member and Prometheus can
+/// watch), and reflection (which says what is served, not what it holds).
+const ANY_CERTIFICATE: &[&str] = &["/health", "/metrics", "/grpc.health.v1.Health/", "/grpc.reflection."];
+
+impl Access {
+    fn rule(&self, path: &str) -> Rule {
+        let service = self
+            .rules
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, rule)| *rule);
+        service.unwrap_or_else(|| {
+            if ANY_CERTIFICATE.iter().any(|prefix| path.starts_with(prefix)) {
+                Rule::AnyCertificate
+            } else {
+                Rule::Roles(&[Role::Operator])
+            }
+        })
+    }
+
+    /// `Ok`, or why `caller` may not call `path`: unauthenticated (no certificate) or
+    /// denied (the wrong role).
+    fn check(&self, path: &str, caller: &Caller) -> Result<(), (bool, String)> {
+        if !self.enforced {
+            return Ok(());
+        }
+        let rule = self.rule(path);
+        let identity = match (rule, caller) {
+            (Rule::Anyone, _) => return Ok(()),
+            (_, Caller::Verified(identity)) => identity,
+            _ => {
+                return Err((
+                    true,
+                    format!("{path} needs a client certificate signed by the cluster CA; {caller} has none"),
+                ));
+            }
+        };
+        match rule {
+            Rule::Roles(roles) if !roles.contains(&identity.role) => {
+                let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
+                Err((false, format!("{identity} may not call {path} (only: {})", names.join(", "))))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses a request its caller may not make: 401/UNAUTHENTICATED without a certificate,
+/// 403/PERMISSION_DENIED with the wrong one.
+async fn check_access(State(access): State<Arc<Access>>, request: Request, next: axum::middleware::Next) -> Response {
+    let caller = request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Plaintext);
+    let Err((unauthenticated, message)) = access.check(request.uri().path(), &caller) else {
+        return next.run(request).await;
+    };
+    tracing::warn!(%caller, path = request.uri().path(), "refused: {message}");
+    if is_grpc(&request) {
+        let status = if unauthenticated {
+            tonic::Status::unauthenticated(message)
+        } else {
+            tonic::Status::permission_denied(message)
+        };
+        return status.into_http();
+    }
+    let code = if unauthenticated { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+    (code, axum::Json(serde_json::json!({ "message": message }))).into_response()
+}
+
+/// Serves `port` on `listener` until `shutdown` fires, then drains for at most
+/// [`DRAIN_TIMEOUT`]. Every request knows the connection it came on: its [`Caller`] (who,
+/// over TLS) and its peer address, the latter both as axum's `ConnectInfo` and as tonic's
+/// `TcpConnectInfo`, so gRPC handlers read it with `Request::remote_addr()` (coord counts
+/// watches per client).
+pub async fn serve(listener: TcpListener, port: Port, shutdown: Shutdown) -> std::io::Result<()> {
     use axum::extract::ConnectInfo;
-    let router = router.layer(axum::middleware::map_request(|mut request: Request| async move {
-        if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().copied() {
-            request
-                .extensions_mut()
-                .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer) });
+    let router = port.router.layer(axum::middleware::map_request(|mut request: Request| async move {
+        if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() {
+            let extensions = request.extensions_mut();
+            extensions.insert(ConnectInfo(peer.address));
+            extensions
+                .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer.address) });
+            extensions.insert(peer.caller);
         }
         request
     }));
-    let listener = listener.tap_io(|stream| {
-        // gRPC is latency-bound request/response traffic: never wait to coalesce segments.
-        let _ = stream.set_nodelay(true);
-    });
+    if let Some(tls) = &port.tls {
+        tls.watch(&shutdown);
+    }
+    let listener = SecureListener::new(listener, port.tls, port.client_certificate_required)?;
     let graceful = shutdown.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = std::pin::pin!(server.into_future());
     tokio::select! {

@@ -10,6 +10,7 @@
 //! - [`leader`]: how a non-leader tells a client where the leader is;
 //! - [`link`]: links to peers, made alike so each notices a dead peer the same way;
 //! - [`record`]: CRC-framed records for append-only files;
+//! - [`tls`]: mutual TLS, identities from certificates, the cluster CA (`marina certs`);
 //! - [`time`]: deadlines and durations from untrusted numbers, saturating.
 
 pub mod cli;
@@ -24,9 +25,10 @@ pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod trace;
 
-pub use endpoint::{Endpoint, Health, ServerLimits};
+pub use endpoint::{Endpoint, Health, Port, ServerLimits};
 pub use metrics::Metrics;
 pub use shutdown::Shutdown;
 

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use std::sync::Arc;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{Role, Tls};
 
 /// How quickly a link gives up on a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +62,44 @@ pub struct BadAddress {
     pub reason: String,
 }
 
-/// The endpoint of a link to `address` (`host:port`), plain HTTP/2, with `liveness`;
-/// connect it with `.connect().await` or `.connect_lazy()`.
-pub fn endpoint(address: &str, liveness: Liveness) -> Result<Endpoint, BadAddress> {
+/// A link to `address` (`host:port`): over mutual TLS with `tls`, to a server whose
+/// certificate names one of the roles in `peer`; plaintext HTTP/2 without.
+#[derive(Clone)]
+pub struct Link {
+    endpoint: Endpoint,
+    tls: Option<Arc<Tls>>,
+    peer: &'static [Role],
+}
+
+impl Link {
+    pub fn new(
+        address: &str,
+        liveness: Liveness,
+        tls: Option<&Arc<Tls>>,
+        peer: &'static [Role],
+    ) -> Result<Link, BadAddress> {
+        Ok(Link { endpoint: endpoint(address, liveness)?, tls: tls.cloned(), peer })
+    }
+
+    /// A channel that connects on first use (and again after a failure).
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.connector(self.peer)),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
+
+    /// A channel connected now.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.connector(self.peer)).await,
+            None => self.endpoint.connect().await,
+        }
+    }
+}
+
+/// The endpoint of a link to `address` (`host:port`), plain HTTP/2, with `liveness`.
+fn endpoint(address: &str, liveness: Liveness) -> Result<Endpoint, BadAddress> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|error| BadAddress { address: address.to_owned(), reason: error.to_string() })?;
     Ok(endpoint

@@ -9,6 +9,7 @@ use crate::auth::AuthConfig;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
+use marina_daemon::tls::TlsConfig;
 use marina_proto::policy::ContainerPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,8 @@ pub struct Config {
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
     pub server: ServerLimits,
     pub log: LogConfig,
+    /// Mutual TLS: the cluster CA, this service's certificate and key (`marina certs`).
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -74,12 +77,14 @@ impl Default for Config {
             auth: AuthConfig::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         check::listen(&self.listen)?;
         if let Some(advertise) = &self.advertise {
             check::address("advertise", advertise)?;
@@ -134,5 +139,9 @@ impl marina_daemon::cli::ServiceConfig for Config {
 
     fn listen(&self) -> &str {
         &self.listen
+    }
+
+    fn tls(&self) -> &TlsConfig {
+        &self.tls
     }
 }

@@ -37,6 +37,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use marina_coord_client::{CoordClient, LeaderObserver};
 use marina_daemon::leader::MemberInfo;
+use marina_daemon::tls::Tls;
 use marina_daemon::{Endpoint, Metrics, Shutdown};
 use marina_proto::apps::v1::apps_server::AppsServer;
 use tokio::net::TcpListener;
@@ -62,6 +63,8 @@ pub enum GatewayError {
     Coord(#[from] marina_coord_client::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] marina_daemon::tls::TlsError),
 }
 
 pub struct Gateway {
@@ -149,7 +152,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let local_address = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
     let id = marina_daemon::ids::stable(&config.work_dir, "gateway-id", "gateway")?;
-    let coord = CoordClient::new(&config.coord);
+    let tls = Tls::load(&config.tls)?;
+    let coord = CoordClient::with_tls(&config.coord, tls.clone());
     let observer = coord.observe_leader(GATEWAY_ELECTION_DIR).await?;
     let masters = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     let member = MemberInfo { id: id.clone(), address: address.clone(), version: marina_daemon::VERSION.into() };
@@ -166,15 +170,19 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         abdicate: Arc::new(Notify::new()),
         shutdown: shutdown.clone(),
         observer,
-        proxy: Proxy::default(),
+        proxy: Proxy::new(tls.as_ref()),
         metrics: gateway_metrics,
     });
 
     let routing = gateway.clone();
     let max_body_bytes = config.max_body_bytes;
     let auth = Arc::new(config.auth.clone());
-    let (router, health) = Endpoint::new("gateway", metrics)
+    let (port, health) = Endpoint::new("gateway", metrics)
         .limits(config.server)
+        .tls(tls.clone())
+        // REST, the apps API and the UI: callers authenticate with credentials ([auth]),
+        // with a client certificate or without.
+        .open("/")
         // Inside the port's bounds: what a standby forwards is bounded and counted too.
         .wrap(move |router| {
             router
@@ -202,6 +210,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let start = move |epoch, fence, deposed| {
         let gateway = starter.clone();
         let masters = masters.clone();
+        let tls = tls.clone();
         async move {
             let store = Store::new(gateway.coord.clone(), fence);
             let leader = Leader::start(&gateway, epoch, store, deposed).await?;
@@ -209,6 +218,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
             tokio::spawn(scheduler::run(
                 leader.clone(),
                 masters.receiver(),
+                tls,
                 gateway.config.framework_name.clone(),
                 Duration::from_millis(gateway.config.reconcile_interval_ms),
             ));
@@ -225,7 +235,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     ));
     tracing::info!(id = %gateway.id, %address, "gateway started");
     let task = tokio::spawn(async move {
-        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let served = marina_daemon::endpoint::serve(listener, port, shutdown).await;
         let _ = election.await;
         tracing::info!("gateway stopped");
         served

@@ -1,6 +1,7 @@
 //! Transparent forwarding from a standby gateway to the leader, so clients may talk to any
 //! gateway: REST over HTTP/1.1 and gRPC over HTTP/2 (h2c), bodies streamed both ways
-//! (server-sent events and gRPC streams included).
+//! (server-sent events and gRPC streams included). Over mutual TLS when the gateway has
+//! it: the standby calls its leader with its own gateway certificate, and expects a gateway's.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -9,20 +10,32 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use marina_daemon::tls::{Connector, Role, Tls};
+use std::sync::Arc;
 
 /// Marks proxied requests, so a request is never forwarded twice (a leader change in
 /// between would otherwise bounce it).
 pub const VIA_HEADER: &str = "x-marina-proxied-by";
 
+/// An HTTP/1.1 and an HTTP/2 client to the leader.
 #[derive(Clone)]
-pub struct Proxy {
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+pub enum Proxy {
+    Plain { http1: Client<HttpConnector, Body>, http2: Client<HttpConnector, Body> },
+    Tls { http1: Client<Connector, Body>, http2: Client<Connector, Body> },
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        Self { http1: http_client(false), http2: http_client(true) }
+impl Proxy {
+    pub fn new(tls: Option<&Arc<Tls>>) -> Self {
+        match tls {
+            None => Proxy::Plain { http1: http_client(false), http2: http_client(true) },
+            Some(tls) => {
+                let connector = tls.connector(&[Role::Gateway]);
+                let client = |connector, http2_only| {
+                    Client::builder(TokioExecutor::new()).http2_only(http2_only).build(connector)
+                };
+                Proxy::Tls { http1: client(connector.clone().http1(), false), http2: client(connector, true) }
+            }
+        }
     }
 }
 
@@ -58,8 +71,13 @@ impl Proxy {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        let client = if is_grpc { &self.http2 } else { &self.http1 };
-        match client.request(request).await {
+        let answer = match (self, is_grpc) {
+            (Proxy::Plain { http2, .. }, true) => http2.request(request).await,
+            (Proxy::Plain { http1, .. }, false) => http1.request(request).await,
+            (Proxy::Tls { http2, .. }, true) => http2.request(request).await,
+            (Proxy::Tls { http1, .. }, false) => http1.request(request).await,
+        };
+        match answer {
             Ok(response) => response.map(Body::new),
             Err(error) => unavailable(&format!("the leading gateway at {leader} did not answer: {error}")),
         }

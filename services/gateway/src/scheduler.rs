@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use marina_daemon::leader::MemberInfo;
-use marina_daemon::link::{self, Liveness};
+use marina_daemon::link::{Link, Liveness};
+use marina_daemon::tls::{Role, Tls};
 use marina_proto::master::v1 as master;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use marina_proto::master::v1::scheduler_event::Kind;
@@ -21,6 +22,7 @@ use crate::leader::{Leader, MasterSession};
 pub async fn run(
     leader: Arc<Leader>,
     mut leaders: tokio::sync::watch::Receiver<Option<marina_coord_client::Leader>>,
+    tls: Option<Arc<Tls>>,
     framework_name: String,
     reconcile_every: Duration,
 ) {
@@ -44,7 +46,7 @@ pub async fn run(
             backoff = Duration::from_millis(50);
             backing_off_from = leadership;
         }
-        match session(&leader, &member.address, &framework_name, reconcile_every, &mut leaders).await {
+        match session(&leader, &member.address, tls.as_ref(), &framework_name, reconcile_every, &mut leaders).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(error) => {
                 tracing::info!(master = %member.address, %error, "scheduler link lost; reconnecting");
@@ -63,11 +65,12 @@ pub async fn run(
 async fn session(
     leader: &Arc<Leader>,
     address: &str,
+    tls: Option<&Arc<Tls>>,
     framework_name: &str,
     reconcile_every: Duration,
     leaders: &mut tokio::sync::watch::Receiver<Option<marina_coord_client::Leader>>,
 ) -> Result<(), String> {
-    let channel = link::endpoint(address, Liveness::TO_LEADER)
+    let channel = Link::new(address, Liveness::TO_LEADER, tls, &[Role::Master])
         .map_err(|e| e.to_string())?
         .connect()
         .await
@@ -81,6 +84,7 @@ async fn session(
             role: "*".into(),
             failover_timeout_seconds: 7.0 * 24.0 * 3600.0,
             hostname: leader.address.clone(),
+            principal: String::new(),
         }),
     };
     let mut events =

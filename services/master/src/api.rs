@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::Stream;
 use marina_daemon::stream::OnDrop;
+use marina_daemon::tls::{Caller, Identity, Role};
 use marina_proto::agent::v1::TaskStatus;
 use marina_proto::master::v1::{self as pb, agent_message};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use crate::Master;
+use crate::leader::LeaderState;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 type GrpcResult<T> = Result<GrpcResponse<T>, Status>;
@@ -39,6 +41,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
 
     async fn attach(&self, request: Request<Streaming<pb::AgentMessage>>) -> GrpcResult<Self::AttachStream> {
         let leader = self.master.leader()?;
+        let principal = principal(&request);
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(pb::AgentMessage { kind: Some(agent_message::Kind::Register(register)) }) => register,
@@ -46,7 +49,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         };
         let link_id = leader.next_stream_id();
         let (link, commands) = tokio::sync::mpsc::unbounded_channel();
-        let agent_id = leader.register_agent(register, link, link_id).await?;
+        let agent_id = leader.register_agent(register, &principal, link, link_id).await?;
         let reader_leader = leader.clone();
         tokio::spawn(async move {
             loop {
@@ -86,61 +89,108 @@ impl SchedulerApi {
     }
 }
 
+/// A request naming a framework.
+trait NamesFramework {
+    fn framework_id(&self) -> &str;
+}
+
+macro_rules! names_framework {
+    ($($message:ty),*) => {$(
+        impl NamesFramework for $message {
+            fn framework_id(&self) -> &str {
+                &self.framework_id
+            }
+        }
+    )*};
+}
+
+names_framework!(
+    pb::AcceptRequest,
+    pb::DeclineRequest,
+    pb::KillRequest,
+    pb::AcknowledgeRequest,
+    pb::ReconcileRequest,
+    pb::ReviveRequest,
+    pb::SuppressRequest,
+    pb::TeardownRequest
+);
+
+/// The identity of the certificate a request came with (empty without TLS): what
+/// frameworks and agents are bound to. Gateways are one framework whichever of them leads
+/// (Marathon's instances shared one principal): their principal is their role, not their id.
+fn principal<T>(request: &Request<T>) -> String {
+    let Some(identity) = Caller::of(request).identity().cloned() else { return String::new() };
+    match identity.role {
+        Role::Gateway => Identity::new(Role::Gateway, None).to_string(),
+        _ => identity.to_string(),
+    }
+}
+
+impl SchedulerApi {
+    /// The leader, once it is sure the caller may act as the framework the request names.
+    fn framework<T: NamesFramework>(&self, request: &Request<T>) -> Result<Arc<LeaderState>, Status> {
+        let leader = self.master.leader()?;
+        leader.check_framework_principal(request.get_ref().framework_id(), &principal(request))?;
+        Ok(leader)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for SchedulerApi {
     type SubscribeStream = BoxStream<pb::SchedulerEvent>;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> GrpcResult<Self::SubscribeStream> {
         let leader = self.master.leader()?;
+        let principal = principal(&request);
         let info = request
             .into_inner()
             .framework
             .ok_or_else(|| Status::invalid_argument("subscribe without framework info"))?;
         let (events, stream) = tokio::sync::mpsc::channel(self.master.config.scheduler_queue_events);
         let stream_id = leader.next_stream_id();
-        let framework_id = leader.subscribe(info, events, stream_id).await?;
+        let framework_id = leader.subscribe(info, &principal, events, stream_id).await?;
         let stream =
             OnDrop::new(ReceiverStream::new(stream), move || leader.scheduler_disconnected(&framework_id, stream_id));
         Ok(GrpcResponse::new(Box::pin(stream)))
     }
 
     async fn accept(&self, request: Request<pb::AcceptRequest>) -> GrpcResult<pb::AcceptResponse> {
-        self.master.leader()?.accept(request.into_inner())?;
+        self.framework(&request)?.accept(request.into_inner())?;
         Ok(GrpcResponse::new(pb::AcceptResponse {}))
     }
 
     async fn decline(&self, request: Request<pb::DeclineRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.decline(request.into_inner())?;
+        self.framework(&request)?.decline(request.into_inner())?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn kill(&self, request: Request<pb::KillRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.kill(request.into_inner())?;
+        self.framework(&request)?.kill(request.into_inner())?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn acknowledge(&self, request: Request<pb::AcknowledgeRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.acknowledge(request.into_inner())?;
+        self.framework(&request)?.acknowledge(request.into_inner())?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn reconcile(&self, request: Request<pb::ReconcileRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.reconcile(request.into_inner())?;
+        self.framework(&request)?.reconcile(request.into_inner())?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn revive(&self, request: Request<pb::ReviveRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.revive(&request.into_inner().framework_id)?;
+        self.framework(&request)?.revive(&request.into_inner().framework_id)?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn suppress(&self, request: Request<pb::SuppressRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.suppress(&request.into_inner().framework_id)?;
+        self.framework(&request)?.suppress(&request.into_inner().framework_id)?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 
     async fn teardown(&self, request: Request<pb::TeardownRequest>) -> GrpcResult<pb::Ack> {
-        self.master.leader()?.teardown(&request.into_inner().framework_id).await?;
+        self.framework(&request)?.teardown(&request.into_inner().framework_id).await?;
         Ok(GrpcResponse::new(pb::Ack {}))
     }
 }

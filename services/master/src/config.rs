@@ -7,6 +7,7 @@ use marina_coord_client::CoordUrl;
 use marina_daemon::ServerLimits;
 use marina_daemon::config::{ConfigError, check};
 use marina_daemon::telemetry::LogConfig;
+use marina_daemon::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PORT: u16 = 5050;
@@ -50,6 +51,8 @@ pub struct Config {
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
     pub server: ServerLimits,
     pub log: LogConfig,
+    /// Mutual TLS: the cluster CA, this service's certificate and key (`marina certs`).
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -71,12 +74,14 @@ impl Default for Config {
             scheduler_queue_events: 262_144,
             server: ServerLimits::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         check::listen(&self.listen)?;
         if let Some(advertise) = &self.advertise {
             check::address("advertise", advertise)?;
@@ -117,5 +122,9 @@ impl marina_daemon::cli::ServiceConfig for Config {
 
     fn listen(&self) -> &str {
         &self.listen
+    }
+
+    fn tls(&self) -> &TlsConfig {
+        &self.tls
     }
 }

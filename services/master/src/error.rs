@@ -14,6 +14,8 @@ pub enum MasterError {
     Coord(#[from] CoordError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] marina_daemon::tls::TlsError),
 
     // ----- requests ----------------------------------------------------------------------------
     /// A request that breaks the protocol's rules; the message says which.
@@ -42,6 +44,9 @@ pub enum MasterError {
     /// new offers.
     #[error("agent {agent_id} is {why}")]
     AgentAway { agent_id: String, why: &'static str },
+    /// The caller's certificate is not the one the framework or agent it names is bound to.
+    #[error("{0}")]
+    NotYours(String),
     /// A write the request needs could not be made (coord unreachable, or this master was
     /// deposed).
     #[error("cannot {action}: {error}")]
@@ -67,11 +72,11 @@ impl From<MasterError> for Status {
             }
             MasterError::StaleEpoch { .. } | MasterError::NotSubscribed(_) => Status::failed_precondition(message),
             MasterError::Unknown { .. } | MasterError::OfferGone(_) => Status::not_found(message),
-            MasterError::OfferOfAnother(_) => Status::permission_denied(message),
+            MasterError::OfferOfAnother(_) | MasterError::NotYours(_) => Status::permission_denied(message),
             MasterError::AgentAway { .. } | MasterError::Unrecorded { .. } | MasterError::Coord(_) => {
                 Status::unavailable(message)
             }
-            MasterError::Config(_) | MasterError::Io(_) => Status::internal(message),
+            MasterError::Config(_) | MasterError::Io(_) | MasterError::Tls(_) => Status::internal(message),
         }
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use marina_coord_client::{CoordClient, LeaderObserver};
 use marina_daemon::leader::MemberInfo;
+use marina_daemon::tls::{Role, Tls};
 use marina_daemon::{Endpoint, Metrics, Shutdown};
 use marina_proto::master::v1::agent_link_server::AgentLinkServer;
 use marina_proto::master::v1::operator_server::OperatorServer;
@@ -92,7 +93,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let local_address = listener.local_addr()?;
     let address = config.advertise.clone().unwrap_or_else(|| local_address.to_string());
     let id = marina_daemon::ids::stable(&config.work_dir, "master-id", "master")?;
-    let coord = CoordClient::new(&config.coord);
+    let tls = Tls::load(&config.tls)?;
+    let coord = CoordClient::with_tls(&config.coord, tls.clone());
     let observer = coord.observe_leader(MASTER_ELECTION_DIR).await?;
     let metrics = Metrics::new("master");
     let master_metrics = MasterMetrics::new(&metrics);
@@ -110,8 +112,15 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     });
 
     let limits = master.config.server;
-    let (router, health) = Endpoint::new("master", metrics)
+    let (port, health) = Endpoint::new("master", metrics)
         .limits(limits)
+        .tls(tls)
+        .allow("/marina.master.v1.AgentLink/", &[Role::Agent])
+        .allow("/marina.master.v1.Scheduler/", &[Role::Gateway, Role::Framework])
+        // State (also as JSON) for what watches the cluster; draining an agent is an
+        // operator's decision.
+        .allow("/marina.master.v1.Operator/GetState", &[Role::Operator, Role::Gateway])
+        .allow("/master/", &[Role::Operator, Role::Gateway])
         .grpc(marina_daemon::bounded_grpc!(AgentLinkServer::new(api::AgentLinkApi::new(master.clone())), limits))
         .grpc(marina_daemon::bounded_grpc!(SchedulerServer::new(api::SchedulerApi::new(master.clone())), limits))
         .grpc(marina_daemon::bounded_grpc!(OperatorServer::new(api::OperatorApi::new(master.clone())), limits))
@@ -146,7 +155,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     ));
     tracing::info!(id = %master.id, %address, "master started");
     let task = tokio::spawn(async move {
-        let served = marina_daemon::endpoint::serve(listener, router, shutdown).await;
+        let served = marina_daemon::endpoint::serve(listener, port, shutdown).await;
         let _ = election.await;
         tracing::info!("master stopped");
         served

@@ -126,6 +126,7 @@ async fn round(
         cluster.masters.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.address.clone()).collect();
     let agents = cluster.agents.len();
     let apps = cluster.gateway_api(0);
+    let ca = cluster.ca().clone();
     let mut leaders = observer.receiver();
 
     let started = Instant::now();
@@ -144,7 +145,7 @@ async fn round(
         started.elapsed()
     };
     let registered = async {
-        leader_with_agents(&survivors, agents, old.epoch).await;
+        leader_with_agents(&ca, &survivors, agents, old.epoch).await;
         started.elapsed()
     };
     let scaled = async {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use marina_coord_client::{CoordClient, CoordUrl, Txn};
 use marina_daemon::Shutdown;
+use marina_daemon::tls::TlsConfig;
 use marina_tests::{CoordProcesses, eventually};
 use nix::unistd::Pid;
 use tokio::net::TcpListener;
@@ -96,11 +97,11 @@ async fn agent_and_master(args: &Args, window: Duration) -> anyhow::Result<Vec<R
     };
 
     let started = Instant::now();
-    let sims = SimAgents::spawn(args.agents, &cluster.url, &cluster.dir.path().join("sim")).await?;
-    let master_address = cluster.masters[0].address.clone();
+    let agent_tls = cluster.ca().config(marina_daemon::tls::Role::Agent, None);
+    let sims = SimAgents::spawn(args.agents, &cluster.url, &agent_tls, &cluster.dir.path().join("sim")).await?;
     let total = args.agents + 1;
     eventually(REGISTER_TIMEOUT, &format!("{total} active agents"), || async {
-        (active_agents(&master_address).await? >= total).then_some(())
+        (active_agents(&cluster.masters[0]).await? >= total).then_some(())
     })
     .await;
     println!("footprint: {} sim agents registered in {:.1} s", args.agents, started.elapsed().as_secs_f64());
@@ -122,10 +123,10 @@ struct SimAgents {
 }
 
 impl SimAgents {
-    async fn spawn(count: usize, coord: &CoordUrl, dir: &Path) -> anyhow::Result<Self> {
+    async fn spawn(count: usize, coord: &CoordUrl, tls: &TlsConfig, dir: &Path) -> anyhow::Result<Self> {
         // A few at a time: each start reads coord and binds a port.
         let running = futures::stream::iter(0..count)
-            .map(|index| spawn_sim_agent(index, coord.clone(), dir.join(format!("agent-{index}"))))
+            .map(|index| spawn_sim_agent(index, coord.clone(), tls.clone(), dir.join(format!("agent-{index}"))))
             .buffer_unordered(16)
             .try_collect()
             .await?;
@@ -145,6 +146,7 @@ impl SimAgents {
 async fn spawn_sim_agent(
     index: usize,
     coord: CoordUrl,
+    tls: TlsConfig,
     work_dir: std::path::PathBuf,
 ) -> anyhow::Result<(Shutdown, marina_agent::AgentHandle)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -154,6 +156,7 @@ async fn spawn_sim_agent(
         work_dir,
         runtime: marina_agent::RuntimeChoice::Sim,
         hostname: Some(format!("sim-{index}.bench")),
+        tls,
         ..Default::default()
     };
     config.resources.cpus = Some(8.0);
@@ -166,8 +169,8 @@ async fn spawn_sim_agent(
 
 /// The master's `marina_master_agents{status="active"}` gauge (cheaper to poll than the
 /// full `/master/state` with a thousand agents).
-async fn active_agents(master: &str) -> Option<usize> {
-    let text = reqwest::get(format!("http://{master}/metrics")).await.ok()?.text().await.ok()?;
+async fn active_agents(master: &marina_tests::services::Service) -> Option<usize> {
+    let text = master.get_text("/metrics").await?;
     let line = text.lines().find(|line| line.starts_with("marina_master_agents{status=\"active\"}"))?;
     line.rsplit(' ').next()?.parse::<f64>().ok().map(|value| value as usize)
 }

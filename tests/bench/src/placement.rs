@@ -24,8 +24,9 @@ use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use marina_coord_client::CoordUrl;
 use marina_daemon::Shutdown;
+use marina_daemon::tls::Role;
 use marina_gateway::app::Timestamp;
-use marina_tests::{CoordCluster, eventually};
+use marina_tests::{CoordCluster, TestCa, eventually};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -168,7 +169,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let submit_seconds = submit_started.elapsed().as_secs_f64();
     let submitted: HashMap<String, i64> = submitted.into_iter().collect();
 
-    wait_all_running(&http, &base, &cluster.master_address, args.tasks, deadline).await?;
+    let operator = marina_tests::tls::http_client(&cluster.ca.operator());
+    wait_all_running(&http, &base, (&cluster.master_address, &operator), args.tasks, deadline).await?;
 
     // Every task's startedAt, from the gateway's own record.
     let apps: Value = http
@@ -235,6 +237,7 @@ struct Cluster {
     _coord: CoordCluster,
     gateway_address: std::net::SocketAddr,
     master_address: std::net::SocketAddr,
+    ca: TestCa,
     shutdowns: Vec<Shutdown>,
     /// Master and gateway work dirs.
     _dir: tempfile::TempDir,
@@ -305,16 +308,19 @@ impl Cluster {
         ]);
         let coord = on(&runtimes.0[0], CoordCluster::start(3)).await;
         let url = CoordUrl { root: "/marina".into(), ..coord.url() };
+        let ca = coord.ca().clone();
         let dir = tempfile::tempdir()?;
         let mut shutdowns = Vec::new();
         let master_dir = dir.path().join("master");
         let master_coord = url.clone();
+        let master_tls = ca.config(Role::Master, None);
         let (master, master_address) =
             start_service(&runtimes.0[1], &mut shutdowns, move |listener, shutdown| async move {
                 let config = marina_master::Config {
                     listen: listener.local_addr()?.to_string(),
                     coord: master_coord,
                     work_dir: master_dir,
+                    tls: master_tls,
                     ..Default::default()
                 };
                 Ok(marina_master::spawn(config, listener, shutdown).await?)
@@ -322,6 +328,8 @@ impl Cluster {
             .await?;
         for index in 0..agents {
             let (coord, work_dir) = (url.clone(), agent_root.join(format!("agent-{index}")));
+            // One certificate for every hollow agent: issuing a thousand would time the CA.
+            let tls = ca.config(Role::Agent, None);
             // The handle is not needed: the agent stops on its shutdown signal.
             start_service(&runtimes.0[3], &mut shutdowns, move |listener, shutdown| async move {
                 let mut config = marina_agent::Config {
@@ -330,6 +338,7 @@ impl Cluster {
                     work_dir,
                     runtime: marina_agent::RuntimeChoice::Sim,
                     hostname: Some(format!("agent-{index}.bench")),
+                    tls,
                     ..Default::default()
                 };
                 config.resources.cpus = Some(4.0);
@@ -341,19 +350,22 @@ impl Cluster {
             .await?;
         }
         let gateway_dir = dir.path().join("gateway");
+        // REST in plaintext on loopback, as in `marina dev`.
+        let gateway_tls = marina_daemon::tls::TlsConfig { accept_plaintext: true, ..ca.config(Role::Gateway, None) };
         let (gateway, gateway_address) =
             start_service(&runtimes.0[2], &mut shutdowns, move |listener, shutdown| async move {
                 let config = marina_gateway::Config {
                     listen: listener.local_addr()?.to_string(),
                     coord: url,
                     work_dir: gateway_dir,
+                    tls: gateway_tls,
                     ..Default::default()
                 };
                 Ok(marina_gateway::spawn(config, listener, shutdown).await?)
             })
             .await?;
         let cluster =
-            Self { _runtimes: runtimes, _coord: coord, gateway_address, master_address, shutdowns, _dir: dir };
+            Self { _runtimes: runtimes, _coord: coord, gateway_address, master_address, ca, shutdowns, _dir: dir };
         // Registration of 1,000 agents is 1,000 coord writes: allow for it.
         let timeout = Duration::from_secs(30 + agents as u64 / 20);
         eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
@@ -383,7 +395,7 @@ impl Drop for Cluster {
 async fn wait_all_running(
     http: &reqwest::Client,
     base: &str,
-    master: &std::net::SocketAddr,
+    master: (&std::net::SocketAddr, &reqwest::Client),
     tasks: usize,
     deadline: Instant,
 ) -> anyhow::Result<()> {
@@ -420,7 +432,12 @@ const STALL: Duration = Duration::from_secs(15);
 
 /// Prints the tasks that are not RUNNING by state, and for a few of them what the master
 /// knows: the agent's status and heartbeat, and the task's state there.
-async fn diagnose_stall(http: &reqwest::Client, base: &str, master: &std::net::SocketAddr) -> anyhow::Result<()> {
+/// `master`: its address, and a client calling it as an operator.
+async fn diagnose_stall(
+    http: &reqwest::Client,
+    base: &str,
+    (master, operator): (&std::net::SocketAddr, &reqwest::Client),
+) -> anyhow::Result<()> {
     let tasks: Value = http.get(format!("{base}/v2/tasks")).send().await?.error_for_status()?.json().await?;
     let stuck: Vec<&Value> = tasks["tasks"]
         .as_array()
@@ -434,7 +451,7 @@ async fn diagnose_stall(http: &reqwest::Client, base: &str, master: &std::net::S
     }
     eprintln!("  stalled for {}s; tasks not RUNNING, by state: {by_state:?}", STALL.as_secs());
     let state: Value =
-        http.get(format!("http://{master}/master/state")).send().await?.error_for_status()?.json().await?;
+        operator.get(format!("https://{master}/master/state")).send().await?.error_for_status()?.json().await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let mut by_status: HashMap<&str, usize> = HashMap::new();
     for agent in state["agents"].as_array().into_iter().flatten() {

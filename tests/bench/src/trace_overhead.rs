@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut configurations = Vec::new();
     for (name, env, caller_samples) in setups {
         let coord = CoordProcesses::start_with_env(1, &env).await;
-        let channel = Channel::from_shared(format!("http://{}", coord.address(1)))?.connect().await?;
+        let channel = marina_tests::tls::channel(&coord.ca().operator(), coord.address(1));
         let mut client = CoordGrpc::new(channel);
         client
             .set(pb::SetRequest {

@@ -593,6 +593,7 @@ fn master_agent_messages() -> Seeds {
         attributes: vec![agent::Attribute { name: "runtime".into(), value: "docker".into() }],
         runtime: "docker".into(),
         version: "0.1.0".into(),
+        principal: String::new(),
     };
     let register = master::Register {
         info: Some(info),

@@ -3,7 +3,8 @@
 //! makes a fenced write every 20 ms under `<dir>/../writes/<name>-<n>`; a fenced write that
 //! fails is printed as `deposed`.
 //!
-//! Usage: marina-test-candidate COORD_URL ELECTION_DIR NAME TTL_MS GRACE_MS
+//! Usage: marina-test-candidate COORD_URL ELECTION_DIR NAME TTL_MS GRACE_MS TLS_DIR
+//! (TLS_DIR: where the cluster's CA and an operator certificate are)
 
 use std::time::Duration;
 
@@ -12,11 +13,11 @@ use marina_coord_client::{CoordClient, CoordUrl, Election, ElectionState, Error,
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, dir, name, ttl_ms, grace_ms] = args.as_slice() else {
-        anyhow::bail!("usage: marina-test-candidate COORD_URL ELECTION_DIR NAME TTL_MS GRACE_MS");
+    let [_, url, dir, name, ttl_ms, grace_ms, tls_dir] = args.as_slice() else {
+        anyhow::bail!("usage: marina-test-candidate COORD_URL ELECTION_DIR NAME TTL_MS GRACE_MS TLS_DIR");
     };
     let url: CoordUrl = url.parse()?;
-    let client = CoordClient::new(&url);
+    let client = CoordClient::with_tls(&url, Some(marina_tests::tls::operator_in(std::path::Path::new(tls_dir))));
     let session =
         client.create_session(Duration::from_millis(ttl_ms.parse()?), Duration::from_millis(grace_ms.parse()?)).await?;
     let election = Election::join(&client, &session, dir, name.clone()).await?;

@@ -6,7 +6,8 @@
 //! resign at once — a standby leads without waiting for this candidate's session to expire
 //! — and exit non-zero.
 //!
-//! Usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE
+//! Usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE TLS_DIR
+//! (TLS_DIR: where the cluster's CA and an operator certificate are)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +28,8 @@ impl Term for PanickingTerm {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, dir, name, ttl_ms, panic_file] = args.as_slice() else {
-        eprintln!("usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE");
+    let [_, url, dir, name, ttl_ms, panic_file, tls_dir] = args.as_slice() else {
+        eprintln!("usage: marina-test-panicking-leader COORD_URL ELECTION_DIR NAME TTL_MS PANIC_FILE TLS_DIR");
         return std::process::ExitCode::from(2);
     };
     let (Ok(url), Ok(ttl_ms)) = (url.parse::<CoordUrl>(), ttl_ms.parse::<u64>()) else {
@@ -64,7 +65,7 @@ async fn main() -> std::process::ExitCode {
     };
     let current = watch::channel(None).0;
     let running = tokio::spawn(marina_coord_client::run_candidacy(
-        CoordClient::new(&url),
+        CoordClient::with_tls(&url, Some(marina_tests::tls::operator_in(std::path::Path::new(tls_dir)))),
         candidacy,
         start,
         current,

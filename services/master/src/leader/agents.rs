@@ -18,10 +18,17 @@ impl LeaderState {
     pub(crate) async fn register_agent(
         &self,
         register: pb::Register,
+        principal: &str,
         link: AgentSender,
         link_id: u64,
     ) -> Result<String, MasterError> {
         let mut info = register.info.ok_or_else(|| MasterError::Invalid("register without agent info".into()))?;
+        // The agent id is bound to the certificate that first registered it: another
+        // agent's certificate cannot take its place (and its tasks).
+        info.principal = principal.to_owned();
+        if let Some(known) = self.lock().agents.get(&info.agent_id) {
+            super::frameworks::check_principal("agent", &info.agent_id, &known.info.principal, principal)?;
+        }
         check_agent(&info).map_err(MasterError::AgentRefused)?;
         if register.highest_epoch > self.epoch {
             return Err(MasterError::StaleEpoch { agent: register.highest_epoch, master: self.epoch });

@@ -16,6 +16,7 @@ impl LeaderState {
     pub(crate) async fn subscribe(
         &self,
         mut info: pb::FrameworkInfo,
+        principal: &str,
         stream: SchedulerSender,
         stream_id: u64,
     ) -> Result<String, MasterError> {
@@ -24,6 +25,12 @@ impl LeaderState {
         }
         if info.framework_id.is_empty() {
             info.framework_id = marina_daemon::ids::prefixed("framework");
+        }
+        // Who subscribes is who the framework is: the same principal again, or (without
+        // TLS) anyone. A framework id is no secret; its certificate is.
+        info.principal = principal.to_owned();
+        if let Some(known) = self.lock().frameworks.get(&info.framework_id) {
+            check_principal("framework", &info.framework_id, &known.info.principal, principal)?;
         }
         let changed = self.lock().frameworks.get(&info.framework_id).is_none_or(|known| known.info != info);
         if changed && let Err(error) = self.registry.put_framework(&info).await {
@@ -73,6 +80,15 @@ impl LeaderState {
         framework.stream = None;
         inner.offers.retain(|_, offer| offer.framework_id != framework_id);
         true
+    }
+
+    /// `Ok` if `principal` may act as framework `framework_id` (a framework this master does
+    /// not know is answered by the call itself).
+    pub(crate) fn check_framework_principal(&self, framework_id: &str, principal: &str) -> Result<(), MasterError> {
+        match self.lock().frameworks.get(framework_id) {
+            Some(known) => check_principal("framework", framework_id, &known.info.principal, principal),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn subscribed(&self, inner: &Inner, framework_id: &str) -> Result<(), MasterError> {
@@ -315,4 +331,14 @@ impl LeaderState {
         inner.offers.retain(|_, offer| offer.framework_id != framework_id);
         Ok(())
     }
+}
+
+/// `Ok` if a caller with `principal` may act as the `kind` `id`, bound to `bound` (empty:
+/// recorded without TLS, so bound to no one yet).
+pub(crate) fn check_principal(kind: &str, id: &str, bound: &str, principal: &str) -> Result<(), MasterError> {
+    if bound.is_empty() || bound == principal {
+        return Ok(());
+    }
+    let caller = if principal.is_empty() { "a caller without a certificate" } else { principal };
+    Err(MasterError::NotYours(format!("{kind} {id} belongs to {bound}; {caller} may not act as it")))
 }

@@ -1,0 +1,152 @@
+//! The server side: a listener whose connections have been through the TLS handshake (or
+//! are plaintext, on a service without TLS), each with the caller it came from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::either::Either;
+
+use super::{Caller, Identity, Tls};
+
+/// How long a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections are closed at once (a flood of
+/// half-open handshakes must not take the memory or the accept loop).
+const MAX_HANDSHAKES: usize = 512;
+/// The first byte of a TLS ClientHello record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A connection as accepted: TLS, or plaintext.
+pub type Io = Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>;
+
+/// Where a connection came from, and who made it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    pub caller: Caller,
+}
+
+/// Accepts connections and hands them over once their handshake is done. Handshakes run
+/// concurrently and bounded in time, so a slow or silent client holds up no one else.
+pub struct SecureListener {
+    incoming: mpsc::Receiver<(Io, Peer)>,
+    local: SocketAddr,
+    accept: tokio::task::AbortHandle,
+}
+
+impl SecureListener {
+    /// Accepts on `listener`; with `tls`, over TLS, asking callers for a certificate
+    /// (required unless `client_certificate_required` is false).
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<Arc<Tls>>,
+        client_certificate_required: bool,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (sender, incoming) = mpsc::channel(64);
+        let accept = tokio::spawn(accept_loop(listener, tls, client_certificate_required, sender)).abort_handle();
+        Ok(SecureListener { incoming, local, accept })
+    }
+}
+
+impl Drop for SecureListener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    client_certificate_required: bool,
+    sender: mpsc::Sender<(Io, Peer)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (stream, address) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // gRPC is latency-bound request/response traffic: never wait to coalesce segments.
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &tls else {
+            if sender.send((Either::Right(stream), Peer { address, caller: Caller::Plaintext })).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %address, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
+            continue;
+        };
+        let acceptor = tls.acceptor(client_certificate_required);
+        let plaintext = tls.accepts_plaintext();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, acceptor, plaintext)).await {
+                Ok(Ok((io, caller))) => {
+                    let _ = sender.send((io, Peer { address, caller })).await;
+                }
+                Ok(Err(reason)) => tracing::debug!(peer = %address, %reason, "connection refused"),
+                Err(_) => tracing::debug!(peer = %address, "TLS handshake not done in time: connection closed"),
+            }
+        });
+    }
+}
+
+/// TLS or plaintext, told apart by the first byte; the caller's identity from its
+/// certificate.
+async fn handshake(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    plaintext: bool,
+) -> Result<(Io, Caller), String> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await.map_err(|e| e.to_string())? == 0 {
+        return Err("closed before sending anything".into());
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        if plaintext {
+            return Ok((Either::Right(stream), Caller::Plaintext));
+        }
+        return Err("plaintext on a port that only speaks TLS".into());
+    }
+    let stream = acceptor.accept(stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
+    let caller = match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+        Some(certificate) => Caller::Verified(Identity::of_certificate(certificate)?),
+        None => Caller::Anonymous,
+    };
+    Ok((Either::Left(stream), caller))
+}
+
+impl axum::serve::Listener for SecureListener {
+    type Io = Io;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Io, Peer) {
+        match self.incoming.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ended (it only does when aborted): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer { address: self.local, caller: Caller::Plaintext })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, SecureListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, SecureListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
