@@ -166,6 +166,25 @@ async fn marina_dev_runs_a_cluster_stops_on_ctrl_c_and_resumes() {
         (task["state"] == "TASK_RUNNING").then(|| task["id"].as_str().map(str::to_owned)).flatten()
     };
     let task = eventually(WAIT, "the app to run", running_task).await;
+
+    // Everything but the gateway's loopback REST is mutual TLS, with the CA in
+    // `<data-dir>/tls/ca.pem`; the CLI calls as the operator whose certificate is beside it.
+    let tls = data.join("tls");
+    assert!(std::fs::read_to_string(tls.join("ca.pem")).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    let master = endpoints["masters"][0].as_str().unwrap();
+    assert!(http.get(format!("http://{master}/health")).send().await.is_err(), "a master answered plaintext");
+    let coord = endpoints["coord"].as_str().unwrap();
+    let marina = marina_tests::binaries::binary("marina");
+    let status = std::process::Command::new(&marina)
+        .args(["coord", "--coord", coord, "--tls-dir"])
+        .arg(&tls)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("leader"));
+    let plaintext = std::process::Command::new(&marina).args(["coord", "--coord", coord, "--plaintext", "status"]).output();
+    assert!(!plaintext.unwrap().status.success(), "coord answered the CLI in plaintext");
     stop_dev(&mut dev, &http, &gateway).await;
 
     let mut dev = start_dev(&data).await;
