@@ -102,11 +102,21 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     let base = 23000 + (std::process::id() % 10) * 100;
     env.push(("AGENT_TASK_PORTS_1".into(), format!("{base}-{}", base + 49)));
     env.push(("AGENT_TASK_PORTS_2".into(), format!("{}-{}", base + 50, base + 99)));
+    // Secure as shipped: certificates made by the `certs` service, credentials required.
+    let tls_dir = marina_tests::TestDir::new();
+    env.push(("MARINA_TLS_DIR".into(), tls_dir.path().display().to_string()));
+    env.push(("MARINA_HTTP_CREDENTIALS".into(), format!("ops:{}", std::process::id())));
     let project = Project { name: format!("marina-test-{}", std::process::id()), env };
     let up = project.compose(&["up", "-d"]);
     assert!(up.status.success(), "docker-compose up: {}", String::from_utf8_lossy(&up.stderr));
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let login =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("ops:{}", std::process::id()));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Basic {login}").parse().unwrap());
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).default_headers(headers).build().unwrap();
+    // The masters only answer mutual TLS: as the operator `certs` made.
+    let operator = marina_tests::tls::http_client(&marina_tests::tls::operator_in(tls_dir.path()));
     let base = format!("http://127.0.0.1:{gateway}");
     let info = eventually(WAIT, "the gateway to lead with a framework", || async {
         let info = get(&http, &format!("{base}/v2/info")).await?;
@@ -115,6 +125,10 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     .await;
     let _cleanup =
         DockerCleanup { label: "marina.framework_id".into(), value: info["frameworkId"].as_str().unwrap().to_owned() };
+    let anonymous = reqwest::Client::new().get(format!("{base}/v2/apps")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the gateways require credentials");
+    let plaintext = reqwest::Client::new().get(format!("http://127.0.0.1:{}/health", masters[0])).send().await;
+    assert!(plaintext.is_err(), "a master answered plaintext");
 
     let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ubuntu.json")).unwrap();
     let created = http
@@ -158,7 +172,7 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     let leader = eventually(WAIT, "a leading master", || async {
         for (index, port) in masters.iter().enumerate() {
             // A standby answers too (not elected), or not at all while it starts.
-            let Some(state) = get(&http, &format!("http://127.0.0.1:{port}/master/state")).await else { continue };
+            let Some(state) = get(&operator, &format!("https://127.0.0.1:{port}/master/state")).await else { continue };
             if state["elected"] == true {
                 return Some(index);
             }
@@ -169,7 +183,7 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     project.kill(&format!("master-{}", leader + 1));
     let other = masters[1 - leader];
     eventually(WAIT, "the other master to lead", || async {
-        (get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?["elected"] == true).then_some(())
+        (get(&operator, &format!("https://127.0.0.1:{other}/master/state")).await?["elected"] == true).then_some(())
     })
     .await;
     assert_eq!(container(&task), before, "the task's container was not touched");
@@ -180,7 +194,7 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     project.start(&format!("master-{}", leader + 1));
     let restarted = masters[leader];
     eventually(WAIT, "the restarted master to stand by", || async {
-        let state = get(&http, &format!("http://127.0.0.1:{restarted}/master/state")).await?;
+        let state = get(&operator, &format!("https://127.0.0.1:{restarted}/master/state")).await?;
         (state["elected"] == false).then_some(())
     })
     .await;
@@ -215,7 +229,7 @@ async fn the_seed_scenario_on_the_compose_deployment() {
         .to_owned();
     // The compose file gives each agent its service's name as its `host` attribute.
     let busy_agent = eventually(WAIT, &format!("the master to name agent {first_agent}'s service"), || async {
-        let state = get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?;
+        let state = get(&operator, &format!("https://127.0.0.1:{other}/master/state")).await?;
         let agent = state["agents"].as_array()?.iter().find(|agent| agent["id"] == first_agent.as_str())?;
         agent["attributes"]["host"].as_str().map(str::to_owned)
     })
@@ -223,7 +237,7 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     project.kill(&busy_agent);
     project.start(&busy_agent);
     eventually(WAIT, "both agents active again", || async {
-        let state = get(&http, &format!("http://127.0.0.1:{other}/master/state")).await?;
+        let state = get(&operator, &format!("https://127.0.0.1:{other}/master/state")).await?;
         let active = state["agents"].as_array()?.iter().filter(|agent| agent["status"] == "active").count();
         (active == 2).then_some(())
     })

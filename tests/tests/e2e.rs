@@ -183,7 +183,8 @@ async fn marina_dev_runs_a_cluster_stops_on_ctrl_c_and_resumes() {
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(String::from_utf8_lossy(&status.stdout).contains("leader"));
-    let plaintext = std::process::Command::new(&marina).args(["coord", "--coord", coord, "--plaintext", "status"]).output();
+    let plaintext =
+        std::process::Command::new(&marina).args(["coord", "--coord", coord, "--plaintext", "status"]).output();
     assert!(!plaintext.unwrap().status.success(), "coord answered the CLI in plaintext");
     stop_dev(&mut dev, &http, &gateway).await;
 
