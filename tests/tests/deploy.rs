@@ -15,6 +15,8 @@ fn example_configs_load() {
         assert!(output.status.success(), "{service}: {}", String::from_utf8_lossy(&output.stderr));
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(printed.contains("listen = \"0.0.0.0:"), "{service}:\n{printed}");
+        // Beyond loopback, on mutual TLS: no --insecure needed.
+        assert!(printed.contains("[tls]") && printed.contains("ca = \"/etc/marina/tls/ca.pem\""), "{service}:\n{printed}");
     }
 }
 
@@ -25,6 +27,7 @@ fn the_tracing_overlay_points_every_service_at_the_collector() {
     let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose/");
     let output = Command::new("docker-compose")
         .args(["-f", &format!("{compose}docker-compose.yml"), "-f", &format!("{compose}tracing.yml"), "config"])
+        .env("MARINA_HTTP_CREDENTIALS", "ops:secret")
         .output()
         .expect("docker-compose runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
