@@ -203,6 +203,8 @@ pub struct CoordProcesses {
     binary: PathBuf,
     envs: Vec<(String, String)>,
     ca: TestCa,
+    /// Whether the nodes run on mutual TLS (the default; plaintext only to measure its cost).
+    tls: bool,
     dir: TempDir,
 }
 
@@ -213,16 +215,27 @@ impl CoordProcesses {
 
     /// Like [`Self::start`], with environment variables for every node.
     pub async fn start_with_env(size: usize, envs: &[(&str, &str)]) -> Self {
-        Self::start_configured(size, envs, None).await
+        Self::start_configured(size, envs, None, true).await
+    }
+
+    /// Like [`Self::start`], without TLS (nodes and clients in plaintext): what TLS costs
+    /// is measured against it.
+    pub async fn start_plaintext(size: usize) -> Self {
+        Self::start_configured(size, &[], None, false).await
     }
 
     /// Like [`Self::start`], with node `id`'s data in `data_dir(id)` (a file system the test
     /// mounted, say) instead of the cluster's temp dir.
     pub async fn start_with_data_dirs(size: usize, data_dir: impl Fn(u64) -> PathBuf) -> Self {
-        Self::start_configured(size, &[], Some(&data_dir)).await
+        Self::start_configured(size, &[], Some(&data_dir), true).await
     }
 
-    async fn start_configured(size: usize, envs: &[(&str, &str)], data_dir: Option<&dyn Fn(u64) -> PathBuf>) -> Self {
+    async fn start_configured(
+        size: usize,
+        envs: &[(&str, &str)],
+        data_dir: Option<&dyn Fn(u64) -> PathBuf>,
+        tls: bool,
+    ) -> Self {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let binary = crate::binaries::binary("marina-coord");
@@ -238,7 +251,7 @@ impl CoordProcesses {
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
         let envs = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let ca = TestCa::new(&dir.path().join("tls"));
-        let mut cluster = Self { nodes, peers, binary, envs, ca, dir };
+        let mut cluster = Self { nodes, peers, binary, envs, ca, tls, dir };
         for id in 1..=size as u64 {
             cluster.launch(id);
         }
@@ -260,7 +273,7 @@ impl CoordProcesses {
             "--data-dir".into(),
             node.data_dir.display().to_string(),
         ];
-        let mut envs = self.ca.env("coord", Role::Coord, Some(&id.to_string()));
+        let mut envs = if self.tls { self.ca.env("coord", Role::Coord, Some(&id.to_string())) } else { Vec::new() };
         envs.extend(self.envs.iter().cloned());
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         node.process = Some(TestProcess::spawn(&format!("coord-{id}"), &binary, &args, &envs, &node.log));
@@ -270,15 +283,14 @@ impl CoordProcesses {
         CoordUrl { endpoints: self.nodes.iter().map(|n| n.address.clone()).collect(), root: "/test".into() }
     }
 
-    /// A client calling as an operator.
+    /// A client calling as an operator (in plaintext if the cluster has no TLS).
     pub fn client(&self) -> CoordClient {
-        CoordClient::with_tls(&self.url(), Some(self.ca.operator()))
+        self.client_with(ClientOptions::default())
     }
 
     /// A client with `options`, calling as an operator unless they say how to call.
-    pub fn client_with(&self, mut options: ClientOptions) -> CoordClient {
-        options.tls = options.tls.or_else(|| Some(self.ca.operator()));
-        CoordClient::with_options(&self.url(), options)
+    pub fn client_with(&self, options: ClientOptions) -> CoordClient {
+        self.client_at(&self.url(), options)
     }
 
     /// The cluster's CA.
@@ -289,7 +301,9 @@ impl CoordProcesses {
     /// A client of `url` (some of this cluster's nodes) with `options`, calling as an
     /// operator unless they say how to call.
     pub fn client_at(&self, url: &CoordUrl, mut options: ClientOptions) -> CoordClient {
-        options.tls = options.tls.or_else(|| Some(self.ca.operator()));
+        if self.tls {
+            options.tls = options.tls.or_else(|| Some(self.ca.operator()));
+        }
         CoordClient::with_options(url, options)
     }
 

@@ -54,6 +54,29 @@ pub struct Args {
     /// Keys written and read.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
+    /// With TLS (Marina: mutual TLS between nodes and with clients, as it runs by default;
+    /// etcd: peer and client TLS with client certificates), without, or both (rows named
+    /// `marina-tls`, `etcd-tls`). ZooKeeper runs without: its TLS needs Netty and Java
+    /// keystores, not set up here.
+    #[arg(long, value_enum, default_value = "both")]
+    tls: TlsMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    On,
+    Off,
+    Both,
+}
+
+impl TlsMode {
+    fn runs(self) -> &'static [bool] {
+        match self {
+            TlsMode::On => &[true],
+            TlsMode::Off => &[false],
+            TlsMode::Both => &[false, true],
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +93,11 @@ impl System {
             System::Etcd => "etcd",
             System::Zookeeper => "zookeeper",
         }
+    }
+
+    /// The name of its rows: `marina`, or `marina-tls` with TLS.
+    fn row_name(self, tls: bool) -> String {
+        if tls { format!("{}-tls", self.name()) } else { self.name().to_owned() }
     }
 
     /// Why the system cannot run here, if it cannot.
@@ -109,10 +137,11 @@ enum Cluster {
 }
 
 impl Cluster {
-    async fn start(system: System) -> anyhow::Result<Self> {
+    async fn start(system: System, tls: bool) -> anyhow::Result<Self> {
         Ok(match system {
-            System::Marina => Cluster::Marina(CoordProcesses::start(3).await),
-            System::Etcd => Cluster::Etcd(EtcdCluster::start(3).await?),
+            System::Marina if tls => Cluster::Marina(CoordProcesses::start(3).await),
+            System::Marina => Cluster::Marina(CoordProcesses::start_plaintext(3).await),
+            System::Etcd => Cluster::Etcd(EtcdCluster::start(3, tls).await?),
             System::Zookeeper => Cluster::Zookeeper(ZkCluster::start(3).await?),
         })
     }
@@ -234,19 +263,26 @@ async fn compare(args: Args) -> anyhow::Result<()> {
             skipped.push(system.name());
             continue;
         }
-        let cluster = Cluster::start(system).await.with_context(|| format!("starting {}", system.name()))?;
-        descriptions.push(cluster.description());
-        seed(&cluster, &args, &value).await.with_context(|| format!("seeding {}", system.name()))?;
-        for &workload in &args.workloads {
-            for &clients in &args.clients {
-                let (row, writes) = measure(system, &cluster, workload, clients, &args, &value).await?;
-                if workload == Workload::Mixed {
-                    mixed_writes.push((row.system.clone(), clients, writes));
-                }
-                rows.push(row);
+        for &tls in args.tls.runs() {
+            let name = system.row_name(tls);
+            if tls && system == System::Zookeeper {
+                println!("skipped {name}: ZooKeeper's TLS needs Netty and Java keystores, not set up by this bench");
+                continue;
             }
+            let cluster = Cluster::start(system, tls).await.with_context(|| format!("starting {name}"))?;
+            descriptions.push(format!("{}{}", cluster.description(), if tls { " with TLS" } else { "" }));
+            seed(&cluster, &args, &value).await.with_context(|| format!("seeding {name}"))?;
+            for &workload in &args.workloads {
+                for &clients in &args.clients {
+                    let (row, writes) = measure(&name, &cluster, workload, clients, &args, &value).await?;
+                    if workload == Workload::Mixed {
+                        mixed_writes.push((row.system.clone(), clients, writes));
+                    }
+                    rows.push(row);
+                }
+            }
+            // `cluster` is dropped here: its processes stop before the next one starts.
         }
-        // `cluster` is dropped here: its processes stop before the next system starts.
     }
     if !rows.is_empty() {
         println!(
@@ -295,7 +331,7 @@ async fn seed(cluster: &Cluster, args: &Args, value: &Bytes) -> anyhow::Result<(
 }
 
 async fn measure(
-    system: System,
+    system: &str,
     cluster: &Cluster,
     workload: Workload,
     clients: usize,
@@ -361,7 +397,7 @@ async fn measure(
     let elapsed = started.elapsed().as_secs_f64();
     futures::future::join_all(clients_done.into_iter().map(Client::close)).await;
     let row = Row {
-        system: system.name().into(),
+        system: system.to_owned(),
         workload: workload.name().into(),
         clients,
         ops_per_sec: latencies.count() as f64 / elapsed,
@@ -393,8 +429,10 @@ fn summary(rows: &[Row], skipped: &[&str]) -> String {
             parts.push(format!("peak {unit}: {}", peaks.join(", ")));
         }
     }
-    let marina: Vec<&Row> = rows.iter().filter(|row| row.system == "marina").collect();
-    for peer in ["etcd", "zookeeper"] {
+    // Marina against each peer, each with TLS or each without; and Marina with TLS against
+    // itself without (what TLS costs).
+    for (us, peer) in [("marina", "etcd"), ("marina", "zookeeper"), ("marina-tls", "etcd-tls"), ("marina-tls", "marina")] {
+        let marina: Vec<&Row> = rows.iter().filter(|row| row.system == us).collect();
         let pairs: Vec<(&Row, &Row)> = rows
             .iter()
             .filter(|row| row.system == peer)
@@ -418,7 +456,7 @@ fn summary(rows: &[Row], skipped: &[&str]) -> String {
             .map(|(ours, _)| format!("{}/{}", ours.workload, ours.clients))
             .collect();
         parts.push(format!(
-            "vs {peer}: marina ops/s >= {lowest:.2}x {peer}'s over {} rows (lowest: {}/{}: {:.0} vs {:.0}), p99 worse in {}/{}{}",
+            "{us} vs {peer}: {us} ops/s >= {lowest:.2}x {peer}'s over {} rows (lowest: {}/{}: {:.0} vs {:.0}), p99 worse in {}/{}{}",
             pairs.len(),
             ours.workload,
             ours.clients,
