@@ -16,7 +16,10 @@ fn example_configs_load() {
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(printed.contains("listen = \"0.0.0.0:"), "{service}:\n{printed}");
         // Beyond loopback, on mutual TLS: no --insecure needed.
-        assert!(printed.contains("[tls]") && printed.contains("ca = \"/etc/marina/tls/ca.pem\""), "{service}:\n{printed}");
+        assert!(
+            printed.contains("[tls]") && printed.contains("ca = \"/etc/marina/tls/ca.pem\""),
+            "{service}:\n{printed}"
+        );
     }
 }
 

@@ -105,6 +105,9 @@ async fn each_rpc_family_refuses_the_wrong_role() {
     master_client.put("/master/scratch", "mine").await.expect("a master writes under /master");
     let error = master_client.put("/gateway/apps/forged", "{}").await.unwrap_err();
     assert!(error.to_string().contains("may not write"), "{error}");
+    let stranger = coord_as(as_role(Role::Coord, Some("9")));
+    let error = stranger.put("/master/scratch", "stranger").await.unwrap_err();
+    assert!(error.to_string().contains("not a member"), "a coord certificate of no member: {error}");
     let agent_client = coord_as(as_role(Role::Agent, Some("0")));
     assert!(agent_client.get("/master/scratch").await.unwrap().is_some(), "agents read");
     let error = agent_client.put("/master/scratch", "agent").await.unwrap_err();

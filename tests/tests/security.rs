@@ -361,7 +361,7 @@ async fn marathons_python_client_logs_in_with_http_credentials() {
 /// Every service refuses to serve plaintext beyond loopback unless told so with
 /// `--insecure`, which it then warns about.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plaintext_beyond_loopback_needs_insecure() {
+async fn plaintext_or_an_open_gateway_beyond_loopback_needs_insecure() {
     let dir = marina_tests::TestDir::new();
     for service in ["marina-coord", "marina-master", "marina-agent", "marina-gateway"] {
         let binary = marina_tests::binaries::binary(service);
@@ -383,8 +383,32 @@ async fn plaintext_beyond_loopback_needs_insecure() {
         let process = marina_tests::TestProcess::spawn(service, &binary, &args, &[], &log);
         eventually(WAIT, &format!("{service} to listen with --insecure"), || async {
             let listening = std::fs::read_to_string(&address_file).is_ok_and(|a| a.starts_with("0.0.0.0:"));
-            (listening && process.log().contains("--insecure: serving plaintext beyond loopback")).then_some(())
+            (listening && process.log().contains("--insecure: listening beyond loopback without TLS")).then_some(())
         })
         .await;
     }
+
+    // TLS does not say who calls the gateway's API (its callers need no certificate): beyond
+    // loopback it needs credentials too.
+    let ca = marina_tests::TestCa::new(&dir.path().join("tls"));
+    let tls = ca.env("gateway", marina_daemon::tls::Role::Gateway, Some("1"));
+    let work = dir.path().join("gateway-tls").display().to_string();
+    let args = ["--listen", "0.0.0.0:0", "--work-dir", &work];
+    let gateway = marina_tests::binaries::binary("marina-gateway");
+    let refused = std::process::Command::new(&gateway).args(args).envs(tls.clone()).output().unwrap();
+    assert!(!refused.status.success(), "a gateway open to anyone on 0.0.0.0");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no credentials configured") && stderr.contains("--insecure"), "{stderr}");
+    let address_file = dir.path().join("gateway-tls.address");
+    let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    args.extend(["--address-file".into(), address_file.display().to_string()]);
+    let mut envs = tls;
+    envs.push(("MARINA_GATEWAY_AUTH__HTTP_CREDENTIALS".into(), "ops:secret".into()));
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let log = dir.path().join("gateway-tls.log");
+    let _gateway = marina_tests::TestProcess::spawn("gateway-tls", &gateway, &args, &envs, &log);
+    eventually(WAIT, "the gateway with TLS and credentials to listen on 0.0.0.0", || async {
+        std::fs::read_to_string(&address_file).is_ok_and(|a| a.starts_with("0.0.0.0:")).then_some(())
+    })
+    .await;
 }

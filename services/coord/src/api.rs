@@ -363,6 +363,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> ServiceResult<pb::CreateResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Create(request.get_ref().clone())) })?;
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().create(forward(request.into_inner())).await);
@@ -377,6 +378,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn set(&self, request: Request<pb::SetRequest>) -> ServiceResult<pb::SetResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Set(request.get_ref().clone())) })?;
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().set(forward(request.into_inner())).await);
@@ -391,6 +393,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> ServiceResult<pb::DeleteResponse> {
         let op = self.op(pb::Op { op: Some(pb::op::Op::Delete(request.get_ref().clone())) })?;
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         crate::access::check_ops(&Caller::of(&request), [&op])?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().delete(forward(request.into_inner())).await);
@@ -405,6 +408,7 @@ impl pb::coord_server::Coord for CoordApi {
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> ServiceResult<pb::TxnResponse> {
         let txn = request_txn(request.get_ref(), &self.node.limits)?;
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         crate::access::check_ops(&Caller::of(&request), txn.success.iter().chain(&txn.failure))?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.coord().txn(forward(request.into_inner())).await);
@@ -561,6 +565,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> ServiceResult<pb::MembershipResponse> {
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         let message = request.get_ref();
         if message.id == 0 {
             return Err(CoordError::invalid("id", "must be greater than 0").into());
@@ -579,6 +584,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::PromoteLearnerRequest>,
     ) -> ServiceResult<pb::MembershipResponse> {
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.cluster().promote_learner(forward(request.into_inner())).await);
         }
@@ -587,6 +593,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn remove_member(&self, request: Request<pb::RemoveMemberRequest>) -> ServiceResult<pb::MembershipResponse> {
+        crate::network::check_coord_caller(&self.node.raft, &request)?;
         if let Route::Forward(leader) = self.node.route(is_forwarded(&request))? {
             return leader.relay(leader.cluster().remove_member(forward(request.into_inner())).await);
         }

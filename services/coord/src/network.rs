@@ -169,21 +169,29 @@ impl RaftService {
     /// certificates call Raft; this checks that the certificate's id is a member's (a
     /// removed node, or a node of another cluster signed by the same CA, is refused).
     fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(identity) = Caller::of(request).identity().cloned() else {
-            return Ok(()); // a node without TLS
-        };
-        // A node not yet part of a cluster (empty membership: before bootstrap, or a new
-        // node about to be added as a learner) takes the first leader that calls it.
-        let member = identity.id.as_deref().and_then(|id| id.parse::<NodeId>().ok()).filter(|id| {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            membership.nodes().next().is_none() || membership.get_node(id).is_some()
-        });
-        match member {
-            Some(_) => Ok(()),
-            None => Err(Status::permission_denied(format!("{identity} is not a member of this cluster"))),
-        }
+        check_coord_caller(&self.raft, request)
+    }
+}
+
+/// A coord certificate speaks for a node of this cluster only: one of a removed node, or of
+/// another cluster signed by the same CA, sends no Raft message, writes nothing and changes
+/// no membership. Callers of other roles (and callers without TLS) are left to the other
+/// checks. A node not yet part of a cluster (empty membership: before bootstrap, or a new
+/// node about to be added as a learner) takes the first leader that calls it.
+pub fn check_coord_caller<T>(raft: &Raft, request: &Request<T>) -> Result<(), Status> {
+    let caller = Caller::of(request);
+    let Some(identity) = caller.identity().filter(|identity| identity.role == Role::Coord) else {
+        return Ok(());
+    };
+    let member = identity.id.as_deref().and_then(|id| id.parse::<NodeId>().ok()).filter(|id| {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership.nodes().next().is_none() || membership.get_node(id).is_some()
+    });
+    match member {
+        Some(_) => Ok(()),
+        None => Err(Status::permission_denied(format!("{identity} is not a member of this cluster"))),
     }
 }
 

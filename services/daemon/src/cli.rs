@@ -76,6 +76,12 @@ pub trait ServiceConfig: serde::de::DeserializeOwned + Serialize + Default {
     fn log(&self) -> &crate::telemetry::LogConfig;
     fn listen(&self) -> &str;
     fn tls(&self) -> &crate::tls::TlsConfig;
+    /// Why anyone who reaches the port could act as any caller even with TLS (the
+    /// gateway's API with no credentials configured, whose callers need no certificate);
+    /// `None` when TLS decides who calls.
+    fn open_to_anyone(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -102,12 +108,14 @@ where
         return Ok(());
     }
     config.validate()?;
-    let exposed = exposed_without_tls(config.listen(), config.tls());
-    if exposed && !flags.insecure {
+    let exposure = exposure(config.listen(), config.tls(), config.open_to_anyone());
+    if let Some(reason) = exposure
+        && !flags.insecure
+    {
         return Err(format!(
-            "refusing to listen on {} without TLS (or with tls.accept_plaintext): anyone who can reach it could act \
-             as any service or client. Configure [tls] (see `marina certs`), listen on a loopback address, or pass \
-             --insecure to accept that",
+            "refusing to listen on {} {reason}: anyone who can reach it could act as any service or client. \
+             Configure it (see `marina certs` and the README), listen on a loopback address, or pass --insecure \
+             to accept that",
             config.listen()
         )
         .into());
@@ -120,8 +128,8 @@ where
     let _telemetry =
         crate::telemetry::init(config.log(), crate::telemetry::Identity { service: &service, instance: &bound })?;
     tracing::info!(address = %bound, "listening");
-    if exposed {
-        tracing::warn!(address = %bound, "--insecure: serving plaintext beyond loopback; anyone who can reach this port can act as any service or client");
+    if let Some(reason) = exposure {
+        tracing::warn!(address = %bound, "--insecure: listening beyond loopback {reason}; anyone who can reach this port can act as any service or client");
     }
     if let Some(path) = &flags.address_file {
         write_address(path, &bound).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
@@ -132,11 +140,20 @@ where
     until_stopped(&shutdown, running).await
 }
 
-/// Whether `listen` (`ip:port`, validated) reaches beyond this machine while taking
-/// plaintext: that is exposed.
-fn exposed_without_tls(listen: &str, tls: &crate::tls::TlsConfig) -> bool {
-    let plaintext = !tls.enabled() || tls.accept_plaintext;
-    plaintext && listen.parse::<std::net::SocketAddr>().is_ok_and(|address| !address.ip().is_loopback())
+/// Why `listen` (`ip:port`, validated) is exposed, if it reaches beyond this machine while
+/// anyone may act on it: plaintext, or (`open`) a port that asks no one who they are.
+fn exposure(listen: &str, tls: &crate::tls::TlsConfig, open: Option<&'static str>) -> Option<&'static str> {
+    let beyond_loopback = listen.parse::<std::net::SocketAddr>().is_ok_and(|address| !address.ip().is_loopback());
+    if !beyond_loopback {
+        return None;
+    }
+    if !tls.enabled() {
+        Some("without TLS")
+    } else if tls.accept_plaintext {
+        Some("with tls.accept_plaintext")
+    } else {
+        open
+    }
 }
 
 /// Writes `address` to `path` whole or not at all (through a file beside it, renamed), so a

@@ -80,7 +80,8 @@ impl AuthConfig {
         None
     }
 
-    fn is_open(&self) -> bool {
+    /// No credentials configured: anyone who reaches the port may call anything.
+    pub fn is_open(&self) -> bool {
         self.http_credentials.is_empty() && self.tokens.is_empty()
     }
 

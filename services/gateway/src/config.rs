@@ -144,4 +144,9 @@ impl marina_daemon::cli::ServiceConfig for Config {
     fn tls(&self) -> &TlsConfig {
         &self.tls
     }
+
+    /// Its callers need no certificate: without credentials, anyone could change apps.
+    fn open_to_anyone(&self) -> Option<&'static str> {
+        self.auth.is_open().then_some("with no credentials configured (auth.http_credentials, auth.tokens)")
+    }
 }

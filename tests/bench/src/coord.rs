@@ -431,7 +431,9 @@ fn summary(rows: &[Row], skipped: &[&str]) -> String {
     }
     // Marina against each peer, each with TLS or each without; and Marina with TLS against
     // itself without (what TLS costs).
-    for (us, peer) in [("marina", "etcd"), ("marina", "zookeeper"), ("marina-tls", "etcd-tls"), ("marina-tls", "marina")] {
+    for (us, peer) in
+        [("marina", "etcd"), ("marina", "zookeeper"), ("marina-tls", "etcd-tls"), ("marina-tls", "marina")]
+    {
         let marina: Vec<&Row> = rows.iter().filter(|row| row.system == us).collect();
         let pairs: Vec<(&Row, &Row)> = rows
             .iter()

@@ -1,8 +1,9 @@
 //! The server side: a listener whose connections have been through the TLS handshake (or
 //! are plaintext, on a service without TLS), each with the caller it came from.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,11 +12,15 @@ use tokio_util::either::Either;
 
 use super::{Caller, Identity, Tls};
 
-/// How long a client has to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to finish its handshake (its first byte included): a peer on a
+/// healthy network needs milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; more connections are closed at once (a flood of
 /// half-open handshakes must not take the memory or the accept loop).
 const MAX_HANDSHAKES: usize = 512;
+/// Handshakes in progress from one address: one host holding silent connections open
+/// cannot take every slot from the others (coord peers, agents re-attaching).
+const MAX_HANDSHAKES_PER_PEER: usize = 32;
 /// The first byte of a TLS ClientHello record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -65,6 +70,7 @@ async fn accept_loop(
     sender: mpsc::Sender<(Io, Peer)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, address) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -87,11 +93,15 @@ async fn accept_loop(
             tracing::warn!(peer = %address, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
             continue;
         };
+        let Some(peer_slot) = PeerSlot::take(&per_peer, address.ip()) else {
+            tracing::warn!(peer = %address, "{MAX_HANDSHAKES_PER_PEER} TLS handshakes in progress from this address: connection closed");
+            continue;
+        };
         let acceptor = tls.acceptor(client_certificate_required);
         let plaintext = tls.accepts_plaintext();
         let sender = sender.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, peer_slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, acceptor, plaintext)).await {
                 Ok(Ok((io, caller))) => {
                     let _ = sender.send((io, Peer { address, caller })).await;
@@ -100,6 +110,36 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(peer = %address, "TLS handshake not done in time: connection closed"),
             }
         });
+    }
+}
+
+/// One handshake's place among those from its address; given back when dropped.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<PeerSlot> {
+        let mut map = counts.lock().expect("handshake counts lock");
+        let count = map.entry(address).or_default();
+        if *count >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot { counts: counts.clone(), address })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().expect("handshake counts lock");
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
     }
 }
 

@@ -165,9 +165,16 @@ impl Tls {
     }
 
     /// Reads the files again; on any error keeps what it had (and says so).
+    /// A certificate naming another holder is refused: a service's identity (a coord node's
+    /// id, an agent's binding) changes with a restart, not under it.
     pub fn reload(&self) -> Result<(), TlsError> {
         let loaded = Loaded::read(&self.config)?;
         let identity = loaded.identity.clone();
+        let current = self.identity();
+        if identity != current {
+            let cert = self.config.cert.as_deref().unwrap_or(Path::new("tls.cert"));
+            return Err(TlsError::new(cert, format!("names {identity}, not {current}: restart to change identity")));
+        }
         *self.loaded.write().expect("tls lock") = Arc::new(loaded);
         tracing::info!(%identity, "tls: certificates reloaded");
         Ok(())

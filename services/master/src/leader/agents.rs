@@ -51,9 +51,14 @@ impl LeaderState {
             heartbeat_interval_ms: self.config.agent_ping_interval_ms,
             master_id: self.master_id.clone(),
         };
-        let _ = link.send(self.agent_message(master_message::Kind::Registered(registered)));
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // Again, now that nothing can come between the check and the record: another
+        // principal may have registered this id while the record was written.
+        if let Some(known) = inner.agents.get(&agent_id) {
+            super::frameworks::check_principal("agent", &agent_id, &known.info.principal, principal)?;
+        }
+        let _ = link.send(self.agent_message(master_message::Kind::Registered(registered)));
         let previous = inner.agents.remove(&agent_id);
         for task_id in previous.iter().flat_map(|p| p.tasks.keys()) {
             inner.task_index.remove(task_id, &agent_id);

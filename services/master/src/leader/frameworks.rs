@@ -45,6 +45,11 @@ impl LeaderState {
         };
         let _ = stream.try_send(self.scheduler_event(scheduler_event::Kind::Subscribed(subscribed)));
         let mut inner = self.lock();
+        // Again, now that nothing can come between the check and the record: another
+        // principal may have subscribed this id while the record was written.
+        if let Some(known) = inner.frameworks.get(&framework_id) {
+            check_principal("framework", &framework_id, &known.info.principal, principal)?;
+        }
         let previous = inner.frameworks.remove(&framework_id);
         if let Some((_, old)) = previous.as_ref().and_then(|p| p.stream.as_ref()) {
             let error = pb::Error { message: "superseded by a new subscription of the same framework".into() };
