@@ -111,7 +111,7 @@ pub struct Builder {
     masters: usize,
     agents: usize,
     gateways: usize,
-    runtime: marina_agent::RuntimeChoice,
+    runtime: marina_agent::Runtimes,
     master_config: Box<dyn Fn(&mut marina_master::Config)>,
     agent_config: AgentConfigTuner,
     gateway_config: Box<dyn Fn(&mut marina_gateway::Config)>,
@@ -124,7 +124,7 @@ impl MarinaCluster {
             masters: 1,
             agents: 1,
             gateways: 0,
-            runtime: marina_agent::RuntimeChoice::Sim,
+            runtime: marina_agent::RuntimeChoice::Sim.into(),
             master_config: Box::new(|_| {}),
             agent_config: Box::new(|_, _| {}),
             gateway_config: Box::new(|_| {}),
@@ -206,8 +206,10 @@ impl Builder {
         self
     }
 
-    pub fn runtime(mut self, runtime: marina_agent::RuntimeChoice) -> Self {
-        self.runtime = runtime;
+    /// The agents' runtimes: one (`RuntimeChoice::Docker`) or several
+    /// (`"docker,process".parse::<Runtimes>()`).
+    pub fn runtime(mut self, runtime: impl Into<marina_agent::Runtimes>) -> Self {
+        self.runtime = runtime.into();
         self
     }
 
@@ -254,7 +256,7 @@ impl Builder {
                     listen: address.to_string(),
                     coord: coord_url.clone(),
                     work_dir: dir.path().join(format!("agent-{index}")),
-                    runtime: self.runtime,
+                    runtime: self.runtime.clone(),
                     hostname: Some(format!("agent-{index}.test")),
                     tls: ca.config(Role::Agent, Some(&index.to_string())),
                     ..Default::default()

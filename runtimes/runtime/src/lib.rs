@@ -15,6 +15,9 @@
 
 pub mod conformance;
 pub mod logs;
+mod set;
+
+pub use set::RuntimeSet;
 
 pub use crate::logs::LogRotation;
 
@@ -255,6 +258,11 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> RuntimeKind;
+
+    /// Every runtime it runs tasks with (several for a [`RuntimeSet`]).
+    fn kinds(&self) -> Vec<RuntimeKind> {
+        vec![self.kind()]
+    }
 
     fn capabilities(&self) -> Capabilities;
 

@@ -30,11 +30,12 @@ pub const MAX_TASK_LOG_FILE_BYTES: u64 = 1 << 40;
 /// clock arithmetic on it can overflow.
 pub const MAX_GC_DELAY_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
-/// Which runtime runs the tasks.
+/// A runtime an agent may run tasks with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeChoice {
-    /// Docker if an engine answers, else containerd if it answers, else host processes.
+    /// Every runtime that answers: Docker if an engine answers, else containerd if it
+    /// answers, for image tasks; host processes for commands.
     #[default]
     Auto,
     Docker,
@@ -42,6 +43,108 @@ pub enum RuntimeChoice {
     Process,
     /// No side effects: for scale tests only. Never chosen by `auto`.
     Sim,
+}
+
+impl RuntimeChoice {
+    const ALL: [RuntimeChoice; 5] = [
+        RuntimeChoice::Auto,
+        RuntimeChoice::Docker,
+        RuntimeChoice::Containerd,
+        RuntimeChoice::Process,
+        RuntimeChoice::Sim,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeChoice::Auto => "auto",
+            RuntimeChoice::Docker => "docker",
+            RuntimeChoice::Containerd => "containerd",
+            RuntimeChoice::Process => "process",
+            RuntimeChoice::Sim => "sim",
+        }
+    }
+
+    fn runs_images(self) -> bool {
+        matches!(self, RuntimeChoice::Docker | RuntimeChoice::Containerd)
+    }
+}
+
+/// The runtimes an agent runs tasks with (`runtime`): one (`docker`), several
+/// (`docker,process`: images in Docker, commands as host processes, as a Mesos agent with
+/// `--containerizers=docker,mesos`), or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtimes(pub Vec<RuntimeChoice>);
+
+impl Default for Runtimes {
+    fn default() -> Self {
+        Runtimes(vec![RuntimeChoice::Auto])
+    }
+}
+
+impl From<RuntimeChoice> for Runtimes {
+    fn from(choice: RuntimeChoice) -> Self {
+        Runtimes(vec![choice])
+    }
+}
+
+impl std::fmt::Display for Runtimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|choice| choice.as_str()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl std::str::FromStr for Runtimes {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let choices = value
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                RuntimeChoice::ALL.into_iter().find(|choice| choice.as_str() == name).ok_or_else(|| {
+                    let names: Vec<&str> = RuntimeChoice::ALL.iter().map(|choice| choice.as_str()).collect();
+                    format!("{name:?} is not a runtime (one of {}, or a comma-separated list)", names.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Runtimes(choices))
+    }
+}
+
+impl Serialize for Runtimes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Runtimes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        value.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Runtimes {
+    /// One image runtime at most (which of two would an image go to?), `auto` and `sim`
+    /// alone, no runtime twice.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |reason: &str| Err(ConfigError::value("runtime", format!("{self}: {reason}")));
+        let alone = [RuntimeChoice::Auto, RuntimeChoice::Sim];
+        if self.0.is_empty() {
+            return fail("names no runtime");
+        }
+        if self.0.len() > 1 && self.0.iter().any(|choice| alone.contains(choice)) {
+            return fail("auto and sim stand alone");
+        }
+        if self.0.iter().filter(|choice| choice.runs_images()).count() > 1 {
+            return fail("one image runtime per agent (docker or containerd)");
+        }
+        if self.0.iter().enumerate().any(|(i, choice)| self.0[..i].contains(choice)) {
+            return fail("names a runtime twice");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +161,8 @@ pub struct Config {
     pub coord: CoordUrl,
     /// Checkpoints and task sandboxes.
     pub work_dir: PathBuf,
-    pub runtime: RuntimeChoice,
+    /// What runs the tasks: `auto`, one runtime, or several (`docker,process`).
+    pub runtime: Runtimes,
     pub docker: DockerConfig,
     pub containerd: ContainerdConfig,
     pub resources: ResourcesConfig,
@@ -187,7 +291,7 @@ impl Default for Config {
             hostname: None,
             coord: "coord://127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183/marina".parse().expect("valid default URL"),
             work_dir: PathBuf::from("/var/lib/marina/agent"),
-            runtime: RuntimeChoice::Auto,
+            runtime: Runtimes::default(),
             docker: DockerConfig::default(),
             containerd: ContainerdConfig::default(),
             resources: ResourcesConfig::default(),
@@ -225,6 +329,7 @@ impl Default for ResourcesConfig {
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tls.validate()?;
+        self.runtime.validate()?;
         check::listen(&self.listen)?;
         if let Some(advertise) = &self.advertise {
             check::address("advertise", advertise)?;
@@ -365,6 +470,22 @@ impl marina_daemon::cli::ServiceConfig for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtimes_are_one_several_or_auto() {
+        let parse = |value: &str| value.parse::<Runtimes>();
+        assert_eq!(parse("docker,process").unwrap().0, [RuntimeChoice::Docker, RuntimeChoice::Process]);
+        assert_eq!(parse("auto").unwrap().to_string(), "auto");
+        assert!(parse("docker,podman").unwrap_err().contains("\"podman\" is not a runtime"));
+        for (bad, why) in [
+            ("docker,containerd", "one image runtime per agent"),
+            ("auto,process", "stand alone"),
+            ("process,process", "twice"),
+        ] {
+            let error = parse(bad).unwrap().validate().unwrap_err().to_string();
+            assert!(error.contains("`runtime`") && error.contains(why), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn port_ranges_and_attributes_parse_with_clear_errors() {

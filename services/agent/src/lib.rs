@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint::{AgentMeta, Checkpoint, CheckpointError};
 use crate::config::TaskLogsConfig;
-pub use crate::config::{Config, RuntimeChoice};
+pub use crate::config::{Config, RuntimeChoice, Runtimes};
 use crate::gc::SandboxGc;
 use crate::master_link::AttachedMaster;
 use crate::tasks::{Identity, Tasks};
@@ -198,16 +198,20 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let (checkpoint, recovered) = Checkpoint::open(&config.work_dir)?;
     let runtime = runtime::select(&config).await?;
     // Only the process runtime runs command tasks, as their users.
-    let switches_users = runtime.kind() == marina_runtime::RuntimeKind::Process;
+    let kinds = runtime.kinds();
+    let switches_users = kinds.contains(&marina_runtime::RuntimeKind::Process);
+    // What the agent can run, for schedulers to place each task where it can run:
+    // `docker,process`.
+    let runtimes = kinds.iter().map(|kind| kind.as_str()).collect::<Vec<_>>().join(",");
     if switches_users && nix::unistd::geteuid().is_root() && !config.policy.allow_root {
         check_task_users(&config.policy.default_user, checkpoint.sandboxes())?;
     }
     let resources = resources::detect(&config)?;
     let mut attributes = config::parse_attributes(&config.attributes)?;
-    // Schedulers place image tasks only where a runtime can run images.
+    // Schedulers place image tasks only where a runtime can run images, and commands only
+    // where one runs host processes.
     if !attributes.iter().any(|a| a.name == "runtime") {
-        attributes
-            .push(marina_proto::agent::v1::Attribute { name: "runtime".into(), value: runtime.kind().to_string() });
+        attributes.push(marina_proto::agent::v1::Attribute { name: "runtime".into(), value: runtimes.clone() });
     }
     let info = AgentInfo {
         agent_id: String::new(),
@@ -215,7 +219,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         address: address.clone(),
         resources: Some(resources),
         attributes,
-        runtime: runtime.kind().to_string(),
+        runtime: runtimes.clone(),
         version: marina_daemon::VERSION.into(),
         // Set by the master from this agent's certificate.
         principal: String::new(),
@@ -269,7 +273,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         .await;
     health.set_serving(true).await;
     api::register_metrics(&metrics, agent.clone());
-    tracing::info!(%address, runtime = %runtime.kind(), work_dir = %config.work_dir.display(), "agent started");
+    tracing::info!(%address, %runtimes, work_dir = %config.work_dir.display(), "agent started");
 
     let task_agent = agent.clone();
     let task = tokio::spawn(async move {

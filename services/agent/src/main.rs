@@ -18,8 +18,9 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
-    /// auto, docker, containerd, process or sim.
-    #[arg(long, value_parser = ["auto", "docker", "containerd", "process", "sim"])]
+    /// auto (every runtime that answers), docker, containerd, process or sim, or several:
+    /// `docker,process` (images in Docker, commands as host processes).
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     runtime: Option<String>,
     /// Attributes, e.g. `rack:r1;zone:a`.

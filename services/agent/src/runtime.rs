@@ -1,9 +1,10 @@
-//! Choosing the runtime: the configured one, or with `auto` the first engine that answers —
-//! Docker, then containerd — falling back to host processes. `sim` is only ever explicit.
+//! Choosing the runtimes: the configured ones, or with `auto` every one that answers — an
+//! image runtime (Docker, else containerd) and host processes for commands. `sim` is only
+//! ever explicit. Several runtimes run as one [`RuntimeSet`].
 
 use std::sync::Arc;
 
-use marina_runtime::Runtime;
+use marina_runtime::{Runtime, RuntimeSet};
 use marina_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
 use marina_runtime_docker::{DockerConfig, DockerRuntime};
 use marina_runtime_process::{ProcessConfig, ProcessRuntime};
@@ -13,24 +14,34 @@ use crate::AgentError;
 use crate::config::{Config, RuntimeChoice};
 
 pub async fn select(config: &Config) -> Result<Arc<dyn Runtime>, AgentError> {
-    match config.runtime {
-        RuntimeChoice::Docker => Ok(Arc::new(docker(config).await?)),
-        RuntimeChoice::Containerd => Ok(Arc::new(containerd(config).await?)),
-        RuntimeChoice::Process => Ok(Arc::new(process(config)?)),
-        RuntimeChoice::Sim => Ok(Arc::new(SimRuntime::new(SimConfig::default()))),
-        RuntimeChoice::Auto => {
-            match docker(config).await {
-                Ok(runtime) => return Ok(Arc::new(runtime)),
-                Err(error) => tracing::info!(%error, "runtime auto: Docker is not available"),
+    let mut members: Vec<Arc<dyn Runtime>> = Vec::new();
+    for choice in &config.runtime.0 {
+        match choice {
+            RuntimeChoice::Docker => members.push(Arc::new(docker(config).await?)),
+            RuntimeChoice::Containerd => members.push(Arc::new(containerd(config).await?)),
+            RuntimeChoice::Process => members.push(Arc::new(process(config)?)),
+            RuntimeChoice::Sim => members.push(Arc::new(SimRuntime::new(SimConfig::default()))),
+            RuntimeChoice::Auto => {
+                match docker(config).await {
+                    Ok(runtime) => members.push(Arc::new(runtime)),
+                    Err(error) => {
+                        tracing::info!(%error, "runtime auto: Docker is not available");
+                        match containerd(config).await {
+                            Ok(runtime) => members.push(Arc::new(runtime)),
+                            Err(error) => tracing::info!(%error, "runtime auto: containerd is not available"),
+                        }
+                    }
+                }
+                members.push(Arc::new(process(config)?));
             }
-            match containerd(config).await {
-                Ok(runtime) => return Ok(Arc::new(runtime)),
-                Err(error) => tracing::info!(%error, "runtime auto: containerd is not available"),
-            }
-            tracing::info!("runtime auto: running tasks as host processes");
-            Ok(Arc::new(process(config)?))
         }
     }
+    let kinds: Vec<&str> = members.iter().map(|member| member.kind().as_str()).collect();
+    tracing::info!(runtimes = %kinds.join(","), "runtimes");
+    if members.len() == 1 {
+        return Ok(members.remove(0));
+    }
+    Ok(Arc::new(RuntimeSet::new(members)))
 }
 
 async fn docker(config: &Config) -> Result<DockerRuntime, AgentError> {

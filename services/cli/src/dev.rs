@@ -27,9 +27,10 @@ pub struct DevArgs {
     /// How many agents.
     #[arg(long, default_value_t = 1)]
     agents: usize,
-    /// The agents' runtime: auto (Docker if an engine answers, else host processes),
-    /// docker, containerd, process or sim.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "docker", "containerd", "process", "sim"])]
+    /// The agents' runtimes: auto (every one that answers: Docker, else containerd, for
+    /// images; host processes for commands), docker, containerd, process, sim, or a list
+    /// (docker,process).
+    #[arg(long, default_value = "auto")]
     runtime: String,
     /// `fixed`: the well-known ports (coord 2181-2183, masters 5050 and 5052, agents 5051,
     /// 5061, 5071..., gateways 8080 and 8081). `auto`: free ports, printed and written to

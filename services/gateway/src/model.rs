@@ -64,12 +64,12 @@ pub fn host_port_names(app: &AppDefinition) -> Vec<Option<&str>> {
 
 /// The agent runtimes that can run the app (the agents' `runtime` attribute): image apps
 /// need an image runtime; `CONTAINERD` apps need containerd. `None`: any runtime.
-pub fn runtimes(app: &AppDefinition) -> Option<&'static [&'static str]> {
-    let container = app.container.as_ref()?;
-    match container.kind {
-        ContainerType::Containerd => Some(&["containerd", "sim"]),
-        _ if app.image().is_some() => Some(&["docker", "containerd", "sim"]),
-        _ => None,
+pub fn runtimes(app: &AppDefinition) -> &'static [&'static str] {
+    match app.container.as_ref().map(|container| container.kind) {
+        Some(ContainerType::Containerd) => &["containerd", "sim"],
+        _ if app.image().is_some() => &["docker", "containerd", "sim"],
+        // A bare command runs as a host process (Mesos' command executor).
+        _ => &["process", "sim"],
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Demand<'a> {
     pub port_count: usize,
     /// ...and which of them must be exactly these numbers (0: any).
     pub fixed_ports: Vec<u32>,
+    /// The runtimes that can run an instance (`docker`, `process`...): an agent advertising
+    /// none of them (its `runtime` attribute, `docker,process`) is not offered the task.
+    pub runtimes: &'static [&'static str],
     /// Whether an instance may go on this offer, given where the app's instances are.
     pub constraints: ConstraintCheck<'a>,
     /// Where the app's instances run now.
@@ -53,6 +56,9 @@ pub enum Reject {
     InsufficientDisk,
     InsufficientPorts,
     UnfulfilledConstraint,
+    /// None of the agent's runtimes can run the task (an image on an agent that only runs
+    /// host processes, a command on one that only runs Docker). Marina's own reason.
+    NoCapableRuntime,
 }
 
 impl Reject {
@@ -64,6 +70,7 @@ impl Reject {
             Reject::InsufficientDisk => "InsufficientDisk",
             Reject::InsufficientPorts => "InsufficientPorts",
             Reject::UnfulfilledConstraint => "UnfulfilledConstraint",
+            Reject::NoCapableRuntime => "NoCapableRuntime",
         }
     }
 }
@@ -115,6 +122,11 @@ fn take_ports(ranges: &[Range], count: usize, fixed: &[u32]) -> Option<Vec<u32>>
 
 /// Fits one instance of `demand` on `offer`, consuming its resources; why not otherwise.
 fn fit(demand: &Demand<'_>, offer: &mut OfferView) -> Result<Vec<u32>, Reject> {
+    // An agent that says nothing of its runtimes is taken at its word.
+    let runtime = offer.attributes.iter().find(|(name, _)| name == "runtime");
+    if !runtime.is_none_or(|(_, value)| value.split(',').any(|runtime| demand.runtimes.contains(&runtime.trim()))) {
+        return Err(Reject::NoCapableRuntime);
+    }
     if offer.cpus + EPSILON < demand.cpus {
         return Err(Reject::InsufficientCpus);
     }
@@ -222,6 +234,7 @@ mod tests {
             disk: 0.0,
             port_count: 1,
             fixed_ports: vec![],
+            runtimes: &["process"],
             constraints: Box::new(|_, _| true),
             placed: vec![],
         }
@@ -249,6 +262,23 @@ mod tests {
         assert!(placed.is_empty());
         assert_eq!(stats["/big"].rejected[&Reject::InsufficientCpus], 1);
         assert_eq!(stats["/fixed"].rejected[&Reject::InsufficientPorts], 1);
+    }
+
+    #[test]
+    fn a_task_goes_only_where_a_runtime_can_run_it() {
+        let docker_only = OfferView { attributes: vec![("runtime".into(), "docker".into())], ..offer("o1", "h1", 4.0) };
+        let both =
+            OfferView { attributes: vec![("runtime".into(), "docker,process".into())], ..offer("o2", "h2", 4.0) };
+        let mut offers = vec![docker_only.clone()];
+        let mut demands = vec![demand("/command", 1, 0.1)];
+        let (placed, stats) = place(&mut demands, &mut offers);
+        assert!(placed.is_empty(), "a command on an agent that only runs Docker");
+        assert_eq!(stats["/command"].rejected[&Reject::NoCapableRuntime], 1);
+        assert_eq!(Reject::NoCapableRuntime.marathon_name(), "NoCapableRuntime");
+        let mut offers = vec![docker_only, both];
+        let mut demands = vec![demand("/command", 1, 0.1)];
+        let (placed, _) = place(&mut demands, &mut offers);
+        assert_eq!(placed.iter().map(|p| p.offer_id.as_str()).collect::<Vec<_>>(), ["o2"]);
     }
 
     #[test]

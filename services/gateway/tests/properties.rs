@@ -260,6 +260,7 @@ proptest! {
                 disk: 0.0,
                 port_count,
                 fixed_ports: fixed.into_iter().take(port_count).collect(),
+                runtimes: &["process"],
                 constraints: Box::new(|_, _| true),
                 placed: Vec::new(),
             })

@@ -154,7 +154,7 @@ async fn spawn_sim_agent(
         listen: listener.local_addr()?.to_string(),
         coord,
         work_dir,
-        runtime: marina_agent::RuntimeChoice::Sim,
+        runtime: marina_agent::RuntimeChoice::Sim.into(),
         hostname: Some(format!("sim-{index}.bench")),
         tls,
         ..Default::default()

@@ -336,7 +336,7 @@ impl Cluster {
                     listen: listener.local_addr()?.to_string(),
                     coord,
                     work_dir,
-                    runtime: marina_agent::RuntimeChoice::Sim,
+                    runtime: marina_agent::RuntimeChoice::Sim.into(),
                     hostname: Some(format!("agent-{index}.bench")),
                     tls,
                     ..Default::default()

@@ -192,7 +192,6 @@ pub(super) fn decide(state: &mut State, offers: &[master::Offer], now: Instant) 
                 .collect()
         };
         let constraints = app.constraints.clone();
-        let runtimes = model::runtimes(app);
         demands.push(Demand {
             app_id: id.clone(),
             count: *count,
@@ -201,23 +200,17 @@ pub(super) fn decide(state: &mut State, offers: &[master::Offer], now: Instant) 
             disk: app.disk,
             port_count: model::port_needs(app).len(),
             fixed_ports: model::port_needs(app),
+            runtimes: model::runtimes(app),
             constraints: Box::new(move |offer: &OfferView, placed: &[Placement]| {
-                let runtime_ok = runtimes.is_none_or(|allowed| {
-                    offer
-                        .attributes
-                        .iter()
-                        .find(|(name, _)| name == "runtime")
-                        .is_none_or(|(_, value)| allowed.contains(&value.as_str()))
-                });
                 if constraints.is_empty() {
-                    return runtime_ok;
+                    return true;
                 }
                 let candidate = app::AgentView { hostname: &offer.hostname, attributes: &offer.attributes };
                 let placed: Vec<app::AgentView<'_>> = placed
                     .iter()
                     .map(|p| app::AgentView { hostname: &p.hostname, attributes: &p.attributes })
                     .collect();
-                runtime_ok && constraints.iter().all(|c| c.satisfied(&candidate, &placed))
+                constraints.iter().all(|c| c.satisfied(&candidate, &placed))
             }),
             placed,
         });
