@@ -346,12 +346,12 @@ async fn image_apps_wait_for_an_image_runtime() {
     let http = reqwest::Client::new();
     let app = json!({ "id": "/boxed", "cmd": "sleep 1", "cpus": 0.1, "mem": 16, "container": { "docker": { "image": "marina-test/busybox" } } });
     assert_eq!(http.post(format!("{base}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
-    eventually(WAIT, "the queue to report the unfulfilled placement", || async {
+    eventually(WAIT, "the queue to say no agent has a runtime for the app", || async {
         let queue: Value = http.get(format!("{base}/v2/queue")).send().await.ok()?.json().await.ok()?;
         queue["queue"][0]["processedOffersSummary"]["rejectSummaryLastOffers"]
             .as_array()?
             .iter()
-            .any(|r| r["reason"] == "UnfulfilledConstraint")
+            .any(|r| r["reason"] == "NoCapableRuntime")
             .then_some(())
     })
     .await;

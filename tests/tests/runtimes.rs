@@ -86,30 +86,3 @@ async fn one_agent_runs_a_command_and_an_image_side_by_side_and_readopts_both() 
     })
     .await;
 }
-
-/// An app no agent can run (an image, where the only agent runs host processes) is never
-/// placed there, and the queue says why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_queue_says_when_no_agent_has_a_runtime_for_the_app() {
-    let cluster = marina_tests::MarinaCluster::builder()
-        .masters(1)
-        .agents(1)
-        .runtime(marina_agent::RuntimeChoice::Process)
-        .gateways(1)
-        .start()
-        .await;
-    let base = cluster.gateway_url(0);
-    let http = reqwest::Client::new();
-    let app = json!({ "id": "/imaged", "cpus": 0.1, "mem": 16, "container": { "type": "DOCKER", "docker": { "image": "libmesos/ubuntu" } } });
-    assert_eq!(http.post(format!("{base}/v2/apps")).json(&app).send().await.unwrap().status(), 201);
-    let reason = eventually(WAIT, "the queue to say why the app waits", || async {
-        let queue: Value = http.get(format!("{base}/v2/queue")).send().await.ok()?.json().await.ok()?;
-        let summary = &queue["queue"].as_array()?.first()?["processedOffersSummary"];
-        summary["rejectSummaryLastOffers"].as_array()?.first()?["reason"].as_str().map(str::to_owned)
-    })
-    .await;
-    assert_eq!(reason, "NoCapableRuntime");
-    let app: Value = http.get(format!("{base}/v2/apps/imaged")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(app["app"]["tasksStaged"], 0, "never launched where it cannot run: {app}");
-    assert_eq!(app["app"]["tasksRunning"], 0);
-}
