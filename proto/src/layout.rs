@@ -35,3 +35,5 @@ pub const GATEWAY_VERSIONS: &str = "/gateway/versions";
 pub const GATEWAY_DEPLOYMENTS: &str = "/gateway/deployments";
 /// Every task the gateway launched and has not seen gone.
 pub const GATEWAY_INSTANCES: &str = "/gateway/instances";
+/// Each app's last task failure (Marathon's `lastTaskFailure`), kept across failovers.
+pub const GATEWAY_FAILURES: &str = "/gateway/failures";

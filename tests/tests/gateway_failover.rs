@@ -134,3 +134,34 @@ async fn a_terminated_gateway_leader_hands_over_at_once_and_leaves_tasks_alone()
     let known = master_tasks(&cluster.masters[0]).await;
     assert_eq!(known.len(), 5, "only the two new tasks were launched: {known:?}");
 }
+
+/// A failing app says why (Marathon's `lastTaskFailure`), and still does after the leading
+/// gateway is SIGKILLed: the failure is kept in coord, not only in the leader's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_task_failure_outlives_a_gateway_failover() {
+    let mut cluster = ProcessCluster::start(Topology::new(1, 1, "process", 2)).await;
+    let old = cluster.leading_gateway().await;
+    let other = 1 - old;
+    let api = cluster.gateway_api(old);
+    api.create(&json!({ "id": "/failing", "cmd": "echo going down >&2; exit 3", "cpus": 0.1, "mem": 16 }))
+        .await
+        .unwrap();
+    let failure = eventually(WAIT, "the app's last task failure", || async {
+        let failure = api.app("/failing").await?["lastTaskFailure"].clone();
+        failure.is_object().then_some(failure)
+    })
+    .await;
+    assert_eq!(failure["appId"], "/failing", "{failure}");
+    assert_eq!(failure["state"], "TASK_FAILED", "{failure}");
+    for field in ["host", "message", "taskId", "timestamp", "version"] {
+        assert!(failure[field].is_string(), "{field} in {failure}");
+    }
+    // No more launches (so no newer failure), then the leader goes.
+    api.scale("/failing", 0).await.unwrap();
+    eventually(WAIT, "the app to stand at 0", || async { api.is_stable("/failing", 0).await.then_some(()) }).await;
+    let last = api.app("/failing").await.unwrap()["lastTaskFailure"].clone();
+    cluster.gateways[old].kill().await;
+    assert_eq!(cluster.leading_gateway().await, other);
+    let after = cluster.gateway_api(other).app("/failing").await.unwrap()["lastTaskFailure"].clone();
+    assert_eq!(after, last, "the same failure, from the new leader");
+}

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use marina_proto::layout::{
-    GATEWAY_APPS as APPS, GATEWAY_DEPLOYMENTS as DEPLOYMENTS, GATEWAY_FRAMEWORK as FRAMEWORK,
-    GATEWAY_INSTANCES as INSTANCES, GATEWAY_VERSIONS as VERSIONS,
+    GATEWAY_APPS as APPS, GATEWAY_DEPLOYMENTS as DEPLOYMENTS, GATEWAY_FAILURES as FAILURES,
+    GATEWAY_FRAMEWORK as FRAMEWORK, GATEWAY_INSTANCES as INSTANCES, GATEWAY_VERSIONS as VERSIONS,
 };
 
 /// The longest path the gateway writes, below the coord root: a version of an app with the

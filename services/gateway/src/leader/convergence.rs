@@ -14,7 +14,7 @@ use crate::model;
 use super::deployments::advance_deployments;
 use super::effects::Effects;
 use super::kills::mark_killing;
-use super::{CONVERGE_GAP, FULL_ROUND_EVERY, Instance, Leader, State, TaskFailure, back_off};
+use super::{CONVERGE_GAP, FULL_ROUND_EVERY, Instance, Leader, State, TaskFailure, back_off, write_failures};
 
 impl Leader {
     pub(super) async fn converge_loop(self: Arc<Self>) {
@@ -84,7 +84,9 @@ pub(super) fn round(state: &mut State, now: Instant, launch_timeout: Duration) -
             state.pending.remove(&id);
             state.queue.remove(&id);
             state.converged.remove(&id);
-            state.failures.remove(&id);
+            if state.failures.remove(&id).is_some() {
+                state.failures_unwritten.insert(id.clone());
+            }
             continue;
         };
         // A decision is pure: if one app's definition makes it panic, that app is
@@ -149,8 +151,9 @@ pub(super) fn round(state: &mut State, now: Instant, launch_timeout: Duration) -
     kills.dedup();
     let kills = mark_killing(state, &kills, now);
     let converged = std::mem::take(&mut state.converged);
-    let (writes, events, forget_apps) = advance_deployments(state, &converged);
+    let (mut writes, events, forget_apps) = advance_deployments(state, &converged);
     state.converged = converged;
+    write_failures(state, &mut writes);
     Effects { kills, writes, forget_apps, events, ..Effects::default() }
 }
 

@@ -288,6 +288,10 @@ struct State {
     queue: HashMap<String, QueueStats>,
     /// Each app's last failed launch (`lastTaskFailure`).
     failures: HashMap<String, TaskFailure>,
+    /// Apps whose last failure changed since it was last written to coord (the next
+    /// convergence round writes it: a failure is shown at once, and kept across a
+    /// failover from then on).
+    failures_unwritten: BTreeSet<String>,
 }
 
 /// The link to the master while subscribed.
@@ -347,9 +351,10 @@ impl DeployError {
 
 /// Why an app's last launch failed: Marathon's `lastTaskFailure` (a task that failed, a
 /// launch the master refused, or a definition the leader could not converge).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskFailure {
     pub task_id: String,
+    #[serde(with = "task_state_name")]
     pub state: TaskState,
     pub message: String,
     pub host: String,
@@ -446,6 +451,9 @@ impl Leader {
                 }
             }
             state.deployments.insert(deployment.id.clone(), deployment);
+        }
+        for (_, failure) in store.load::<StoredFailure>(store::FAILURES).await? {
+            state.failures.insert(failure.app_id.clone(), failure.failure);
         }
         let now = Instant::now();
         for (_, record) in store.load::<InstanceRecord>(store::INSTANCES).await? {
@@ -661,4 +669,38 @@ fn back_off(state: &mut State, app_id: &str, failure: TaskFailure, now: Instant)
         backoff.until = Some(marina_daemon::time::deadline(now, delay));
     }
     state.failures.insert(app_id.to_owned(), failure);
+    state.failures_unwritten.insert(app_id.to_owned());
+}
+
+/// The failures not written to coord yet, as writes (each app's under its node).
+fn write_failures(state: &mut State, batch: &mut Batch) {
+    for app_id in std::mem::take(&mut state.failures_unwritten) {
+        let path = format!("{}/{}", store::FAILURES, store::node_name(&app_id));
+        match state.failures.get(&app_id) {
+            Some(failure) => batch.put(path, &StoredFailure { app_id, failure: failure.clone() }),
+            None => batch.delete(path),
+        }
+    }
+}
+
+/// An app's last failure as kept in coord.
+#[derive(Serialize, Deserialize)]
+struct StoredFailure {
+    app_id: String,
+    #[serde(flatten)]
+    failure: TaskFailure,
+}
+
+/// A task state as its proto name (`TASK_FAILED`) in stored records.
+mod task_state_name {
+    use marina_proto::agent::v1::TaskState;
+
+    pub fn serialize<S: serde::Serializer>(state: &TaskState, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(state.as_str_name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<TaskState, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+        TaskState::from_str_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown task state {name}")))
+    }
 }

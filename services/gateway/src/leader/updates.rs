@@ -11,7 +11,9 @@ use crate::model;
 use crate::store::{self, Batch};
 
 use super::effects::{Effects, Kill};
-use super::{DeployError, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts};
+use super::{
+    DeployError, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts, write_failures,
+};
 
 impl Leader {
     /// A status update from the master. Returns once it is applied (so it may be
@@ -179,6 +181,7 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
             }
         }
     }
+    write_failures(state, &mut batch);
     Effects { kills, writes: batch, events, ..Effects::default() }
 }
 
