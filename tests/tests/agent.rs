@@ -15,6 +15,7 @@ use marina_tests::docker::{DockerCleanup, ensure_test_images};
 use marina_tests::scheduler::{command_task, offered_ports};
 use marina_tests::services::Service;
 use marina_tests::{MarinaCluster, TestScheduler, eventually};
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 const AGENT_ENV: &[(&str, &str)] = &[
@@ -641,4 +642,59 @@ async fn containerd_task_output_rotates() {
             s.latest(&task_id).is_some_and(|t| t.state() == TaskState::TaskKilled)
         })
         .await;
+}
+
+/// Mesos' sandbox files API on the agent: a task's sandbox (named in `/state`) browsed, a
+/// file read from an offset and in full, downloaded; `..` and a symlink the task left that
+/// leads out of its sandbox are refused; callers need a certificate of the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_files_api_serves_sandboxes_and_nothing_else() {
+    let cluster = MarinaCluster::builder().masters(1).agents(0).start().await;
+    let agent = Service::agent("agent", &cluster.coord_url(), cluster.ca(), "process", cluster.dir.path(), AGENT_ENV);
+    agent.wait_healthy().await;
+    let mut scheduler = TestScheduler::subscribe(cluster.ca(), &cluster.master_addresses(), "files", None).await;
+    let script = "printf 'hello sandbox\\n' > note.txt; ln -s /etc/passwd escape; exec sleep 600";
+    launch(&mut scheduler, |_| vec![command_task("filed", script, 0.1, 16.0)]).await;
+    let sandbox = eventually(WAIT, "the task's sandbox in /state", || async {
+        let state = agent.get_json("/state").await?;
+        let task = state["tasks"].as_array()?.iter().find(|t| t["id"] == "filed")?.clone();
+        task["sandbox"].as_str().map(str::to_owned)
+    })
+    .await;
+    let note = format!("{sandbox}/note.txt");
+    eventually(WAIT, "the task's file", || async { std::path::Path::new(&note).exists().then_some(()) }).await;
+
+    let get = async |path: &str, query: &[(&str, &str)]| {
+        let response = agent.http().get(agent.url(path)).query(query).send().await.unwrap();
+        (response.status().as_u16(), response.bytes().await.unwrap())
+    };
+    let (status, body) = get("/files/browse", &[("path", &sandbox)]).await;
+    assert_eq!(status, 200, "{body:?}");
+    let listing: Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = listing.as_array().unwrap().iter().filter_map(|e| e["path"].as_str()).collect();
+    assert!(names.contains(&note.as_str()), "{listing}");
+    let entry = listing.as_array().unwrap().iter().find(|e| e["path"] == note.as_str()).unwrap();
+    assert_eq!(entry["size"], 14);
+    assert!(entry["mode"].as_str().unwrap().starts_with("-rw"), "{entry}");
+
+    let (status, body) = get("/files/read", &[("path", &note), ("offset", "6"), ("length", "7")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({ "data": "sandbox", "offset": 6 }));
+    let (_, body) = get("/files/read", &[("path", &note), ("offset", "-1")]).await;
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({ "data": "", "offset": 14 }));
+    let (status, body) = get("/files/download", &[("path", &note)]).await;
+    assert_eq!((status, &body[..]), (200, &b"hello sandbox\n"[..]));
+
+    for outside in [format!("{sandbox}/../../checkpoint"), format!("{sandbox}/escape"), "/etc/passwd".to_owned()] {
+        let (status, body) = get("/files/read", &[("path", &outside)]).await;
+        assert!(status == 403 || status == 404, "{outside}: {status} {body:?}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{outside} leaked");
+    }
+    let (status, _) = get("/files/read", &[("path", &format!("{sandbox}/escape"))]).await;
+    assert_eq!(status, 403, "a symlink out of the sandbox");
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cluster.ca().ca_file()).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    assert!(anonymous.get(agent.url("/files/browse")).query(&[("path", &sandbox)]).send().await.is_err());
 }

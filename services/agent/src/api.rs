@@ -132,6 +132,8 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> axum::Json<serde_json::V
                 "healthy": status.healthy,
                 "container_id": status.container_id,
                 "message": status.message,
+                // Where its files are (browse and read them with `/files/…`).
+                "sandbox": agent.checkpoint.sandbox_path(&task.task_id).ok().map(|path| path.display().to_string()),
             })
         })
         .collect();

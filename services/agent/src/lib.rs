@@ -5,6 +5,7 @@
 //! - [`checkpoint`]: the work dir (agent id, tasks, unacknowledged updates);
 //! - [`tasks`]: launching, watching, killing and re-adopting tasks;
 //! - [`gc`]: removing the sandboxes of finished tasks;
+//! - [`files`]: the sandbox files API (`/files/browse`, `/files/read`, `/files/download`);
 //! - [`health`]: HTTP, TCP and command health checks;
 //! - [`updates`]: at-least-once status updates;
 //! - [`master_link`]: following the leading master;
@@ -14,6 +15,7 @@
 mod api;
 pub mod checkpoint;
 mod config;
+mod files;
 mod gc;
 mod health;
 mod master_link;
@@ -267,8 +269,10 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         // show them.
         .allow("/marina.agent.v1.Agent/", &[Role::Operator, Role::Gateway, Role::Master])
         .allow("/state", &[Role::Operator, Role::Gateway, Role::Master])
+        .allow("/files/", &[Role::Operator, Role::Gateway, Role::Master])
         .grpc(marina_daemon::bounded_grpc!(AgentServer::new(api::AgentApi::new(agent.clone())), config.server))
         .http(api::http_routes(agent.clone()))
+        .http(files::routes(agent.checkpoint.sandboxes().to_owned()))
         .build()
         .await;
     health.set_serving(true).await;
