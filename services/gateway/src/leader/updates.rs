@@ -232,7 +232,10 @@ mod tests {
         let mut state = running();
         let now = Instant::now();
         let failed = transition(&mut state, &status(TASK, TaskState::TaskFailed), now, true);
-        assert_eq!(failed.writes.describe(), [format!("delete /gateway/instances/{TASK}")]);
+        // The instance's record goes; the app's last failure is kept (across failovers).
+        let writes = [format!("delete /gateway/instances/{TASK}"), "put /gateway/failures/web".to_owned()];
+        assert_eq!(failed.writes.describe(), writes);
+        assert!(state.failures_unwritten.is_empty(), "written with the transition");
         assert_eq!(types(&failed), ["status_update_event", "instance_changed_event"]);
         assert!(state.instances.get(TASK).is_none(), "a terminal task is forgotten");
         let backoff = &state.backoff["/web"];
