@@ -107,6 +107,17 @@ pub fn http_client(tls: &Arc<Tls>) -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// An HTTPS client that trusts `ca` but presents no certificate of its own (a REST client
+/// of the gateway; refused by every other port).
+pub fn anonymous_client(ca: &TestCa) -> reqwest::Client {
+    let pem = std::fs::read(ca.ca_file()).expect("reading ca.pem");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"))
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
+}
+
 /// `https://address`.
 pub fn https(address: &SocketAddr) -> String {
     format!("https://{address}")

@@ -692,9 +692,6 @@ async fn the_sandbox_files_api_serves_sandboxes_and_nothing_else() {
     }
     let (status, _) = get("/files/read", &[("path", &format!("{sandbox}/escape"))]).await;
     assert_eq!(status, 403, "a symlink out of the sandbox");
-    let anonymous = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cluster.ca().ca_file()).unwrap()).unwrap())
-        .build()
-        .unwrap();
+    let anonymous = marina_tests::tls::anonymous_client(cluster.ca());
     assert!(anonymous.get(agent.url("/files/browse")).query(&[("path", &sandbox)]).send().await.is_err());
 }

@@ -18,16 +18,6 @@ use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// An HTTPS client that trusts the cluster's CA but has no certificate of its own.
-fn without_certificate(ca: &TestCa) -> reqwest::Client {
-    let pem = std::fs::read(ca.ca_file()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
 /// Whether a plaintext gRPC health check of `address` fails (it must: the port speaks TLS).
 async fn plaintext_grpc_refused(address: std::net::SocketAddr) -> bool {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect_lazy();
@@ -51,7 +41,7 @@ async fn every_port_refuses_plaintext_and_callers_without_a_certificate() {
         ("master", cluster.masters[0].address),
         ("agent", cluster.agents[0].address),
     ];
-    let anonymous = without_certificate(ca);
+    let anonymous = marina_tests::tls::anonymous_client(ca);
     let stranger = TestCa::new(&cluster.dir.path().join("other-ca"));
     let stranger = marina_tests::tls::http_client(&stranger.operator());
     let operator = marina_tests::tls::http_client(&ca.operator());

@@ -68,16 +68,27 @@ fn io_error(path: &Path, error: std::io::Error) -> Refusal {
 
 /// `GET /files/browse?path=DIR`: the directory's entries, as Mesos lists them.
 async fn browse(State(root): State<Arc<PathBuf>>, Query(query): Query<PathQuery>) -> Result<Response, Refusal> {
-    let dir = confine(&root, &query.path)?;
+    blocking(move || list(&root, &query.path)).await
+}
+
+/// File system work off the async workers (a slow disk must not stall the agent's port).
+async fn blocking(work: impl FnOnce() -> Result<Response, Refusal> + Send + 'static) -> Result<Response, Refusal> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("reading failed: {error}"))))
+}
+
+fn list(root: &Path, requested: &str) -> Result<Response, Refusal> {
+    let dir = confine(root, requested)?;
     if !dir.is_dir() {
-        return Err(refuse(StatusCode::BAD_REQUEST, format!("{}: not a directory", query.path)));
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("{requested}: not a directory")));
     }
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
         let entry = entry.map_err(|e| io_error(&dir, e))?;
         let Ok(metadata) = entry.path().symlink_metadata() else { continue };
         // Named as asked (not resolved), so the caller can go on browsing from it.
-        let shown = Path::new(&query.path).join(entry.file_name());
+        let shown = Path::new(requested).join(entry.file_name());
         entries.push(json!({
             "path": shown.display().to_string(),
             "size": metadata.len(),
@@ -109,7 +120,11 @@ fn mode_string(metadata: &std::fs::Metadata) -> String {
 /// `GET /files/read?path=FILE&offset=N&length=M`: `{"data", "offset"}`; `offset=-1`: only
 /// the file's length, as the offset to read from next.
 async fn read(State(root): State<Arc<PathBuf>>, Query(query): Query<ReadQuery>) -> Result<Response, Refusal> {
-    let file_path = confine(&root, &query.path)?;
+    blocking(move || read_part(&root, &query)).await
+}
+
+fn read_part(root: &Path, query: &ReadQuery) -> Result<Response, Refusal> {
+    let file_path = confine(root, &query.path)?;
     if !file_path.is_file() {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("{}: not a file", query.path)));
     }

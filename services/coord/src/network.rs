@@ -164,15 +164,6 @@ impl RaftService {
     }
 }
 
-impl RaftService {
-    /// Raft messages come only from the cluster's members. The port lets only coord
-    /// certificates call Raft; this checks that the certificate's id is a member's (a
-    /// removed node, or a node of another cluster signed by the same CA, is refused).
-    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        check_coord_caller(&self.raft, request)
-    }
-}
-
 /// A coord certificate speaks for a node of this cluster only: one of a removed node, or of
 /// another cluster signed by the same CA, sends no Raft message, writes nothing and changes
 /// no membership. Callers of other roles (and callers without TLS) are left to the other
@@ -208,13 +199,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl marina_proto::coord::v1::raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.check_member(&request)?;
+        // Only from members: the port lets in coord certificates, this checks their id.
+        check_coord_caller(&self.raft, &request)?;
         let request: AppendEntriesRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.append_entries(request).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.check_member(&request)?;
+        // Only from members: the port lets in coord certificates, this checks their id.
+        check_coord_caller(&self.raft, &request)?;
         let request: VoteRequest<NodeId> = decode(request)?;
         let wait = self.votes_from.saturating_duration_since(std::time::Instant::now());
         if !wait.is_zero() {
@@ -229,7 +222,8 @@ impl marina_proto::coord::v1::raft_server::Raft for RaftService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.check_member(&request)?;
+        // Only from members: the port lets in coord certificates, this checks their id.
+        check_coord_caller(&self.raft, &request)?;
         let request: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(request).await)
     }
