@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::agent::v1::{Range, Resources, TaskInfo};
+use crate::agent::v1::{FetchUri, Range, Resources, TaskInfo};
 
 /// Longest task, framework or agent id, in bytes: Mesos' limit (`NAME_MAX`), since an id
 /// names a sandbox directory.
@@ -27,6 +27,15 @@ pub const MAX_PORT_RANGES: usize = 1024;
 
 /// The highest port number.
 pub const MAX_PORT: u64 = 65_535;
+
+/// The most URIs one task fetches.
+pub const MAX_FETCH_URIS: usize = 64;
+
+/// The longest fetch URI or output file name, in bytes.
+pub const MAX_FETCH_URI_BYTES: usize = 4096;
+
+/// The URI schemes the fetcher downloads.
+pub const FETCH_SCHEMES: [&str; 3] = ["http", "https", "file"];
 
 /// Why an id is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +161,54 @@ pub fn check_task(task: &TaskInfo) -> Result<(), String> {
             return Err(format!("task {id}: the image name contains a NUL"));
         }
     }
+    if task.fetch.len() > MAX_FETCH_URIS {
+        return Err(format!("task {id}: {} fetch URIs; at most {MAX_FETCH_URIS}", task.fetch.len()));
+    }
+    for fetch in &task.fetch {
+        check_fetch_uri(fetch).map_err(|error| format!("task {id}: {error}"))?;
+    }
+    Ok(())
+}
+
+/// A fetch URI the fetcher can download (its scheme, its length, no control characters),
+/// and an output file that names a place inside the sandbox.
+pub fn check_fetch_uri(fetch: &FetchUri) -> Result<(), String> {
+    let uri = &fetch.uri;
+    if uri.len() > MAX_FETCH_URI_BYTES {
+        return Err(format!("fetch URI of {} bytes; at most {MAX_FETCH_URI_BYTES}", uri.len()));
+    }
+    if uri.chars().any(char::is_control) {
+        return Err(format!("fetch URI {uri:?} contains a control character"));
+    }
+    let scheme = uri.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !scheme.as_deref().is_some_and(|scheme| FETCH_SCHEMES.contains(&scheme)) {
+        return Err(format!("fetch URI {uri:?}: only {} URIs are fetched", FETCH_SCHEMES.join(", ")));
+    }
+    if !fetch.output_file.is_empty() {
+        check_sandbox_path(&fetch.output_file)
+            .map_err(|why| format!("fetch output file {:?} {why}", fetch.output_file))?;
+    }
+    Ok(())
+}
+
+/// A path relative to a sandbox that stays in it: not absolute, no `..`, no control
+/// characters, not too long. (Symbolic links are the writer's to refuse.)
+pub fn check_sandbox_path(path: &str) -> Result<(), String> {
+    if path.len() > MAX_FETCH_URI_BYTES {
+        return Err(format!("is {} bytes long; at most {MAX_FETCH_URI_BYTES}", path.len()));
+    }
+    if path.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    if path.starts_with('/') {
+        return Err("is absolute; it must be relative to the sandbox".into());
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err("leaves the sandbox (a `..` component)".into());
+    }
+    if path.split('/').all(|part| part.is_empty() || part == ".") {
+        return Err("names no file".into());
+    }
     Ok(())
 }
 
@@ -159,6 +216,36 @@ pub fn check_task(task: &TaskInfo) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::agent::v1::{CommandSpec, ContainerSpec, PortMapping};
+
+    #[test]
+    fn fetch_uris_are_downloadable_and_stay_in_the_sandbox() {
+        let fetch = |uri: &str, output_file: &str| FetchUri {
+            uri: uri.into(),
+            output_file: output_file.into(),
+            ..Default::default()
+        };
+        assert!(check_fetch_uri(&fetch("https://example.com/app.tgz", "")).is_ok());
+        assert!(check_fetch_uri(&fetch("HTTP://example.com/run.sh", "bin/run")).is_ok());
+        assert!(check_fetch_uri(&fetch("file:///srv/artifacts/app.zip", "./app.zip")).is_ok());
+        for (uri, output, expected) in [
+            ("ftp://example.com/x", "", "only http, https, file"),
+            ("/srv/x", "", "only http, https, file"),
+            ("http://example.com/x\n", "", "control character"),
+            ("http://example.com/x", "../x", "leaves the sandbox"),
+            ("http://example.com/x", "a/../../x", "leaves the sandbox"),
+            ("http://example.com/x", "/etc/passwd", "absolute"),
+            ("http://example.com/x", "./", "names no file"),
+        ] {
+            let error = check_fetch_uri(&fetch(uri, output)).unwrap_err();
+            assert!(error.contains(expected), "{uri} {output}: {error}");
+        }
+        let many = TaskInfo {
+            task_id: "t".into(),
+            fetch: vec![fetch("http://x/y", ""); MAX_FETCH_URIS + 1],
+            ..Default::default()
+        };
+        assert!(check_task(&many).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn ids_follow_mesos_rules() {

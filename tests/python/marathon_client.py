@@ -79,6 +79,14 @@ def main(url, credentials=None):
     wait_for("scaled down by the kill", lambda: running(2))
     print("killed", victim.id)
 
+    before = {t.id for t in client.list_tasks("py-app")}
+    client.restart_app("py-app")
+    wait_for(
+        "every task replaced by the restart",
+        lambda: running(2) and not before & {t.id for t in client.list_tasks("py-app")},
+    )
+    print("restarted")
+
     deployments = client.list_deployments()
     print("deployments", len(deployments))
     versions = client.list_versions("py-app")

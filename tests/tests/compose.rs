@@ -105,6 +105,10 @@ async fn the_seed_scenario_on_the_compose_deployment() {
     // Secure as shipped: certificates made by the `certs` service, credentials required.
     let tls_dir = marina_tests::TestDir::new();
     env.push(("MARINA_TLS_DIR".into(), tls_dir.path().display().to_string()));
+    // The agents' work dirs, fresh (an agent remembers the cluster it joined), at the same path
+    // on the host and in their containers (the engine finds the tasks' sandboxes there).
+    let agents_dir = marina_tests::TestDir::new();
+    env.push(("MARINA_AGENTS_DIR".into(), agents_dir.path().display().to_string()));
     env.push(("MARINA_HTTP_CREDENTIALS".into(), format!("ops:{}", std::process::id())));
     let project = Project { name: format!("marina-test-{}", std::process::id()), env };
     let up = project.compose(&["up", "-d"]);

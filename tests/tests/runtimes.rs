@@ -86,3 +86,28 @@ async fn one_agent_runs_a_command_and_an_image_side_by_side_and_readopts_both() 
     })
     .await;
 }
+
+/// The seed's `marina dev` host: Docker is there, and `auto` gives the agent Docker and host
+/// processes. Marathon's Python client's basic flow (command apps: create, scale, kill,
+/// restart, delete) runs on it unchanged, its commands as host processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marathons_python_client_runs_command_apps_on_a_docker_host() {
+    let cluster = marina_tests::MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .runtime(marina_agent::RuntimeChoice::Auto)
+        .gateways(1)
+        .start()
+        .await;
+    let master = &cluster.master_addresses()[cluster.leading_master().await];
+    let operator = marina_tests::tls::http_client(&cluster.ca().operator());
+    let state: Value = eventually(WAIT, "the agent registered", || async {
+        let state: Value =
+            operator.get(format!("https://{master}/master/state")).send().await.ok()?.json().await.ok()?;
+        state["agents"][0].is_object().then_some(state)
+    })
+    .await;
+    assert_eq!(state["agents"][0]["runtime"], "docker,process", "auto on a Docker host: {state}");
+    let steps = ["created /py-app", "scaled 3", "killed", "restarted", "deleted"];
+    marina_tests::python::run_marathon_client(&cluster.gateway_url(0), None, &steps).await;
+}

@@ -20,6 +20,10 @@
 //! - no CNI: `Bridge` and `Host` tasks share the host's network and bind the host ports they
 //!   are given (no port mapping); `None` gets an isolated network namespace.
 //!
+//! A task sees its sandbox at [`SANDBOX_MOUNT`] (`/mnt/mesos/sandbox`, bind-mounted
+//! read-write, as Mesos' docker containerizer does), where `MESOS_SANDBOX` and
+//! `MARINA_SANDBOX` point; its working directory stays the image's.
+//!
 //! A task's output is `stdout` and `stderr` in its sandbox. With
 //! [`ContainerdConfig::log_binary`] set (the agent sets it to the `marina-supervise` next to
 //! it), the shim hands both streams to that binary, which rotates them at
@@ -60,6 +64,7 @@ use marina_runtime::{
 
 pub use config::{ContainerdConfig, DOCKER_MANAGED_SOCKET, SYSTEM_SOCKET};
 pub use images::normalize_reference;
+pub use marina_runtime::SANDBOX_MOUNT;
 
 /// The containerd backend. Cheap to share: one gRPC connection, multiplexed.
 pub struct ContainerdRuntime {

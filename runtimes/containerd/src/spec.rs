@@ -3,6 +3,9 @@
 //! after containerd's and Docker's defaults: the standard mounts, a pid/ipc/uts/mount
 //! namespace each, Docker's default capabilities, masked kernel paths, cgroup limits.
 //!
+//! The task's sandbox is bind-mounted read-write at [`SANDBOX_MOUNT`] (`/mnt/mesos/sandbox`,
+//! Mesos' docker containerizer's path), where `MESOS_SANDBOX` and `MARINA_SANDBOX` point.
+//!
 //! Networking: containerd has no CNI set up here, so `Bridge` and `Host` both run in the
 //! host's network namespace (the task binds the host ports it is given), with the host's
 //! `/etc/hosts` and `/etc/resolv.conf`; `None` gets a network namespace of its own with only
@@ -11,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use marina_runtime::{Command, NetworkMode, RuntimeError, RuntimeKind, TaskSpec};
+use marina_runtime::{Command, NetworkMode, RuntimeError, RuntimeKind, SANDBOX_MOUNT, SANDBOX_VARIABLES, TaskSpec};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -203,16 +206,37 @@ pub(crate) fn user(image: &ContainerConfig) -> Result<(u32, u32), RuntimeError> 
     }
 }
 
-/// The complete OCI runtime spec of a task's container.
+/// The task's sandbox (`sandbox`: its absolute path on this host), bind-mounted read-write
+/// at [`SANDBOX_MOUNT`]. Recursive and private, as Docker's binds are; executable, since
+/// tasks run what they fetch into their sandbox. The mount lives in the container's own
+/// mount namespace, which its shim keeps: the agent restarting does not touch it, and the
+/// path stays the same for the agent that re-adopts the task.
+fn sandbox_mount(sandbox: &Path) -> Result<Value, RuntimeError> {
+    let source = sandbox.to_str().filter(|_| sandbox.is_absolute()).ok_or_else(|| {
+        RuntimeError::InvalidSpec(format!(
+            "the sandbox {} must be an absolute UTF-8 path to be mounted",
+            sandbox.display()
+        ))
+    })?;
+    Ok(json!({"destination": SANDBOX_MOUNT, "type": "bind", "source": source, "options": ["rbind", "rprivate", "rw"]}))
+}
+
+/// The complete OCI runtime spec of a task's container; `sandbox` is the absolute path of
+/// the task's sandbox on this host.
 pub(crate) fn runtime_spec(
     spec: &TaskSpec,
+    sandbox: &Path,
     image: &ContainerConfig,
     container_id: &str,
     namespace: &str,
 ) -> Result<Value, RuntimeError> {
     let args = process_args(spec.command.as_ref(), image)?;
     let (uid, gid) = user(image)?;
+    // The image's working directory, as under Mesos' docker containerizer, which mounts the
+    // sandbox without entering it.
     let cwd = image.working_dir.clone().filter(|dir| dir.starts_with('/')).unwrap_or_else(|| "/".to_owned());
+    let mut env = spec.env.clone();
+    env.extend(SANDBOX_VARIABLES.map(|name| (name.to_owned(), SANDBOX_MOUNT.to_owned())));
     let capabilities = if spec.privileged { ALL_CAPABILITIES } else { DEFAULT_CAPABILITIES };
 
     let mut namespaces =
@@ -234,6 +258,7 @@ pub(crate) fn runtime_spec(
             }
         }
     }
+    mounts.push(sandbox_mount(sandbox)?);
 
     let mut resources = serde_json::Map::new();
     resources.insert(
@@ -268,7 +293,7 @@ pub(crate) fn runtime_spec(
             "terminal": false,
             "user": {"uid": uid, "gid": gid},
             "args": args,
-            "env": environment(image, &spec.env),
+            "env": environment(image, &env),
             "cwd": cwd,
             "capabilities": {
                 "bounding": capabilities,
@@ -308,6 +333,7 @@ fn standard_mounts(privileged: bool) -> Vec<Value> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
     use std::path::PathBuf;
 
     use marina_runtime::Resources;
@@ -385,8 +411,47 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_is_mounted_where_mesos_mounts_it_and_the_cwd_stays_the_images() {
+        let mut task = task(None);
+        // What the agent passes: the host's path, which means nothing in the container.
+        task.env.insert("MARINA_SANDBOX".into(), "/var/lib/marina/agent/sandboxes/t".into());
+        task.env.insert("MESOS_SANDBOX".into(), "/var/lib/marina/agent/sandboxes/t".into());
+        let mut image = image();
+        image.env.get_or_insert_with(Vec::new).push("MESOS_SANDBOX=/from/the/image".into());
+        let sandbox = Path::new("/var/lib/marina/agent/sandboxes/t");
+        let spec = runtime_spec(&task, sandbox, &image, "c1", "marina").unwrap();
+        let mounts = spec["mounts"].as_array().unwrap();
+        let at_sandbox: Vec<&Value> = mounts.iter().filter(|m| m["destination"] == "/mnt/mesos/sandbox").collect();
+        let expected = json!({"destination": "/mnt/mesos/sandbox", "type": "bind",
+                              "source": "/var/lib/marina/agent/sandboxes/t", "options": ["rbind", "rprivate", "rw"]});
+        assert_eq!(at_sandbox, [&expected]);
+        assert_eq!(mounts.last(), Some(at_sandbox[0]), "after the standard mounts, so nothing covers it");
+        let env: Vec<&str> = spec["process"]["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "LANG=C",
+                "MESOS_SANDBOX=/mnt/mesos/sandbox",
+                "GREETING=hi",
+                "MARINA_SANDBOX=/mnt/mesos/sandbox"
+            ]
+        );
+        assert_eq!(spec["process"]["cwd"], "/srv", "the image's working directory");
+        let no_workdir = ContainerConfig { working_dir: None, ..image };
+        assert_eq!(runtime_spec(&task, sandbox, &no_workdir, "c1", "marina").unwrap()["process"]["cwd"], "/");
+
+        for unmountable in [Path::new("relative/t"), Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"))] {
+            match runtime_spec(&task, unmountable, &no_workdir, "c1", "marina") {
+                Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("sandbox"), "{message}"),
+                other => panic!("expected InvalidSpec, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn limits_namespaces_and_privileges_reach_the_spec() {
-        let spec = runtime_spec(&task(None), &image(), "c1", "marina").unwrap();
+        let spec = runtime_spec(&task(None), Path::new("/tmp/t"), &image(), "c1", "marina").unwrap();
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["cgroupsPath"], "/marina/c1");
@@ -399,7 +464,7 @@ mod tests {
         let mut isolated = task(None);
         isolated.network = NetworkMode::None;
         isolated.privileged = true;
-        let spec = runtime_spec(&isolated, &image(), "c1", "marina").unwrap();
+        let spec = runtime_spec(&isolated, Path::new("/tmp/t"), &image(), "c1", "marina").unwrap();
         assert!(spec["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
         assert!(spec["linux"]["maskedPaths"].is_null());
         assert_eq!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(), ALL_CAPABILITIES.len());

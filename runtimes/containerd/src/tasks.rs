@@ -79,10 +79,9 @@ impl ContainerdRuntime {
         }
         let id = spec::container_id(&spec.task_id);
         let ready = self.images().ready(image).await?;
-        let oci = spec::runtime_spec(spec, &ready.config, &id, self.cd.namespace())?;
-
         let sandbox = std::path::absolute(&spec.sandbox)
             .map_err(|e| RuntimeError::InvalidSpec(format!("sandbox {}: {e}", spec.sandbox.display())))?;
+        let oci = spec::runtime_spec(spec, &sandbox, &ready.config, &id, self.cd.namespace())?;
         let (stdout, stderr) = (sandbox.join("stdout"), sandbox.join("stderr"));
         for file in [&stdout, &stderr] {
             // The shim opens these for appending but does not create them.

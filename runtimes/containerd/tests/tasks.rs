@@ -192,6 +192,41 @@ async fn a_fresh_connection_manages_tasks_from_their_handles() {
     assert_eq!(env.runtime.inspect(&handle).await.expect("inspect"), TaskState::NotFound);
 }
 
+/// The task's sandbox is at Mesos' `/mnt/mesos/sandbox`, read-write, named by
+/// `MESOS_SANDBOX` and `MARINA_SANDBOX` (even though the agent passes the host's path in
+/// them), and the working directory is the image's. What the task writes there is in the
+/// host's sandbox and what the host puts there reaches the task — through a runtime connected
+/// afresh, as after an agent restart: the re-adopted container keeps its mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_sees_its_sandbox_at_the_mesos_path() {
+    let env = TestEnv::new("sandbox").await;
+    let script = r#"echo hi > "$MESOS_SANDBOX/out"
+        while [ ! -e "$MESOS_SANDBOX/go" ]; do sleep 0.05; done
+        echo "$MESOS_SANDBOX $MARINA_SANDBOX $(pwd)" > "$MARINA_SANDBOX/seen"
+        cat /mnt/mesos/sandbox/go"#;
+    let mut spec = env.fixture().spec("sandbox", script);
+    let host_path = spec.sandbox.display().to_string();
+    spec.env.insert("MESOS_SANDBOX".into(), host_path.clone());
+    spec.env.insert("MARINA_SANDBOX".into(), host_path);
+    let handle = start(&env, &spec).await;
+    let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).ok();
+    eventually(Duration::from_secs(30), "the task's file in the host's sandbox", || async {
+        (read("out")? == "hi\n").then_some(())
+    })
+    .await;
+
+    let restarted = ContainerdRuntime::connect(env.runtime.config()).await.expect("connect");
+    assert!(matches!(restarted.inspect(&handle).await.expect("inspect"), TaskState::Running { .. }));
+    std::fs::write(spec.sandbox.join("go"), "from the host\n").expect("writing into the sandbox");
+    let status =
+        tokio::time::timeout(Duration::from_secs(60), restarted.wait(&handle)).await.expect("exits").expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(read("seen").as_deref(), Some("/mnt/mesos/sandbox /mnt/mesos/sandbox /\n"));
+    assert_eq!(read("stdout").as_deref(), Some("from the host\n"));
+    restarted.remove(&handle).await.expect("remove");
+    assert_eq!(read("out").as_deref(), Some("hi\n"), "the sandbox outlives its container");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_kills_a_task_that_still_runs() {
     let env = TestEnv::new("remove-running").await;

@@ -18,6 +18,11 @@
 //!   [`DockerConfig::log_rotation`]) when it keeps it in files (json-file, local): it lives
 //!   on the engine's disk, not in a sandbox. An engine configured to ship output elsewhere
 //!   (journald, syslog, ...) keeps doing so.
+//! - The task's sandbox is bind-mounted read-write at [`SANDBOX_MOUNT`]
+//!   (`/mnt/mesos/sandbox`, as Mesos' docker containerizer does), where `MESOS_SANDBOX` and
+//!   `MARINA_SANDBOX` point; the working directory stays the image's. The engine resolves
+//!   the sandbox's path on its own host: an agent running in a container must see its work
+//!   dir at the same path as the engine's host does.
 
 mod errors;
 mod output;
@@ -47,6 +52,7 @@ use marina_runtime::{
 };
 use tracing::{Instrument, debug, info, warn};
 
+pub use marina_runtime::SANDBOX_MOUNT;
 pub use parameters::SUPPORTED_PARAMETERS;
 pub use spec::{NAME_PREFIX, container_name};
 
@@ -214,9 +220,19 @@ impl DockerRuntime {
                     });
                 }
                 Some(400) => {
+                    let reason = errors::describe(&err);
+                    // The engine's words for a bind source it cannot find on its host.
+                    let hint = if reason.contains("bind source path does not exist") {
+                        format!(
+                            " (the sandbox {} is not on the engine's host: an agent in a container must see \
+                             its work dir at the same path as the engine's host)",
+                            spec.sandbox.display()
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(RuntimeError::InvalidSpec(format!(
-                        "the engine refused container {name}: {}",
-                        errors::describe(&err)
+                        "the engine refused container {name}: {reason}{hint}"
                     )));
                 }
                 _ => return Err(errors::backend("create container", name, err)),
@@ -405,6 +421,11 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle> {
         let name = container_name(&spec.task_id);
+        // The engine mounts only absolute paths; a relative sandbox is relative to the agent's
+        // directory, as the containerd runtime reads it.
+        let sandbox = std::path::absolute(&spec.sandbox)
+            .map_err(|e| RuntimeError::InvalidSpec(format!("sandbox {}: {e}", spec.sandbox.display())))?;
+        let spec = &TaskSpec { sandbox, ..spec.clone() };
         let body = spec::container_body(spec, self.output.as_ref())?;
         let id = self.create(&name, spec, body).instrument(tracing::info_span!("docker.create")).await?;
         let started = self.docker.start_container(&id, None).instrument(tracing::info_span!("docker.start")).await;

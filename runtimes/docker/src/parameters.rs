@@ -16,7 +16,7 @@ use marina_runtime::RuntimeError;
 ///
 /// | key | value | becomes |
 /// |-----|-------|---------|
-/// | `env` / `e` | `NAME=value` | an environment variable (after the spec's own) |
+/// | `env` / `e` | `NAME=value` | an environment variable (after the spec's own; not `MESOS_SANDBOX` or `MARINA_SANDBOX`, which say where the sandbox is mounted) |
 /// | `label` / `l` | `key=value` | a container label (not `marina.*`) |
 /// | `user` / `u`, `workdir` / `w`, `hostname` / `h` | text | `User`, `WorkingDir`, `Hostname` |
 /// | `init`, `read-only` | `true`/`false` (empty = true) | `Init`, `ReadonlyRootfs` |
@@ -84,6 +84,9 @@ fn apply_one(
             let (name, _) = value.split_once('=').ok_or_else(|| invalid("expected NAME=value"))?;
             if name.is_empty() {
                 return Err(invalid("empty variable name"));
+            }
+            if marina_runtime::SANDBOX_VARIABLES.contains(&name) {
+                return Err(invalid(&format!("{name} says where the sandbox is mounted; the runtime sets it")));
             }
             body.env.get_or_insert_with(Vec::new).push(value.to_owned());
         }
@@ -243,5 +246,11 @@ mod tests {
         assert!(matches!(applied(&[("memory-swap", "lots")]), Err(RuntimeError::InvalidSpec(_))));
         assert!(matches!(applied(&[("label", "marina.task_id=x")]), Err(RuntimeError::InvalidSpec(_))));
         assert!(matches!(applied(&[("env", "NOVALUE")]), Err(RuntimeError::InvalidSpec(_))));
+        for variable in ["MESOS_SANDBOX", "MARINA_SANDBOX"] {
+            match applied(&[("env", &format!("{variable}=/elsewhere"))]) {
+                Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains(variable), "{message}"),
+                other => panic!("{variable} must stay the runtime's, got {other:?}"),
+            }
+        }
     }
 }

@@ -7,8 +7,11 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding};
-use marina_runtime::{Command, LABEL_TASK_ID, LogRotation, NetworkMode, Protocol, RuntimeError, RuntimeKind, TaskSpec};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, PortBinding};
+use marina_runtime::{
+    Command, LABEL_TASK_ID, LogRotation, NetworkMode, Protocol, RuntimeError, RuntimeKind, SANDBOX_MOUNT,
+    SANDBOX_VARIABLES, TaskSpec,
+};
 
 use crate::parameters;
 
@@ -77,19 +80,23 @@ pub(crate) fn container_body(
         }
     }
 
-    let mut env = Vec::with_capacity(spec.env.len());
+    let mut env = Vec::with_capacity(spec.env.len() + SANDBOX_VARIABLES.len());
     for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') {
             return Err(RuntimeError::InvalidSpec(format!("invalid environment variable name {key:?}")));
         }
-        env.push(format!("{key}={value}"));
+        if !SANDBOX_VARIABLES.contains(&key.as_str()) {
+            env.push(format!("{key}={value}"));
+        }
     }
+    env.extend(SANDBOX_VARIABLES.map(|name| format!("{name}={SANDBOX_MOUNT}")));
 
     let mut host = HostConfig {
         network_mode: Some(network_mode(spec.network).to_owned()),
         privileged: Some(spec.privileged),
         // No restart policy on purpose: the agent decides whether a task is relaunched.
         restart_policy: None,
+        mounts: Some(vec![sandbox_mount(spec)?]),
         ..Default::default()
     };
     resources(spec, &mut host)?;
@@ -100,6 +107,9 @@ pub(crate) fn container_body(
         cmd,
         env: Some(env),
         labels: Some(labels),
+        // No working directory: the image's stays, as under Mesos' docker containerizer,
+        // which mounts the sandbox without entering it (`docker.parameters` `workdir` can).
+        working_dir: None,
         ..Default::default()
     };
     ports(spec, &mut body, &mut host)?;
@@ -109,6 +119,30 @@ pub(crate) fn container_body(
     }
     body.host_config = Some(host);
     Ok(body)
+}
+
+/// The task's sandbox, bind-mounted read-write at [`SANDBOX_MOUNT`].
+///
+/// A `Mounts` entry rather than a `Binds` one: the engine refuses a source that does not
+/// exist on its host instead of creating an empty directory there, so an agent whose sandbox
+/// paths mean something else to the engine (an agent in a container, its work dir not
+/// mounted at the same path) fails its tasks' starts loudly rather than losing what they
+/// write. Nothing here ties the container to this agent process: a re-adopted container
+/// keeps its mount, since the sandbox's path is the same across the agent's restarts.
+fn sandbox_mount(spec: &TaskSpec) -> Result<Mount, RuntimeError> {
+    let sandbox = spec.sandbox.to_str().filter(|_| spec.sandbox.is_absolute()).ok_or_else(|| {
+        RuntimeError::InvalidSpec(format!(
+            "the sandbox {} must be an absolute UTF-8 path to be mounted",
+            spec.sandbox.display()
+        ))
+    })?;
+    Ok(Mount {
+        target: Some(SANDBOX_MOUNT.to_owned()),
+        source: Some(sandbox.to_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(false),
+        ..Default::default()
+    })
 }
 
 /// How containers' output rotates on an engine: the agent's rotation, and the logging
@@ -223,6 +257,7 @@ fn ports(spec: &TaskSpec, body: &mut ContainerCreateBody, host: &mut HostConfig)
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::os::unix::ffi::OsStrExt;
     use std::path::PathBuf;
 
     use marina_runtime::{PortMapping, Resources, marina_labels};
@@ -283,8 +318,56 @@ mod tests {
         assert_eq!(binding.host_port.as_deref(), Some("31000"));
         assert_eq!(body.entrypoint, Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]));
         assert_eq!(body.cmd, Some(vec!["echo hi".to_owned()]));
-        assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
+        assert!(body.env.as_ref().expect("env").contains(&"A=1".to_owned()));
         assert!(host.restart_policy.is_none());
+    }
+
+    #[test]
+    fn the_sandbox_is_mounted_where_mesos_mounts_it_and_the_workdir_stays_the_images() {
+        let mut spec = spec();
+        // What the agent passes: the host's path, which means nothing in the container.
+        spec.env.insert("MARINA_SANDBOX".into(), "/tmp/app.1".into());
+        spec.env.insert("MESOS_SANDBOX".into(), "/tmp/app.1".into());
+        let body = container_body(&spec, None).expect("valid");
+        let host = body.host_config.as_ref().expect("host config");
+        let mount = Mount {
+            target: Some("/mnt/mesos/sandbox".into()),
+            source: Some("/tmp/app.1".into()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(host.mounts, Some(vec![mount]));
+        assert_eq!(host.binds, None, "a Binds entry would create a missing source on the engine's host");
+        assert_eq!(
+            body.env,
+            Some(vec![
+                "A=1".to_owned(),
+                "MESOS_SANDBOX=/mnt/mesos/sandbox".to_owned(),
+                "MARINA_SANDBOX=/mnt/mesos/sandbox".to_owned(),
+            ])
+        );
+        assert_eq!(body.working_dir, None, "the image's working directory");
+
+        // A parameter may still choose the working directory, and not move the sandbox.
+        spec.parameters = vec![("workdir".into(), "/mnt/mesos/sandbox".into())];
+        let body = container_body(&spec, None).expect("valid");
+        assert_eq!(body.working_dir.as_deref(), Some("/mnt/mesos/sandbox"));
+        spec.parameters = vec![("env".into(), "MESOS_SANDBOX=/elsewhere".into())];
+        assert!(matches!(container_body(&spec, None), Err(RuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn a_sandbox_the_engine_cannot_resolve_is_refused() {
+        let mut relative = spec();
+        relative.sandbox = PathBuf::from("sandboxes/app.1");
+        match container_body(&relative, None) {
+            Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("sandboxes/app.1"), "{message}"),
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+        let mut not_utf8 = spec();
+        not_utf8.sandbox = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
+        assert!(matches!(container_body(&not_utf8, None), Err(RuntimeError::InvalidSpec(_))));
     }
 
     #[test]

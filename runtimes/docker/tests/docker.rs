@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bollard::models::ContainerInspectResponse;
 use common::{cleanup, env, wait_for_logs};
+use marina_runtime::conformance::eventually;
 use marina_runtime::{
     Command, LABEL_AGENT_ID, LogRotation, LogStream, NetworkMode, PortMapping, Protocol, Runtime, RuntimeError,
     TaskHandle, TaskSpec, TaskState,
@@ -62,6 +63,64 @@ async fn a_mapped_port_reaches_the_task() {
     let binding = &bindings["8080/tcp"].as_ref().expect("bound")[0];
     assert_eq!(binding.host_ip.as_deref(), Some("0.0.0.0"));
     cleanup(&*env.runtime, &handle).await;
+}
+
+/// The task's sandbox is at Mesos' `/mnt/mesos/sandbox`, read-write, named by
+/// `MESOS_SANDBOX` and `MARINA_SANDBOX` (even though the agent passes the host's path in
+/// them), and the working directory is the image's. What the task writes there is in the
+/// host's sandbox and what the host puts there reaches the task — through a runtime connected
+/// afresh, as after an agent restart: the re-adopted container keeps its mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_sees_its_sandbox_at_the_mesos_path() {
+    let env = env("sandbox").await;
+    let script = r#"echo hi > "$MESOS_SANDBOX/out"
+        while [ ! -e "$MESOS_SANDBOX/go" ]; do sleep 0.05; done
+        echo "$MESOS_SANDBOX $MARINA_SANDBOX $(pwd)" > "$MARINA_SANDBOX/seen"
+        cat /mnt/mesos/sandbox/go"#;
+    let mut spec = env.fixture.spec("sandbox", script);
+    let host_path = spec.sandbox.display().to_string();
+    spec.env.insert("MESOS_SANDBOX".into(), host_path.clone());
+    spec.env.insert("MARINA_SANDBOX".into(), host_path.clone());
+    let handle = start(&*env.runtime, &spec).await;
+    let read = |name: &str| std::fs::read_to_string(spec.sandbox.join(name)).ok();
+    eventually(Duration::from_secs(30), "the task's file in the host's sandbox", || async {
+        (read("out")? == "hi\n").then_some(())
+    })
+    .await;
+
+    let restarted = DockerRuntime::connect(&DockerConfig::default()).await.expect("the engine answers");
+    assert!(matches!(restarted.inspect(&handle).await.expect("inspect"), TaskState::Running { .. }));
+    std::fs::write(spec.sandbox.join("go"), "from the host\n").expect("writing into the sandbox");
+    assert!(wait(&restarted, &handle).await.success());
+    assert_eq!(read("seen").as_deref(), Some("/mnt/mesos/sandbox /mnt/mesos/sandbox /\n"));
+    let stdout = restarted.logs(&handle, LogStream::Stdout, None).await.expect("logs");
+    assert_eq!(String::from_utf8_lossy(&stdout), "from the host\n");
+
+    let mounts = docker_inspect(&handle).await.mounts.expect("mounts");
+    let sandbox = mounts.iter().find(|m| m.destination.as_deref() == Some("/mnt/mesos/sandbox")).expect("mounted");
+    assert_eq!((sandbox.source.as_deref(), sandbox.rw), (Some(host_path.as_str()), Some(true)), "{sandbox:?}");
+    cleanup(&restarted, &handle).await;
+    assert_eq!(read("out").as_deref(), Some("hi\n"), "the sandbox outlives its container");
+}
+
+/// A sandbox the engine cannot find on its host (an agent in a container whose work dir is
+/// not mounted at the same path) fails the start, naming the sandbox, instead of the engine
+/// making an empty directory the agent never sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_missing_on_the_engines_host_fails_the_start() {
+    let env = env("sandbox_missing").await;
+    let mut spec = env.fixture.spec("elsewhere", "exec sleep 300");
+    std::fs::remove_dir(&spec.sandbox).expect("removing the sandbox");
+    spec.sandbox = spec.sandbox.join("not-on-this-host");
+    env.runtime.ensure_image(common::IMAGE, false).await.expect("ensure_image");
+    match env.runtime.start(&spec).await {
+        Err(RuntimeError::InvalidSpec(message)) => {
+            assert!(message.contains(&*spec.sandbox.to_string_lossy()), "{message}");
+            assert!(message.contains("at the same path"), "the message says what to fix: {message}");
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    assert!(!spec.sandbox.exists(), "the engine made no directory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,21 +415,26 @@ fn command_line(spec: &TaskSpec) -> Result<(OsString, Vec<OsString>)> {
     Ok((program, argv.collect()))
 }
 
-/// The (uid, gid) of `user` (a name, or a numeric uid), to whom the `sandbox` is handed so
-/// the task can write in it (as Mesos' `switch_user` does).
-fn switch_to(user: &str, sandbox: &Path) -> Result<(u32, u32)> {
-    let invalid = |why: String| RuntimeError::InvalidSpec(format!("running the task as {user:?}: {why}"));
+/// The (uid, gid) of `user`: a name, or a numeric uid (with no account, its group is its own
+/// number).
+pub fn user_ids(user: &str) -> std::result::Result<(u32, u32), String> {
     let entry = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(user),
     };
-    let (uid, gid) = match (entry, user.parse::<u32>()) {
-        (Ok(Some(entry)), _) => (entry.uid.as_raw(), entry.gid.as_raw()),
-        // A uid with no account still names a user: its group is its own number.
-        (Ok(None), Ok(uid)) => (uid, uid),
-        (Ok(None), Err(_)) => return Err(invalid("no such user on this host".into())),
-        (Err(e), _) => return Err(invalid(format!("reading the user database: {e}"))),
-    };
+    match (entry, user.parse::<u32>()) {
+        (Ok(Some(entry)), _) => Ok((entry.uid.as_raw(), entry.gid.as_raw())),
+        (Ok(None), Ok(uid)) => Ok((uid, uid)),
+        (Ok(None), Err(_)) => Err("no such user on this host".into()),
+        (Err(e), _) => Err(format!("reading the user database: {e}")),
+    }
+}
+
+/// The (uid, gid) of `user` (a name, or a numeric uid), to whom the `sandbox` is handed so
+/// the task can write in it (as Mesos' `switch_user` does).
+fn switch_to(user: &str, sandbox: &Path) -> Result<(u32, u32)> {
+    let invalid = |why: String| RuntimeError::InvalidSpec(format!("running the task as {user:?}: {why}"));
+    let (uid, gid) = user_ids(user).map_err(invalid)?;
     let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
     nix::unistd::chown(sandbox, owner.0, owner.1)
         .map_err(|e| invalid(format!("giving it the sandbox {}: {e}", sandbox.display())))?;

@@ -121,12 +121,24 @@ pub struct Resources {
     pub disk_mb: f64,
 }
 
+/// Where an image task's container sees its sandbox (bind-mounted read-write): Mesos'
+/// docker containerizer's path, which Marathon apps expect to find in `MESOS_SANDBOX`.
+pub const SANDBOX_MOUNT: &str = "/mnt/mesos/sandbox";
+
+/// The variables that say where the sandbox is. The agent sets them to the host's path, which
+/// means nothing inside a container: only a container runtime knows where the container sees
+/// it, so it sets them to [`SANDBOX_MOUNT`] whatever the task's or the image's environment
+/// says.
+pub const SANDBOX_VARIABLES: [&str; 2] = ["MESOS_SANDBOX", "MARINA_SANDBOX"];
+
 /// Everything needed to start one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub task_id: String,
     /// The task's own directory on the agent: logs of runtimes that write files, the
-    /// working directory of process tasks. Created by the agent before `start`.
+    /// working directory of process tasks; image runtimes bind-mount it read-write at
+    /// `/mnt/mesos/sandbox` (Mesos' docker containerizer's path), leaving the image's working
+    /// directory. Created by the agent before `start`.
     pub sandbox: PathBuf,
     /// `None` with an image runs the image's own command.
     pub command: Option<Command>,
@@ -134,6 +146,8 @@ pub struct TaskSpec {
     pub image: Option<String>,
     /// Pull even if the image is present.
     pub force_pull: bool,
+    /// The task's environment. `MESOS_SANDBOX` and `MARINA_SANDBOX` are the runtime's: it
+    /// sets them to where the task sees its sandbox, whatever they say here.
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
     pub ports: Vec<PortMapping>,

@@ -160,6 +160,9 @@ struct AgentCollector {
     checkpoint_backlog: IntGauge,
     sandboxes_collected: IntCounter,
     stale_commands: IntCounter,
+    fetch_downloads: IntCounter,
+    fetch_cache_hits: IntCounter,
+    fetch_cache_bytes: IntGauge,
 }
 
 impl Collector for AgentCollector {
@@ -170,6 +173,9 @@ impl Collector for AgentCollector {
         descs.extend(self.checkpoint_backlog.desc());
         descs.extend(self.sandboxes_collected.desc());
         descs.extend(self.stale_commands.desc());
+        descs.extend(self.fetch_downloads.desc());
+        descs.extend(self.fetch_cache_hits.desc());
+        descs.extend(self.fetch_cache_bytes.desc());
         descs
     }
 
@@ -190,6 +196,8 @@ impl Collector for AgentCollector {
             (&self.checkpoint_failures, self.agent.checkpoint.failures()),
             (&self.sandboxes_collected, self.agent.gc.collected()),
             (&self.stale_commands, self.agent.stale_commands()),
+            (&self.fetch_downloads, self.agent.tasks.fetcher().downloads()),
+            (&self.fetch_cache_hits, self.agent.tasks.fetcher().cache_hits()),
         ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
@@ -199,6 +207,10 @@ impl Collector for AgentCollector {
         families.extend(self.checkpoint_backlog.collect());
         families.extend(self.sandboxes_collected.collect());
         families.extend(self.stale_commands.collect());
+        self.fetch_cache_bytes.set(i64::try_from(self.agent.tasks.fetcher().cache_size()).unwrap_or(i64::MAX));
+        families.extend(self.fetch_downloads.collect());
+        families.extend(self.fetch_cache_hits.collect());
+        families.extend(self.fetch_cache_bytes.collect());
         families
     }
 }
@@ -228,5 +240,11 @@ pub fn register_metrics(metrics: &marina_daemon::Metrics, agent: Arc<Agent>) {
             "marina_agent_stale_commands_refused_total",
             "Commands refused because they came from a deposed master (an epoch older than one obeyed).",
         ),
+        fetch_downloads: counter(
+            "marina_agent_fetch_downloads_total",
+            "Fetch URIs downloaded or copied (cache misses and uncached URIs).",
+        ),
+        fetch_cache_hits: counter("marina_agent_fetch_cache_hits_total", "Fetch URIs served from the fetch cache."),
+        fetch_cache_bytes: gauge("marina_agent_fetch_cache_bytes", "Bytes the fetch cache holds."),
     });
 }

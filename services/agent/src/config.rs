@@ -178,6 +178,8 @@ pub struct Config {
     pub update_retry_ms: u64,
     pub task_logs: TaskLogsConfig,
     pub gc: GcConfig,
+    /// Downloading apps' `fetch` URIs into their sandboxes.
+    pub fetcher: FetcherConfig,
     /// What tasks may ask of this host beyond the default confinement (privileged, added
     /// capabilities, security options, sysctls, devices, host namespaces and volumes, root
     /// for process tasks), and who process tasks run as by default. Enforced at every launch.
@@ -227,6 +229,67 @@ pub struct GcConfig {
     /// How often the disk is looked at and old sandboxes removed. Default 60000 (Mesos' one
     /// minute).
     pub disk_watch_interval_ms: u64,
+}
+
+/// Mesos' fetcher: what tasks' `fetch` URIs may be and how they are downloaded and cached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetcherConfig {
+    /// Where cached downloads are kept (one file per URI). Default `<work_dir>/fetch-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// The most the cache holds; the least recently used downloads go first. Default 2048.
+    pub cache_max_mb: u64,
+    /// The longest one URI's download may take, connecting included. Default 300.
+    pub timeout_seconds: u64,
+    /// The largest download. Default 1024.
+    pub max_download_mb: u64,
+    /// The most one archive may unpack to (a small archive can hold a great deal). Default
+    /// 4096.
+    pub max_extracted_mb: u64,
+    /// Directories `file://` URIs may name files in. Default none: a task may not copy the
+    /// agent host's files into its sandbox unless the operator says where from.
+    pub file_roots: Vec<PathBuf>,
+    /// PEM certificates trusted for `https` besides the host's own bundle (for an internal
+    /// artifact server).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for FetcherConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            cache_max_mb: 2048,
+            timeout_seconds: 300,
+            max_download_mb: 1024,
+            max_extracted_mb: 4096,
+            file_roots: Vec::new(),
+            ca_file: None,
+        }
+    }
+}
+
+impl FetcherConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.timeout_seconds) {
+            return Err(ConfigError::value("fetcher.timeout_seconds", "must be between 1 and 86400"));
+        }
+        let max_mb = (MAX_MEGABYTES as u64).min(u64::MAX >> 20);
+        for (key, value) in [
+            ("fetcher.cache_max_mb", self.cache_max_mb),
+            ("fetcher.max_download_mb", self.max_download_mb),
+            ("fetcher.max_extracted_mb", self.max_extracted_mb),
+        ] {
+            if value > max_mb {
+                return Err(ConfigError::value(key, format!("must be at most {max_mb}")));
+            }
+        }
+        for root in &self.file_roots {
+            if !root.is_absolute() {
+                return Err(ConfigError::value("fetcher.file_roots", format!("{}: must be absolute", root.display())));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TaskLogsConfig {
@@ -300,6 +363,7 @@ impl Default for Config {
             update_retry_ms: 2_000,
             task_logs: TaskLogsConfig::default(),
             gc: GcConfig::default(),
+            fetcher: FetcherConfig::default(),
             policy: ContainerPolicy::default(),
             server: ServerLimits::default(),
             log: LogConfig::default(),
@@ -355,6 +419,7 @@ impl Config {
         parse_attributes(&self.attributes)?;
         self.task_logs.validate()?;
         self.gc.validate()?;
+        self.fetcher.validate()?;
         self.server.validate()?;
         let largest_answer = self.task_logs.read_max_bytes.saturating_add(TASK_LOG_RESPONSE_OVERHEAD_BYTES);
         if (self.server.max_encoding_message_bytes as u64) < largest_answer {
@@ -520,6 +585,9 @@ mod tests {
         invalid(|c| c.gc.disk_headroom = f64::NAN, "gc.disk_headroom");
         invalid(|c| c.gc.disk_headroom = 1.5, "gc.disk_headroom");
         invalid(|c| c.gc.disk_watch_interval_ms = 0, "gc.disk_watch_interval_ms");
+        invalid(|c| c.fetcher.timeout_seconds = 0, "fetcher.timeout_seconds");
+        invalid(|c| c.fetcher.max_download_mb = u64::MAX, "fetcher.max_download_mb");
+        invalid(|c| c.fetcher.file_roots = vec!["relative".into()], "fetcher.file_roots");
 
         let logs = TaskLogsConfig::default();
         assert_eq!(logs.read_limit(0), 1024 * 1024, "0 asks for the default");

@@ -1,7 +1,8 @@
 //! Mesos' sandbox files API on the agent's port: `/files/browse`, `/files/read` and
 //! `/files/download`, for the files of task sandboxes and nothing else on the machine.
 //! A path is resolved (`..`, symlinks) before it is checked, so neither a `..` nor a
-//! symlink a task left in its sandbox leads out of it.
+//! symlink a task left in its sandbox leads out of it — into the machine, or into another
+//! task's sandbox.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -47,17 +48,26 @@ fn refuse(code: StatusCode, message: String) -> Refusal {
     (code, axum::Json(json!({ "message": message })))
 }
 
-/// `requested`, resolved, if it lies inside a task's sandbox (strictly below `root`).
+/// `requested`, resolved, if it lies inside the task sandbox it names: the first component
+/// below `root` (the sandboxes directory) says which sandbox, and the resolved path must stay
+/// in that one.
 fn confine(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
     let path = Path::new(requested);
     if !path.is_absolute() {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("{requested:?}: an absolute path, as /state gives it")));
     }
     let not_found = || refuse(StatusCode::NOT_FOUND, format!("{requested}: no such file in a task sandbox"));
-    let root = root.canonicalize().map_err(|_| not_found())?;
+    let outside = || refuse(StatusCode::FORBIDDEN, format!("{requested}: outside the task sandboxes"));
+    let canonical_root = root.canonicalize().map_err(|_| not_found())?;
+    // As /state names it, or through the root's resolved path.
+    let below = path.strip_prefix(root).or_else(|_| path.strip_prefix(&canonical_root)).map_err(|_| outside())?;
+    let sandbox = match below.components().next() {
+        Some(std::path::Component::Normal(name)) => canonical_root.join(name),
+        _ => return Err(outside()),
+    };
     let resolved = path.canonicalize().map_err(|_| not_found())?;
-    if resolved == root || !resolved.starts_with(&root) {
-        return Err(refuse(StatusCode::FORBIDDEN, format!("{requested}: outside the task sandboxes")));
+    if !resolved.starts_with(&sandbox) {
+        return Err(refuse(StatusCode::FORBIDDEN, format!("{requested}: outside its task's sandbox")));
     }
     Ok(resolved)
 }
@@ -142,7 +152,37 @@ fn read_part(root: &Path, query: &ReadQuery) -> Result<Response, Refusal> {
     file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(&file_path, e))?;
     let mut data = Vec::new();
     file.take(length).read_to_end(&mut data).map_err(|e| io_error(&file_path, e))?;
-    Ok(axum::Json(json!({ "data": String::from_utf8_lossy(&data), "offset": offset })).into_response())
+    Ok(axum::Json(json!({ "data": text_of_same_length(&data), "offset": offset })).into_response())
+}
+
+/// `data` as text whose UTF-8 length is the number of bytes it stands for, so a client
+/// following a file reads on from `offset + data's length`: a character cut at the end is
+/// left for the next read, and each byte that is not UTF-8 becomes `?` (a replacement
+/// character would take three bytes).
+fn text_of_same_length(data: &[u8]) -> String {
+    let mut text = String::with_capacity(data.len());
+    let mut rest = data;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                text.push_str(valid);
+                break;
+            }
+            Err(error) => {
+                let (valid, after) = rest.split_at(error.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match error.error_len() {
+                    Some(bad) => {
+                        text.extend(std::iter::repeat_n('?', bad));
+                        rest = &after[bad..];
+                    }
+                    // An incomplete character at the end.
+                    None => break,
+                }
+            }
+        }
+    }
+    text
 }
 
 /// `GET /files/download?path=FILE`: the whole file.
@@ -162,4 +202,47 @@ async fn download(State(root): State<Arc<PathBuf>>, Query(query): Query<PathQuer
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_text_is_as_long_as_the_bytes_it_stands_for() {
+        assert_eq!(text_of_same_length(b"plain"), "plain");
+        assert_eq!(text_of_same_length("naïve".as_bytes()), "naïve");
+        assert_eq!(text_of_same_length(b"a\xffb\xfe"), "a?b?");
+        // "é" cut after its first byte: left for the next read.
+        assert_eq!(text_of_same_length(b"caf\xc3"), "caf");
+    }
+
+    #[test]
+    fn a_path_stays_in_the_sandbox_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sandboxes");
+        for sandbox in ["a", "b"] {
+            std::fs::create_dir_all(root.join(sandbox)).unwrap();
+        }
+        std::fs::write(root.join("a/secret"), "a's").unwrap();
+        std::fs::write(root.join("b/own"), "b's").unwrap();
+        std::os::unix::fs::symlink("../a/secret", root.join("b/neighbour")).unwrap();
+        std::os::unix::fs::symlink("own", root.join("b/alias")).unwrap();
+        let at = |path: &str| root.join(path).display().to_string();
+
+        assert_eq!(confine(&root, &at("b/own")).unwrap(), root.canonicalize().unwrap().join("b/own"));
+        assert!(confine(&root, &at("b/alias")).is_ok(), "a link within the sandbox");
+        assert!(confine(&root, &at("b")).is_ok(), "the sandbox itself");
+        for (path, status) in [
+            (at("b/neighbour"), StatusCode::FORBIDDEN),
+            (at("b/../a/secret"), StatusCode::FORBIDDEN),
+            (root.display().to_string(), StatusCode::FORBIDDEN),
+            (at(".."), StatusCode::FORBIDDEN),
+            ("/etc/passwd".to_owned(), StatusCode::FORBIDDEN),
+            (at("b/missing"), StatusCode::NOT_FOUND),
+            ("relative".to_owned(), StatusCode::BAD_REQUEST),
+        ] {
+            assert_eq!(confine(&root, &path).unwrap_err().0, status, "{path}");
+        }
+    }
 }

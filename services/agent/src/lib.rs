@@ -15,6 +15,7 @@
 mod api;
 pub mod checkpoint;
 mod config;
+mod fetch;
 mod files;
 mod gc;
 mod health;
@@ -43,10 +44,11 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint::{AgentMeta, Checkpoint, CheckpointError};
 use crate::config::TaskLogsConfig;
-pub use crate::config::{Config, RuntimeChoice, Runtimes};
+pub use crate::config::{Config, FetcherConfig, RuntimeChoice, Runtimes};
+use crate::fetch::{Fetcher, FetcherSetupError};
 use crate::gc::SandboxGc;
 use crate::master_link::AttachedMaster;
-use crate::tasks::{Identity, Tasks};
+use crate::tasks::{Identity, TaskSettings, Tasks};
 use crate::updates::StatusUpdates;
 
 use marina_proto::layout::MASTER_ELECTION_DIR;
@@ -71,6 +73,8 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] marina_daemon::tls::TlsError),
+    #[error(transparent)]
+    Fetcher(#[from] FetcherSetupError),
 }
 
 /// The agent's shared state.
@@ -228,15 +232,13 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     };
     let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), recovered.updates));
     let identity = Identity { agent_id: recovered.meta.agent_id.clone().unwrap_or_default(), hostname };
-    let tasks = Arc::new(Tasks::new(
-        runtime.clone(),
-        checkpoint.clone(),
-        updates.clone(),
-        identity,
-        Duration::from_secs(config.kill_grace_seconds),
-        usize::try_from(config.task_logs.max_bytes).unwrap_or(usize::MAX),
-        config.policy.clone(),
-    ));
+    let settings = TaskSettings {
+        default_grace: Duration::from_secs(config.kill_grace_seconds),
+        output_limit: usize::try_from(config.task_logs.max_bytes).unwrap_or(usize::MAX),
+        policy: config.policy.clone(),
+        fetcher: Arc::new(Fetcher::new(&config.fetcher, &config.work_dir)?),
+    };
+    let tasks = Arc::new(Tasks::new(runtime.clone(), checkpoint.clone(), updates.clone(), identity, settings));
     tasks.recover(recovered.tasks).await?;
     let gc = Arc::new(SandboxGc::new(tasks.clone(), checkpoint.sandboxes().to_owned(), config.gc.clone()));
     let (attached_tx, attached) = watch::channel(AttachedMaster::default());

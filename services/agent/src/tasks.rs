@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::fetch::Fetcher;
 use crate::health;
 use crate::updates::StatusUpdates;
 
@@ -51,6 +52,18 @@ pub struct Tasks {
     policy: ContainerPolicy,
     /// Whether the agent runs as root (then process tasks run as the policy's user).
     is_root: bool,
+    /// Downloads tasks' `fetch` URIs into their sandboxes.
+    fetcher: Arc<Fetcher>,
+}
+
+/// How the agent runs tasks, from its configuration.
+pub struct TaskSettings {
+    /// SIGTERM → this long → SIGKILL, for tasks that do not set their own.
+    pub default_grace: Duration,
+    /// The most of an image task's output kept in its sandbox once it ends.
+    pub output_limit: usize,
+    pub policy: ContainerPolicy,
+    pub fetcher: Arc<Fetcher>,
 }
 
 /// One task.
@@ -100,15 +113,12 @@ impl Entry {
 }
 
 impl Tasks {
-    /// `output_limit`: the most of an image task's output kept in its sandbox once it ends.
     pub fn new(
         runtime: Arc<dyn Runtime>,
         checkpoint: Checkpoint,
         updates: Arc<StatusUpdates>,
         identity: Identity,
-        default_grace: Duration,
-        output_limit: usize,
-        policy: ContainerPolicy,
+        settings: TaskSettings,
     ) -> Self {
         Self {
             runtime,
@@ -116,12 +126,17 @@ impl Tasks {
             updates,
             identity: Mutex::new(identity),
             entries: Mutex::default(),
-            default_grace,
+            default_grace: settings.default_grace,
             unsaved: Mutex::default(),
-            output_limit,
-            policy,
+            output_limit: settings.output_limit,
+            policy: settings.policy,
             is_root: nix::unistd::geteuid().is_root(),
+            fetcher: settings.fetcher,
         }
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -336,6 +351,9 @@ impl Tasks {
                 return None;
             }
         };
+        if !entry.info.fetch.is_empty() && !self.fetch(entry, &spec).await {
+            return None;
+        }
         if let Some(image) = &spec.image {
             let ensure = self
                 .runtime
@@ -385,6 +403,41 @@ impl Tasks {
             }
         }
         Some(handle)
+    }
+
+    /// Fetches the task's URIs into its sandbox, handing them to the user a command task
+    /// runs as. `false` when the task must not start (its status already says why).
+    async fn fetch(&self, entry: &Entry, spec: &TaskSpec) -> bool {
+        let owner = match spec.user.as_deref().filter(|_| self.is_root) {
+            Some(user) => match marina_runtime_process::user_ids(user) {
+                Ok(ids) => Some(ids),
+                Err(why) => {
+                    let message = format!("running the task as {user:?}: {why}");
+                    self.emit(entry, TaskState::TaskFailed, reason::LAUNCH_FAILED, message);
+                    return false;
+                }
+            },
+            None => None,
+        };
+        let fetch = self
+            .fetcher
+            .fetch_all(&entry.info.fetch, &entry.sandbox, owner)
+            .instrument(tracing::info_span!("agent.fetch", uris = entry.info.fetch.len()));
+        let fetched = tokio::select! {
+            fetched = fetch => fetched,
+            () = entry.cancel.cancelled() => {
+                self.emit(entry, TaskState::TaskKilled, reason::KILLED, "killed before it started");
+                return false;
+            }
+        };
+        match fetched {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(task = %entry.info.task_id, %error, "fetch failed");
+                self.emit(entry, TaskState::TaskFailed, reason::LAUNCH_FAILED, error.to_string());
+                false
+            }
+        }
     }
 
     /// Watches a started task (new or re-adopted) until it ends.
@@ -743,6 +796,7 @@ mod tests {
     use marina_runtime_sim::{SimConfig, SimRuntime};
 
     use super::*;
+    use crate::config::FetcherConfig;
     use crate::test_disk::SmallDisk;
 
     #[test]
@@ -758,8 +812,9 @@ mod tests {
         let runtime = Arc::new(SimRuntime::new(SimConfig::default()));
         let identity = Identity { agent_id: "agent-1".into(), hostname: "host".into() };
         let policy = ContainerPolicy { allow_root: true, ..ContainerPolicy::default() };
-        let tasks =
-            Tasks::new(runtime.clone(), checkpoint, updates.clone(), identity, Duration::from_secs(1), 1024, policy);
+        let fetcher = Arc::new(Fetcher::new(&FetcherConfig::default(), work_dir).unwrap());
+        let settings = TaskSettings { default_grace: Duration::from_secs(1), output_limit: 1024, policy, fetcher };
+        let tasks = Tasks::new(runtime.clone(), checkpoint, updates.clone(), identity, settings);
         (Arc::new(tasks), updates, runtime)
     }
 
@@ -828,7 +883,8 @@ mod tests {
         assert!(entries(&dir.path().join("sandboxes")).is_empty(), "no sandbox");
         assert_eq!(std::fs::metadata(&journal).unwrap().len(), journal_before, "no checkpoint");
         assert_eq!(started(&runtime).await, 0, "nothing started");
-        assert!(entries(dir.path()).iter().all(|name| name == "meta" || name == "sandboxes"));
+        // (The fetch cache is made when the agent starts.)
+        assert!(entries(dir.path()).iter().all(|name| ["meta", "sandboxes", "fetch-cache"].contains(&name.as_str())));
     }
 
     /// A launch whose checkpoint fails (a full disk, for real) is answered TASK_FAILED naming

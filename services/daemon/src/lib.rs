@@ -34,3 +34,17 @@ pub use shutdown::Shutdown;
 
 /// The Marina release every binary reports (in status, metrics and `--version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error with its causes, `outer: inner: innermost`: HTTP clients keep the cause out of
+/// their own message (`error sending request`, `client error (Connect)` say nothing of a
+/// refused connection or a certificate).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

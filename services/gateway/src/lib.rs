@@ -8,7 +8,8 @@
 //!   (convergence and rolling upgrades), [`placement`] (offers), [`model`] (tasks),
 //!   [`readiness`] (new instances' readiness checks);
 //! - [`scheduler`]: the framework on the master; [`store`]: what is kept in coord;
-//! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward.
+//! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward;
+//!   [`sandboxes`]: tasks' sandbox files, from their agents.
 
 pub mod app;
 mod apps;
@@ -24,6 +25,7 @@ pub mod placement;
 mod proxy;
 mod readiness;
 pub mod rest;
+mod sandboxes;
 mod scheduler;
 mod store;
 mod ui;
@@ -51,6 +53,7 @@ use crate::events::EventBus;
 use crate::leader::Leader;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::Proxy;
+use crate::sandboxes::Sandboxes;
 use crate::store::Store;
 
 use marina_proto::layout::{GATEWAY_ELECTION_DIR, MASTER_ELECTION_DIR};
@@ -81,6 +84,8 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
     observer: LeaderObserver,
     proxy: Proxy,
+    /// Tasks' sandbox files, fetched from their agents (served by the leader).
+    sandboxes: Sandboxes,
 }
 
 impl Gateway {
@@ -171,6 +176,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         shutdown: shutdown.clone(),
         observer,
         proxy: Proxy::new(tls.as_ref()),
+        sandboxes: Sandboxes::new(tls.as_ref()),
         metrics: gateway_metrics,
     });
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use marina_proto::agent::v1 as agent;
 
 use crate::app::{
-    AppDefinition, ContainerType, DockerNetwork, EnvValue, HealthCheckProtocol, KillSelection, Protocol,
+    AppDefinition, ContainerType, DockerNetwork, EnvValue, FetchUri, HealthCheckProtocol, KillSelection, Protocol,
     UnreachableStrategy,
 };
 use crate::engine::AppPlan;
@@ -204,5 +204,17 @@ pub fn task_info(app: &AppDefinition, task_id: &str, host_ports: &[u32]) -> agen
         health_checks,
         labels,
         kill_grace_period_seconds: app.task_kill_grace_period_seconds.unwrap_or(0).max(0) as u32,
+        fetch: app.fetch.iter().map(fetch_uri).collect(),
+    }
+}
+
+/// An app's `fetch` entry as the agents' fetcher takes it.
+pub fn fetch_uri(fetch: &FetchUri) -> agent::FetchUri {
+    agent::FetchUri {
+        uri: fetch.uri.clone(),
+        extract: fetch.extract,
+        executable: fetch.executable,
+        cache: fetch.cache,
+        output_file: fetch.output_file.clone().unwrap_or_default(),
     }
 }

@@ -12,6 +12,7 @@ use marina_daemon::leader::MemberInfo;
 use marina_daemon::link::{Link, Liveness};
 use marina_daemon::tls::{Role, Tls};
 use marina_proto::master::v1 as master;
+use marina_proto::master::v1::operator_client::OperatorClient;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use marina_proto::master::v1::scheduler_event::Kind;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,8 @@ async fn session(
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let operator =
+        OperatorClient::new(marina_daemon::trace::traced(channel.clone())).max_decoding_message_size(64 << 20);
     let mut client = SchedulerClient::new(marina_daemon::trace::traced(channel)).max_decoding_message_size(64 << 20);
     let framework_id = leader.store.framework_id().await.map_err(|e| e.to_string())?.unwrap_or_default();
     let request = master::SubscribeRequest {
@@ -97,7 +100,7 @@ async fn session(
         leader.store.set_framework_id(&subscribed.framework_id).await.map_err(|e| e.to_string())?;
     }
     tracing::info!(framework = %subscribed.framework_id, master = %address, "subscribed to the leading master");
-    let session = MasterSession { client: client.clone(), framework_id: subscribed.framework_id.clone() };
+    let session = MasterSession { client: client.clone(), operator, framework_id: subscribed.framework_id.clone() };
     leader.master.send_replace(Some(session.clone()));
     // Reconciliation runs beside this loop, which must keep reading the answers it asks for
     // (and paces it: see `reconcile`); it stops with the session.

@@ -210,7 +210,7 @@ fn fetch(r: &mut Reader, obj: &Map<String, Value>) -> Vec<FetchUri> {
                     extract: r.bool(o, &path, "extract", true),
                     executable: r.bool(o, &path, "executable", false),
                     cache: r.bool(o, &path, "cache", false),
-                    dest_path: r.string(o, &path, "destPath"),
+                    output_file: r.string(o, &path, "outputFile").or_else(|| r.string(o, &path, "destPath")),
                 })
             })
             .collect()

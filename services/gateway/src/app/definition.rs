@@ -103,8 +103,9 @@ pub struct FetchUri {
     pub extract: bool,
     pub executable: bool,
     pub cache: bool,
+    /// The copy's name in the sandbox (Mesos' `output_file`); `destPath` is read as this.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dest_path: Option<String>,
+    pub output_file: Option<String>,
 }
 
 impl FetchUri {
@@ -112,7 +113,7 @@ impl FetchUri {
     pub fn from_uri(uri: String) -> Self {
         const ARCHIVES: [&str; 7] = [".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".zip"];
         let extract = ARCHIVES.iter().any(|ext| uri.ends_with(ext));
-        FetchUri { uri, extract, executable: false, cache: false, dest_path: None }
+        FetchUri { uri, extract, executable: false, cache: false, output_file: None }
     }
 }
 

@@ -79,12 +79,23 @@ fn id_rules(app: &AppDefinition, p: &mut Problems) {
     }
 }
 
+/// What the agents' fetcher can download, into a place inside the sandbox (the agents check
+/// it again; here it is refused at the field).
+fn fetch_rules(app: &AppDefinition, p: &mut Problems) {
+    for (i, fetch) in app.fetch.iter().enumerate() {
+        if let Err(why) = marina_proto::checks::check_fetch_uri(&crate::model::fetch_uri(fetch)) {
+            p.add(&item_path("/fetch", i), why);
+        }
+    }
+}
+
 /// Names a process can be given. POSIX forbids only `=` in a name (and NUL, which ends it);
 /// it asks applications to tolerate other characters, and Marathon validates apps' names
 /// leniently (non-empty, under 255 characters; only pods are held to letters, digits and
 /// `_`), so `spring.profiles.active` keeps working. Values must not hold NUL, which `execve`
 /// cannot pass.
 fn env_rules(app: &AppDefinition, p: &mut Problems) {
+    fetch_rules(app, p);
     for (name, value) in &app.env {
         let path = item_path("/env", name);
         if name.is_empty() {
@@ -110,7 +121,7 @@ fn size_rules(app: &AppDefinition, p: &mut Problems) {
         ("/portDefinitions", app.port_definitions.len(), MAX_ITEMS),
         ("/container/portMappings", app.port_mappings().map_or(0, <[PortMapping]>::len), MAX_ITEMS),
         ("/healthChecks", app.health_checks.len(), MAX_ITEMS),
-        ("/fetch", app.fetch.len(), MAX_ITEMS),
+        ("/fetch", app.fetch.len(), marina_proto::checks::MAX_FETCH_URIS),
         ("/storeUrls", app.store_urls.len(), MAX_ITEMS),
         ("/dependencies", app.dependencies.len(), MAX_ITEMS),
         ("/env", app.env.len(), MAX_ITEMS),

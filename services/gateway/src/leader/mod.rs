@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use marina_coord_client::Error as CoordError;
 use marina_proto::agent::v1::TaskState;
+use marina_proto::master::v1::operator_client::OperatorClient;
 use marina_proto::master::v1::scheduler_client::SchedulerClient;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -206,7 +207,6 @@ impl Instances {
         }
     }
 
-    #[cfg(test)]
     fn get(&self, task_id: &str) -> Option<&Instance> {
         self.all.get(task_id)
     }
@@ -264,6 +264,14 @@ fn condition_name(state: TaskState) -> &'static str {
     }
 }
 
+/// See [`Leader::agent_of_task`].
+fn agent_of_task(state: &State, task_id: &str) -> Option<String> {
+    if let Some(instance) = state.instances.get(task_id) {
+        return Some(instance.record.agent_id.clone());
+    }
+    state.failures.values().find(|failure| failure.task_id == task_id).map(|failure| failure.agent_id.clone())
+}
+
 /// The longest pause between two convergence rounds (see `converge_loop`).
 const CONVERGE_GAP: Duration = Duration::from_millis(5);
 
@@ -298,6 +306,9 @@ struct State {
 #[derive(Clone)]
 pub struct MasterSession {
     pub client: SchedulerClient<marina_daemon::trace::TracedChannel>,
+    /// The master's operator API on the same connection: its registry of agents (where a
+    /// task's sandbox files are served).
+    pub operator: OperatorClient<marina_daemon::trace::TracedChannel>,
     pub framework_id: String,
 }
 
@@ -606,6 +617,13 @@ impl Leader {
                 Some((entry.definition.clone(), *count, delay, state.queue.get(id).cloned().unwrap_or_default()))
             })
             .collect()
+    }
+
+    /// The agent a task runs on: a known instance's, or — for a task that is over — the
+    /// agent of its app's last failure, if that was this task (its sandbox is still there
+    /// until the agent collects it).
+    pub fn agent_of_task(&self, task_id: &str) -> Option<String> {
+        agent_of_task(&self.lock(), task_id)
     }
 
     /// The app's last failed launch, if any.

@@ -216,6 +216,17 @@ mod tests {
     }
 
     #[test]
+    fn a_tasks_agent_is_known_while_it_runs_and_after_it_failed() {
+        let mut state = running();
+        assert_eq!(crate::leader::agent_of_task(&state, TASK).as_deref(), Some("agent-1"));
+        assert_eq!(crate::leader::agent_of_task(&state, "web.other"), None);
+        // Its sandbox outlives it: the app's last failure still names its agent.
+        transition(&mut state, &status(TASK, TaskState::TaskFailed), Instant::now(), false);
+        assert!(state.instances.get(TASK).is_none());
+        assert_eq!(crate::leader::agent_of_task(&state, TASK).as_deref(), Some("agent-1"));
+    }
+
+    #[test]
     fn a_task_of_no_app_is_to_be_killed_and_a_finished_one_is_let_be() {
         let mut state = state_with(&[web(1, "x")]);
         let orphan = "gone.8f14e45f-ceea-467f-a0e6-0d1e8b2b7a10";

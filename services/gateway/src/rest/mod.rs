@@ -10,6 +10,7 @@
 mod apps;
 mod deployments;
 mod events;
+mod files;
 mod groups;
 mod info;
 mod tasks;
@@ -46,6 +47,10 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v2/tasks", get(tasks::list))
         .route("/v2/tasks/delete", post(tasks::kill))
+        // Marina's extension: a task's sandbox files (Mesos' files API by task id).
+        .route("/v2/tasks/{task_id}/files/browse", get(files::browse))
+        .route("/v2/tasks/{task_id}/files/read", get(files::read_file))
+        .route("/v2/tasks/{task_id}/files/download", get(files::download))
         .route("/v2/deployments", get(deployments::list))
         .route("/v2/deployments/{id}", delete(deployments::cancel))
         .route("/v2/queue", get(deployments::queue))
