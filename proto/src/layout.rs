@@ -37,3 +37,10 @@ pub const GATEWAY_DEPLOYMENTS: &str = "/gateway/deployments";
 pub const GATEWAY_INSTANCES: &str = "/gateway/instances";
 /// Each app's last task failure (Marathon's `lastTaskFailure`), kept across failovers.
 pub const GATEWAY_FAILURES: &str = "/gateway/failures";
+/// Every group that exists (Marathon's group tree), one node each: its id, dependencies and
+/// version (`_` is the root's node: no group id makes it).
+pub const GATEWAY_GROUPS: &str = "/gateway/groups";
+/// The changes of the group tree, one node per version of the root (the newest kept): what
+/// each change did to apps and groups, so the tree at any kept version can be rebuilt
+/// (group versions and rollbacks).
+pub const GATEWAY_GROUP_VERSIONS: &str = "/gateway/groupversions";

@@ -4,29 +4,12 @@ With credentials, first checks that a client without them is refused (401), then
 as Marathon's users do (`MarathonClient(url, username=..., password=...)`).
 Prints one line per step; exits non-zero on the first failure."""
 
-import collections
-import collections.abc
 import sys
-import time
 
-# marathon 0.13 (its last release) predates Python 3.10, which moved these ABCs; restore
-# the old names so the unmodified client runs on this Python.
-collections.Iterable = collections.abc.Iterable
-collections.Mapping = collections.abc.Mapping
-
+from marathon_compat import wait_for  # first: its shim lets the unmodified client import
 from marathon import MarathonClient
 from marathon.exceptions import MarathonHttpError
 from marathon.models import MarathonApp, MarathonHealthCheck
-
-
-def wait_for(what, check, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def main(url, credentials=None):

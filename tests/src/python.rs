@@ -19,16 +19,23 @@ pub fn interpreter() -> PathBuf {
 /// journey) against the gateway at `url`, logging in with `credentials` (`user:password`)
 /// if given; asserts it succeeded and printed each of `steps`.
 pub async fn run_marathon_client(url: &str, credentials: Option<&str>, steps: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/marathon_client.py");
-    let mut command = tokio::process::Command::new(interpreter());
-    command.args([script, url]).args(credentials);
-    let output = command.output().await.expect("running the Marathon client");
+    let mut args = vec![url];
+    args.extend(credentials);
+    run_script("marathon_client.py", &args, steps).await;
+}
+
+/// Runs `tests/python/<script>` with `args`; asserts it succeeded and printed each of
+/// `steps`.
+pub async fn run_script(script: &str, args: &[&str], steps: &[&str]) {
+    let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(interpreter())
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("running {script}: {error}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the Marathon client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     for step in steps {
         assert!(stdout.contains(step), "missing step {step:?} in:\n{stdout}");
     }

@@ -191,3 +191,91 @@ async fn image_tasks_find_their_fetched_files_at_mesos_sandbox() {
     let app = api.app("/fetched-image").await.unwrap();
     assert!(app["lastTaskFailure"].is_null(), "no task failed: {}", app["lastTaskFailure"]);
 }
+
+/// Accepts TLS connections for `axum::serve` (handshakes that fail are dropped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, address);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An `https` artifact is fetched by an agent that trusts its server's CA
+/// (`fetcher.ca_file`), and refused, naming the URI and the certificate, by one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_artifacts_need_a_trusted_server() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    // The artifact server's own CA, not the cluster's; its certificate names 127.0.0.1.
+    let dir = marina_tests::TestDir::new();
+    let artifacts_ca = marina_tests::TestCa::new(&dir.path().join("artifacts-ca"));
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server-key.pem"));
+    artifacts_ca.issue_to(marina_daemon::tls::Role::Gateway, None, &cert, &key);
+    let provider = marina_daemon::tls::provider();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap(),
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", tcp.local_addr().unwrap());
+    let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)) };
+    let script = b"#!/bin/sh\nexit 0\n".to_vec();
+    let app = axum::Router::new().route("/check.sh", axum::routing::get(move || async move { script.clone() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ca_file = artifacts_ca.ca_file();
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(2)
+        .runtime(RuntimeChoice::Process)
+        .agent_config(move |index, config| {
+            config.resources.ports = if index == 0 { "24700-24749" } else { "24750-24799" }.into();
+            if index == 0 {
+                config.fetcher.ca_file = Some(ca_file.clone());
+            }
+        })
+        .gateways(1)
+        .start()
+        .await;
+    let api = AppsApi::new(&cluster.leading_gateway().await.to_string());
+    let uri = format!("{base}/check.sh");
+    let app = |id: &str, agent: &str| {
+        json!({
+            "id": id, "cmd": "sleep 1000", "cpus": 0.1, "mem": 16,
+            "constraints": [["hostname", "CLUSTER", agent]],
+            "fetch": [{ "uri": uri, "executable": true }],
+            "healthChecks": [{ "protocol": "COMMAND", "command": { "value": "./check.sh" }, "intervalSeconds": 1 }],
+        })
+    };
+    api.create(&app("/trusting", "agent-0.test")).await.unwrap();
+    api.create(&app("/untrusting", "agent-1.test")).await.unwrap();
+    eventually(WAIT, "the trusting agent's task healthy", || async {
+        (api.app("/trusting").await?["tasksHealthy"] == 1).then_some(())
+    })
+    .await;
+    let failure = last_failure(&api, "/untrusting").await;
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("fetching {uri}")) && message.contains("certificate"), "{message}");
+}

@@ -9,7 +9,8 @@
 //! Networking: containerd has no CNI set up here, so `Bridge` and `Host` both run in the
 //! host's network namespace (the task binds the host ports it is given), with the host's
 //! `/etc/hosts` and `/etc/resolv.conf`; `None` gets a network namespace of its own with only
-//! a loopback interface.
+//! a loopback interface. Container networks (`Container`) need CNI: refused as
+//! [`RuntimeError::Unsupported`] (the gateways place such apps on Docker agents only).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -243,7 +244,13 @@ pub(crate) fn runtime_spec(
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     let mut mounts = standard_mounts(spec.privileged);
     let mut hostname = None;
-    match spec.network {
+    match &spec.network {
+        NetworkMode::Container(network) => {
+            return Err(RuntimeError::Unsupported {
+                runtime: RuntimeKind::Containerd,
+                reason: format!("it has no CNI, so task {} cannot join the container network {network}", spec.task_id),
+            });
+        }
         NetworkMode::None => {
             namespaces.push(json!({"type": "network"}));
             hostname = Some(container_id.chars().take(63).collect::<String>());
@@ -468,5 +475,15 @@ mod tests {
         assert!(spec["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
         assert!(spec["linux"]["maskedPaths"].is_null());
         assert_eq!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(), ALL_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn container_networks_are_refused_naming_the_network() {
+        let mut joined = task(None);
+        joined.network = NetworkMode::Container("dev".into());
+        match runtime_spec(&joined, Path::new("/tmp/t"), &image(), "c1", "marina") {
+            Err(RuntimeError::Unsupported { reason, .. }) => assert!(reason.contains("network dev"), "{reason}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
     }
 }

@@ -18,6 +18,11 @@
 //!   [`DockerConfig::log_rotation`]) when it keeps it in files (json-file, local): it lives
 //!   on the engine's disk, not in a sandbox. An engine configured to ship output elsewhere
 //!   (journald, syslog, ...) keeps doing so.
+//! - A container network (`NetworkMode::Container`) is one the operator made on the engine
+//!   (`docker network create`): the container joins it by name, and a missing one fails the
+//!   start as [`RuntimeError::NetworkUnavailable`] naming it, before anything is created.
+//!   [`Runtime::addresses`] reads the container's addresses on its networks from the engine
+//!   (on the host's network it has none of its own: [`TaskAddresses::Host`]).
 //! - The task's sandbox is bind-mounted read-write at [`SANDBOX_MOUNT`]
 //!   (`/mnt/mesos/sandbox`, as Mesos' docker containerizer does), where `MESOS_SANDBOX` and
 //!   `MARINA_SANDBOX` point; the working directory stays the image's. The engine resolves
@@ -31,6 +36,7 @@ mod spec;
 mod status;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,7 +44,7 @@ use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::StartExecResults;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, ExecConfig};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, ExecConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions,
@@ -47,8 +53,8 @@ use bollard::{API_DEFAULT_VERSION, Docker};
 use bytes::Bytes;
 use futures::StreamExt;
 use marina_runtime::{
-    Capabilities, ExecOutput, ExitStatus, LABEL_TASK_ID, ListedTask, LogRotation, LogStream, Result, Runtime,
-    RuntimeError, RuntimeKind, TaskHandle, TaskSpec, TaskState,
+    Capabilities, ExecOutput, ExitStatus, LABEL_TASK_ID, ListedTask, LogRotation, LogStream, NetworkMode, Result,
+    Runtime, RuntimeError, RuntimeKind, TaskAddresses, TaskHandle, TaskSpec, TaskState,
 };
 use tracing::{Instrument, debug, info, warn};
 
@@ -198,6 +204,10 @@ impl DockerRuntime {
     async fn create(&self, name: &str, spec: &TaskSpec, body: ContainerCreateBody) -> Result<String> {
         let options = || CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
         let mut cleared = false;
+        let joined = match &spec.network {
+            NetworkMode::Container(network) => Some(network.as_str()),
+            _ => None,
+        };
         loop {
             let err = match self.docker.create_container(Some(options()), body.clone()).await {
                 Ok(created) => {
@@ -212,6 +222,11 @@ impl DockerRuntime {
                 Some(409) if !cleared => {
                     self.clear_leftover(name, &spec.task_id).await?;
                     cleared = true;
+                }
+                // A container network removed since `check_network` found it.
+                Some(404) if errors::describe(&err).contains("network") && joined.is_some() => {
+                    let network = joined.unwrap_or_default();
+                    return Err(network_unavailable(network, errors::describe(&err)));
                 }
                 Some(404) => {
                     return Err(RuntimeError::ImageUnavailable {
@@ -236,6 +251,19 @@ impl DockerRuntime {
                     )));
                 }
                 _ => return Err(errors::backend("create container", name, err)),
+            }
+        }
+    }
+
+    /// A container network must exist before a container can join it: the operator makes
+    /// them. Anything but the engine's "no such network" is left for the create to report.
+    async fn check_network(&self, network: &str) -> Result<()> {
+        match self.docker.inspect_network(network, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_not_found(&e) => Err(network_unavailable(network, errors::describe(&e))),
+            Err(e) => {
+                debug!(network, error = %errors::describe(&e), "cannot inspect the network; creating the container anyway");
+                Ok(())
             }
         }
     }
@@ -390,6 +418,37 @@ impl DockerRuntime {
     }
 }
 
+fn network_unavailable(network: &str, engine: String) -> RuntimeError {
+    RuntimeError::NetworkUnavailable {
+        network: network.to_owned(),
+        reason: format!(
+            "the engine has no such network ({engine}); container networks are the operator's to create on every \
+             agent's engine (docker network create {network})"
+        ),
+    }
+}
+
+/// A container's addresses on the networks it is attached to (none on the host's network,
+/// whose endpoint has no address of its own), IPv4 first, in the order of the networks'
+/// names so that the first is always the same one.
+fn container_addresses(networks: Option<&HashMap<String, EndpointSettings>>) -> Vec<IpAddr> {
+    let Some(networks) = networks else { return Vec::new() };
+    let sorted: BTreeMap<&String, &EndpointSettings> = networks.iter().collect();
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for endpoint in sorted.values() {
+        for text in [&endpoint.ip_address, &endpoint.global_ipv6_address].into_iter().flatten() {
+            if let Ok(address) = text.parse::<IpAddr>()
+                && !address.is_unspecified()
+                && !addresses.contains(&address)
+            {
+                addresses.push(address);
+            }
+        }
+    }
+    addresses.sort_by_key(|address| address.is_ipv6());
+    addresses
+}
+
 fn not_found(handle: &TaskHandle) -> RuntimeError {
     RuntimeError::NotFound { task_id: handle.task_id.clone() }
 }
@@ -427,6 +486,9 @@ impl Runtime for DockerRuntime {
             .map_err(|e| RuntimeError::InvalidSpec(format!("sandbox {}: {e}", spec.sandbox.display())))?;
         let spec = &TaskSpec { sandbox, ..spec.clone() };
         let body = spec::container_body(spec, self.output.as_ref())?;
+        if let NetworkMode::Container(network) = &spec.network {
+            self.check_network(network).instrument(tracing::info_span!("docker.check_network", network)).await?;
+        }
         let id = self.create(&name, spec, body).instrument(tracing::info_span!("docker.create")).await?;
         let started = self.docker.start_container(&id, None).instrument(tracing::info_span!("docker.start")).await;
         if let Err(e) = started {
@@ -446,6 +508,21 @@ impl Runtime for DockerRuntime {
             Ok(container) => Ok(status::task_state(container.state.as_ref(), &handle.id, &self.signals)),
             Err(e) if errors::is_not_found(&e) => Ok(TaskState::NotFound),
             Err(e) => Err(errors::backend("inspect", &describe_task(handle), e)),
+        }
+    }
+
+    async fn addresses(&self, handle: &TaskHandle) -> Result<TaskAddresses> {
+        match self.docker.inspect_container(&handle.id, None).await {
+            Ok(container) => {
+                let mode = container.host_config.as_ref().and_then(|host| host.network_mode.as_deref());
+                if mode == Some("host") {
+                    return Ok(TaskAddresses::Host);
+                }
+                let networks = container.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+                Ok(TaskAddresses::Own(container_addresses(networks)))
+            }
+            Err(e) if errors::is_not_found(&e) => Err(not_found(handle)),
+            Err(e) => Err(errors::backend("inspect the networks of", &describe_task(handle), e)),
         }
     }
 
@@ -534,5 +611,29 @@ impl Runtime for DockerRuntime {
         tokio::time::timeout(timeout, self.run_exec(handle, argv))
             .await
             .map_err(|_| RuntimeError::Timeout { operation: "exec", after: timeout })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_containers_addresses_are_its_networks_and_none_on_the_hosts() {
+        let endpoint = |v4: &str, v6: &str| EndpointSettings {
+            ip_address: Some(v4.to_owned()),
+            global_ipv6_address: Some(v6.to_owned()),
+            ..Default::default()
+        };
+        let host = HashMap::from([("host".to_owned(), endpoint("", ""))]);
+        assert!(container_addresses(Some(&host)).is_empty());
+        assert!(container_addresses(None).is_empty());
+        let joined = HashMap::from([
+            ("z-net".to_owned(), endpoint("172.20.0.2", "fd00::2")),
+            ("a-net".to_owned(), endpoint("172.19.0.5", "")),
+        ]);
+        let expected: Vec<IpAddr> =
+            ["172.19.0.5", "172.20.0.2", "fd00::2"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(container_addresses(Some(&joined)), expected);
     }
 }

@@ -92,7 +92,7 @@ pub(crate) fn container_body(
     env.extend(SANDBOX_VARIABLES.map(|name| format!("{name}={SANDBOX_MOUNT}")));
 
     let mut host = HostConfig {
-        network_mode: Some(network_mode(spec.network).to_owned()),
+        network_mode: Some(network_mode(&spec.network)?.to_owned()),
         privileged: Some(spec.privileged),
         // No restart policy on purpose: the agent decides whether a task is relaunched.
         restart_policy: None,
@@ -192,13 +192,40 @@ fn command(command: Option<&Command>) -> Result<EntrypointAndCmd, RuntimeError> 
     }
 }
 
-fn network_mode(mode: NetworkMode) -> &'static str {
+/// The engine's `NetworkMode`: a container network is named by itself (the engine resolves
+/// names and ids of its networks).
+fn network_mode(mode: &NetworkMode) -> Result<&str, RuntimeError> {
     match mode {
-        NetworkMode::Bridge => "bridge",
-        NetworkMode::Host => "host",
-        NetworkMode::None => "none",
+        NetworkMode::Bridge => Ok("bridge"),
+        NetworkMode::Host => Ok("host"),
+        NetworkMode::None => Ok("none"),
+        NetworkMode::Container(name) => check_network_name(name).map(|()| name.as_str()),
     }
 }
+
+/// A container network's name as Docker names networks (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`). This
+/// also keeps out what the engine's `NetworkMode` would read as something else:
+/// `container:<id>` (another container's namespace, the task's neighbour's), and `host` or
+/// `none`, where the task would have no address of its own.
+pub(crate) fn check_network_name(name: &str) -> Result<(), RuntimeError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let well_formed = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.chars().all(allowed);
+    if !well_formed || name.len() > MAX_NETWORK_NAME {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "container network name {name:?} is not a Docker network's name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most \
+             {MAX_NETWORK_NAME} characters)"
+        )));
+    }
+    if matches!(name, "host" | "none") {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "{name:?} is not a container network (use the network mode {name} instead)"
+        )));
+    }
+    Ok(())
+}
+
+/// Longer names are no network's: the engine makes names of a network's interfaces from them.
+const MAX_NETWORK_NAME: usize = 128;
 
 fn resources(spec: &TaskSpec, host: &mut HostConfig) -> Result<(), RuntimeError> {
     let resources = &spec.resources;
@@ -219,6 +246,8 @@ fn resources(spec: &TaskSpec, host: &mut HostConfig) -> Result<(), RuntimeError>
 /// Bridge networking publishes each port on the host's `0.0.0.0:<host_port>`. The port must
 /// be listed in `ExposedPorts` too, or the engine silently ignores its binding. With host
 /// networking the task binds its host ports itself; with no network there is nothing to map.
+/// On a container network every container port is reachable at the task's own address; the
+/// ports given here are those also mapped to a host port (Marathon's `hostPort` there).
 fn ports(spec: &TaskSpec, body: &mut ContainerCreateBody, host: &mut HostConfig) -> Result<(), RuntimeError> {
     if spec.ports.is_empty() {
         return Ok(());
@@ -228,7 +257,7 @@ fn ports(spec: &TaskSpec, body: &mut ContainerCreateBody, host: &mut HostConfig)
         NetworkMode::None => {
             return Err(RuntimeError::InvalidSpec("ports cannot be mapped for a task with network mode none".into()));
         }
-        NetworkMode::Bridge => {}
+        NetworkMode::Bridge | NetworkMode::Container(_) => {}
     }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -434,6 +463,31 @@ mod tests {
         let engine_local = rotation("local");
         let log = container_body(&spec(), Some(&engine_local)).expect("valid").host_config.unwrap().log_config.unwrap();
         assert_eq!((log.typ.as_deref(), log.config.expect("options")["max-size"].as_str()), (Some("local"), "4096"));
+    }
+
+    #[test]
+    fn a_container_network_is_joined_by_name_and_its_host_ports_published() {
+        let mut spec = spec();
+        spec.network = NetworkMode::Container("dev-net_1.a".into());
+        let body = container_body(&spec, None).expect("valid");
+        assert_eq!(body.exposed_ports, Some(vec!["8080/tcp".to_owned()]));
+        let host = body.host_config.expect("host");
+        assert_eq!(host.network_mode.as_deref(), Some("dev-net_1.a"));
+        assert!(host.port_bindings.expect("bindings").contains_key("8080/tcp"));
+        spec.ports.clear();
+        assert_eq!(container_body(&spec, None).expect("valid").exposed_ports, None, "no host port, nothing published");
+    }
+
+    #[test]
+    fn a_container_network_name_cannot_reach_another_namespace() {
+        for name in ["container:marina-other", "host", "none", "", "-x", "a/b", "a b", &"n".repeat(129)] {
+            let mut spec = spec();
+            spec.network = NetworkMode::Container(name.to_owned());
+            match container_body(&spec, None) {
+                Err(RuntimeError::InvalidSpec(message)) => assert!(message.contains("network"), "{name}: {message}"),
+                other => panic!("{name}: expected InvalidSpec, got {other:?}"),
+            }
+        }
     }
 
     #[test]

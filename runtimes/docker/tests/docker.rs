@@ -4,15 +4,16 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerInspectResponse;
-use common::{cleanup, env, wait_for_logs};
+use common::{IMAGE, TestNetwork, cleanup, env, wait_for_logs};
 use marina_runtime::conformance::eventually;
 use marina_runtime::{
     Command, LABEL_AGENT_ID, LogRotation, LogStream, NetworkMode, PortMapping, Protocol, Runtime, RuntimeError,
-    TaskHandle, TaskSpec, TaskState,
+    TaskAddresses, TaskHandle, TaskSpec, TaskState,
 };
 use marina_runtime_docker::{DockerConfig, DockerRuntime, container_name};
 
@@ -313,6 +314,73 @@ async fn network_none_has_only_loopback() {
     let interfaces = env.runtime.logs(&handle, LogStream::Stdout, None).await.expect("logs");
     assert_eq!(String::from_utf8_lossy(&interfaces).split_whitespace().collect::<Vec<_>>(), ["lo"]);
     cleanup(&*env.runtime, &handle).await;
+}
+
+/// The container's address on `network`, as the engine itself says it.
+async fn address_on(handle: &TaskHandle, network: &str) -> IpAddr {
+    let inspected = docker_inspect(handle).await;
+    let networks = inspected.network_settings.and_then(|n| n.networks).expect("networks");
+    let endpoint = networks.get(network).unwrap_or_else(|| panic!("not on {network}: {networks:?}"));
+    endpoint.ip_address.as_deref().expect("an address").parse().expect("an IP address")
+}
+
+/// A task on a container network (a user-defined network the operator made) has an address
+/// of its own there, which the runtime reports and at which its container port answers from
+/// the host, with no port mapped. A bridge task reports its bridge address; a host-networked
+/// one none (the agent reports its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_network_gives_the_task_an_address_where_its_ports_answer() {
+    let network = TestNetwork::create("container_network");
+    let env = env("container_network").await;
+    let mut spec = env.fixture.spec("joined", "exec httpd -f -p 8080 -h /var/www");
+    spec.network = NetworkMode::Container(network.name.clone());
+    let joined = start(&*env.runtime, &spec).await;
+    let Ok(TaskAddresses::Own(addresses)) = env.runtime.addresses(&joined).await else { panic!("its own addresses") };
+    assert_eq!(addresses, [address_on(&joined, &network.name).await]);
+    let url = format!("http://{}:8080/", addresses[0]);
+    let http = reqwest::Client::builder().no_proxy().build().expect("a client");
+    let body = eventually(Duration::from_secs(30), &format!("{url} to answer"), || async {
+        let response = http.get(&url).send().await.ok()?;
+        response.status().is_success().then_some(response.text().await.ok()?)
+    })
+    .await;
+    assert!(body.contains("marina test image"), "{body:?}");
+
+    let bridged = start(&*env.runtime, &env.fixture.spec("bridged", "sleep 600")).await;
+    let own = TaskAddresses::Own(vec![address_on(&bridged, "bridge").await]);
+    assert_eq!(env.runtime.addresses(&bridged).await.expect("addresses"), own);
+    let mut host = env.fixture.spec("host", "sleep 600");
+    host.network = NetworkMode::Host;
+    let host = start(&*env.runtime, &host).await;
+    assert_eq!(env.runtime.addresses(&host).await.expect("addresses"), TaskAddresses::Host);
+    let mut isolated = env.fixture.spec("isolated", "sleep 600");
+    isolated.network = NetworkMode::None;
+    let isolated = start(&*env.runtime, &isolated).await;
+    assert_eq!(env.runtime.addresses(&isolated).await.expect("addresses"), TaskAddresses::Own(Vec::new()));
+    for handle in [&joined, &bridged, &host, &isolated] {
+        cleanup(&*env.runtime, handle).await;
+    }
+    assert!(matches!(env.runtime.addresses(&joined).await, Err(RuntimeError::NotFound { .. })));
+}
+
+/// Container networks are the operator's to make: a task naming one the engine does not have
+/// fails to start with an error naming it, and leaves no container behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_container_network_fails_the_start_naming_it() {
+    let env = env("missing_network").await;
+    let mut spec = env.fixture.spec("lost", "sleep 600");
+    let missing = format!("marina-test-missing-{}", std::process::id());
+    spec.network = NetworkMode::Container(missing.clone());
+    env.runtime.ensure_image(IMAGE, false).await.expect("ensure_image");
+    match env.runtime.start(&spec).await {
+        Err(error @ RuntimeError::NetworkUnavailable { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&missing) && message.contains("docker network create"), "{message}");
+        }
+        other => panic!("expected NetworkUnavailable, got {other:?}"),
+    }
+    let labels = BTreeMap::from([(LABEL_AGENT_ID.to_owned(), env.fixture.agent_id.clone())]);
+    assert!(env.runtime.list(&labels).await.expect("list").is_empty(), "no container was created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,8 +36,9 @@
 //!   and [`Capabilities`] says whether they are. Elsewhere (an unprivileged agent, cgroup v2
 //!   without a delegated subtree) they are not, and are not claimed; `RLIMIT_AS` is not a
 //!   memory limit.
-//! - Network isolation: tasks share the host's network, so `NetworkMode::None` is refused;
-//!   `Bridge` (the runtime's default) and `Host` both mean the host's network.
+//! - Network isolation: tasks share the host's network, so `NetworkMode::None` and container
+//!   networks (`NetworkMode::Container`) are refused; `Bridge` (the runtime's default) and
+//!   `Host` both mean the host's network.
 //! - Privileges: a task runs as its spec's `user` (its sandbox handed to that user, its
 //!   supplementary groups dropped), else as the agent's user; the agent decides who may be
 //!   asked for (its container policy). `privileged` changes nothing.
@@ -382,8 +383,18 @@ fn command_line(spec: &TaskSpec) -> Result<(OsString, Vec<OsString>)> {
     if let Some(image) = &spec.image {
         return Err(unsupported(format!("it runs host commands, not images (the task asks for image {image})")));
     }
-    if spec.network == NetworkMode::None {
-        return Err(unsupported("tasks share the host's network, so network mode `none` cannot be honoured".into()));
+    match &spec.network {
+        NetworkMode::None => {
+            return Err(unsupported(
+                "tasks share the host's network, so network mode `none` cannot be honoured".into(),
+            ));
+        }
+        NetworkMode::Container(network) => {
+            return Err(unsupported(format!(
+                "tasks share the host's network, so they cannot join the container network {network}"
+            )));
+        }
+        NetworkMode::Bridge | NetworkMode::Host => {}
     }
     if !spec.parameters.is_empty() {
         let names: Vec<&str> = spec.parameters.iter().map(|(name, _)| name.as_str()).collect();
@@ -770,6 +781,7 @@ mod tests {
         let unsupported = |spec: TaskSpec| matches!(command_line(&spec), Err(RuntimeError::Unsupported { .. }));
         assert!(unsupported(TaskSpec { image: Some("busybox".into()), ..spec(shell.clone()) }));
         assert!(unsupported(TaskSpec { network: NetworkMode::None, ..spec(shell.clone()) }));
+        assert!(unsupported(TaskSpec { network: NetworkMode::Container("dev".into()), ..spec(shell.clone()) }));
         assert!(unsupported(TaskSpec { parameters: vec![("memory-swap".into(), "1g".into())], ..spec(shell.clone()) }));
         let invalid = |spec: TaskSpec| matches!(command_line(&spec), Err(RuntimeError::InvalidSpec(_)));
         assert!(invalid(spec(None)));

@@ -22,6 +22,7 @@ pub use set::RuntimeSet;
 pub use crate::logs::LogRotation;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -103,7 +104,7 @@ pub struct PortMapping {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// The runtime's default: a bridge network with port mappings where supported.
@@ -111,6 +112,12 @@ pub enum NetworkMode {
     Bridge,
     Host,
     None,
+    /// The named network the operator made (Marathon's `container` network mode, Docker's
+    /// user-defined networks): the task gets an address of its own there, and its container
+    /// ports are reachable at it. Runtimes that cannot join one refuse the task
+    /// ([`RuntimeError::Unsupported`]); one whose network does not exist fails it with
+    /// [`RuntimeError::NetworkUnavailable`].
+    Container(String),
 }
 
 /// Resources a task asks for; backends with the capability enforce them as limits.
@@ -173,6 +180,16 @@ pub struct TaskHandle {
     /// Anything else the backend needs (serialized by the backend, opaque to the agent).
     #[serde(default)]
     pub data: String,
+}
+
+/// Where a started task is reached (see [`Runtime::addresses`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskAddresses {
+    /// It shares the host's network: the host's (the agent's) address is the task's.
+    Host,
+    /// Addresses of its own: its container's on a bridge or container network. Empty when it
+    /// has none (no network, or not running any more).
+    Own(Vec<IpAddr>),
 }
 
 /// How a task ended.
@@ -246,6 +263,10 @@ pub enum RuntimeError {
     /// exist there). The message names the image.
     #[error("image {image} is not available: {reason}")]
     ImageUnavailable { image: String, reason: String },
+    /// The container network the task joins does not exist (they are the operator's to
+    /// make). The message names the network.
+    #[error("network {network} is not available: {reason}")]
+    NetworkUnavailable { network: String, reason: String },
     /// The spec asks for something this backend cannot do.
     #[error("{runtime} runtime cannot run this task: {reason}")]
     Unsupported { runtime: RuntimeKind, reason: String },
@@ -288,6 +309,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, spec: &TaskSpec) -> Result<TaskHandle>;
 
     async fn inspect(&self, handle: &TaskHandle) -> Result<TaskState>;
+
+    /// Where a started task is reached. A runtime without network isolation says
+    /// [`TaskAddresses::Host`] for every task.
+    async fn addresses(&self, handle: &TaskHandle) -> Result<TaskAddresses> {
+        let _ = handle;
+        Ok(TaskAddresses::Host)
+    }
 
     /// Resolves when the task has exited, with how.
     async fn wait(&self, handle: &TaskHandle) -> Result<ExitStatus>;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::{
     Capabilities, ExecOutput, ExitStatus, ListedTask, LogStream, Result, Runtime, RuntimeError, RuntimeKind,
-    TaskHandle, TaskSpec, TaskState,
+    TaskAddresses, TaskHandle, TaskSpec, TaskState,
 };
 
 /// One image runtime at most, and one for commands at most (the agent's configuration
@@ -97,6 +97,10 @@ impl Runtime for RuntimeSet {
 
     async fn inspect(&self, handle: &TaskHandle) -> Result<TaskState> {
         self.for_handle(handle)?.inspect(handle).await
+    }
+
+    async fn addresses(&self, handle: &TaskHandle) -> Result<TaskAddresses> {
+        self.for_handle(handle)?.addresses(handle).await
     }
 
     async fn wait(&self, handle: &TaskHandle) -> Result<ExitStatus> {

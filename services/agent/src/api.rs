@@ -131,6 +131,7 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> axum::Json<serde_json::V
                 "state": status.state().as_str_name(),
                 "healthy": status.healthy,
                 "container_id": status.container_id,
+                "ip_addresses": status.ip_addresses,
                 "message": status.message,
                 // Where its files are (browse and read them with `/files/…`).
                 "sandbox": agent.checkpoint.sandbox_path(&task.task_id).ok().map(|path| path.display().to_string()),

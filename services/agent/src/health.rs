@@ -3,6 +3,7 @@
 //! count; after it, a failure marks the task unhealthy and `max_consecutive_failures` of
 //! them in a row kill it. Results travel as RUNNING status updates with `healthy` set.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,15 +105,12 @@ async fn probe(
 ) -> Result<(), String> {
     match check.protocol() {
         Protocol::Http => {
-            let port = Tasks::check_port(entry, check.port_index, check.port).ok_or("the task has no such port")?;
-            http_get(port, if check.path.is_empty() { "/" } else { &check.path }).await
+            let target = Tasks::check_target(entry, check.port_index, check.port).ok_or(NO_TARGET)?;
+            http_get(target, if check.path.is_empty() { "/" } else { &check.path }).await
         }
         Protocol::Tcp => {
-            let port = Tasks::check_port(entry, check.port_index, check.port).ok_or("the task has no such port")?;
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("connect to port {port}: {e}"))
+            let target = Tasks::check_target(entry, check.port_index, check.port).ok_or(NO_TARGET)?;
+            TcpStream::connect(target).await.map(|_| ()).map_err(|e| format!("connect to {}: {e}", describe(target)))
         }
         Protocol::Command => {
             let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), check.command.clone()];
@@ -123,13 +121,22 @@ async fn probe(
     }
 }
 
+const NO_TARGET: &str = "the task has no such port (or, on a container network, no address yet)";
+
+/// `port 31000` on the agent's loopback, `172.18.0.5:8080` elsewhere.
+fn describe(target: (IpAddr, u16)) -> String {
+    match target {
+        (address, port) if address.is_loopback() => format!("port {port}"),
+        target => SocketAddr::from(target).to_string(),
+    }
+}
+
 /// A minimal HTTP/1.1 GET: healthy on 2xx and 3xx (Marathon's rule).
-async fn http_get(port: u16, path: &str) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect to port {port}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: marina-agent\r\nConnection: close\r\n\r\n"
-    );
+async fn http_get(target: (IpAddr, u16), path: &str) -> Result<(), String> {
+    let mut stream = TcpStream::connect(target).await.map_err(|e| format!("connect to {}: {e}", describe(target)))?;
+    let authority = SocketAddr::from(target);
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: marina-agent\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut head = vec![0u8; 64];
     let read = stream.read(&mut head).await.map_err(|e| e.to_string())?;

@@ -231,7 +231,8 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         principal: String::new(),
     };
     let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), recovered.updates));
-    let identity = Identity { agent_id: recovered.meta.agent_id.clone().unwrap_or_default(), hostname };
+    let addresses = resources::own_addresses(&address, &hostname).await;
+    let identity = Identity { agent_id: recovered.meta.agent_id.clone().unwrap_or_default(), hostname, addresses };
     let settings = TaskSettings {
         default_grace: Duration::from_secs(config.kill_grace_seconds),
         output_limit: usize::try_from(config.task_logs.max_bytes).unwrap_or(usize::MAX),

@@ -10,6 +10,7 @@
 //! memory and written again ([`Tasks::retry_unsaved`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use marina_proto::policy::ContainerPolicy;
 use marina_proto::reason;
 use marina_runtime::{
     Command, ExitStatus, LABEL_AGENT_ID, ListedTask, LogStream, NetworkMode, Protocol, Resources, Runtime,
-    RuntimeError, TaskHandle, TaskSpec, TaskState as RuntimeState, marina_labels,
+    RuntimeError, TaskAddresses, TaskHandle, TaskSpec, TaskState as RuntimeState, marina_labels,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,6 +35,8 @@ use crate::updates::StatusUpdates;
 pub struct Identity {
     pub agent_id: String,
     pub hostname: String,
+    /// The agent's own IP address(es): those of the tasks that share its network.
+    pub addresses: Vec<IpAddr>,
 }
 
 pub struct Tasks {
@@ -78,6 +81,9 @@ pub struct Entry {
 struct EntryState {
     handle: Option<TaskHandle>,
     status: TaskStatus,
+    /// Where the task is reached (see [`Tasks::addresses_of`]), once it runs: in each of its
+    /// status updates from then on, and so in its checkpoint.
+    ip_addresses: Vec<String>,
     killing: bool,
     /// Why the agent itself is killing it (health checks), if it is.
     kill_reason: Option<&'static str>,
@@ -94,6 +100,17 @@ impl Entry {
 
     pub fn handle(&self) -> Option<TaskHandle> {
         self.state.lock().expect("task lock").handle.clone()
+    }
+
+    /// The task's network mode as its `ContainerSpec` names it (lowercase; empty: the
+    /// default, a bridge).
+    fn network(&self) -> String {
+        self.info.container.as_ref().map(|c| c.network.to_ascii_lowercase()).unwrap_or_default()
+    }
+
+    /// The first of the task's IP addresses, once it runs.
+    pub fn ip_address(&self) -> Option<IpAddr> {
+        self.state.lock().expect("task lock").ip_addresses.first().and_then(|address| address.parse().ok())
     }
 
     fn checkpoint_record(&self) -> TaskCheckpoint {
@@ -198,7 +215,13 @@ impl Tasks {
             entries.push(Arc::new(Entry {
                 info,
                 sandbox,
-                state: Mutex::new(EntryState { handle: None, status, killing: false, kill_reason: None }),
+                state: Mutex::new(EntryState {
+                    handle: None,
+                    status,
+                    ip_addresses: Vec::new(),
+                    killing: false,
+                    kill_reason: None,
+                }),
                 cancel: CancellationToken::new(),
             }));
         }
@@ -314,6 +337,7 @@ impl Tasks {
             status.healthy = guard.status.healthy;
             status.trace_context = marina_daemon::trace::carrier();
             status.container_id = guard.handle.as_ref().map(|h| h.id.clone()).unwrap_or_default();
+            status.ip_addresses = guard.ip_addresses.clone();
             guard.status = status.clone();
             status
         };
@@ -390,9 +414,11 @@ impl Tasks {
                 return None;
             }
         };
+        let addresses = self.addresses_of(entry, &handle).await;
         let killing = {
             let mut guard = entry.state.lock().expect("task lock");
             guard.handle = Some(handle.clone());
+            guard.ip_addresses = addresses.unwrap_or_default();
             guard.killing
         };
         self.emit(entry, TaskState::TaskRunning, "", "");
@@ -403,6 +429,24 @@ impl Tasks {
             }
         }
         Some(handle)
+    }
+
+    /// Where a started task is reached: its own addresses (a container's on its bridge or
+    /// container network), else — sharing the host's network — the agent's; none for a task
+    /// without a network. `None` when the runtime could not say (logged).
+    async fn addresses_of(&self, entry: &Entry, handle: &TaskHandle) -> Option<Vec<String>> {
+        if entry.network() == "none" {
+            return Some(Vec::new());
+        }
+        let addresses = match self.runtime.addresses(handle).await {
+            Ok(TaskAddresses::Own(own)) => own,
+            Ok(TaskAddresses::Host) => self.identity.lock().expect("identity lock").addresses.clone(),
+            Err(error) => {
+                tracing::warn!(task = %entry.info.task_id, %error, "cannot read the task's addresses");
+                return None;
+            }
+        };
+        Some(addresses.iter().map(ToString::to_string).collect())
     }
 
     /// Fetches the task's URIs into its sandbox, handing them to the user a command task
@@ -628,7 +672,11 @@ impl Tasks {
             "" | "bridge" => NetworkMode::Bridge,
             "host" => NetworkMode::Host,
             "none" => NetworkMode::None,
-            other => return Err(format!("unknown network mode {other:?} (bridge, host or none)")),
+            "container" if container.network_name.is_empty() => {
+                return Err("a container network needs a name (Marathon's networks[].name)".into());
+            }
+            "container" => NetworkMode::Container(container.network_name.clone()),
+            other => return Err(format!("unknown network mode {other:?} (bridge, host, none or container)")),
         };
         let mut labels: BTreeMap<String, String> = info.labels.clone().into_iter().collect();
         labels.extend(marina_labels(&info.task_id, &agent_id, &info.framework_id));
@@ -678,6 +726,7 @@ impl Tasks {
                 state: Mutex::new(EntryState {
                     handle: handle.clone(),
                     status: status.clone(),
+                    ip_addresses: status.ip_addresses.clone(),
                     killing: record.killing,
                     kill_reason: None,
                 }),
@@ -705,7 +754,14 @@ impl Tasks {
             match (state, handle) {
                 (RuntimeState::Running { .. } | RuntimeState::Created, Some(handle)) => {
                     tracing::info!(task = %entry.info.task_id, container = %handle.id, "re-adopted a running task");
-                    if status.state() != TaskState::TaskRunning {
+                    // Read again: the checkpoint may predate them (the agent died before the
+                    // RUNNING update), and the agent's own address may have changed.
+                    let addresses = self.addresses_of(&entry, &handle).await.filter(|a| !a.is_empty());
+                    let moved = addresses.as_ref().is_some_and(|addresses| *addresses != status.ip_addresses);
+                    if let Some(addresses) = addresses {
+                        entry.state.lock().expect("task lock").ip_addresses = addresses;
+                    }
+                    if status.state() != TaskState::TaskRunning || moved {
                         self.emit(&entry, TaskState::TaskRunning, reason::RECOVERED, "");
                     }
                     if record.killing {
@@ -743,14 +799,19 @@ impl Tasks {
         }
     }
 
-    /// For the health checker: the task's port at `index`, or `fixed`.
-    pub fn check_port(entry: &Entry, index: u32, fixed: u32) -> Option<u16> {
-        if fixed > 0 {
-            return u16::try_from(fixed).ok();
-        }
+    /// For the health checker: where the task's port at `index`, or `fixed`, is reached. On
+    /// a container network that is the task's own address and the container port (a fixed
+    /// port is one there: Marathon checks IP-per-task apps at their address); elsewhere the
+    /// agent's loopback and the host port.
+    pub fn check_target(entry: &Entry, index: u32, fixed: u32) -> Option<(IpAddr, u16)> {
         let mappings: Vec<PortMapping> =
             entry.info.container.as_ref().map(|c| c.port_mappings.clone()).unwrap_or_default();
-        mappings.get(index as usize).and_then(|m| u16::try_from(m.host_port).ok())
+        if entry.network() == "container" {
+            let port = if fixed > 0 { fixed } else { mappings.get(index as usize)?.container_port };
+            return Some((entry.ip_address()?, u16::try_from(port).ok().filter(|port| *port > 0)?));
+        }
+        let port = if fixed > 0 { fixed } else { mappings.get(index as usize)?.host_port };
+        Some((IpAddr::V4(Ipv4Addr::LOCALHOST), u16::try_from(port).ok()?))
     }
 }
 
@@ -792,7 +853,7 @@ fn add_task_environment(
 mod tests {
     use std::path::Path;
 
-    use marina_proto::agent::v1::CommandSpec;
+    use marina_proto::agent::v1::{CommandSpec, ContainerSpec};
     use marina_runtime_sim::{SimConfig, SimRuntime};
 
     use super::*;
@@ -810,7 +871,11 @@ mod tests {
         let (checkpoint, _) = Checkpoint::open(work_dir).unwrap();
         let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), Vec::new()));
         let runtime = Arc::new(SimRuntime::new(SimConfig::default()));
-        let identity = Identity { agent_id: "agent-1".into(), hostname: "host".into() };
+        let identity = Identity {
+            agent_id: "agent-1".into(),
+            hostname: "host".into(),
+            addresses: vec!["192.0.2.7".parse().unwrap()],
+        };
         let policy = ContainerPolicy { allow_root: true, ..ContainerPolicy::default() };
         let fetcher = Arc::new(Fetcher::new(&FetcherConfig::default(), work_dir).unwrap());
         let settings = TaskSettings { default_grace: Duration::from_secs(1), output_limit: 1024, policy, fetcher };
@@ -917,6 +982,78 @@ mod tests {
         let entry = tasks.get("web.1").expect("launched");
         wait_for("the task to run", || entry.status().state() == TaskState::TaskRunning).await;
         assert_eq!(entries(&disk.path().join("sandboxes")), ["web.1"]);
+    }
+
+    /// A task sharing the host's network is reached at the agent's address (the sim runtime,
+    /// like the process runtime, has no network of its own), from its RUNNING update on and
+    /// in its checkpoint; a task without a network has none.
+    #[tokio::test]
+    async fn a_running_tasks_addresses_are_in_its_updates_and_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, updates, _runtime) = agent_tasks(dir.path());
+        let network = |task_id: &str, network: &str, name: &str| TaskInfo {
+            container: Some(ContainerSpec { network: network.into(), network_name: name.into(), ..Default::default() }),
+            ..task(task_id)
+        };
+        let launched = vec![task("web.1"), network("web.2", "none", ""), network("web.3", "host", "")];
+        tasks.launch("framework-1", launched, &Default::default());
+        for task_id in ["web.1", "web.2", "web.3"] {
+            let entry = tasks.get(task_id).expect("launched");
+            wait_for("the task to run", || entry.status().state() == TaskState::TaskRunning).await;
+        }
+        let addresses = |task_id: &str| tasks.get(task_id).unwrap().status().ip_addresses;
+        assert_eq!((addresses("web.1"), addresses("web.3")), (vec!["192.0.2.7".into()], vec!["192.0.2.7".into()]));
+        assert!(addresses("web.2").is_empty());
+        // Every update of web.1 in order: each is sent once the one before is acknowledged.
+        let mut sent = Vec::new();
+        while let Some(next) = updates.deliverable().into_iter().find(|u| u.task_id == "web.1") {
+            updates.acknowledge("web.1", &next.uuid);
+            sent.push(next);
+        }
+        let running = sent.iter().find(|u| u.state() == TaskState::TaskRunning).unwrap();
+        assert_eq!(running.ip_addresses, ["192.0.2.7"]);
+        let starting = sent.iter().find(|u| u.state() == TaskState::TaskStarting).unwrap();
+        assert!(starting.ip_addresses.is_empty(), "not before it runs");
+        // Health changes re-announce RUNNING: with the addresses still.
+        tasks.set_health(&tasks.get("web.1").unwrap(), false, "sick");
+        assert_eq!(addresses("web.1"), ["192.0.2.7"]);
+
+        let (_, recovered) = Checkpoint::open(dir.path()).unwrap();
+        let record = recovered.tasks.iter().find(|t| t.info.as_ref().unwrap().task_id == "web.1").unwrap();
+        assert_eq!(record.status.as_ref().unwrap().ip_addresses, ["192.0.2.7"]);
+    }
+
+    #[test]
+    fn health_checks_reach_a_container_network_task_at_its_own_address() {
+        let info = |network: &str| TaskInfo {
+            container: Some(ContainerSpec {
+                network: network.into(),
+                network_name: "dev".into(),
+                port_mappings: vec![PortMapping { host_port: 31000, container_port: 8080, ..Default::default() }],
+                ..Default::default()
+            }),
+            ..task("web.1")
+        };
+        let entry = |network: &str, addresses: &[&str]| Entry {
+            info: info(network),
+            sandbox: PathBuf::from("/tmp/web.1"),
+            state: Mutex::new(EntryState {
+                handle: None,
+                status: TaskStatus::default(),
+                ip_addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+                killing: false,
+                kill_reason: None,
+            }),
+            cancel: CancellationToken::new(),
+        };
+        let at = |address: &str, port| Some((address.parse::<IpAddr>().unwrap(), port));
+        let joined = entry("container", &["172.18.0.5"]);
+        assert_eq!(Tasks::check_target(&joined, 0, 0), at("172.18.0.5", 8080));
+        assert_eq!(Tasks::check_target(&joined, 0, 9090), at("172.18.0.5", 9090), "a fixed port is a container port");
+        assert_eq!(Tasks::check_target(&entry("container", &[]), 0, 0), None, "no address yet");
+        let bridged = entry("bridge", &["172.17.0.3"]);
+        assert_eq!(Tasks::check_target(&bridged, 0, 0), at("127.0.0.1", 31000), "the mapped host port");
+        assert_eq!(Tasks::check_target(&bridged, 1, 0), None);
     }
 
     /// A task checkpoint that fails on a full disk is kept and written once there is room:

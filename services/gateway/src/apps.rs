@@ -12,8 +12,10 @@ use serde_json::Value;
 use crate::Gateway;
 use crate::app::{self, AppDefinition, AppError, PathId, Timestamp};
 use crate::engine::is_terminal;
-use crate::events::MarathonEvent;
-use crate::leader::{Change, DeployError, Deployed, Deployment, Instance, Leader, QueueStats, TaskFailure};
+use crate::leader::{
+    Change, DeployError, Deployed, Deployment, GroupNode, GroupOp, GroupUpdate, Instance, Leader, Origin, Outcome,
+    QueueStats, TaskFailure, TreeRequest,
+};
 
 /// Why an operation was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,20 @@ pub struct Killed {
 /// The apps service of the leading gateway.
 pub struct Apps {
     leader: Arc<Leader>,
+    /// The caller's address, for the `api_post_event`s of its changes (`None`: unknown).
+    client_ip: Option<String>,
+}
+
+/// What a `PUT /v2/groups/{id}` asks besides a replacement (Marathon's `GroupUpdate`:
+/// `version` first, then `scaleBy`, then the group's structure).
+#[derive(Debug, Clone)]
+pub enum GroupEdit {
+    /// The group becomes what the body says (see [`crate::leader::GroupUpdate`]).
+    Replace(GroupUpdate),
+    /// Every app in the group runs `ceil(instances × factor)` instances.
+    ScaleBy(f64),
+    /// The group goes back to its stored version.
+    Rollback(Timestamp),
 }
 
 /// Reads an app id from a request's target.
@@ -128,7 +144,48 @@ pub fn group_id(raw: &str) -> Result<PathId, AppsError> {
 impl Apps {
     /// The service, if this gateway leads.
     pub fn of(gateway: &Gateway) -> Result<Self, AppsError> {
-        gateway.leader().map(|leader| Apps { leader }).ok_or(AppsError::NotLeading)
+        gateway.leader().map(|leader| Apps { leader, client_ip: None }).ok_or(AppsError::NotLeading)
+    }
+
+    /// The service for a caller at `address`: its changes' `api_post_event`s name it.
+    pub fn for_client(mut self, address: Option<std::net::SocketAddr>) -> Self {
+        self.client_ip = address.map(|address| address.ip().to_string());
+        self
+    }
+
+    /// Where a change through `uri` came from.
+    fn origin(&self, uri: String) -> Option<Origin> {
+        Some(Origin { uri, client_ip: self.client_ip.clone() })
+    }
+
+    /// Carries out one request of apps (and groups) built from the apps as they are, made in
+    /// group `group` (the finest group it changes, for `group_change_*`).
+    async fn change(
+        &self,
+        force: bool,
+        dry_run: bool,
+        group: &str,
+        derive: impl FnOnce(&Leader) -> Result<TreeRequest, AppsError>,
+    ) -> Result<Outcome, AppsError> {
+        let group_id = group.to_owned();
+        self.leader
+            .deploy_tree(force, dry_run, Some(group), |leader| {
+                derive(leader).map(|request| TreeRequest { group: Some(group_id), ..request })
+            })
+            .await
+    }
+
+    /// Like [`Apps::change`], for a change that is never a dry run.
+    async fn deploy(
+        &self,
+        force: bool,
+        group: &str,
+        derive: impl FnOnce(&Leader) -> Result<TreeRequest, AppsError>,
+    ) -> Result<Deployed, AppsError> {
+        match self.change(force, false, group, derive).await? {
+            Outcome::Deployed(deployed) => Ok(deployed),
+            Outcome::DryRun(_) => unreachable!("not a dry run"),
+        }
     }
 
     // ----- reading ----------------------------------------------------------------------------
@@ -180,13 +237,43 @@ impl Apps {
         stored.ok_or_else(no_version)
     }
 
-    /// Every app of the group `id` and of the groups below it.
+    /// Every app, if group `id` exists (the apps of the group and below it are those `id`
+    /// contains).
     pub fn group(&self, id: &PathId) -> Result<Vec<AppView>, AppsError> {
-        let apps = self.list();
-        if !id.is_root() && !apps.iter().any(|view| id.contains(&view.app.id) && view.app.id != *id) {
+        if !self.leader.group_exists(&id.to_string()) {
             return Err(AppsError::NoGroup(id.to_string()));
         }
-        Ok(apps)
+        Ok(self.list())
+    }
+
+    /// Group `id` with its apps and the groups below it.
+    pub fn group_tree(&self, id: &PathId) -> Result<GroupNode, AppsError> {
+        self.leader.group(&id.to_string()).ok_or_else(|| AppsError::NoGroup(id.to_string()))
+    }
+
+    /// The stored versions of group `id`, newest first.
+    pub async fn group_versions(&self, id: &PathId) -> Result<Vec<String>, AppsError> {
+        let key = id.to_string();
+        if !self.leader.group_exists(&key) {
+            return Err(AppsError::NoGroup(key));
+        }
+        Ok(self.leader.group_versions(&key).await?.iter().map(Timestamp::to_string).collect())
+    }
+
+    /// Group `id` as it was at `version`, with its apps' definitions then.
+    pub async fn group_version(&self, id: &PathId, version: &str) -> Result<GroupNode, AppsError> {
+        let not_there = || AppsError::NoGroup(id.to_string());
+        let version = Timestamp::parse(version).map_err(|_| not_there())?;
+        self.leader.group_at(&id.to_string(), version).await?.ok_or_else(not_there)
+    }
+
+    /// Why group `id` cannot be created (Marathon's 409 messages), if it cannot.
+    pub fn group_conflict(&self, id: &PathId) -> Option<String> {
+        let key = id.to_string();
+        if self.leader.group_exists(&key) {
+            return Some(format!("Group {key} is already created. Use PUT to change this group."));
+        }
+        self.leader.app_exists(&key).then(|| format!("An app with the path {key} already exists."))
     }
 
     pub fn deployments(&self) -> Vec<Deployment> {
@@ -211,20 +298,15 @@ impl Apps {
         let app = app::parse_app(body, None)?;
         let id = app.id.clone();
         let key = id.to_string();
+        let origin = self.origin(format!("/v2/apps{id}"));
         let deployed = self
-            .leader
-            .deploy_derived(force, |leader| match leader.app(&key) {
-                Some(_) => Err(DeployError::Exists(key.clone())),
-                None => Ok(vec![Change::to(&key, Some(app))]),
+            .deploy(force, &id.parent().to_string(), |leader| match leader.app(&key) {
+                Some(_) => Err(AppsError::Deploy(DeployError::Exists(key.clone()))),
+                None => Ok(TreeRequest { apps: vec![Change::to(&key, Some(app))], origin, ..TreeRequest::default() }),
             })
             .await?;
         // Deleted meanwhile by another request: what the caller created is gone.
         let view = self.get(&id)?;
-        self.leader.events.publish(MarathonEvent::ApiPost {
-            client_ip: None,
-            uri: format!("/v2/apps{id}"),
-            app_definition: view.app.to_json(),
-        });
         Ok((deployed, view))
     }
 
@@ -239,9 +321,9 @@ impl Apps {
             return Ok(Updated { deployed, created: false });
         }
         let mut created = false;
+        let origin = self.origin(format!("/v2/apps{id}"));
         let deployed = self
-            .leader
-            .deploy_derived(force, |leader| {
+            .deploy(force, &id.parent().to_string(), |leader| {
                 let existing = leader.app(&key).map(|(app, _, _)| app);
                 let target = match (existing, mode) {
                     (None, UpdateMode::Patch) => return Err(AppsError::Deploy(DeployError::NotFound(key.clone()))),
@@ -253,7 +335,7 @@ impl Apps {
                         app::parse_app_at(body, id)?
                     }
                 };
-                Ok(vec![Change::to(&key, Some(target))])
+                Ok(TreeRequest { apps: vec![Change::to(&key, Some(target))], origin, ..TreeRequest::default() })
             })
             .await?;
         Ok(Updated { deployed, created })
@@ -263,15 +345,18 @@ impl Apps {
     async fn rollback(&self, id: &PathId, version: Timestamp, force: bool) -> Result<Deployed, AppsError> {
         let stored = self.version(id, &version.to_string()).await?;
         let target = app::parse_app(&serde_json::to_vec(&stored).unwrap_or_default(), None)?;
-        Ok(self.leader.deploy(vec![Change::to(&id.to_string(), Some(target))], force).await?)
+        let origin = self.origin(format!("/v2/apps{id}"));
+        let apps = vec![Change::to(&id.to_string(), Some(target))];
+        self.deploy(force, &id.parent().to_string(), |_| Ok(TreeRequest { apps, origin, ..TreeRequest::default() }))
+            .await
     }
 
     /// Updates (or creates) several apps in one deployment (`PUT /v2/apps`); each item is
     /// a patch of an existing app when `partial`, else a whole app.
     pub async fn update_many(&self, items: Vec<Value>, partial: bool, force: bool) -> Result<Deployed, AppsError> {
+        let origin = self.origin("/v2/apps".to_owned());
         let deployed = self
-            .leader
-            .deploy_derived(force, |leader| {
+            .deploy(force, "/", |leader| {
                 let mut changes = Vec::with_capacity(items.len());
                 for item in &items {
                     let bytes = serde_json::to_vec(item).unwrap_or_default();
@@ -288,7 +373,7 @@ impl Apps {
                     };
                     changes.push(Change::to(&target.id.to_string(), Some(target)));
                 }
-                Ok::<_, AppsError>(changes)
+                Ok(TreeRequest { apps: changes, origin, ..TreeRequest::default() })
             })
             .await?;
         Ok(deployed)
@@ -297,12 +382,12 @@ impl Apps {
     /// Sets the app's instance count.
     pub async fn scale(&self, id: &PathId, instances: i64, force: bool) -> Result<Deployed, AppsError> {
         let key = id.to_string();
+        let origin = self.origin(format!("/v2/apps{id}"));
         let deployed = self
-            .leader
-            .deploy_derived(force, |leader| {
+            .deploy(force, &id.parent().to_string(), |leader| {
                 let (mut app, _, _) = leader.app(&key).ok_or_else(|| DeployError::NotFound(key.clone()))?;
                 app.instances = instances;
-                Ok::<_, AppsError>(vec![Change::to(&key, Some(app))])
+                Ok(TreeRequest { apps: vec![Change::to(&key, Some(app))], origin, ..TreeRequest::default() })
             })
             .await?;
         Ok(deployed)
@@ -311,21 +396,25 @@ impl Apps {
     /// Replaces every task of the app by a new one, the definition unchanged.
     pub async fn restart(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
         let key = id.to_string();
+        let origin = self.origin(format!("/v2/apps{id}/restart"));
         let deployed = self
-            .leader
-            .deploy_derived(force, |leader| {
+            .deploy(force, &id.parent().to_string(), |leader| {
                 let (app, _, _) = leader.app(&key).ok_or_else(|| DeployError::NotFound(key.clone()))?;
-                Ok::<_, AppsError>(vec![Change { id: key.clone(), target: Some(app), restart: true }])
+                let apps = vec![Change { id: key.clone(), target: Some(app), restart: true }];
+                Ok(TreeRequest { apps, origin, ..TreeRequest::default() })
             })
             .await?;
         Ok(deployed)
     }
 
-    /// Deletes the app (its tasks are killed by the deployment).
+    /// Deletes the app (its tasks are killed by the deployment); its group stays.
     pub async fn delete(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
         let key = id.to_string();
         self.get(id)?;
-        Ok(self.leader.deploy(vec![Change::to(&key, None)], force).await?)
+        let origin = self.origin(format!("/v2/apps{id}"));
+        let apps = vec![Change::to(&key, None)];
+        self.deploy(force, &id.parent().to_string(), |_| Ok(TreeRequest { apps, origin, ..TreeRequest::default() }))
+            .await
     }
 
     /// Kills tasks, replaced unless `scale`. With an app and task ids, each must be one of
@@ -349,43 +438,68 @@ impl Apps {
         Ok(Killed { tasks, deployment })
     }
 
-    /// Creates the apps of a group (`POST /v2/groups`); none of them may exist yet.
-    pub async fn create_group(&self, apps: Vec<AppDefinition>, force: bool) -> Result<Deployed, AppsError> {
-        if apps.is_empty() {
-            return Err(AppsError::Unprocessable(
-                "the group has no apps (groups are implicit in Marina: they exist through their apps)".into(),
-            ));
-        }
-        let deployed = self
-            .leader
-            .deploy_derived(force, |leader| {
-                if let Some(existing) = apps.iter().find(|app| leader.app(&app.id.to_string()).is_some()) {
-                    return Err(DeployError::Exists(existing.id.to_string()));
+    /// Creates a group (`POST /v2/groups`) with exactly the apps and subgroups `update`
+    /// gives (an empty group is a group too); it must not exist yet, nor an app with its id.
+    pub async fn create_group(&self, update: GroupUpdate, force: bool) -> Result<Deployed, AppsError> {
+        let id = update.id.clone();
+        let key = id.to_string();
+        let origin = self.origin(format!("/v2/groups{}", if id.is_root() { String::new() } else { key.clone() }));
+        self.deploy(force, &id.parent().to_string(), |leader| {
+            if leader.group_exists(&key) || leader.app_exists(&key) {
+                return Err(AppsError::Deploy(DeployError::Exists(key.clone())));
+            }
+            Ok(leader.decide_group(GroupOp::Create(&update), origin))
+        })
+        .await
+    }
+
+    /// Changes group `id` (`PUT /v2/groups/{id}`) as `edit` says; with `dry_run`, only says
+    /// which steps that would take.
+    pub async fn update_group(
+        &self,
+        id: &PathId,
+        edit: GroupEdit,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<Outcome, AppsError> {
+        let key = id.to_string();
+        let group = id.parent().to_string();
+        let origin = self.origin(format!("/v2/groups{key}"));
+        match edit {
+            GroupEdit::Replace(update) => {
+                self.change(force, dry_run, &group, |leader| Ok(leader.decide_group(GroupOp::Replace(&update), origin)))
+                    .await
+            }
+            GroupEdit::ScaleBy(factor) => {
+                if !self.leader.group_exists(&key) {
+                    return Err(AppsError::NoGroup(key));
                 }
-                Ok(apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect())
-            })
-            .await?;
-        Ok(deployed)
-    }
-
-    /// Updates (or creates) the apps of a group in one deployment (`PUT /v2/groups/{id}`).
-    pub async fn update_group(&self, apps: Vec<AppDefinition>, force: bool) -> Result<Deployed, AppsError> {
-        let changes = apps.into_iter().map(|app| Change::to(&app.id.to_string(), Some(app))).collect();
-        Ok(self.leader.deploy(changes, force).await?)
-    }
-
-    /// Deletes every app of the group and of the groups below it.
-    pub async fn delete_group(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
-        let changes: Vec<Change> = self
-            .list()
-            .into_iter()
-            .filter(|view| id.contains(&view.app.id))
-            .map(|view| Change::to(&view.app.id.to_string(), None))
-            .collect();
-        if changes.is_empty() {
-            return Err(AppsError::NoGroup(id.to_string()));
+                self.change(force, dry_run, &group, |leader| {
+                    Ok(leader.decide_group(GroupOp::Scale(&key, factor), origin))
+                })
+                .await
+            }
+            GroupEdit::Rollback(version) => {
+                let not_kept = || AppsError::Unprocessable(format!("Group {key} not available in version {version}"));
+                self.leader.rollback_group(&key, version, origin, force, dry_run).await?.ok_or_else(not_kept)
+            }
         }
-        Ok(self.leader.deploy(changes, force).await?)
+    }
+
+    /// Deletes group `id` with every app and group in it (`DELETE /v2/groups/{id}`).
+    pub async fn delete_group(&self, id: &PathId, force: bool) -> Result<Deployed, AppsError> {
+        let key = id.to_string();
+        if id.is_root() || !self.leader.group_exists(&key) {
+            return Err(AppsError::NoGroup(key));
+        }
+        let origin = self.origin(format!("/v2/groups{key}"));
+        self.deploy(force, &id.parent().to_string(), |leader| {
+            if !leader.group_exists(&key) {
+                return Err(AppsError::NoGroup(key.clone()));
+            }
+            Ok(leader.decide_group(GroupOp::Remove(&key), origin))
+        })
+        .await
     }
 
     /// Cancels a deployment: by default rolled back (the deployment that does so is
@@ -403,5 +517,319 @@ impl Apps {
     /// A read from coord that failed: the store could not answer (503), whatever it said.
     fn read_error(&self, error: marina_coord_client::Error) -> AppsError {
         AppsError::Deploy(DeployError::Unavailable(error.to_string()))
+    }
+}
+
+// ----- selecting apps (`GET /v2/apps?id=&cmd=&label=`) -----------------------------------------
+
+/// Which apps a list shows: Marathon's `AppsResource.search`, every given criterion met. `id`
+/// and `cmd` keep the apps whose id (command) contains them, ignoring case as Marathon does
+/// (it lowercases both sides); an app with no command matches no `cmd`. `labels`: a label
+/// selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppSelector {
+    pub id: Option<String>,
+    pub cmd: Option<String>,
+    pub labels: Option<LabelSelectors>,
+}
+
+impl AppSelector {
+    pub fn matches(&self, app: &AppDefinition) -> bool {
+        let contains = |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
+        self.id.as_deref().is_none_or(|id| contains(&app.id.to_string(), id))
+            && self.cmd.as_deref().is_none_or(|cmd| app.cmd.as_deref().is_some_and(|c| contains(c, cmd)))
+            && self.labels.as_ref().is_none_or(|labels| labels.matches(&app.labels))
+    }
+}
+
+impl Apps {
+    /// The apps `selector` keeps, in id order.
+    pub fn select(&self, selector: &AppSelector) -> Vec<AppView> {
+        self.list().into_iter().filter(|view| selector.matches(&view.app)).collect()
+    }
+}
+
+/// A label selector (Marathon's `LabelSelectorParsers`): selectors joined by `,`, every one
+/// of which an app's labels must satisfy.
+/// - `key`: the app has the label;
+/// - `key == value`, `key != value`: it has it, and its value is (is not) `value`;
+/// - `key in (a, b)`, `key notin (a, b)`: it has it, and its value is (is not) one of them.
+///
+/// Keys and values are runs of `A-Za-z0-9`, `-`, `_` and `.`; any other character is written
+/// escaped with `\` (`a\ b` for `a b`, `\!` for `!`). Whitespace between tokens is ignored.
+/// As in Marathon, there is no negated existence (`!key`), and an empty selector keeps every
+/// app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelectors(Vec<LabelSelector>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSelector {
+    Exists(String),
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+}
+
+/// A label selector that does not parse; Marathon's message (answered with a 422).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Can not parse label selector {input}. Reason: {reason}")]
+pub struct LabelSelectorError {
+    input: String,
+    reason: String,
+}
+
+impl LabelSelectors {
+    pub fn parse(input: &str) -> Result<Self, LabelSelectorError> {
+        let mut parser = SelectorParser { rest: input };
+        parser.selectors().map(LabelSelectors).map_err(|reason| LabelSelectorError { input: input.to_owned(), reason })
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|selector| selector.matches(labels))
+    }
+}
+
+impl LabelSelector {
+    fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        match self {
+            LabelSelector::Exists(key) => labels.contains_key(key),
+            LabelSelector::Equals(key, value) => labels.get(key).is_some_and(|v| v == value),
+            LabelSelector::NotEquals(key, value) => labels.get(key).is_some_and(|v| v != value),
+            LabelSelector::In(key, set) => labels.get(key).is_some_and(|v| set.contains(v)),
+            LabelSelector::NotIn(key, set) => labels.get(key).is_some_and(|v| !set.contains(v)),
+        }
+    }
+}
+
+/// A recursive-descent reading of Marathon's grammar:
+/// `selectors := [selector {"," selector}]`, `selector := term (("=="|"!=") term | ("in"|"notin") set)?`,
+/// `set := "(" [term {"," term}] ")"`. Errors say what was expected where.
+struct SelectorParser<'a> {
+    rest: &'a str,
+}
+
+impl SelectorParser<'_> {
+    fn selectors(&mut self) -> Result<Vec<LabelSelector>, String> {
+        let mut selectors = Vec::new();
+        self.skip_whitespace();
+        if self.rest.is_empty() {
+            return Ok(selectors);
+        }
+        loop {
+            selectors.push(self.selector()?);
+            self.skip_whitespace();
+            if self.rest.is_empty() {
+                return Ok(selectors);
+            }
+            self.expect(',')?;
+        }
+    }
+
+    fn selector(&mut self) -> Result<LabelSelector, String> {
+        let key = self.term()?;
+        self.skip_whitespace();
+        if self.eat("==") {
+            return Ok(LabelSelector::Equals(key, self.term()?));
+        }
+        if self.eat("!=") {
+            return Ok(LabelSelector::NotEquals(key, self.term()?));
+        }
+        if self.eat("notin") {
+            return Ok(LabelSelector::NotIn(key, self.set()?));
+        }
+        if self.eat("in") {
+            return Ok(LabelSelector::In(key, self.set()?));
+        }
+        Ok(LabelSelector::Exists(key))
+    }
+
+    fn set(&mut self) -> Result<Vec<String>, String> {
+        self.expect('(')?;
+        let mut values = Vec::new();
+        self.skip_whitespace();
+        if self.eat(")") {
+            return Ok(values);
+        }
+        loop {
+            values.push(self.term()?);
+            self.skip_whitespace();
+            if self.eat(")") {
+                return Ok(values);
+            }
+            self.expect(',')?;
+        }
+    }
+
+    /// A key or value: `(\\.|[-A-Za-z0-9_.])+`, its escapes undone.
+    fn term(&mut self) -> Result<String, String> {
+        self.skip_whitespace();
+        let mut term = String::new();
+        let mut end = 0;
+        let mut chars = self.rest.char_indices();
+        while let Some((_, c)) = chars.next() {
+            if c == '\\' {
+                let Some((at, escaped)) = chars.next() else { break };
+                term.push(escaped);
+                end = at + escaped.len_utf8();
+            } else if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                term.push(c);
+                end += c.len_utf8();
+            } else {
+                break;
+            }
+        }
+        if end == 0 {
+            return Err(format!("expected a label key or value at {:?}", self.rest));
+        }
+        self.rest = &self.rest[end..];
+        Ok(term)
+    }
+
+    fn expect(&mut self, wanted: char) -> Result<(), String> {
+        self.skip_whitespace();
+        match self.rest.strip_prefix(wanted) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None if self.rest.is_empty() => Err(format!("expected '{wanted}' but the selector ended")),
+            None => Err(format!("expected '{wanted}' at {:?}", self.rest)),
+        }
+    }
+
+    fn eat(&mut self, token: &str) -> bool {
+        match self.rest.strip_prefix(token) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Java's `\s`, which Marathon's parser skips before every token.
+    fn skip_whitespace(&mut self) {
+        self.rest = self.rest.trim_start_matches([' ', '\t', '\n', '\u{b}', '\u{c}', '\r']);
+    }
+}
+
+#[cfg(test)]
+mod selecting_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn parsed(input: &str) -> Vec<LabelSelector> {
+        LabelSelectors::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}")).0
+    }
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    #[test]
+    fn every_kind_of_selector_parses() {
+        use LabelSelector::*;
+        assert_eq!(parsed("partition"), [Exists("partition".into())]);
+        assert_eq!(parsed("test == foo"), [Equals("test".into(), "foo".into())]);
+        assert_eq!(parsed("test==foo"), [Equals("test".into(), "foo".into())]);
+        assert_eq!(parsed("test != foo"), [NotEquals("test".into(), "foo".into())]);
+        assert_eq!(
+            parsed("environment in (production, qa)"),
+            [In("environment".into(), strings(&["production", "qa"]))]
+        );
+        assert_eq!(parsed("tier notin (frontend,backend)"), [NotIn("tier".into(), strings(&["frontend", "backend"]))]);
+        assert_eq!(parsed("k in ()"), [In("k".into(), vec![])]);
+        assert_eq!(
+            parsed("a in (t1, t2, t3), b notin (t1), c, d"),
+            [
+                In("a".into(), strings(&["t1", "t2", "t3"])),
+                NotIn("b".into(), strings(&["t1"])),
+                Exists("c".into()),
+                Exists("d".into())
+            ]
+        );
+        assert_eq!(parsed("traefik.enable==true"), [Equals("traefik.enable".into(), "true".into())]);
+        assert_eq!(
+            parsed("HAPROXY_0_VHOST , my-label_1"),
+            [Exists("HAPROXY_0_VHOST".into()), Exists("my-label_1".into())]
+        );
+    }
+
+    #[test]
+    fn escapes_carry_any_character() {
+        use LabelSelector::*;
+        assert_eq!(parsed(r"\!\!\! in (\-\-\-, \&\&\&, \+\+\+)"), [In("!!!".into(), strings(&["---", "&&&", "+++"]))]);
+        assert_eq!(parsed(r"owner == John\ Doe"), [Equals("owner".into(), "John Doe".into())]);
+        assert_eq!(parsed(r"url==http\:\/\/x\,y"), [Equals("url".into(), "http://x,y".into())]);
+        assert_eq!(parsed(r"\к\л\ю\ч"), [Exists("ключ".into())], "non-ASCII is escaped");
+    }
+
+    #[test]
+    fn the_empty_selector_keeps_everything() {
+        assert!(parsed("").is_empty());
+        assert!(parsed("   ").is_empty());
+        assert!(LabelSelectors::parse("").unwrap().matches(&labels(&[])));
+    }
+
+    #[test]
+    fn malformed_selectors_are_refused_with_marathons_message() {
+        for input in [
+            "!k",
+            "a,",
+            ",a",
+            "a b",
+            "a = b",
+            "a ==",
+            "a in b",
+            "a in (b",
+            "a in (b,)",
+            "a inx",
+            "a\\",
+            "ключ",
+            "a == (b)",
+        ] {
+            let error = LabelSelectors::parse(input).expect_err(input);
+            assert!(
+                error.to_string().starts_with(&format!("Can not parse label selector {input}. Reason: ")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn selectors_need_the_label_and_all_must_hold() {
+        let app = labels(&[("env", "prod"), ("tier", "web"), ("owner", "John Doe")]);
+        let keeps = |input: &str| LabelSelectors::parse(input).unwrap().matches(&app);
+        assert!(keeps("env"));
+        assert!(!keeps("missing"));
+        assert!(keeps("env==prod") && !keeps("env==qa"));
+        assert!(keeps("env!=qa") && !keeps("env!=prod"));
+        assert!(!keeps("missing!=x"), "!= needs the label, as Marathon's does");
+        assert!(keeps("env in (qa, prod)") && !keeps("env in (qa)"));
+        assert!(keeps("env notin (qa)") && !keeps("env notin (prod, qa)"));
+        assert!(!keeps("missing notin (x)"));
+        assert!(keeps(r"owner==John\ Doe"));
+        assert!(keeps("env==prod, tier in (web)") && !keeps("env==prod, tier==db"));
+    }
+
+    #[test]
+    fn id_and_cmd_match_ignoring_case() {
+        let mut app = AppDefinition::new(PathId::parse("/prod/web").unwrap());
+        app.cmd = Some("python3 -m HTTP.server".into());
+        let select = |app: &AppDefinition, id: Option<&str>, cmd: Option<&str>| {
+            AppSelector { id: id.map(Into::into), cmd: cmd.map(Into::into), labels: None }.matches(app)
+        };
+        assert!(select(&app, None, None));
+        assert!(select(&app, Some("prod/w"), None) && select(&app, Some("/PROD"), None));
+        assert!(!select(&app, Some("db"), None));
+        assert!(select(&app, None, Some("http.SERVER")) && !select(&app, None, Some("nginx")));
+        app.cmd = None;
+        assert!(!select(&app, None, Some("")), "an app without a command matches no cmd");
     }
 }

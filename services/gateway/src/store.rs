@@ -1,6 +1,6 @@
 //! What the gateway keeps in coord (under `/gateway`, see [`marina_proto::layout`]), every
-//! write fenced by its leadership epoch: the framework id, apps, their versions,
-//! deployments in progress and instance records.
+//! write fenced by its leadership epoch: the framework id, apps, their versions, groups and
+//! the changes of the group tree, deployments in progress and instance records.
 //!
 //! An instance is recorded before its launch is sent, so a gateway that takes over knows
 //! every task its predecessor may have started: nothing is launched twice or forgotten.
@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 
 pub use marina_proto::layout::{
     GATEWAY_APPS as APPS, GATEWAY_DEPLOYMENTS as DEPLOYMENTS, GATEWAY_FAILURES as FAILURES,
-    GATEWAY_FRAMEWORK as FRAMEWORK, GATEWAY_INSTANCES as INSTANCES, GATEWAY_VERSIONS as VERSIONS,
+    GATEWAY_FRAMEWORK as FRAMEWORK, GATEWAY_GROUP_VERSIONS as GROUP_VERSIONS, GATEWAY_GROUPS as GROUPS,
+    GATEWAY_INSTANCES as INSTANCES, GATEWAY_VERSIONS as VERSIONS,
 };
 
 /// The longest path the gateway writes, below the coord root: a version of an app with the
@@ -24,8 +25,17 @@ pub const LONGEST_PATH_BELOW_ROOT: usize = {
     if version > instance { version } else { instance }
 };
 
-/// How many versions of an app are kept (Marathon's `zk_max_versions`).
+/// How many versions of an app are kept (Marathon's `zk_max_versions`); as many changes of
+/// the group tree are kept (Marathon keeps as many versions of its root group).
 pub const MAX_VERSIONS: usize = 50;
+
+/// The node of group `id` under [`GROUPS`].
+pub fn group_node(group_id: &str) -> String {
+    match node_name(group_id) {
+        root if root.is_empty() => "_".to_owned(),
+        node => node,
+    }
+}
 
 /// Most operations per coord transaction.
 const TXN_OPS: usize = 200;
@@ -192,6 +202,46 @@ impl Store {
     pub async fn version<T: DeserializeOwned>(&self, app_id: &str, version: &str) -> Result<Option<T>, Error> {
         let path = format!("{VERSIONS}/{}/{version}", node_name(app_id));
         Ok(self.coord.get(&path).await?.and_then(|node| serde_json::from_slice(&node.data).ok()))
+    }
+
+    /// The kept changes of the group tree, by version, oldest first.
+    pub async fn group_versions(&self) -> Result<Vec<String>, Error> {
+        let mut versions = self.coord.list(GROUP_VERSIONS).await?.children;
+        versions.sort();
+        Ok(versions)
+    }
+
+    /// One change of the group tree; `None` if it is not kept (or unreadable).
+    pub async fn group_version<T: DeserializeOwned>(&self, version: &str) -> Result<Option<T>, Error> {
+        let path = format!("{GROUP_VERSIONS}/{version}");
+        Ok(self.coord.get(&path).await?.and_then(|node| serde_json::from_slice(&node.data).ok()))
+    }
+
+    /// Deletes all but the newest `keep` changes of the group tree. The versions of the apps
+    /// a dropped change deleted (`deleted` names them) that are not newer than it go too: no
+    /// kept change can bring those back, and a deleted app's versions are otherwise kept for
+    /// exactly that. Returns how many changes went.
+    pub async fn prune_group_versions<T: DeserializeOwned>(
+        &self,
+        keep: usize,
+        deleted: impl Fn(&T) -> Vec<String>,
+    ) -> Result<usize, Error> {
+        let versions = self.group_versions().await?;
+        let excess = versions.len().saturating_sub(keep);
+        let mut batch = Batch::default();
+        for version in &versions[..excess] {
+            if let Some(change) = self.group_version::<T>(version).await? {
+                for app_id in deleted(&change) {
+                    let node = node_name(&app_id);
+                    for old in self.versions(&app_id).await?.into_iter().filter(|old| old <= version) {
+                        batch.delete(format!("{VERSIONS}/{node}/{old}"));
+                    }
+                }
+            }
+            batch.delete(format!("{GROUP_VERSIONS}/{version}"));
+        }
+        self.apply(batch).await?;
+        Ok(excess)
     }
 }
 

@@ -95,3 +95,29 @@ pub async fn cleanup(runtime: &dyn Runtime, handle: &TaskHandle) {
     runtime.stop(handle, Duration::from_millis(200)).await.expect("stop");
     runtime.remove(handle).await.expect("remove");
 }
+
+/// A user-defined Docker network made for one test (container networks are the operator's
+/// to make), removed when dropped — after the test's containers, if declared before its
+/// [`TestEnv`] — even when the test panics.
+pub struct TestNetwork {
+    pub name: String,
+}
+
+impl TestNetwork {
+    pub fn create(test: &str) -> TestNetwork {
+        let name = format!("marina-test-{}-{}", test.replace('_', "-"), std::process::id());
+        // A leftover of an earlier run of the same process id.
+        let _ = Command::new("docker").args(["network", "rm", &name]).output();
+        let out = Command::new("docker").args(["network", "create", &name]).output().expect("docker network create");
+        assert!(out.status.success(), "docker network create {name}: {}", String::from_utf8_lossy(&out.stderr));
+        TestNetwork { name }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        if let Err(e) = Command::new("docker").args(["network", "rm", &self.name]).output() {
+            eprintln!("cleanup: docker network rm {} failed: {e}", self.name);
+        }
+    }
+}

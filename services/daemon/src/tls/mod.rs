@@ -133,7 +133,7 @@ struct Loaded {
 /// two cores and needs cmake. Marina's links are between the members of one cluster, with
 /// certificates that rotate: classical ECDHE is the trade made here (see the README).
 #[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

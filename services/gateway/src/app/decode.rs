@@ -12,8 +12,9 @@ use super::lenient::{EXPECTED_OBJECT, EXPECTED_STRING, MIN_LENGTH, Reader, get, 
 use super::path::PathId;
 use super::violation::{Violation, field_path, item_path};
 
+/// `CONTAINERD` is what Marina once wrote for `MESOS` with an image (see [`ContainerType`]).
 const CONTAINER_TYPES: [(&str, ContainerType); 3] =
-    [("DOCKER", ContainerType::Docker), ("MESOS", ContainerType::Mesos), ("CONTAINERD", ContainerType::Containerd)];
+    [("DOCKER", ContainerType::Docker), ("MESOS", ContainerType::Mesos), ("CONTAINERD", ContainerType::Mesos)];
 const DOCKER_NETWORKS: [(&str, DockerNetwork); 4] = [
     ("BRIDGE", DockerNetwork::Bridge),
     ("HOST", DockerNetwork::Host),
@@ -263,7 +264,7 @@ fn port_definitions(r: &mut Reader, obj: &Map<String, Value>) -> Option<Vec<Port
 
 /// Marathon 0.x's `{"image": "docker:///repo/name", "options": [...]}`, Marathon 1.x's
 /// `{"type": "DOCKER", "docker": {...}, "volumes": [...], "portMappings": [...]}`, and
-/// Marina's `"type": "CONTAINERD"` with the same `docker` fields.
+/// Marina's former `"type": "CONTAINERD"` (read as `MESOS`) with the same `docker` fields.
 fn container(r: &mut Reader, value: &Value, path: &str) -> Option<Container> {
     let Some(obj) = value.as_object() else {
         r.problem(path, EXPECTED_OBJECT);
@@ -271,17 +272,21 @@ fn container(r: &mut Reader, value: &Value, path: &str) -> Option<Container> {
     };
     let kind = r.enumeration(obj, path, "type", &CONTAINER_TYPES).unwrap_or(ContainerType::Docker);
     let legacy_options = r.strings(obj, path, "options").unwrap_or_default();
+    let options_path = field_path(path, "options");
+    let legacy_parameters = legacy_parameters(&legacy_options).unwrap_or_else(|(i, problem)| {
+        r.problem(&item_path(&options_path, i), problem);
+        Vec::new()
+    });
     if get(obj, "docker").is_none() && get(obj, "image").is_some() {
         let image_path = field_path(path, "image");
         let raw = r.string(obj, path, "image")?;
         let image = legacy_image(&raw).map_err(|error| r.problem(&image_path, error)).ok()?;
         return Some(Container {
             kind,
-            docker: Some(DockerContainer::new(image)),
+            docker: Some(DockerContainer { parameters: legacy_parameters, ..DockerContainer::new(image) }),
             appc: None,
             volumes: Vec::new(),
             port_mappings: None,
-            legacy_options,
         });
     }
     let docker_path = field_path(path, "docker");
@@ -331,14 +336,67 @@ fn container(r: &mut Reader, value: &Value, path: &str) -> Option<Container> {
             .collect(),
         None => Vec::new(),
     };
+    let docker = docker.map(|mut docker| {
+        docker.parameters.extend(legacy_parameters);
+        docker
+    });
     Some(Container {
         kind,
         docker,
         appc: r.object(obj, path, "appc").map(|a| Value::Object(a.clone())),
         volumes,
         port_mappings,
-        legacy_options,
     })
+}
+
+/// `docker run`'s short options that take a value, by their long names.
+const SHORT_OPTIONS: [(&str, &str); 7] = [
+    ("e", "env"),
+    ("v", "volume"),
+    ("p", "publish"),
+    ("u", "user"),
+    ("w", "workdir"),
+    ("h", "hostname"),
+    ("l", "label"),
+];
+
+/// Marathon 0.x's `container.options` (`docker run` options) as Marathon 1.x's
+/// `docker.parameters`: `--key=value` and `--key value` give `{key, value}` (`-e X=1` too,
+/// for the short options that take a value), a lone `--flag` gives `{flag, "true"}`.
+/// Anything else is refused with its index. Each parameter is then held to the container
+/// policy and the Docker runtime's supported subset, as any other.
+fn legacy_parameters(options: &[String]) -> Result<Vec<DockerParameter>, (usize, String)> {
+    let mut parameters = Vec::new();
+    let mut i = 0;
+    while i < options.len() {
+        let option = &options[i];
+        let short = option.strip_prefix('-').and_then(|name| SHORT_OPTIONS.iter().find(|(short, _)| *short == name));
+        if let Some((_, long)) = short {
+            let Some(value) = options.get(i + 1) else {
+                return Err((i, format!("{option:?} needs a value")));
+            };
+            parameters.push(DockerParameter { key: (*long).to_owned(), value: value.clone() });
+            i += 2;
+            continue;
+        }
+        let Some(long) = option.strip_prefix("--").filter(|name| !name.is_empty() && !name.starts_with('-')) else {
+            let hint = "docker run options (--key=value, -e/-v/-p/-u/-w/-h/-l VALUE); or container.docker.parameters";
+            return Err((i, format!("{option:?}: not one of the {hint}")));
+        };
+        let (key, value) = match long.split_once('=') {
+            Some((key, value)) => (key.to_owned(), value.to_owned()),
+            None => match options.get(i + 1).filter(|next| !next.starts_with('-')) {
+                Some(value) => {
+                    i += 1;
+                    (long.to_owned(), value.clone())
+                }
+                None => (long.to_owned(), "true".to_owned()),
+            },
+        };
+        parameters.push(DockerParameter { key, value });
+        i += 1;
+    }
+    Ok(parameters)
 }
 
 /// `docker:///libmesos/ubuntu` → `libmesos/ubuntu`; a bare name is kept; other URL schemes

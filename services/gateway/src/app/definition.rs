@@ -145,17 +145,18 @@ impl PortDefinition {
     }
 }
 
-/// How the app's tasks are containerized.
+/// How the app's tasks are containerized, as Marathon says it.
 ///
-/// `DOCKER` and `MESOS` are Marathon's. `CONTAINERD` is Marina's extension: the same
-/// `docker` fields (an OCI image), run by the agent's containerd runtime. A `DOCKER`
-/// container runs on the agent's Docker runtime.
+/// `DOCKER` runs the image on the agents' Docker runtime. `MESOS` with a `docker.image`
+/// (Marathon's "universal containerizer": an image run without the Docker daemon) runs it on
+/// the agents' containerd runtime; `MESOS` without one is a command. Marina once wrote the
+/// containerd choice `CONTAINERD`, which Marathon's clients cannot parse: it is still read,
+/// as `MESOS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ContainerType {
     Docker,
     Mesos,
-    Containerd,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,10 +169,9 @@ pub struct Container {
     /// Volumes, stored as given.
     pub volumes: Vec<Value>,
     /// `container.portMappings`, or else `container.docker.portMappings` (read into this).
+    /// (Marathon 0.x's `container.options`, `docker run` options, are read into
+    /// `docker.parameters`, as Marathon 1.x has them.)
     pub port_mappings: Option<Vec<PortMapping>>,
-    /// Marathon 0.x's `container.options` (docker CLI options); kept, written back as
-    /// `container.options` only when non-empty.
-    pub legacy_options: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -477,7 +477,8 @@ impl AppDefinition {
     /// `container.docker.network`); only host-networked apps use `portDefinitions`.
     pub fn is_host_networked(&self) -> bool {
         let docker_network = self.container.as_ref().and_then(|c| c.docker.as_ref()).and_then(|d| d.network);
-        if matches!(docker_network, Some(DockerNetwork::Bridge | DockerNetwork::User)) {
+        // Marathon 1.4's `ipAddress` asks for IP-per-task, as a container network does.
+        if matches!(docker_network, Some(DockerNetwork::Bridge | DockerNetwork::User)) || self.ip_address.is_some() {
             return false;
         }
         self.networks.iter().all(|n| n.mode == NetworkMode::Host)
@@ -599,9 +600,6 @@ impl Container {
         out.insert("volumes".to_owned(), json!(self.volumes));
         if let Some(mappings) = &self.port_mappings {
             out.insert("portMappings".to_owned(), json!(mappings));
-        }
-        if !self.legacy_options.is_empty() {
-            out.insert("options".to_owned(), json!(self.legacy_options));
         }
         Value::Object(out)
     }

@@ -45,7 +45,6 @@ fn the_seeds_2014_app_parses_verbatim_and_normalizes() {
         appc: None,
         volumes: vec![],
         port_mappings: None,
-        legacy_options: vec![],
     });
     assert_eq!(app, expected);
     assert_eq!(app.image(), Some("libmesos/ubuntu"));
@@ -190,20 +189,33 @@ fn marathon_1_5_networks_and_container_port_mappings() {
 
 #[test]
 fn containerd_args_and_container_only_apps() {
+    // Marina's former CONTAINERD, written as Marathon's MESOS (which its clients parse).
     let containerd =
         parse(r#"{"id": "c", "container": {"type": "containerd", "docker": {"image": "docker:///busybox"}}}"#);
-    assert_eq!(containerd.container.as_ref().unwrap().kind, ContainerType::Containerd);
+    assert_eq!(containerd.container.as_ref().unwrap().kind, ContainerType::Mesos);
     assert_eq!(containerd.image(), Some("busybox"));
-    assert_eq!(containerd.to_json()["container"]["type"], "CONTAINERD");
+    assert_eq!(containerd.to_json()["container"]["type"], "MESOS");
     assert_round_trips(&containerd);
 
     let args = parse(r#"{"id": "a", "args": ["sleep", "60"], "cmd": ""}"#);
     assert_eq!((args.cmd, args.args), (None, Some(vec!["sleep".to_owned(), "60".to_owned()])));
 
-    let legacy = parse(r#"{"id": "l", "container": {"image": "redis", "options": ["-e", "X=7"]}}"#);
-    assert_eq!(legacy.container.as_ref().unwrap().legacy_options, ["-e", "X=7"]);
-    assert_eq!(legacy.to_json()["container"]["options"], json!(["-e", "X=7"]));
+    // Marathon 0.x's `docker run` options become Marathon 1.x's parameters (never written
+    // back as `options`, which Marathon's clients cannot parse).
+    let legacy = parse(
+        r#"{"id": "l", "container": {"image": "redis", "options": ["-e", "X=7", "--log-driver=none", "--init", "--label", "a=b"]}}"#,
+    );
+    let parameters = &legacy.container.as_ref().unwrap().docker.as_ref().unwrap().parameters;
+    let pairs: Vec<(&str, &str)> = parameters.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+    assert_eq!(pairs, [("env", "X=7"), ("log-driver", "none"), ("init", "true"), ("label", "a=b")]);
+    assert!(legacy.to_json()["container"].get("options").is_none());
     assert_round_trips(&legacy);
+    let AppError::Invalid(refused) = parse_err(r#"{"id": "l", "container": {"image": "redis", "options": ["-it"]}}"#)
+    else {
+        panic!("a violation")
+    };
+    let paths: Vec<&str> = refused.iter().map(|v| v.path.as_str()).collect();
+    assert_eq!(paths, ["/container/options(0)"]);
 
     let lenient = parse(
         r#"{"id": "u", "cmd": "x", "constraints": [["hostname", "UNIQUE", ""]], "acceptedResourceRoles": [], "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0}}"#,
@@ -683,4 +695,24 @@ fn stored_form_survives_storage_even_when_invalid_bits_are_absent() {
     let broken = json!({"id": "/x", "cpus": "lots"});
     let error = serde_json::from_value::<AppDefinition>(broken).unwrap_err().to_string();
     assert!(error.contains("/cpus: error.expected.jsnumber"), "{error}");
+}
+
+#[test]
+fn networks_follow_marathons_rules() {
+    let named = parse(r#"{"id": "n", "cmd": "x", "networks": [{"mode": "container", "name": "dev"}]}"#);
+    assert!(!named.is_host_networked());
+    let legacy = parse(r#"{"id": "n", "cmd": "x", "ipAddress": {"networkName": "dev"}}"#);
+    assert!(!legacy.is_host_networked(), "Marathon 1.4's ipAddress is IP-per-task");
+    for (body, path) in [
+        (r#"{"id": "n", "cmd": "x", "networks": [{"mode": "host"}, {"mode": "container", "name": "a"}]}"#, "/networks"),
+        (r#"{"id": "n", "cmd": "x", "networks": [{"mode": "container"}]}"#, "/networks(0)"),
+        (r#"{"id": "n", "cmd": "x", "networks": [{"mode": "host", "name": "a"}]}"#, "/networks(0)"),
+        (
+            r#"{"id": "n", "cmd": "x", "networks": [{"mode": "container", "name": "a"}, {"mode": "container", "name": "a"}]}"#,
+            "/networks(1)",
+        ),
+    ] {
+        let AppError::Invalid(violations) = parse_err(body) else { panic!("{body}: a violation") };
+        assert!(violations.iter().any(|v| v.path == path), "{body}: {violations:?}");
+    }
 }

@@ -36,6 +36,7 @@ pub fn validate(app: &AppDefinition) -> Result<(), Vec<Violation>> {
     resource_rules(app, &mut p);
     port_rules(app, &mut p);
     container_rules(app, &mut p);
+    network_rules(app, &mut p);
     health_check_rules(app, &mut p);
     readiness_check_rules(app, &mut p);
     for (i, constraint) in app.constraints.iter().enumerate() {
@@ -159,7 +160,7 @@ fn size_rules(app: &AppDefinition, p: &mut Problems) {
 fn command_rules(app: &AppDefinition, p: &mut Problems) {
     let (cmd, args) = (app.cmd.is_some(), app.args.is_some());
     let container = app.container.as_ref().is_some_and(|c| match c.kind {
-        ContainerType::Docker | ContainerType::Containerd => c.docker.is_some(),
+        ContainerType::Docker => c.docker.is_some(),
         ContainerType::Mesos => c.docker.is_some() != c.appc.is_some(),
     });
     if !((cmd ^ args) || (!(cmd && args) && container)) {
@@ -226,10 +227,40 @@ fn port_rules(app: &AppDefinition, p: &mut Problems) {
     }
 }
 
+/// Marathon's rules for `networks`: host alone and unnamed, one `container/bridge` alone and
+/// unnamed, or named `container` networks (Marina has no default network name), no name
+/// twice; a `hostPort` mapping only with at most one container network.
+fn network_rules(app: &AppDefinition, p: &mut Problems) {
+    let count = |mode| app.networks.iter().filter(|n| n.mode == mode).count();
+    let (host, bridge, container) =
+        (count(NetworkMode::Host), count(NetworkMode::ContainerBridge), count(NetworkMode::Container));
+    if host + bridge > 1 || (host + bridge == 1 && app.networks.len() > 1) {
+        p.add("/networks", "host and container/bridge networking may not be combined with other networks");
+    }
+    for (i, network) in app.networks.iter().enumerate() {
+        let path = item_path("/networks", i);
+        match (network.mode, &network.name) {
+            (NetworkMode::Container, None) => p.add(&path, "container networks must name their network"),
+            (NetworkMode::Host | NetworkMode::ContainerBridge, Some(_)) => {
+                p.add(&path, "only container networks have a name")
+            }
+            _ => {}
+        }
+        let named_before = app.networks[..i].iter().any(|other| other.name.is_some() && other.name == network.name);
+        if named_before {
+            p.add(&path, "names a network twice");
+        }
+    }
+    let host_ports = app.port_mappings().is_some_and(|mappings| mappings.iter().any(|m| m.host_port.is_some()));
+    if container > 1 && host_ports {
+        p.add("/container/portMappings", "hostPort needs a single container network to map from");
+    }
+}
+
 fn container_rules(app: &AppDefinition, p: &mut Problems) {
     let Some(container) = &app.container else { return };
     match container.kind {
-        ContainerType::Docker | ContainerType::Containerd if container.docker.is_none() => {
+        ContainerType::Docker if container.docker.is_none() => {
             p.add("/container/docker", "not defined");
         }
         ContainerType::Mesos if container.docker.is_some() && container.appc.is_some() => {

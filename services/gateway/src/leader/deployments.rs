@@ -8,14 +8,60 @@ use marina_proto::policy::ContainerPolicy;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::app::{self, AppLimits, Timestamp};
+use crate::app::{self, AppDefinition, AppLimits, Timestamp};
 use crate::engine::is_terminal;
 use crate::events::MarathonEvent;
 use crate::model;
 use crate::readiness::ReadinessResult;
 use crate::store::{self, Batch};
 
+use super::groups::{self, Delta, GroupChange, GroupRecord, TreeChange};
 use super::{Action, AppEntry, Change, DeployError, Deployed, Deployment, Leader, State, parse_stored};
+
+/// Who asked for a change, and through which path: each app it changes is announced as an
+/// `api_post_event`.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The request's path (`/v2/apps/web`, `/v2/groups/prod`).
+    pub uri: String,
+    /// The caller's address, where the door knows it.
+    pub client_ip: Option<String>,
+}
+
+/// A change of the tree: apps and groups changed together, as one deployment.
+#[derive(Default)]
+pub struct TreeRequest {
+    pub apps: Vec<Change>,
+    pub groups: Vec<GroupChange>,
+    /// The finest group the change is made in (`group_change_*`'s `groupId`); `None`: the
+    /// parent of the one app changed, else the root.
+    pub group: Option<String>,
+    pub origin: Option<Origin>,
+}
+
+impl TreeRequest {
+    pub fn apps(apps: Vec<Change>) -> Self {
+        TreeRequest { apps, ..TreeRequest::default() }
+    }
+
+    /// The group named in `group_change_*` events.
+    fn group(&self) -> String {
+        match (&self.group, self.apps.as_slice()) {
+            (Some(group), _) => group.clone(),
+            (None, [one]) => groups::parent(&one.id).unwrap_or("/").to_owned(),
+            (None, _) => "/".to_owned(),
+        }
+    }
+}
+
+/// What a change came to: a deployment (possibly of nothing, finished at once), or with
+/// `dryRun` the steps it would take.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Deployed(Deployed),
+    /// Marathon's dry-run answer: `{"steps": [...]}`.
+    DryRun(Value),
+}
 
 impl Leader {
     /// Carries out a set of app changes as one deployment. `target == None` deletes.
@@ -27,13 +73,64 @@ impl Leader {
     /// under the deployment lock, so what it reads (the app a partial update or a scale
     /// starts from, whether an id is taken) is what the deployment replaces. Two concurrent
     /// partial updates of one app thus both apply, the second on top of the first.
-    pub async fn deploy_derived<E: From<DeployError>>(
+    pub async fn deploy_derived<E: From<DeployError> + std::fmt::Display>(
         self: &Arc<Self>,
         force: bool,
         derive: impl FnOnce(&Self) -> Result<Vec<Change>, E>,
     ) -> Result<Deployed, E> {
+        let outcome = self.deploy_tree(force, false, None, |leader| derive(leader).map(TreeRequest::apps)).await?;
+        match outcome {
+            Outcome::Deployed(deployed) => Ok(deployed),
+            Outcome::DryRun(_) => unreachable!("not a dry run"),
+        }
+    }
+
+    /// Like [`Leader::deploy_derived`], for changes of apps and groups. A change refused
+    /// (by `derive`, or when planned or written) is announced as `group_change_failed` in
+    /// group `group` (the root if `None`); with `dry_run`, nothing is done and the steps the
+    /// change would take are returned.
+    pub async fn deploy_tree<E: From<DeployError> + std::fmt::Display>(
+        self: &Arc<Self>,
+        force: bool,
+        dry_run: bool,
+        group: Option<&str>,
+        derive: impl FnOnce(&Self) -> Result<TreeRequest, E>,
+    ) -> Result<Outcome, E> {
         let serialized = self.deploy_lock.clone().lock_owned().await;
-        let changes = derive(self)?;
+        let request = match derive(self) {
+            Ok(request) => request,
+            Err(error) => {
+                if !dry_run {
+                    let version = next_version(&self.lock()).to_string();
+                    let group_id = group.unwrap_or("/").to_owned();
+                    self.events.publish(MarathonEvent::GroupChangeFailed {
+                        group_id,
+                        version,
+                        reason: error.to_string(),
+                    });
+                }
+                return Err(error);
+            }
+        };
+        Ok(self.carry_out(serialized, request, force, dry_run).await?)
+    }
+
+    /// Plans `request` (with `dry_run`, only that) and commits it, holding the deployment
+    /// lock (`serialized`) throughout.
+    pub(super) async fn carry_out(
+        self: &Arc<Self>,
+        serialized: tokio::sync::OwnedMutexGuard<()>,
+        request: TreeRequest,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Outcome, DeployError> {
+        if dry_run {
+            // Marathon's dry run plans against the tree as it is, whatever deployments hold.
+            let now = next_version(&self.lock());
+            let planned =
+                plan_tree(&self.lock(), &self.config.limits, &self.config.policy, request, true, String::new(), now)?;
+            return Ok(Outcome::DryRun(json!({ "steps": steps_json(&planned.deployment) })));
+        }
         // Once its batch is on its way to coord, a deployment must also be recorded here:
         // a caller that goes away (a client that disconnects, a request past the port's
         // timeout) drops this future, and must not leave the apps committed in coord but
@@ -43,33 +140,91 @@ impl Leader {
         let commit = tokio::spawn(
             async move {
                 let _serialized = serialized;
-                leader.deploy_serialized(changes, force).await
+                leader.deploy_serialized(request, force).await
             }
             // Still the request's work: its trace goes on to the master and agents.
             .in_current_span(),
         );
         match commit.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => Ok(Outcome::Deployed(result?)),
             // The panic has already failed the service (its hook); the caller unwinds too.
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(_) => Err(DeployError::Unavailable("the gateway is shutting down".into()).into()),
+            Err(_) => Err(DeployError::Unavailable("the gateway is shutting down".into())),
         }
     }
 
-    /// The deployment itself; the caller holds `deploy_lock`.
-    pub(super) async fn deploy_serialized(&self, changes: Vec<Change>, force: bool) -> Result<Deployed, DeployError> {
-        let now = Timestamp::now();
+    /// The deployment itself; the caller holds `deploy_lock`. A change that changes nothing
+    /// (an app put back as it is, a scale by 1, an empty list) writes nothing and answers a
+    /// deployment that is over at once, as Marathon's empty deployment plans are.
+    pub(super) async fn deploy_serialized(&self, request: TreeRequest, force: bool) -> Result<Deployed, DeployError> {
+        let now = next_version(&self.lock());
         let version = now.to_string();
         let deployment_id = marina_daemon::ids::uuid();
-        let Plan { deployment, batch, superseded } =
-            plan(&self.lock(), &self.config.limits, &self.config.policy, changes, force, deployment_id, now)?;
-        self.apply(batch).await?;
-        let plan_json = adopt(&mut self.lock(), &deployment, &superseded, marina_daemon::trace::carrier());
-        for id in &superseded {
-            let reason = "superseded by a forced deployment";
-            self.events.publish(MarathonEvent::DeploymentFailed { id: id.clone(), plan: None, reason });
+        let group_id = request.group();
+        let origin = request.origin.clone();
+        let planned =
+            plan_tree(&self.lock(), &self.config.limits, &self.config.policy, request, force, deployment_id, now);
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(error) => {
+                let reason = error.to_string();
+                self.events.publish(MarathonEvent::GroupChangeFailed { group_id, version, reason });
+                return Err(error);
+            }
+        };
+        let Plan { deployment, batch, superseded, groups: group_changes, posted, superseded_events } = planned;
+        // Each app is announced once the change is accepted, last (as Marathon does, once its
+        // group manager answers).
+        let announce = |leader: &Self| {
+            if let Some(Origin { uri, client_ip }) = &origin {
+                for app_definition in &posted {
+                    leader.events.publish(MarathonEvent::ApiPost {
+                        client_ip: client_ip.clone(),
+                        uri: uri.clone(),
+                        app_definition: app_definition.clone(),
+                    });
+                }
+            }
+        };
+        if deployment.steps.is_empty() && group_changes.is_empty() {
+            // Nothing to do: the tree (and its versions) stay as they are.
+            let current = self.lock().groups.get(&group_id).map_or(version, |group| group.version.to_string());
+            let plan = plan_json(&deployment, &self.lock());
+            self.events.publish(MarathonEvent::DeploymentSuccess { id: deployment.id.clone(), plan });
+            self.events.publish(MarathonEvent::GroupChangeSuccess { group_id, version: current.clone() });
+            announce(self);
+            return Ok(Deployed { deployment_id: deployment.id, version: current });
         }
-        self.events.publish(MarathonEvent::DeploymentInfo { plan: plan_json, current_step: step_json(&deployment, 0) });
+        if let Err(error) = self.apply(batch).await {
+            let reason = error.to_string();
+            self.events.publish(MarathonEvent::GroupChangeFailed { group_id, version, reason });
+            return Err(error);
+        }
+        let (plan_json, health_events) = {
+            let mut state = self.lock();
+            adopt_groups(&mut state, &group_changes);
+            if deployment.steps.is_empty() {
+                (plan_json(&deployment, &state), Vec::new())
+            } else {
+                let plan = adopt(&mut state, &deployment, &superseded, marina_daemon::trace::carrier());
+                (plan, step_health_events(&deployment, 0))
+            }
+        };
+        for event in superseded_events {
+            self.events.publish(event);
+        }
+        if deployment.steps.is_empty() {
+            // Only groups changed: a deployment of nothing, over at once.
+            self.events.publish(MarathonEvent::DeploymentSuccess { id: deployment.id.clone(), plan: plan_json });
+        } else {
+            self.events
+                .publish(MarathonEvent::DeploymentInfo { plan: plan_json, current_step: step_json(&deployment, 0) });
+            for event in health_events {
+                self.events.publish(event);
+            }
+        }
+        self.events.publish(MarathonEvent::GroupChangeSuccess { group_id, version: version.clone() });
+        announce(self);
         self.converge_now.notify_one();
         // Versions beyond Marathon's limit go, off the request path.
         let store = self.store.clone();
@@ -81,15 +236,24 @@ impl Leader {
                     tracing::warn!(app = %id, %error, "pruning old versions failed; the next deployment retries");
                 }
             }
+            if let Err(error) = store.prune_group_versions(store::MAX_VERSIONS, TreeChange::deleted_apps).await {
+                tracing::warn!(%error, "pruning old group versions failed; the next change retries");
+            }
         });
         Ok(Deployed { deployment_id: deployment.id, version })
     }
 
     /// Cancels a deployment: by default a rollback deployment restores the previous
-    /// definitions; with `force` the deployment just stops where it is.
+    /// definitions (and groups); with `force` the deployment just stops where it is. The step
+    /// it was carrying out fails (`deployment_step_failure`), and so does it.
     pub async fn cancel_deployment(self: &Arc<Self>, id: &str, force: bool) -> Result<Option<Deployed>, DeployError> {
         let deployment =
             self.lock().deployments.get(id).cloned().ok_or_else(|| DeployError::NoDeployment(id.to_owned()))?;
+        let failed = |leader: &Self, plan: Value, reason| {
+            let current_step = step_json(&deployment, deployment.current_step);
+            leader.events.publish(MarathonEvent::DeploymentStepFailure { plan: plan.clone(), current_step });
+            leader.events.publish(MarathonEvent::DeploymentFailed { id: id.to_owned(), plan, reason });
+        };
         if force {
             let mut batch = Batch::default();
             batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
@@ -97,17 +261,14 @@ impl Leader {
             let plan = {
                 let mut state = self.lock();
                 state.deployments.remove(id);
-                deployment_json(&deployment, &state)
+                plan_json(&deployment, &state)
             };
-            self.events.publish(MarathonEvent::DeploymentFailed {
-                id: id.to_owned(),
-                plan: Some(plan),
-                reason: "canceled",
-            });
+            failed(self, plan, "canceled");
             return Ok(None);
         }
-        let plan = deployment_json(&deployment, &self.lock());
-        // Previous definitions come back; apps this deployment created are deleted.
+        let plan = plan_json(&deployment, &self.lock());
+        // Previous definitions come back; apps this deployment created are deleted, and so
+        // are the groups it created (once nothing else is in them).
         let rollback = self
             .deploy_derived(true, |leader| {
                 let state = leader.lock();
@@ -123,29 +284,71 @@ impl Leader {
                 )
             })
             .await?;
-        let reason = "rolled back";
-        self.events.publish(MarathonEvent::DeploymentFailed { id: id.to_owned(), plan: Some(plan), reason });
+        let groups_changed = !restore_groups(&self.lock(), &deployment.group_originals).is_empty();
+        if groups_changed {
+            let restored = self
+                .deploy_tree(true, false, None, |leader| {
+                    Ok::<_, DeployError>(TreeRequest {
+                        groups: restore_groups(&leader.lock(), &deployment.group_originals),
+                        ..TreeRequest::default()
+                    })
+                })
+                .await;
+            if let Err(error) = restored {
+                tracing::warn!(deployment = %id, %error, "restoring the groups of a canceled deployment failed");
+            }
+        }
+        failed(self, plan, "rolled back");
         Ok(Some(rollback))
     }
 }
 
-/// A deployment planned from the apps as they are and a set of changes, nothing yet done:
-/// the deployment, what to write to coord for it (each app, its new version, the
-/// deployment, and the deletion of the deployments it supersedes), and those superseded.
+/// The version of the next change of the tree: now, or just after the tree's version if the
+/// clock reads earlier (versions only grow, and each names one change).
+pub(super) fn next_version(state: &State) -> Timestamp {
+    let now = Timestamp::now();
+    let root = groups::root_version(state);
+    if now <= root { root.plus_millis(1) } else { now }
+}
+
+/// Group changes putting back the groups a canceled deployment changed: each as it was (its
+/// dependencies), and the ones it created removed unless an app (or group) is in them.
+fn restore_groups(state: &State, originals: &BTreeMap<String, Option<GroupRecord>>) -> Vec<GroupChange> {
+    originals
+        .iter()
+        .filter_map(|(id, original)| match (original, state.groups.get(id)) {
+            (Some(was), Some(now)) if was.dependencies == now.dependencies => None,
+            (Some(was), _) => Some(GroupChange { id: id.clone(), dependencies: Some(was.dependencies.clone()) }),
+            (None, Some(_)) => {
+                let holds_apps = groups::below(&state.apps, id).any(|(_, entry)| !entry.deleting);
+                let holds_groups = groups::below(&state.groups, id).next().is_some();
+                (!holds_apps && !holds_groups).then(|| GroupChange { id: id.clone(), dependencies: None })
+            }
+            (None, None) => None,
+        })
+        .collect()
+}
+
+/// A deployment planned from the tree as it is and a set of changes, nothing yet done: the
+/// deployment, what to write to coord for it (each app, its new version, the groups, the
+/// change of the tree, the deployment, and the deletion of the deployments it supersedes),
+/// and those superseded.
 pub(super) struct Plan {
     pub deployment: Deployment,
     pub batch: Batch,
     /// Deployments of the same apps that this one replaces (with `force`).
     pub superseded: Vec<String>,
+    /// Each group the change creates, changes (its version included) or removes (`None`).
+    pub groups: BTreeMap<String, Option<GroupRecord>>,
+    /// Each app of the request as the change leaves it (as it was, if deleted), in request
+    /// order: what `api_post_event` announces.
+    pub posted: Vec<Value>,
+    /// The step failure and failure of each deployment superseded.
+    pub superseded_events: Vec<MarathonEvent>,
 }
 
-/// Plans `changes` as deployment `deployment_id` at `now`: each app's action (start, stop,
-/// scale, restart), its definition checked against `limits` and the container `policy` and
-/// stamped with its version,
-/// service ports assigned, the steps ordered by dependencies. Pure: the state is only read,
-/// and the caller supplies the id and the time. Refused if an app to stop or change does
-/// not exist, if another deployment holds an app and `force` is not given, or if a
-/// definition breaks a limit.
+/// Plans app `changes` (see [`plan_tree`]).
+#[cfg(test)]
 pub(super) fn plan(
     state: &State,
     limits: &AppLimits,
@@ -155,33 +358,45 @@ pub(super) fn plan(
     deployment_id: String,
     now: Timestamp,
 ) -> Result<Plan, DeployError> {
+    plan_tree(state, limits, policy, TreeRequest::apps(changes), force, deployment_id, now)
+}
+
+/// Plans `request` as deployment `deployment_id` at `now`: each app's action (start, stop,
+/// scale, restart — none for an app left as it is), its definition checked against `limits`
+/// and the container `policy` and stamped with its version, service ports assigned, the
+/// steps ordered by dependencies (an app's own, and its groups'; a group named stands for
+/// its apps); each group created, changed or removed, with every group around a change
+/// taking `now` as its version; and the change of the tree kept for group versions. Pure:
+/// the state is only read, and the caller supplies the id and the time. Refused if an app to
+/// stop or change does not exist, if another deployment holds an app and `force` is not
+/// given, if a definition breaks a limit, or if an app and a group would share an id.
+pub(super) fn plan_tree(
+    state: &State,
+    limits: &AppLimits,
+    policy: &ContainerPolicy,
+    request: TreeRequest,
+    force: bool,
+    deployment_id: String,
+    now: Timestamp,
+) -> Result<Plan, DeployError> {
     let version = now.to_string();
-    let affected: HashSet<&String> = changes.iter().map(|change| &change.id).collect();
-    let locking: Vec<String> = state
-        .deployments
-        .values()
-        .filter(|d| d.affected_apps.iter().any(|app| affected.contains(app)))
-        .map(|d| d.id.clone())
-        .collect();
-    if !locking.is_empty() && !force {
-        return Err(DeployError::Locked(locking));
-    }
+    let TreeRequest { apps: changes, groups: group_requests, .. } = request;
     let mut targets = BTreeMap::new();
     let mut originals = BTreeMap::new();
     let mut actions: Vec<(Action, Vec<String>)> = Vec::new();
     let mut batch = Batch::default();
     let mut assigned: Vec<u16> = Vec::new();
+    let mut posted = Vec::with_capacity(changes.len());
+    let mut tree_change = TreeChange { version: now, apps: BTreeMap::new(), groups: BTreeMap::new() };
+    let removed_groups: HashSet<&str> =
+        group_requests.iter().filter(|g| g.dependencies.is_none()).map(|g| g.id.as_str()).collect();
     for Change { id, target, restart } in changes {
         let previous = state.apps.get(&id).filter(|e| !e.deleting).map(|e| e.definition.clone());
-        let action = match (&previous, &target) {
-            (None, None) => return Err(DeployError::NotFound(id)),
-            (None, Some(_)) => "StartApplication",
-            (Some(_), None) => "StopApplication",
-            (Some(old), Some(new)) if !restart && app::is_scale_only(old, new) => "ScaleApplication",
-            (Some(_), Some(_)) => "RestartApplication",
-        };
-        let node = store::node_name(&id);
-        let stamped = match target {
+        if target.is_some() && state.groups.contains_key(&id) && !removed_groups.contains(id.as_str()) {
+            let message = format!("An app may not have the id of the group {id}.");
+            return Err(DeployError::Invalid(vec![app::Violation::new("/id", message)]));
+        }
+        let checked = match target {
             Some(mut definition) => {
                 let mut violations = limits.check_change(&definition, previous.as_ref());
                 violations.extend(app::check_policy(policy, &definition, previous.as_ref()));
@@ -207,7 +422,24 @@ pub(super) fn plan(
             }
             None => None,
         };
-        let stamped = stamped.map(|mut definition| {
+        // Put back as it is: nothing to deploy (Marathon's plan has no step for it).
+        if let (Some(old), Some(new)) = (&previous, &checked)
+            && !restart
+            && old.instances == new.instances
+            && app::config_equal(old, new)
+        {
+            posted.push(old.to_json());
+            continue;
+        }
+        let action = match (&previous, &checked) {
+            (None, None) => return Err(DeployError::NotFound(id)),
+            (None, Some(_)) => "StartApplication",
+            (Some(_), None) => "StopApplication",
+            (Some(old), Some(new)) if !restart && app::is_scale_only(old, new) => "ScaleApplication",
+            (Some(_), Some(_)) => "RestartApplication",
+        };
+        let node = store::node_name(&id);
+        let stamped = checked.map(|mut definition| {
             app::stamp(&mut definition, now, previous.as_ref());
             if restart && let Some(info) = definition.version_info.as_mut() {
                 info.last_config_change_at = now;
@@ -219,16 +451,85 @@ pub(super) fn plan(
                 let json = definition.to_json();
                 batch.put(format!("{}/{node}", store::APPS), &json);
                 batch.put(format!("{}/{node}/{}", store::VERSIONS, model::version(definition)), &json);
+                posted.push(json);
             }
-            None => batch.delete(format!("{}/{node}", store::APPS)),
+            None => {
+                batch.delete(format!("{}/{node}", store::APPS));
+                posted.extend(previous.as_ref().map(AppDefinition::to_json));
+            }
         }
+        tree_change.apps.insert(
+            id.clone(),
+            Delta { before: previous.as_ref().map(model::version), after: stamped.as_ref().map(model::version) },
+        );
         let dependencies =
             stamped.as_ref().map(|d| d.dependencies.iter().map(|p| p.to_string()).collect()).unwrap_or_default();
         targets.insert(id.clone(), stamped.map(|d| d.to_json()));
         originals.insert(id.clone(), previous.map(|d| d.to_json()));
         actions.push((Action { action: action.into(), app: id }, dependencies));
     }
+    let affected: HashSet<&String> = targets.keys().collect();
+    let locking: Vec<String> = state
+        .deployments
+        .values()
+        .filter(|d| d.affected_apps.iter().any(|app| affected.contains(app)))
+        .map(|d| d.id.clone())
+        .collect();
+    if !locking.is_empty() && !force {
+        return Err(DeployError::Locked(locking));
+    }
+    let group_changes = plan_groups(state, &group_requests, &targets, now)?;
+    for (id, after) in &group_changes {
+        let path = format!("{}/{}", store::GROUPS, store::group_node(id));
+        match after {
+            Some(record) => batch.put(path, record),
+            None => batch.delete(path),
+        }
+        tree_change.groups.insert(id.clone(), Delta { before: state.groups.get(id).cloned(), after: after.clone() });
+    }
+    if !group_changes.is_empty() {
+        batch.put(format!("{}/{version}", store::GROUP_VERSIONS), &tree_change);
+    }
+    // Apps depend on what they name and on what their groups name; a group stands for its
+    // apps in this deployment.
+    let group_of = |id: &str| group_changes.get(id).cloned().flatten().or_else(|| state.groups.get(id).cloned());
+    let actions: Vec<(Action, Vec<String>)> = actions
+        .into_iter()
+        .map(|(action, own)| {
+            let inherited =
+                groups::ancestors(&action.app).skip(1).filter_map(&group_of).flat_map(|group| group.dependencies);
+            let mut expanded: Vec<String> = Vec::new();
+            for dependency in own.into_iter().chain(inherited) {
+                if targets.contains_key(&dependency) {
+                    expanded.push(dependency);
+                } else {
+                    expanded.extend(groups::below(&targets, &dependency).map(|(id, _)| id.clone()));
+                }
+            }
+            expanded.retain(|dependency| *dependency != action.app);
+            (action, expanded)
+        })
+        .collect();
     let steps = order_steps(actions);
+    let superseded_events = locking
+        .iter()
+        .filter_map(|id| state.deployments.get(id))
+        .flat_map(|old| {
+            let plan = plan_json(old, state);
+            [
+                MarathonEvent::DeploymentStepFailure {
+                    plan: plan.clone(),
+                    current_step: step_json(old, old.current_step),
+                },
+                MarathonEvent::DeploymentFailed {
+                    id: old.id.clone(),
+                    plan,
+                    reason: "superseded by a forced deployment",
+                },
+            ]
+        })
+        .collect();
+    let group_originals = group_changes.keys().map(|id| (id.clone(), state.groups.get(id).cloned())).collect();
     let deployment = Deployment {
         id: deployment_id.clone(),
         version: version.clone(),
@@ -237,12 +538,116 @@ pub(super) fn plan(
         current_step: 0,
         targets,
         originals,
+        group_originals,
     };
-    batch.put(format!("{}/{}", store::DEPLOYMENTS, deployment.id), &deployment);
-    for superseded in &locking {
-        batch.delete(format!("{}/{superseded}", store::DEPLOYMENTS));
+    if !deployment.steps.is_empty() {
+        batch.put(format!("{}/{}", store::DEPLOYMENTS, deployment.id), &deployment);
+        for superseded in &locking {
+            batch.delete(format!("{}/{superseded}", store::DEPLOYMENTS));
+        }
     }
-    Ok(Plan { deployment, batch, superseded: locking })
+    Ok(Plan { deployment, batch, superseded: locking, groups: group_changes, posted, superseded_events })
+}
+
+/// The groups a change creates, changes or removes (`None`), at `now`: those `requests`
+/// name, every group around an app the change creates (apps live in groups), and every
+/// group around something changed, whose version becomes `now`.
+fn plan_groups(
+    state: &State,
+    requests: &[GroupChange],
+    targets: &BTreeMap<String, Option<Value>>,
+    now: Timestamp,
+) -> Result<BTreeMap<String, Option<GroupRecord>>, DeployError> {
+    let mut after: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
+    let current = |after: &BTreeMap<String, Option<GroupRecord>>, id: &str| match after.get(id) {
+        Some(changed) => changed.clone(),
+        None => state.groups.get(id).cloned(),
+    };
+    let invalid = |message: String| DeployError::Invalid(vec![app::Violation::new("/id", message)]);
+    // What changed, whose groups take the new version.
+    let mut touched: Vec<String> = Vec::new();
+    for request in requests {
+        let id = request.id.as_str();
+        match &request.dependencies {
+            Some(dependencies) => {
+                let app_there =
+                    state.apps.get(id).is_some_and(|e| !e.deleting) && !matches!(targets.get(id), Some(None));
+                if app_there || targets.get(id).is_some_and(Option::is_some) {
+                    return Err(invalid(format!("An app with the path {id} already exists.")));
+                }
+                let existing = current(&after, id);
+                if existing.as_ref().is_some_and(|g| g.dependencies == *dependencies) {
+                    continue;
+                }
+                let record = GroupRecord { id: id.to_owned(), dependencies: dependencies.clone(), version: now };
+                after.insert(id.to_owned(), Some(record));
+                touched.push(id.to_owned());
+            }
+            None if id == "/" => return Err(invalid("The root group cannot be removed.".into())),
+            None => {
+                if state.groups.contains_key(id) {
+                    after.insert(id.to_owned(), None);
+                    touched.extend(groups::parent(id).map(str::to_owned));
+                }
+            }
+        }
+    }
+    for (app_id, target) in targets {
+        touched.extend(groups::parent(app_id).map(str::to_owned));
+        if target.is_none() {
+            continue;
+        }
+        for group in groups::ancestors(app_id).skip(1) {
+            match current(&after, group) {
+                Some(_) => {}
+                None if after.contains_key(group) => {
+                    return Err(invalid(format!("The app {app_id} cannot stay in the group {group}: it is removed.")));
+                }
+                None => {
+                    let record = GroupRecord { id: group.to_owned(), dependencies: Vec::new(), version: now };
+                    after.insert(group.to_owned(), Some(record));
+                }
+            }
+        }
+    }
+    // A group created inside one that does not exist yet: that one is created too.
+    let created: Vec<String> = after.iter().filter(|(_, g)| g.is_some()).map(|(id, _)| id.clone()).collect();
+    for id in created {
+        for group in groups::ancestors(&id).skip(1) {
+            if current(&after, group).is_none() {
+                if after.contains_key(group) {
+                    return Err(invalid(format!("The group {id} cannot stay in the group {group}: it is removed.")));
+                }
+                let record = GroupRecord { id: group.to_owned(), dependencies: Vec::new(), version: now };
+                after.insert(group.to_owned(), Some(record));
+            }
+        }
+    }
+    if after.is_empty() && targets.is_empty() {
+        return Ok(after);
+    }
+    // The root always exists (a state loaded without it gets one, see `add_implicit_groups`).
+    let root = || GroupRecord { id: "/".to_owned(), dependencies: Vec::new(), version: now };
+    for changed in touched {
+        for group in groups::ancestors(&changed) {
+            let record = current(&after, group).or_else(|| (group == "/").then(root));
+            if let Some(mut record) = record {
+                record.version = now;
+                after.insert(group.to_owned(), Some(record));
+            }
+        }
+    }
+    Ok(after)
+}
+
+/// Takes the groups of a committed change into the state.
+pub(super) fn adopt_groups(state: &mut State, changes: &BTreeMap<String, Option<GroupRecord>>) {
+    for (id, after) in changes {
+        match after {
+            Some(record) => state.groups.insert(id.clone(), record.clone()),
+            None => state.groups.remove(id),
+        };
+    }
 }
 
 /// Orders actions into steps: an app comes after the apps it depends on (when they are
@@ -325,7 +730,7 @@ pub(super) fn adopt(
         state.traces.insert(id.clone(), trace.clone());
     }
     state.deployments.insert(deployment.id.clone(), deployment.clone());
-    deployment_json(deployment, state)
+    plan_json(deployment, state)
 }
 
 /// Makes the apps of step `index` converge to their targets.
@@ -368,20 +773,34 @@ pub(super) fn advance_deployments(
                 break;
             }
             for action in step {
+                // A deleted app's versions stay (a group rollback may bring it back) until
+                // the change that deleted it is no longer kept (`Store::prune_group_versions`).
                 if action.action == "StopApplication" && state.apps.get(&action.app).is_some_and(|e| e.deleting) {
-                    let node = store::node_name(&action.app);
-                    batch.delete(format!("{}/{node}", store::VERSIONS));
                     removed_apps.push(action.app.clone());
                     events.push(MarathonEvent::AppTerminated { app_id: action.app.clone() });
                 }
+                // The replaced version's instances are gone: its checks stop.
+                if action.action == "RestartApplication" {
+                    events.extend(
+                        health_checks_of(deployment.originals.get(&action.app))
+                            .map(|_| MarathonEvent::RemoveHealthCheck { app_id: action.app.clone() }),
+                    );
+                }
             }
             events.push(MarathonEvent::DeploymentStepSuccess {
-                plan: deployment_json(&deployment, state),
+                plan: plan_json(&deployment, state),
                 current_step: step_json(&deployment, deployment.current_step),
             });
             deployment.current_step += 1;
             advanced = true;
             activate_step(state, &deployment, deployment.current_step);
+            if deployment.current_step < deployment.steps.len() {
+                events.push(MarathonEvent::DeploymentInfo {
+                    plan: plan_json(&deployment, state),
+                    current_step: step_json(&deployment, deployment.current_step),
+                });
+                events.extend(step_health_events(&deployment, deployment.current_step));
+            }
         }
         if !advanced {
             continue;
@@ -391,7 +810,7 @@ pub(super) fn advance_deployments(
                 state.traces.remove(app);
             }
             batch.delete(format!("{}/{id}", store::DEPLOYMENTS));
-            events.push(MarathonEvent::DeploymentSuccess { id: id.clone(), plan: deployment_json(&deployment, state) });
+            events.push(MarathonEvent::DeploymentSuccess { id: id.clone(), plan: plan_json(&deployment, state) });
             state.deployments.remove(&id);
         } else {
             batch.put(format!("{}/{id}", store::DEPLOYMENTS), &deployment);
@@ -401,9 +820,79 @@ pub(super) fn advance_deployments(
     (batch, events, removed_apps)
 }
 
+/// Marathon's `DeploymentStep`: `{"actions": [{"action": ..., "app": ...}]}`.
 pub(super) fn step_json(deployment: &Deployment, index: usize) -> Value {
     let actions = deployment.steps.get(index).cloned().unwrap_or_default();
     json!({ "actions": actions.iter().map(|a| json!({ "action": a.action, "app": a.app })).collect::<Vec<_>>() })
+}
+
+/// Every step of a deployment, as [`step_json`] writes each.
+pub(super) fn steps_json(deployment: &Deployment) -> Vec<Value> {
+    (0..deployment.steps.len()).map(|index| step_json(deployment, index)).collect()
+}
+
+/// The health checks of an app's stored JSON (none if it has none, or no JSON).
+fn health_checks_of(app: Option<&Option<Value>>) -> impl Iterator<Item = &Value> {
+    app.and_then(Option::as_ref).and_then(|app| app.get("healthChecks")).and_then(Value::as_array).into_iter().flatten()
+}
+
+/// What starting step `index` does to health checks, as Marathon's health check manager
+/// reports it: each check of each app version the step deploys is added
+/// (`add_health_check_event`, with the version); an app the step stops has its checks
+/// removed (`remove_health_check_event`). A replaced version's checks are removed once its
+/// step is done (see [`advance_deployments`]).
+pub(super) fn step_health_events(deployment: &Deployment, index: usize) -> Vec<MarathonEvent> {
+    let mut events = Vec::new();
+    for action in deployment.steps.get(index).into_iter().flatten() {
+        let app_id = action.app.clone();
+        if action.action == "StopApplication" {
+            let removed = health_checks_of(deployment.originals.get(&action.app));
+            events.extend(removed.map(|_| MarathonEvent::RemoveHealthCheck { app_id: app_id.clone() }));
+            continue;
+        }
+        let target = deployment.targets.get(&action.app);
+        let version = target.and_then(Option::as_ref).and_then(|app| app.get("version")).and_then(Value::as_str);
+        for check in health_checks_of(target) {
+            events.push(MarathonEvent::AddHealthCheck {
+                app_id: app_id.clone(),
+                version: version.unwrap_or_default().to_owned(),
+                health_check: check.clone(),
+            });
+        }
+    }
+    events
+}
+
+/// A deployment plan as Marathon's events carry it (`DeploymentPlanWrites`: `id`,
+/// `version`, `steps`, and the `original` and `target` groups), with `/v2/deployments`'
+/// fields besides. `original` and `target` hold the apps the deployment changes (as they
+/// were, as they become), in their groups — not the whole tree, whose size would make every
+/// event as large as every app definition together.
+pub(super) fn plan_json(deployment: &Deployment, state: &State) -> Value {
+    let mut plan = deployment_json(deployment, state);
+    let tree = |apps: &BTreeMap<String, Option<Value>>| {
+        let apps: BTreeMap<String, Value> =
+            apps.iter().filter_map(|(id, app)| Some((id.clone(), app.clone()?))).collect();
+        partial_group_json("/", &apps, &deployment.version)
+    };
+    plan["original"] = tree(&deployment.originals);
+    plan["target"] = tree(&deployment.targets);
+    plan
+}
+
+/// Group `id` (Marathon's group JSON) holding those of `apps` below it, with the groups
+/// between.
+fn partial_group_json(id: &str, apps: &BTreeMap<String, Value>, version: &str) -> Value {
+    let own: Vec<&Value> =
+        groups::below(apps, id).filter(|(app, _)| groups::parent(app) == Some(id)).map(|(_, app)| app).collect();
+    let mut subgroups: Vec<String> = groups::below(apps, id)
+        .filter_map(|(app, _)| groups::ancestors(app).find(|group| groups::parent(group) == Some(id)))
+        .filter(|group| !apps.contains_key(*group))
+        .map(str::to_owned)
+        .collect();
+    subgroups.dedup();
+    let groups: Vec<Value> = subgroups.iter().map(|group| partial_group_json(group, apps, version)).collect();
+    json!({ "id": id, "apps": own, "groups": groups, "dependencies": [], "version": version })
 }
 
 /// The readiness of the app's instances of the config it converges to, for a deployment's
@@ -436,10 +925,41 @@ pub(super) fn deployment_json(deployment: &Deployment, state: &State) -> Value {
 mod tests {
     use super::*;
     use crate::leader::fixtures::{app, state_with, web};
+    use crate::leader::groups::{self, Decided, GroupUpdate};
+
+    const NOW: &str = "2026-12-06T12:00:00.000Z";
 
     fn planned(state: &State, changes: Vec<Change>, force: bool) -> Result<Plan, DeployError> {
-        let now = Timestamp::parse("2026-12-06T12:00:00.000Z").unwrap();
+        let now = Timestamp::parse(NOW).unwrap();
         plan(state, &AppLimits::default(), &ContainerPolicy::default(), changes, force, "d-new".into(), now)
+    }
+
+    fn planned_tree(state: &State, request: TreeRequest) -> Result<Plan, DeployError> {
+        let now = Timestamp::parse(NOW).unwrap();
+        plan_tree(state, &AppLimits::default(), &ContainerPolicy::default(), request, false, "d-new".into(), now)
+    }
+
+    /// `/web` as `web` makes it, without ports (so that a state built from it holds exactly
+    /// what a deployment would have stored).
+    fn portless(instances: i64, cmd: &str) -> AppDefinition {
+        let mut app = web(instances, cmd);
+        app.port_definitions.clear();
+        app
+    }
+
+    /// An app `id` running `sleep 1`, with `extra` fields.
+    fn app_at(id: &str, extra: serde_json::Value) -> AppDefinition {
+        let mut json = json!({ "id": id, "cmd": "sleep 1", "cpus": 0.1, "mem": 32, "portDefinitions": [] });
+        json.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        app(&json.to_string())
+    }
+
+    /// `state` after `plan` is committed (groups and the deployment taken in).
+    fn committed(state: &mut State, plan: &Plan) {
+        adopt_groups(state, &plan.groups);
+        if !plan.deployment.steps.is_empty() {
+            adopt(state, &plan.deployment, &plan.superseded, Default::default());
+        }
     }
 
     fn actions(plan: &Plan) -> Vec<Vec<(String, String)>> {
@@ -461,9 +981,13 @@ mod tests {
             [
                 "put /gateway/apps/web",
                 "put /gateway/versions/web/2026-12-06T12:00:00.000Z",
+                "put /gateway/groups/_",
+                "put /gateway/groupversions/2026-12-06T12:00:00.000Z",
                 "put /gateway/deployments/d-new",
-            ]
+            ],
+            "the app, its version, its group (the root, at a new version), the change, the deployment"
         );
+        assert_eq!(plan.groups["/"].as_ref().map(|root| root.version.to_string()).as_deref(), Some(NOW));
         let target = plan.deployment.targets["/web"].as_ref().expect("a target");
         assert_eq!(target["version"], "2026-12-06T12:00:00.000Z");
         assert!(plan.deployment.originals["/web"].is_none(), "nothing to roll back to");
@@ -472,11 +996,11 @@ mod tests {
 
     #[test]
     fn each_change_is_named_as_marathon_names_it() {
-        let state = state_with(&[web(1, "sleep 1")]);
+        let state = state_with(&[portless(1, "sleep 1")]);
         let cases = [
-            (Change::to("/web", Some(web(3, "sleep 1"))), "ScaleApplication"),
-            (Change::to("/web", Some(web(1, "sleep 2"))), "RestartApplication"),
-            (Change { id: "/web".into(), target: Some(web(1, "sleep 1")), restart: true }, "RestartApplication"),
+            (Change::to("/web", Some(portless(3, "sleep 1"))), "ScaleApplication"),
+            (Change::to("/web", Some(portless(1, "sleep 2"))), "RestartApplication"),
+            (Change { id: "/web".into(), target: Some(portless(1, "sleep 1")), restart: true }, "RestartApplication"),
             (Change::to("/web", None), "StopApplication"),
         ];
         for (change, expected) in cases {
@@ -485,7 +1009,175 @@ mod tests {
             assert!(plan.deployment.originals["/web"].is_some(), "the previous definition is kept for a rollback");
         }
         let stop = planned(&state, vec![Change::to("/web", None)], false).unwrap();
-        assert_eq!(stop.batch.describe(), ["delete /gateway/apps/web", "put /gateway/deployments/d-new"]);
+        let writes = [
+            "delete /gateway/apps/web",
+            "put /gateway/groups/_",
+            &format!("put /gateway/groupversions/{NOW}"),
+            "put /gateway/deployments/d-new",
+        ];
+        assert_eq!(stop.batch.describe(), writes, "its versions stay (a group rollback may need them)");
+    }
+
+    #[test]
+    fn an_app_put_back_as_it_is_takes_no_step_and_a_change_of_nothing_writes_nothing() {
+        let mut state = state_with(&[portless(2, "sleep 1")]);
+        groups::add_implicit_groups(&mut state);
+        let same = planned(&state, vec![Change::to("/web", Some(portless(2, "sleep 1")))], false).unwrap();
+        assert!(same.deployment.steps.is_empty() && same.groups.is_empty() && same.batch.is_empty());
+        assert_eq!(same.posted.len(), 1, "still announced");
+        assert_eq!(same.posted[0]["instances"], 2);
+        let nothing = planned(&state, Vec::new(), false).unwrap();
+        assert!(nothing.deployment.steps.is_empty() && nothing.batch.is_empty() && nothing.posted.is_empty());
+        // Nor is a deployment in progress in the way of a change of nothing (Marathon's
+        // empty plan conflicts with no deployment).
+        let running = planned(&state, vec![Change::to("/web", Some(portless(3, "sleep 1")))], false).unwrap();
+        state.deployments.insert("d-running".into(), Deployment { id: "d-running".into(), ..running.deployment });
+        assert!(planned(&state, vec![Change::to("/web", Some(portless(2, "sleep 1")))], false).is_ok());
+        assert!(matches!(
+            planned(&state, vec![Change::to("/web", Some(portless(4, "sleep 1")))], false),
+            Err(DeployError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_group_is_a_change_of_groups_only_kept_with_its_version() {
+        let mut state = State::default();
+        groups::add_implicit_groups(&mut state);
+        let request = TreeRequest {
+            groups: vec![GroupChange { id: "/g/sub".into(), dependencies: Some(vec![]) }],
+            ..TreeRequest::default()
+        };
+        let plan = planned_tree(&state, request).unwrap();
+        assert!(plan.deployment.steps.is_empty(), "no app to deploy");
+        let writes = [
+            "put /gateway/groups/_",
+            "put /gateway/groups/g",
+            "put /gateway/groups/g_sub",
+            &format!("put /gateway/groupversions/{NOW}"),
+        ];
+        assert_eq!(plan.batch.describe(), writes, "the group, the group around it, the root; no deployment");
+        assert!(plan.groups.values().all(|g| g.as_ref().is_some_and(|g| g.version.to_string() == NOW)));
+        committed(&mut state, &plan);
+        assert!(state.groups.contains_key("/g/sub") && state.groups.contains_key("/g"));
+        // Removing it: its record goes, its parent and the root take the new version.
+        let remove = TreeRequest {
+            groups: vec![GroupChange { id: "/g/sub".into(), dependencies: None }],
+            ..TreeRequest::default()
+        };
+        let later = Timestamp::parse("2026-12-06T12:00:01.000Z").unwrap();
+        let removed =
+            plan_tree(&state, &AppLimits::default(), &ContainerPolicy::default(), remove, false, "d".into(), later)
+                .unwrap();
+        assert_eq!(removed.groups["/g/sub"], None);
+        assert_eq!(removed.groups["/g"].as_ref().unwrap().version, later);
+        committed(&mut state, &removed);
+        assert!(!state.groups.contains_key("/g/sub"));
+    }
+
+    #[test]
+    fn a_group_replacement_deploys_its_apps_and_removes_what_it_leaves_out() {
+        let mut state = State::default();
+        groups::add_implicit_groups(&mut state);
+        let create = |apps: Vec<AppDefinition>| GroupUpdate {
+            id: crate::app::PathId::parse_group("/g").unwrap(),
+            apps: Some(apps),
+            ..GroupUpdate::default()
+        };
+        let decide = |state: &State, update: &GroupUpdate| {
+            let mut decided = Decided::default();
+            groups::replace(state, update, &mut decided);
+            TreeRequest { apps: decided.apps, groups: decided.groups, ..TreeRequest::default() }
+        };
+        let first = create(vec![app_at("/g/a", json!({})), app_at("/g/b", json!({}))]);
+        let plan = planned_tree(&state, decide(&state, &first)).unwrap();
+        assert_eq!(
+            actions(&plan),
+            [[("StartApplication".into(), "/g/a".into()), ("StartApplication".into(), "/g/b".into())]]
+        );
+        committed(&mut state, &plan);
+        state.deployments.clear();
+        // The same body again: nothing to do.
+        let again = planned_tree(&state, decide(&state, &first)).unwrap();
+        assert!(again.deployment.steps.is_empty() && again.groups.is_empty());
+        // Without b: b stops; a stays as it is.
+        let plan = planned_tree(&state, decide(&state, &create(vec![app_at("/g/a", json!({}))]))).unwrap();
+        assert_eq!(actions(&plan), [[("StopApplication".to_owned(), "/g/b".to_owned())]]);
+        let change = &plan.batch.describe();
+        assert!(change.contains(&format!("put /gateway/groupversions/{NOW}")), "{change:?}");
+    }
+
+    #[test]
+    fn groups_order_their_apps_by_the_groups_they_depend_on() {
+        let mut state = State::default();
+        groups::add_implicit_groups(&mut state);
+        let request = TreeRequest {
+            apps: vec![
+                Change::to("/web/w", Some(app_at("/web/w", json!({})))),
+                Change::to("/db/a", Some(app_at("/db/a", json!({})))),
+            ],
+            groups: vec![GroupChange { id: "/web".into(), dependencies: Some(vec!["/db".into()]) }],
+            ..TreeRequest::default()
+        };
+        let plan = planned_tree(&state, request).unwrap();
+        assert_eq!(
+            actions(&plan),
+            [
+                [("StartApplication".to_owned(), "/db/a".to_owned())],
+                [("StartApplication".to_owned(), "/web/w".to_owned())]
+            ],
+            "/web's apps wait for /db's"
+        );
+    }
+
+    #[test]
+    fn an_app_and_a_group_never_share_an_id() {
+        let mut state = state_with(&[app_at("/g/a", json!({}))]);
+        groups::add_implicit_groups(&mut state);
+        let app_over_group = planned(&state, vec![Change::to("/g", Some(app_at("/g", json!({}))))], false);
+        assert!(matches!(app_over_group, Err(DeployError::Invalid(_))));
+        let group_over_app = TreeRequest {
+            groups: vec![GroupChange { id: "/g/a".into(), dependencies: Some(vec![]) }],
+            ..TreeRequest::default()
+        };
+        assert!(matches!(planned_tree(&state, group_over_app), Err(DeployError::Invalid(_))));
+    }
+
+    #[test]
+    fn health_checks_are_added_for_each_version_deployed_and_removed_with_their_app() {
+        let check = json!({ "healthChecks": [{ "protocol": "COMMAND", "command": { "value": "true" } }] });
+        let mut state = State::default();
+        let plan = planned(&state, vec![Change::to("/h", Some(app_at("/h", check.clone())))], false).unwrap();
+        let added = step_health_events(&plan.deployment, 0);
+        let [MarathonEvent::AddHealthCheck { app_id, version, health_check }] = added.as_slice() else {
+            panic!("{added:?}")
+        };
+        assert_eq!((app_id.as_str(), version.as_str()), ("/h", NOW));
+        assert_eq!(health_check["protocol"], "COMMAND");
+        committed(&mut state, &plan);
+        state.deployments.clear();
+        let stop = planned(&state, vec![Change::to("/h", None)], false).unwrap();
+        let removed = step_health_events(&stop.deployment, 0);
+        assert!(matches!(removed.as_slice(), [MarathonEvent::RemoveHealthCheck { app_id }] if app_id == "/h"));
+        let plain = planned(&State::default(), vec![Change::to("/p", Some(app_at("/p", json!({}))))], false).unwrap();
+        assert!(step_health_events(&plain.deployment, 0).is_empty(), "no checks, no events");
+    }
+
+    #[test]
+    fn an_events_plan_holds_the_changed_apps_before_and_after_in_their_groups() {
+        let state = State::default();
+        let plan = planned(&state, vec![Change::to("/g/a", Some(app_at("/g/a", json!({}))))], false).unwrap();
+        let json = plan_json(&plan.deployment, &state);
+        for field in ["id", "version", "steps", "original", "target"] {
+            assert!(json.get(field).is_some(), "{field} in {json}");
+        }
+        assert_eq!(json["target"]["id"], "/");
+        assert_eq!(json["target"]["groups"][0]["id"], "/g");
+        assert_eq!(json["target"]["groups"][0]["apps"][0]["id"], "/g/a");
+        assert_eq!(json["original"]["groups"], json!([]), "it did not exist");
+        assert_eq!(
+            steps_json(&plan.deployment),
+            [json!({ "actions": [{ "action": "StartApplication", "app": "/g/a" }] })]
+        );
     }
 
     #[test]

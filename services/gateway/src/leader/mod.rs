@@ -9,8 +9,10 @@
 //! the reads the apps service makes). Each decision is a pure function over the state that
 //! returns [`effects::Effects`] (kills, coord writes, events, declines), unit-tested without
 //! a cluster; `Leader::execute` is the one place that carries effects out:
-//! - `deployments`: planning a change (`plan`), taking a committed one in (`adopt`),
+//! - `deployments`: planning a change (`plan_tree`), taking a committed one in (`adopt`),
 //!   cancellation, and steps advancing as apps converge (`advance_deployments`);
+//! - `groups`: Marathon's group tree — what a group request changes (`replace`, `create`,
+//!   `remove`, `scale`), and the tree at a past version (`Tree::undo`);
 //! - `convergence`: the rounds that decide what to launch and kill (`round`, over
 //!   [`crate::engine`]);
 //! - `offers`: placing waiting instances on offers (`decide`, over [`crate::placement`]),
@@ -47,12 +49,15 @@ mod deployments;
 mod effects;
 #[cfg(test)]
 mod fixtures;
+mod groups;
 mod kills;
 mod offers;
 mod probing;
 mod updates;
 
 use self::deployments::deployment_json;
+pub use self::deployments::{Origin, Outcome, TreeRequest};
+pub use self::groups::{GroupNode, GroupOp, GroupRecord, GroupUpdate};
 
 /// What is persisted of an instance: enough to find it again after a failover.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,6 +86,11 @@ pub struct Instance {
     /// The last readiness probe's outcome (instances of a config with a readiness check).
     pub readiness: Option<ReadinessResult>,
     next_probe: Option<Instant>,
+    /// Its health checks' results so far (Marathon's `healthCheckResults`).
+    pub health: Health,
+    /// Where the task is reached, as its agent reported it (Marathon's `ipAddresses`): kept
+    /// from its status updates, and learnt again from reconciliation after a failover.
+    pub ip_addresses: Vec<String>,
 }
 
 impl Instance {
@@ -98,6 +108,8 @@ impl Instance {
             message: String::new(),
             readiness: None,
             next_probe: None,
+            health: Health::default(),
+            ip_addresses: Vec::new(),
         }
     }
 
@@ -112,6 +124,42 @@ impl Instance {
             launched_at: self.launched_at,
             unreachable_since: self.unreachable_since,
         }
+    }
+}
+
+/// What a task's health checks found, as its agent reports them (`TaskStatus.healthy`, on
+/// each change): Marathon's `Health`. Kept in memory, as Marathon keeps it: after a failover
+/// the next reports fill it again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    pub first_success: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    pub last_failure: Option<Timestamp>,
+    pub last_failure_cause: Option<String>,
+    /// Failures since the last success. The agent reports a change of health, not every
+    /// check, so a run of failures counts once here (the agent itself counts them towards
+    /// `maxConsecutiveFailures`).
+    pub consecutive_failures: u32,
+}
+
+impl Health {
+    /// Marathon's rule: alive if the last success is later than the last failure.
+    pub fn alive(&self) -> bool {
+        self.last_success.is_some_and(|success| self.last_failure.is_none_or(|failure| success > failure))
+    }
+
+    /// A check passed at `at`.
+    pub fn succeeded(&mut self, at: Timestamp) {
+        self.first_success.get_or_insert(at);
+        self.last_success = Some(at);
+        self.consecutive_failures = 0;
+    }
+
+    /// A check failed at `at`, for `cause`.
+    pub fn failed(&mut self, at: Timestamp, cause: &str) {
+        self.last_failure = Some(at);
+        self.last_failure_cause = Some(cause.to_owned());
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
     }
 }
 
@@ -134,6 +182,10 @@ pub struct Deployment {
     pub targets: BTreeMap<String, Option<Value>>,
     /// App JSON before (`None`: the app did not exist), for rollback.
     pub originals: BTreeMap<String, Option<Value>>,
+    /// The groups the deployment changed, as they were (`None`: created by it), for
+    /// rollback. (Absent from deployments stored before groups were kept.)
+    #[serde(default)]
+    pub group_originals: BTreeMap<String, Option<GroupRecord>>,
 }
 
 pub struct AppEntry {
@@ -281,6 +333,8 @@ const READINESS_TICK: Duration = Duration::from_millis(250);
 #[derive(Default)]
 struct State {
     apps: BTreeMap<String, AppEntry>,
+    /// Every group, by id, the root (`/`) included (see [`groups`]).
+    groups: BTreeMap<String, GroupRecord>,
     instances: Instances,
     /// Apps that ran exactly as declared at their last decision (deployments advance on it).
     converged: HashSet<String>,
@@ -463,6 +517,11 @@ impl Leader {
             }
             state.deployments.insert(deployment.id.clone(), deployment);
         }
+        for (_, group) in store.load::<GroupRecord>(store::GROUPS).await? {
+            state.groups.insert(group.id.clone(), group);
+        }
+        // Groups of apps stored before groups were kept exist too.
+        groups::add_implicit_groups(&mut state);
         for (_, failure) in store.load::<StoredFailure>(store::FAILURES).await? {
             state.failures.insert(failure.app_id.clone(), failure.failure);
         }
@@ -474,6 +533,7 @@ impl Leader {
         tracing::info!(
             epoch,
             apps = state.apps.len(),
+            groups = state.groups.len(),
             deployments = state.deployments.len(),
             instances = state.instances.len(),
             "gateway leading: state loaded"

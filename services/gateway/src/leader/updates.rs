@@ -12,7 +12,8 @@ use crate::store::{self, Batch};
 
 use super::effects::{Effects, Kill};
 use super::{
-    DeployError, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts, write_failures,
+    DeployError, Health, Instance, InstanceRecord, Leader, State, TaskFailure, back_off, condition_name, now_ts,
+    write_failures,
 };
 
 impl Leader {
@@ -66,12 +67,15 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
                         };
                         batch.put(format!("{}/{}", store::INSTANCES, record.task_id), &record);
                         tracing::info!(task = %status.task_id, "adopted a task this gateway had no record of");
-                        state.instances.insert(Instance {
+                        let mut adopted = Instance {
                             state: state_of,
                             healthy: status.healthy,
                             message: status.message.clone(),
+                            ip_addresses: status.ip_addresses.clone(),
                             ..Instance::staging(record, now)
-                        });
+                        };
+                        record_health(&mut adopted.health, status);
+                        state.instances.insert(adopted);
                     }
                     _ => kills.push(Kill { task_id: status.task_id.clone(), agent_id: status.agent_id.clone() }),
                 }
@@ -91,6 +95,10 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
             if !status.agent_id.is_empty() {
                 instance.record.agent_id = status.agent_id.clone();
             }
+            // The master's own statuses (reconciliation of an unreachable agent) carry none.
+            if !status.ip_addresses.is_empty() {
+                instance.ip_addresses = status.ip_addresses.clone();
+            }
             instance.unreachable_since = match state_of {
                 TaskState::TaskUnreachable => instance.unreachable_since.or(Some(now)),
                 _ => None,
@@ -107,7 +115,7 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
                     message: status.message.clone(),
                     app_id: app_id.clone(),
                     host: instance.record.host.clone(),
-                    ip_addresses: Vec::new(),
+                    ip_addresses: model::ip_addresses_json(&instance.ip_addresses),
                     ports: instance.record.ports.clone(),
                     version: instance.record.version.clone(),
                 });
@@ -136,6 +144,8 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
             if instance.healthy != previous_health
                 && let Some(alive) = instance.healthy
             {
+                // The agent reports health when it changes: each report is a check's result.
+                record_health(&mut instance.health, status);
                 events.push(MarathonEvent::HealthStatusChanged {
                     app_id: app_id.clone(),
                     task_id: status.task_id.clone(),
@@ -144,10 +154,19 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
                     alive,
                 });
                 if !alive {
+                    // The agent does not say which check failed: the app's first (the only
+                    // one, for nearly every app).
+                    let check = state
+                        .apps
+                        .get(&app_id)
+                        .map(|entry| entry.active.as_ref().unwrap_or(&entry.definition))
+                        .and_then(|app| app.health_checks.first())
+                        .and_then(|check| serde_json::to_value(check).ok());
                     events.push(MarathonEvent::FailedHealthCheck {
                         app_id: app_id.clone(),
                         task_id: status.task_id.clone(),
                         instance_id: status.task_id.clone(),
+                        health_check: check.unwrap_or_default(),
                     });
                 }
             }
@@ -185,6 +204,21 @@ pub(super) fn transition(state: &mut State, status: &TaskStatus, now: Instant, w
     Effects { kills, writes: batch, events, ..Effects::default() }
 }
 
+/// Takes a status's health (if it has one) as a check's result, at the time the agent
+/// reported it (or now, for a status without a time).
+fn record_health(health: &mut Health, status: &TaskStatus) {
+    let at = if status.timestamp > 0.0 && status.timestamp.is_finite() {
+        Timestamp::from_millis((status.timestamp * 1000.0) as i64)
+    } else {
+        Timestamp::now()
+    };
+    match status.healthy {
+        Some(true) => health.succeeded(at),
+        Some(false) => health.failed(at, &status.message),
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +247,22 @@ mod tests {
         let instance = state.instances.get(TASK).expect("adopted");
         assert_eq!((instance.record.app_id.as_str(), instance.state), ("/web", TaskState::TaskRunning));
         assert_eq!(instance.record.host, "h1");
+    }
+
+    #[test]
+    fn a_tasks_addresses_are_kept_from_its_updates_and_announced() {
+        let mut state = state_with(&[web(1, "x")]);
+        let mut running = status(TASK, TaskState::TaskRunning);
+        running.ip_addresses = vec!["172.18.0.5".into()];
+        transition(&mut state, &running, Instant::now(), false);
+        assert_eq!(state.instances.get(TASK).expect("adopted").ip_addresses, ["172.18.0.5"]);
+        // A status without addresses (the master's, for an unreachable agent) keeps them.
+        let unreachable = transition(&mut state, &status(TASK, TaskState::TaskUnreachable), Instant::now(), true);
+        assert_eq!(state.instances.get(TASK).unwrap().ip_addresses, ["172.18.0.5"]);
+        let MarathonEvent::StatusUpdate { ip_addresses, .. } = &unreachable.events[0] else {
+            panic!("{:?}", unreachable.events)
+        };
+        assert_eq!(*ip_addresses, [serde_json::json!({"ipAddress": "172.18.0.5", "protocol": "IPv4"})]);
     }
 
     #[test]
@@ -264,6 +314,44 @@ mod tests {
         assert!(killed.events.is_empty(), "no one watches: no events are built");
         assert!(state.instances.get(TASK).is_none());
         assert!(!state.backoff.contains_key("/web") && !state.failures.contains_key("/web"));
+    }
+
+    #[test]
+    fn health_results_are_kept_with_their_times_and_a_failure_names_its_check() {
+        let checked = crate::leader::fixtures::app(
+            r#"{"id": "/web", "cmd": "x", "cpus": 0.1, "mem": 32,
+                "healthChecks": [{"protocol": "COMMAND", "command": {"value": "false"}}]}"#,
+        );
+        let mut state = state_with(&[checked]);
+        transition(&mut state, &status(TASK, TaskState::TaskRunning), Instant::now(), false);
+        let report = |healthy: bool, seconds: f64, message: &str| {
+            let mut update = status(TASK, TaskState::TaskRunning);
+            update.healthy = Some(healthy);
+            update.timestamp = seconds;
+            update.message = message.into();
+            update
+        };
+        let at = |seconds: i64| Some(Timestamp::from_millis(seconds * 1000));
+        let failed =
+            transition(&mut state, &report(false, 1000.0, "health check failed: exit 1"), Instant::now(), true);
+        let failure = failed.events.iter().find_map(|event| match event {
+            MarathonEvent::FailedHealthCheck { health_check, task_id, .. } => Some((health_check, task_id)),
+            _ => None,
+        });
+        let (check, task_id) = failure.expect("a failed_health_check_event");
+        assert_eq!((check["protocol"].as_str(), task_id.as_str()), (Some("COMMAND"), TASK), "the app's check");
+        let health = &state.instances.get(TASK).unwrap().health;
+        assert_eq!((health.last_failure, health.consecutive_failures, health.alive()), (at(1000), 1, false));
+        assert_eq!(health.last_failure_cause.as_deref(), Some("health check failed: exit 1"));
+        assert_eq!(health.first_success, None);
+        transition(&mut state, &report(true, 1010.0, ""), Instant::now(), false);
+        transition(&mut state, &report(true, 1020.0, ""), Instant::now(), false);
+        let health = &state.instances.get(TASK).unwrap().health;
+        assert_eq!((health.first_success, health.last_success), (at(1010), at(1010)), "a repeat is no new result");
+        assert_eq!((health.consecutive_failures, health.alive()), (0, true));
+        transition(&mut state, &report(false, 1030.0, "again"), Instant::now(), false);
+        let health = &state.instances.get(TASK).unwrap().health;
+        assert_eq!((health.first_success, health.last_failure, health.alive()), (at(1010), at(1030), false));
     }
 
     #[test]

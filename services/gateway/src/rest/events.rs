@@ -1,10 +1,13 @@
 //! `/v2/events`: the event stream, as server-sent events.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +18,14 @@ use crate::Gateway;
 use crate::app;
 use crate::events::Delivery;
 
-/// `GET /v2/events`: server-sent events; `?event_type=a&event_type=b` filters.
-pub(super) async fn stream(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+/// `GET /v2/events`: server-sent events; `?event_type=a&event_type=b` filters. The first event,
+/// `event_stream_attached`, names the caller's address (`remoteAddress`), as Marathon's does.
+pub(super) async fn stream(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: axum::http::Uri,
+) -> Response {
     let wanted: Vec<String> = uri
         .query()
         .unwrap_or_default()
@@ -26,7 +35,12 @@ pub(super) async fn stream(State(gateway): State<Arc<Gateway>>, headers: HeaderM
         .map(|(_, value)| value.to_owned())
         .collect();
     let _ = headers;
-    let attached = json!({ "eventType": "event_stream_attached", "remoteAddress": null, "timestamp": app::Timestamp::now().to_string() });
+    let remote_address = peer.map(|Extension(ConnectInfo(address))| address.ip().to_string());
+    let attached = json!({
+        "eventType": "event_stream_attached",
+        "remoteAddress": remote_address,
+        "timestamp": app::Timestamp::now().to_string(),
+    });
     let first = futures::stream::iter([Ok::<_, Infallible>(
         SseEvent::default().event("event_stream_attached").data(attached.to_string()),
     )]);

@@ -15,13 +15,15 @@ mod groups;
 mod info;
 mod tasks;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::Query;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::connect_info::ConnectInfo;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -111,6 +113,14 @@ fn deployed(status: StatusCode, deployed: &Deployed) -> Response {
 }
 
 /// The apps service, or the answer of a gateway that does not lead.
+/// The caller's address, for `api_post_event`'s `clientIp`.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// The apps service for the caller at `peer`.
+fn service_for(gateway: &Gateway, peer: Peer) -> Result<Apps, Response> {
+    Ok(service(gateway)?.for_client(peer.map(|Extension(ConnectInfo(address))| address)))
+}
+
 fn service(gateway: &Gateway) -> Result<Apps, Response> {
     Apps::of(gateway).map_err(IntoResponse::into_response)
 }
@@ -162,66 +172,223 @@ fn deploy_error(error: DeployError) -> Response {
     }
 }
 
-// ----- query flags ------------------------------------------------------------------------------
+// ----- query strings ----------------------------------------------------------------------------
 
-/// Query flags read as Marathon (and its clients, e.g. Python's `force=False`) write them:
-/// `true`/`false` in any case, or `1`/`0`.
-fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
-    let text = Option::<String>::deserialize(deserializer)?;
-    match text.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("") => Ok(None),
-        Some("true" | "1") => Ok(Some(true)),
-        Some("false" | "0") => Ok(Some(false)),
-        Some(other) => Err(serde::de::Error::custom(format!("{other:?} is not a boolean"))),
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct RawFlags {
-    #[serde(default, deserialize_with = "lenient_bool")]
-    force: Option<bool>,
-    #[serde(default, deserialize_with = "lenient_bool")]
-    scale: Option<bool>,
-    #[serde(default, deserialize_with = "lenient_bool")]
-    wipe: Option<bool>,
-    host: Option<String>,
-    #[serde(rename = "partialUpdate", default, deserialize_with = "lenient_bool")]
-    partial_update: Option<bool>,
-    embed: Option<String>,
-    id: Option<String>,
-    label: Option<String>,
-    cmd: Option<String>,
-    status: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(from = "RawFlags")]
+/// A request's query string as Marathon reads it (Jersey's `@QueryParam`): a parameter read as
+/// one value (`force`, `id`, `label`, ...) is its first occurrence; a list (`embed`, `status`
+/// with `status[]`) is every occurrence, in order (`embed=apps.tasks&embed=apps.deployments`,
+/// as Traefik and go-marathon send it); parameters no handler reads are ignored. Values are
+/// not split on commas (Jersey does not: `embed=a,b` is one unknown embed); the one list
+/// written with commas, a label selector, is parsed as a whole ([`crate::apps::LabelSelectors`]).
+///
+/// A flag is `true` or `false` in any case (Jersey's `Boolean.valueOf`), or `1`/`0`; an empty
+/// one is absent (Jersey gives a primitive its default for an empty value). Any other text is
+/// refused with a 400, where Marathon silently reads it as `false`: a typo must not quietly
+/// turn a `force=ture` into no force at all.
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Flags {
+    /// `force` as given; each endpoint has its own default (see [`Flags::force_or`]).
+    force_given: Option<bool>,
+    /// `force`, false when absent: Marathon's default on every endpoint but
+    /// `DELETE /v2/apps/{id}`.
     force: bool,
     scale: bool,
     wipe: bool,
     host: Option<String>,
     partial_update: Option<bool>,
-    embed: Option<String>,
+    /// Every `embed`, in order.
+    embed: Vec<String>,
     id: Option<String>,
     label: Option<String>,
     cmd: Option<String>,
-    status: Option<String>,
+    /// `status` and every `status[]` (`/v2/tasks`).
+    status: Vec<String>,
 }
 
-impl From<RawFlags> for Flags {
-    fn from(raw: RawFlags) -> Self {
-        Flags {
-            force: raw.force.unwrap_or(false),
-            scale: raw.scale.unwrap_or(false),
-            wipe: raw.wipe.unwrap_or(false),
-            host: raw.host,
-            partial_update: raw.partial_update,
-            embed: raw.embed,
-            id: raw.id,
-            label: raw.label,
-            cmd: raw.cmd,
-            status: raw.status,
+impl Flags {
+    /// Reads the query's `(name, value)` pairs, in their order; an error is a 400's message.
+    fn read(pairs: &[(String, String)]) -> Result<Self, String> {
+        let first = |name: &str| pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        let all = |name: &str| -> Vec<String> {
+            pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value.clone()).collect()
+        };
+        let flag = |name: &str| first(name).map_or(Ok(None), |value| read_flag(name, &value));
+        let force_given = flag("force")?;
+        let mut status: Vec<String> = first("status").into_iter().collect();
+        status.extend(all("status[]"));
+        Ok(Flags {
+            force_given,
+            force: force_given.unwrap_or(false),
+            scale: flag("scale")?.unwrap_or(false),
+            wipe: flag("wipe")?.unwrap_or(false),
+            host: first("host"),
+            partial_update: flag("partialUpdate")?,
+            embed: all("embed"),
+            id: first("id"),
+            label: first("label"),
+            cmd: first("cmd"),
+            status,
+        })
+    }
+
+    /// `force`, or the endpoint's default when the query has none (Marathon's `@DefaultValue`:
+    /// `true` for `DELETE /v2/apps/{id}`, `false` everywhere else).
+    fn force_or(&self, default: bool) -> bool {
+        self.force_given.unwrap_or(default)
+    }
+}
+
+/// One flag's value (see [`Flags`]).
+fn read_flag(name: &str, value: &str) -> Result<Option<bool>, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "true" | "1" => Ok(Some(true)),
+        "false" | "0" => Ok(Some(false)),
+        _ => Err(format!("query parameter {name}: {value:?} is not a boolean (true or false)")),
+    }
+}
+
+/// Read by hand rather than derived: a derived reader refuses a repeated key ("duplicate
+/// field"), which is how Marathon's clients send lists.
+impl<'de> Deserialize<'de> for Flags {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = Vec<(String, String)>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("query parameters")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry::<String, String>()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs)
+            }
         }
+        let pairs = deserializer.deserialize_map(Pairs)?;
+        Flags::read(&pairs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether the caller asked for `text/plain` rather than JSON. Marathon's task lists produce
+/// `application/json` and `text/plain;qs=0.1`; Jersey ranks the two by the quality the
+/// `Accept` header gives each (the most specific range that matches it), then by that `qs`:
+/// text only when the caller rates it above JSON (`Accept: text/plain`, as the HAProxy bridge
+/// scripts send). No header, `*/*`, or both at once: JSON. (Where Jersey answers 406 for an
+/// `Accept` naming neither, this answers JSON.)
+fn wants_text(headers: &HeaderMap) -> bool {
+    let ranges: Vec<(String, f32)> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|param| param.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!media.is_empty()).then_some((media, q))
+        })
+        .collect();
+    if ranges.is_empty() {
+        return false;
+    }
+    // The quality of `kind/sub` under the most specific range that matches it (0: none does).
+    let quality = |kind: &str, sub: &str| {
+        ranges
+            .iter()
+            .filter_map(|(media, q)| {
+                let (range_kind, range_sub) = media.split_once('/')?;
+                let specificity = match (range_kind, range_sub) {
+                    (k, s) if k == kind && s == sub => 2,
+                    (k, "*") if k == kind => 1,
+                    ("*", "*") => 0,
+                    _ => return None,
+                };
+                Some((specificity, *q))
+            })
+            .max_by_key(|(specificity, _)| *specificity)
+            .map_or(0.0, |(_, q)| q)
+    };
+    quality("text", "plain") > quality("application", "json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(query: &str) -> Result<Flags, String> {
+        let uri: axum::http::Uri = format!("/v2/apps?{query}").parse().unwrap();
+        Query::<Flags>::try_from_uri(&uri).map(|Query(flags)| flags).map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn repeated_embeds_are_all_kept_in_order() {
+        let flags = read("embed=apps.tasks&embed=apps.deployments&embed=apps.readiness").unwrap();
+        assert_eq!(flags.embed, ["apps.tasks", "apps.deployments", "apps.readiness"]);
+    }
+
+    #[test]
+    fn a_single_value_is_its_first_occurrence_and_unknown_parameters_are_ignored() {
+        let flags = read("force=true&force=maybe&id=a&id=b&label=x%3D%3Dy&page=3&_=1700000000").unwrap();
+        assert!(flags.force);
+        assert_eq!(flags.id.as_deref(), Some("a"));
+        assert_eq!(flags.label.as_deref(), Some("x==y"));
+    }
+
+    #[test]
+    fn flags_read_as_marathon_clients_write_them() {
+        for (text, value) in [
+            ("true", true),
+            ("True", true),
+            ("TRUE", true),
+            ("1", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+        ] {
+            assert_eq!(read(&format!("force={text}")).unwrap().force_given, Some(value), "{text}");
+        }
+        assert_eq!(read("force=").unwrap().force_given, None, "empty is absent");
+        assert!(read("force=maybe").unwrap_err().contains("not a boolean"));
+        assert!(read("partialUpdate=nope").is_err());
+    }
+
+    #[test]
+    fn force_defaults_per_endpoint() {
+        assert!(read("").unwrap().force_or(true));
+        assert!(!read("").unwrap().force_or(false));
+        assert!(!read("force=false").unwrap().force_or(true));
+        assert!(!read("").unwrap().force);
+    }
+
+    #[test]
+    fn status_and_status_brackets_make_one_list() {
+        let flags = read("status=running&status%5B%5D=staging&status[]=killed").unwrap();
+        assert_eq!(flags.status, ["running", "staging", "killed"]);
+    }
+
+    #[test]
+    fn text_plain_only_when_the_caller_ranks_it_above_json() {
+        let accept = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+            wants_text(&headers)
+        };
+        assert!(!wants_text(&HeaderMap::new()));
+        assert!(accept("text/plain"));
+        assert!(accept("text/*"));
+        assert!(accept("text/plain, application/json;q=0.5"));
+        assert!(!accept("*/*"));
+        assert!(!accept("application/json"));
+        assert!(!accept("text/plain, application/json"), "a tie goes to JSON (its qs is higher)");
+        assert!(!accept("text/plain, */*"));
+        assert!(accept("text/plain, */*;q=0.1"));
+        assert!(!accept("text/plain;q=0, */*"));
     }
 }
