@@ -29,6 +29,12 @@ impl AppsApi {
     fn apps(&self) -> Result<Apps, Status> {
         Ok(Apps::of(&self.gateway)?)
     }
+
+    /// The apps service for a change by the caller of `request` (its address is the
+    /// `clientIp` of the change's `api_post_event`, when the transport knows it).
+    fn apps_for<T>(&self, request: &Request<T>) -> Result<Apps, Status> {
+        Ok(self.apps()?.for_client(request.remote_addr()))
+    }
 }
 
 impl From<AppsError> for Status {
@@ -104,7 +110,7 @@ type GrpcResult<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::apps_server::Apps for AppsApi {
     async fn create_app(&self, request: Request<pb::CreateAppRequest>) -> GrpcResult<pb::DeploymentResult> {
-        let (deployed, _) = self.apps()?.create(request.get_ref().json.as_bytes(), false).await?;
+        let (deployed, _) = self.apps_for(&request)?.create(request.get_ref().json.as_bytes(), false).await?;
         Ok(Response::new(result(deployed)))
     }
 
@@ -127,7 +133,7 @@ impl pb::apps_server::Apps for AppsApi {
     }
 
     async fn update_app(&self, request: Request<pb::UpdateAppRequest>) -> GrpcResult<pb::DeploymentResult> {
-        let apps = self.apps()?;
+        let apps = self.apps_for(&request)?;
         let request = request.into_inner();
         let mode = if request.partial { UpdateMode::Patch } else { UpdateMode::Replace };
         let updated = apps.update(&app_id(&request.id)?, request.json.as_bytes(), mode, request.force).await?;
@@ -135,20 +141,20 @@ impl pb::apps_server::Apps for AppsApi {
     }
 
     async fn delete_app(&self, request: Request<pb::DeleteAppRequest>) -> GrpcResult<pb::DeploymentResult> {
-        let apps = self.apps()?;
+        let apps = self.apps_for(&request)?;
         let deployed = apps.delete(&app_id(&request.get_ref().id)?, request.get_ref().force).await?;
         Ok(Response::new(result(deployed)))
     }
 
     async fn scale_app(&self, request: Request<pb::ScaleAppRequest>) -> GrpcResult<pb::DeploymentResult> {
-        let apps = self.apps()?;
+        let apps = self.apps_for(&request)?;
         let request = request.into_inner();
         let deployed = apps.scale(&app_id(&request.id)?, i64::from(request.instances), request.force).await?;
         Ok(Response::new(result(deployed)))
     }
 
     async fn restart_app(&self, request: Request<pb::RestartAppRequest>) -> GrpcResult<pb::DeploymentResult> {
-        let apps = self.apps()?;
+        let apps = self.apps_for(&request)?;
         let deployed = apps.restart(&app_id(&request.get_ref().id)?, request.get_ref().force).await?;
         Ok(Response::new(result(deployed)))
     }

@@ -27,6 +27,7 @@ mod readiness;
 pub mod rest;
 mod sandboxes;
 mod scheduler;
+mod selector;
 mod store;
 mod ui;
 

@@ -32,14 +32,36 @@ pub struct Probe {
 
 impl Probe {
     /// The probe of `app`'s readiness check for an instance on `host` with `host_ports` (in
-    /// the order [`model::port_needs`] gives them). `None` if the app has no readiness check
-    /// or the instance has no host port of the check's name.
-    pub fn of(app: &AppDefinition, task_id: &str, host: &str, host_ports: &[u32]) -> Option<Self> {
+    /// the order [`model::port_needs`] gives them) and its own `addresses`. The named port is
+    /// probed on the host; a container-network instance's port with no host port, at the
+    /// instance's own address and the container port (as Marathon probes IP-per-task apps).
+    /// `None` if the app has no readiness check or the instance has no such port (yet).
+    pub fn of(
+        app: &AppDefinition,
+        task_id: &str,
+        host: &str,
+        host_ports: &[u32],
+        addresses: &[String],
+    ) -> Option<Self> {
         let check = app.readiness_checks.first()?;
-        let index = model::host_port_names(app).iter().position(|name| *name == Some(check.port_name.as_str()))?;
-        let port = host_ports.get(index)?;
+        let name = Some(check.port_name.as_str());
+        let on_host = model::host_port_names(app)
+            .iter()
+            .position(|port_name| *port_name == name)
+            .and_then(|index| host_ports.get(index))
+            .map(|port| format!("{host}:{port}"));
+        let on_own_address = || {
+            let mapping = app.port_mappings()?.iter().find(|mapping| mapping.name.as_deref() == name)?;
+            let address = addresses.first()?;
+            let address = if address.contains(':') { format!("[{address}]") } else { address.clone() };
+            Some(format!("{address}:{}", mapping.container_port))
+        };
+        let target = match model::networking(app) {
+            model::Networking::Container(_) => on_host.or_else(on_own_address)?,
+            _ => on_host?,
+        };
         let path = if check.path.starts_with('/') { check.path.clone() } else { format!("/{}", check.path) };
-        Some(Probe { task_id: task_id.to_owned(), url: format!("http://{host}:{port}{path}"), check: check.clone() })
+        Some(Probe { task_id: task_id.to_owned(), url: format!("http://{target}{path}"), check: check.clone() })
     }
 }
 
@@ -149,9 +171,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let probe = Probe::of(&app, "web.1", "10.0.0.7", &[31001, 31002]).unwrap();
+        let probe = Probe::of(&app, "web.1", "10.0.0.7", &[31001, 31002], &[]).unwrap();
         assert_eq!(probe.url, "http://10.0.0.7:31002/ready");
-        assert!(Probe::of(&app, "web.1", "10.0.0.7", &[31001]).is_none(), "no host port of that name");
+        assert!(Probe::of(&app, "web.1", "10.0.0.7", &[31001], &[]).is_none(), "no host port of that name");
         let bridged = parse_app(
             br#"{"id": "/b", "container": {"type": "DOCKER", "docker": {"image": "x", "network": "BRIDGE"},
                    "portMappings": [{"containerPort": 9000, "name": "internal"}, {"containerPort": 80, "hostPort": 0, "name": "http"}]},
@@ -160,7 +182,18 @@ mod tests {
         )
         .unwrap();
         // Each bridged mapping gets a host port; the probe uses the named mapping's.
-        assert_eq!(Probe::of(&bridged, "b.1", "h", &[31004, 31005]).unwrap().url, "http://h:31005/");
+        assert_eq!(Probe::of(&bridged, "b.1", "h", &[31004, 31005], &[]).unwrap().url, "http://h:31005/");
+        // On a container network a port with no host port is probed at the task's address.
+        let own = parse_app(
+            br#"{"id": "/c", "networks": [{"mode": "container", "name": "dev"}],
+                 "container": {"type": "DOCKER", "docker": {"image": "x"}, "portMappings": [{"containerPort": 8080, "name": "http"}]},
+                 "readinessChecks": [{"portName": "http", "path": "/ready"}]}"#,
+            None,
+        )
+        .unwrap();
+        let addresses = ["172.18.0.5".to_owned()];
+        assert_eq!(Probe::of(&own, "c.1", "h", &[], &addresses).unwrap().url, "http://172.18.0.5:8080/ready");
+        assert!(Probe::of(&own, "c.1", "h", &[], &[]).is_none(), "no address known yet");
     }
 
     #[tokio::test]

@@ -55,7 +55,9 @@ impl Leader {
                     continue;
                 }
                 let record = &instance.record;
-                if let Some(probe) = Probe::of(active, &record.task_id, &record.host, &record.ports) {
+                if let Some(probe) =
+                    Probe::of(active, &record.task_id, &record.host, &record.ports, &instance.ip_addresses)
+                {
                     instance.next_probe = Some(marina_daemon::time::deadline(now, interval));
                     due.push(probe);
                 }

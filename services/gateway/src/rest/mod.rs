@@ -179,7 +179,7 @@ fn deploy_error(error: DeployError) -> Response {
 /// with `status[]`) is every occurrence, in order (`embed=apps.tasks&embed=apps.deployments`,
 /// as Traefik and go-marathon send it); parameters no handler reads are ignored. Values are
 /// not split on commas (Jersey does not: `embed=a,b` is one unknown embed); the one list
-/// written with commas, a label selector, is parsed as a whole ([`crate::apps::LabelSelectors`]).
+/// written with commas, a label selector, is parsed as a whole ([`crate::selector::LabelSelectors`]).
 ///
 /// A flag is `true` or `false` in any case (Jersey's `Boolean.valueOf`), or `1`/`0`; an empty
 /// one is absent (Jersey gives a primitive its default for an empty value). Any other text is
