@@ -164,8 +164,9 @@ mod tests {
     use super::*;
     use crate::app::AppLimits;
     use crate::leader::Change;
-    use crate::leader::deployments::{Plan, adopt, plan};
+    use crate::leader::deployments::adopt;
     use crate::leader::fixtures::{state_with, status, web};
+    use crate::leader::planning::{Plan, plan};
     use crate::leader::updates::transition;
 
     const TIMEOUT: Duration = Duration::from_secs(60);

@@ -45,6 +45,7 @@ use crate::readiness::{Prober, ReadinessResult};
 use crate::store::{self, Batch, Store};
 
 mod convergence;
+mod deployment_json;
 mod deployments;
 mod effects;
 #[cfg(test)]
@@ -52,10 +53,11 @@ mod fixtures;
 mod groups;
 mod kills;
 mod offers;
+mod planning;
 mod probing;
 mod updates;
 
-use self::deployments::deployment_json;
+use self::deployment_json::deployment_json;
 pub use self::deployments::{Origin, Outcome, TreeRequest};
 pub use self::groups::{GroupNode, GroupOp, GroupRecord, GroupUpdate};
 
