@@ -87,9 +87,13 @@ impl<H: Node> Running<H> {
     /// Starts the stopped node again with its configuration: same address, same work dir.
     pub async fn restart(&mut self) {
         assert!(self.handle.is_none(), "the node at {} is running", self.address);
-        // The port was this node's until it stopped; listeners reuse addresses, so it can
-        // be bound again at once.
-        let listener = TcpListener::bind(self.address).await.expect("binding the node's address again");
+        // The port was this node's until it stopped; listeners reuse addresses, but a stopped
+        // node's last connections may hold it a moment longer (seen on a busy machine).
+        let address = self.address;
+        let listener = eventually(Duration::from_secs(20), "the node's address to be free again", || async move {
+            TcpListener::bind(address).await.ok()
+        })
+        .await;
         self.shutdown = Shutdown::new();
         self.handle = Some(H::spawn(self.config.clone(), listener, self.shutdown.clone()).await);
     }

@@ -87,7 +87,8 @@ pub struct Fetcher {
     timeout: Duration,
     max_download: u64,
     max_extracted: u64,
-    /// Canonical: a `file` URI's canonical path must be under one.
+    /// A `file` URI's canonical path must be under one's canonical path, resolved at each
+    /// fetch (a root may be made, or moved behind a link, after the agent starts).
     file_roots: Vec<PathBuf>,
     downloads: AtomicU64,
     cache_hits: AtomicU64,
@@ -118,16 +119,13 @@ impl Fetcher {
             }
         }
         let client = client.build().map_err(|error| FetcherSetupError::Client(error_chain(&error)))?;
-        // Roots that do not exist yet name nothing; they are looked for again at each fetch.
-        let file_roots =
-            config.file_roots.iter().map(|root| std::fs::canonicalize(root).unwrap_or_else(|_| root.clone())).collect();
         Ok(Fetcher {
             client,
             cache,
             timeout: Duration::from_secs(config.timeout_seconds),
             max_download: megabytes(config.max_download_mb),
             max_extracted: megabytes(config.max_extracted_mb),
-            file_roots,
+            file_roots: config.file_roots.clone(),
             downloads: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
         })
