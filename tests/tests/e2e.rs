@@ -209,6 +209,51 @@ async fn marina_dev_runs_a_cluster_stops_on_ctrl_c_and_resumes() {
     stop_dev(&mut dev, &http, &gateway).await;
 }
 
+/// `marina dev` killed outright (SIGKILL: no chance to stop anything) takes its services
+/// with it, so the ports are free for the next run; and a `marina dev` that finds its ports
+/// taken names every one of them, with the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marina_dev_killed_outright_leaves_no_service_behind() {
+    let dir = TestDir::new();
+    let data = dir.path().join("dev");
+    let mut dev = start_dev(&data).await;
+    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let ports: Value = serde_json::from_slice(&std::fs::read(data.join("ports.json")).unwrap()).unwrap();
+    let all: Vec<u16> = ["coord", "masters", "agents", "gateways"]
+        .iter()
+        .flat_map(|kind| ports[kind].as_array().unwrap().iter().map(|port| port.as_u64().unwrap() as u16))
+        .collect();
+    assert_eq!(all.len(), 8, "3 coord nodes, 2 masters, 1 agent, 2 gateways");
+
+    let second = tokio::process::Command::new(marina_tests::binaries::binary("marina"))
+        .args(["dev", "--ports", "auto", "--runtime", "process", "--data-dir"])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(!second.status.success(), "a second marina dev on the same ports started");
+    let error = String::from_utf8_lossy(&second.stderr);
+    for port in &all {
+        assert!(error.contains(&format!("{port} (")), "port {port} not named in: {error}");
+    }
+    assert!(error.contains("another `marina dev`"), "{error}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id().unwrap() as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    dev.wait().await.unwrap();
+    eventually(WAIT, "every service of the killed marina dev to exit", || async {
+        let output = std::process::Command::new("pgrep").arg("-f").arg(data.to_str().unwrap()).output().ok()?;
+        (!output.status.success()).then_some(())
+    })
+    .await;
+    let free = all.iter().all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+    assert!(free, "a port of {all:?} is still held");
+
+    let mut dev = start_dev(&data).await;
+    let gateway = endpoints["gateways"][0].as_str().unwrap().to_owned();
+    stop_dev(&mut dev, &reqwest::Client::new(), &gateway).await;
+}
+
 /// Starts `marina dev --ports auto` on `data` and waits for it to report every step ready.
 async fn start_dev(data: &std::path::Path) -> tokio::process::Child {
     let mut dev = tokio::process::Command::new(marina_tests::binaries::binary("marina"))

@@ -110,6 +110,25 @@ async fn info_leader_ping_queue_and_groups() {
     assert_eq!(queue["app"]["id"], "/big");
     assert_eq!(queue["count"], 1);
 
+    // The cluster view, through the standby: the gateways in line (the leader first), the
+    // master, and the agent with its runtime and what it has free.
+    let view: Value = http.get(format!("http://{standby}/v2/cluster")).send().await.unwrap().json().await.unwrap();
+    let gateways = view["gateways"].as_array().unwrap();
+    assert_eq!(gateways.len(), 2, "{view}");
+    assert_eq!(gateways[0]["address"], leader.to_string(), "{view}");
+    assert_eq!((gateways[0]["leader"].clone(), gateways[1]["leader"].clone()), (json!(true), json!(false)));
+    assert_eq!(view["masters"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["masters"][0]["leader"], true, "{view}");
+    assert_eq!(view["agentsError"], Value::Null, "{view}");
+    let agent = &view["agents"][0];
+    assert_eq!(agent["status"], "active", "{view}");
+    assert!(agent["runtimes"].as_array().is_some_and(|r| !r.is_empty()), "{view}");
+    let (total, used, free) = (&agent["total"], &agent["used"], &agent["free"]);
+    for scalar in ["cpus", "mem", "disk"] {
+        let sum = used[scalar].as_f64().unwrap() + free[scalar].as_f64().unwrap();
+        assert!((sum - total[scalar].as_f64().unwrap()).abs() < 1e-6, "{scalar}: {view}");
+    }
+
     let group = json!({ "id": "/shop", "apps": [{ "id": "cart", "cmd": "sleep 1000", "cpus": 0.1, "mem": 16 }] });
     assert_eq!(http.post(format!("http://{leader}/v2/groups")).json(&group).send().await.unwrap().status(), 201);
     let root: Value = http.get(format!("http://{leader}/v2/groups")).send().await.unwrap().json().await.unwrap();

@@ -127,3 +127,27 @@ async fn a_tasks_sandbox_files_are_served_by_task_id_through_any_gateway() {
     let (status, _, _) = get(standby, unknown, "browse", &[]).await;
     assert_eq!(status, 404);
 }
+
+/// A task that failed, and that its agent has forgotten, still has its output read through
+/// the gateway while its app's `lastTaskFailure` names it (its sandbox stays until collected):
+/// what a failing app printed last is what an operator needs most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tasks_output_is_still_served() {
+    let cluster = ProcessCluster::start(Topology::new(1, 1, "process", 1)).await;
+    let api = cluster.gateway_api(0);
+    let app = json!({ "id": "/doomed", "cmd": "echo dying words; echo why >&2; exit 3", "cpus": 0.1, "mem": 16 });
+    api.create(&app).await.unwrap();
+    let failed = eventually(WAIT, "the app's lastTaskFailure", || async {
+        let app = api.app("/doomed").await?;
+        app["lastTaskFailure"]["taskId"].as_str().map(str::to_owned)
+    })
+    .await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    for (file, words) in [("stdout", "dying words\n"), ("stderr", "why\n")] {
+        let url = format!("http://{}/v2/tasks/{failed}/files/read", cluster.gateways[0].address);
+        let response = http.get(url).query(&[("path", file), ("offset", "0")]).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{file}: {}", response.text().await.unwrap());
+        let read: Value = response.json().await.unwrap();
+        assert!(read["data"].as_str().unwrap().contains(words), "{file}: {read}");
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use marina_proto::agent::v1 as pb;
 use marina_runtime::LogStream;
@@ -114,7 +114,15 @@ pub fn http_routes(agent: Arc<Agent>) -> Router {
     Router::new().route("/state", get(state_json)).with_state(agent)
 }
 
-async fn state_json(State(agent): State<Arc<Agent>>) -> axum::Json<serde_json::Value> {
+/// `/state`'s query: `?task=ID` also answers where that task's sandbox is (`sandbox`), if it
+/// is still on disk — also once the task is over and forgotten, until its sandbox is
+/// collected, so a failed task's output can still be read.
+#[derive(serde::Deserialize)]
+struct StateQuery {
+    task: Option<String>,
+}
+
+async fn state_json(State(agent): State<Arc<Agent>>, Query(query): Query<StateQuery>) -> axum::Json<serde_json::Value> {
     let info = agent.info();
     let master = agent.attached_master();
     let tasks: Vec<serde_json::Value> = agent
@@ -147,6 +155,10 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> axum::Json<serde_json::V
         "master": { "address": master.address, "epoch": master.epoch, "registered": master.registered },
         "pending_updates": agent.updates.pending_count(),
         "tasks": tasks,
+        "sandbox": query.task.as_deref().and_then(|task| {
+            let path = agent.checkpoint.sandbox_path(task).ok()?;
+            path.is_dir().then(|| path.display().to_string())
+        }),
     }))
 }
 

@@ -79,41 +79,43 @@ impl Ports {
                 .with_context(|| format!("{} is unreadable (delete it to pick new ports)", file.display()))?,
             _ => Ports::default(),
         };
-        let pick = |saved: &[u16], fixed: &[u16]| -> anyhow::Result<Vec<u16>> {
-            fixed.iter().enumerate().map(|(i, fixed)| port(auto, saved.get(i).copied(), *fixed)).collect()
-        };
         let agent_ports: Vec<u16> = (0..agents as u16).map(|i| 5051 + 10 * i).collect();
-        let ports = Ports {
-            coord: pick(&saved.coord, &[2181, 2182, 2183])?,
-            masters: pick(&saved.masters, &[5050, 5052])?,
-            agents: pick(&saved.agents, &agent_ports)?,
-            gateways: pick(&saved.gateways, &[8080, 8081])?,
+        // Every port is checked before any is reported, so one run names all the busy ones.
+        let mut busy = Vec::new();
+        let mut pick = |kind: &str, saved: &[u16], fixed: &[u16]| -> anyhow::Result<Vec<u16>> {
+            let mut ports = Vec::new();
+            for (i, fixed) in fixed.iter().enumerate() {
+                let wanted = if auto { saved.get(i).copied() } else { Some(*fixed) };
+                match wanted {
+                    Some(port) if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() => {
+                        busy.push(format!("{port} ({kind}-{})", i + 1));
+                        ports.push(port);
+                    }
+                    Some(port) => ports.push(port),
+                    None => ports.push(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
+                }
+            }
+            Ok(ports)
         };
+        let ports = Ports {
+            coord: pick("coord", &saved.coord, &[2181, 2182, 2183])?,
+            masters: pick("master", &saved.masters, &[5050, 5052])?,
+            agents: pick("agent", &saved.agents, &agent_ports)?,
+            gateways: pick("gateway", &saved.gateways, &[8080, 8081])?,
+        };
+        if !busy.is_empty() {
+            let hint = if auto {
+                "this data dir's cluster used them before: is another `marina dev` running on it?"
+            } else {
+                "is another `marina dev` running? `marina dev --ports auto` picks free ports"
+            };
+            bail!("ports taken on 127.0.0.1: {} — {hint}", busy.join(", "));
+        }
         if auto {
             std::fs::write(&file, serde_json::to_vec_pretty(&ports)?)
                 .with_context(|| format!("writing {}", file.display()))?;
         }
         Ok(ports)
-    }
-}
-
-/// A port for a service: the well-known one, or (auto) the one this data dir used before,
-/// else a free one.
-fn port(auto: bool, saved: Option<u16>, fixed: u16) -> anyhow::Result<u16> {
-    let wanted = if auto { saved } else { Some(fixed) };
-    match wanted {
-        Some(port) => {
-            std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
-                let hint = if auto {
-                    "this data dir's cluster used it before; is another marina dev running on it?"
-                } else {
-                    "another marina dev? --ports auto picks free ports"
-                };
-                format!("port {port} on 127.0.0.1 is taken ({hint})")
-            })?;
-            Ok(port)
-        }
-        None => Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
     }
 }
 
@@ -147,7 +149,9 @@ fn spawn(
     let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{name}.log")))?;
     // Its own process group: a Ctrl-C in the terminal reaches `marina dev` only, which then
     // stops the services in order (gateways and masters hand over while coord still runs).
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    exit_with_parent(&mut command);
+    let child = command
         .process_group(0)
         .args(&args)
         .env("RUST_LOG", "")
@@ -161,6 +165,32 @@ fn spawn(
     let mut command = vec![program.display().to_string()];
     command.extend(args);
     Ok(Service { name: name.to_owned(), command, child: Some(child) })
+}
+
+/// The service is sent SIGTERM when `marina dev` dies, however it dies (SIGKILL, a crash,
+/// a closed terminal): otherwise its services outlive it, holding every port, and the next
+/// `marina dev` cannot start. SIGTERM, so each still shuts down in order (a gateway or master
+/// resigns, an agent leaves its tasks running to be re-adopted).
+///
+/// Linux sends the signal when the *thread* that forked the child ends: services are spawned
+/// from `run`, which runs on the main thread (`block_on` in `main`), which lives as long as
+/// the process.
+fn exit_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: prctl(2) and getppid(2) are system calls that
+    // neither allocate nor take locks.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // The parent may have died before the prctl: then no signal will ever come.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("marina dev exited while starting its services"));
+            }
+            Ok(())
+        });
+    }
 }
 
 fn service_kind(name: &str) -> &str {
@@ -256,6 +286,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "tls": tls_dir,
     });
     std::fs::write(data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?)?;
+    save_credentials(&data_dir, args.http_credentials.as_deref())?;
     let join = |ports: &[u16], scheme: &str| {
         ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect::<Vec<_>>().join("  ")
     };
@@ -284,9 +315,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 Some((user, _)) => format!("-u {user}:PASSWORD "),
                 None => String::new(),
             };
+            let gateway = format!("http://127.0.0.1:{}", gateway_ports[0]);
+            // The CLI reads the gateways and credentials from `marina dev`'s default data
+            // dir by itself; another one it must be told of.
+            let cli_env = match &args.data_dir {
+                None => String::new(),
+                Some(_) => format!("MARINA_DATA_DIR={} ", data_dir.display()),
+            };
             println!(
-                "ready: deploy with `curl {login}-X POST -H 'Content-Type: application/json' http://127.0.0.1:{}/v2/apps -d@app.json`",
-                gateway_ports[0]
+                "ready: deploy with `{cli_env}marina app deploy app.json`, or `curl {login}-X POST -H 'Content-Type: application/json' {gateway}/v2/apps -d@app.json`; the web UI is at {gateway}/"
             );
             supervise(&mut services, interrupted).await;
         }
@@ -299,6 +336,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("stopping (tasks keep running; the next `marina dev` on this data dir re-adopts them)");
     stop(&mut services).await;
     println!("stopped");
+    Ok(())
+}
+
+/// `<data-dir>/credentials`: the gateways' `user:password`, readable by this user only, for
+/// the `marina` CLI to call them with. Removed when the gateways take none.
+fn save_credentials(data_dir: &Path, credentials: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = data_dir.join("credentials");
+    let _ = std::fs::remove_file(&file);
+    if let Some(credentials) = credentials {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut out| out.write_all(credentials.as_bytes()))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     Ok(())
 }
 

@@ -148,6 +148,19 @@ impl CoordClient {
         Ok(result)
     }
 
+    /// Every member of the election in `dir`, in line: the first leads, the next takes over
+    /// when it goes. (A view for operators; to act on leadership, use an [`Election`].)
+    pub async fn election_members(&self, dir: &str) -> Result<Vec<Leader>, Error> {
+        let mut members = Vec::new();
+        for name in sorted_members(self.list(dir).await?.children) {
+            // A member gone between the listing and the read has simply left.
+            if let Some(node) = self.get(&format!("{dir}/{name}")).await? {
+                members.push(leader_of(node));
+            }
+        }
+        Ok(members)
+    }
+
     /// Follows who leads `dir`.
     pub async fn observe_leader(&self, dir: &str) -> Result<LeaderObserver, Error> {
         let (leader_tx, leader) = watch::channel(None);

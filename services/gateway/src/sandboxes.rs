@@ -273,10 +273,12 @@ impl Sandboxes {
 
     /// The task's sandbox directory, as the agent's `/state` names it.
     async fn sandbox_of(&self, address: &str, agent_id: &str, task_id: &str) -> Result<String, SandboxError> {
-        let response = self.agents.get(address, agent_id, "/state").await?;
+        let response = self.agents.get(address, agent_id, &format!("/state?task={}", percent_encode(task_id))).await?;
         let state: Value = read_json(response, agent_id).await?;
         let task = state["tasks"].as_array().into_iter().flatten().find(|task| task["id"] == task_id);
         task.and_then(|task| task["sandbox"].as_str())
+            // A task over and forgotten by its agent: its sandbox stays until collected.
+            .or_else(|| state["sandbox"].as_str())
             .map(str::to_owned)
             .ok_or_else(|| SandboxError::NoSandbox { task: task_id.to_owned(), agent: agent_id.to_owned() })
     }

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 mod apps;
+mod cluster;
 mod deployments;
 mod events;
 mod files;
@@ -60,6 +61,8 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/v2/groups", get(groups::get_root).post(groups::create))
         .route("/v2/groups/{*id}", get(groups::get).put(groups::update).delete(groups::delete))
         .route("/v2/events", get(events::stream))
+        // Marina's extension: masters, gateways and agents, for the CLI and the UI.
+        .route("/v2/cluster", get(cluster::cluster))
         // Pods and HTTP-callback subscriptions are not implemented; tools probe for them, so
         // they get a 404 that says so rather than an empty one.
         .route("/v2/pods", any(|| async { unsupported("pods are") }))
