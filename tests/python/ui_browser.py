@@ -41,6 +41,69 @@ WAIT = 30  # seconds, for any one condition
 args = None
 driver = None
 
+# The failed requests a scenario makes on purpose, each as (path, status): the browser's
+# console logs every answer >= 400 as an error, and any other one fails the run. Paths are
+# matched whole (query included), statuses exactly.
+expected_failures = set()
+
+
+def expect_failure(request_path, status):
+    expected_failures.add((request_path, status))
+
+
+def expect_failures_like(pattern, status):
+    """Failed requests whose path fully matches the regular expression `pattern`."""
+    expected_failures.add((re.compile(pattern), status))
+
+
+def expected(request_path, status):
+    return any(s == status and (p.fullmatch(request_path) if isinstance(p, re.Pattern) else p == request_path)
+               for p, s in expected_failures)
+
+
+def task_files_gone(app_slug):
+    """A followed task of the app killed: its sandbox goes, the follower's next read is
+    answered 404 (and it stops)."""
+    expect_failures_like(
+        rf"/v2/tasks/{app_slug}\.[0-9a-f-]+/files/read\?path=std(out|err)&offset=-?\d+(&length=\d+)?", 404)
+
+
+# Chromium's own error page (what a refused navigation shows) is "chrome-error://chromewebdata".
+ERROR_PAGE = "chrome-error://chromewebdata"
+
+
+def expect_error_page(status):
+    """A navigation answered `status`: logged as a failed load of Chromium's error page."""
+    expected_failures.add((ERROR_PAGE, status))
+
+
+LOAD_FAILED = re.compile(
+    r"^(https?://[^/\s]+|chrome-error://chromewebdata)(/\S*) - Failed to load resource: the server responded with a status of (\d{3})\b")
+
+
+def unexpected_console_errors(entries):
+    """The console's errors (SEVERE) but the failed requests to this origin expected."""
+    origins = {args.url} | ({args.leader} if args.leader else set())
+    origins = {origin.split("://", 1)[1] for origin in origins}
+    unexpected = []
+    for entry in entries:
+        if entry["level"] != "SEVERE":
+            continue
+        message = entry["message"]
+        match = LOAD_FAILED.match(message)
+        if match:
+            origin, request_path, status = match.group(1), match.group(2), int(match.group(3))
+            if origin == ERROR_PAGE:
+                allowed = request_path == "/" and expected(ERROR_PAGE, status)
+            else:
+                host = origin.split("://", 1)[1].rsplit("@", 1)[-1]
+                allowed = host in origins and expected(request_path, status)
+            if allowed:
+                print(f"expected console error: {message}", flush=True)
+                continue
+        unexpected.append(message)
+    return unexpected
+
 
 def browser():
     options = webdriver.ChromeOptions()
@@ -203,6 +266,7 @@ def journey():
         type_into("#new-app-form input[name=id]", "/ui/bad")
         type_into("#new-app-form textarea[name=cmd]", "sleep 100")
         type_into("#new-app-form input[name=cpus]", "-1")
+        expect_failure("/v2/apps", 422)
         click("#new-app-submit")
         error = until(lambda: css("#new-app-form .field-error[data-path='/cpus']"), "the /cpus error by its field")
         assert "cpus" in error.text, error.text
@@ -247,6 +311,7 @@ def journey():
         editor = css("#editor")
         editor.send_keys(Keys.CONTROL, "a", Keys.NULL, json.dumps(definition, indent=2))
         until(lambda: "Edited" in text_of("#editor-state"), "the editor marked edited")
+        expect_failure(f"/v2/apps{app_id}?partialUpdate=false", 422)
         click("#deploy-edit")
         item = until(lambda: css("#edit-errors li[data-path='/cpus']"), "the /cpus error under the editor")
         assert "0.0 or more" in item.text or "cpus" in item.text, item.text
@@ -277,10 +342,41 @@ def journey():
 
     with step("the app is restarted by clicking"):
         before = set(until(lambda: [r.get_attribute("data-task-id") for r in running_tasks()], "the task ids"))
+        task_files_gone("ui_web")
         click("#restart")
         until(lambda: (lambda now: len(now) == 2 and not now & before)(
             {r.get_attribute("data-task-id") for r in running_tasks()}), "two new tasks")
         no_error_banner()
+
+    with step("text from the API stays text, on the list and the app page"):
+        # An app whose label and output are markup: shown as typed, never parsed (the UI
+        # builds nodes and text, no innerHTML).
+        markup = "<img src=x onerror=window.__xss=1> <b>bold</b>"
+        click("nav a[data-section=apps]")
+        click("#new-app-toggle")
+        type_into("#new-app-form input[name=id]", "/ui/markup")
+        type_into("#new-app-form textarea[name=cmd]", f"echo '{markup}'; exec sleep 1000")
+        type_into("#new-app-form input[name=cpus]", "0.05")
+        type_into("#new-app-form input[name=mem]", "16")
+        type_into("#new-app-form textarea[name=extra]", json.dumps({"labels": {"note": markup}}))
+        click("#new-app-submit")
+        until(lambda: text_of("#app-title") == "/ui/markup", "its page")
+
+        def no_markup(where):
+            found = driver.execute_script("""return {
+                imgs: document.querySelectorAll("img").length,
+                bolds: [...document.querySelectorAll("b")].filter((b) => b.textContent.includes("bold")).length,
+                xss: typeof window.__xss}""")
+            assert found == {"imgs": 0, "bolds": 0, "xss": "undefined"}, f"markup became elements {where}: {found}"
+
+        until(lambda: f"note={markup}" in text_of("#config-summary"), "the label, literally, in the summary")
+        until(lambda: f"echo '{markup}'" in text_of("#config-summary"), "the command, literally, in the summary")
+        until(lambda: markup in text_of("#log-output"), "the output, literally")
+        assert f"echo '{markup}'" in css("#editor").get_property("value")
+        no_markup("on the app page")
+        click("nav a[data-section=apps]")
+        until(lambda: f"echo '{markup}'" in row_text("#apps-table tr[data-app-id='/ui/markup']"), "the command, literally, in its row")
+        no_markup("on the list")
 
     with step("a failing app says why, on the list and its page"):
         create_app("/ui/boom", "echo boom; exit 3")
@@ -309,6 +405,9 @@ def journey():
         until(lambda: "InsufficientCpus" in row_text(huge) and "deploying" in row_text(huge), "why it waits, in its row")
         readme_shot("ui-apps.png")
         click(f"{huge} a.app-link")
+        # Rolling back its creation deletes the app: its page, reloading, finds it gone.
+        expect_failure("/v2/apps/ui/huge?embed=app.readiness", 404)
+        expect_failure("/v2/apps/ui/huge/versions", 404)
         click("#deployment-section .rollback-deployment")
         click("#confirm-ok")
         until(lambda: not all_css("#deployment-section"), "the deployment rolled back")
@@ -321,6 +420,22 @@ def journey():
         until(lambda: all_css(f"#masters-table tr.leader[data-address='{args.master}']"), "the leading master marked")
         until(lambda: "leader" in row_text("#gateways-table tr.leader"), "the leading gateway marked")
         readme_shot("ui-cluster.png")
+
+    with step("an address that is no app id shows not found and calls nothing"):
+        # `..%2F` would make the id `/../deployments/X` (and Destroy a DELETE of a
+        # deployment); a bad escape would make decoding throw.
+        for bad in ("..%2Fdeployments%2FX", "ui/%E0%A4%A", "ui//web", "%ZZ"):
+            driver.get(base + "/ui/apps/" + bad)
+            until(lambda: "is not a valid app id" in text_of("#not-found-reason"), f"{bad} refused")
+            assert not all_css("#destroy") and not all_css("#app-title"), bad
+            called = driver.execute_script(
+                "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)")
+            assert not [c for c in called if c.startswith(("/v2/apps", "/v2/deployments", "/v2/tasks"))], called
+        # A valid id of no app: the gateway's 404, said on the page.
+        expect_failure("/v2/apps/ui/nothing?embed=app.readiness", 404)
+        expect_failure("/v2/apps/ui/nothing/versions", 404)
+        driver.get(base + "/ui/apps/ui/nothing")
+        until(lambda: "No app /ui/nothing" in text_of("#app-error"), "no such app")
 
     with step("an app page opened directly loads"):
         driver.get(base + "/ui/apps" + app_id)
@@ -344,6 +459,9 @@ def journey():
 
     with step("the app is destroyed by clicking"):
         until(lambda: text_of("#app-title") == app_id, "its page")
+        # A reload of its page may be on its way as it goes.
+        expect_failure(f"/v2/apps{app_id}?embed=app.readiness", 404)
+        expect_failure(f"/v2/apps{app_id}/versions", 404)
         click("#destroy")
         click("#confirm-ok")
         until(lambda: path() == "/ui", "back on the list")
@@ -364,6 +482,9 @@ def guarded():
                 assert error.code == 401, (refused, error.code)
                 assert error.headers["WWW-Authenticate"].startswith("Basic"), error.headers
         # A browser without them gets no UI (a real one would prompt; headless, it gives up).
+        # Chromium logs the refused page as its error page's (some versions by its address).
+        expect_failure("/ui", 401)
+        expect_error_page(401)
         driver.get(standby + "/ui")
         assert not all_css("#apps-table"), "the UI loaded without credentials"
 
@@ -409,6 +530,9 @@ def guarded():
     with step("the app is destroyed through the standby"):
         driver.get(standby + "/ui/apps/guarded/echo")
         until(lambda: text_of("#app-title") == "/guarded/echo", "its page")
+        expect_failure("/v2/apps/guarded/echo?embed=app.readiness", 404)
+        task_files_gone("guarded_echo")
+        expect_failure("/v2/apps/guarded/echo/versions", 404)
         click("#destroy")
         click("#confirm-ok")
         until(lambda: path() == "/ui", "back on the list")
@@ -432,8 +556,7 @@ def main():
         driver = browser()
     try:
         {"journey": journey, "guarded": guarded}[args.scenario]()
-        severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
-                  and "401" not in e["message"] and "/v2/" not in e["message"]]
+        severe = unexpected_console_errors(driver.get_log("browser"))
         with step("the browser's console has no errors"):
             assert not severe, severe
     finally:

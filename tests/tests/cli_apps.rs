@@ -129,6 +129,7 @@ async fn deploy_scale_logs_restart_rollback_and_delete_an_app() {
     assert!(text(&deployed.stdout).contains("succeeded"), "{}", text(&deployed.stdout));
     let running = app(&gateway, "/echo").await.expect("the app exists");
     assert_eq!((running["tasksRunning"].as_u64(), running["instances"].as_u64()), (Some(1), Some(1)), "{running}");
+    let followed_task = task_ids(&running).remove(0);
 
     let listed = cli.json(&["app", "list", "--json"]).await;
     let echo = listed["apps"].as_array().unwrap().iter().find(|a| a["id"] == "/echo").expect("/echo listed").clone();
@@ -185,8 +186,11 @@ async fn deploy_scale_logs_restart_rollback_and_delete_an_app() {
     let mut said_text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut said, &mut said_text).await.unwrap();
     assert!(status.success(), "{status:?}: {said_text}");
+    // Killed by the restart: gone from its app's tasks, or listed as killed.
+    let ending = said_text.lines().last().unwrap_or_default();
     assert!(
-        said_text.contains("task echo.") && (said_text.contains("has ended") || said_text.contains("is ")),
+        [format!("task {followed_task} has ended"), format!("task {followed_task} has ended (killed)")]
+            .contains(&ending.to_owned()),
         "{said_text}"
     );
 
@@ -303,6 +307,80 @@ async fn failures_timeouts_cancels_and_bad_input_are_reported() {
     assert!(text(&output.stderr).contains("no gateway answered at http://127.0.0.1:1"), "{}", text(&output.stderr));
 }
 
+/// A stand-in gateway on this machine: answers every request `{"apps":[]}` and keeps the
+/// requests' headers (lowercase), one string per request.
+async fn recording_gateway() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                kept.lock().unwrap().push(String::from_utf8_lossy(&head).to_lowercase());
+                let body = r#"{"apps":[]}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+/// The login in `<data-dir>/credentials` goes only to the gateways that data dir lists (or
+/// picks by default): a gateway named with MARINA_GATEWAY elsewhere, even on this machine,
+/// gets no Authorization header. A credentials file that cannot be used is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dirs_login_goes_only_to_its_own_gateways() {
+    let (url, requests) = recording_gateway().await;
+    let cli = Cli::new(url.clone());
+    std::fs::write(cli.data_dir.path().join("credentials"), "ops:s3cret\n").unwrap();
+    let authorization = |requests: &std::sync::Mutex<Vec<String>>| {
+        let requests = requests.lock().unwrap();
+        let last = requests.last().expect("a request").clone();
+        last.lines().find_map(|line| line.strip_prefix("authorization: ").map(str::to_owned))
+    };
+
+    // Not listed (no endpoints.json), not the default: no login.
+    cli.json(&["app", "list", "--json"]).await;
+    assert_eq!(authorization(&requests), None);
+    // Listed is another gateway.
+    let endpoints = cli.data_dir.path().join("endpoints.json");
+    std::fs::write(&endpoints, json!({ "gateways": ["http://127.0.0.1:1"] }).to_string()).unwrap();
+    cli.json(&["app", "list", "--json"]).await;
+    assert_eq!(authorization(&requests), None);
+
+    // Listed: named, or chosen from endpoints.json, it gets the login.
+    std::fs::write(&endpoints, json!({ "gateways": [url] }).to_string()).unwrap();
+    let basic = format!("basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops:s3cret"));
+    cli.json(&["app", "list", "--json"]).await;
+    assert_eq!(authorization(&requests), Some(basic.to_lowercase()));
+    let output = cli.command(&["app", "list", "--json"]).env_remove("MARINA_GATEWAY").output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(authorization(&requests), Some(basic.to_lowercase()));
+
+    // A credentials file that cannot be used is said, not left out.
+    let sent = requests.lock().unwrap().len();
+    std::fs::write(cli.data_dir.path().join("credentials"), b"ops:\xff\xfe\n").unwrap();
+    let output = cli.run(&["app", "list", "--json"]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("credentials: not UTF-8"), "{stderr}");
+    assert_eq!(requests.lock().unwrap().len(), sent, "nothing sent");
+}
+
 /// Any gateway answers: a standby forwards every call (the event stream too, with the
 /// caller's credentials) to the leader. A list of gateways is tried in turn when one cannot
 /// be reached. Credentials come from `<data-dir>/credentials` (as `marina dev
@@ -322,6 +400,9 @@ async fn a_standby_gateway_with_credentials_serves_the_cli() {
     let standby = cluster.gateway_url(1 - leader);
     // The first gateway listed answers nothing: the CLI moves on to the standby.
     let cli = Cli::new(format!("http://127.0.0.1:1,{standby}"));
+    // The data dir's login goes only to the gateways it lists, as `marina dev` lists its own.
+    let endpoints = json!({ "gateways": ["http://127.0.0.1:1", standby] });
+    std::fs::write(cli.data_dir.path().join("endpoints.json"), endpoints.to_string()).unwrap();
 
     let refused = cli.run(&["app", "list"]).await;
     let stderr = text(&refused.stderr);

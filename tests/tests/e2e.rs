@@ -246,8 +246,12 @@ async fn marina_dev_killed_outright_leaves_no_service_behind() {
         (!output.status.success()).then_some(())
     })
     .await;
-    let free = all.iter().all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
-    assert!(free, "a port of {all:?} is still held");
+    // Waited for, not asserted at once: the ports were picked free from the ephemeral range,
+    // where a test running beside this one may briefly hold one as a client's port.
+    eventually(WAIT, &format!("every port of {all:?} to be free"), || async {
+        all.iter().all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()).then_some(())
+    })
+    .await;
 
     let mut dev = start_dev(&data).await;
     let gateway = endpoints["gateways"][0].as_str().unwrap().to_owned();

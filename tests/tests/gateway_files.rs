@@ -142,6 +142,14 @@ async fn a_failed_tasks_output_is_still_served() {
         app["lastTaskFailure"]["taskId"].as_str().map(str::to_owned)
     })
     .await;
+    // Until its agent forgets it, a task's sandbox is found among the agent's tasks; the
+    // point here is what happens after.
+    eventually(WAIT, "the agent to forget the failed task", || async {
+        let state = cluster.agents[0].get_json("/state").await?;
+        let tasks = state["tasks"].as_array()?;
+        tasks.iter().all(|task| task["id"] != failed.as_str()).then_some(())
+    })
+    .await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     for (file, words) in [("stdout", "dying words\n"), ("stderr", "why\n")] {
         let url = format!("http://{}/v2/tasks/{failed}/files/read", cluster.gateways[0].address);

@@ -65,7 +65,10 @@ async fn run(args: &[&str], steps: &[&str]) {
 /// served with a policy that allows this origin's script and styles only.
 async fn pages_are_served_with_their_policy(base: &str) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    for path in ["/", "/ui", "/ui/", "/ui/apps/web", "/ui/apps/prod/web", "/ui/apps/a/b/c", "/ui/cluster"] {
+    // Addresses that name no app id are the document too: the page says what is wrong.
+    let not_ids = ["/ui/apps/..%2Fdeployments%2FX", "/ui/apps/ui/%E0%A4%A", "/ui/apps/%ZZ"];
+    let pages = ["/", "/ui", "/ui/", "/ui/apps/web", "/ui/apps/prod/web", "/ui/apps/a/b/c", "/ui/cluster"];
+    for path in pages.into_iter().chain(not_ids) {
         let response = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8", "{path}");
@@ -85,9 +88,11 @@ async fn pages_are_served_with_their_policy(base: &str) {
 
 /// An operator's whole journey with one app: the list, a new app from the form (a bad field
 /// refused next to it), scaled by clicking, its tasks and their output followed live, an
-/// invalid edit refused at the field's path, a valid one deployed, a failing app and why,
-/// a deployment waiting for resources and why, rolled back; the cluster page with the
-/// agents and the leading master; a task killed and the app destroyed by clicking.
+/// invalid edit refused at the field's path, a valid one deployed, markup in an app's label
+/// and output shown as text, a failing app and why, a deployment waiting for resources and
+/// why, rolled back; the cluster page with the agents and the leading master; addresses
+/// that name no app id refused without calling the API; a task killed and the app
+/// destroyed by clicking. The console may hold only the failed requests the steps expect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_an_app_from_the_web_ui() {
     let started = std::time::Instant::now();
@@ -109,10 +114,12 @@ async fn an_operator_runs_an_app_from_the_web_ui() {
         "a valid edit deploys and makes a version to roll back to",
         "a version is rolled back to by clicking",
         "the app is restarted by clicking",
+        "text from the API stays text, on the list and the app page",
         "a failing app says why, on the list and its page",
         "a deployment that cannot finish shows why it waits",
         "the cluster page lists the agents and the leading master",
         "an app page opened directly loads",
+        "an address that is no app id shows not found and calls nothing",
         "a task is killed by clicking",
         "the app is suspended by clicking",
         "the app is destroyed by clicking",

@@ -1,6 +1,7 @@
 //! `marina app ...`: apps as operators look at and change them. Changes that start a
 //! deployment (deploy, scale, restart, rollback) follow it to its end unless `--detach`.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::follow::{EventFeed, Follow, follow, parse_timeout, waiting_reason};
+use crate::follow::{APP_EMBED, EventFeed, Follow, FollowTiming, failures_before, follow, waiting_reason};
 use crate::gateway::{Answer, Gateway, GatewayError, absolute_id, app_path};
 use crate::output::{self, EXIT_CODES, Table, print_json, say, shorten};
 
@@ -23,15 +24,8 @@ pub struct AppArgs {
 /// How a change that starts a deployment is followed.
 #[derive(Args, Clone)]
 pub struct FollowArgs {
-    /// Give up following after this long (30s, 5m, 1h30m, 500ms); the deployment itself goes
-    /// on. Exit code 4.
-    #[arg(long, default_value = "5m", value_parser = parse_timeout, value_name = "DURATION")]
-    pub timeout: Duration,
-    /// Once the deployment is over, how long every instance must keep running with no new
-    /// task failure before it counts as a success (the gateway, as Marathon, counts a task
-    /// that started and crashed at once as deployed). `0s` trusts the gateway.
-    #[arg(long, default_value = "3s", value_parser = parse_timeout, value_name = "DURATION")]
-    pub settle: Duration,
+    #[command(flatten)]
+    pub timing: FollowTiming,
     /// Only submit the change; print its deployment id and exit.
     #[arg(long, visible_alias = "detach")]
     pub no_wait: bool,
@@ -42,7 +36,7 @@ pub struct FollowArgs {
 
 impl FollowArgs {
     fn options(&self) -> Follow {
-        Follow { timeout: self.timeout, settle: self.settle, deleting: false, json: self.json }
+        Follow::new(&self.timing, self.json)
     }
 }
 
@@ -152,16 +146,22 @@ where
     if gateway.get_optional(&app_path(id)).await?.is_none() {
         anyhow::bail!("no app {} (see `marina app list`)", absolute_id(id));
     }
-    let feed = if follow_args.no_wait { None } else { Some(EventFeed::subscribe(gateway).await) };
+    let apps = [absolute_id(id)];
+    let (feed, before) = if follow_args.no_wait {
+        (None, Default::default())
+    } else {
+        (Some(EventFeed::subscribe(gateway).await), failures_before(gateway, &apps).await)
+    };
     // The app exists: a 404 now is about what the change names (a version), as the gateway says.
     let answer = send(gateway.clone()).await.map_err(locked_hint)?;
-    submitted(gateway, feed, follow_args, &[absolute_id(id)], &answer).await
+    submitted(gateway, feed, before, follow_args, &apps, &answer).await
 }
 
 /// After a change was accepted: print its deployment (`--detach`) or follow it.
 async fn submitted(
     gateway: &Gateway,
     feed: Option<EventFeed>,
+    failures_before: BTreeMap<String, Option<String>>,
     follow_args: &FollowArgs,
     apps: &[String],
     answer: &Answer,
@@ -181,7 +181,10 @@ async fn submitted(
             }
             Ok(())
         }
-        Some(feed) => follow(gateway, Some(feed), &deployment, apps, &follow_args.options()).await,
+        Some(feed) => {
+            let options = Follow { failures_before, ..follow_args.options() };
+            follow(gateway, Some(feed), &deployment, apps, &options).await
+        }
     }
 }
 
@@ -237,8 +240,12 @@ async fn deploy(
 ) -> anyhow::Result<()> {
     let app = read_definition(file)?;
     let id = absolute_id(app["id"].as_str().unwrap_or_default());
-    let exists = gateway.get_optional(&app_path(&id)).await?.is_some();
+    let current = gateway.get_optional(&format!("{}?embed=app.lastTaskFailure", app_path(&id))).await?;
+    let exists = current.is_some();
     let feed = if follow_args.no_wait { None } else { Some(EventFeed::subscribe(gateway).await) };
+    // Its last task failure before the change: any other is new, even one before the first poll.
+    let before = current.map(|app| app["app"]["lastTaskFailure"]["taskId"].as_str().map(str::to_owned));
+    let before = BTreeMap::from([(id.clone(), before.flatten())]);
     let answer = if exists {
         // The file is the whole definition: what it leaves out goes back to its default.
         let path = format!("{}?force={force}&partialUpdate=false", app_path(&id));
@@ -258,7 +265,7 @@ async fn deploy(
     if !follow_args.json {
         eprintln!("{} {id}", if exists { "updating" } else { "creating" });
     }
-    submitted(gateway, feed, follow_args, &[id], &answer).await
+    submitted(gateway, feed, before, follow_args, &[id], &answer).await
 }
 
 // ----- reading ----------------------------------------------------------------------------------
@@ -337,10 +344,7 @@ async fn list(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
 }
 
 async fn show(gateway: &Gateway, id: &str, json: bool) -> anyhow::Result<()> {
-    let path = format!(
-        "{}?embed=app.counts&embed=app.lastTaskFailure&embed=app.readiness&embed=app.deployments",
-        app_path(id)
-    );
+    let path = format!("{}?{APP_EMBED}", app_path(id));
     let app = gateway
         .get_optional(&path)
         .await?
@@ -417,13 +421,13 @@ async fn show(gateway: &Gateway, id: &str, json: bool) -> anyhow::Result<()> {
     } else {
         let mut table = Table::new(&["TASK", "HOST", "PORTS", "STATE", "AGE", "VERSION"]);
         for task in tasks {
-            let ports: Vec<String> = task["ports"].as_array().into_iter().flatten().map(output::number).collect();
+            let cells = crate::task::TaskCells::of(task);
             table.row(vec![
                 output::string(&task["id"]),
                 output::string(&task["host"]),
-                if ports.is_empty() { "-".into() } else { ports.join(",") },
-                output::string(&task["state"]).trim_start_matches("TASK_").to_lowercase(),
-                output::age(if task["startedAt"].is_string() { &task["startedAt"] } else { &task["stagedAt"] }),
+                cells.ports,
+                cells.state,
+                cells.age,
                 output::string(&task["version"]),
             ]);
         }

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::follow::{EventFeed, Follow, deployment_path, follow, parse_timeout, waiting_reason};
+use crate::follow::{EventFeed, Follow, FollowTiming, deployment_path, follow, waiting_reason};
 use crate::gateway::Gateway;
 use crate::output::{self, EXIT_CODES, Table, print_json, say};
 
@@ -27,13 +27,8 @@ enum DeploymentCommand {
     #[command(after_help = EXIT_CODES)]
     Watch {
         id: String,
-        /// Give up following after this long (30s, 5m, 1h30m); exit code 4.
-        #[arg(long, default_value = "5m", value_parser = parse_timeout, value_name = "DURATION")]
-        timeout: std::time::Duration,
-        /// Once it is over, how long every instance must keep running with no new task
-        /// failure before it counts as a success.
-        #[arg(long, default_value = "3s", value_parser = parse_timeout, value_name = "DURATION")]
-        settle: std::time::Duration,
+        #[command(flatten)]
+        timing: FollowTiming,
         #[arg(long)]
         json: bool,
     },
@@ -52,27 +47,30 @@ enum DeploymentCommand {
 pub async fn run(gateway: &Gateway, args: DeploymentArgs) -> anyhow::Result<()> {
     match args.command {
         DeploymentCommand::List { json } => list(gateway, json).await,
-        DeploymentCommand::Watch { id, timeout, settle, json } => {
-            watch(gateway, &id, Follow { timeout, settle, deleting: false, json }).await
-        }
+        DeploymentCommand::Watch { id, timing, json } => watch(gateway, &id, Follow::new(&timing, json)).await,
         DeploymentCommand::Cancel { id, force, json } => cancel(gateway, &id, force, json).await,
     }
 }
 
 /// `step 1/2: ScaleApplication /web`.
 pub fn step_summary(deployment: &Value) -> String {
+    format!("step {}: {}", step_of(deployment), current_actions(deployment))
+}
+
+/// `1/2`: the deployment's current step of its steps.
+fn step_of(deployment: &Value) -> String {
+    format!("{}/{}", output::number(&deployment["currentStep"]), output::number(&deployment["totalSteps"]))
+}
+
+/// `ScaleApplication /web, StartApplication /db`; `-` when none.
+fn current_actions(deployment: &Value) -> String {
     let actions: Vec<String> = deployment["currentActions"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|a| format!("{} {}", output::string(&a["action"]), output::string(&a["app"])))
         .collect();
-    format!(
-        "step {}/{}: {}",
-        output::number(&deployment["currentStep"]),
-        output::number(&deployment["totalSteps"]),
-        if actions.is_empty() { "-".to_owned() } else { actions.join(", ") }
-    )
+    if actions.is_empty() { "-".to_owned() } else { actions.join(", ") }
 }
 
 async fn list(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
@@ -85,17 +83,11 @@ async fn list(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
     for deployment in deployments.as_array().into_iter().flatten() {
         let apps: Vec<String> =
             deployment["affectedApps"].as_array().into_iter().flatten().map(output::string).collect();
-        let actions: Vec<String> = deployment["currentActions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| format!("{} {}", output::string(&a["action"]), output::string(&a["app"])))
-            .collect();
         table.row(vec![
             output::string(&deployment["id"]),
             apps.join(","),
-            format!("{}/{}", output::number(&deployment["currentStep"]), output::number(&deployment["totalSteps"])),
-            if actions.is_empty() { "-".to_owned() } else { actions.join(", ") },
+            step_of(deployment),
+            current_actions(deployment),
             output::string(&deployment["version"]),
         ]);
     }

@@ -169,24 +169,26 @@ fn spawn(
 
 /// The service is sent SIGTERM when `marina dev` dies, however it dies (SIGKILL, a crash,
 /// a closed terminal): otherwise its services outlive it, holding every port, and the next
-/// `marina dev` cannot start. SIGTERM, so each still shuts down in order (a gateway or master
-/// resigns, an agent leaves its tasks running to be re-adopted).
+/// `marina dev` cannot start. SIGTERM, so each still shuts down cleanly (a gateway or master
+/// resigns, an agent leaves its tasks running to be re-adopted) — all at once, though, not
+/// tier by tier as a Ctrl-C stops them.
 ///
 /// Linux sends the signal when the *thread* that forked the child ends: services are spawned
 /// from `run`, which runs on the main thread (`block_on` in `main`), which lives as long as
 /// the process.
 fn exit_with_parent(command: &mut Command) {
     let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: prctl(2) and getppid(2) are system calls that
-    // neither allocate nor take locks.
+    // SAFETY: the closure runs in the child between fork and exec of a multi-threaded
+    // process, where only async-signal-safe calls are allowed: prctl(2) and getppid(2) are
+    // bare system calls, and the errors are made from raw errno values (no allocation, no
+    // lock that another thread could have held at the fork).
     #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
             // The parent may have died before the prctl: then no signal will ever come.
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("marina dev exited while starting its services"));
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -40,6 +41,17 @@ const STREAM_SILENCE: Duration = Duration::from_secs(40);
 /// target before it counts as ended without success (its `deployment_failed` may be in
 /// flight, or the counts a moment behind).
 const GONE_GRACE: Duration = Duration::from_secs(3);
+/// Events the reader may hold for the monitor; more, and the monitor has fallen behind: the
+/// events are dropped, the stream reconnects, and the monitor polls.
+const FEED_CAPACITY: usize = 1024;
+/// The longest line, and the largest event, read from the stream: anything longer is not an
+/// event this CLI needs, and must not make it buffer without bound.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+/// `?embed=...` of one app as the monitor and `marina app show` read it: counts, last task
+/// failure, readiness, deployments.
+pub const APP_EMBED: &str = "embed=app.counts&embed=app.lastTaskFailure&embed=app.readiness&embed=app.deployments";
+/// The longest `--timeout` or `--settle`: longer is a typo, and would overflow clocks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 // ----- server-sent events -----------------------------------------------------------------------
 
@@ -58,11 +70,21 @@ pub struct SseParser {
     data: String,
 }
 
+/// The stream sent a line or an event longer than [`MAX_EVENT_BYTES`].
+#[derive(Debug, PartialEq)]
+pub struct EventTooLarge;
+
 impl SseParser {
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+        loop {
+            let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
+                if self.pending.len() > MAX_EVENT_BYTES {
+                    return Err(EventTooLarge);
+                }
+                break;
+            };
             let line: Vec<u8> = self.pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
@@ -85,6 +107,9 @@ impl SseParser {
             match field {
                 "event" => value.clone_into(&mut self.kind),
                 "data" => {
+                    if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
+                        return Err(EventTooLarge);
+                    }
                     if !self.data.is_empty() {
                         self.data.push('\n');
                     }
@@ -93,7 +118,7 @@ impl SseParser {
                 _ => {}
             }
         }
-        events
+        Ok(events)
     }
 }
 
@@ -107,7 +132,7 @@ pub enum FeedItem {
 
 /// The gateway's events, read by a task of its own that reconnects when the stream drops.
 pub struct EventFeed {
-    receiver: mpsc::UnboundedReceiver<FeedItem>,
+    receiver: mpsc::Receiver<FeedItem>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -122,7 +147,7 @@ impl EventFeed {
     /// change sent afterwards cannot finish unseen. If no stream can be had, the monitor
     /// relies on polling; the feed keeps trying in the background.
     pub async fn subscribe(gateway: &Gateway) -> EventFeed {
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(FEED_CAPACITY);
         let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
         let gateway = gateway.clone();
         let reader = tokio::spawn(async move {
@@ -134,7 +159,8 @@ impl EventFeed {
                 };
                 // The first attempt failed: stop holding the caller up.
                 attached.take();
-                if sender.send(FeedItem::Lost(reason)).is_err() {
+                // Waits for room: the monitor learns that events were missed, after those it has.
+                if sender.send(FeedItem::Lost(reason)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -147,12 +173,21 @@ impl EventFeed {
     pub async fn next(&mut self) -> Option<FeedItem> {
         self.receiver.recv().await
     }
+
+    /// What has arrived already, without waiting (`Some(None)`: the feed has ended).
+    fn try_next(&mut self) -> Option<Option<FeedItem>> {
+        match self.receiver.try_recv() {
+            Ok(item) => Some(Some(item)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+        }
+    }
 }
 
 /// Reads one connection's events into `sender` until it ends; returns why it ended.
 async fn read_stream(
     mut response: reqwest::Response,
-    sender: &mpsc::UnboundedSender<FeedItem>,
+    sender: &mpsc::Sender<FeedItem>,
     attached: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> String {
     let mut parser = SseParser::default();
@@ -163,7 +198,10 @@ async fn read_stream(
             Ok(Ok(None)) => return "the gateway closed the event stream".to_owned(),
             Ok(Ok(Some(chunk))) => chunk,
         };
-        for event in parser.push(&chunk) {
+        let Ok(events) = parser.push(&chunk) else {
+            return format!("the event stream sent an event larger than {} MiB", MAX_EVENT_BYTES >> 20);
+        };
+        for event in events {
             if event.kind == "event_stream_attached" {
                 if let Some(attached) = attached.take() {
                     let _ = attached.send(());
@@ -171,8 +209,12 @@ async fn read_stream(
                 continue;
             }
             let lagged = event.kind == "event_stream_lagged";
-            if sender.send(FeedItem::Event(event)).is_err() {
-                return String::new();
+            match sender.try_send(FeedItem::Event(event)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return "the CLI fell behind the event stream".to_owned();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return String::new(),
             }
             if lagged {
                 return "the event stream fell behind and was closed".to_owned();
@@ -216,6 +258,8 @@ struct AppProgress {
     queued: Option<Value>,
     /// Its last task failure when following began: one with another task id is new.
     failure_before: Option<String>,
+    /// `failure_before` is known (read before the change, or by a poll).
+    baseline: bool,
     /// The last task failure's task as of the previous poll, to notice new ones.
     failure_seen: Option<String>,
     /// A task failed between the last two polls.
@@ -398,6 +442,21 @@ impl Display {
     }
 }
 
+/// `--timeout` and `--settle` of the commands that follow a deployment (`marina app deploy`
+/// and the other changes, `marina deployment watch`).
+#[derive(Args, Clone, Debug)]
+pub struct FollowTiming {
+    /// Give up following after this long (30s, 5m, 1h30m, 500ms; at most 30d); the
+    /// deployment itself goes on. Exit code 4.
+    #[arg(long, default_value = "5m", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Once the deployment is over, how long every instance must keep running with no new
+    /// task failure before it counts as a success (the gateway, as Marathon, counts a task
+    /// that started and crashed at once as deployed). `0s` trusts the gateway.
+    #[arg(long, default_value = "3s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub settle: Duration,
+}
+
 /// Options of a followed deployment.
 pub struct Follow {
     pub timeout: Duration,
@@ -407,6 +466,37 @@ pub struct Follow {
     /// The change deletes the given apps: their being gone is the target.
     pub deleting: bool,
     pub json: bool,
+    /// Each app's last task failure (its task id) read before the change was sent: a failure
+    /// with another task id is new, even one between the change and the first poll. Apps not
+    /// in it get theirs from the first poll that reads them.
+    pub failures_before: BTreeMap<String, Option<String>>,
+}
+
+impl Follow {
+    pub fn new(timing: &FollowTiming, json: bool) -> Follow {
+        Follow {
+            timeout: timing.timeout,
+            settle: timing.settle,
+            deleting: false,
+            json,
+            failures_before: BTreeMap::new(),
+        }
+    }
+}
+
+/// The last task failure (its task id) of each of `apps` as they are now, for
+/// [`Follow::failures_before`]; an app that does not exist has none. Best effort: an app that
+/// cannot be read is left to the first poll.
+pub async fn failures_before(gateway: &Gateway, apps: &[String]) -> BTreeMap<String, Option<String>> {
+    let mut failures = BTreeMap::new();
+    for id in apps {
+        let path = format!("{}?embed=app.lastTaskFailure", app_path(id));
+        if let Ok(app) = gateway.get_optional(&path).await {
+            let task = app.and_then(|app| app["app"]["lastTaskFailure"]["taskId"].as_str().map(str::to_owned));
+            failures.insert(id.clone(), task);
+        }
+    }
+    failures
 }
 
 /// Follows deployment `deployment_id` (of `apps`, if known; else its `affectedApps`) to its
@@ -423,33 +513,62 @@ pub async fn follow(
     apps: &[String],
     options: &Follow,
 ) -> anyhow::Result<()> {
+    // One listener for the whole command, made before anything else: a Ctrl-C while a call is
+    // in flight is not lost, and interrupts that call.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|error| anyhow::anyhow!("listening for Ctrl-C: {error}"))?;
     let started = Instant::now();
-    let deadline = started + options.timeout;
+    // `--timeout` is capped, so this cannot overflow; if it did, there would be no deadline.
+    let deadline = started.checked_add(options.timeout);
     let mut display = Display::new();
     let mut progress: BTreeMap<String, AppProgress> = apps
         .iter()
-        .map(|id| (id.clone(), AppProgress { stopping: options.deleting, ..AppProgress::default() }))
+        .map(|id| {
+            let mut app = AppProgress { stopping: options.deleting, ..AppProgress::default() };
+            if let Some(before) = options.failures_before.get(id) {
+                app.baseline = true;
+                app.failure_before.clone_from(before);
+                app.failure_seen.clone_from(before);
+            }
+            (id.clone(), app)
+        })
         .collect();
-    let mut first_poll = true;
-    let mut step = "starting".to_owned();
     let mut deployment = Value::Null;
-    let mut gone_since: Option<Instant> = None;
-    // Once the deployment is over: since when every app has been at its target.
-    let mut finished = false;
-    let mut stable_since: Option<Instant> = None;
-    let mut poll = tokio::time::interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stream_lost_said = false;
 
-    let outcome = loop {
-        let mut refresh = false;
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => break if finished { Outcome::Unsettled } else { Outcome::TimedOut },
-            _ = tokio::signal::ctrl_c() => break Outcome::Interrupted,
-            item = async { match feed.as_mut() { Some(feed) => feed.next().await, None => std::future::pending().await } } => {
+    let watching = async {
+        let mut step = "starting".to_owned();
+        let mut gone_since: Option<Instant> = None;
+        // Once the deployment is over: since when every app has been at its target.
+        let mut finished = false;
+        let mut stable_since: Option<Instant> = None;
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stream_lost_said = false;
+        let mut poll_error_said: Option<String> = None;
+        'follow: loop {
+            let mut refresh = false;
+            let mut items = Vec::new();
+            tokio::select! {
+                () = sleep_until(deadline) => break if finished { Outcome::Unsettled } else { Outcome::TimedOut },
+                item = async { match feed.as_mut() { Some(feed) => feed.next().await, None => std::future::pending().await } } => {
+                    items.push(item);
+                    // What else has arrived: a burst of events costs one poll, not one each.
+                    while let Some(item) = feed.as_mut().and_then(EventFeed::try_next) {
+                        let ended = item.is_none();
+                        items.push(item);
+                        if ended || items.len() >= FEED_CAPACITY {
+                            break;
+                        }
+                    }
+                }
+                _ = poll.tick() => refresh = true,
+            }
+            for item in items {
                 match item {
                     None => feed = None,
                     Some(FeedItem::Lost(reason)) => {
+                        // Events were missed: the state is read instead.
+                        refresh = true;
                         if !stream_lost_said && !reason.is_empty() {
                             display.note(&format!("event stream: {reason}; following by polling"));
                             stream_lost_said = true;
@@ -465,86 +584,120 @@ pub async fn follow(
                             }
                             "deployment_failed" if ours && !finished => {
                                 let reason = event.data["reason"].as_str().unwrap_or("the deployment failed");
-                                break Outcome::Failed(reason.to_owned());
+                                break 'follow Outcome::Failed(reason.to_owned());
                             }
                             "status_update_event" | "health_status_changed_event" => {
                                 let app = event.data["appId"].as_str();
-                                refresh = app.is_some_and(|app| progress.contains_key(app));
+                                let of_ours = app.is_some_and(|app| progress.contains_key(app));
+                                refresh |= of_ours;
                                 let failed = matches!(
                                     event.data["taskStatus"].as_str(),
                                     Some("TASK_FAILED" | "TASK_ERROR" | "TASK_LOST" | "TASK_DROPPED" | "TASK_GONE")
                                 );
-                                if refresh && (failed || event.data["alive"] == false) {
+                                if of_ours && (failed || event.data["alive"] == false) {
                                     stable_since = None;
                                 }
                             }
-                            _ => refresh = ours,
+                            _ => refresh |= ours,
                         }
                     }
                 }
             }
-            _ = poll.tick() => refresh = true,
-        }
-        if !refresh {
-            continue;
-        }
-        match poll_state(gateway, deployment_id, &mut progress, first_poll).await {
-            Ok(_) if finished => {
-                step =
-                    format!("done; checking that every instance stays up ({})", output::short_duration(options.settle));
+            if !refresh {
+                continue;
             }
-            Ok(Some(current)) => {
-                gone_since = None;
-                step = crate::deployment::step_summary(&current);
-                deployment = current;
-            }
-            Ok(None) => {
-                // It left /v2/deployments: done if every app is at its target; otherwise its
-                // `deployment_failed` may still be on its way, or the counts a moment behind.
-                if progress.values().all(AppProgress::at_target) {
-                    finished = true;
-                    step = "done".to_owned();
-                } else {
-                    let since = *gone_since.get_or_insert_with(Instant::now);
+            match poll_state(gateway, deployment_id, &mut progress).await {
+                Ok(_) if finished => {
+                    poll_error_said = None;
+                    step = format!(
+                        "done; checking that every instance stays up ({})",
+                        output::short_duration(options.settle)
+                    );
+                }
+                Ok(Some(current)) => {
+                    poll_error_said = None;
+                    gone_since = None;
+                    step = crate::deployment::step_summary(&current);
+                    deployment = current;
+                }
+                Ok(None) => {
+                    poll_error_said = None;
+                    // It left /v2/deployments: done if every app is at its target. Otherwise
+                    // its `deployment_failed` may still be on its way, or the counts a moment
+                    // behind; after a grace it counts as over all the same (its success event
+                    // may have been missed), and staying at the target decides, by --timeout.
                     if let Some((id, _)) = progress.iter().find(|(_, p)| p.deleted && !p.stopping) {
                         break Outcome::Failed(format!("{id} was deleted"));
                     }
-                    if since.elapsed() >= GONE_GRACE {
-                        let other: Vec<&str> = progress
+                    if progress.values().all(AppProgress::at_target) {
+                        finished = true;
+                        step = "done".to_owned();
+                    } else if gone_since.get_or_insert_with(Instant::now).elapsed() >= GONE_GRACE {
+                        let other = progress
                             .values()
                             .flat_map(|p| p.app["deployments"].as_array().into_iter().flatten())
                             .filter_map(|d| d["id"].as_str())
-                            .filter(|d| *d != deployment_id)
-                            .collect();
-                        break Outcome::Failed(match other.first() {
-                            Some(next) => format!("it was replaced by deployment {next}"),
-                            None => "it ended without reaching its target (cancelled?)".to_owned(),
-                        });
+                            .find(|d| *d != deployment_id);
+                        if let Some(next) = other {
+                            break Outcome::Failed(format!("it was replaced by deployment {next}"));
+                        }
+                        finished = true;
+                        step = "done; waiting for every instance to run".to_owned();
+                    } else {
+                        step = "finishing".to_owned();
                     }
-                    step = "finishing".to_owned();
+                }
+                Err(error) => {
+                    // Said once per different error, not at every poll while it lasts.
+                    let said = format!("polling: {error:#}");
+                    if poll_error_said.as_ref() != Some(&said) {
+                        display.note(&said);
+                        poll_error_said = Some(said);
+                    }
                 }
             }
-            Err(error) => display.note(&format!("polling: {error}")),
-        }
-        first_poll = false;
-        if finished && progress.values().all(|p| p.stopping && p.deleted) {
-            // Nothing left to keep running.
-            break Outcome::Succeeded;
-        }
-        if finished {
-            let stable = progress.values().all(|p| p.at_target() && !p.failed_since_last_poll);
-            if !stable {
-                stable_since = None;
-            } else if stable_since.get_or_insert_with(Instant::now).elapsed() >= options.settle {
+            if finished && progress.values().all(|p| p.stopping && p.deleted) {
+                // Nothing left to keep running.
                 break Outcome::Succeeded;
             }
+            if finished {
+                let stable = progress.values().all(|p| p.at_target() && !p.failed_since_last_poll);
+                if !stable {
+                    stable_since = None;
+                } else if stable_since.get_or_insert_with(Instant::now).elapsed() >= options.settle {
+                    break Outcome::Succeeded;
+                }
+            }
+            display.show(deployment_id, &step, &progress, started);
         }
-        display.show(deployment_id, &step, &progress, started);
+    };
+    let outcome = tokio::select! {
+        outcome = watching => outcome,
+        _ = interrupt.recv() => Outcome::Interrupted,
     };
     display.finish();
-    // The final state, for the report (the last poll may be a second old).
-    let _ = poll_state(gateway, deployment_id, &mut progress, first_poll).await;
-    report(gateway, deployment_id, &deployment, &progress, &outcome, started, options).await
+    let ending = async {
+        // The final state, for the report (the last poll may be a second old).
+        let _ = poll_state(gateway, deployment_id, &mut progress).await;
+        report(gateway, deployment_id, &deployment, &progress, &outcome, started, options).await
+    };
+    tokio::select! {
+        result = ending => result,
+        // A Ctrl-C while the report is being made: no report.
+        _ = interrupt.recv() => Err(Exit {
+            code: output::INTERRUPTED,
+            message: format!("stopped following deployment {deployment_id}; it goes on in the cluster"),
+        }
+        .into()),
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads the deployment (`None` once it is no longer in progress), the apps and the queue.
@@ -552,7 +705,6 @@ async fn poll_state(
     gateway: &Gateway,
     deployment_id: &str,
     progress: &mut BTreeMap<String, AppProgress>,
-    first: bool,
 ) -> anyhow::Result<Option<Value>> {
     let deployments = gateway.get("/v2/deployments").await?;
     let deployment = deployments.as_array().into_iter().flatten().find(|d| d["id"] == deployment_id).cloned();
@@ -573,10 +725,7 @@ async fn poll_state(
     }
     let queue = gateway.get("/v2/queue").await?;
     for (id, app) in progress.iter_mut() {
-        let path = format!(
-            "{}?embed=app.counts&embed=app.lastTaskFailure&embed=app.readiness&embed=app.deployments",
-            app_path(id)
-        );
+        let path = format!("{}?{APP_EMBED}", app_path(id));
         match gateway.get_optional(&path).await? {
             Some(body) => {
                 app.app = body["app"].clone();
@@ -585,7 +734,9 @@ async fn poll_state(
             None => app.deleted = true,
         }
         let failure = app.app["lastTaskFailure"]["taskId"].as_str().map(str::to_owned);
-        if first {
+        if !app.baseline {
+            // Only once this app has been read: a failed poll leaves it to the next one.
+            app.baseline = true;
             app.failure_before.clone_from(&failure);
             app.failure_seen.clone_from(&failure);
         }
@@ -709,9 +860,14 @@ async fn report(
     Err(Exit { code, message }.into())
 }
 
-/// `--timeout` of the commands that follow a deployment.
+/// `--timeout` (and `--settle`) of the commands that follow a deployment: a duration of at
+/// most [`MAX_TIMEOUT`].
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    output::parse_duration(text)
+    let duration = output::parse_duration(text)?;
+    if duration > MAX_TIMEOUT {
+        return Err(format!("{:?}: at most {}", text.trim(), output::short_duration(MAX_TIMEOUT)));
+    }
+    Ok(duration)
 }
 
 /// A deployment id for a query string or path.
@@ -729,7 +885,8 @@ mod tests {
                       event: deployment_success\r\ndata: {\"id\":\"d1\",\r\ndata: \"plan\":{}}\r\n\r\n";
         for size in [1, 3, 7, stream.len()] {
             let mut parser = SseParser::default();
-            let events: Vec<SseEvent> = stream.as_bytes().chunks(size).flat_map(|chunk| parser.push(chunk)).collect();
+            let events: Vec<SseEvent> =
+                stream.as_bytes().chunks(size).flat_map(|chunk| parser.push(chunk).unwrap()).collect();
             assert_eq!(events.len(), 2, "pieces of {size}");
             assert_eq!(events[0].kind, "event_stream_attached");
             assert_eq!(
@@ -737,6 +894,33 @@ mod tests {
                 SseEvent { kind: "deployment_success".into(), data: json!({ "id": "d1", "plan": {} }) }
             );
         }
+    }
+
+    #[test]
+    fn an_endless_line_or_event_is_refused_not_buffered() {
+        let mut parser = SseParser::default();
+        let piece = vec![b'x'; 64 * 1024];
+        let mut result = Ok(Vec::new());
+        for _ in 0..(MAX_EVENT_BYTES / piece.len() + 2) {
+            result = parser.push(&piece);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(EventTooLarge), "a line without its end");
+        // Many short data lines that never end the event.
+        let mut parser = SseParser::default();
+        let line = format!("data: {}\n", "y".repeat(1000));
+        let outcome = (0..2_000).map(|_| parser.push(line.as_bytes())).find(Result::is_err);
+        assert_eq!(outcome, Some(Err(EventTooLarge)), "an event without its end");
+    }
+
+    #[test]
+    fn timeouts_are_capped() {
+        assert_eq!(parse_timeout("30d"), Ok(MAX_TIMEOUT));
+        assert!(parse_timeout("31d").unwrap_err().contains("at most 30d"));
+        assert!(parse_timeout("1e30").unwrap_err().contains("too long"));
+        assert!(Instant::now().checked_add(MAX_TIMEOUT).is_some());
     }
 
     #[test]

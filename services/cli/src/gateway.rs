@@ -21,6 +21,9 @@ pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 /// How long one API call may take (not the event stream, which stays open).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer an API call reads (the biggest real ones, `/v2/apps` of a large
+/// cluster or a 4 MiB file read, are far below it).
+const MAX_BODY: usize = 64 << 20;
 
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Gateway options (app, task, deployment, queue, leader, cluster)")]
@@ -31,7 +34,8 @@ pub struct GatewayOptions {
     #[arg(long, env = "MARINA_GATEWAY", global = true, value_name = "URL")]
     pub gateway: Option<String>,
     /// HTTP Basic credentials the gateway requires (its --http-credentials). Default:
-    /// `<data-dir>/credentials`, written by `marina dev --http-credentials`.
+    /// `<data-dir>/credentials`, written by `marina dev --http-credentials`, sent only to the
+    /// gateways that data dir lists (or, listing none, to http://127.0.0.1:8080).
     #[arg(long, env = "MARINA_CREDENTIALS", global = true, value_name = "USER:PASSWORD", hide_env_values = true)]
     pub credentials: Option<String>,
     /// A bearer token of the gateway's `[[auth.tokens]]`.
@@ -180,22 +184,49 @@ fn dev_gateways(data_dir: &Path) -> Option<Vec<String>> {
     (!gateways.is_empty()).then_some(gateways)
 }
 
-fn is_loopback(url: &str) -> bool {
-    reqwest::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned)).is_some_and(|host| {
-        host == "localhost"
-            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// The same gateway: scheme, host and port alike (`http://127.0.0.1:8080/` is
+/// `http://127.0.0.1:8080`).
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
+/// Whether the data dir's login may go to `urls`: only to the gateways that dir itself would
+/// choose (its `endpoints.json`, else the default). A gateway named with --gateway or
+/// MARINA_GATEWAY elsewhere, on this machine or not, never gets the dev login: with
+/// MARINA_DATA_DIR set for everyday use, `--gateway https://prod...` must not send it.
+fn dev_login_may_go_to(urls: &[String], dev_gateways: Option<&[String]>) -> bool {
+    let own: &[String] = dev_gateways.unwrap_or(&[]);
+    urls.iter().all(|url| {
+        own.iter().any(|listed| same_origin(url, listed)) || (own.is_empty() && same_origin(url, DEFAULT_GATEWAY))
     })
+}
+
+/// The data dir's `credentials`: none when the file is missing; an error when it is there but
+/// cannot be used (unreadable, not UTF-8, not `user:password`), so a login that is meant to
+/// be sent is never silently left out.
+fn dev_credentials(file: &Path) -> anyhow::Result<Auth> {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Auth::None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", file.display())),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", file.display()))?;
+    basic(text.trim()).with_context(|| format!("{}", file.display()))
 }
 
 impl Gateway {
     pub fn connect(options: &GatewayOptions) -> anyhow::Result<Gateway> {
         let data_dir = options.data_dir();
+        let listed = dev_gateways(&data_dir);
         let (urls, from_dev) = match &options.gateway {
             Some(list) => {
                 (list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect(), false)
             }
-            None => match dev_gateways(&data_dir) {
-                Some(gateways) => (gateways, true),
+            None => match &listed {
+                Some(gateways) => (gateways.clone(), true),
                 None => (vec![DEFAULT_GATEWAY.to_owned()], true),
             },
         };
@@ -212,15 +243,10 @@ impl Gateway {
         let auth = match (&options.token, &options.credentials) {
             (Some(token), _) => Auth::Bearer(token.clone()),
             (None, Some(pair)) => basic(pair).context("--credentials / MARINA_CREDENTIALS")?,
-            // The dev cluster's login goes only to the dev cluster's gateways (or any on this
-            // machine, or where the data dir was named on purpose), never to a gateway
-            // elsewhere that happened to be named.
-            (None, None) if from_dev || options.data_dir.is_some() || urls.iter().all(|u| is_loopback(u)) => {
-                let file = data_dir.join("credentials");
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => basic(text.trim()).with_context(|| format!("{}", file.display()))?,
-                    Err(_) => Auth::None,
-                }
+            // The dev cluster's login goes only to the dev cluster's gateways, never to a
+            // gateway elsewhere that happened to be named.
+            (None, None) if from_dev || dev_login_may_go_to(&urls, listed.as_deref()) => {
+                dev_credentials(&data_dir.join("credentials"))?
             }
             (None, None) => Auth::None,
         };
@@ -309,10 +335,7 @@ impl Gateway {
         let status = response.status();
         let deployment_id =
             response.headers().get("marathon-deployment-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| GatewayError::Failed { what: what.clone(), reason: error_chain(&error) })?;
+        let bytes = read_capped(response, &what).await?;
         let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -352,12 +375,37 @@ impl Gateway {
         let response = self.send(Method::GET, &path, None, None).await?;
         if !response.status().is_success() {
             let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let body: Value = match read_capped(response, "GET /v2/events").await {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
             let (message, details) = error_details(&body);
             return Err(GatewayError::Status { what: "GET /v2/events".into(), status, message, details });
         }
         Ok(response)
     }
+}
+
+/// Reads a response body of at most [`MAX_BODY`] bytes: a gateway (or something posing as
+/// one) cannot make the CLI hold an endless answer in memory.
+async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, GatewayError> {
+    let too_big =
+        || GatewayError::BadAnswer { what: what.to_owned(), reason: format!("larger than {} MiB", MAX_BODY >> 20) };
+    if response.content_length().is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| GatewayError::Failed { what: what.to_owned(), reason: error_chain(&error) })?
+    {
+        if bytes.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn basic(pair: &str) -> anyhow::Result<Auth> {
@@ -436,10 +484,36 @@ mod tests {
     }
 
     #[test]
-    fn loopback_gateways_are_recognised() {
-        assert!(is_loopback("http://127.0.0.1:8080"));
-        assert!(is_loopback("http://localhost:8080"));
-        assert!(is_loopback("http://[::1]:8080"));
-        assert!(!is_loopback("https://marathon.example.com"));
+    fn the_dev_login_goes_only_to_the_dev_gateways() {
+        let urls = |list: &[&str]| list.iter().map(|u| (*u).to_owned()).collect::<Vec<String>>();
+        let listed = urls(&["http://127.0.0.1:8080", "http://127.0.0.1:8081"]);
+        assert!(dev_login_may_go_to(&urls(&["http://127.0.0.1:8081/"]), Some(&listed)));
+        assert!(dev_login_may_go_to(&urls(&["http://127.0.0.1:8080", "http://127.0.0.1:8081"]), Some(&listed)));
+        assert!(!dev_login_may_go_to(&urls(&["http://127.0.0.1:8080", "https://prod.example.com"]), Some(&listed)));
+        assert!(!dev_login_may_go_to(&urls(&["http://127.0.0.1:9999"]), Some(&listed)), "on this machine, unlisted");
+        assert!(!dev_login_may_go_to(&urls(&["https://127.0.0.1:8080"]), Some(&listed)), "another scheme");
+        // Without endpoints.json, only the default gateway the dir would choose.
+        assert!(dev_login_may_go_to(&urls(&["http://127.0.0.1:8080"]), None));
+        assert!(!dev_login_may_go_to(&urls(&["http://localhost:8081"]), None));
+    }
+
+    #[test]
+    fn a_credentials_file_that_cannot_be_used_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("marina-cli-credentials-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credentials");
+        let _ = std::fs::remove_file(&file);
+        assert!(matches!(dev_credentials(&file), Ok(Auth::None)), "missing: no login");
+        std::fs::write(&file, b"ops:\xff\xfe\n").unwrap();
+        let error = format!("{:#}", dev_credentials(&file).err().expect("not UTF-8"));
+        assert!(error.contains("not UTF-8"), "{error}");
+        std::fs::write(&file, "ops:s3cret\n").unwrap();
+        assert!(
+            matches!(dev_credentials(&file), Ok(Auth::Basic { user, password }) if user == "ops" && password == "s3cret")
+        );
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(dev_credentials(&file).is_err(), "a directory cannot be read");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

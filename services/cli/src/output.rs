@@ -15,7 +15,8 @@ Exit codes:
   3    the deployment failed or was cancelled
   4    the deployment did not finish, or its tasks kept failing, within --timeout (it goes
        on in the cluster)
-  130  interrupted (Ctrl-C) while following; the deployment goes on in the cluster";
+  130  interrupted (Ctrl-C) while following a deployment (it goes on in the cluster) or a
+       task's output (`marina task logs -f`)";
 
 /// An outcome that is not a plain error: its exit code, and what to say (already said when
 /// `message` is empty).
@@ -157,6 +158,17 @@ pub fn parse_timestamp(text: &str) -> Option<f64> {
     let hours: i64 = time_parts.next()?.parse().ok()?;
     let minutes: i64 = time_parts.next()?.parse().ok()?;
     let seconds: f64 = time_parts.next()?.parse().ok()?;
+    // Only dates and times that can be (so no `NaN` seconds, and no year whose seconds
+    // overflow).
+    let valid = (0..=9_999).contains(&year)
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..=23).contains(&hours)
+        && (0..=59).contains(&minutes)
+        && (0.0..61.0).contains(&seconds);
+    if !valid {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm), so no date crate is needed.
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -171,7 +183,8 @@ pub fn parse_timestamp(text: &str) -> Option<f64> {
 pub fn elapsed_since(timestamp: &Value) -> Option<Duration> {
     let then = timestamp.as_str().and_then(parse_timestamp)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-    Some(Duration::from_secs_f64((now - then).max(0.0)))
+    // A timestamp ahead of this clock is no time ago.
+    Duration::try_from_secs_f64((now - then).max(0.0)).ok()
 }
 
 /// How long ago `timestamp` was, as `42s`, `5m`, `3h`, `2d`; `-` if unknown.
@@ -193,10 +206,10 @@ pub fn short_duration(duration: Duration) -> String {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        return if seconds.is_finite() && seconds >= 0.0 {
-            Ok(Duration::from_secs_f64(seconds))
-        } else {
-            Err(format!("{text:?}: not a duration"))
+        return match Duration::try_from_secs_f64(seconds) {
+            Ok(duration) if seconds.is_finite() => Ok(duration),
+            Err(_) if seconds.is_finite() && seconds >= 0.0 => Err(format!("{text:?}: too long")),
+            _ => Err(format!("{text:?}: not a duration")),
         };
     }
     let mut total = Duration::ZERO;
@@ -215,7 +228,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "d" => 86_400.0,
             _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
         };
-        total += Duration::try_from_secs_f64(amount * unit_seconds).map_err(|_| format!("{text:?}: too long"))?;
+        total = Duration::try_from_secs_f64(amount * unit_seconds)
+            .ok()
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| format!("{text:?}: too long"))?;
         rest = tail;
     }
     if text.is_empty() {
@@ -237,9 +253,38 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
-        for bad in ["", "5x", "m", "-1", "1h30", "inf"] {
+        for bad in ["", "5x", "m", "-1", "1h30", "inf", "NaN", "-0.5"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        assert_eq!(parse_duration("1e30"), Err("\"1e30\": too long".to_owned()));
+        let big = format!("1{}s", "0".repeat(30));
+        assert_eq!(parse_duration(&big), Err(format!("{big:?}: too long")));
+        let many = format!("{}d", u64::MAX);
+        assert!(parse_duration(&many).is_err());
+        let sum = "9000000000000000000s9000000000000000000s9000000000000000000s";
+        assert_eq!(parse_duration(sum), Err(format!("{sum:?}: too long")));
+    }
+
+    #[test]
+    fn odd_timestamps_have_no_age_instead_of_a_panic() {
+        for odd in [
+            "2026-11-25T12:13:NaNZ",
+            "2026-11-25T12:13:infZ",
+            "99999999999999-01-01T00:00:00Z",
+            "-99999999999999-01-01T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T25:00:00Z",
+        ] {
+            assert_eq!(parse_timestamp(odd), None, "{odd}");
+            assert_eq!(age(&json!(odd)), "-", "{odd}");
+        }
+        // Ahead of this clock: no time ago, not a negative duration.
+        assert_eq!(age(&json!("2999-01-01T00:00:00Z")), "0s");
+        assert_eq!(age(&json!(42)), "-");
     }
 
     #[test]

@@ -47,7 +47,8 @@ struct LogsArgs {
     /// Which of the app's tasks (a task id), when it has several.
     #[arg(long)]
     task: Option<String>,
-    /// Keep printing what the task writes, until Ctrl-C or until the task is gone.
+    /// Keep printing what the task writes, until the task is gone (exit 0) or Ctrl-C (exit
+    /// 130).
     #[arg(short, long)]
     follow: bool,
     /// The task's stderr instead of its stdout.
@@ -97,16 +98,15 @@ async fn list(gateway: &Gateway, app: Option<&str>, json: bool) -> anyhow::Resul
     });
     let mut table = Table::new(&["TASK", "APP", "HOST", "PORTS", "STATE", "HEALTH", "AGE"]);
     for task in tasks {
-        let ports: Vec<String> = task["ports"].as_array().into_iter().flatten().map(output::number).collect();
-        let since = if task["startedAt"].is_string() { &task["startedAt"] } else { &task["stagedAt"] };
+        let cells = TaskCells::of(task);
         table.row(vec![
             output::string(&task["id"]),
             output::string(&task["appId"]),
             output::string(&task["host"]),
-            if ports.is_empty() { "-".to_owned() } else { ports.join(",") },
-            output::string(&task["state"]).trim_start_matches("TASK_").to_lowercase(),
+            cells.ports,
+            cells.state,
             health(task),
-            output::age(since),
+            cells.age,
         ]);
     }
     if table.is_empty() {
@@ -115,6 +115,33 @@ async fn list(gateway: &Gateway, app: Option<&str>, json: bool) -> anyhow::Resul
         table.print();
     }
     Ok(())
+}
+
+/// A task's cells as the task tables show them (`marina task list`, `marina app show`).
+pub struct TaskCells {
+    /// `31000,31001`, or `-`.
+    pub ports: String,
+    /// `running`, `staging`, ...
+    pub state: String,
+    /// Since it started (or was staged, until it starts): `42s`, `5m`.
+    pub age: String,
+}
+
+impl TaskCells {
+    pub fn of(task: &Value) -> TaskCells {
+        let ports: Vec<String> = task["ports"].as_array().into_iter().flatten().map(output::number).collect();
+        let since = if task["startedAt"].is_string() { &task["startedAt"] } else { &task["stagedAt"] };
+        TaskCells {
+            ports: if ports.is_empty() { "-".to_owned() } else { ports.join(",") },
+            state: state_name(&task["state"]),
+            age: output::age(since),
+        }
+    }
+}
+
+/// `TASK_RUNNING` as `running`.
+fn state_name(state: &Value) -> String {
+    output::string(state).trim_start_matches("TASK_").to_lowercase()
 }
 
 /// `healthy`, `unhealthy`, or `-` for a task without health checks (or no result yet).
@@ -177,46 +204,71 @@ impl SandboxFile<'_> {
         Ok(self.read(-1, 0).await?.1)
     }
 
-    /// The last `lines` lines (all with `Lines::All`), and the offset they end at. Reads
-    /// backwards in growing pieces, so a long file is not read whole for a few lines.
-    async fn tail(&self, lines: Lines) -> Result<(String, u64), GatewayError> {
+    /// Prints the whole file to stdout a piece at a time (a long file is never held whole);
+    /// the offset it ends at.
+    async fn print_all(&self) -> Result<u64, GatewayError> {
         let size = self.size().await?;
-        let Lines::Last(wanted) = lines else {
-            let mut text = String::new();
-            let mut offset = 0;
-            while offset < size {
-                let (data, _) = self.read(offset as i64, READ_BYTES).await?;
-                if data.is_empty() {
-                    break;
-                }
-                offset += data.len() as u64;
-                text.push_str(&data);
+        let mut offset = 0;
+        while offset < size {
+            let (data, _) = self.read(offset as i64, READ_BYTES).await?;
+            if data.is_empty() {
+                break;
             }
-            return Ok((text, offset));
-        };
+            // The data's length is what it stands for (a character cut at the end of a piece
+            // is left for the next read).
+            offset += data.len() as u64;
+            output::write_stdout(data.as_bytes());
+        }
+        Ok(offset)
+    }
+
+    /// The last `wanted` lines, and the offset they end at (where following goes on). Reads
+    /// backwards in growing pieces, so a long file is not read whole for a few lines; each
+    /// older piece ends where a line starts (after a `\n`, never inside a character), so the
+    /// pieces join without a byte lost or read twice.
+    async fn tail(&self, wanted: usize) -> Result<(String, u64), GatewayError> {
+        let size = self.size().await?;
         if wanted == 0 {
             return Ok((String::new(), size));
         }
-        let mut start = size;
+        // `text` is the file from `boundary` (a line's start, or 0) to `end`.
+        let mut boundary = size;
+        let mut end = None;
         let mut text = String::new();
         let mut piece = 16 * 1024;
-        while start > 0 && text.matches('\n').count() <= wanted {
-            let length = piece.min(start);
-            start -= length;
-            let (data, _) = self.read(start as i64, length).await?;
-            text.insert_str(0, &data);
+        while boundary > 0 && line_count(&text) < wanted {
+            let start = boundary.saturating_sub(piece);
+            let (data, _) = self.read(start as i64, boundary - start).await?;
+            // The newest piece ends where the data does: a character being written at the
+            // very end is left for following to read whole.
+            end.get_or_insert(start + data.len() as u64);
+            if start == 0 {
+                text.insert_str(0, &data);
+                boundary = 0;
+            } else if let Some(newline) = data.find('\n') {
+                // Before the first newline, a line (maybe a character) is cut: the next piece
+                // reads it whole.
+                text.insert_str(0, &data[newline + 1..]);
+                boundary = start + newline as u64 + 1;
+            } else if piece >= READ_BYTES {
+                // One line longer than a read: shown from where it was cut.
+                text.insert_str(0, &data);
+                break;
+            }
             piece = (piece * 4).min(READ_BYTES);
         }
-        let end = start + text.len() as u64;
         // Keep the last `wanted` lines (a final line without its newline counts).
         let body = text.strip_suffix('\n').unwrap_or(&text);
         let keep_from = body.rmatch_indices('\n').nth(wanted - 1).map_or(0, |(index, _)| index + 1);
-        if start > 0 && keep_from == 0 {
-            // The first line read may be cut; drop it unless the file starts there.
-            let cut = text.find('\n').map_or(text.len(), |i| i + 1);
-            return Ok((text[cut..].to_owned(), end));
-        }
-        Ok((text[keep_from..].to_owned(), end))
+        Ok((text[keep_from..].to_owned(), end.unwrap_or(size)))
+    }
+}
+
+/// How many lines `text` holds, a last one without its newline included.
+fn line_count(text: &str) -> usize {
+    match text.strip_suffix('\n').unwrap_or(text) {
+        "" if text.is_empty() => 0,
+        body => body.matches('\n').count() + 1,
     }
 }
 
@@ -224,7 +276,7 @@ impl SandboxFile<'_> {
 /// reports about failed tasks: best effort).
 pub async fn tail_of(gateway: &Gateway, task: &str, path: &'static str, lines: usize) -> Option<String> {
     let file = SandboxFile { gateway, task: task.to_owned(), path };
-    file.tail(Lines::Last(lines)).await.ok().map(|(text, _)| text)
+    file.tail(lines).await.ok().map(|(text, _)| text)
 }
 
 /// Which task `marina task logs` reads: the named task, or the app's newest running one.
@@ -257,42 +309,65 @@ async fn choose_task(
             .and_then(|t| t["id"].as_str())
             .map(str::to_owned)
     };
-    let task = match newest(Some("TASK_RUNNING")).or_else(|| newest(None)) {
-        Some(task) => task,
-        None => match app["app"]["lastTaskFailure"]["taskId"].as_str() {
-            // A failed task's sandbox outlives it while the app's last failure names it.
-            Some(failed) => {
-                eprintln!("{app_id} has no task now; showing its last failed task, {failed}");
-                return Ok((failed.to_owned(), Some(app_id)));
-            }
-            None => anyhow::bail!("{app_id} has no task (see `marina app show {app_id}`)"),
+    let (task, which) = match newest(Some("TASK_RUNNING")).map(|t| (t, "newest running one")) {
+        Some(chosen) => chosen,
+        None => match newest(None) {
+            Some(task) => (task, "newest one (none runs)"),
+            None => match app["app"]["lastTaskFailure"]["taskId"].as_str() {
+                // A failed task's sandbox outlives it while the app's last failure names it.
+                Some(failed) => {
+                    eprintln!("{app_id} has no task now; showing its last failed task, {failed}");
+                    return Ok((failed.to_owned(), Some(app_id)));
+                }
+                None => anyhow::bail!("{app_id} has no task (see `marina app show {app_id}`)"),
+            },
         },
     };
     if tasks.len() > 1 {
-        eprintln!("{app_id} has {} tasks; showing the newest running one, {task} (choose with --task)", tasks.len());
+        eprintln!("{app_id} has {} tasks; showing the {which}, {task} (choose with --task)", tasks.len());
     }
     Ok((task, Some(app_id)))
 }
 
 async fn logs(gateway: &Gateway, args: LogsArgs) -> anyhow::Result<()> {
+    // One listener for the whole command, made first: a Ctrl-C while a read is in flight is
+    // not lost, and interrupts it.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|error| anyhow::anyhow!("listening for Ctrl-C: {error}"))?;
+    tokio::select! {
+        result = print_logs(gateway, &args) => result,
+        // Interrupted (Ctrl-C) while reading or following: exit code 130, as the help says.
+        _ = interrupt.recv() => Err(output::Exit { code: output::INTERRUPTED, message: String::new() }.into()),
+    }
+}
+
+async fn print_logs(gateway: &Gateway, args: &LogsArgs) -> anyhow::Result<()> {
     let (task, app) = choose_task(gateway, &args.target, args.task.as_deref()).await?;
     let file = SandboxFile { gateway, task: task.clone(), path: if args.stderr { "stderr" } else { "stdout" } };
-    let (text, mut offset) = file.tail(args.lines).await.map_err(|error| match error.status() {
+    let printed = match args.lines {
+        Lines::All => file.print_all().await,
+        Lines::Last(lines) => file.tail(lines).await.map(|(text, end)| {
+            output::write_stdout(text.as_bytes());
+            end
+        }),
+    };
+    let mut offset = printed.map_err(|error| match error.status() {
         Some(reqwest::StatusCode::NOT_FOUND) if app.is_none() => {
             anyhow::anyhow!("no app or task {} (see `marina app list`, `marina task list`)", args.target)
         }
         _ => anyhow::Error::new(error).context(format!("{} of task {task}", file.path)),
     })?;
-    output::write_stdout(text.as_bytes());
     if !args.follow {
         return Ok(());
     }
+    // Whose tasks to look through to notice that the task is gone: its app's, not the cluster's.
+    let app = match app {
+        Some(app) => Some(app),
+        None => app_of_task(gateway, &task).await,
+    };
     let mut last_check = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
         match file.read(offset as i64, READ_BYTES).await {
             Ok((data, _)) if !data.is_empty() => {
                 offset += data.len() as u64;
@@ -308,33 +383,80 @@ async fn logs(gateway: &Gateway, args: LogsArgs) -> anyhow::Result<()> {
                     offset = 0;
                 }
             }
-            Err(error) if error.status().is_some_and(|s| s.is_client_error()) => {
-                eprintln!("task {task} is gone: {error}");
+            // The task (404) or its sandbox (the agent's 400: not a file) is gone.
+            Err(error)
+                if matches!(
+                    error.status(),
+                    Some(reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE | reqwest::StatusCode::BAD_REQUEST)
+                ) =>
+            {
+                eprintln!("task {task} has ended");
                 return Ok(());
+            }
+            // Refused (credentials, a bad request): retrying would not help.
+            Err(error) if error.status().is_some_and(|s| s.is_client_error()) => {
+                return Err(anyhow::Error::new(error).context(format!("{} of task {task}", file.path)));
             }
             Err(error) => eprintln!("reading {} of {task}: {error}; retrying", file.path),
         }
         if last_check.elapsed() >= TASK_CHECK_INTERVAL {
             last_check = tokio::time::Instant::now();
-            if let Some(state) = task_ended(gateway, &task).await {
+            if let Some(state) = task_ended(gateway, app.as_deref(), &task).await {
                 // One last read: what it wrote before it went.
                 if let Ok((data, _)) = file.read(offset as i64, READ_BYTES).await {
                     output::write_stdout(data.as_bytes());
                 }
-                eprintln!("task {task} {state}");
+                match state {
+                    Some(state) => eprintln!("task {task} has ended ({state})"),
+                    None => eprintln!("task {task} has ended"),
+                }
                 return Ok(());
             }
         }
     }
 }
 
-/// `Some(how)` when the task is no longer among the cluster's tasks.
-async fn task_ended(gateway: &Gateway, task: &str) -> Option<String> {
+/// The app a task id belongs to, from the cluster's tasks (`None` if it cannot be told).
+async fn app_of_task(gateway: &Gateway, task: &str) -> Option<String> {
     let tasks = gateway.get("/v2/tasks").await.ok()?;
-    let found = tasks["tasks"].as_array()?.iter().find(|t| t["id"] == task).cloned();
+    let found = tasks["tasks"].as_array()?.iter().find(|t| t["id"] == task)?;
+    found["appId"].as_str().map(str::to_owned)
+}
+
+/// `Some(state)` when the task is no longer alive: `Some(Some("killed"))` with its final
+/// state, `Some(None)` when it is no longer listed. Looks among its app's tasks (all the
+/// cluster's only when its app is unknown); `None` while it lives or when that cannot be read.
+async fn task_ended(gateway: &Gateway, app: Option<&str>, task: &str) -> Option<Option<String>> {
+    let tasks = match app {
+        // Its app deleted: its tasks are gone.
+        Some(app) => gateway.get_optional(&format!("{}/tasks", app_path(app))).await.ok()?.unwrap_or(Value::Null),
+        None => gateway.get("/v2/tasks").await.ok()?,
+    };
+    let found = tasks["tasks"].as_array().into_iter().flatten().find(|t| t["id"] == task);
     match found {
-        Some(t) if matches!(t["state"].as_str(), Some("TASK_RUNNING" | "TASK_STAGING" | "TASK_STARTING")) => None,
-        Some(t) => Some(format!("is {}", output::string(&t["state"]).trim_start_matches("TASK_").to_lowercase())),
-        None => Some("has ended".to_owned()),
+        // Killing: still writing its last words.
+        Some(t)
+            if matches!(
+                t["state"].as_str(),
+                Some("TASK_RUNNING" | "TASK_STAGING" | "TASK_STARTING" | "TASK_KILLING")
+            ) =>
+        {
+            None
+        }
+        Some(t) => Some(Some(state_name(&t["state"]))),
+        None => Some(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_counted_with_a_last_one_unended() {
+        assert_eq!(line_count(""), 0);
+        assert_eq!(line_count("\n"), 1);
+        assert_eq!(line_count("a\nb\n"), 2);
+        assert_eq!(line_count("a\nb"), 2);
     }
 }

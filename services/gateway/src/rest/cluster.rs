@@ -26,26 +26,35 @@ pub(super) async fn cluster(State(gateway): State<Arc<Gateway>>) -> Reply {
     service(&gateway)?;
     let (masters, gateways, agents) =
         tokio::join!(members(&gateway, MASTER_ELECTION_DIR), members(&gateway, GATEWAY_ELECTION_DIR), agents(&gateway));
-    let (agents, agents_error) = match agents {
-        Ok(agents) => (agents, Value::Null),
-        Err(why) => (Vec::new(), Value::String(why)),
-    };
+    let (masters, masters_error) = split(masters);
+    let (gateways, gateways_error) = split(gateways);
+    let (agents, agents_error) = split(agents);
     Ok(axum::Json(json!({
-        "masters": masters.unwrap_or_default(),
-        "gateways": gateways.unwrap_or_default(),
+        "masters": masters,
+        "gateways": gateways,
         "agents": agents,
-        // Why `agents` is empty when the leading master could not be asked (no session yet,
-        // or it did not answer): an empty list alone would read as "no agents".
+        // Why a list is empty when its source could not be read (coord for the elections; the
+        // leading master, not yet subscribed to or not answering, for the agents): an empty
+        // list alone would read as "none".
+        "mastersError": masters_error,
+        "gatewaysError": gateways_error,
         "agentsError": agents_error,
     }))
     .into_response())
 }
 
+/// A list and `null`, or an empty list and why.
+fn split(result: Result<Vec<Value>, String>) -> (Vec<Value>, Value) {
+    match result {
+        Ok(list) => (list, Value::Null),
+        Err(why) => (Vec::new(), Value::String(why)),
+    }
+}
+
 /// The members of the election in `dir`, the leader first and marked.
-async fn members(gateway: &Gateway, dir: &str) -> Result<Vec<Value>, ()> {
-    let members = gateway.coord.election_members(dir).await.map_err(|error| {
-        tracing::debug!(%error, dir, "cluster view: cannot read the election");
-    })?;
+async fn members(gateway: &Gateway, dir: &str) -> Result<Vec<Value>, String> {
+    let members =
+        gateway.coord.election_members(dir).await.map_err(|error| format!("reading {dir} in coord: {error}"))?;
     Ok(members
         .iter()
         .enumerate()

@@ -90,14 +90,55 @@ function utf8Length(text) {
   return new TextEncoder().encode(text).length;
 }
 
+/** One segment of a path, percent-encoded. Refuses what a URL would not keep as one
+ * segment: an empty one, `.` and `..` (which the URL parser resolves, encoded or not, so
+ * that `/v2/apps/../deployments/x` would call `/v2/deployments/x`). */
+function pathSegment(value) {
+  const text = String(value);
+  if (text === "" || text === "." || text === "..") throw new ApiError(0, `not a valid path segment: ${JSON.stringify(text)}`);
+  return encodeURIComponent(text);
+}
+
+/** An app id's segments (`/prod/web` → `["prod", "web"]`), or null when it is not one:
+ * not absolute, or with an empty, `.` or `..` segment. */
+function appIdSegments(id) {
+  if (typeof id !== "string" || !id.startsWith("/")) return null;
+  const segments = id.slice(1).split("/");
+  return segments.every((s) => s !== "" && s !== "." && s !== "..") ? segments : null;
+}
+
+/** The app id a page path names after `/ui/apps/` (each segment percent-decoded), or null
+ * when it names none: a bad escape, an empty, `.` or `..` segment, or a decoded `/`. */
+function appIdFromPath(rest) {
+  const segments = [];
+  for (const raw of rest.split("/")) {
+    let segment;
+    try {
+      segment = decodeURIComponent(raw);
+    } catch {
+      return null;
+    }
+    if (segment.includes("/")) return null;
+    segments.push(segment);
+  }
+  const id = "/" + segments.join("/");
+  return appIdSegments(id) ? id : null;
+}
+
+function appPath(prefix, id) {
+  const segments = appIdSegments(id);
+  if (!segments) throw new ApiError(0, `not a valid app id: ${JSON.stringify(id)}`);
+  return prefix + "/" + segments.map(pathSegment).join("/");
+}
+
 /** The page path of an app: `/prod/web` → `/ui/apps/prod/web`. */
 function appPagePath(id) {
-  return "/ui/apps" + id.split("/").map(encodeURIComponent).join("/");
+  return appPath("/ui/apps", id);
 }
 
 /** The API path of an app: `/prod/web` → `/v2/apps/prod/web`. */
 function appApiPath(id) {
-  return "/v2/apps" + id.split("/").map(encodeURIComponent).join("/");
+  return appPath("/v2/apps", id);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -261,6 +302,37 @@ const events = {
     for (const listener of this.listeners) listener(event);
   },
 };
+
+/** Whether an event is the stream's own news (connected, or events lost): every page
+ * reloads all it shows, since what happened meanwhile is not replayed. */
+function streamEvent(event) {
+  return event.eventType === "stream_connected" || event.eventType === "event_stream_lagged";
+}
+
+/** The ids of the apps an event is about: `appId` (tasks, health, a deleted app's end),
+ * `runSpecId` (instances), `appDefinition.id` (API changes), and for a deployment its
+ * plan's `affectedApps` and the apps of its `original` and `target` groups. */
+function eventApps(event) {
+  const apps = new Set();
+  const add = (id) => {
+    if (typeof id === "string") apps.add(id);
+  };
+  add(event.appId);
+  add(event.runSpecId);
+  if (event.appDefinition) add(event.appDefinition.id);
+  const plan = event.plan;
+  if (plan) {
+    for (const id of plan.affectedApps || []) add(id);
+    const walk = (group) => {
+      if (!group) return;
+      for (const app of group.apps || []) add(app && app.id);
+      for (const child of group.groups || []) walk(child);
+    };
+    walk(plan.original);
+    walk(plan.target);
+  }
+  return apps;
+}
 
 // ---------------------------------------------------------------------------------------
 // Banners (what an action did, or why it failed) and dialogs
@@ -620,7 +692,7 @@ class AppsPage extends Page {
       const apps = (list.apps || []).sort((a, b) => a.id.localeCompare(b.id));
       const rows = apps.map((app) => {
         const status = appStatus(app, queued.get(app.id), deployments);
-        const link = h("a", { href: appPagePath(app.id), "data-nav": true, class: "app-link" }, app.id);
+        const link = appIdSegments(app.id) ? h("a", { href: appPagePath(app.id), "data-nav": true, class: "app-link" }, app.id) : app.id;
         const row = h("tr", { dataset: { appId: app.id } },
           h("td", { class: "id" }, link, h("div", { class: "muted small" }, app.cmd || (app.container && app.container.docker && app.container.docker.image) || "")),
           h("td", { class: "status" }, h("div", { class: "badges" }, status.badges), reasonList(status.reasons)),
@@ -689,7 +761,7 @@ class LogFollower {
   async read(offset, length) {
     const query = new URLSearchParams({ path: this.file, offset: String(offset) });
     if (length) query.set("length", String(length));
-    const path = `/v2/tasks/${encodeURIComponent(this.taskId)}/files/read?${query}`;
+    const path = `/v2/tasks/${pathSegment(this.taskId)}/files/read?${query}`;
     let timer;
     const timeout = new Promise((_, reject) => {
       timer = setTimeout(() => reject(new ApiError(0, "the read took too long; retrying")), LogFollower.TIMEOUT);
@@ -861,14 +933,28 @@ class AppPage extends Page {
 
   dispose() {
     super.dispose();
+    clearTimeout(this.pendingVersions);
     this.logs.stop();
   }
 
+  /** Events of this app only (another app's tasks or deployments change nothing here); a
+   * change of its definition or a deployment's end makes versions to list. */
   onEvent(event) {
-    super.onEvent(event);
-    if (event.eventType === "deployment_success" || event.eventType === "api_post_event" || event.eventType === "stream_connected") {
-      this.loadVersions();
+    if (!streamEvent(event) && !eventApps(event).has(this.id)) return;
+    this.schedule();
+    const type = event.eventType;
+    if (streamEvent(event) || type === "api_post_event" || type === "deployment_success" || type === "deployment_failed") {
+      this.scheduleVersions();
     }
+  }
+
+  /** Versions reloaded once for a burst of events (at most every 300 ms). */
+  scheduleVersions(delay = 300) {
+    if (this.pendingVersions || this.disposed) return;
+    this.pendingVersions = setTimeout(() => {
+      this.pendingVersions = null;
+      this.loadVersions();
+    }, delay);
   }
 
   async load() {
@@ -1083,9 +1169,11 @@ class AppPage extends Page {
   }
 
   async loadVersions() {
+    // Only the latest call draws (an earlier one answering late would show older versions).
+    const call = (this.versionsCall = (this.versionsCall || 0) + 1);
     try {
       const { versions } = await api.get(`${appApiPath(this.id)}/versions`);
-      if (this.disposed) return;
+      if (this.disposed || call !== this.versionsCall) return;
       const current = this.app && this.app.version;
       const shown = this.allVersions ? versions : versions.slice(0, 10);
       this.versionsMore.hidden = shown.length === versions.length;
@@ -1104,7 +1192,7 @@ class AppPage extends Page {
 
   async showVersion(version) {
     try {
-      const app = await api.get(`${appApiPath(this.id)}/versions/${encodeURIComponent(version)}`);
+      const app = await api.get(`${appApiPath(this.id)}/versions/${pathSegment(version)}`);
       this.versionView.textContent = JSON.stringify(app, null, 2);
       this.versionView.hidden = false;
       this.versionView.dataset.version = version;
@@ -1160,7 +1248,7 @@ class AppPage extends Page {
   }
 
   async killTask(taskId) {
-    const done = await act(`Killing ${taskId}`, () => api.call("DELETE", `${appApiPath(this.id)}/tasks/${encodeURIComponent(taskId)}`));
+    const done = await act(`Killing ${taskId}`, () => api.call("DELETE", `${appApiPath(this.id)}/tasks/${pathSegment(taskId)}`));
     if (done) this.reload();
   }
 
@@ -1171,7 +1259,7 @@ class AppPage extends Page {
       : "A new deployment puts the apps back as they were before it.";
     if (!(await confirmAction(title, text, force ? "Stop here" : "Roll back"))) return;
     const done = await act(force ? "Stopped the deployment" : "Rolling the deployment back",
-      () => api.call("DELETE", `/v2/deployments/${encodeURIComponent(deployment.id)}${force ? "?force=true" : ""}`));
+      () => api.call("DELETE", `/v2/deployments/${pathSegment(deployment.id)}${force ? "?force=true" : ""}`));
     if (done) this.after();
   }
 
@@ -1277,11 +1365,14 @@ class ClusterPage extends Page {
 }
 
 class NotFoundPage extends Page {
-  constructor(root) {
+  /** `why`: what is wrong with the address (by default: no page here). */
+  constructor(root, why) {
     super(root);
-    root.append(h("div", { class: "card" }, h("h1", {}, "Not found"),
-      h("p", {}, "No page here. ", h("a", { href: "/ui", "data-nav": true }, "Go to the apps"), ".")));
+    root.append(h("div", { class: "card", id: "not-found" }, h("h1", {}, "Not found"),
+      h("p", { id: "not-found-reason" }, why || "No page here.", " ", h("a", { href: "/ui", "data-nav": true }, "Go to the apps"), ".")));
   }
+
+  onEvent() {}
 
   load() {}
 }
@@ -1300,9 +1391,16 @@ function route() {
   if (path === "/" || path === "/ui" || path === "/ui/apps") {
     page = new AppsPage(main);
   } else if (path.startsWith("/ui/apps/")) {
-    const id = "/" + path.slice("/ui/apps/".length).split("/").map(decodeURIComponent).join("/");
-    page = new AppPage(main, id);
-    document.title = `${id} · Marina`;
+    // The id as the address spells it; refused (never called) when a segment is empty,
+    // `.` or `..`, or is not valid percent-encoding, so that no API path is built from it.
+    const rest = path.slice("/ui/apps/".length);
+    const id = appIdFromPath(rest);
+    if (id) {
+      page = new AppPage(main, id);
+      document.title = `${id} · Marina`;
+    } else {
+      page = new NotFoundPage(main, `“${rest}” is not a valid app id.`);
+    }
   } else if (path === "/ui/cluster") {
     page = new ClusterPage(main);
     sectionName = "cluster";
@@ -1343,6 +1441,16 @@ function start() {
     navigate(new URL(link.href).pathname);
   });
   window.addEventListener("popstate", route);
+  // The event stream is closed as the document is left (or kept in the back-forward
+  // cache), not when the browser gets round to it: a left page's open stream holds one of
+  // the few connections a browser opens to a host, and the next pages' calls would queue.
+  window.addEventListener("pagehide", () => events.stop());
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) {
+      events.start();
+      if (page && !page.disposed) page.reload();
+    }
+  });
   events.listeners.add((event) => {
     if (page && !page.disposed) page.onEvent(event);
   });
