@@ -63,9 +63,9 @@ fn default_server() -> ServerLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
-    /// Leader heartbeat period. openraft also uses it as the timeout of each AppendEntries
-    /// RPC: too small a value on a loaded machine (an fsync on a busy disk takes tens of
-    /// milliseconds) makes a leader count slow followers as lost, and elections follow.
+    /// Leader heartbeat period. Each AppendEntries RPC has `election_timeout_min_ms` to answer
+    /// (Marina's openraft patch; stock openraft 0.9 times it out at this interval, which on a
+    /// saturated host throws batches away and stalls replication).
     pub heartbeat_ms: u64,
     /// A follower that hears nothing from the leader for a random time in
     /// [min, max] starts an election. The defaults detect a lost leader and elect a new one
