@@ -335,11 +335,7 @@ async fn list(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
             output::string(&app["version"]),
         ]);
     }
-    if table.is_empty() {
-        eprintln!("no apps; deploy one with `marina app deploy app.json`");
-    } else {
-        table.print();
-    }
+    table.print_or("no apps; deploy one with `marina app deploy app.json`");
     Ok(())
 }
 

@@ -92,29 +92,33 @@ pub async fn cluster(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
         print_json(&cluster);
         return Ok(());
     }
-    let members = |title: &str, list: &Value| {
+    // A section's rows, indented; or why they are unknown (the gateway could not ask coord or
+    // the leading master), or `none`.
+    let section = |table: &Table, error: &Value| {
+        if let Some(why) = error.as_str() {
+            say!("  unknown: {why}");
+        } else if table.is_empty() {
+            say!("  none");
+        }
+        if !table.is_empty() {
+            for line in table.render().lines() {
+                say!("  {line}");
+            }
+        }
+    };
+    for (title, list, error) in [("masters", "masters", "mastersError"), ("gateways", "gateways", "gatewaysError")] {
         say!("{title}:");
         let mut table = Table::new(&["ID", "ADDRESS", "ROLE"]);
-        for member in list.as_array().into_iter().flatten() {
+        for member in cluster[list].as_array().into_iter().flatten() {
             table.row(vec![
                 output::string(&member["id"]),
                 output::string(&member["address"]),
                 if member["leader"] == true { "leader".to_owned() } else { "standby".to_owned() },
             ]);
         }
-        if table.is_empty() {
-            say!("  none");
-        }
-        for line in table.render().lines().filter(|_| !table.is_empty()) {
-            say!("  {line}");
-        }
-    };
-    members("masters", &cluster["masters"]);
-    members("gateways", &cluster["gateways"]);
-    say!("agents:");
-    if let Some(why) = cluster["agentsError"].as_str() {
-        say!("  unknown: {why}");
+        section(&table, &cluster[error]);
     }
+    say!("agents:");
     let mut table = Table::new(&["ID", "HOST", "ADDRESS", "STATUS", "RUNTIMES", "USED", "FREE"]);
     for agent in cluster["agents"].as_array().into_iter().flatten() {
         let runtimes: Vec<String> = agent["runtimes"].as_array().into_iter().flatten().map(output::string).collect();
@@ -128,15 +132,7 @@ pub async fn cluster(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
             resources(&agent["free"]),
         ]);
     }
-    if table.is_empty() {
-        if cluster["agentsError"].is_null() {
-            say!("  none");
-        }
-    } else {
-        for line in table.render().lines() {
-            say!("  {line}");
-        }
-    }
+    section(&table, &cluster["agentsError"]);
     Ok(())
 }
 

@@ -91,11 +91,7 @@ async fn list(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
             output::string(&deployment["version"]),
         ]);
     }
-    if table.is_empty() {
-        eprintln!("no deployment in progress");
-    } else {
-        table.print();
-    }
+    table.print_or("no deployment in progress");
     Ok(())
 }
 
@@ -159,10 +155,6 @@ pub async fn queue(gateway: &Gateway, json: bool) -> anyhow::Result<()> {
             waiting_reason(entry).unwrap_or_else(|| "offers are being matched".to_owned()),
         ]);
     }
-    if table.is_empty() {
-        eprintln!("no app is waiting to launch");
-    } else {
-        table.print();
-    }
+    table.print_or("no app is waiting to launch");
     Ok(())
 }

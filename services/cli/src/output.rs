@@ -116,6 +116,15 @@ impl Table {
     pub fn print(&self) {
         write_stdout(self.render().as_bytes());
     }
+
+    /// The table, or `none` on stderr when it has no rows (stdout stays empty for scripts).
+    pub fn print_or(&self, none: &str) {
+        if self.is_empty() {
+            eprintln!("{none}");
+        } else {
+            self.print();
+        }
+    }
 }
 
 /// `text` cut to `max` characters, with `…` when cut (table cells stay on one line).

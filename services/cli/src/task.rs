@@ -109,11 +109,7 @@ async fn list(gateway: &Gateway, app: Option<&str>, json: bool) -> anyhow::Resul
             cells.age,
         ]);
     }
-    if table.is_empty() {
-        eprintln!("no tasks");
-    } else {
-        table.print();
-    }
+    table.print_or("no tasks");
     Ok(())
 }
 
