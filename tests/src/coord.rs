@@ -109,6 +109,11 @@ impl CoordCluster {
         self.slot(id).address
     }
 
+    /// Node `id`'s data directory (Raft log, vote, snapshots).
+    pub fn data_dir(&self, id: u64) -> &std::path::Path {
+        &self.slot(id).config.data_dir
+    }
+
     pub fn node(&self, id: u64) -> Arc<CoordNode> {
         self.slot(id).running.as_ref().map(|(_, handle)| handle.node.clone()).expect("node is running")
     }

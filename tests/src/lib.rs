@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod coord;
 pub mod docker;
 pub mod events;
+pub mod linearizability;
+pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod processes;

@@ -19,6 +19,7 @@ use marina_proto::master::v1::{AgentMessage, Heartbeat, MasterMessage, Register,
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::Agent;
 
@@ -127,7 +128,11 @@ async fn attach(
     tracing::info!(master = %member.address, epoch = leader.epoch, "attached to the leading master");
 
     let mut registered = false;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    // Heartbeats go from a task of their own (stopped with this link), never from this loop:
+    // obeying a command can take long (removing a finished task's container is a Docker call
+    // of a second or more, and a scale-down acknowledges many), and a heartbeat that waited
+    // for it would have the master take a busy agent for a dead one.
+    let mut _heartbeats: Option<AbortOnDropHandle<()>> = None;
     let mut retry = tokio::time::interval(Duration::from_millis(100));
     let mut sent = Sent::default();
     let first_retry = agent.update_retry;
@@ -162,16 +167,38 @@ async fn attach(
                     return Err(refused);
                 }
                 if let Some(interval) = handle(agent, message, &mut registered).await {
-                    heartbeat = tokio::time::interval(interval);
+                    _heartbeats = Some(AbortOnDropHandle::new(tokio::spawn(heartbeat(outbound.clone(), interval))));
                     sent = Sent::default();
                     attached.send_replace(AttachedMaster { address: member.address.clone(), epoch: leader.epoch, registered: true });
                 }
             }
-            _ = heartbeat.tick(), if registered => {
-                outbound.send(message(agent_message::Kind::Heartbeat(Heartbeat {}))).await.map_err(|e| e.to_string())?;
-            }
             _ = retry.tick(), if registered => deliver(agent, &outbound, &mut sent, first_retry).await?,
             () = agent.updates.changed(), if registered => deliver(agent, &outbound, &mut sent, first_retry).await?,
+        }
+    }
+}
+
+/// Sends a heartbeat every `interval` until the link's stream is gone. A heartbeat that
+/// went out late (this agent's runtime starved, or its link backed up behind status
+/// updates the master reads slowly) is worth an operator's notice: late enough, the master
+/// takes the agent for gone. Said at most once a minute.
+async fn heartbeat(outbound: mpsc::Sender<AgentMessage>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    // Late ticks are not made up for in a burst: one heartbeat says as much as several.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let due = tick.tick().await;
+        if outbound.send(message(agent_message::Kind::Heartbeat(Heartbeat {}))).await.is_err() {
+            return;
+        }
+        let late = due.elapsed();
+        if late > interval * 2 && last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+            last_warning = Some(Instant::now());
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "a heartbeat went out late: this agent is starved of CPU or its link to the master is backed up"
+            );
         }
     }
 }

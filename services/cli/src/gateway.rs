@@ -20,6 +20,19 @@ pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 /// How long one API call may take (not the event stream, which stays open).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a call refused with 429 (the gateway's write queue full) is made again.
+const BUSY_RETRIES: usize = 5;
+
+/// A 429's `Retry-After` in whole seconds (1–30 s; 1 s when absent or not a number).
+fn retry_after(response: &reqwest::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds.clamp(1, 30))
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest answer an API call reads (the biggest real ones, `/v2/apps` of a large
 /// cluster or a 4 MiB file read, are far below it).
@@ -329,8 +342,20 @@ impl Gateway {
     }
 
     /// Calls the API and reads its JSON answer; an error status is a [`GatewayError::Status`].
+    /// A gateway too busy to take a write answers 429 with `Retry-After`, having changed
+    /// nothing: the call is made again after that long (as Marathon's clients do), up to
+    /// [`BUSY_RETRIES`] times, saying so on stderr.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, GatewayError> {
-        let response = self.send(method.clone(), path, body, Some(CALL_TIMEOUT)).await?;
+        let mut response = self.send(method.clone(), path, body, Some(CALL_TIMEOUT)).await?;
+        for _ in 0..BUSY_RETRIES {
+            if response.status() != StatusCode::TOO_MANY_REQUESTS {
+                break;
+            }
+            let wait = retry_after(&response);
+            eprintln!("the gateway is busy (429): trying again in {}s", wait.as_secs());
+            tokio::time::sleep(wait).await;
+            response = self.send(method.clone(), path, body, Some(CALL_TIMEOUT)).await?;
+        }
         let what = format!("{method} {}", response.url().path());
         let status = response.status();
         let deployment_id =

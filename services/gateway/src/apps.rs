@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::Gateway;
+use crate::admission::{Admission, Admitted, Refused};
 use crate::app::{self, AppDefinition, AppError, PathId, Timestamp};
 use crate::engine::is_terminal;
 use crate::leader::{
@@ -45,6 +46,9 @@ pub enum AppsError {
     NoGroup(String),
     #[error("Application {0} not found in tasks queue.")]
     NotQueued(String),
+    /// Too many writes at once: this one was not admitted, and changed nothing.
+    #[error(transparent)]
+    Overloaded(#[from] Refused),
 }
 
 /// An app as both doors show it: its definition, its instances, the deployments touching it.
@@ -113,6 +117,8 @@ pub struct Apps {
     leader: Arc<Leader>,
     /// The caller's address, for the `api_post_event`s of its changes (`None`: unknown).
     client_ip: Option<String>,
+    /// Every change waits its turn here before it changes anything.
+    admission: Admission,
 }
 
 /// What a `PUT /v2/groups/{id}` asks besides a replacement (Marathon's `GroupUpdate`:
@@ -145,7 +151,8 @@ pub fn group_id(raw: &str) -> Result<PathId, AppsError> {
 impl Apps {
     /// The service, if this gateway leads.
     pub fn of(gateway: &Gateway) -> Result<Self, AppsError> {
-        gateway.leader().map(|leader| Apps { leader, client_ip: None }).ok_or(AppsError::NotLeading)
+        let leader = gateway.leader().ok_or(AppsError::NotLeading)?;
+        Ok(Apps { leader, client_ip: None, admission: gateway.admission.clone() })
     }
 
     /// The service for a caller at `address`: its changes' `api_post_event`s name it.
@@ -159,6 +166,14 @@ impl Apps {
         Some(Origin { uri, client_ip: self.client_ip.clone() })
     }
 
+    /// This request's turn to change things (see [`crate::admission`]). Every change takes
+    /// it once, before it writes anything, and holds it until it is answered: a change
+    /// refused here has done nothing. Reading what the change starts from, and its checks,
+    /// may come before.
+    async fn admit(&self) -> Result<Admitted, AppsError> {
+        Ok(self.admission.admit().await?)
+    }
+
     /// Carries out one request of apps (and groups) built from the apps as they are, made in
     /// group `group` (the finest group it changes, for `group_change_*`).
     async fn change(
@@ -168,6 +183,7 @@ impl Apps {
         group: &str,
         derive: impl FnOnce(&Leader) -> Result<TreeRequest, AppsError>,
     ) -> Result<Outcome, AppsError> {
+        let _turn = self.admit().await?;
         let group_id = group.to_owned();
         self.leader
             .deploy_tree(force, dry_run, Some(group), |leader| {
@@ -432,6 +448,7 @@ impl Apps {
                 return Err(AppsError::NoTask(missing.clone()));
             }
         }
+        let _turn = self.admit().await?;
         let (tasks, deployment) = self
             .leader
             .kill_tasks(app.as_deref(), &request.task_ids, request.host.as_deref(), request.scale, request.force)
@@ -482,6 +499,7 @@ impl Apps {
             }
             GroupEdit::Rollback(version) => {
                 let not_kept = || AppsError::Unprocessable(format!("Group {key} not available in version {version}"));
+                let _turn = self.admit().await?;
                 self.leader.rollback_group(&key, version, origin, force, dry_run).await?.ok_or_else(not_kept)
             }
         }
@@ -506,10 +524,13 @@ impl Apps {
     /// Cancels a deployment: by default rolled back (the deployment that does so is
     /// returned); with `force` it just stops.
     pub async fn cancel_deployment(&self, id: &str, force: bool) -> Result<Option<Deployed>, AppsError> {
+        let _turn = self.admit().await?;
         Ok(self.leader.cancel_deployment(id, force).await?)
     }
 
-    /// Lets a backed-off app launch again at once.
+    /// Lets a backed-off app launch again at once. Not admitted as a write: it writes
+    /// nothing to coord and takes no lock, and under load it is how an operator gets a
+    /// waiting app going.
     pub fn reset_delay(&self, id: &PathId) -> Result<(), AppsError> {
         let key = id.to_string();
         if self.leader.reset_delay(&key) { Ok(()) } else { Err(AppsError::NotQueued(key)) }

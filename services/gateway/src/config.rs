@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use marina_coord_client::CoordUrl;
 
+use crate::admission::AdmissionLimits;
 use crate::app::AppLimits;
 use crate::auth::AuthConfig;
 use marina_daemon::ServerLimits;
@@ -53,6 +54,14 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What the port bounds: concurrent requests, request timeout, gRPC message sizes.
     pub server: ServerLimits,
+    /// Backpressure on the apps service's writes (changes of apps, groups, deployments;
+    /// task kills; REST and gRPC alike): `max_inflight_writes` (16) run at once,
+    /// `max_queued_writes` (256) more wait their turn for at most `max_queue_wait_ms`
+    /// (10 s); beyond that a write is refused at once, unchanged, with HTTP 429 and
+    /// `Retry-After` (gRPC `RESOURCE_EXHAUSTED` with `retry-after`). Reads are never held.
+    /// Must fit inside `server`: in-flight plus queued below `max_concurrent_requests`,
+    /// the wait below `request_timeout_ms`.
+    pub admission: AdmissionLimits,
     pub log: LogConfig,
     /// Mutual TLS: the cluster CA, this service's certificate and key (`marina certs`).
     pub tls: TlsConfig,
@@ -76,6 +85,7 @@ impl Default for Config {
             policy: ContainerPolicy::default(),
             auth: AuthConfig::default(),
             server: ServerLimits::default(),
+            admission: AdmissionLimits::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -103,6 +113,9 @@ impl Config {
             return Err(ConfigError::value("max_body_bytes", "must be at least 1024"));
         }
         self.server.validate()?;
+        if let Some((key, problem)) = self.admission.problem(&self.server) {
+            return Err(ConfigError::value(key, problem));
+        }
         if let Some((key, problem)) = self.limits.problem() {
             return Err(ConfigError::value(key, problem));
         }
@@ -148,5 +161,30 @@ impl marina_daemon::cli::ServiceConfig for Config {
     /// Its callers need no certificate: without credentials, anyone could change apps.
     fn open_to_anyone(&self) -> Option<&'static str> {
         self.auth.is_open().then_some("with no credentials configured (auth.http_credentials, auth.tokens)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_admission_is_checked_against_the_port() {
+        Config::default().validate().expect("the defaults are valid");
+        let mut config = Config::default();
+        config.server.request_timeout_ms = 5_000;
+        let error = config.validate().expect_err("a queue wait beyond the request timeout").to_string();
+        assert!(error.contains("admission.max_queue_wait_ms") && error.contains("5000"), "{error}");
+        let mut config = Config::default();
+        config.admission.max_inflight_writes = 0;
+        let error = config.validate().expect_err("no write could run").to_string();
+        assert!(error.contains("admission.max_inflight_writes"), "{error}");
+    }
+
+    #[test]
+    fn admission_reads_with_defaults_for_what_is_left_out() {
+        let config: Config =
+            serde_json::from_value(serde_json::json!({ "admission": { "max_queued_writes": 8 } })).unwrap();
+        assert_eq!(config.admission, AdmissionLimits { max_queued_writes: 8, ..AdmissionLimits::default() });
     }
 }

@@ -9,12 +9,19 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use marina_proto::apps::v1 as pb;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::Gateway;
+use crate::admission::Refused;
 use crate::apps::{AppView, Apps, AppsError, KillRequest, UpdateMode, app_id};
 use crate::events::Delivery;
 use crate::leader::{DeployError, Deployed, Instance};
+
+/// How long a refused write should wait before it is retried, in whole seconds.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
+/// The same in milliseconds, under the name gRPC's retry policies read.
+const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
 
 #[derive(Clone)]
 pub struct AppsApi {
@@ -47,8 +54,22 @@ impl From<AppsError> for Status {
             AppsError::NoTask(_) | AppsError::NoVersion { .. } | AppsError::NoGroup(_) | AppsError::NotQueued(_) => {
                 Status::not_found(error.to_string())
             }
+            AppsError::Overloaded(refused) => overloaded(&refused),
         }
     }
+}
+
+/// A write refused at the door: `RESOURCE_EXHAUSTED` with `retry-after` (whole seconds, as
+/// REST's header), marked retryable (nothing was done), and `grpc-retry-pushback-ms`, which
+/// gRPC clients with a retry policy for the code wait out before retrying.
+fn overloaded(refused: &Refused) -> Status {
+    let mut status = Status::resource_exhausted(refused.to_string());
+    let wait = refused.retry_after();
+    let metadata = status.metadata_mut();
+    metadata.insert(RETRY_AFTER_METADATA, MetadataValue::from(wait.as_secs()));
+    metadata.insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)));
+    metadata.insert(marina_daemon::leader::RETRYABLE_METADATA, MetadataValue::from_static("1"));
+    status
 }
 
 impl From<DeployError> for Status {
@@ -241,5 +262,25 @@ impl pb::apps_server::Apps for AppsApi {
             })
             .take_until(async move { shutdown.cancelled().await });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_write_is_resource_exhausted_with_retry_after() {
+        let refused =
+            Refused::WaitedTooLong { waited: Duration::from_millis(500), retry_after: Duration::from_secs(2) };
+        let status = Status::from(AppsError::from(refused.clone()));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), refused.to_string());
+        let metadata = |key: &str| status.metadata().get(key).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        assert_eq!(metadata(RETRY_AFTER_METADATA).as_deref(), Some("2"));
+        assert_eq!(metadata(RETRY_PUSHBACK_METADATA).as_deref(), Some("2000"));
+        assert!(marina_daemon::leader::is_retryable(&status), "nothing was done: safe to retry");
     }
 }

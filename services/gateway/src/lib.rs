@@ -9,8 +9,10 @@
 //!   [`readiness`] (new instances' readiness checks);
 //! - [`scheduler`]: the framework on the master; [`store`]: what is kept in coord;
 //! - [`rest`], [`grpc`], [`events`], [`ui`]: the APIs; [`proxy`]: standbys forward;
-//!   [`sandboxes`]: tasks' sandbox files, from their agents.
+//!   [`admission`]: backpressure on the APIs' writes; [`sandboxes`]: tasks' sandbox files,
+//!   from their agents.
 
+mod admission;
 pub mod app;
 mod apps;
 mod auth;
@@ -48,6 +50,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use crate::admission::{Admission, AdmissionLimits, Admitted, Refused};
 pub use crate::auth::{AuthConfig, Role, Token};
 pub use crate::config::Config;
 use crate::events::EventBus;
@@ -83,6 +86,8 @@ pub struct Gateway {
     pub abdicate: Arc<Notify>,
     pub shutdown: Shutdown,
     pub metrics: GatewayMetrics,
+    /// Admission of the apps service's writes, whichever door they come through.
+    pub admission: Admission,
     observer: LeaderObserver,
     proxy: Proxy,
     /// Tasks' sandbox files, fetched from their agents (served by the leader).
@@ -166,6 +171,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let metrics = Metrics::new("gateway");
     let role = watch::channel(None).0;
     let gateway_metrics = GatewayMetrics::new(&metrics, role.subscribe());
+    let admission = Admission::new(config.admission, gateway_metrics.admission.clone());
     let gateway = Arc::new(Gateway {
         id,
         member,
@@ -179,6 +185,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         proxy: Proxy::new(tls.as_ref()),
         sandboxes: Sandboxes::new(tls.as_ref()),
         metrics: gateway_metrics,
+        admission,
     });
 
     let routing = gateway.clone();

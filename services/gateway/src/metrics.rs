@@ -7,7 +7,7 @@ use std::sync::Arc;
 use marina_daemon::Metrics;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio::sync::watch;
 
 use crate::leader::Leader;
@@ -19,6 +19,8 @@ pub struct GatewayMetrics {
     pub tasks_launched: IntCounter,
     pub launches_refused: IntCounter,
     pub status_updates: IntCounter,
+    /// The apps service's writes at the door ([`crate::admission`]).
+    pub admission: AdmissionMetrics,
 }
 
 impl GatewayMetrics {
@@ -38,7 +40,60 @@ impl GatewayMetrics {
                 "Launches the master refused (their instances are replaced).",
             ),
             status_updates: counter("marina_gateway_status_updates_total", "Task status updates received."),
+            admission: AdmissionMetrics::new(metrics),
         }
+    }
+}
+
+/// Admission wait buckets, 1 ms to 30 s: an idle gateway admits at once, a busy one within
+/// the queue wait (10 s by default, at most the port's request timeout).
+const ADMISSION_WAIT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The writes at the door: refused (by why), waiting, in flight, and how long they waited.
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    /// Refused because the writes in flight and the queue were full.
+    pub refused_queue_full: IntCounter,
+    /// Refused after waiting `admission.max_queue_wait_ms` without their turn.
+    pub refused_queue_wait: IntCounter,
+    pub waiting: IntGauge,
+    pub in_flight: IntGauge,
+    /// How long each write waited for its turn (admitted or not; 0 when admitted at once).
+    pub wait: Histogram,
+}
+
+impl AdmissionMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "marina_gateway_writes_refused_total",
+                "App writes refused at the door (HTTP 429, gRPC RESOURCE_EXHAUSTED), by reason: queue_full, queue_wait.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("static metric");
+        let wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "marina_gateway_write_admission_wait_seconds",
+                "Time app writes waited for their turn (admitted or refused after waiting).",
+            )
+            .buckets(ADMISSION_WAIT_BUCKETS.to_vec()),
+        )
+        .expect("static metric");
+        let admission = Self {
+            // Both series exist from the start, so a rate over them needs no first refusal.
+            refused_queue_full: refused.with_label_values(&["queue_full"]),
+            refused_queue_wait: refused.with_label_values(&["queue_wait"]),
+            waiting: gauge("marina_gateway_writes_waiting", "App writes waiting for their turn."),
+            in_flight: gauge("marina_gateway_writes_in_flight", "App writes being carried out."),
+            wait,
+        };
+        metrics.register(refused);
+        metrics.register(admission.waiting.clone());
+        metrics.register(admission.in_flight.clone());
+        metrics.register(admission.wait.clone());
+        admission
     }
 }
 

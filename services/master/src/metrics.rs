@@ -24,6 +24,9 @@ pub struct MasterMetrics {
     pub allocation_seconds: Histogram,
     pub accept_seconds: Histogram,
     pub elections_won: IntCounter,
+    /// Time this master's liveness rounds ran late: when it could not hear its agents.
+    pub stalled_seconds: prometheus::Counter,
+    pub agents_marked_unreachable: IntCounter,
 }
 
 impl MasterMetrics {
@@ -79,6 +82,20 @@ impl MasterMetrics {
                 "Time to validate and launch one accept.",
             ),
             elections_won: counter("marina_master_elections_won_total", "Leaderships this master took."),
+            agents_marked_unreachable: counter(
+                "marina_master_agents_marked_unreachable_total",
+                "Agents this master marked unreachable (silent too long, or not back after a failover).",
+            ),
+            stalled_seconds: {
+                let counter = prometheus::Counter::new(
+                    "marina_master_stalled_seconds_total",
+                    "Time this master was too busy to hear its agents (its liveness rounds ran late); not counted \
+                     as their silence.",
+                )
+                .expect("static metric");
+                metrics.register(counter.clone());
+                counter
+            },
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //!   marina-bench coord [--systems marina,etcd,zookeeper] [--clients 1,16,64] [--seconds 5]
 //!   marina-bench zk-election [--rounds 3]
-//!   marina-bench placement [--agents 1000] [--tasks 100000] [--apps N]
+//!   marina-bench placement [--agents 1000] [--tasks 100000] [--apps N] [--runs 5] [--stress 2]
 //!   marina-bench failover [--rounds 20] [--agents 3]
 //!   marina-bench start [--runs 20]
 //!   marina-bench footprint [--agents 1000] [--keys 100000]
@@ -13,6 +13,7 @@ mod daemon;
 mod etcd;
 mod failover;
 mod footprint;
+mod heap;
 mod placement;
 mod report;
 mod start;
@@ -22,6 +23,11 @@ mod zk_election;
 mod zookeeper;
 
 use clap::{Parser, Subcommand};
+
+/// Heap bytes per service for `placement` (see [`heap`]), with `--features heap-profile`.
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOCATOR: heap::TaggingAllocator = heap::TaggingAllocator;
 
 #[derive(Parser)]
 #[command(name = "marina-bench", about = "Marina's benchmarks")]

@@ -15,6 +15,12 @@
 //! gives each task's `startedAt` — when the gateway first saw it RUNNING — from which come
 //! the per-task latency (its app's submission → RUNNING) and the rate (tasks / (last
 //! RUNNING − first submission)).
+//!
+//! Around that: a calibration line (one client's coord write rate, so runs on different VMs
+//! compare), the services' health counters (elections, session expiries, agents marked
+//! unreachable: load must cause none), heap per service ([`heap`]) and coord's disk use.
+//! `--runs N` repeats on fresh clusters and prints the spread; `--stress N` runs
+//! `stress-ng --cpu N` beside.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +36,8 @@ use marina_tests::{CoordCluster, TestCa, eventually};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+use crate::heap;
 
 /// tmpfs, for the hollow agents' work dirs.
 const SHM: &str = "/dev/shm";
@@ -59,6 +67,13 @@ pub struct Args {
     /// `warn,marina_master=info`) to stderr. Default: no logs.
     #[arg(long)]
     log: Option<String>,
+    /// Runs, each on a fresh cluster; with more than one, a last line gives the spread.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Also run `stress-ng --cpu N` beside the cluster for the whole benchmark (CPU load
+    /// from outside, as on a shared host). `scripts/setup-bench` installs stress-ng.
+    #[arg(long, value_name = "N")]
+    stress: Option<usize>,
 }
 
 /// An app to submit: its id and instance count.
@@ -112,6 +127,7 @@ fn now_millis() -> i64 {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.agents > 0 && args.tasks > 0, "--agents and --tasks must be positive");
+    ensure!(args.runs > 0, "--runs must be positive");
     let specs = app_mix(args.tasks, args.apps.unwrap_or((args.tasks / 50).max(2)));
     let _telemetry = match &args.log {
         Some(level) => {
@@ -123,11 +139,57 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let _stress = args.stress.map(Stress::start).transpose()?;
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        if args.runs > 1 {
+            println!("run {run} of {}", args.runs);
+        }
+        runs.push(run_once(&args, &specs).await?);
+    }
+    if args.runs > 1 {
+        print_spread(&runs);
+    }
+    Ok(())
+}
+
+/// What one run measured.
+struct RunResult {
+    tasks_per_second: f64,
+    p99_ms: i64,
+    /// Load-caused trouble: leader changes, session expiries, agents marked unreachable.
+    disturbances: u64,
+}
+
+/// The last line of a multi-run benchmark: each figure's spread over the runs.
+fn print_spread(runs: &[RunResult]) {
+    let spread = |values: Vec<f64>| {
+        let mut values = values;
+        values.sort_by(f64::total_cmp);
+        let median = values[values.len() / 2];
+        (values[0], median, values[values.len() - 1])
+    };
+    let (rate_min, rate_median, rate_max) = spread(runs.iter().map(|r| r.tasks_per_second).collect());
+    let (p99_min, p99_median, p99_max) = spread(runs.iter().map(|r| r.p99_ms as f64).collect());
+    let met = runs.iter().filter(|r| r.tasks_per_second >= TARGET_TASKS_PER_SEC).count();
+    let disturbed = runs.iter().filter(|r| r.disturbances > 0).count();
+    println!(
+        "spread: {} runs: tasks/s min {rate_min:.0} / median {rate_median:.0} / max {rate_max:.0} \
+         (≥ {TARGET_TASKS_PER_SEC:.0} in {met} of {}); p99 submit→RUNNING min {p99_min:.0} / median \
+         {p99_median:.0} / max {p99_max:.0} ms; {disturbed} runs with a leader change, session expiry or \
+         unreachable agent",
+        runs.len(),
+        runs.len(),
+    );
+}
+
+async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     // Hollow agents keep their checkpoints (every task and status update, fsync'd) in memory
     // when they can: otherwise this measures the disk's fsync latency, not placement. Coord
     // keeps its Raft log on disk, as in production.
     let agent_dirs = if Path::new(SHM).is_dir() { tempfile::tempdir_in(SHM)? } else { tempfile::tempdir()? };
     let agent_root = agent_dirs.path().to_owned();
+    let peaks = heap::PeakSampler::start()?;
     let started = Instant::now();
     let cluster = Cluster::start(args.agents, &agent_root).await?;
     let base = format!("http://{}", cluster.gateway_address);
@@ -141,26 +203,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         agent_dirs.path().display(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     );
+    println!("{}", cluster.calibration);
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let operator = marina_tests::tls::http_client(&cluster.ca.operator());
+    let health_before = Health::read(&cluster, &http, &operator).await?;
+    let heap_before = heap::live();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
 
     // Submit every app, `concurrency` at a time, remembering when each was sent.
     let first_submit = now_millis();
     let submit_started = Instant::now();
+    let retries = std::sync::atomic::AtomicUsize::new(0);
     let submitted: Vec<(String, i64)> = futures::stream::iter(specs.iter())
-        .map(|spec| {
-            let http = http.clone();
-            let url = format!("{base}/v2/apps");
-            async move {
-                let sent = now_millis();
-                let response = http.post(url).json(&app_json(spec)).send().await?;
-                let status = response.status();
-                if !status.is_success() {
-                    bail!("POST /v2/apps {}: {status}: {}", spec.id, response.text().await.unwrap_or_default());
-                }
-                Ok((spec.id.clone(), sent))
-            }
-        })
+        .map(|spec| submit(&http, &base, spec, &retries))
         .buffer_unordered(args.concurrency.max(1))
         .collect::<Vec<anyhow::Result<_>>>()
         .await
@@ -169,8 +224,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let submit_seconds = submit_started.elapsed().as_secs_f64();
     let submitted: HashMap<String, i64> = submitted.into_iter().collect();
 
-    let operator = marina_tests::tls::http_client(&cluster.ca.operator());
     wait_all_running(&http, &base, (&cluster.master_address, &operator), args.tasks, deadline).await?;
+    let heap_running = heap::live();
 
     // Every task's startedAt, from the gateway's own record.
     let apps: Value = http
@@ -200,26 +255,257 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    drop(apps);
     for row in &mut rows {
         row.latencies_ms.sort_unstable();
     }
     let running = rows[2].latencies_ms.len();
     ensure!(running == args.tasks, "{running} tasks have a startedAt, {} were submitted", args.tasks);
     print_table(&rows, first_submit);
+    let health = Health::read(&cluster, &http, &operator).await?.since(&health_before);
+    println!("health: {health}");
+    if cfg!(feature = "heap-profile") {
+        print_memory(&heap_before, &heap_running, &peaks.peaks(), args.tasks, args.agents);
+    } else {
+        println!("heap per service: not counted (build marina-bench with --features heap-profile)");
+    }
+    print_process_memory();
+    print_coord_disk(&cluster);
     let seconds = (last_running - first_submit).max(1) as f64 / 1000.0;
     let rate = args.tasks as f64 / seconds;
+    let p99_ms = rows[2].quantile(0.99);
     println!(
         "summary: {} tasks in {} apps on {} sim agents RUNNING in {seconds:.1}s: {rate:.0} tasks/s \
-         (target ≥ {TARGET_TASKS_PER_SEC:.0}: {}), p99 submit→RUNNING {} ms; submitting took {submit_seconds:.1}s",
+         (target ≥ {TARGET_TASKS_PER_SEC:.0}: {}), p99 submit→RUNNING {p99_ms} ms; submitting took \
+         {submit_seconds:.1}s ({} retried after 429/503); {} disturbances",
         args.tasks,
         specs.len(),
         args.agents,
         if rate >= TARGET_TASKS_PER_SEC { "met" } else { "NOT met" },
-        rows[2].quantile(0.99),
+        retries.load(std::sync::atomic::Ordering::Relaxed),
+        health.disturbances(),
     );
     drop(cluster);
     drop(agent_dirs);
-    Ok(())
+    Ok(RunResult { tasks_per_second: rate, p99_ms, disturbances: health.disturbances() })
+}
+
+/// `POST /v2/apps` for one app; on 429 or 503 waits as `Retry-After` says (as Marathon's
+/// clients do) and tries again. Returns the app's id and when it was first sent.
+async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    spec: &AppSpec,
+    retries: &std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<(String, i64)> {
+    let sent = now_millis();
+    let body = app_json(spec);
+    for _ in 0..MAX_SUBMIT_ATTEMPTS {
+        let response = http.post(format!("{base}/v2/apps")).json(&body).send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok((spec.id.clone(), sent));
+        }
+        if status != reqwest::StatusCode::TOO_MANY_REQUESTS && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            bail!("POST /v2/apps {}: {status}: {}", spec.id, response.text().await.unwrap_or_default());
+        }
+        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait.clamp(1, 30))).await;
+    }
+    bail!("POST /v2/apps {}: still refused after {MAX_SUBMIT_ATTEMPTS} attempts", spec.id)
+}
+
+/// A submission refused this often (429/503) fails the run.
+const MAX_SUBMIT_ATTEMPTS: usize = 20;
+
+/// `stress-ng --cpu N`, running until dropped.
+struct Stress(std::process::Child);
+
+impl Stress {
+    fn start(workers: usize) -> anyhow::Result<Self> {
+        let child = std::process::Command::new("stress-ng")
+            .args(["--cpu", &workers.to_string(), "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting stress-ng (scripts/setup-bench installs it)")?;
+        println!("stress: stress-ng --cpu {workers} running beside the cluster (pid {})", child.id());
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Stress {
+    fn drop(&mut self) {
+        // SIGTERM, so stress-ng stops its workers too (SIGKILL would orphan them).
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// Counters that show the cluster's own load disturbing it, read from every service's
+/// `/metrics` before and after the run.
+#[derive(Default)]
+struct Health {
+    /// Raft term of each coord node: a change is an election.
+    coord_terms: Vec<f64>,
+    coord_sessions_expired: f64,
+    master_elections: f64,
+    agents_marked_unreachable: f64,
+    master_stalled_seconds: f64,
+    /// The scheduler (the gateway) read events too slowly, its queue filled and it had to
+    /// subscribe again and reconcile: a hiccup, not a failure.
+    scheduler_overflows: f64,
+    gateway_elections: f64,
+}
+
+impl Health {
+    async fn read(cluster: &Cluster, http: &reqwest::Client, operator: &reqwest::Client) -> anyhow::Result<Self> {
+        let get = |client: &reqwest::Client, url: String| {
+            let request = client.get(url);
+            async move { anyhow::Ok(request.send().await?.error_for_status()?.text().await?) }
+        };
+        let mut health = Health::default();
+        for id in cluster.coord.ids() {
+            let text = get(operator, format!("https://{}/metrics", cluster.coord.address(id))).await?;
+            health.coord_terms.push(metric(&text, "marina_coord_term"));
+            health.coord_sessions_expired += metric(&text, "marina_coord_sessions_expired_total");
+        }
+        let master = get(operator, format!("https://{}/metrics", cluster.master_address)).await?;
+        health.master_elections = metric(&master, "marina_master_elections_won_total");
+        health.agents_marked_unreachable = metric(&master, "marina_master_agents_marked_unreachable_total");
+        health.master_stalled_seconds = metric(&master, "marina_master_stalled_seconds_total");
+        health.scheduler_overflows = metric(&master, "marina_master_scheduler_overflows_total");
+        let gateway = get(http, format!("http://{}/metrics", cluster.gateway_address)).await?;
+        health.gateway_elections = metric(&gateway, "marina_gateway_elections_won_total");
+        Ok(health)
+    }
+
+    /// What changed since `before`.
+    fn since(&self, before: &Health) -> Health {
+        Health {
+            coord_terms: self.coord_terms.iter().zip(&before.coord_terms).map(|(now, then)| now - then).collect(),
+            coord_sessions_expired: self.coord_sessions_expired - before.coord_sessions_expired,
+            master_elections: self.master_elections - before.master_elections,
+            agents_marked_unreachable: self.agents_marked_unreachable - before.agents_marked_unreachable,
+            master_stalled_seconds: self.master_stalled_seconds - before.master_stalled_seconds,
+            scheduler_overflows: self.scheduler_overflows - before.scheduler_overflows,
+            gateway_elections: self.gateway_elections - before.gateway_elections,
+        }
+    }
+
+    /// Elections, expiries and agents lost: each one the load's doing (nothing failed).
+    fn disturbances(&self) -> u64 {
+        let elections = self.coord_terms.iter().copied().fold(0.0, f64::max);
+        (elections
+            + self.coord_sessions_expired
+            + self.master_elections
+            + self.agents_marked_unreachable
+            + self.gateway_elections) as u64
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "coord elections {:.0}, coord sessions expired {:.0}, agents marked unreachable {:.0}, \
+             master leaderships {:.0}, gateway leaderships {:.0}; the master stalled {:.1}s in all; the \
+             gateway's event queue overflowed {:.0} times",
+            self.coord_terms.iter().copied().fold(0.0, f64::max),
+            self.coord_sessions_expired,
+            self.agents_marked_unreachable,
+            self.master_elections,
+            self.gateway_elections,
+            self.master_stalled_seconds,
+            self.scheduler_overflows,
+        )
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text page (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Heap per service: before submission, with every task running (and the bytes per task
+/// that added), and the sampled peak.
+fn print_memory(before: &[i64; 5], running: &[i64; 5], peaks: &[i64; 5], tasks: usize, agents: usize) {
+    let mb = |bytes: i64| bytes as f64 / (1 << 20) as f64;
+    println!("{:<22} {:>12} {:>12} {:>10} {:>11}", "heap", "before MB", "running MB", "peak MB", "bytes/task");
+    for service in heap::Service::ALL {
+        let index = service as usize;
+        let name = match service {
+            heap::Service::Coord => "coord (3 nodes)".to_owned(),
+            heap::Service::Agents => format!("agents ({agents})"),
+            heap::Service::Bench => "bench client".to_owned(),
+            other => other.name().to_owned(),
+        };
+        println!(
+            "{name:<22} {:>12.1} {:>12.1} {:>10.1} {:>11.0}",
+            mb(before[index]),
+            mb(running[index]),
+            mb(peaks[index]),
+            (running[index] - before[index]) as f64 / tasks as f64,
+        );
+    }
+}
+
+/// The whole process's resident memory: every service and the bench together.
+fn print_process_memory() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|line| line.strip_prefix(name)).map_or("?".to_owned(), |v| v.trim().to_owned())
+    };
+    println!("process: VmRSS {}, VmHWM {} (all services and the bench together)", field("VmRSS:"), field("VmHWM:"));
+}
+
+/// Each coord node's Raft log and snapshot on disk.
+fn print_coord_disk(cluster: &Cluster) {
+    let rows: Vec<String> = cluster
+        .coord
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let (log, snapshot, other) = disk_usage(cluster.coord.data_dir(id));
+            format!(
+                "node {id} log {:.1} MB, snapshot {:.1} MB, other {:.1} MB",
+                log as f64 / 1e6,
+                snapshot as f64 / 1e6,
+                other as f64 / 1e6
+            )
+        })
+        .collect();
+    println!("coord disk: {}", rows.join("; "));
+}
+
+/// Bytes under `dir`: in a `log` directory, in a `snapshot` directory, elsewhere.
+fn disk_usage(root: &Path) -> (u64, u64, u64) {
+    let mut totals = (0, 0, 0);
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else { continue };
+            let path = entry.path();
+            if metadata.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let under = |name: &str| relative.components().any(|c| c.as_os_str() == name);
+            match (under("log"), under("snapshot")) {
+                (true, _) => totals.0 += metadata.len(),
+                (_, true) => totals.1 += metadata.len(),
+                _ => totals.2 += metadata.len(),
+            }
+        }
+    }
+    totals
 }
 
 /// Coord, master, gateway and agents, each the production `spawn`, in this process (as
@@ -233,8 +519,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 struct Cluster {
     /// Coord, master, gateway, agents. First, so they stop before the directories go.
     _runtimes: ServiceRuntimes,
-    /// Held for its drop: stops the coord nodes and removes their data.
-    _coord: CoordCluster,
+    /// Stops the coord nodes and removes their data when dropped.
+    coord: CoordCluster,
+    /// This machine's speed, measured on the cluster's coord before anything else ran.
+    calibration: String,
     gateway_address: std::net::SocketAddr,
     master_address: std::net::SocketAddr,
     ca: TestCa,
@@ -257,10 +545,13 @@ impl Drop for ServiceRuntimes {
 }
 
 /// A runtime for one service, with as many workers as tokio gives a process by default here
-/// (one per core); its threads are named after the service (`coord-0` in `top -H`).
-fn service_runtime(name: &'static str, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+/// (one per core); its threads are named after the service (`coord-0` in `top -H`), and
+/// what they allocate is counted as the service's ([`heap`]).
+fn service_runtime(service: heap::Service, workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let name = service.name();
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .on_thread_start(move || heap::set_thread_service(service))
         .thread_name_fn(move || {
             static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             format!("{name}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
@@ -301,12 +592,13 @@ where
 impl Cluster {
     async fn start(agents: usize, agent_root: &Path) -> anyhow::Result<Self> {
         let runtimes = ServiceRuntimes(vec![
-            service_runtime("coord", 2)?,
-            service_runtime("master", 2)?,
-            service_runtime("gateway", 2)?,
-            service_runtime("agents", 2)?,
+            service_runtime(heap::Service::Coord, 2)?,
+            service_runtime(heap::Service::Master, 2)?,
+            service_runtime(heap::Service::Gateway, 2)?,
+            service_runtime(heap::Service::Agents, 2)?,
         ]);
         let coord = on(&runtimes.0[0], CoordCluster::start(3)).await;
+        let calibration = calibrate(&coord).await?;
         let url = CoordUrl { root: "/marina".into(), ..coord.url() };
         let ca = coord.ca().clone();
         let dir = tempfile::tempdir()?;
@@ -365,7 +657,7 @@ impl Cluster {
             })
             .await?;
         let cluster =
-            Self { _runtimes: runtimes, _coord: coord, gateway_address, master_address, ca, shutdowns, _dir: dir };
+            Self { _runtimes: runtimes, coord, calibration, gateway_address, master_address, ca, shutdowns, _dir: dir };
         // Registration of 1,000 agents is 1,000 coord writes: allow for it.
         let timeout = Duration::from_secs(30 + agents as u64 / 20);
         eventually(timeout, &format!("{agents} agents active on the leading master"), || async {
@@ -379,6 +671,34 @@ impl Cluster {
         .await;
         Ok(cluster)
     }
+}
+
+/// How long [`calibrate`] writes.
+const CALIBRATION: Duration = Duration::from_secs(2);
+
+/// The machine's speed in the terms that bound placement: one client's sequential writes to
+/// the 3-node coord quorum (each a Raft commit, fsync'd on a majority), before anything else
+/// runs. Runs on different VMs compare through it.
+async fn calibrate(coord: &CoordCluster) -> anyhow::Result<String> {
+    let client = coord.client();
+    let value = bytes::Bytes::from(vec![b'x'; 256]);
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < CALIBRATION {
+        let sent = Instant::now();
+        client.put(&format!("/calibration/{}", latencies.len() % 100), value.clone()).await?;
+        latencies.push(sent.elapsed());
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    Ok(format!(
+        "calibration: {cores} cores; coord single-client writes {rate:.0}/s (p50 {:.2} ms, p99 {:.2} ms), \
+         3 nodes in this process, Raft log in {}",
+        latencies[latencies.len() / 2].as_secs_f64() * 1e3,
+        latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3,
+        coord.data_dir(1).parent().unwrap_or(coord.data_dir(1)).display(),
+    ))
 }
 
 impl Drop for Cluster {

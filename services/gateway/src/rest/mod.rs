@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Gateway;
+use crate::admission::Refused;
 use crate::app;
 use crate::apps::{Apps, AppsError};
 use crate::leader::{DeployError, Deployed};
@@ -143,8 +144,17 @@ impl IntoResponse for AppsError {
             AppsError::NoTask(_) | AppsError::NoVersion { .. } | AppsError::NoGroup(_) | AppsError::NotQueued(_) => {
                 message(StatusCode::NOT_FOUND, self.to_string())
             }
+            AppsError::Overloaded(refused) => overloaded(&refused),
         }
     }
+}
+
+/// A write refused at the door: 429 with `Retry-After` in whole seconds, which Marathon's
+/// clients wait out before they retry (a standby passes both through from its leader).
+fn overloaded(refused: &Refused) -> Response {
+    let mut response = message(StatusCode::TOO_MANY_REQUESTS, refused.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after().as_secs()));
+    response
 }
 
 impl From<AppsError> for Response {
@@ -328,6 +338,17 @@ mod tests {
     fn read(query: &str) -> Result<Flags, String> {
         let uri: axum::http::Uri = format!("/v2/apps?{query}").parse().unwrap();
         Query::<Flags>::try_from_uri(&uri).map(|Query(flags)| flags).map_err(|e| e.body_text())
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_is_a_429_with_retry_after_and_marathons_error_body() {
+        let refused = Refused::QueueFull { in_flight: 4, queued: 8, retry_after: std::time::Duration::from_secs(3) };
+        let response = AppsError::from(refused.clone()).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, json!({ "message": refused.to_string() }));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use marina_proto::agent::v1::{AgentInfo, TaskInfo, TaskReport, TaskState, TaskStatus};
 use marina_proto::master::v1::{self as pb, master_message, scheduler_event};
-use tokio::time::Instant;
 
 use super::{
     AgentRecord, AgentSender, AgentStatus, Inner, LeaderState, TaskRecord, is_terminal, master_status, reconciled,
@@ -102,7 +101,8 @@ impl LeaderState {
         for task_id in tasks.keys() {
             inner.task_index.add(task_id, &agent_id);
         }
-        inner.agents.insert(agent_id.clone(), AgentRecord::new(info, status, Some((link_id, link)), tasks));
+        let heard = inner.stalls.heard_now();
+        inner.agents.insert(agent_id.clone(), AgentRecord::new(info, status, Some((link_id, link)), tasks, heard));
         // Explicit reconciliations that waited for this agent.
         let pending = inner.pending_reconcile.remove(&agent_id).unwrap_or_default();
         let mut answers = Vec::new();
@@ -116,11 +116,12 @@ impl LeaderState {
     }
 
     pub(crate) fn heartbeat(&self, agent_id: &str, link_id: u64) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         if let Some(agent) = inner.agents.get_mut(agent_id)
             && agent.link.as_ref().is_some_and(|(id, _)| *id == link_id)
         {
-            agent.last_heartbeat = Instant::now();
+            agent.heard = inner.stalls.heard_now();
         }
     }
 

@@ -43,6 +43,7 @@ mod offers;
 mod operators;
 
 pub use self::agents::check_agent;
+use self::liveness::{Heard, Stalls};
 pub use self::offers::{MAX_REFUSE, refusal};
 
 pub type AgentSender = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
@@ -88,7 +89,8 @@ struct AgentRecord {
     info: AgentInfo,
     status: AgentStatus,
     link: Option<(u64, AgentSender)>,
-    last_heartbeat: Instant,
+    /// When a message last came on its link (any message is a sign of life).
+    heard: Heard,
     tasks: HashMap<String, TaskRecord>,
     /// What the live tasks use, worked out again only after `tasks` changed: every
     /// allocation round (10 a second) needs it for every agent, and summing 100,000 tasks
@@ -104,13 +106,15 @@ struct Usage {
 }
 
 impl AgentRecord {
+    /// `heard`: now, as [`Stalls::heard_now`] marks it.
     fn new(
         info: AgentInfo,
         status: AgentStatus,
         link: Option<(u64, AgentSender)>,
         tasks: HashMap<String, TaskRecord>,
+        heard: Heard,
     ) -> Self {
-        Self { info, status, link, last_heartbeat: Instant::now(), tasks, usage: None }
+        Self { info, status, link, heard, tasks, usage: None }
     }
 
     /// A task was added, removed or changed state.
@@ -182,6 +186,8 @@ struct Inner {
     pending_reconcile: HashMap<String, Vec<(String, String)>>,
     /// Kept in step with every agent's `tasks`.
     task_index: TaskIndex,
+    /// How long this master was too busy to hear its agents: not counted as their silence.
+    stalls: Stalls,
 }
 
 pub struct LeaderState {
@@ -249,7 +255,8 @@ impl LeaderState {
         let now = Instant::now();
         let mut inner = Inner::default();
         for info in agents {
-            let record = AgentRecord::new(info, AgentStatus::Reregistering, None, HashMap::new());
+            let heard = inner.stalls.heard_now();
+            let record = AgentRecord::new(info, AgentStatus::Reregistering, None, HashMap::new(), heard);
             inner.agents.insert(record.info.agent_id.clone(), record);
         }
         for info in frameworks {

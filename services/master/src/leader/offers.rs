@@ -340,7 +340,7 @@ mod tests {
     fn agent(id: &str, status: AgentStatus, linked: bool) -> AgentRecord {
         let info = AgentInfo { agent_id: id.into(), resources: Some(resources(4.0, 4096.0)), ..Default::default() };
         let link = linked.then(|| (1, tokio::sync::mpsc::unbounded_channel().0));
-        AgentRecord::new(info, status, link, HashMap::new())
+        AgentRecord::new(info, status, link, HashMap::new(), crate::leader::Stalls::default().heard_now())
     }
 
     fn task(id: &str, framework: &str, cpus: f64, state: TaskState) -> (String, TaskRecord) {

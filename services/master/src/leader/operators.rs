@@ -41,7 +41,7 @@ impl LeaderState {
                 info: Some(agent.info.clone()),
                 status: agent.status.as_str().into(),
                 used: Some(used(agent)),
-                last_heartbeat: now_seconds() - agent.last_heartbeat.elapsed().as_secs_f64(),
+                last_heartbeat: now_seconds() - agent.heard.at.elapsed().as_secs_f64(),
             })
             .collect();
         let frameworks = inner
