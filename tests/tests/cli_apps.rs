@@ -3,7 +3,8 @@
 //! deploying from a file and following the deployment to its end, scaling, restarting,
 //! rolling back, deleting, task output (once and followed), a crash-looping app ending by
 //! its timeout with its failure printed, a deployment cancelled, the gateway's validation
-//! errors, and the same through a standby gateway. Exit codes are the contract scripts use:
+//! errors, the same through a standby gateway, and a busy gateway (429) asked again after its
+//! `Retry-After`. Exit codes are the contract scripts use:
 //! 0 done, 1 error, 3 deployment failed, 4 timed out.
 
 use std::process::{Output, Stdio};
@@ -442,4 +443,55 @@ async fn a_standby_gateway_with_credentials_serves_the_cli() {
     let leader_address = cluster.gateways[leader].address.to_string();
     assert!(said.contains(&format!("leader: {leader_address}")), "{said}");
     assert!(said.contains("a standby"), "{said}");
+}
+
+/// A gateway too busy for a write (its write queue full: 429 with `Retry-After`) has
+/// changed nothing, so the CLI asks again after that long, as Marathon's clients do, and
+/// says so; once the write path is free the deploy goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_gateway_is_asked_again_after_its_retry_after() {
+    let limits =
+        marina_gateway::AdmissionLimits { max_inflight_writes: 1, max_queued_writes: 0, max_queue_wait_ms: 1_000 };
+    let cluster = MarinaCluster::builder()
+        .masters(1)
+        .agents(1)
+        .gateways(1)
+        .gateway_config(move |config| config.admission = limits)
+        .start()
+        .await;
+    let gateway_url = cluster.gateway_url(0);
+    let cli = Cli::new(gateway_url.clone());
+    let gateway = cluster.gateways[0].handle.as_ref().unwrap().gateway.clone();
+    // The only write slot held by the test: every write is refused at once.
+    let held = gateway.admission.admit().await.expect("the write path is free");
+
+    let dir = TestDir::new();
+    let file = app_file(
+        &dir,
+        "busy.json",
+        &json!({"id": "/busy", "cmd": "sleep 1000", "instances": 0, "cpus": 0.1, "mem": 32}),
+    );
+    let mut child = cli
+        .command(&["app", "deploy", &file, "--no-wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let busy = tokio::time::timeout(WAIT, async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("the gateway is busy (429): trying again in") {
+                return line;
+            }
+        }
+        panic!("marina ended without saying the gateway was busy");
+    })
+    .await
+    .expect("the CLI to be refused and say so");
+    assert!(app(&gateway_url, "/busy").await.is_none(), "a refused write changed nothing ({busy})");
+
+    drop(held);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    assert!(output.status.success(), "marina app deploy: {:?}\n{}", output.status, text(&output.stdout));
+    assert!(app(&gateway_url, "/busy").await.is_some(), "deployed once the write path was free");
 }

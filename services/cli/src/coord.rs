@@ -127,6 +127,10 @@ pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CoordCommand::Create { ephemeral, sequential, path, value } => {
+            // Listening for Ctrl-C from before the node exists: a SIGINT that came between
+            // its creation and a later listener would kill the command with the session
+            // unclosed, leaving the node for the TTL.
+            let mut interrupt = interrupt_listener()?;
             let session = if ephemeral {
                 Some(client.create_session(Duration::from_secs(10), Duration::from_secs(1)).await?)
             } else {
@@ -138,7 +142,7 @@ pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
             if let Some(session) = session {
                 eprintln!("holding session {} for the ephemeral node; Ctrl-C releases it", session.id());
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = interrupt.recv() => {}
                     () = session.lost() => bail!("session {} was lost", session.id()),
                 }
                 session.close().await?;
@@ -156,12 +160,13 @@ pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CoordCommand::Watch { path, from_revision, exact } => {
+            let mut interrupt = interrupt_listener()?;
             let mut watch = client.watch(&path, !exact, from_revision.unwrap_or(0)).await?;
             eprintln!("watching {path} (established at revision {})", watch.established_at);
             loop {
                 let change = tokio::select! {
                     change = watch.next() => change,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = interrupt.recv() => return Ok(()),
                 };
                 let Some(change) = change else { return Ok(()) };
                 let change = change?;
@@ -306,4 +311,9 @@ fn print_members(members: &[marina_coord_client::Member], json: bool) {
     for member in members {
         println!("{:<4} {:<22} {}", member.id, member.address, member.kind);
     }
+}
+
+/// Ctrl-C (SIGINT), heard from now on: once listened for, it no longer kills the process.
+fn interrupt_listener() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("listening for Ctrl-C")
 }
