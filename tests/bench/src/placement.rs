@@ -189,7 +189,8 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     // keeps its Raft log on disk, as in production.
     let agent_dirs = if Path::new(SHM).is_dir() { tempfile::tempdir_in(SHM)? } else { tempfile::tempdir()? };
     let agent_root = agent_dirs.path().to_owned();
-    let peaks = heap::PeakSampler::start()?;
+    // Only with the tagging allocator is there anything to sample.
+    let peaks = if cfg!(feature = "heap-profile") { Some(heap::PeakSampler::start()?) } else { None };
     let started = Instant::now();
     let cluster = Cluster::start(args.agents, &agent_root).await?;
     let base = format!("http://{}", cluster.gateway_address);
@@ -264,7 +265,7 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     print_table(&rows, first_submit);
     let health = Health::read(&cluster, &http, &operator).await?.since(&health_before);
     println!("health: {health}");
-    if cfg!(feature = "heap-profile") {
+    if let Some(peaks) = &peaks {
         print_memory(&heap_before, &heap_running, &peaks.peaks(), args.tasks, args.agents);
     } else {
         println!("heap per service: not counted (build marina-bench with --features heap-profile)");
@@ -398,10 +399,14 @@ impl Health {
         }
     }
 
+    /// Coord elections: the largest term change of any node.
+    fn coord_elections(&self) -> f64 {
+        self.coord_terms.iter().copied().fold(0.0, f64::max)
+    }
+
     /// Elections, expiries and agents lost: each one the load's doing (nothing failed).
     fn disturbances(&self) -> u64 {
-        let elections = self.coord_terms.iter().copied().fold(0.0, f64::max);
-        (elections
+        (self.coord_elections()
             + self.coord_sessions_expired
             + self.master_elections
             + self.agents_marked_unreachable
@@ -416,7 +421,7 @@ impl std::fmt::Display for Health {
             "coord elections {:.0}, coord sessions expired {:.0}, agents marked unreachable {:.0}, \
              master leaderships {:.0}, gateway leaderships {:.0}; the master stalled {:.1}s in all; the \
              gateway's event queue overflowed {:.0} times",
-            self.coord_terms.iter().copied().fold(0.0, f64::max),
+            self.coord_elections(),
             self.coord_sessions_expired,
             self.agents_marked_unreachable,
             self.master_elections,

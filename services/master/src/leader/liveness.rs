@@ -49,18 +49,17 @@ impl LeaderState {
             }
             self.metrics.stalled_seconds.inc_by(stalled.as_secs_f64());
             let stalls = &inner.stalls;
-            let mut silent: Vec<(String, Duration)> = inner
-                .agents
-                .iter()
-                .filter(|(_, agent)| matches!(agent.status, AgentStatus::Active | AgentStatus::Draining))
-                .map(|(agent_id, agent)| (agent_id.clone(), agent.heard.silence(now, stalls)))
-                .filter(|(_, silence)| *silence > timeout)
-                .collect();
-            let live = inner
-                .agents
-                .values()
-                .filter(|a| matches!(a.status, AgentStatus::Active | AgentStatus::Draining))
-                .count();
+            let mut live = 0;
+            let mut silent: Vec<(String, Duration)> = Vec::new();
+            for (agent_id, agent) in &inner.agents {
+                if matches!(agent.status, AgentStatus::Active | AgentStatus::Draining) {
+                    live += 1;
+                    let silence = agent.heard.silence(now, stalls);
+                    if silence > timeout {
+                        silent.push((agent_id.clone(), silence));
+                    }
+                }
+            }
             let marks = marked.round(now, timeout);
             let longest = silent.iter().map(|(_, silence)| *silence).max().unwrap_or_default();
             let verdict = judge(Population { live, silent: silent.len(), longest, marks }, timeout);
