@@ -267,7 +267,7 @@ impl Endpoint {
             .layer(axum::middleware::from_fn_with_state(Arc::new(Bounds::new(self.limits, self.unbounded)), bound))
             .layer(axum::middleware::from_fn_with_state(self.metrics, crate::metrics::record));
         tracing::debug!(service = self.service, "endpoint built");
-        (Port { router, tls: self.tls, client_certificate_required }, health)
+        (Port { router, tls: self.tls, client_certificate_required, limits: self.limits }, health)
     }
 }
 
@@ -276,6 +276,7 @@ pub struct Port {
     pub router: Router,
     tls: Option<Arc<Tls>>,
     client_certificate_required: bool,
+    limits: ServerLimits,
 }
 
 /// Who may call a path.
@@ -365,36 +366,90 @@ async fn check_access(State(access): State<Arc<Access>>, request: Request, next:
 }
 
 /// Serves `port` on `listener` until `shutdown` fires, then drains for at most
-/// [`DRAIN_TIMEOUT`]. Every request knows the connection it came on: its [`Caller`] (who,
-/// over TLS) and its peer address, the latter both as axum's `ConnectInfo` and as tonic's
-/// `TcpConnectInfo`, so gRPC handlers read it with `Request::remote_addr()` (coord counts
-/// watches per client).
+/// [`DRAIN_TIMEOUT`] (connections still open then are closed). Every request knows the
+/// connection it came on: its [`Caller`] (who, over TLS) and its peer address, the latter
+/// both as axum's `ConnectInfo` and as tonic's `TcpConnectInfo`, so gRPC handlers read it
+/// with `Request::remote_addr()` (coord counts watches per client).
 pub async fn serve(listener: TcpListener, port: Port, shutdown: Shutdown) -> std::io::Result<()> {
-    use axum::extract::ConnectInfo;
-    let router = port.router.layer(axum::middleware::map_request(|mut request: Request| async move {
-        if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() {
-            let extensions = request.extensions_mut();
-            extensions.insert(ConnectInfo(peer.address));
-            extensions
-                .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer.address) });
-            extensions.insert(peer.caller);
-        }
-        request
-    }));
+    use axum::serve::Listener as _;
     if let Some(tls) = &port.tls {
         tls.watch(&shutdown);
     }
-    let listener = SecureListener::new(listener, port.tls, port.client_certificate_required)?;
-    let graceful = shutdown.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
-            tracing::warn!("drain timeout: closing remaining connections");
-            Ok(())
-        }
+    let mut listener = SecureListener::new(listener, port.tls, port.client_certificate_required)?;
+    let http = Arc::new(http_builder(&port.limits));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        // Reap the connections that ended, so the set holds only open ones.
+        while connections.try_join_next().is_some() {}
+        let service = connection_service(port.router.clone(), peer);
+        let (http, shutdown) = (http.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(io);
+            let connection = http.serve_connection_with_upgrades(io, service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => return log_connection_end(result),
+                () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            log_connection_end(connection.await);
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        tracing::warn!(open = connections.len(), "drain timeout: closing remaining connections");
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// How each connection is spoken: HTTP/1.1 or HTTP/2 as the client opens it.
+///
+/// HTTP/2 keeps hyper's rapid-reset guard (CVE-2023-44487: a client that opens streams and
+/// resets them at once makes the server queue work it never gets to do) but sizes it to the
+/// port: h2 closes a connection once more streams sit reset in its accept queue than
+/// `max_pending_accept_reset_streams`. Its default, 20, is for the open internet; here one
+/// connection carries a whole service's calls (a gateway's thousands of coord requests),
+/// and a busy server that accepts late sees its own cluster's callers give up on more than
+/// 20 requests at their deadlines — closing that connection expired the gateway's coord
+/// session and moved its leadership (3,000 agents in the placement bench). Allowing as
+/// many as the port serves at once keeps a flood bounded: the queue's reset streams still
+/// count against the connection's concurrent streams (hyper: 200), and streams refused
+/// beyond that trip h2's guard on locally reset streams, which closes the connection.
+fn http_builder(limits: &ServerLimits) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http2().max_pending_accept_reset_streams(limits.max_concurrent_requests);
+    builder
+}
+
+/// The port's router for one connection: every request carries the connection's peer.
+fn connection_service(
+    router: Router,
+    peer: Peer,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let mut request = request.map(Body::new);
+        let extensions = request.extensions_mut();
+        extensions.insert(axum::extract::ConnectInfo(peer.address));
+        extensions
+            .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(peer.address) });
+        extensions.insert(peer.caller.clone());
+        tower::ServiceExt::oneshot(router.clone(), request)
+    })
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        tracing::debug!("connection ended: {error}");
     }
 }
 
@@ -482,4 +537,60 @@ async fn not_found(request: Request) -> Response {
     }
     let body = serde_json::json!({ "message": format!("no route for {} {}", request.method(), request.uri().path()) });
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response().map(Body::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port serving only `/health`, on loopback; returns its address.
+    async fn serve_a_port(shutdown: &Shutdown) -> std::net::SocketAddr {
+        let (port, health) = Endpoint::new("test", Metrics::new("test")).build().await;
+        health.set_serving(true).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, port, shutdown.clone()));
+        address
+    }
+
+    /// Opens an HTTP/2 connection and sends `resets` requests, each reset as soon as sent
+    /// (what a client does when its calls time out while the server is slow to accept them),
+    /// all in one burst; then asks `/health` on the same connection.
+    async fn health_after_resets(address: std::net::SocketAddr, resets: usize) -> Result<http::StatusCode, h2::Error> {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await?;
+        tokio::spawn(connection);
+        let mut client = client.ready().await?;
+        for _ in 0..resets {
+            let request = http::Request::get("/health").body(()).unwrap();
+            let (_, mut stream) = client.send_request(request, false)?;
+            stream.send_reset(h2::Reason::CANCEL);
+            client = client.ready().await?;
+        }
+        let (response, _) = client.send_request(http::Request::get("/health").body(()).unwrap(), true)?;
+        Ok(response.await?.status())
+    }
+
+    #[tokio::test]
+    async fn a_connection_survives_its_own_callers_giving_up_on_many_requests() {
+        let shutdown = Shutdown::new();
+        let address = serve_a_port(&shutdown).await;
+        // h2's default guard closed the connection past 20 such resets.
+        let status = health_after_resets(address, 150).await;
+        assert_eq!(status.unwrap(), http::StatusCode::OK);
+        shutdown.trigger();
+    }
+
+    #[tokio::test]
+    async fn a_rapid_reset_flood_closes_the_connection() {
+        let shutdown = Shutdown::new();
+        let address = serve_a_port(&shutdown).await;
+        let flood = ServerLimits::default().max_concurrent_requests * 20;
+        let outcome = health_after_resets(address, flood).await;
+        let error = outcome.expect_err("a flood of resets must close the connection");
+        assert!(error.is_go_away() || error.is_io(), "{error}");
+        // The port itself still serves new connections.
+        assert_eq!(health_after_resets(address, 0).await.unwrap(), http::StatusCode::OK);
+        shutdown.trigger();
+    }
 }
