@@ -10,6 +10,7 @@ pub mod docker;
 pub mod events;
 pub mod linearizability;
 pub mod netns;
+pub mod netns_cluster;
 pub mod otlp;
 pub mod process;
 pub mod processes;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use marina_coord_client::CoordUrl;
 
+use crate::netns::Host;
 use crate::process::TestProcess;
 use crate::tls::TestCa;
 use crate::wait::eventually;
@@ -24,6 +25,8 @@ pub struct Service {
     /// Where the process writes the address it bound.
     address_file: PathBuf,
     process: Option<TestProcess>,
+    /// The network-namespace host it runs in, if not the test's own namespace.
+    host: Option<Host>,
     /// Calls its HTTP side over TLS, as an operator.
     http: reqwest::Client,
     operator: std::sync::Arc<marina_daemon::tls::Tls>,
@@ -33,6 +36,22 @@ impl Service {
     /// Starts `binary` on a port it binds itself (port 0) and reports through its address
     /// file: no port is chosen here and freed for another process to take first.
     fn start(
+        name: &str,
+        binary: &str,
+        args: Vec<String>,
+        tls: Vec<(String, String)>,
+        envs: &[(&str, &str)],
+        ca: &TestCa,
+        dir: &Path,
+    ) -> Self {
+        Self::start_at(None, name, binary, args, tls, envs, ca, dir)
+    }
+
+    /// [`Service::start`] in `at` (a host of a [`crate::netns::Network`] and the port to
+    /// listen on there), or on loopback with a port of its own choosing.
+    #[allow(clippy::too_many_arguments)]
+    fn start_at(
+        at: Option<(&Host, u16)>,
         name: &str,
         binary: &str,
         mut args: Vec<String>,
@@ -51,7 +70,7 @@ impl Service {
         ]);
         let mut service = Self {
             name: name.to_owned(),
-            address: "127.0.0.1:0".into(),
+            address: at.map_or_else(|| "127.0.0.1:0".to_owned(), |(host, port)| host.socket_addr(port).to_string()),
             work_dir,
             binary: crate::binaries::binary(binary),
             args,
@@ -60,6 +79,7 @@ impl Service {
             log: dir.join(format!("{name}.log")),
             address_file,
             process: None,
+            host: at.map(|(host, _)| host.clone()),
             http: crate::tls::http_client(&ca.operator()),
             operator: ca.operator(),
         };
@@ -92,6 +112,31 @@ impl Service {
         Self::start(name, "marina-agent", args, tls, envs, ca, dir)
     }
 
+    /// A `marina-master`, `marina-gateway` or `marina-agent` (`kind`) running in `host` of a
+    /// [`crate::netns::Network`] and listening on `port` there, like the constructors
+    /// above; an agent's `runtime` is set with `MARINA_AGENT_RUNTIME` in `envs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn in_host(
+        kind: Role,
+        host: &Host,
+        port: u16,
+        name: &str,
+        coord: &CoordUrl,
+        ca: &TestCa,
+        dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> Self {
+        let args = vec!["--coord".to_owned(), coord.to_string()];
+        let (binary, service) = match kind {
+            Role::Master => ("marina-master", "master"),
+            Role::Gateway => ("marina-gateway", "gateway"),
+            Role::Agent => ("marina-agent", "agent"),
+            other => panic!("{} is not a service Service::in_host starts", other.as_str()),
+        };
+        let tls = ca.env(service, kind, Some(name));
+        Self::start_at(Some((host, port)), name, binary, args, tls, envs, ca, dir)
+    }
+
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
@@ -115,7 +160,11 @@ impl Service {
         let envs: Vec<(&str, &str)> = self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut args = self.args.clone();
         args.extend(["--listen".to_owned(), self.address.clone()]);
-        let mut process = TestProcess::spawn(&self.name, &self.binary, &args, &envs, &self.log);
+        let (binary, args) = match &self.host {
+            Some(host) => host.exec_args(&self.binary, &args),
+            None => (self.binary.clone(), args),
+        };
+        let mut process = TestProcess::spawn(&self.name, &binary, &args, &envs, &self.log);
         self.address = self.bound_address(&mut process);
         self.process = Some(process);
     }

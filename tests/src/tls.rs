@@ -107,6 +107,22 @@ pub fn http_client(tls: &Arc<Tls>) -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// [`http_client`] sending HTTP Basic credentials (`user:password`) with every request: an
+/// operator of a gateway that requires them (`auth.http_credentials`).
+pub fn http_client_with_credentials(tls: &Arc<Tls>, credentials: &str) -> reqwest::Client {
+    use base64::Engine;
+    let config = tls.http1_client_config(ANY_SERVER).expect("client TLS config");
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, basic.parse().expect("a header value"));
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("HTTP client")
+}
+
 /// An HTTPS client that trusts `ca` but presents no certificate of its own (a REST client
 /// of the gateway; refused by every other port).
 pub fn anonymous_client(ca: &TestCa) -> reqwest::Client {

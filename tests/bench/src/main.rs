@@ -1,5 +1,6 @@
 //! `marina-bench`: Marina's benchmarks. Each scenario prints a table and a one-line summary.
 //!
+//!   marina-bench chaos [--faults 20] [--seed S]
 //!   marina-bench coord [--systems marina,etcd,zookeeper] [--clients 1,16,64] [--seconds 5]
 //!   marina-bench zk-election [--rounds 3]
 //!   marina-bench placement [--agents 1000] [--tasks 100000] [--apps N] [--runs 5] [--stress 2]
@@ -8,6 +9,7 @@
 //!   marina-bench footprint [--agents 1000] [--keys 100000]
 //!   marina-bench tracing [--requests 5000]
 
+mod chaos;
 mod coord;
 mod daemon;
 mod etcd;
@@ -38,6 +40,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Faults (partitions, kills, pauses, loss, delay) against a cluster in network
+    /// namespaces, with linearizability, leadership, apps and liveness checkers.
+    Chaos(chaos::Args),
     /// 3-node clusters of coord, etcd and ZooKeeper on loopback: writes, linearizable reads,
     /// mixed 90/10.
     Coord(coord::Args),
@@ -63,6 +68,7 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
+        Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Coord(args) => coord::run(args).await,
         Scenario::ZkElection(args) => zk_election::run(args).await,
         Scenario::ZkCandidate(args) => zk_election::candidate(args).await,
