@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod services;
 pub mod testdir;
 pub mod tls;
+pub mod tmpfs;
 pub mod wait;
 
 pub use cluster::MarinaCluster;

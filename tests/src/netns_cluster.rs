@@ -21,6 +21,7 @@ use marina_daemon::tls::Role;
 use crate::netns::{Host, Network};
 use crate::process::TestProcess;
 use crate::services::Service;
+use crate::tmpfs::Tmpfs;
 use crate::{TestCa, TestDir, eventually};
 
 /// The port every process listens on, each on its own host's address.
@@ -36,6 +37,10 @@ pub struct Shape {
     pub masters: usize,
     pub gateways: usize,
     pub agents: usize,
+    /// Each coord node's data on a tmpfs of this size (as `mount -o size=` takes it), so a
+    /// fault can fill its disk ([`NetnsCluster::fill_coord_disk`]); `None`: on the test's
+    /// temp dir.
+    pub coord_disk: Option<&'static str>,
 }
 
 /// One process of the cluster, by kind and index.
@@ -62,6 +67,7 @@ impl fmt::Display for Member {
 struct CoordNode {
     id: u64,
     host: Host,
+    data_dir: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log: PathBuf,
@@ -89,6 +95,8 @@ pub struct NetnsCluster {
     gateway_http: reqwest::Client,
     /// Dropped before the directory: kills what runs in the namespaces, removes them.
     network: Network,
+    /// The coord nodes' disks, if on tmpfs: unmounted once the network's drop killed them.
+    disks: Option<Tmpfs>,
     dir: TestDir,
 }
 
@@ -106,9 +114,14 @@ impl NetnsCluster {
         let peers: Vec<String> =
             (0..shape.coord).map(|i| format!("{}={}", i + 1, network.host(i).socket_addr(PORT))).collect();
         let mut coord = Vec::new();
+        let mut disks = shape.coord_disk.map(|_| Tmpfs::new());
         for index in 0..shape.coord {
             let id = index as u64 + 1;
             let host = network.host(index).clone();
+            let data_dir = match (&mut disks, shape.coord_disk) {
+                (Some(disks), Some(size)) => disks.mount(&format!("coord-{id}"), size),
+                _ => dir.path().join(format!("coord-{id}")),
+            };
             let args = vec![
                 "--id".into(),
                 id.to_string(),
@@ -117,12 +130,12 @@ impl NetnsCluster {
                 "--peers".into(),
                 peers.join(","),
                 "--data-dir".into(),
-                dir.path().join(format!("coord-{id}")).display().to_string(),
+                data_dir.display().to_string(),
             ];
             let mut envs = ca.env("coord", Role::Coord, Some(&id.to_string()));
             envs.push(("MARINA_COORD_LOG__FORMAT".into(), "json".into()));
             let log = dir.path().join(format!("coord-{id}.log"));
-            let mut node = CoordNode { id, host, args, envs, log, process: None };
+            let mut node = CoordNode { id, host, data_dir, args, envs, log, process: None };
             node.launch();
             coord.push(node);
         }
@@ -137,6 +150,7 @@ impl NetnsCluster {
             ca,
             gateway_http,
             network,
+            disks,
             dir,
         };
         cluster.wait_for_coord_leader().await;
@@ -215,7 +229,7 @@ impl NetnsCluster {
 
     /// Every process of the cluster.
     pub fn members(&self) -> Vec<Member> {
-        let Shape { coord, masters, gateways, agents } = self.shape;
+        let Shape { coord, masters, gateways, agents, .. } = self.shape;
         (0..coord)
             .map(Member::Coord)
             .chain((0..masters).map(Member::Master))
@@ -353,6 +367,41 @@ impl NetnsCluster {
             (None, true) => self.service(member).freeze(),
             (None, false) => self.service(member).thaw(),
         }
+    }
+
+    /// Copies every process's log into `dest` (created), named after the process: what a
+    /// failed run leaves to read once the cluster and its temp dir are gone.
+    pub async fn save_logs(&self, dest: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dest)?;
+        for member in self.members() {
+            std::fs::write(dest.join(format!("{member}.log")), self.log(member))?;
+        }
+        // And what each service says of its state now (a master's agents and tasks, a
+        // gateway's apps and tasks, an agent's tasks), where it answers.
+        let views = [("masters", "/master/state"), ("gateways", "/v2/apps?embed=apps.tasks"), ("agents", "/state")];
+        for (kind, path) in views {
+            let services = match kind {
+                "masters" => &self.masters,
+                "gateways" => &self.gateways,
+                _ => &self.agents,
+            };
+            for service in services {
+                let answer = self.gateway_http.get(service.url(path)).send().await;
+                let text = match answer {
+                    Ok(response) => response.text().await.unwrap_or_else(|error| error.to_string()),
+                    Err(error) => format!("no answer: {error}"),
+                };
+                std::fs::write(dest.join(format!("{}.state.json", service.name)), text)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills coord node `index`'s disk (a tmpfs: see [`Shape::coord_disk`]) with one file
+    /// until a write fails; returns the file, to remove for space again.
+    pub fn fill_coord_disk(&self, index: usize) -> PathBuf {
+        assert!(self.disks.is_some(), "coord's disks are not tmpfs: set Shape::coord_disk");
+        crate::tmpfs::fill(&self.coord[index].data_dir)
     }
 
     /// Everything `member` logged (JSON lines), across restarts.

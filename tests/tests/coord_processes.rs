@@ -2,10 +2,11 @@
 //! disk, and the election recipe across processes (SIGKILL and SIGSTOP of the leader).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use marina_coord_client::{ClientOptions, CoordClient, Error};
+use marina_tests::tmpfs::{Tmpfs, fill};
 use marina_tests::{CoordProcesses, TestProcess, eventually};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::ChildStdout;
@@ -52,65 +53,6 @@ async fn sigkill_the_leader_then_two_nodes() {
     }
     let stale = restarted_only.get_stale("/after-kill").await.unwrap();
     assert_eq!(stale.map(|n| n.data), Some("x".into()));
-}
-
-/// Small tmpfs file systems for one test, unmounted when dropped whatever the test's
-/// outcome: lazily, so that a process still holding files on one (SIGKILLed, not yet
-/// reaped) cannot keep it mounted.
-struct Tmpfs {
-    mounts: Vec<PathBuf>,
-    /// Holds the mount points; removed after they are unmounted (fields drop after `drop`).
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn new() -> Self {
-        Self { mounts: Vec::new(), dir: tempfile::tempdir().expect("temp dir") }
-    }
-
-    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) at a fresh directory.
-    fn mount(&mut self, name: &str, size: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::create_dir(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a {size} tmpfs at {} failed (this test needs root)", path.display());
-        self.mounts.push(path.clone());
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        for path in self.mounts.iter().rev() {
-            let unmounted = std::process::Command::new("umount").arg("--lazy").arg(path).status();
-            if !unmounted.is_ok_and(|status| status.success()) {
-                eprintln!("could not unmount the tmpfs at {}", path.display());
-            }
-        }
-    }
-}
-
-/// Fills the file system holding `dir` until a write fails (ENOSPC), with one file.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xa5u8; 64 << 10];
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => {
-                assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "filling {}: {error}", path.display());
-                break;
-            }
-        }
-    }
-    path
 }
 
 /// A coord node whose disk fills up does not idle as NOT_SERVING: it stops and exits

@@ -74,8 +74,14 @@ pub struct Entry {
     pub info: TaskInfo,
     pub sandbox: PathBuf,
     state: Mutex<EntryState>,
-    /// Cancelled when the task is killed before it started, or when the agent stops.
+    /// Stops the launch: cancelled when the task is killed before it started, or when the
+    /// agent stops.
     cancel: CancellationToken,
+    /// Stops watching the started task: cancelled only when the agent stops (the task runs
+    /// on, to be re-adopted). Not `cancel`: a kill that came while the runtime was starting
+    /// the task cancels that, and the task — stopped as soon as it started — must still be
+    /// watched to its end, or its exit is never reported and it stays RUNNING for ever.
+    detached: CancellationToken,
 }
 
 struct EntryState {
@@ -223,6 +229,7 @@ impl Tasks {
                     kill_reason: None,
                 }),
                 cancel: CancellationToken::new(),
+                detached: CancellationToken::new(),
             }));
         }
         if entries.is_empty() {
@@ -490,7 +497,7 @@ impl Tasks {
         let exit = tokio::select! {
             exit = self.runtime.wait(&handle) => exit,
             // The agent is stopping: tasks keep running; the next agent re-adopts them.
-            () = entry.cancel.cancelled() => { checks.cancel(); return; }
+            () = entry.detached.cancelled() => { checks.cancel(); return; }
         };
         checks.cancel();
         self.keep_output(&entry, &handle).await;
@@ -607,6 +614,7 @@ impl Tasks {
     pub fn detach_all(&self) {
         for entry in self.entries.lock().expect("tasks lock").values() {
             entry.cancel.cancel();
+            entry.detached.cancel();
         }
     }
 
@@ -731,6 +739,7 @@ impl Tasks {
                     kill_reason: None,
                 }),
                 cancel: CancellationToken::new(),
+                detached: CancellationToken::new(),
                 info,
             });
             self.entries.lock().expect("tasks lock").insert(entry.info.task_id.clone(), entry.clone());
@@ -868,9 +877,14 @@ mod tests {
 
     /// An agent's tasks on `work_dir`, running on the simulated runtime.
     fn agent_tasks(work_dir: &Path) -> (Arc<Tasks>, Arc<StatusUpdates>, Arc<SimRuntime>) {
+        agent_tasks_on(work_dir, SimConfig::default())
+    }
+
+    /// [`agent_tasks`] on a simulated runtime configured as `sim`.
+    fn agent_tasks_on(work_dir: &Path, sim: SimConfig) -> (Arc<Tasks>, Arc<StatusUpdates>, Arc<SimRuntime>) {
         let (checkpoint, _) = Checkpoint::open(work_dir).unwrap();
         let updates = Arc::new(StatusUpdates::new(checkpoint.clone(), Vec::new()));
-        let runtime = Arc::new(SimRuntime::new(SimConfig::default()));
+        let runtime = Arc::new(SimRuntime::new(sim));
         let identity = Identity {
             agent_id: "agent-1".into(),
             hostname: "host".into(),
@@ -984,6 +998,38 @@ mod tests {
         assert_eq!(entries(&disk.path().join("sandboxes")), ["web.1"]);
     }
 
+    /// Found by `marina-bench chaos`: a kill that came while the runtime was starting the
+    /// task stopped it once started, but no longer watched it, so its exit was never
+    /// reported: it stayed RUNNING on the agent for ever, every later kill ignored (it was
+    /// "already being killed"), and the gateway's deployment waited on it for good.
+    #[tokio::test]
+    async fn a_task_killed_while_the_runtime_starts_it_is_stopped_and_reported_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = SimConfig { start_latency: Duration::from_millis(300), ..SimConfig::default() };
+        let (tasks, _updates, runtime) = agent_tasks_on(dir.path(), slow);
+        // Twenty at once: whether the lost exit showed depended on which of two ready
+        // branches a `select!` took, so one task would catch the bug only half the time.
+        let ids: Vec<String> = (1..=20).map(|n| format!("web.{n}")).collect();
+        tasks.launch("framework-1", ids.iter().map(|id| task(id)).collect(), &Default::default());
+        let entries: Vec<Arc<Entry>> = ids.iter().map(|id| tasks.get(id).expect("launched")).collect();
+        // STARTING is announced right before the runtime is asked to start a task, with
+        // nothing awaited in between: on this (current-thread) runtime, once it shows, the
+        // start is under way.
+        wait_for("every start to begin", || entries.iter().all(|e| e.status().state() == TaskState::TaskStarting))
+            .await;
+        for id in &ids {
+            tasks.kill(id, "framework-1", 0, None);
+        }
+        wait_for("every task to be reported killed", || {
+            entries.iter().all(|e| e.status().state() == TaskState::TaskKilled)
+        })
+        .await;
+        for entry in &entries {
+            let handle = entry.handle().expect("it did start");
+            assert!(runtime.wait(&handle).await.is_ok(), "and it is stopped in the runtime");
+        }
+    }
+
     /// A task sharing the host's network is reached at the agent's address (the sim runtime,
     /// like the process runtime, has no network of its own), from its RUNNING update on and
     /// in its checkpoint; a task without a network has none.
@@ -1045,6 +1091,7 @@ mod tests {
                 kill_reason: None,
             }),
             cancel: CancellationToken::new(),
+            detached: CancellationToken::new(),
         };
         let at = |address: &str, port| Some((address.parse::<IpAddr>().unwrap(), port));
         let joined = entry("container", &["172.18.0.5"]);

@@ -102,6 +102,7 @@ async fn session(
     tracing::info!(framework = %subscribed.framework_id, master = %address, "subscribed to the leading master");
     let session = MasterSession { client: client.clone(), operator, framework_id: subscribed.framework_id.clone() };
     leader.master.send_replace(Some(session.clone()));
+    leader.resend_kills();
     // Reconciliation runs beside this loop, which must keep reading the answers it asks for
     // (and paces it: see `reconcile`); it stops with the session.
     let (handled, handled_updates) = tokio::sync::watch::channel(0u64);

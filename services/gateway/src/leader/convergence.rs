@@ -140,8 +140,9 @@ pub(super) fn round(state: &mut State, now: Instant, launch_timeout: Duration) -
         for instance in state.instances.values() {
             let stuck = matches!(instance.state, TaskState::TaskStaging | TaskState::TaskStarting)
                 && now.duration_since(instance.launched_at) > launch_timeout;
+            // Not sent (see `make_kills_due`), or sent 10 s ago without an answer.
             let retry_kill = instance.killing
-                && instance.kill_sent.is_some_and(|sent| now.duration_since(sent) > Duration::from_secs(10));
+                && instance.kill_sent.is_none_or(|sent| now.duration_since(sent) > Duration::from_secs(10));
             if (stuck && !instance.killing) || retry_kill {
                 kills.push(instance.record.task_id.clone());
             }
@@ -207,6 +208,23 @@ mod tests {
         let second = round(&mut state, now, TIMEOUT);
         assert!(second.kills.is_empty(), "a kill under way is not sent again at once");
         assert!(!state.pending.contains_key("/web"));
+    }
+
+    #[test]
+    fn kills_under_way_are_sent_again_at_once_on_a_new_subscription() {
+        let mut state = state_with(&[web(1, "x")]);
+        running(&mut state, 2);
+        let now = Instant::now();
+        let first = round(&mut state, now, TIMEOUT);
+        assert_eq!(first.kills.len(), 1);
+        // Well inside the retry delay, nothing is sent again...
+        let soon = now + Duration::from_secs(2);
+        assert!(round(&mut state, soon, TIMEOUT).kills.is_empty());
+        // ...unless a new master subscription makes the kills due.
+        super::super::kills::make_kills_due(&mut state);
+        let again = round(&mut state, soon, TIMEOUT);
+        assert_eq!(again.kills.iter().map(|k| &k.task_id).collect::<Vec<_>>(), [&first.kills[0].task_id]);
+        assert!(state.instances.get(&first.kills[0].task_id).is_some_and(|i| i.kill_sent == Some(soon)));
     }
 
     #[test]

@@ -78,6 +78,29 @@ impl Leader {
     }
 }
 
+/// Makes every kill under way due again: the next convergence round (a full one) sends
+/// them. For a new subscription to the master: kills sent while no master was subscribed,
+/// or to one that was losing its leadership, may never have reached an agent, and would
+/// otherwise wait out the retry delay (10 s) — the time a deployment then stands still.
+pub(super) fn make_kills_due(state: &mut State) {
+    let killing: Vec<String> =
+        state.instances.values().filter(|i| i.killing).map(|i| i.record.task_id.clone()).collect();
+    for task_id in killing {
+        if let Some(instance) = state.instances.get_mut(&task_id) {
+            instance.kill_sent = None;
+        }
+    }
+    state.next_full_round = None;
+}
+
+impl Leader {
+    /// See [`make_kills_due`]; the round runs at once.
+    pub fn resend_kills(&self) {
+        make_kills_due(&mut self.lock());
+        self.converge_now.notify_one();
+    }
+}
+
 /// Marks the instances `task_ids` (those still known) as being killed at `now`, and returns
 /// their kills. One whose kill goes unanswered is killed again by a later convergence round.
 pub(super) fn mark_killing(state: &mut State, task_ids: &[String], now: Instant) -> Vec<Kill> {

@@ -3,7 +3,8 @@
 //!
 //! The run is a sequence of rounds drawn from the seed ([`schedule`]): in each, one to three
 //! faults — partitions (a leader isolated, a minority, a majority, a bridge), SIGKILL and
-//! restart from disk, SIGSTOP past session TTLs, packet loss, delay — start and end on
+//! restart from disk, SIGSTOP past session TTLs, packet loss, delay, a coord node's disk
+//! filled up — start and end on
 //! their own clocks, overlapping, while clients write coord registers ([`registers`]) and
 //! scale and upgrade apps ([`apps`]). After each round everything is healed and the
 //! cluster must converge (coord leader, master with every agent, gateway leader, apps as
@@ -32,12 +33,21 @@ pub struct Args {
     /// Seed of the schedule (default: from the clock; printed, to reproduce the run).
     #[arg(long)]
     seed: Option<u64>,
+    /// Also print, while the cluster converges after a heal, what is still off each time
+    /// that changes.
+    #[arg(long)]
+    verbose: bool,
+    /// Print the seed's schedule (each fault with its round, start, hold and target by
+    /// role) and exit without starting anything.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// How long the cluster may take to converge after a heal before that is a violation.
 const CONVERGENCE_LIMIT: Duration = Duration::from_secs(120);
 
-const SHAPE: Shape = Shape { coord: 3, masters: 2, gateways: 2, agents: 2 };
+/// Coord's disks are small tmpfs file systems, so one can be filled.
+const SHAPE: Shape = Shape { coord: 3, masters: 2, gateways: 2, agents: 2, coord_disk: Some("512m") };
 
 /// What the processes are told beyond their defaults: agents offer fixed resources.
 const ENVS: &[(&str, &str, &str)] =
@@ -52,6 +62,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("chaos needs network namespaces (run as root): {reason}");
     }
     let rounds = schedule::plan(seed, args.faults);
+    if args.dry_run {
+        for (index, round) in rounds.iter().enumerate() {
+            for fault in &round.faults {
+                println!(
+                    "round {} fault {}: +{:.1} s for {:.1} s: {:?}",
+                    index + 1,
+                    fault.number,
+                    fault.start.as_secs_f64(),
+                    fault.hold.as_secs_f64(),
+                    fault.action
+                );
+            }
+        }
+        return Ok(());
+    }
     println!(
         "chaos: seed {seed}, {} faults in {} rounds; {} coord nodes, {} masters, {} gateways, {} agents (process runtime), each on a host of its own (network namespaces)",
         args.faults,
@@ -71,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
 
     // Before the first fault, the cluster must have settled (apps running).
-    if let Err(reason) = converge(&mut cluster, &mut apps, &registers, 1).await {
+    if let Err(reason) = converge(&mut cluster, &mut apps, &registers, 1, args.verbose).await {
         anyhow::bail!("the cluster did not settle before any fault: {reason}");
     }
     let mut rounds_run = 0;
@@ -85,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         played?;
         rounds_run = number;
         let healed = Instant::now();
-        match converge(&mut cluster, &mut apps, &registers, number + 1).await {
+        match converge(&mut cluster, &mut apps, &registers, number + 1, args.verbose).await {
             Ok(times) => {
                 let took = healed.elapsed();
                 convergence.record(took);
@@ -142,6 +167,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         convergence.ms(0.5) / 1e3,
         convergence.ms(1.0) / 1e3
     );
+    if !violations.is_empty() {
+        let dest = std::env::temp_dir().join(format!("marina-chaos-{seed}-{}", std::process::id()));
+        match cluster.save_logs(&dest).await {
+            Ok(()) => println!("logs of every process: {}", dest.display()),
+            Err(error) => println!("could not save the processes' logs to {}: {error}", dest.display()),
+        }
+    }
     drop(cluster);
     anyhow::ensure!(violations.is_empty(), "{} violations:\n{}", violations.len(), violations.join("\n"));
     Ok(())
@@ -188,10 +220,12 @@ async fn converge(
     apps: &mut apps::Apps,
     registers: &registers::Registers,
     next_round: usize,
+    verbose: bool,
 ) -> Result<String, String> {
     let started = Instant::now();
     let deadline = started + CONVERGENCE_LIMIT;
     let mut reached: BTreeMap<&'static str, Duration> = BTreeMap::new();
+    let mut last_reason: Option<String> = None;
     loop {
         for member in cluster.restart_exited() {
             println!("  {member} had exited on its own: restarted (as its supervisor would)");
@@ -201,6 +235,10 @@ async fn converge(
             reached.entry(part).or_insert_with(|| started.elapsed());
         }
         let Some(reason) = pending else { break };
+        if verbose && last_reason.as_ref() != Some(&reason) {
+            println!("  +{:.1} s: {reason}", started.elapsed().as_secs_f64());
+        }
+        last_reason = Some(reason.clone());
         if Instant::now() >= deadline {
             return Err(reason);
         }

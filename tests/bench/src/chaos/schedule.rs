@@ -17,6 +17,7 @@ pub enum Kind {
     Pause,
     Loss,
     Delay,
+    DiskFull,
 }
 
 impl Kind {
@@ -27,6 +28,7 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Loss => "loss",
             Kind::Delay => "delay",
+            Kind::DiskFull => "disk-full",
         }
     }
 }
@@ -72,6 +74,9 @@ pub enum Action {
     Loss(Target, u8),
     /// The target host's packets held for a while.
     Delay(Target, Duration),
+    /// A coord node's disk filled up (it exits, as a node that cannot write must), then
+    /// emptied and the node restarted.
+    DiskFull(Target),
 }
 
 impl Action {
@@ -82,6 +87,7 @@ impl Action {
             Action::Pause(_) => Kind::Pause,
             Action::Loss(..) => Kind::Loss,
             Action::Delay(..) => Kind::Delay,
+            Action::DiskFull(_) => Kind::DiskFull,
         }
     }
 }
@@ -144,7 +150,7 @@ fn draw(rng: &mut fastrand::Rng) -> Action {
     };
     let any_target = |rng: &mut fastrand::Rng| if rng.u8(0..5) == 0 { Target::Agent } else { process_target(rng) };
     // Partitions are what production met most: half the faults.
-    match rng.u8(0..12) {
+    match rng.u8(0..13) {
         0..=2 => Action::Isolate(any_target(rng)),
         3 => Action::Split { majority: false },
         4 => Action::Split { majority: true },
@@ -152,7 +158,8 @@ fn draw(rng: &mut fastrand::Rng) -> Action {
         6 | 7 => Action::Kill(process_target(rng)),
         8 | 9 => Action::Pause(process_target(rng)),
         10 => Action::Loss(any_target(rng), rng.u8(20..60)),
-        _ => Action::Delay(any_target(rng), Duration::from_millis(rng.u64(50..400))),
+        11 => Action::Delay(any_target(rng), Duration::from_millis(rng.u64(50..400))),
+        _ => Action::DiskFull(if rng.bool() { Target::CoordLeader } else { Target::CoordFollower }),
     }
 }
 
@@ -162,6 +169,8 @@ enum Active {
     Network(Fault, Option<usize>),
     Killed(Member),
     Paused(Member),
+    /// A coord node's disk, with the file that fills it.
+    DiskFull(Member, std::path::PathBuf),
 }
 
 /// Plays rounds against a cluster, printing each fault as it starts and ends.
@@ -196,15 +205,16 @@ impl Player {
 
     /// Plays `round`; returns once every fault of it has ended (healed, restarted, thawed).
     pub async fn play(&mut self, cluster: &mut NetnsCluster, round: &Round) -> anyhow::Result<()> {
-        // Events in time order: (when, start?, index).
+        // Events in time order: (when, tie-breaker) → (start?, index). A fault's end is
+        // queued when it actually starts (finding a leader may take a moment), so each
+        // holds for its whole time.
         let mut events: BTreeMap<(Duration, usize), (bool, usize)> = BTreeMap::new();
         for (index, fault) in round.faults.iter().enumerate() {
             events.insert((fault.start, index * 2), (true, index));
-            events.insert((fault.start + fault.hold, index * 2 + 1), (false, index));
         }
         let round_start = tokio::time::Instant::now();
         let mut active: BTreeMap<usize, Active> = BTreeMap::new();
-        for ((when, _), (start, index)) in events {
+        while let Some(((when, _), (start, index))) = events.pop_first() {
             tokio::time::sleep_until(round_start + when).await;
             let fault = &round.faults[index];
             if start {
@@ -218,6 +228,7 @@ impl Player {
                             fault.hold.as_secs_f64()
                         );
                         active.insert(index, handle);
+                        events.insert((round_start.elapsed() + fault.hold, index * 2 + 1), (false, index));
                         *self.ran.entry(fault.action.kind().name()).or_default() += 1;
                     }
                     Ok(None) => {
@@ -324,6 +335,13 @@ impl Player {
                 self.held.insert(member);
                 Ok(Some((format!("{target} ({member}) SIGSTOPped past its session TTL"), Active::Paused(member))))
             }
+            Action::DiskFull(target) => {
+                let Some(member) = self.resolve(cluster, target).await else { return Ok(None) };
+                let Member::Coord(index) = member else { return Ok(None) };
+                let filler = cluster.fill_coord_disk(index);
+                self.held.insert(member);
+                Ok(Some((format!("{target}'s ({member}) disk filled up"), Active::DiskFull(member, filler))))
+            }
             Action::Loss(target, percent) => {
                 let Some(member) = self.resolve(cluster, target).await else { return Ok(None) };
                 let host = cluster.host_index(member);
@@ -371,6 +389,14 @@ impl Player {
                 self.held.remove(&member);
                 cluster.freeze(member, false);
             }
+            Active::DiskFull(member, filler) => {
+                self.held.remove(&member);
+                std::fs::remove_file(&filler)?;
+                // A node that could not write exited (its supervisor restarts it).
+                for restarted in cluster.restart_exited() {
+                    println!("  {restarted} had exited on its own: restarted (as its supervisor would)");
+                }
+            }
         }
         Ok(())
     }
@@ -394,7 +420,7 @@ mod tests {
         assert_eq!(faults.len(), 200);
         assert!(rounds.iter().all(|round| (1..=3).contains(&round.faults.len())));
         let kinds: HashSet<Kind> = faults.iter().map(|fault| fault.action.kind()).collect();
-        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
         // Numbered in order, and overlapping within rounds.
         assert!(faults.iter().enumerate().all(|(index, fault)| fault.number == index + 1));
         assert!(
