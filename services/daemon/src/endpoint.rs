@@ -76,6 +76,10 @@ pub struct ServerLimits {
     pub max_decoding_message_bytes: usize,
     /// Largest gRPC message written (offers to a large cluster's scheduler are big).
     pub max_encoding_message_bytes: usize,
+    /// TLS handshakes in progress at once from one address; more are closed at once. Raise
+    /// it where many callers share an address (behind a NAT or a proxy, or a whole test
+    /// cluster on loopback).
+    pub max_tls_handshakes_per_peer: usize,
 }
 
 impl Default for ServerLimits {
@@ -85,6 +89,7 @@ impl Default for ServerLimits {
             request_timeout_ms: 30_000,
             max_decoding_message_bytes: 4 << 20,
             max_encoding_message_bytes: 64 << 20,
+            max_tls_handshakes_per_peer: crate::tls::MAX_HANDSHAKES_PER_PEER,
         }
     }
 }
@@ -94,6 +99,9 @@ impl ServerLimits {
         use crate::config::ConfigError;
         if self.max_concurrent_requests == 0 || self.max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::value("server.max_concurrent_requests", "must be at least 1"));
+        }
+        if self.max_tls_handshakes_per_peer == 0 {
+            return Err(ConfigError::value("server.max_tls_handshakes_per_peer", "must be at least 1"));
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::value("server.request_timeout_ms", "must be greater than 0"));
@@ -375,7 +383,12 @@ pub async fn serve(listener: TcpListener, port: Port, shutdown: Shutdown) -> std
     if let Some(tls) = &port.tls {
         tls.watch(&shutdown);
     }
-    let mut listener = SecureListener::new(listener, port.tls, port.client_certificate_required)?;
+    let mut listener = SecureListener::new(
+        listener,
+        port.tls,
+        port.client_certificate_required,
+        port.limits.max_tls_handshakes_per_peer,
+    )?;
     let http = Arc::new(http_builder(&port.limits));
     let mut connections = tokio::task::JoinSet::new();
     loop {

@@ -602,7 +602,20 @@ impl Cluster {
             service_runtime(heap::Service::Gateway, 2)?,
             service_runtime(heap::Service::Agents, 2)?,
         ]);
-        let coord = on(&runtimes.0[0], CoordCluster::start(3)).await;
+        // Every agent, the gateway and Raft's own peers connect from 127.0.0.1 here, as a
+        // thousand hosts behind one NAT would: the per-address bound on TLS handshakes in
+        // progress (32 by default) would close Raft's reconnections while the agents attach.
+        let server = marina_daemon::endpoint::ServerLimits {
+            max_tls_handshakes_per_peer: agents + 64,
+            ..marina_daemon::endpoint::ServerLimits::default()
+        };
+        let coord = on(
+            &runtimes.0[0],
+            CoordCluster::start_with(3, move |config| {
+                config.server.max_tls_handshakes_per_peer = server.max_tls_handshakes_per_peer
+            }),
+        )
+        .await;
         let calibration = calibrate(&coord).await?;
         let url = CoordUrl { root: "/marina".into(), ..coord.url() };
         let ca = coord.ca().clone();
@@ -618,6 +631,7 @@ impl Cluster {
                     coord: master_coord,
                     work_dir: master_dir,
                     tls: master_tls,
+                    server,
                     ..Default::default()
                 };
                 Ok(marina_master::spawn(config, listener, shutdown).await?)
@@ -656,6 +670,7 @@ impl Cluster {
                     coord: url,
                     work_dir: gateway_dir,
                     tls: gateway_tls,
+                    server,
                     ..Default::default()
                 };
                 Ok(marina_gateway::spawn(config, listener, shutdown).await?)

@@ -18,9 +18,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; more connections are closed at once (a flood of
 /// half-open handshakes must not take the memory or the accept loop).
 const MAX_HANDSHAKES: usize = 512;
-/// Handshakes in progress from one address: one host holding silent connections open
-/// cannot take every slot from the others (coord peers, agents re-attaching).
-const MAX_HANDSHAKES_PER_PEER: usize = 32;
+/// Handshakes in progress from one address, by default (`server.max_tls_handshakes_per_peer`):
+/// one host holding silent connections open cannot take every slot from the others (coord
+/// peers, agents re-attaching).
+pub const MAX_HANDSHAKES_PER_PEER: usize = 32;
 /// The first byte of a TLS ClientHello record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -44,15 +45,18 @@ pub struct SecureListener {
 
 impl SecureListener {
     /// Accepts on `listener`; with `tls`, over TLS, asking callers for a certificate
-    /// (required unless `client_certificate_required` is false).
+    /// (required unless `client_certificate_required` is false), at most
+    /// `handshakes_per_peer` handshakes in progress from one address.
     pub fn new(
         listener: TcpListener,
         tls: Option<Arc<Tls>>,
         client_certificate_required: bool,
+        handshakes_per_peer: usize,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (sender, incoming) = mpsc::channel(64);
-        let accept = tokio::spawn(accept_loop(listener, tls, client_certificate_required, sender)).abort_handle();
+        let accept = tokio::spawn(accept_loop(listener, tls, client_certificate_required, handshakes_per_peer, sender))
+            .abort_handle();
         Ok(SecureListener { incoming, local, accept })
     }
 }
@@ -67,6 +71,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     client_certificate_required: bool,
+    handshakes_per_peer: usize,
     sender: mpsc::Sender<(Io, Peer)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -93,8 +98,12 @@ async fn accept_loop(
             tracing::warn!(peer = %address, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
             continue;
         };
-        let Some(peer_slot) = PeerSlot::take(&per_peer, address.ip()) else {
-            tracing::warn!(peer = %address, "{MAX_HANDSHAKES_PER_PEER} TLS handshakes in progress from this address: connection closed");
+        let Some(peer_slot) = PeerSlot::take(&per_peer, address.ip(), handshakes_per_peer) else {
+            tracing::warn!(
+                peer = %address,
+                "{handshakes_per_peer} TLS handshakes in progress from this address \
+                 (server.max_tls_handshakes_per_peer): connection closed"
+            );
             continue;
         };
         let acceptor = tls.acceptor(client_certificate_required);
@@ -120,10 +129,10 @@ struct PeerSlot {
 }
 
 impl PeerSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<PeerSlot> {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr, limit: usize) -> Option<PeerSlot> {
         let mut map = counts.lock().expect("handshake counts lock");
         let count = map.entry(address).or_default();
-        if *count >= MAX_HANDSHAKES_PER_PEER {
+        if *count >= limit {
             return None;
         }
         *count += 1;
@@ -188,5 +197,54 @@ impl axum::serve::Listener for SecureListener {
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, SecureListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, SecureListener>) -> Self {
         stream.remote_addr().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::tls::issue::{Request, issue, new_ca};
+    use crate::tls::{Role, TlsConfig};
+
+    /// A coord node's TLS, from a CA made for the test, its files in `dir`.
+    fn tls(dir: &std::path::Path) -> Arc<Tls> {
+        let ca = new_ca(1).unwrap();
+        let node = issue(&ca, &Request { role: Role::Coord, id: Some("1"), dns: &[], ip: &[], days: 1 }).unwrap();
+        std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+        std::fs::write(dir.join("node.pem"), &node.cert).unwrap();
+        std::fs::write(dir.join("node-key.pem"), &node.key).unwrap();
+        Tls::load(&TlsConfig::in_dir(dir, "node")).unwrap().expect("configured")
+    }
+
+    /// Whether the server closed `stream` within a second (a connection still waiting for
+    /// its handshake stays open for the handshake's whole timeout).
+    async fn closed_at_once(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// Silent connections (no ClientHello) from one address hold handshake slots: beyond
+    /// the bound, the next is closed at once — and a higher bound (callers behind one NAT,
+    /// a cluster on loopback) lets it wait like the others.
+    #[tokio::test]
+    async fn handshakes_in_progress_from_one_address_are_bounded_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls(dir.path());
+        for (bound, third_closed) in [(2, true), (3, false)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let _secure = SecureListener::new(listener, Some(tls.clone()), true, bound).unwrap();
+            let mut silent = Vec::new();
+            for _ in 0..2 {
+                silent.push(TcpStream::connect(address).await.unwrap());
+            }
+            let mut third = TcpStream::connect(address).await.unwrap();
+            assert_eq!(closed_at_once(&mut third).await, third_closed, "bound {bound}");
+            for stream in &mut silent {
+                assert!(!closed_at_once(stream).await, "bound {bound}: the first two wait for their handshakes");
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use connector::{Connector, TlsIo};
 pub use identity::{Caller, IDENTITY_PREFIX, Identity, Role};
-pub use listener::{Peer, SecureListener};
+pub use listener::{MAX_HANDSHAKES_PER_PEER, Peer, SecureListener};
 
 use crate::config::ConfigError;
 

@@ -94,8 +94,22 @@ pub fn check(cluster: &NetnsCluster) -> (String, Vec<String>) {
             }
         }
     }
+    // Fencing at work (not violations: refusals are what keeps a deposed leader harmless):
+    // coord refusing a deposed leader's fenced write, an agent refusing its command.
+    let count = |members: &[Member], prefix: &str| -> usize {
+        members
+            .iter()
+            .flat_map(|member| cluster.log(*member).lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+            .filter(|entry| entry["message"].as_str().is_some_and(|message| message.starts_with(prefix)))
+            .count()
+    };
+    let leaders: Vec<Member> = masters.iter().chain(&gateways).copied().collect();
+    let agents: Vec<Member> = (0..shape.agents).map(Member::Agent).collect();
+    let fenced = count(&leaders, "a fenced write found the leadership gone");
+    let refused = count(&agents, "refused a command from a deposed master");
     let line = format!(
-        "{master_terms} master and {gateway_terms} gateway leaderships, each epoch led by one member, in epoch order; {attachments} agent attachments, never to an older epoch"
+        "{master_terms} master and {gateway_terms} gateway leaderships, each epoch led by one member, in epoch order; {attachments} agent attachments, never to an older epoch; fencing refused {fenced} writes of deposed leaders in coord and {refused} commands at agents"
     );
     (line, violations)
 }
