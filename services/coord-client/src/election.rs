@@ -134,6 +134,16 @@ impl CoordClient {
         let guarded = Txn::new().when_create_revision(&fence.member, fence.epoch).otherwise_get(&fence.member).and(txn);
         let mut result = self.txn(guarded).await?;
         if result.succeeded {
+            // Every leader action that changes state, with the leadership it was made under
+            // and the revision coord committed it at: what a fault run checks against the
+            // election's history (a write must commit while its member node still exists).
+            tracing::debug!(
+                target: "marina_fence",
+                member = %fence.member,
+                epoch = fence.epoch,
+                revision = result.revision,
+                "fenced write committed"
+            );
             return Ok(result);
         }
         // The failure branch starts with the read of the member node.

@@ -50,8 +50,14 @@ const CONVERGENCE_LIMIT: Duration = Duration::from_secs(120);
 const SHAPE: Shape = Shape { coord: 3, masters: 2, gateways: 2, agents: 2, coord_disk: Some("512m") };
 
 /// What the processes are told beyond their defaults: agents offer fixed resources.
-const ENVS: &[(&str, &str, &str)] =
-    &[("agent", "MARINA_AGENT_RESOURCES__CPUS", "4"), ("agent", "MARINA_AGENT_RESOURCES__MEM_MB", "4096")];
+/// Leaders log every fenced write they commit (`marina_fence` at debug), for the leadership
+/// checker.
+const ENVS: &[(&str, &str, &str)] = &[
+    ("agent", "MARINA_AGENT_RESOURCES__CPUS", "4"),
+    ("agent", "MARINA_AGENT_RESOURCES__MEM_MB", "4096"),
+    ("master", "MARINA_MASTER_LOG__LEVEL", "info,openraft=warn,marina_fence=debug"),
+    ("gateway", "MARINA_GATEWAY_LOG__LEVEL", "info,openraft=warn,marina_fence=debug"),
+];
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
@@ -87,6 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         SHAPE.agents
     );
     let mut cluster = NetnsCluster::start("mchaos", SHAPE, ENVS).await?;
+    let elections = leadership::ElectionHistory::follow(&cluster).await?;
     let mut apps = apps::Apps::new(seed);
     apps.create(&cluster).await?;
     let registers = registers::Registers::start(&cluster, seed);
@@ -133,7 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if register_violation {
         violations.push(format!("coord registers: {line}"));
     }
-    let (line, leadership_violations) = leadership::check(&cluster);
+    let (line, leadership_violations) = leadership::check(&cluster, &elections);
     print_checker("leadership", &line, &leadership_violations);
     violations.extend(leadership_violations);
     let line = format!(
