@@ -28,6 +28,13 @@ use crate::watch::EventKind;
 
 const MEMBER_PREFIX: &str = "member_";
 
+/// How often a standby reads the members again while it waits for its predecessor to go.
+/// The watch tells it at once; this is a safety net, so that a deletion the watch never
+/// delivered cannot leave the election without a leader: `marina-bench chaos` once saw a
+/// standby wait 120 s on a predecessor long deleted, after its coord node died and the
+/// quorum moved under overlapping partitions (the cause is not yet pinned down).
+const STANDBY_RECHECK: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElectionState {
     /// Another member leads (or is about to).
@@ -231,7 +238,10 @@ async fn campaign(
             tracing::info!(member = %fence.member, epoch = fence.epoch, "leading");
             fence.member.clone()
         } else {
-            state.send_replace(ElectionState::Standby);
+            // Unchanged on a recheck: nothing to tell the candidacy.
+            state.send_if_modified(|current| {
+                std::mem::replace(current, ElectionState::Standby) != ElectionState::Standby
+            });
             format!("{dir}/{}", members[position - 1])
         };
         let mut watch = match client.watch(&watched, false, listing.revision.saturating_add(1)).await {
@@ -241,12 +251,22 @@ async fn campaign(
                 continue;
             }
         };
+        // A leader watches its own node: only the watch (and the session) can end it.
+        let recheck = async {
+            if position == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(STANDBY_RECHECK).await;
+        };
+        let mut recheck = std::pin::pin!(recheck);
         let deleted = loop {
             tokio::select! {
                 changed = session.wait_for(|state| *state == SessionState::Lost) => {
                     let _ = changed;
                     break false;
                 }
+                // Read the members again (the outer loop does): still waiting, or next.
+                () = &mut recheck => break true,
                 event = watch.next() => match event {
                     Some(Ok(change)) if change.events.iter().any(|event| event.kind == EventKind::Delete) => break true,
                     Some(Ok(_)) => {}

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 pub const APPS: usize = 2;
 
 /// What the bench asked of one app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Definition {
     instances: usize,
     /// Bumped by an upgrade (an env change: a rolling restart).
@@ -27,6 +27,10 @@ struct App {
     candidates: Vec<Definition>,
     /// Some request's outcome is unknown: the definition is sent again after the heal.
     uncertain: bool,
+    /// Every definition ever sent: a request whose answer was lost may still be applied
+    /// after a later one (it waited in a gateway that was cut off), so the gateway may end
+    /// on any of them — but never on one nobody sent.
+    sent: HashSet<Definition>,
 }
 
 /// Where the gateways and agents answer, for the workload running beside the faults (it
@@ -121,10 +125,14 @@ impl App {
 impl Apps {
     pub fn new(seed: u64) -> Self {
         let apps = (0..APPS)
-            .map(|index| App {
-                id: format!("/chaos/app-{index}"),
-                candidates: vec![Definition { instances: 2, generation: 0 }],
-                uncertain: false,
+            .map(|index| {
+                let first = Definition { instances: 2, generation: 0 };
+                App {
+                    id: format!("/chaos/app-{index}"),
+                    candidates: vec![first],
+                    uncertain: false,
+                    sent: HashSet::from([first]),
+                }
             })
             .collect();
         Apps {
@@ -162,6 +170,7 @@ impl Apps {
             Definition { generation: current.generation + 1, ..current }
         };
         app.candidates.push(next);
+        app.sent.insert(next);
         self.requests += 1;
         let acknowledged = match endpoints.put(gateway, &app.id, &app.body(next)).await {
             Ok((status, _)) => status < 300,
