@@ -358,15 +358,13 @@ impl NetnsCluster {
     /// SIGSTOPs (`true`) or SIGCONTs `member`'s process.
     pub fn freeze(&self, member: Member, frozen: bool) {
         let process = match member {
-            Member::Coord(index) => self.coord[index].process.as_ref(),
-            _ => None,
+            Member::Coord(index) => self.coord[index].process.as_ref().expect("running"),
+            _ => {
+                let service = self.service(member);
+                return if frozen { service.freeze() } else { service.thaw() };
+            }
         };
-        match (process, frozen) {
-            (Some(process), true) => process.freeze(),
-            (Some(process), false) => process.thaw(),
-            (None, true) => self.service(member).freeze(),
-            (None, false) => self.service(member).thaw(),
-        }
+        if frozen { process.freeze() } else { process.thaw() }
     }
 
     /// Copies every process's log into `dest` (created), named after the process: what a
@@ -414,7 +412,7 @@ impl NetnsCluster {
 
     /// Restarts every process that exited on its own (a service that failed stops for its
     /// supervisor to restart it: this is that supervisor). Returns those restarted.
-    pub fn restart_exited(&mut self) -> Vec<Member> {
+    pub async fn restart_exited(&mut self) -> Vec<Member> {
         let mut restarted = Vec::new();
         for member in self.members() {
             let exited = match member {
@@ -430,8 +428,8 @@ impl NetnsCluster {
                     let service = self.service_mut(member);
                     let exited = service.exit_status().is_some();
                     if exited {
-                        // Reaps it: `kill` of an exited process only forgets it.
-                        futures::executor::block_on(service.kill());
+                        // Forgets it: `kill` of an exited process only reaps it.
+                        service.kill().await;
                     }
                     exited
                 }

@@ -234,7 +234,7 @@ async fn converge(
     let mut reached: BTreeMap<&'static str, Duration> = BTreeMap::new();
     let mut last_reason: Option<String> = None;
     loop {
-        for member in cluster.restart_exited() {
+        for member in cluster.restart_exited().await {
             println!("  {member} had exited on its own: restarted (as its supervisor would)");
         }
         let (done, pending) = progress(cluster, apps, &reached).await;

@@ -95,6 +95,7 @@ impl Registers {
             }
         }
         let history = self.recorder.history();
+        let operations = history.len();
         let indeterminate = history.iter().filter(|op| op.output == Output::Unknown && op.input != Input::Read).count();
         let acknowledged = history.iter().filter(|op| matches!(op.output, Output::WriteOk | Output::CasOk)).count();
         let budget = Budget::default().within(Duration::from_secs(300));
@@ -106,7 +107,7 @@ impl Registers {
         .await;
         let stats = format!(
             "{} operations on {keys} keys ({acknowledged} acknowledged writes, {indeterminate} indeterminate), checked in {:.1} s",
-            self.recorder.history().len(),
+            operations,
             started.elapsed().as_secs_f64()
         );
         match outcome {

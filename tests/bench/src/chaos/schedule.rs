@@ -393,7 +393,7 @@ impl Player {
                 self.held.remove(&member);
                 std::fs::remove_file(&filler)?;
                 // A node that could not write exited (its supervisor restarts it).
-                for restarted in cluster.restart_exited() {
+                for restarted in cluster.restart_exited().await {
                     println!("  {restarted} had exited on its own: restarted (as its supervisor would)");
                 }
             }
