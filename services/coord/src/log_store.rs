@@ -34,7 +34,7 @@ use prometheus::Histogram;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -89,11 +89,23 @@ enum WriteRequest {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log under `dir`, recovering what a previous run persisted.
-    pub fn open(dir: &Path, fsync_seconds: Option<Histogram>) -> Result<Self, LogStoreError> {
+    /// Opens (or creates) the log of node `node` under `dir`, recovering what a previous
+    /// run persisted.
+    ///
+    /// A leadership this node held before it stopped is not resumed: the vote it committed
+    /// for itself is read back as a plain vote for itself in that term (still no vote for
+    /// anyone else in it), so the node starts as a follower and leads again only by winning
+    /// a later term. openraft would otherwise resume as leader of the same term and append
+    /// right after its last entry on disk, but a leader replicates before its own flush
+    /// completes, so the followers can hold — committed — entries this node never wrote (a
+    /// full disk, a power loss). The resumed leader would write different entries under
+    /// the very same log ids, which Raft takes for the same entries: committed writes lost
+    /// and the replicas diverged (found by `marina-bench chaos`, seed 11).
+    pub fn open(dir: &Path, node: NodeId, fsync_seconds: Option<Histogram>) -> Result<Self, LogStoreError> {
         let segments_dir = dir.join("log");
         fs::create_dir_all(&segments_dir).map_err(io_error(&segments_dir))?;
-        let vote: Option<Vote> = read_small_file(&dir.join("vote"))?;
+        let vote: Option<Vote> =
+            read_small_file::<Vote>(&dir.join("vote"))?.map(|vote| leadership_not_resumed(vote, node));
         let last_purged: Option<LogId> = read_small_file(&dir.join("purged"))?;
         let (segments, entries) = recover_segments(&segments_dir, last_purged)?;
         let failure = Arc::new(tokio::sync::watch::Sender::new(None));
@@ -152,6 +164,16 @@ impl LogStore {
         self.shared.writer.send(request).map_err(|_| {
             StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Write, io::Error::other("log writer stopped"))
         })
+    }
+}
+
+/// `vote` as a node restarting with it may hold it: a leadership of its own, committed, is
+/// demoted to an uncommitted vote for itself in the same term (see [`LogStore::open`]).
+fn leadership_not_resumed(vote: Vote, node: NodeId) -> Vote {
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(node) {
+        Vote::new(vote.leader_id().term, node)
+    } else {
+        vote
     }
 }
 
@@ -677,6 +699,19 @@ mod tests {
         assert_eq!(read_small_file::<Vote>(&dir.path().join("vote")).unwrap(), Some(vote(1)));
         drop(requests);
         writer.join().unwrap();
+    }
+
+    /// A node reopening its log holds its own former leadership as a plain vote for itself
+    /// (it must win a later term to lead); a leader it followed stays committed.
+    #[tokio::test]
+    async fn a_leadership_is_read_back_as_a_plain_vote_for_oneself() {
+        let dir = tempfile::tempdir().unwrap();
+        write_small_file(&dir.path().join("vote"), &Vote::new_committed(7, 1)).unwrap();
+        let mut own = LogStore::open(dir.path(), 1, None).unwrap();
+        assert_eq!(own.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+        drop(own);
+        let mut follower = LogStore::open(dir.path(), 2, None).unwrap();
+        assert_eq!(follower.read_vote().await.unwrap(), Some(Vote::new_committed(7, 1)));
     }
 
     fn segment_file(dir: &Path) -> PathBuf {

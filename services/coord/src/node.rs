@@ -237,7 +237,7 @@ pub async fn spawn(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     metrics.register(fsync_seconds.clone());
 
     let raft_dir = config.data_dir.join("raft");
-    let mut log_store = LogStore::open(&raft_dir, Some(fsync_seconds))?;
+    let mut log_store = LogStore::open(&raft_dir, config.id, Some(fsync_seconds))?;
     let startup_last_index = openraft::storage::RaftLogStorage::get_log_state(&mut log_store)
         .await
         .map_err(|error| StartError::Raft(error.to_string()))?

@@ -301,11 +301,12 @@ impl LeaseState {
 }
 
 impl ReadBarrier {
-    /// `startup_last_index` is the last log index this node held when it started. A node
-    /// that restarts as leader of the same term (openraft keeps leadership across restarts)
-    /// does not know how far the commit index had advanced, and its store is rebuilt by
-    /// replaying the log; reads wait until that replay has passed everything it held,
-    /// which includes everything it ever acknowledged.
+    /// `startup_last_index` is the last log index this node held when it started. A
+    /// restarted node does not know how far the commit index had advanced, and its store is
+    /// rebuilt by replaying the log; reads wait until that replay has passed everything it
+    /// held, which includes everything it ever acknowledged. (A restarted node no longer
+    /// resumes a leadership, see `LogStore::open`, and a new term's read index covers the
+    /// replay too; this stays as a cheap second guard.)
     ///
     /// `lease`: how long a confirmation lets reads skip the next one (`None`: never).
     pub fn spawn(

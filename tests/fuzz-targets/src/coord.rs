@@ -84,7 +84,7 @@ pub fn coord_log_segment(data: &[u8]) {
 }
 
 fn open_log(dir: &Path) -> Result<Vec<Entry>, LogStoreError> {
-    let mut log = LogStore::open(dir, None)?;
+    let mut log = LogStore::open(dir, 1, None)?;
     let entries = block_on(log.try_get_log_entries(..)).expect("an in-memory read");
     let state = block_on(log.get_log_state()).expect("an in-memory read");
     assert_eq!(state.last_log_id, entries.last().map(|entry| entry.log_id), "log state and entries disagree");
