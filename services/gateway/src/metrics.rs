@@ -21,6 +21,8 @@ pub struct GatewayMetrics {
     pub status_updates: IntCounter,
     /// The apps service's writes at the door ([`crate::admission`]).
     pub admission: AdmissionMetrics,
+    /// Where a deployment's time goes, from the leader taking it to its answer.
+    pub deployment_phases: DeploymentPhases,
 }
 
 impl GatewayMetrics {
@@ -41,7 +43,43 @@ impl GatewayMetrics {
             ),
             status_updates: counter("marina_gateway_status_updates_total", "Task status updates received."),
             admission: AdmissionMetrics::new(metrics),
+            deployment_phases: DeploymentPhases::new(metrics),
         }
+    }
+}
+
+/// Deployments are carried out one at a time (each plans against the apps as the one
+/// before left them), so the time one waits for its turn is the others' phases: these
+/// show which phase to shorten when submissions queue.
+#[derive(Clone)]
+pub struct DeploymentPhases {
+    /// Waiting for the deployments before it.
+    pub queued: Histogram,
+    /// Checking and planning the change against the apps.
+    pub plan: Histogram,
+    /// Writing it to coord (fenced transactions of up to 200 operations).
+    pub commit: Histogram,
+    /// Taking it into the leader's state and announcing it.
+    pub adopt: Histogram,
+}
+
+impl DeploymentPhases {
+    fn new(metrics: &Metrics) -> Self {
+        let phases = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "marina_gateway_deployment_phase_seconds",
+                "Time of each phase of a deployment on the leader: queued (behind the deployments before it), \
+                 plan, commit (to coord), adopt (into the leader's state, with its events).",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets")),
+            &["phase"],
+        )
+        .expect("static metric");
+        let phase = |name: &str| phases.with_label_values(&[name]);
+        let this =
+            Self { queued: phase("queued"), plan: phase("plan"), commit: phase("commit"), adopt: phase("adopt") };
+        metrics.register(phases);
+        this
     }
 }
 

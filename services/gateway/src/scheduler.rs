@@ -115,6 +115,18 @@ async fn session(
     let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
     // Ends with the session, when `acks` goes.
     tokio::spawn(send_acknowledgements(client.clone(), session.framework_id.clone(), pending_acks).in_current_span());
+    // Offers are used on a task of their own, in the order they came: using them waits on
+    // coord (the instances' records) and on the master (the accepts), and status updates
+    // must not wait behind that — the master keeps a bounded queue of them per scheduler,
+    // and ends the subscription when it fills. No update can overtake the offer its task
+    // was launched on: a task's instance is in the state before its launch is sent. The
+    // queue is bounded by the offers outstanding (each agent's resources are offered once
+    // until used or declined); it ends with the session (offers still queued then are
+    // the old master's, and go unused).
+    let (offers, pending_offers) = tokio::sync::mpsc::unbounded_channel();
+    let offers_session = CancellationToken::new();
+    let _stop_using_offers = offers_session.clone().drop_guard();
+    tokio::spawn(use_offers(leader.clone(), pending_offers, offers_session).in_current_span());
     // Checked often: a new deployment waits for offers until its revive (the check is cheap,
     // and the revive itself is sent only when the want appears).
     let mut revive = tokio::time::interval(Duration::from_millis(50));
@@ -139,10 +151,10 @@ async fn session(
                     Err(status) => return Err(format!("stream failed: {}", status.message())),
                 };
                 match event.kind {
-                    Some(Kind::Offers(offers)) => {
-                        let span = tracing::info_span!(parent: None, "gateway.offers", offers = offers.offers.len());
-                        marina_daemon::trace::set_parent(&span, &offers.trace_context);
-                        leader.handle_offers(offers.offers).instrument(span).await;
+                    Some(Kind::Offers(received)) => {
+                        let span = tracing::info_span!(parent: None, "gateway.offers", offers = received.offers.len());
+                        marina_daemon::trace::set_parent(&span, &received.trace_context);
+                        let _ = offers.send((received.offers, span));
                     }
                     Some(Kind::Update(status)) => {
                         // Delivery of a status update continues the trace it was sent in.
@@ -175,6 +187,26 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Uses offers one batch after another, as the session's stream delivered them, until the
+/// session ends (a batch being used then is used to its end).
+async fn use_offers(
+    leader: Arc<Leader>,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<(Vec<master::Offer>, tracing::Span)>,
+    session: CancellationToken,
+) {
+    loop {
+        let (offers, span) = tokio::select! {
+            biased;
+            () = session.cancelled() => return,
+            received = pending.recv() => match received {
+                Some(received) => received,
+                None => return,
+            },
+        };
+        leader.handle_offers(offers).instrument(span).await;
     }
 }
 

@@ -224,6 +224,7 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
         .collect::<anyhow::Result<_>>()?;
     let submit_seconds = submit_started.elapsed().as_secs_f64();
     let submitted: HashMap<String, i64> = submitted.into_iter().collect();
+    let phases = deployment_phases(&http, &base).await?;
 
     wait_all_running(&http, &base, (&cluster.master_address, &operator), args.tasks, deadline).await?;
     let heap_running = heap::live();
@@ -263,6 +264,7 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     let running = rows[2].latencies_ms.len();
     ensure!(running == args.tasks, "{running} tasks have a startedAt, {} were submitted", args.tasks);
     print_table(&rows, first_submit);
+    println!("{phases}");
     let health = Health::read(&cluster, &http, &operator).await?.since(&health_before);
     println!("health: {health}");
     if let Some(peaks) = &peaks {
@@ -430,6 +432,25 @@ impl std::fmt::Display for Health {
             self.scheduler_overflows,
         )
     }
+}
+
+/// Where submission time went on the gateway's leader: the mean time per deployment in each
+/// phase (`marina_gateway_deployment_phase_seconds`), read as submission ends.
+async fn deployment_phases(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let name = "marina_gateway_deployment_phase_seconds";
+    let mut line = String::from("deployments:");
+    for phase in ["queued", "plan", "commit", "adopt"] {
+        let labelled = |suffix: &str| format!("{name}_{suffix}{{phase=\"{phase}\"}}");
+        let (sum, count) = (metric(&text, &labelled("sum")), metric(&text, &labelled("count")));
+        if phase == "queued" {
+            line.push_str(&format!(" {count:.0} on the leader; mean per deployment:"));
+        }
+        line.push_str(&format!(" {phase} {:.2} ms", if count > 0.0 { 1000.0 * sum / count } else { 0.0 }));
+        line.push(if phase == "adopt" { ' ' } else { ',' });
+    }
+    line.push_str("(queued: behind the deployments before it; they are carried out one at a time)");
+    Ok(line)
 }
 
 /// The value of an unlabelled metric in a Prometheus text page (0 when absent).

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -94,7 +95,9 @@ impl Leader {
         group: Option<&str>,
         derive: impl FnOnce(&Self) -> Result<TreeRequest, E>,
     ) -> Result<Outcome, E> {
+        let asked = Instant::now();
         let serialized = self.deploy_lock.clone().lock_owned().await;
+        self.metrics.deployment_phases.queued.observe(asked.elapsed().as_secs_f64());
         let request = match derive(self) {
             Ok(request) => request,
             Err(error) => {
@@ -155,6 +158,8 @@ impl Leader {
     /// (an app put back as it is, a scale by 1, an empty list) writes nothing and answers a
     /// deployment that is over at once, as Marathon's empty deployment plans are.
     pub(super) async fn deploy_serialized(&self, request: TreeRequest, force: bool) -> Result<Deployed, DeployError> {
+        let phases = &self.metrics.deployment_phases;
+        let started = Instant::now();
         let now = next_version(&self.lock());
         let version = now.to_string();
         let deployment_id = marina_daemon::ids::uuid();
@@ -162,6 +167,7 @@ impl Leader {
         let origin = request.origin.clone();
         let planned =
             plan_tree(&self.lock(), &self.config.limits, &self.config.policy, request, force, deployment_id, now);
+        phases.plan.observe(started.elapsed().as_secs_f64());
         let planned = match planned {
             Ok(planned) => planned,
             Err(error) => {
@@ -193,11 +199,15 @@ impl Leader {
             announce(self);
             return Ok(Deployed { deployment_id: deployment.id, version: current });
         }
-        if let Err(error) = self.apply(batch).await {
+        let committing = Instant::now();
+        let committed = self.apply(batch).await;
+        phases.commit.observe(committing.elapsed().as_secs_f64());
+        if let Err(error) = committed {
             let reason = error.to_string();
             self.events.publish(MarathonEvent::GroupChangeFailed { group_id, version, reason });
             return Err(error);
         }
+        let adopting = Instant::now();
         let (plan_json, health_events) = {
             let mut state = self.lock();
             adopt_groups(&mut state, &group_changes);
@@ -223,6 +233,7 @@ impl Leader {
         }
         self.events.publish(MarathonEvent::GroupChangeSuccess { group_id, version: version.clone() });
         announce(self);
+        phases.adopt.observe(adopting.elapsed().as_secs_f64());
         self.converge_now.notify_one();
         // Versions beyond Marathon's limit go, off the request path.
         let store = self.store.clone();
