@@ -258,7 +258,7 @@ impl Apps {
             return Some(format!("tasks running on agents that the gateway does not know: {unknown:?}"));
         }
         for (app, declared) in self.apps.iter_mut().zip(settled) {
-            if !app.candidates.contains(&declared) {
+            if !app.sent.contains(&declared) {
                 self.violations
                     .push(format!("{}: the gateway declares {declared:?}, which was never asked for", app.id));
             }

@@ -67,7 +67,9 @@ impl Registers {
         for k in 0..KEYS_PER_ROUND {
             let key = key(round, k);
             let invocation = self.recorder.invoke(usize::MAX - 1, key.clone(), Input::Write(0));
-            let output = match self.admin.put(&key, "0").await {
+            // A put whose outcome is unknown (a connection the last faults broke) is sent
+            // again: no client writes this key yet, so a second write of 0 changes nothing.
+            let output = match marina_coord_client::retry_idempotent(|| self.admin.put(&key, "0")).await {
                 Ok(_) => Output::WriteOk,
                 Err(error) => anyhow::bail!("creating register {key} after convergence: {error}"),
             };
