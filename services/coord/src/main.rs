@@ -7,12 +7,8 @@ use marina_coord::Config;
 use marina_daemon::cli::{ConfigFlags, LogFlags, TlsFlags};
 use serde::Serialize;
 
-/// Every request allocates (decoding, the Raft entry, the answer): with glibc's allocator
-/// that was a tenth of a node's CPU under load. With mimalloc the coord benchmark's
-/// throughput rose 5–15 % (reads the most); a node holding 100,000 keys went from 94 to
-/// 119 MB resident. Version 2: version 3 kept freed pages longer (185 MB).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: marina_daemon::Allocator = marina_daemon::Allocator;
 
 /// Flags are the configuration keys of the TOML file; each overrides file and environment.
 #[derive(Parser, Serialize)]

@@ -207,6 +207,11 @@ impl Apps {
 
     // ----- reading ----------------------------------------------------------------------------
 
+    /// Every app's definition, in id order, without its tasks.
+    pub fn definitions(&self) -> Vec<AppDefinition> {
+        self.leader.definitions()
+    }
+
     pub fn list(&self) -> Vec<AppView> {
         self.leader.apps().into_iter().map(AppView::new).collect()
     }
@@ -543,8 +548,17 @@ impl Apps {
 }
 
 impl Apps {
-    /// The apps `selector` keeps, in id order.
-    pub fn select(&self, selector: &AppSelector) -> Vec<AppView> {
-        self.list().into_iter().filter(|view| selector.matches(&view.app)).collect()
+    /// The apps `selector` keeps, in id order, each read when it is reached: a listing of
+    /// every app with its tasks then holds one app's tasks at a time, not a copy of every
+    /// task (at a million tasks, gigabytes). Apps deleted meanwhile are left out.
+    pub fn select(&self, selector: &AppSelector) -> impl Iterator<Item = AppView> + '_ {
+        let ids: Vec<String> = self
+            .leader
+            .definitions()
+            .into_iter()
+            .filter(|app| selector.matches(app))
+            .map(|app| app.id.to_string())
+            .collect();
+        ids.into_iter().filter_map(|id| self.leader.app(&id).map(AppView::new))
     }
 }

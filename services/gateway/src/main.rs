@@ -36,6 +36,9 @@ impl AuthFlags {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: marina_daemon::Allocator = marina_daemon::Allocator;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();

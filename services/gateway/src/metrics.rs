@@ -23,6 +23,8 @@ pub struct GatewayMetrics {
     pub admission: AdmissionMetrics,
     /// Where a deployment's time goes, from the leader taking it to its answer.
     pub deployment_phases: DeploymentPhases,
+    /// Where the time of using offers goes.
+    pub offer_phases: OfferPhases,
 }
 
 impl GatewayMetrics {
@@ -44,6 +46,7 @@ impl GatewayMetrics {
             status_updates: counter("marina_gateway_status_updates_total", "Task status updates received."),
             admission: AdmissionMetrics::new(metrics),
             deployment_phases: DeploymentPhases::new(metrics),
+            offer_phases: OfferPhases::new(metrics),
         }
     }
 }
@@ -65,22 +68,61 @@ pub struct DeploymentPhases {
 
 impl DeploymentPhases {
     fn new(metrics: &Metrics) -> Self {
-        let phases = prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                "marina_gateway_deployment_phase_seconds",
-                "Time of each phase of a deployment on the leader: queued (behind the deployments before it), \
-                 plan, commit (to coord), adopt (into the leader's state, with its events).",
-            )
-            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets")),
-            &["phase"],
+        let [queued, plan, commit, adopt] = phase_histograms(
+            metrics,
+            "marina_gateway_deployment_phase_seconds",
+            "Time of each phase of a deployment on the leader: queued (behind the deployments before it), \
+             plan, commit (to coord), adopt (into the leader's state, with its events).",
+            ["queued", "plan", "commit", "adopt"],
+        );
+        Self { queued, plan, commit, adopt }
+    }
+}
+
+/// Offers are used one batch at a time (see `scheduler::use_offers`): the time of each phase
+/// of a batch, and how many tasks it placed, show what bounds the launch rate.
+#[derive(Clone)]
+pub struct OfferPhases {
+    /// Placing waiting instances on the offers.
+    pub decide: Histogram,
+    /// Writing the placed instances' records to coord.
+    pub record: Histogram,
+    /// The master's answers to the accepts.
+    pub accept: Histogram,
+    /// Tasks placed per batch of offers.
+    pub placed: Histogram,
+}
+
+impl OfferPhases {
+    fn new(metrics: &Metrics) -> Self {
+        let [decide, record, accept] = phase_histograms(
+            metrics,
+            "marina_gateway_offer_phase_seconds",
+            "Time of each phase of using a batch of offers: decide (placing instances), record (their records \
+             to coord), accept (the master's answers).",
+            ["decide", "record", "accept"],
+        );
+        let placed = Histogram::with_opts(
+            HistogramOpts::new("marina_gateway_offer_batch_tasks", "Tasks placed per batch of offers used.")
+                .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("static buckets")),
         )
         .expect("static metric");
-        let phase = |name: &str| phases.with_label_values(&[name]);
-        let this =
-            Self { queued: phase("queued"), plan: phase("plan"), commit: phase("commit"), adopt: phase("adopt") };
-        metrics.register(phases);
-        this
+        metrics.register(placed.clone());
+        Self { decide, record, accept, placed }
     }
+}
+
+/// One histogram per phase of `name` (label `phase`), 0.1 ms to about 30 s.
+fn phase_histograms<const N: usize>(metrics: &Metrics, name: &str, help: &str, phases: [&str; N]) -> [Histogram; N] {
+    let histograms = prometheus::HistogramVec::new(
+        HistogramOpts::new(name, help)
+            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets")),
+        &["phase"],
+    )
+    .expect("static metric");
+    let each = phases.map(|phase| histograms.with_label_values(&[phase]));
+    metrics.register(histograms);
+    each
 }
 
 /// Admission wait buckets, 1 ms to 30 s: an idle gateway admits at once, a busy one within

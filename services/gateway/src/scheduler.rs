@@ -191,21 +191,37 @@ async fn session(
 }
 
 /// Uses offers one batch after another, as the session's stream delivered them, until the
-/// session ends (a batch being used then is used to its end).
+/// session ends (a batch being used then is used to its end). Batches that queued while one
+/// was being used are used together: one coord write for all their instances and one
+/// placement pass, instead of one each (the master offers every 100 ms, and using a batch
+/// can take longer on a busy host).
 async fn use_offers(
     leader: Arc<Leader>,
     mut pending: tokio::sync::mpsc::UnboundedReceiver<(Vec<master::Offer>, tracing::Span)>,
     session: CancellationToken,
 ) {
+    let mut received = Vec::new();
     loop {
-        let (offers, span) = tokio::select! {
+        let count = tokio::select! {
             biased;
             () = session.cancelled() => return,
-            received = pending.recv() => match received {
-                Some(received) => received,
-                None => return,
-            },
+            count = pending.recv_many(&mut received, usize::MAX) => count,
         };
+        if count == 0 {
+            return;
+        }
+        let span = match received.as_slice() {
+            [(_, span)] => span.clone(),
+            batches => {
+                let offers: usize = batches.iter().map(|(offers, _)| offers.len()).sum();
+                let merged = tracing::info_span!(parent: None, "gateway.offers", offers, batches = batches.len());
+                for (_, span) in batches {
+                    merged.follows_from(span);
+                }
+                merged
+            }
+        };
+        let offers = received.drain(..).flat_map(|(offers, _)| offers).collect();
         leader.handle_offers(offers).instrument(span).await;
     }
 }

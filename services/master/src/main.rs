@@ -17,6 +17,9 @@ struct Flags {
     member: MemberFlags,
 }
 
+#[global_allocator]
+static ALLOCATOR: marina_daemon::Allocator = marina_daemon::Allocator;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();

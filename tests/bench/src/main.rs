@@ -31,6 +31,13 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: heap::TaggingAllocator = heap::TaggingAllocator;
 
+/// Otherwise the allocator of the control plane's binaries (coord, master, gateway). The
+/// hollow agents share it: the agent binary keeps the system allocator for its footprint,
+/// and on their own hosts agents do not take the control plane's CPU as they do here.
+#[cfg(not(feature = "heap-profile"))]
+#[global_allocator]
+static ALLOCATOR: marina_daemon::Allocator = marina_daemon::Allocator;
+
 #[derive(Parser)]
 #[command(name = "marina-bench", about = "Marina's benchmarks")]
 struct Cli {

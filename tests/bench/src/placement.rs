@@ -228,6 +228,7 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
 
     wait_all_running(&http, &base, (&cluster.master_address, &operator), args.tasks, deadline).await?;
     let heap_running = heap::live();
+    let offers = offer_phases(&http, &base).await?;
 
     // Every task's startedAt, from the gateway's own record.
     let apps: Value = http
@@ -265,6 +266,7 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     ensure!(running == args.tasks, "{running} tasks have a startedAt, {} were submitted", args.tasks);
     print_table(&rows, first_submit);
     println!("{phases}");
+    println!("{offers}");
     let health = Health::read(&cluster, &http, &operator).await?.since(&health_before);
     println!("health: {health}");
     if let Some(peaks) = &peaks {
@@ -438,19 +440,43 @@ impl std::fmt::Display for Health {
 /// phase (`marina_gateway_deployment_phase_seconds`), read as submission ends.
 async fn deployment_phases(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
-    let name = "marina_gateway_deployment_phase_seconds";
-    let mut line = String::from("deployments:");
-    for phase in ["queued", "plan", "commit", "adopt"] {
-        let labelled = |suffix: &str| format!("{name}_{suffix}{{phase=\"{phase}\"}}");
-        let (sum, count) = (metric(&text, &labelled("sum")), metric(&text, &labelled("count")));
-        if phase == "queued" {
-            line.push_str(&format!(" {count:.0} on the leader; mean per deployment:"));
-        }
-        line.push_str(&format!(" {phase} {:.2} ms", if count > 0.0 { 1000.0 * sum / count } else { 0.0 }));
-        line.push(if phase == "adopt" { ' ' } else { ',' });
-    }
-    line.push_str("(queued: behind the deployments before it; they are carried out one at a time)");
-    Ok(line)
+    let (count, means) =
+        phase_means(&text, "marina_gateway_deployment_phase_seconds", &["queued", "plan", "commit", "adopt"]);
+    Ok(format!(
+        "deployments: {count:.0} on the leader; mean per deployment: {means} (queued: behind the deployments \
+         before it; they are carried out one at a time)"
+    ))
+}
+
+/// Where the gateway's time using offers went: batches of offers used, tasks placed per
+/// batch, and each phase's mean (from `marina_gateway_offer_*`).
+async fn offer_phases(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let (count, means) = phase_means(&text, "marina_gateway_offer_phase_seconds", &["decide", "record", "accept"]);
+    let placed = metric(&text, "marina_gateway_offer_batch_tasks_sum");
+    let per_batch = if count > 0.0 { placed / count } else { 0.0 };
+    Ok(format!(
+        "offers: {count:.0} batches used, {per_batch:.0} tasks placed per batch; mean per batch: {means} \
+         (batches are used one at a time)"
+    ))
+}
+
+/// The count of a phase histogram (label `phase`) and `phase X.XX ms` for each phase's mean.
+fn phase_means(text: &str, name: &str, phases: &[&str]) -> (f64, String) {
+    let mut count_of_first = 0.0;
+    let means: Vec<String> = phases
+        .iter()
+        .enumerate()
+        .map(|(index, phase)| {
+            let labelled = |suffix: &str| format!("{name}_{suffix}{{phase=\"{phase}\"}}");
+            let (sum, count) = (metric(text, &labelled("sum")), metric(text, &labelled("count")));
+            if index == 0 {
+                count_of_first = count;
+            }
+            format!("{phase} {:.2} ms", if count > 0.0 { 1000.0 * sum / count } else { 0.0 })
+        })
+        .collect();
+    (count_of_first, means.join(", "))
 }
 
 /// The value of an unlabelled metric in a Prometheus text page (0 when absent).
@@ -764,7 +790,7 @@ async fn wait_all_running(
     let mut last_change = (0, Instant::now());
     let mut diagnosed = false;
     loop {
-        let running = running_instances(http, base).await.unwrap_or(0);
+        let (running, launching) = running_instances(http, base).await.unwrap_or((0, 0));
         if running >= tasks {
             return Ok(());
         }
@@ -781,7 +807,7 @@ async fn wait_all_running(
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
-            eprintln!("  … {running} of {tasks} tasks RUNNING");
+            eprintln!("  … {running} of {tasks} tasks RUNNING, {launching} launched and not yet running");
         }
         // Not much more often: each poll makes the gateway count 100,000 instances.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -836,13 +862,12 @@ async fn diagnose_stall(
 }
 
 /// `marina_gateway_instances{state="TASK_RUNNING"}` from the gateway's `/metrics`.
-async fn running_instances(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+/// The gateway's instances RUNNING, and those launched and not yet running (staging or
+/// starting), from `marina_gateway_instances`.
+async fn running_instances(http: &reqwest::Client, base: &str) -> anyhow::Result<(usize, usize)> {
     let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix("marina_gateway_instances{state=\"TASK_RUNNING\"} "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map_or(0, |value| value as usize))
+    let count = |state: &str| metric(&text, &format!("marina_gateway_instances{{state=\"{state}\"}}")) as usize;
+    Ok((count("TASK_RUNNING"), count("TASK_STAGING") + count("TASK_STARTING")))
 }
 
 /// One row: a kind of app, its tasks' latencies, and when its last task ran.

@@ -36,10 +36,16 @@ impl Leader {
     pub async fn handle_offers(&self, offers: Vec<master::Offer>) {
         let session = self.master.borrow().clone();
         let Some(session) = session else { return };
+        let phases = &self.metrics.offer_phases;
         let now = Instant::now();
         let OfferPlan { mut launches, records } = decide(&mut self.lock(), &offers, now);
+        let recording = Instant::now();
+        phases.decide.observe((recording - now).as_secs_f64());
+        phases.placed.observe(records.len() as f64);
         let all: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
-        if let Err(error) = self.record_instances(&records, &mut launches).await {
+        let recorded = self.record_instances(&records, &mut launches).await;
+        phases.record.observe(recording.elapsed().as_secs_f64());
+        if let Err(error) = recorded {
             tracing::warn!(%error, "cannot record instances; not launching them");
             {
                 let mut state = self.lock();
@@ -52,7 +58,9 @@ impl Leader {
             return;
         }
         let unused: Vec<String> = all.into_iter().filter(|id| !launches.contains_key(id)).collect();
+        let accepting = Instant::now();
         let refused = self.accept(&session, launches).await;
+        phases.accept.observe(accepting.elapsed().as_secs_f64());
         let refuse_seconds = if self.wants_offers() { 1.0 } else { 5.0 };
         let effects = after_accepts(&mut self.lock(), refused, unused, refuse_seconds, Instant::now());
         if let Err(error) = self.execute(effects).await {

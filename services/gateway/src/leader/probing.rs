@@ -42,9 +42,7 @@ impl Leader {
             let Some(active) = entry.active.as_ref().filter(|a| !a.readiness_checks.is_empty()) else { continue };
             let config_version = model::config_version(active);
             let interval = Duration::from_secs(u64::from(active.readiness_checks[0].interval_seconds.max(1)));
-            let Some(task_ids) = state.instances.by_app.get(app_id) else { continue };
-            for task_id in task_ids {
-                let Some(instance) = state.instances.all.get_mut(task_id) else { continue };
+            for instance in state.instances.of_app_mut(app_id) {
                 let waiting = instance.record.config_version == config_version
                     && instance.state == TaskState::TaskRunning
                     && !instance.killing

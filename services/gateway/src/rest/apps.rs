@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Flags, Peer, Reply, deployed, invalid_json, message, service, service_for, wants_text};
+use super::{
+    Flags, Peer, Reply, deployed, invalid_json, json_list, message, off_runtime, service, service_for, wants_text,
+};
 use crate::Gateway;
 use crate::app::{AppDefinition, PathId, Timestamp};
 use crate::apps::{AppSelector, AppView, Apps, AppsError, KillRequest, LabelSelectors, UpdateMode, app_id, group_id};
@@ -366,9 +368,11 @@ fn the_app(rest: &str) -> Result<PathId, Response> {
 pub(super) async fn list(State(gateway): State<Arc<Gateway>>, Query(flags): Query<Flags>) -> Reply {
     let apps = service(&gateway)?;
     let selector = selector(&flags)?;
-    let info = AppInfo::new(&apps, Embeds::for_list(&flags.embed));
-    let listed: Vec<Value> = apps.select(&selector).iter().map(|view| info.json(view)).collect();
-    Ok(axum::Json(json!({ "apps": listed })).into_response())
+    off_runtime(move || {
+        let info = AppInfo::new(&apps, Embeds::for_list(&flags.embed));
+        Ok(json_list("apps", apps.select(&selector).map(|view| info.json(&view))))
+    })
+    .await
 }
 
 /// The list's filters; a label selector that does not parse is Marathon's 422.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::apps::{AppInfo, Embeds};
-use super::{Peer, Reply, deployed, invalid_json, message, service, service_for};
+use super::{Peer, Reply, deployed, invalid_json, message, off_runtime, service, service_for};
 use crate::Gateway;
 use crate::app::{self, AppDefinition, PathId, Timestamp, Violation};
 use crate::apps::{AppView, Apps, AppsError, GroupEdit, group_id};
@@ -313,7 +313,8 @@ pub fn read_group(body: &[u8], group: Option<&PathId>) -> Result<Vec<AppDefiniti
 pub(super) async fn get_root(State(gateway): State<Arc<Gateway>>, Query(pairs): Query<Vec<(String, String)>>) -> Reply {
     let query = GroupQuery::read(pairs)?;
     let apps = service(&gateway)?;
-    Ok(group_answer(&apps, &apps.group_tree(&PathId::root())?, &query.embed))
+    let node = apps.group_tree(&PathId::root())?;
+    off_runtime(move || Ok(group_answer(&apps, &node, &query.embed))).await
 }
 
 pub(super) async fn get(
@@ -324,7 +325,10 @@ pub(super) async fn get(
     let query = GroupQuery::read(pairs)?;
     let apps = service(&gateway)?;
     match GroupPath::read(&raw) {
-        GroupPath::Group(id) => Ok(group_answer(&apps, &apps.group_tree(&group_id(id)?)?, &query.embed)),
+        GroupPath::Group(id) => {
+            let node = apps.group_tree(&group_id(id)?)?;
+            off_runtime(move || Ok(group_answer(&apps, &node, &query.embed))).await
+        }
         GroupPath::Versions(id) => Ok(axum::Json(apps.group_versions(&group_id(id)?).await?).into_response()),
         GroupPath::Version(id, version) => {
             let node = apps.group_version(&group_id(id)?, version).await?;

@@ -95,8 +95,37 @@ pub fn read_request_target(target: &str) -> Result<(), String> {
 
 // ----- answers ----------------------------------------------------------------------------------
 
+/// Answers a read whose JSON grows with the cluster (every app, every task): built and
+/// serialized on the blocking pool, never on a runtime worker. At 100,000 tasks that takes
+/// seconds, and on a worker it held up the tasks queued behind it there: in the placement
+/// benchmark the leader's coord session keep-alive was among them, and the session expired
+/// (the gateway lost its leadership to one `GET /v2/apps?embed=apps.tasks`).
+async fn off_runtime(build: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+    match tokio::task::spawn_blocking(build).await {
+        Ok(reply) => reply,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(message(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down")),
+    }
+}
+
 fn message(status: StatusCode, text: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "message": text.into() }))).into_response()
+}
+
+/// The JSON object `{"<field>": [...items]}`, written one item at a time: a listing of every
+/// app or task never holds more than one item's JSON tree besides the bytes written (the
+/// tree of a whole listing is several times its size).
+fn json_list(field: &str, items: impl Iterator<Item = serde_json::Value>) -> Response {
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("{{{}:[", json!(field)).as_bytes());
+    for (index, item) in items.enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &item).expect("a JSON value serializes");
+    }
+    body.extend_from_slice(b"]}");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Marathon's 400 for a body that is not JSON.

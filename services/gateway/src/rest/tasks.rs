@@ -14,32 +14,35 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::{refuse_scale_and_wipe, service_ports, task_json};
-use super::{Flags, Reply, deployed, invalid_json, service, wants_text};
+use super::{Flags, Reply, deployed, invalid_json, json_list, off_runtime, service, wants_text};
 use crate::Gateway;
 use crate::app::AppDefinition;
 use crate::apps::{AppView, Apps, KillRequest};
 
 /// Every app's definition by id, for the tasks' service ports and health results.
 fn definitions(apps: &Apps) -> BTreeMap<String, AppDefinition> {
-    apps.list().into_iter().map(|view| (view.app.id.to_string(), view.app)).collect()
+    apps.definitions().into_iter().map(|app| (app.id.to_string(), app)).collect()
 }
 
 /// `GET /v2/tasks`: JSON, filtered by `status` (and `status[]`), or the endpoints list when
 /// the caller asks for `text/plain`.
 pub(super) async fn list(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, Query(flags): Query<Flags>) -> Reply {
     let apps = service(&gateway)?;
-    if wants_text(&headers) {
-        return Ok(endpoints_text_response(&apps.list()));
-    }
-    let definitions = definitions(&apps);
-    let wanted: Vec<TaskState> = flags.status.iter().filter_map(|status| task_state(status)).collect();
-    let tasks: Vec<Value> = apps
-        .tasks(None)
-        .iter()
-        .filter(|i| wanted.is_empty() || wanted.contains(&i.state))
-        .map(|i| task_json(i, definitions.get(&i.record.app_id)))
-        .collect();
-    Ok(axum::Json(json!({ "tasks": tasks })).into_response())
+    let text = wants_text(&headers);
+    off_runtime(move || {
+        if text {
+            return Ok(endpoints_text_response(&apps.list()));
+        }
+        let definitions = definitions(&apps);
+        let wanted: Vec<TaskState> = flags.status.iter().filter_map(|status| task_state(status)).collect();
+        let tasks = apps.tasks(None);
+        let listed = tasks
+            .iter()
+            .filter(|i| wanted.is_empty() || wanted.contains(&i.state))
+            .map(|i| task_json(i, definitions.get(&i.record.app_id)));
+        Ok(json_list("tasks", listed))
+    })
+    .await
 }
 
 /// The task state a `status` names, as Marathon reads it (`TasksResource.toTaskState`):
