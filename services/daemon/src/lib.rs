@@ -35,8 +35,8 @@ pub mod trace;
 /// threads at once: glibc's allocator spent a tenth of a coord node's CPU under load, and in
 /// the placement benchmark (100,000 tasks, every service in one process) its consolidation
 /// of freed chunks was among the largest costs; with mimalloc that benchmark went from
-/// 3,400–4,300 to 5,900–6,800 tasks/s. The price is memory: a master leading 1,001 agents
-/// went from 54 to 84 MB resident. Version 2: version 3 kept freed pages longer (a coord node
+/// 3,400–4,300 to 5,800–6,700 tasks/s. The price is memory: a master leading 1,001 agents
+/// went from 54 to 85 MB resident. Version 2: version 3 kept freed pages longer (a coord node
 /// holding 100,000 keys: 119 MB resident with version 2, 185 MB with 3, 94 MB with glibc).
 pub use mimalloc::MiMalloc as Allocator;
 

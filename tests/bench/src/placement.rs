@@ -439,7 +439,7 @@ impl std::fmt::Display for Health {
 /// Where submission time went on the gateway's leader: the mean time per deployment in each
 /// phase (`marina_gateway_deployment_phase_seconds`), read as submission ends.
 async fn deployment_phases(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let text = gateway_metrics(http, base).await?;
     let (count, means) =
         phase_means(&text, "marina_gateway_deployment_phase_seconds", &["queued", "plan", "commit", "adopt"]);
     Ok(format!(
@@ -451,7 +451,7 @@ async fn deployment_phases(http: &reqwest::Client, base: &str) -> anyhow::Result
 /// Where the gateway's time using offers went: batches of offers used, tasks placed per
 /// batch, and each phase's mean (from `marina_gateway_offer_*`).
 async fn offer_phases(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let text = gateway_metrics(http, base).await?;
     let (count, means) = phase_means(&text, "marina_gateway_offer_phase_seconds", &["decide", "record", "accept"]);
     let placed = metric(&text, "marina_gateway_offer_batch_tasks_sum");
     let per_batch = if count > 0.0 { placed / count } else { 0.0 };
@@ -477,6 +477,11 @@ fn phase_means(text: &str, name: &str, phases: &[&str]) -> (f64, String) {
         })
         .collect();
     (count_of_first, means.join(", "))
+}
+
+/// The gateway's `/metrics` page.
+async fn gateway_metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?)
 }
 
 /// The value of an unlabelled metric in a Prometheus text page (0 when absent).
@@ -861,11 +866,10 @@ async fn diagnose_stall(
     Ok(())
 }
 
-/// `marina_gateway_instances{state="TASK_RUNNING"}` from the gateway's `/metrics`.
 /// The gateway's instances RUNNING, and those launched and not yet running (staging or
 /// starting), from `marina_gateway_instances`.
 async fn running_instances(http: &reqwest::Client, base: &str) -> anyhow::Result<(usize, usize)> {
-    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let text = gateway_metrics(http, base).await?;
     let count = |state: &str| metric(&text, &format!("marina_gateway_instances{{state=\"{state}\"}}")) as usize;
     Ok((count("TASK_RUNNING"), count("TASK_STAGING") + count("TASK_STARTING")))
 }
