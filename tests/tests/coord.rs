@@ -221,7 +221,9 @@ async fn sessions_and_watches_survive_a_leader_change() {
     let mut cluster = CoordCluster::start(3).await;
     let client = cluster.client();
     let writer = cluster.client();
-    let session = client.create_session(Duration::from_secs(3), Duration::ZERO).await.unwrap();
+    // The services' own session TTL (5 s): it must outlive a leader change, which takes up
+    // to twice the max election timeout (the old leader's lease, then an election).
+    let session = client.create_session(Duration::from_secs(5), Duration::ZERO).await.unwrap();
     client.create("/members/me", "", CreateOptions { session: Some(session.id()), sequential: false }).await.unwrap();
     let mut watch = client.watch("/counter", true, 0).await.unwrap();
 

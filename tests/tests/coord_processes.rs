@@ -14,6 +14,14 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The longest a lost leader takes to be replaced with the default configuration, and a
+/// second more for clients to find the new one: a follower stands only once the old
+/// leader's lease (the max election timeout) and then its own election timeout have run out.
+fn failover_bound() -> Duration {
+    let raft = marina_coord::Config::default().raft;
+    Duration::from_millis(2 * raft.election_timeout_max_ms) + Duration::from_secs(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_leader_then_two_nodes() {
     let mut cluster = CoordProcesses::start(3).await;
@@ -30,7 +38,8 @@ async fn sigkill_the_leader_then_two_nodes() {
     // (Indeterminate); a put may be applied twice, so it is retried as callers do.
     marina_coord_client::retry_idempotent(|| client.put("/after-kill", "x")).await.unwrap();
     let recovered = killed_at.elapsed();
-    assert!(recovered < Duration::from_secs(3), "writes resumed {recovered:?} after the leader died");
+    let bound = failover_bound();
+    assert!(recovered < bound, "writes resumed {recovered:?} after the leader died (bound {bound:?})");
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
 
@@ -42,7 +51,9 @@ async fn sigkill_the_leader_then_two_nodes() {
     for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
         cluster.kill(id).await;
     }
-    let impatient = cluster.client_with(ClientOptions { retry_for: Duration::from_secs(2), ..Default::default() });
+    // Patient enough for the survivor to find its leader gone (it names the dead one until
+    // then, and the client is refused there), and no more.
+    let impatient = cluster.client_with(ClientOptions { retry_for: failover_bound(), ..Default::default() });
     match impatient.put("/no-quorum", "x").await {
         // NoQuorum when the survivor knows no leader; Indeterminate if it still led and took
         // the write into its log (it would commit should the majority return).
@@ -263,7 +274,16 @@ async fn a_thawed_old_leader_never_serves_a_stale_read() {
         },
         ClientOptions::default(),
     );
-    marina_coord_client::retry_idempotent(|| survivors.put("/lease/k", "new")).await.unwrap();
+    // The followers forward writes to the frozen leader until they elect another: a put
+    // (idempotent) is retried for as long as that takes.
+    let deadline = Instant::now() + failover_bound();
+    loop {
+        match survivors.put("/lease/k", "new").await {
+            Ok(_) => break,
+            Err(Error::Indeterminate(_) | Error::Unavailable(_)) if Instant::now() < deadline => {}
+            Err(error) => panic!("the survivors took no write within {:?}: {error}", failover_bound()),
+        }
+    }
     kill(pid, Signal::SIGCONT).unwrap();
 
     // At once, and for a while after: the old leader gives the new value (it found its

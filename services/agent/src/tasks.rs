@@ -257,8 +257,13 @@ impl Tasks {
             tokio::spawn(async move {
                 // Only the launch is a span of the trace that caused it: the supervision that
                 // follows lasts as long as the task, and a span that never ends is never sent.
-                if let Some(handle) = tasks.start(&entry).instrument(span).await {
-                    tasks.monitor(entry, handle).await;
+                // Each phase is boxed, so the task holds only the one running: a spawned
+                // future is as large as its largest state, and the launch's (fetching,
+                // building the spec) held beside every running task for its whole life was
+                // about 2 KB of an agent's 8 KB per task.
+                let started = Box::pin(tasks.start(&entry).instrument(span)).await;
+                if let Some(handle) = started {
+                    Box::pin(tasks.monitor(entry, handle)).await;
                 }
             });
         }

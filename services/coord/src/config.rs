@@ -67,9 +67,14 @@ pub struct RaftConfig {
     /// (Marina's openraft patch; stock openraft 0.9 times it out at this interval, which on a
     /// saturated host throws batches away and stalls replication).
     pub heartbeat_ms: u64,
-    /// A follower that hears nothing from the leader for a random time in
-    /// [min, max] starts an election. The defaults detect a lost leader and elect a new one
-    /// in well under a second on a LAN.
+    /// A follower that hears nothing from the leader for a random time in [min, max],
+    /// after the leader's lease (openraft: `max`) has run out, starts an election: a lost
+    /// leader is replaced `max + [min, max]` after its last heartbeat, 1.5–2 s by default.
+    /// Long enough that a host whose CPU is oversubscribed (a large deploy, a noisy
+    /// neighbour) delays heartbeats without deposing a healthy leader — with 300–600 the
+    /// placement benchmark beside `stress-ng --cpu 2` saw up to 7 elections a run — and
+    /// short enough that clients' 5 s sessions outlive a leader change. Session TTLs must
+    /// stay well above `2 × max`.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and let the log be compacted) after this many entries.
@@ -152,8 +157,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
             snapshot_every_entries: 10_000,
             snapshot_every_bytes: 64 << 20,
             keep_entries_after_snapshot: 1_000,

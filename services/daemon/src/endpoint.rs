@@ -256,8 +256,12 @@ impl Endpoint {
                 .with_service_name("grpc.health.v1.Health");
             served.iter().fold(builder, |builder, name| builder.with_service_name(*name))
         };
-        let reflection_v1 = reflection().build_v1().expect("descriptor sets are generated at build time");
-        let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets are generated at build time");
+        let reflection_v1 = shared_per_process(&served, || {
+            reflection().build_v1().expect("descriptor sets are generated at build time")
+        });
+        let reflection_v1alpha = shared_per_process(&served, || {
+            reflection().build_v1alpha().expect("descriptor sets are generated at build time")
+        });
 
         let grpc = self.grpc.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
         let builtin = Router::new()
@@ -277,6 +281,26 @@ impl Endpoint {
         tracing::debug!(service = self.service, "endpoint built");
         (Port { router, tls: self.tls, client_certificate_required, limits: self.limits }, health)
     }
+}
+
+/// The reflection service of ports serving `names`, built once per process and shared:
+/// each one decodes every descriptor Marina has (about 250 KB), and a process that serves
+/// many ports — a test cluster, or the placement benchmark's thousands of hollow agents —
+/// would otherwise hold that once per port. Keyed by the served names and the service's type
+/// (v1 and v1alpha are built from the same names).
+fn shared_per_process<T: Clone + Send + Sync + 'static>(names: &[&'static str], build: impl FnOnce() -> T) -> T {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    type Built = HashMap<(TypeId, Vec<&'static str>), Box<dyn Any + Send + Sync>>;
+    static BUILT: std::sync::OnceLock<std::sync::Mutex<Built>> = std::sync::OnceLock::new();
+    let key = (TypeId::of::<T>(), names.to_vec());
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(service) = built.get(&key).and_then(|service| service.downcast_ref::<T>()) {
+        return service.clone();
+    }
+    let service = build();
+    built.insert(key, Box::new(service.clone()));
+    service
 }
 
 /// A built port, ready to [`serve`].
@@ -555,6 +579,21 @@ async fn not_found(request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_is_built_once_per_process_for_each_set_of_names() {
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        let build = |value: &'static str| {
+            builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            value.to_owned()
+        };
+        let (a, b) = (["test.shared.A"], ["test.shared.B"]);
+        assert_eq!(shared_per_process(&a, || build("a")), "a");
+        assert_eq!(shared_per_process(&b, || build("b")), "b", "other names, another service");
+        assert_eq!(shared_per_process(&a, || build("again")), "a", "the same names, the one built");
+        assert_eq!(shared_per_process(&a, || 7u32), 7, "the same names, another type: built too");
+        assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
 
     /// A port serving only `/health`, on loopback; returns its address.
     async fn serve_a_port(shutdown: &Shutdown) -> std::net::SocketAddr {

@@ -19,7 +19,12 @@
 // Without `heap-profile` the allocator is compiled (and unit-tested) but not installed.
 #![cfg_attr(not(feature = "heap-profile"), allow(dead_code))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// What the blocks come from: the allocator the benchmark otherwise runs on (mimalloc, as
+/// the control plane's binaries), so the process's resident size in a heap-profile run is
+/// what a plain run's would be.
+use marina_daemon::Allocator as Underlying;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -98,12 +103,12 @@ fn account(tag: u8, bytes: i64) {
 
 // SAFETY (all methods): every block handed out is `header` bytes into a system block of
 // `with_header(layout)`, whose first `header` bytes are ours; the tag sits just before the
-// block, 8-byte aligned because the system block is at least 16-aligned and `header` is a
+// block, 8-byte aligned because the underlying block is at least 16-aligned and `header` is a
 // multiple of 16.
 unsafe impl GlobalAlloc for TaggingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(outer) = with_header(layout) else { return std::ptr::null_mut() };
-        let base = unsafe { System.alloc(outer) };
+        let base = unsafe { Underlying.alloc(outer) };
         if base.is_null() {
             return base;
         }
@@ -121,7 +126,7 @@ unsafe impl GlobalAlloc for TaggingAllocator {
         unsafe {
             let tag = block.sub(8).cast::<u64>().read() as u8;
             account(tag, -(layout.size() as i64));
-            System.dealloc(block.sub(header(layout.align())), outer);
+            Underlying.dealloc(block.sub(header(layout.align())), outer);
         }
     }
 
@@ -132,7 +137,7 @@ unsafe impl GlobalAlloc for TaggingAllocator {
         unsafe {
             // The header moves with the block: the tag stays the allocating service's.
             let tag = block.sub(8).cast::<u64>().read() as u8;
-            let base = System.realloc(block.sub(offset), outer, new_outer_size);
+            let base = Underlying.realloc(block.sub(offset), outer, new_outer_size);
             if base.is_null() {
                 return base;
             }

@@ -82,7 +82,12 @@ pub struct UriFailed {
 }
 
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// Built at the first `http`/`https` fetch: the CA bundles it parses take about 100 KB
+    /// that an agent which never downloads anything (most, and every hollow agent of the
+    /// placement benchmark) would hold for nothing.
+    client: tokio::sync::OnceCell<reqwest::Client>,
+    connect_timeout: Duration,
+    ca_file: Option<PathBuf>,
     cache: FetchCache,
     timeout: Duration,
     max_download: u64,
@@ -101,26 +106,15 @@ impl Fetcher {
         let megabytes = |mb: u64| mb.saturating_mul(1024 * 1024);
         let cache = FetchCache::open(&cache_dir, megabytes(config.cache_max_mb))
             .map_err(|source| FetcherSetupError::Cache { path: cache_dir.clone(), source })?;
-        let mut client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(config.timeout_seconds.min(30)))
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .user_agent(concat!("marina-agent/", env!("CARGO_PKG_VERSION")));
-        let bundles = SYSTEM_CA_BUNDLES.iter().map(PathBuf::from).filter(|path| path.exists());
-        for (path, required) in bundles.map(|path| (path, false)).chain(config.ca_file.clone().map(|path| (path, true)))
-        {
-            match read_certificates(&path) {
-                Ok(certificates) => {
-                    for certificate in certificates {
-                        client = client.add_root_certificate(certificate);
-                    }
-                }
-                Err(why) if required => return Err(FetcherSetupError::CaFile { path, why }),
-                Err(why) => tracing::warn!(path = %path.display(), %why, "cannot read the host's CA bundle"),
-            }
+        // A bad `ca_file` is a configuration error, said at startup, though the client that
+        // uses it is built later.
+        if let Some(path) = &config.ca_file {
+            read_certificates(path).map_err(|why| FetcherSetupError::CaFile { path: path.clone(), why })?;
         }
-        let client = client.build().map_err(|error| FetcherSetupError::Client(error_chain(&error)))?;
         Ok(Fetcher {
-            client,
+            client: tokio::sync::OnceCell::new(),
+            connect_timeout: Duration::from_secs(config.timeout_seconds.min(30)),
+            ca_file: config.ca_file.clone(),
             cache,
             timeout: Duration::from_secs(config.timeout_seconds),
             max_download: megabytes(config.max_download_mb),
@@ -227,9 +221,38 @@ impl Fetcher {
         result
     }
 
+    /// The HTTP client, built by the first download (and tried again by the next if that
+    /// failed).
+    async fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        self.client
+            .get_or_try_init(|| async { self.build_client() })
+            .await
+            .map_err(|error| FetchError::Request(error.to_string()))
+    }
+
+    fn build_client(&self) -> Result<reqwest::Client, FetcherSetupError> {
+        let mut client = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .user_agent(concat!("marina-agent/", env!("CARGO_PKG_VERSION")));
+        let bundles = SYSTEM_CA_BUNDLES.iter().map(PathBuf::from).filter(|path| path.exists());
+        for (path, required) in bundles.map(|path| (path, false)).chain(self.ca_file.clone().map(|path| (path, true))) {
+            match read_certificates(&path) {
+                Ok(certificates) => {
+                    for certificate in certificates {
+                        client = client.add_root_certificate(certificate);
+                    }
+                }
+                Err(why) if required => return Err(FetcherSetupError::CaFile { path, why }),
+                Err(why) => tracing::warn!(path = %path.display(), %why, "cannot read the host's CA bundle"),
+            }
+        }
+        client.build().map_err(|error| FetcherSetupError::Client(error_chain(&error)))
+    }
+
     async fn download_http(&self, uri: &str, destination: &Path) -> Result<(), FetchError> {
         let request = |error: reqwest::Error| FetchError::Request(error_chain(&error));
-        let mut response = self.client.get(uri).send().await.map_err(request)?;
+        let mut response = self.client().await?.get(uri).send().await.map_err(request)?;
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status()));
         }
@@ -378,6 +401,23 @@ mod tests {
         assert!(matches!(output_name(&uri("http://example.com/a%2Fb")), Err(FetchError::NoName)));
         let named = FetchUri { output_file: "bin/tool".into(), ..uri("http://example.com/") };
         assert_eq!(output_name(&named).unwrap(), "bin/tool");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_refused_at_startup_though_the_client_is_built_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for path in [dir.path().join("missing.pem"), not_pem] {
+            let config = FetcherConfig { ca_file: Some(path.clone()), ..FetcherConfig::default() };
+            match Fetcher::new(&config, dir.path()) {
+                Err(FetcherSetupError::CaFile { path: named, .. }) => assert_eq!(named, path),
+                Err(other) => panic!("{}: {other}", path.display()),
+                Ok(_) => panic!("{}: accepted", path.display()),
+            }
+        }
+        let fetcher = Fetcher::new(&FetcherConfig::default(), dir.path()).unwrap();
+        assert!(fetcher.client.get().is_none(), "no HTTP client before the first download");
     }
 
     #[test]

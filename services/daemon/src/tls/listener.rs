@@ -38,7 +38,10 @@ pub struct Peer {
 /// Accepts connections and hands them over once their handshake is done. Handshakes run
 /// concurrently and bounded in time, so a slow or silent client holds up no one else.
 pub struct SecureListener {
-    incoming: mpsc::Receiver<(Io, Peer)>,
+    /// Boxed: a channel allocates its slots in blocks of 32, and a TLS stream is over a
+    /// kilobyte, so every port held ~40 KB of slots; a thousand hollow agents in one
+    /// process, 40 MB.
+    incoming: mpsc::Receiver<Box<(Io, Peer)>>,
     local: SocketAddr,
     accept: tokio::task::AbortHandle,
 }
@@ -72,7 +75,7 @@ async fn accept_loop(
     tls: Option<Arc<Tls>>,
     client_certificate_required: bool,
     handshakes_per_peer: usize,
-    sender: mpsc::Sender<(Io, Peer)>,
+    sender: mpsc::Sender<Box<(Io, Peer)>>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -89,7 +92,11 @@ async fn accept_loop(
         // gRPC is latency-bound request/response traffic: never wait to coalesce segments.
         let _ = stream.set_nodelay(true);
         let Some(tls) = &tls else {
-            if sender.send((Either::Right(stream), Peer { address, caller: Caller::Plaintext })).await.is_err() {
+            if sender
+                .send(Box::new((Either::Right(stream), Peer { address, caller: Caller::Plaintext })))
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -113,7 +120,7 @@ async fn accept_loop(
             let _permits = (permit, peer_slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, acceptor, plaintext)).await {
                 Ok(Ok((io, caller))) => {
-                    let _ = sender.send((io, Peer { address, caller })).await;
+                    let _ = sender.send(Box::new((io, Peer { address, caller }))).await;
                 }
                 Ok(Err(reason)) => tracing::debug!(peer = %address, %reason, "connection refused"),
                 Err(_) => tracing::debug!(peer = %address, "TLS handshake not done in time: connection closed"),
@@ -183,7 +190,7 @@ impl axum::serve::Listener for SecureListener {
 
     async fn accept(&mut self) -> (Io, Peer) {
         match self.incoming.recv().await {
-            Some(accepted) => accepted,
+            Some(accepted) => *accepted,
             // The accept loop ended (it only does when aborted): nothing more will come.
             None => std::future::pending().await,
         }
