@@ -6,13 +6,14 @@
 //! way and one process keeps 1,000 agents affordable (as kubemark's hollow nodes); every hop
 //! is still real gRPC/HTTP on loopback and every coord write a Raft commit on disk. (Coord
 //! as processes was tried: it needs the workspace's binaries rebuilt before each run, and
-//! the runs stalled the same way.)
+//! the runs stalled the same way.) The agents' threads run at nice 10 (`--agent-nice`):
+//! they stand for other hosts, so they get what CPU the control plane leaves.
 //!
 //! Apps are submitted through the gateway's REST API (`POST /v2/apps`), a mix of a few apps
 //! with many instances and many apps with few. Progress is followed on the gateway's
 //! `/metrics` (`marina_gateway_instances{state="TASK_RUNNING"}`: the gateway's own view, and
-//! cheap to read while it works). Once every task runs, one `GET /v2/apps?embed=apps.tasks`
-//! gives each task's `startedAt` — when the gateway first saw it RUNNING — from which come
+//! cheap to read while it works). Once every task runs, `GET /v2/apps/{id}/tasks` for each
+//! app gives each task's `startedAt` — when the gateway first saw it RUNNING — from which come
 //! the per-task latency (its app's submission → RUNNING) and the rate (tasks / (last
 //! RUNNING − first submission)).
 //!
