@@ -260,7 +260,7 @@ impl Tasks {
                 // Each phase is boxed, so the task holds only the one running: a spawned
                 // future is as large as its largest state, and the launch's (fetching,
                 // building the spec) held beside every running task for its whole life was
-                // about 2 KB of an agent's 8 KB per task.
+                // 1.3 KB of the 8.4 KB a hollow agent held per task.
                 let started = Box::pin(tasks.start(&entry).instrument(span)).await;
                 if let Some(handle) = started {
                     Box::pin(tasks.monitor(entry, handle)).await;

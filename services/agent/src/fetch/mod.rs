@@ -82,7 +82,7 @@ pub struct UriFailed {
 }
 
 pub struct Fetcher {
-    /// Built at the first `http`/`https` fetch: the CA bundles it parses take about 100 KB
+    /// Built at the first `http`/`https` fetch: the CA bundles it parses take about 90 KB
     /// that an agent which never downloads anything (most, and every hollow agent of the
     /// placement benchmark) would hold for nothing.
     client: tokio::sync::OnceCell<reqwest::Client>,
