@@ -30,4 +30,4 @@ mod watch;
 
 pub use config::Config;
 pub use error::CoordError;
-pub use node::{CoordHandle, CoordNode, StartError, spawn};
+pub use node::{CoordHandle, CoordNode, StartError, on_raft_thread_start, spawn};

@@ -70,9 +70,13 @@ pub struct Compacted {
     pub oldest: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Cloned for a snapshot: the tree in O(1) (a persistent map shares its nodes with the
+/// clone until either changes), the rest (sessions, sequences, the history's `Arc`s) in
+/// time proportional to the services and revisions, not to the data.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Store {
-    nodes: BTreeMap<String, NodeRecord>,
+    /// Serialized as a map, as the `BTreeMap` it was: older snapshots read unchanged.
+    nodes: imbl::OrdMap<String, NodeRecord>,
     sessions: BTreeMap<u64, SessionRecord>,
     /// Next sequence number per parent path, for sequential creates.
     sequences: BTreeMap<String, u64>,
@@ -92,7 +96,7 @@ pub struct Store {
 /// self-describing, so the older layout is read as itself).
 #[derive(Deserialize)]
 struct StoreWithoutSecrets {
-    nodes: BTreeMap<String, NodeRecord>,
+    nodes: imbl::OrdMap<String, NodeRecord>,
     sessions: BTreeMap<u64, SessionRecord>,
     sequences: BTreeMap<String, u64>,
     revision: u64,
@@ -439,7 +443,7 @@ impl Store {
 
     fn subtree<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> + 'a {
         self.nodes
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
     }
 }
@@ -688,6 +692,22 @@ mod tests {
         assert_eq!(restored.sessions(), store.sessions());
         assert_eq!(restored.revision(), 1);
         assert_eq!(restored.history_since(1).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_copy_for_a_snapshot_stands_apart_and_the_tree_encodes_as_before() {
+        let mut store = Store::new(HistoryLimits::default());
+        apply(&mut store, create("/a", "1")).unwrap();
+        apply(&mut store, create("/b", "2")).unwrap();
+        let copy = store.clone();
+        apply(&mut store, create("/c", "3")).unwrap();
+        assert_eq!((copy.node_count(), store.node_count()), (2, 3), "a write after the copy is not in it");
+        assert_eq!(copy.get("/c"), None);
+        assert_eq!(copy.get("/a"), store.get("/a"));
+        // Snapshots written while the tree was a `BTreeMap` load: it encodes to the same bytes.
+        let as_btree: BTreeMap<String, NodeRecord> =
+            store.nodes.iter().map(|(path, record)| (path.clone(), record.clone())).collect();
+        assert_eq!(postcard::to_stdvec(&as_btree).unwrap(), postcard::to_stdvec(&store.nodes).unwrap());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! is still real gRPC/HTTP on loopback and every coord write a Raft commit on disk. (Coord
 //! as processes was tried: it needs the workspace's binaries rebuilt before each run, and
 //! the runs stalled the same way.) The agents' threads run at nice 10 (`--agent-nice`):
-//! they stand for other hosts, so they get what CPU the control plane leaves.
+//! they stand for other hosts, so they get what CPU the control plane leaves — at nice 0
+//! with `--stress`, whose load stands for the control plane's host alone.
 //!
 //! Apps are submitted through the gateway's REST API (`POST /v2/apps`), a mix of a few apps
 //! with many instances and many apps with few. Progress is followed on the gateway's
@@ -75,11 +76,13 @@ pub struct Args {
     /// from outside, as on a shared host). `scripts/setup-bench` installs stress-ng.
     #[arg(long, value_name = "N")]
     stress: Option<usize>,
-    /// The niceness of the hollow agents' threads. They stand for other hosts: at the
-    /// default 10 they get the CPU the control plane leaves, as on hosts of their own; 0
-    /// makes them compete with it on equal terms.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
-    agent_nice: i32,
+    /// The niceness of the hollow agents' threads. They stand for other hosts: at 10 (the
+    /// default) they get the CPU the control plane leaves, as on hosts of their own; 0
+    /// makes them compete with it on equal terms, and is the default with `--stress`, whose
+    /// load is on the control plane's host, not on theirs (niced below it, the agents fell
+    /// 10 s behind on heartbeats).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
+    agent_nice: Option<i32>,
 }
 
 /// An app to submit: its id and instance count.
@@ -135,6 +138,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.agents > 0 && args.tasks > 0, "--agents and --tasks must be positive");
     ensure!(args.runs > 0, "--runs must be positive");
     raise_file_limit(args.agents)?;
+    // Coord's Raft runs on threads coord starts itself: count their heap as coord's.
+    marina_coord::on_raft_thread_start(|| heap::set_thread_service(heap::Service::Coord));
     let specs = app_mix(args.tasks, args.apps.unwrap_or((args.tasks / 50).max(2)));
     let _telemetry = match &args.log {
         Some(level) => {
@@ -161,9 +166,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Descriptors each hollow agent holds in this one process: its listener and journal, and
-/// both ends of its connections to the master and to coord (measured: 6,075 open in a run
-/// of 1,000 agents).
-const FILES_PER_AGENT: u64 = 6;
+/// both ends of its connections to the master and to coord, sometimes two coord nodes (one
+/// it asked first, then the leader it was pointed to). Measured: 6,075 open in a run of
+/// 1,000 agents, 19,800 of 3,000 agents (which then ran out at this sandbox's 20,000).
+const FILES_PER_AGENT: u64 = 7;
 
 /// Raises this process's open-file limit to what `agents` hollow agents and the rest of the
 /// cluster need (10,000 agents: about 61,000, past the usual 1,024 or 20,000), up to the
@@ -229,13 +235,14 @@ async fn run_once(args: &Args, specs: &[AppSpec]) -> anyhow::Result<RunResult> {
     // Only with the tagging allocator is there anything to sample.
     let peaks = if cfg!(feature = "heap-profile") { Some(heap::PeakSampler::start()?) } else { None };
     let started = Instant::now();
-    let cluster = Cluster::start(args.agents, &agent_root, args.agent_nice).await?;
+    let agent_nice = args.agent_nice.unwrap_or(if args.stress.is_some() { 0 } else { 10 });
+    let cluster = Cluster::start(args.agents, &agent_root, agent_nice).await?;
     let base = format!("http://{}", cluster.gateway_address);
     // The machine is shared (2 cores): its load says how much of it this run had.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "placement: 3 coord nodes, 1 master, 1 gateway, {} sim agents in one process (up in {:.1}s); \
-         gateway {base}; agent checkpoints in {}; load average {}",
+        "placement: 3 coord nodes, 1 master, 1 gateway, {} sim agents at nice {agent_nice} in one process \
+         (up in {:.1}s); gateway {base}; agent checkpoints in {}; load average {}",
         args.agents,
         started.elapsed().as_secs_f64(),
         agent_dirs.path().display(),
