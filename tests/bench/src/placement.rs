@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 const FILES_PER_AGENT: u64 = 7;
 
 /// Raises this process's open-file limit to what `agents` hollow agents and the rest of the
-/// cluster need (10,000 agents: about 61,000, past the usual 1,024 or 20,000), up to the
+/// cluster need (10,000 agents: about 71,000, past the usual 1,024 or 20,000), up to the
 /// hard limit — or beyond it, as root — and fails at once, saying so, when that is not
 /// enough, rather than with "too many open files" minutes into the run.
 fn raise_file_limit(agents: usize) -> anyhow::Result<()> {
