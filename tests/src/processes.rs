@@ -277,6 +277,9 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// How long [`AppsApi::create`] waits for its answer.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A gateway's Marathon REST API, as scenarios use it.
 #[derive(Clone)]
 pub struct AppsApi {
@@ -289,9 +292,12 @@ impl AppsApi {
         Self { http: http_client(), base: format!("http://{address}") }
     }
 
-    /// `POST /v2/apps` (expects 201 Created).
+    /// `POST /v2/apps` (expects 201 Created). Up to [`CREATE_TIMEOUT`]: a create is a
+    /// coord write, sent to a live gateway, and on a CI machine busy with parallel tests it
+    /// once took longer than the client's 2 s (the `start` bench's smoke test).
     pub async fn create(&self, app: &Value) -> anyhow::Result<()> {
-        let response = self.http.post(format!("{}/v2/apps", self.base)).json(app).send().await?;
+        let request = self.http.post(format!("{}/v2/apps", self.base)).json(app).timeout(CREATE_TIMEOUT);
+        let response = request.send().await?;
         anyhow::ensure!(response.status() == 201, "POST /v2/apps: {} {}", response.status(), response.text().await?);
         Ok(())
     }
